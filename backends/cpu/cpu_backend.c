@@ -1,0 +1,288 @@
+/* The native CPU backend: host memory, OpenMP loops, host BLAS. Every op
+ * runs synchronously on the calling thread's OpenMP team. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "../../core/backends.h"
+#include "../blas/blas.h"
+#include "cpu_ops.h"
+#include "tessera/backend.h"
+
+enum { CPU_ALIGN = 64 };
+
+static ts_status cpu_alloc(ts_device *dev, size_t size, void **handle)
+{
+    size_t rounded = (size + CPU_ALIGN - 1) / CPU_ALIGN * CPU_ALIGN;
+    void *p = aligned_alloc(CPU_ALIGN, rounded ? rounded : CPU_ALIGN);
+    if (!p)
+        return ts_error(TS_ERR_OOM, "host allocation of %zu bytes failed (%s has %llu bytes)",
+                        size, dev->info.id, (unsigned long long)dev->info.global_mem_bytes);
+    *handle = p;
+    return TS_OK;
+}
+
+static void cpu_free(ts_device *dev, void *handle)
+{
+    (void)dev;
+    free(handle);
+}
+
+static ts_status cpu_write(ts_device *dev, void *handle, size_t offset, const void *src, size_t size)
+{
+    (void)dev;
+    memcpy((char *)handle + offset, src, size);
+    return TS_OK;
+}
+
+static ts_status cpu_read(ts_device *dev, void *handle, size_t offset, void *dst, size_t size)
+{
+    (void)dev;
+    memcpy(dst, (char *)handle + offset, size);
+    return TS_OK;
+}
+
+static ts_status cpu_copy(ts_device *dev, void *dst, size_t dst_offset, void *src,
+                          size_t src_offset, size_t size)
+{
+    (void)dev;
+    memmove((char *)dst + dst_offset, (char *)src + src_offset, size);
+    return TS_OK;
+}
+
+static ts_status cpu_synchronize(ts_device *dev)
+{
+    (void)dev;
+    return TS_OK;
+}
+
+static float *F(const ts_tensor *t)
+{
+    return t ? (float *)((char *)t->block->handle + t->offset) : NULL;
+}
+
+static const int32_t *I(const ts_tensor *t)
+{
+    return t ? (const int32_t *)((const char *)t->block->handle + t->offset) : NULL;
+}
+
+static void cpu_gemm(const ts_op *op)
+{
+    const float *A = F(op->in[0]), *B = F(op->in[1]), *bias = F(op->in[2]);
+    float *C = F(op->out[0]);
+    int64_t M = op->p.gemm.M, N = op->p.gemm.N;
+    for (int64_t b = 0; b < op->p.gemm.batch; b++) {
+        float *c = C + b * op->p.gemm.stride_c;
+        float beta = op->p.gemm.beta;
+        if (bias) { /* c = beta*c + bias, then accumulate the product */
+            for (int64_t i = 0; i < M; i++) {
+                float *row = c + i * op->p.gemm.ldc;
+                for (int64_t j = 0; j < N; j++)
+                    row[j] = (beta == 0.0f ? 0.0f : beta * row[j]) + bias[j];
+            }
+            beta = 1.0f;
+        }
+        ts_blas_sgemm(op->p.gemm.trans_a, op->p.gemm.trans_b, M, N, op->p.gemm.K,
+                      op->p.gemm.alpha, A + b * op->p.gemm.stride_a, op->p.gemm.lda,
+                      B + b * op->p.gemm.stride_b, op->p.gemm.ldb, beta, c, op->p.gemm.ldc);
+    }
+}
+
+static ts_status cpu_run_op(ts_device *dev, const ts_op *op)
+{
+    (void)dev;
+    ts_tensor *const *o = op->out;
+    const ts_tensor *const *in = op->in;
+    switch (op->kind) {
+    case TS_OP_FILL:
+        cpu_fill(F(o[0]), ts_tensor_numel(o[0]), op->p.fill.value);
+        break;
+    case TS_OP_ADD:
+        cpu_add(F(o[0]), F(in[0]), F(in[1]), ts_tensor_numel(o[0]));
+        break;
+    case TS_OP_SCALE:
+        cpu_scale(F(o[0]), F(in[0]), op->p.scale.alpha, ts_tensor_numel(o[0]));
+        break;
+    case TS_OP_GELU_FWD:
+        cpu_gelu_forward(F(o[0]), F(in[0]), ts_tensor_numel(o[0]));
+        break;
+    case TS_OP_GELU_BWD:
+        cpu_gelu_backward(F(o[0]), F(in[0]), F(in[1]), ts_tensor_numel(o[0]));
+        break;
+    case TS_OP_EMBEDDING_FWD:
+        cpu_embedding_forward(F(o[0]), I(in[0]), F(in[1]), F(in[2]), op->p.embedding.N,
+                              op->p.embedding.T, op->p.embedding.C, op->p.embedding.V,
+                              op->p.embedding.vocab_start);
+        break;
+    case TS_OP_EMBEDDING_BWD:
+        cpu_embedding_backward(F(o[0]), F(o[1]), F(in[0]), I(in[1]), op->p.embedding.N,
+                               op->p.embedding.T, op->p.embedding.C, op->p.embedding.V,
+                               op->p.embedding.vocab_start);
+        break;
+    case TS_OP_LAYERNORM_FWD:
+        cpu_layernorm_forward(F(o[0]), F(o[1]), F(o[2]), F(in[0]), F(in[1]), F(in[2]),
+                              op->p.layernorm.N, op->p.layernorm.C, op->p.layernorm.eps);
+        break;
+    case TS_OP_LAYERNORM_BWD:
+        cpu_layernorm_backward(F(o[0]), F(o[1]), F(o[2]), F(in[0]), F(in[1]), F(in[2]),
+                               F(in[3]), F(in[4]), op->p.layernorm.N, op->p.layernorm.C);
+        break;
+    case TS_OP_GEMM:
+        cpu_gemm(op);
+        break;
+    case TS_OP_SUM_ROWS:
+        cpu_sum_rows(F(o[0]), F(in[0]), op->p.sum_rows.N, op->p.sum_rows.C,
+                     op->p.sum_rows.accumulate);
+        break;
+    case TS_OP_SPLIT_HEADS:
+    case TS_OP_MERGE_HEADS:
+        (op->kind == TS_OP_SPLIT_HEADS ? cpu_split_heads : cpu_merge_heads)(
+            F(o[0]), F(in[0]), op->p.heads.B, op->p.heads.T, op->p.heads.K, op->p.heads.NH,
+            op->p.heads.HS);
+        break;
+    case TS_OP_SOFTMAX_CAUSAL_FWD:
+        cpu_softmax_causal_forward(F(o[0]), F(in[0]), op->p.softmax.BH, op->p.softmax.T,
+                                   op->p.softmax.scale);
+        break;
+    case TS_OP_SOFTMAX_CAUSAL_BWD:
+        cpu_softmax_causal_backward(F(o[0]), F(in[0]), F(in[1]), op->p.softmax.BH,
+                                    op->p.softmax.T, op->p.softmax.scale);
+        break;
+    case TS_OP_CROSS_ENTROPY:
+        cpu_cross_entropy(F(o[0]), F(o[1]), F(o[2]), F(in[0]), I(in[1]), op->p.cross_entropy.N,
+                          op->p.cross_entropy.V, op->p.cross_entropy.scale);
+        break;
+    case TS_OP_SUM:
+        *F(o[0]) = cpu_sum(F(in[0]), op->p.reduce.n);
+        break;
+    case TS_OP_SQNORM:
+        *F(o[0]) = cpu_sqnorm(F(in[0]), op->p.reduce.n);
+        break;
+    case TS_OP_OPTIM_UPDATE:
+        cpu_optim_update(F(o[0]), F(o[1]), F(o[2]), F(in[0]), op->p.optim.n, op->p.optim.kind,
+                         op->p.optim.lr, op->p.optim.beta1, op->p.optim.beta2, op->p.optim.eps,
+                         op->p.optim.weight_decay, op->p.optim.grad_scale,
+                         op->p.optim.bias_correction1, op->p.optim.bias_correction2);
+        break;
+    default:
+        return ts_error(TS_ERR_UNSUPPORTED, "CPU backend has no op %s", ts_op_kind_name(op->kind));
+    }
+    return TS_OK;
+}
+
+static ts_device *g_cpu_device;
+
+static void cpu_release(ts_device *dev)
+{
+    if (dev == g_cpu_device) g_cpu_device = NULL;
+}
+
+static const ts_backend_iface cpu_iface = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .write = cpu_write,
+    .read = cpu_read,
+    .copy = cpu_copy,
+    .synchronize = cpu_synchronize,
+    .supports_op = NULL,
+    .run_op = cpu_run_op,
+    .release = cpu_release,
+};
+
+/* "model name", "vendor_id" and "cpu MHz" from /proc/cpuinfo. */
+static void read_cpuinfo(ts_device_info *info)
+{
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    snprintf(info->name, sizeof info->name, "host CPU");
+    if (!f) return;
+    char line[512];
+    int got_name = 0, got_vendor = 0, got_mhz = 0;
+    while (fgets(line, sizeof line, f)) {
+        char *colon = strchr(line, ':');
+        if (!colon) continue;
+        char *val = colon + 1;
+        while (*val == ' ' || *val == '\t') val++;
+        val[strcspn(val, "\n")] = '\0';
+        if (!got_name && !strncmp(line, "model name", 10)) {
+            snprintf(info->name, sizeof info->name, "%s", val);
+            got_name = 1;
+        } else if (!got_vendor && !strncmp(line, "vendor_id", 9)) {
+            snprintf(info->vendor, sizeof info->vendor, "%s", val);
+            got_vendor = 1;
+        } else if (!got_mhz && !strncmp(line, "cpu MHz", 7)) {
+            info->clock_mhz = (int)atof(val);
+            got_mhz = 1;
+        }
+    }
+    fclose(f);
+}
+
+static int default_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+#endif
+}
+
+static void describe(ts_device_info *info)
+{
+    const ts_blas_info *b = ts_blas_get_info();
+    char core[160] = "";
+    if (b->core[0]) {
+        if (b->reselected)
+            snprintf(core, sizeof core, ", kernels %s (OpenBLAS chose %s)", b->core,
+                     b->initial_core);
+        else
+            snprintf(core, sizeof core, ", kernels %s", b->core);
+    }
+    snprintf(info->details, sizeof info->details, "threads %d (OpenMP%s); GEMM: %s%s%s",
+             ts_cpu_threads,
+#ifdef _OPENMP
+             "",
+#else
+             " disabled",
+#endif
+             b->library, core, b->cpu_avx512 ? "; AVX-512" : "");
+}
+
+void ts_cpu_backend_set_threads(int threads)
+{
+    ts_cpu_threads = threads > 0 ? threads : default_threads();
+    ts_blas_set_threads(ts_cpu_threads);
+    if (g_cpu_device) describe(&g_cpu_device->info);
+}
+
+int ts_cpu_backend_get_threads(void) { return ts_cpu_threads; }
+
+ts_status ts_cpu_backend_register(int threads)
+{
+    ts_device_info info;
+    memset(&info, 0, sizeof info);
+    snprintf(info.id, sizeof info.id, "cpu");
+    snprintf(info.backend, sizeof info.backend, "cpu");
+    read_cpuinfo(&info);
+    snprintf(info.driver_version, sizeof info.driver_version, "tessera native");
+    snprintf(info.platform, sizeof info.platform, "tessera CPU backend");
+    snprintf(info.version, sizeof info.version, "C11");
+    info.type = TS_DEVICE_CPU;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    info.global_mem_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+    info.max_alloc_bytes = info.global_mem_bytes;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    info.compute_units = cores > 0 ? (int)cores : 1;
+    info.fp64 = 1;
+    info.host_memory = 1;
+    info.pci_domain = info.pci_bus = info.pci_device = info.pci_function = -1;
+    ts_cpu_backend_set_threads(threads);
+    describe(&info);
+    return ts_device_register(&cpu_iface, NULL, &info, &g_cpu_device);
+}

@@ -1,0 +1,378 @@
+#include "cpu_ops.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "cpu_math.h"
+
+int ts_cpu_threads = 1;
+
+#define TS_PRAGMA(x) _Pragma(#x)
+/* Parallel only when there is enough work to pay for waking the threads. */
+#define PFOR(cond) TS_PRAGMA(omp parallel for schedule(static) num_threads(ts_cpu_threads) if (cond))
+#define PFOR_SIMD(cond)                                                                            \
+    TS_PRAGMA(omp parallel for simd schedule(static) num_threads(ts_cpu_threads) if (cond))
+
+enum { SMALL = 1 << 14 };   /* elements below which loops stay serial */
+enum { REDUCE_CHUNKS = 64 }; /* fixed: results do not depend on thread count */
+enum { COL_BLOCK = 64 };     /* columns per task in row reductions */
+
+void cpu_fill(float *t, int64_t n, float value)
+{
+    PFOR_SIMD(n > SMALL)
+    for (int64_t i = 0; i < n; i++) t[i] = value;
+}
+
+void cpu_add(float *out, const float *a, const float *b, int64_t n)
+{
+    PFOR_SIMD(n > SMALL)
+    for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void cpu_scale(float *out, const float *a, float alpha, int64_t n)
+{
+    PFOR_SIMD(n > SMALL)
+    for (int64_t i = 0; i < n; i++) out[i] = alpha * a[i];
+}
+
+void cpu_gelu_forward(float *out, const float *inp, int64_t n)
+{
+    PFOR_SIMD(n > SMALL / 4)
+    for (int64_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float u = TS_GELU_SCALE * (x + 0.044715f * x * x * x);
+        out[i] = 0.5f * x * (1.0f + ts_tanhf(u));
+    }
+}
+
+void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n)
+{
+    PFOR_SIMD(n > SMALL / 4)
+    for (int64_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float u = TS_GELU_SCALE * (x + 0.044715f * x * x * x);
+        float t = ts_tanhf(u);
+        float sech2 = 1.0f - t * t;
+        float local = 0.5f * (1.0f + t) +
+                      x * 0.5f * sech2 * TS_GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
+        dinp[i] = local * dout[i];
+    }
+}
+
+/* ---- embedding ---- */
+
+void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe,
+                           int64_t N, int64_t T, int64_t C, int64_t V, int64_t vocab_start)
+{
+    PFOR(N * C > SMALL)
+    for (int64_t n = 0; n < N; n++) {
+        float *o = out + n * C;
+        int64_t row = (int64_t)tokens[n] - vocab_start;
+        const float *w = (row >= 0 && row < V) ? wte + row * C : NULL;
+        const float *p = wpe ? wpe + (n % T) * C : NULL;
+        if (w && p)
+            for (int64_t c = 0; c < C; c++) o[c] = w[c] + p[c];
+        else if (w)
+            memcpy(o, w, (size_t)C * sizeof *o);
+        else if (p)
+            memcpy(o, p, (size_t)C * sizeof *o);
+        else
+            memset(o, 0, (size_t)C * sizeof *o);
+    }
+}
+
+/* Each task owns a block of channels and walks every position in order:
+ * no atomics, and the same sums whatever the thread count. */
+void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
+                            int64_t N, int64_t T, int64_t C, int64_t V, int64_t vocab_start)
+{
+    int64_t nblocks = (C + COL_BLOCK - 1) / COL_BLOCK;
+    PFOR(N * C > SMALL)
+    for (int64_t cb = 0; cb < nblocks; cb++) {
+        int64_t c0 = cb * COL_BLOCK, c1 = c0 + COL_BLOCK < C ? c0 + COL_BLOCK : C;
+        for (int64_t n = 0; n < N; n++) {
+            const float *d = dout + n * C;
+            if (dwte) {
+                int64_t row = (int64_t)tokens[n] - vocab_start;
+                if (row >= 0 && row < V) {
+                    float *w = dwte + row * C;
+                    for (int64_t c = c0; c < c1; c++) w[c] += d[c];
+                }
+            }
+            if (dwpe) {
+                float *p = dwpe + (n % T) * C;
+                for (int64_t c = c0; c < c1; c++) p[c] += d[c];
+            }
+        }
+    }
+}
+
+/* ---- layernorm ---- */
+
+void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                           const float *weight, const float *bias, int64_t N, int64_t C, float eps)
+{
+    PFOR(N * C > SMALL)
+    for (int64_t n = 0; n < N; n++) {
+        const float *x = inp + n * C;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t c = 0; c < C; c++) s += x[c];
+        float m = s / (float)C;
+        float v = 0.0f;
+#pragma omp simd reduction(+ : v)
+        for (int64_t c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
+        float r = 1.0f / sqrtf(v / (float)C + eps);
+        float *o = out + n * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) o[c] = (x[c] - m) * r * weight[c] + bias[c];
+        if (mean) mean[n] = m;
+        if (rstd) rstd[n] = r;
+    }
+}
+
+void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, const float *mean,
+                            const float *rstd, int64_t N, int64_t C)
+{
+    /* Pass 1, by rows: the input gradient. */
+    PFOR(N * C > SMALL)
+    for (int64_t n = 0; n < N; n++) {
+        const float *x = inp + n * C, *d = dout + n * C;
+        float m = mean[n], r = rstd[n];
+        float a = 0.0f, b = 0.0f;
+#pragma omp simd reduction(+ : a, b)
+        for (int64_t c = 0; c < C; c++) {
+            float dn = weight[c] * d[c];
+            a += dn;
+            b += dn * (x[c] - m) * r;
+        }
+        a /= (float)C;
+        b /= (float)C;
+        float *di = dinp + n * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) {
+            float norm = (x[c] - m) * r;
+            di[c] += (weight[c] * d[c] - a - norm * b) * r;
+        }
+    }
+    /* Pass 2, by column blocks: the parameter gradients, rows in order. */
+    int64_t nblocks = (C + COL_BLOCK - 1) / COL_BLOCK;
+    PFOR(N * C > SMALL)
+    for (int64_t cb = 0; cb < nblocks; cb++) {
+        int64_t c0 = cb * COL_BLOCK, w = (c0 + COL_BLOCK < C ? COL_BLOCK : C - c0);
+        double accw[COL_BLOCK] = {0}, accb[COL_BLOCK] = {0};
+        for (int64_t n = 0; n < N; n++) {
+            const float *x = inp + n * C + c0, *d = dout + n * C + c0;
+            float m = mean[n], r = rstd[n];
+            for (int64_t j = 0; j < w; j++) {
+                accw[j] += (double)((x[j] - m) * r * d[j]);
+                accb[j] += (double)d[j];
+            }
+        }
+        for (int64_t j = 0; j < w; j++) {
+            dweight[c0 + j] += (float)accw[j];
+            dbias[c0 + j] += (float)accb[j];
+        }
+    }
+}
+
+void cpu_sum_rows(float *out, const float *x, int64_t N, int64_t C, bool accumulate)
+{
+    int64_t nblocks = (C + COL_BLOCK - 1) / COL_BLOCK;
+    PFOR(N * C > SMALL)
+    for (int64_t cb = 0; cb < nblocks; cb++) {
+        int64_t c0 = cb * COL_BLOCK, w = (c0 + COL_BLOCK < C ? COL_BLOCK : C - c0);
+        double acc[COL_BLOCK] = {0};
+        for (int64_t n = 0; n < N; n++) {
+            const float *r = x + n * C + c0;
+            for (int64_t j = 0; j < w; j++) acc[j] += (double)r[j];
+        }
+        for (int64_t j = 0; j < w; j++)
+            out[c0 + j] = accumulate ? out[c0 + j] + (float)acc[j] : (float)acc[j];
+    }
+}
+
+/* ---- attention ---- */
+
+/* inp[b,t,k,h,:] <-> out[k,b,h,t,:], one HS-long row at a time. */
+static void heads_permute(float *out, const float *inp, int64_t B, int64_t T, int64_t K,
+                          int64_t NH, int64_t HS, int split)
+{
+    int64_t rows = K * B * NH * T;
+    PFOR(rows * HS > SMALL)
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t t = r % T, h = (r / T) % NH, b = (r / (T * NH)) % B, k = r / (T * NH * B);
+        int64_t packed = (((b * T + t) * K + k) * NH + h) * HS; /* [B,T,K,NH,HS] */
+        int64_t heads = r * HS;                                 /* [K,B,NH,T,HS] */
+        if (split)
+            memcpy(out + heads, inp + packed, (size_t)HS * sizeof(float));
+        else
+            memcpy(out + packed, inp + heads, (size_t)HS * sizeof(float));
+    }
+}
+
+void cpu_split_heads(float *out, const float *inp, int64_t B, int64_t T, int64_t K, int64_t NH,
+                     int64_t HS)
+{
+    heads_permute(out, inp, B, T, K, NH, HS, 1);
+}
+
+void cpu_merge_heads(float *out, const float *inp, int64_t B, int64_t T, int64_t K, int64_t NH,
+                     int64_t HS)
+{
+    heads_permute(out, inp, B, T, K, NH, HS, 0);
+}
+
+void cpu_softmax_causal_forward(float *att, const float *preatt, int64_t BH, int64_t T, float scale)
+{
+    int64_t rows = BH * T;
+    PFOR(rows * T > SMALL)
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t t = r % T;
+        const float *x = preatt + r * T;
+        float *o = att + r * T;
+        float m = -INFINITY;
+        for (int64_t s = 0; s <= t; s++) m = fmaxf(m, scale * x[s]);
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t s = 0; s <= t; s++) {
+            float e = ts_expf(scale * x[s] - m);
+            o[s] = e;
+            sum += e;
+        }
+        float inv = 1.0f / sum;
+#pragma omp simd
+        for (int64_t s = 0; s <= t; s++) o[s] *= inv;
+        for (int64_t s = t + 1; s < T; s++) o[s] = 0.0f;
+    }
+}
+
+void cpu_softmax_causal_backward(float *dpreatt, const float *att, const float *datt, int64_t BH,
+                                 int64_t T, float scale)
+{
+    int64_t rows = BH * T;
+    PFOR(rows * T > SMALL)
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t t = r % T;
+        const float *a = att + r * T, *d = datt + r * T;
+        float *o = dpreatt + r * T;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t s = 0; s <= t; s++) dot += a[s] * d[s];
+#pragma omp simd
+        for (int64_t s = 0; s <= t; s++) o[s] = scale * a[s] * (d[s] - dot);
+        for (int64_t s = t + 1; s < T; s++) o[s] = 0.0f;
+    }
+}
+
+/* ---- fused softmax + cross-entropy ---- */
+
+void cpu_cross_entropy(float *losses, float *probs, float *dlogits, const float *logits,
+                       const int32_t *targets, int64_t N, int64_t V, float scale)
+{
+    PFOR(N * V > SMALL)
+    for (int64_t n = 0; n < N; n++) {
+        const float *x = logits + n * V;
+        float m = -INFINITY;
+        for (int64_t j = 0; j < V; j++) m = fmaxf(m, x[j]);
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < V; j++) sum += ts_expf(x[j] - m);
+        int64_t target = targets ? targets[n] : -1;
+        int valid = target >= 0 && target < V;
+        if (losses) losses[n] = valid ? m + logf(sum) - x[target] : 0.0f;
+        if (!probs && !dlogits) continue;
+        float inv = 1.0f / sum;
+        float *p = probs ? probs + n * V : NULL;
+        float *d = dlogits ? dlogits + n * V : NULL;
+        /* Each element is read before it is written: safe when probs or
+         * dlogits is the logits buffer itself. */
+        if (p && !d) {
+#pragma omp simd
+            for (int64_t j = 0; j < V; j++) p[j] = ts_expf(x[j] - m) * inv;
+        } else if (d && !p) {
+            float s = valid ? scale : 0.0f;
+#pragma omp simd
+            for (int64_t j = 0; j < V; j++) d[j] = s * (ts_expf(x[j] - m) * inv);
+            if (valid) d[target] -= scale;
+        } else {
+            float s = valid ? scale : 0.0f;
+            for (int64_t j = 0; j < V; j++) {
+                float e = ts_expf(x[j] - m) * inv;
+                p[j] = e;
+                d[j] = s * e;
+            }
+            if (valid) d[target] -= scale;
+        }
+    }
+}
+
+/* ---- reductions ---- */
+
+static float reduce(const float *x, int64_t n, int squares)
+{
+    double part[REDUCE_CHUNKS];
+    int64_t chunk = (n + REDUCE_CHUNKS - 1) / REDUCE_CHUNKS;
+    PFOR(n > SMALL)
+    for (int c = 0; c < REDUCE_CHUNKS; c++) {
+        int64_t i0 = c * chunk, i1 = i0 + chunk < n ? i0 + chunk : n;
+        double acc = 0.0;
+        if (squares) {
+#pragma omp simd reduction(+ : acc)
+            for (int64_t i = i0; i < i1; i++) acc += (double)x[i] * (double)x[i];
+        } else {
+#pragma omp simd reduction(+ : acc)
+            for (int64_t i = i0; i < i1; i++) acc += (double)x[i];
+        }
+        part[c] = acc;
+    }
+    double total = 0.0;
+    for (int c = 0; c < REDUCE_CHUNKS; c++) total += part[c];
+    return (float)total;
+}
+
+float cpu_sum(const float *x, int64_t n) { return reduce(x, n, 0); }
+float cpu_sqnorm(const float *x, int64_t n) { return reduce(x, n, 1); }
+
+/* ---- optimizers (PyTorch's order of operations; see tessera/optim.h) ---- */
+
+void cpu_optim_update(float *param, float *m, float *v, const float *grad, int64_t n,
+                      ts_optim_kind kind, float lr, float beta1, float beta2, float eps,
+                      float weight_decay, float grad_scale, float bc1, float bc2)
+{
+    switch (kind) {
+    case TS_OPTIM_SGD:
+        PFOR_SIMD(n > SMALL)
+        for (int64_t i = 0; i < n; i++) {
+            float g = grad[i] * grad_scale + weight_decay * param[i];
+            param[i] -= lr * g;
+        }
+        break;
+    case TS_OPTIM_SGD_MOMENTUM:
+        PFOR_SIMD(n > SMALL)
+        for (int64_t i = 0; i < n; i++) {
+            float g = grad[i] * grad_scale + weight_decay * param[i];
+            m[i] = beta1 * m[i] + g;
+            param[i] -= lr * m[i];
+        }
+        break;
+    case TS_OPTIM_ADAM:
+    case TS_OPTIM_ADAMW: {
+        float step = lr / bc1, bc2_sqrt = sqrtf(bc2);
+        float decay = kind == TS_OPTIM_ADAMW ? 1.0f - lr * weight_decay : 1.0f;
+        float l2 = kind == TS_OPTIM_ADAM ? weight_decay : 0.0f;
+        PFOR_SIMD(n > SMALL)
+        for (int64_t i = 0; i < n; i++) {
+            float p = param[i] * decay;
+            float g = grad[i] * grad_scale + l2 * param[i];
+            float mi = beta1 * m[i] + (1.0f - beta1) * g;
+            float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+            m[i] = mi;
+            v[i] = vi;
+            param[i] = p - step * (mi / (sqrtf(vi) / bc2_sqrt + eps));
+        }
+        break;
+    }
+    }
+}

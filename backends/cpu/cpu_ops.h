@@ -1,0 +1,54 @@
+/* The CPU backend's kernels on raw host pointers (C11 + OpenMP).
+ *
+ * Reductions are deterministic and independent of the thread count: sums
+ * over many elements use a fixed number of chunks combined in order, and
+ * sums over rows are split by column so each thread walks rows in order. */
+#ifndef TESSERA_CPU_OPS_H
+#define TESSERA_CPU_OPS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "tessera/optim.h"
+
+extern int ts_cpu_threads; /* OpenMP threads for every parallel loop */
+
+void cpu_fill(float *t, int64_t n, float value);
+void cpu_add(float *out, const float *a, const float *b, int64_t n);
+void cpu_scale(float *out, const float *a, float alpha, int64_t n);
+void cpu_gelu_forward(float *out, const float *inp, int64_t n);
+void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n);
+
+void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe,
+                           int64_t N, int64_t T, int64_t C, int64_t V, int64_t vocab_start);
+void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
+                            int64_t N, int64_t T, int64_t C, int64_t V, int64_t vocab_start);
+
+void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                           const float *weight, const float *bias, int64_t N, int64_t C, float eps);
+void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, const float *mean,
+                            const float *rstd, int64_t N, int64_t C);
+
+void cpu_sum_rows(float *out, const float *x, int64_t N, int64_t C, bool accumulate);
+
+void cpu_split_heads(float *out, const float *inp, int64_t B, int64_t T, int64_t K, int64_t NH,
+                     int64_t HS);
+void cpu_merge_heads(float *out, const float *inp, int64_t B, int64_t T, int64_t K, int64_t NH,
+                     int64_t HS);
+void cpu_softmax_causal_forward(float *att, const float *preatt, int64_t BH, int64_t T,
+                                float scale);
+void cpu_softmax_causal_backward(float *dpreatt, const float *att, const float *datt, int64_t BH,
+                                 int64_t T, float scale);
+
+void cpu_cross_entropy(float *losses, float *probs, float *dlogits, const float *logits,
+                       const int32_t *targets, int64_t N, int64_t V, float scale);
+
+float cpu_sum(const float *x, int64_t n);
+float cpu_sqnorm(const float *x, int64_t n);
+
+void cpu_optim_update(float *param, float *m, float *v, const float *grad, int64_t n,
+                      ts_optim_kind kind, float lr, float beta1, float beta2, float eps,
+                      float weight_decay, float grad_scale, float bc1, float bc2);
+
+#endif

@@ -1,0 +1,114 @@
+/* Private to the OpenCL backend: the only place that sees CL/cl.h. */
+#ifndef TESSERA_CL_INTERNAL_H
+#define TESSERA_CL_INTERNAL_H
+
+#define CL_USE_DEPRECATED_OPENCL_1_2_APIS
+#include <CL/cl.h>
+#include <stdint.h>
+
+#include "tessera/backend.h"
+
+/* How GEMM runs on a device (TESSERA_GEMM=auto|blas|clblast|kernel). */
+typedef enum ts_gemm_route {
+    TS_GEMM_AUTO = 0,
+    TS_GEMM_HOST_BLAS, /* CPU-type devices: host CBLAS on mapped memory */
+    TS_GEMM_CLBLAST,   /* GPUs: CLBlast, tessera's kernel as fallback */
+    TS_GEMM_KERNEL,    /* tessera's tiled kernel */
+} ts_gemm_route;
+
+typedef struct ts_cl_kernel_entry {
+    char name[64];
+    cl_kernel kernel;
+    struct ts_cl_kernel_entry *next;
+} ts_cl_kernel_entry;
+
+typedef struct ts_cl_program {
+    char file[64];
+    cl_program program;
+    ts_cl_kernel_entry *kernels;
+    struct ts_cl_program *next;
+} ts_cl_program;
+
+/* Build statistics, for `tessera bench` and the cache test. */
+typedef struct ts_cl_build_stats {
+    int built_from_source;
+    int loaded_from_disk;
+    int disk_rejected;       /* corrupt or stale entries that were rebuilt */
+    double build_seconds;    /* total time in clBuildProgram/loading */
+} ts_cl_build_stats;
+
+typedef struct ts_cl_device {
+    cl_platform_id platform;
+    cl_device_id device;
+    cl_context context;      /* created on first use */
+    cl_command_queue queue;  /* one in-order queue */
+    int ready;
+    ts_device *dev;
+    char info_id[32];
+    char name[128];
+    char driver[128];
+    char platform_version[256];
+    char device_version[128];
+    int is_cpu;
+    int host_unified;
+    int version_major;
+    size_t max_wg;
+    size_t row_wg;           /* work-group size of row kernels */
+    size_t elem_wg;          /* work-group size of elementwise kernels */
+    size_t tile_wg;          /* 16 if the device takes 16x16 groups, else 8 */
+    char options[256];       /* build options (defines) for every program */
+    ts_cl_program *programs;
+    ts_gemm_route gemm_route;
+    int clblast_warned;
+    cl_mem scratch;          /* grows on demand; partial sums */
+    size_t scratch_size;
+    cl_mem clblast_temp;
+    size_t clblast_temp_size;
+    ts_cl_build_stats stats;
+} ts_cl_device;
+
+const char *ts_cl_error_name(cl_int err);
+/* Record a failed OpenCL call: "what failed on opencl:0 (name): CL_X (-5)". */
+ts_status ts_cl_fail(cl_int err, const char *what, const ts_cl_device *d);
+
+ts_status ts_cl_ensure_ready(ts_cl_device *d);
+
+/* Programs (cl_program.c): the kernel `name` from kernels/<file>, built on
+ * first use and cached in memory and on disk. */
+ts_status ts_cl_get_kernel(ts_cl_device *d, const char *file, const char *name, cl_kernel *out);
+void ts_cl_release_programs(ts_cl_device *d);
+ts_status ts_cl_prepare(ts_device *dev);
+void ts_cl_get_build_stats(ts_device *dev, ts_build_stats *out);
+
+/* Kernel launches (cl_ops.c). */
+typedef struct ts_cl_args {
+    int n;
+    size_t size[32];
+    const void *value[32];
+    cl_mem mem[16];
+    cl_ulong off[16];
+    cl_long ints[16];
+    float floats[16];
+    int nm, ni, nf;
+} ts_cl_args;
+
+void ts_cl_arg_tensor(ts_cl_args *a, const ts_tensor *t); /* buffer + element offset */
+void ts_cl_arg_long(ts_cl_args *a, int64_t v);
+void ts_cl_arg_float(ts_cl_args *a, float v);
+void ts_cl_arg_mem(ts_cl_args *a, cl_mem m);
+void ts_cl_arg_local(ts_cl_args *a, size_t bytes);
+ts_status ts_cl_launch(ts_cl_device *d, const char *file, const char *kernel, cl_uint dims,
+                       const size_t *global, const size_t *local, const ts_cl_args *args);
+ts_status ts_cl_run_op(ts_device *dev, const ts_op *op);
+/* A device buffer of at least `bytes` for partial results. */
+ts_status ts_cl_scratch(ts_cl_device *d, size_t bytes, cl_mem *out);
+
+/* GEMM (cl_gemm.c). */
+ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op);
+ts_gemm_route ts_cl_default_gemm_route(const ts_cl_device *d);
+const char *ts_cl_gemm_route_name(ts_gemm_route r);
+void ts_cl_gemm_release(ts_cl_device *d);
+
+static inline cl_mem ts_cl_mem(const ts_tensor *t) { return (cl_mem)t->block->handle; }
+
+#endif

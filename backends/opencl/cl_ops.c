@@ -1,0 +1,414 @@
+/* The OpenCL backend's ops: argument packing, launches, and the op switch.
+ * Nothing here waits for the device: every op is enqueued on the device's one
+ * in-order queue and returns. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cl_internal.h"
+
+/* ---- argument packing ---- */
+
+static void push(ts_cl_args *a, size_t size, const void *value)
+{
+    a->size[a->n] = size;
+    a->value[a->n] = value;
+    a->n++;
+}
+
+void ts_cl_arg_mem(ts_cl_args *a, cl_mem m)
+{
+    int k = a->nm++;
+    a->mem[k] = m;
+    push(a, sizeof(cl_mem), &a->mem[k]);
+}
+
+void ts_cl_arg_tensor(ts_cl_args *a, const ts_tensor *t)
+{
+    int k = a->nm++;
+    a->mem[k] = t ? ts_cl_mem(t) : NULL;
+    a->off[k] = t ? (cl_ulong)(t->offset / ts_dtype_size(t->dtype)) : 0;
+    push(a, sizeof(cl_mem), &a->mem[k]);
+    push(a, sizeof(cl_ulong), &a->off[k]);
+}
+
+void ts_cl_arg_long(ts_cl_args *a, int64_t v)
+{
+    int k = a->ni++;
+    a->ints[k] = (cl_long)v;
+    push(a, sizeof(cl_long), &a->ints[k]);
+}
+
+/* OpenCL `int` arguments (flags). */
+static void arg_int(ts_cl_args *a, int v)
+{
+    int k = a->ni++;
+    memcpy(&a->ints[k], &(cl_int){(cl_int)v}, sizeof(cl_int));
+    push(a, sizeof(cl_int), &a->ints[k]);
+}
+
+void ts_cl_arg_float(ts_cl_args *a, float v)
+{
+    int k = a->nf++;
+    a->floats[k] = v;
+    push(a, sizeof(float), &a->floats[k]);
+}
+
+void ts_cl_arg_local(ts_cl_args *a, size_t bytes) { push(a, bytes, NULL); }
+
+static void args_init(ts_cl_args *a) { memset(a, 0, sizeof *a); }
+
+ts_status ts_cl_launch(ts_cl_device *d, const char *file, const char *name, cl_uint dims,
+                       const size_t *global, const size_t *local, const ts_cl_args *args)
+{
+    cl_kernel k;
+    ts_status st = ts_cl_get_kernel(d, file, name, &k);
+    if (st) return st;
+    for (int i = 0; i < args->n; i++) {
+        cl_int err = clSetKernelArg(k, (cl_uint)i, args->size[i], args->value[i]);
+        if (err != CL_SUCCESS) {
+            char what[128];
+            snprintf(what, sizeof what, "clSetKernelArg(%s, %d)", name, i);
+            return ts_cl_fail(err, what, d);
+        }
+    }
+    size_t g[3];
+    for (cl_uint i = 0; i < dims; i++) {
+        g[i] = global[i];
+        if (g[i] == 0) return TS_OK;
+        if (local) g[i] = (g[i] + local[i] - 1) / local[i] * local[i];
+    }
+    cl_int err = clEnqueueNDRangeKernel(d->queue, k, dims, NULL, g, local, 0, NULL, NULL);
+    if (err != CL_SUCCESS) {
+        char what[128];
+        snprintf(what, sizeof what, "enqueueing kernel %s", name);
+        return ts_cl_fail(err, what, d);
+    }
+    return TS_OK;
+}
+
+/* ---- launch shapes ---- */
+
+static ts_status launch_1d(ts_cl_device *d, const char *file, const char *name, int64_t n,
+                           const ts_cl_args *a)
+{
+    size_t g = (size_t)n, l = d->elem_wg;
+    return ts_cl_launch(d, file, name, 1, &g, &l, a);
+}
+
+/* One work-group of row_wg items per row. */
+static ts_status launch_rows(ts_cl_device *d, const char *file, const char *name, int64_t rows,
+                             const ts_cl_args *a)
+{
+    size_t g = (size_t)rows * d->row_wg, l = d->row_wg;
+    return ts_cl_launch(d, file, name, 1, &g, &l, a);
+}
+
+/* Column reductions split rows into R chunks: CPU devices use one (a
+ * work-item per column is already enough parallelism); GPUs use up to 64. */
+static void row_chunks(const ts_cl_device *d, int64_t N, int64_t *R, int64_t *chunk)
+{
+    int64_t r = d->is_cpu ? 1 : (N + 31) / 32;
+    if (r > 64) r = 64;
+    if (r < 1) r = 1;
+    *chunk = (N + r - 1) / r;
+    *R = (N + *chunk - 1) / *chunk;
+    if (*R < 1) *R = 1;
+}
+
+static ts_status finish_partials(ts_cl_device *d, ts_tensor *out, cl_mem partial, int64_t base,
+                                 int64_t R, int64_t C, int accumulate)
+{
+    ts_cl_args a;
+    args_init(&a);
+    ts_cl_arg_tensor(&a, out);
+    ts_cl_arg_mem(&a, partial);
+    ts_cl_arg_long(&a, base);
+    ts_cl_arg_long(&a, R);
+    ts_cl_arg_long(&a, C);
+    arg_int(&a, accumulate);
+    return launch_1d(d, "reduce.cl", "partials_finish", C, &a);
+}
+
+/* ---- ops ---- */
+
+static ts_status op_elementwise(ts_cl_device *d, const ts_op *op)
+{
+    ts_cl_args a;
+    args_init(&a);
+    int64_t n = ts_tensor_numel(op->out[0]);
+    ts_cl_arg_tensor(&a, op->out[0]);
+    switch (op->kind) {
+    case TS_OP_FILL:
+        ts_cl_arg_long(&a, n);
+        ts_cl_arg_float(&a, op->p.fill.value);
+        return launch_1d(d, "elementwise.cl", "fill", n, &a);
+    case TS_OP_ADD:
+        ts_cl_arg_tensor(&a, op->in[0]);
+        ts_cl_arg_tensor(&a, op->in[1]);
+        ts_cl_arg_long(&a, n);
+        return launch_1d(d, "elementwise.cl", "add", n, &a);
+    case TS_OP_SCALE:
+        ts_cl_arg_tensor(&a, op->in[0]);
+        ts_cl_arg_float(&a, op->p.scale.alpha);
+        ts_cl_arg_long(&a, n);
+        return launch_1d(d, "elementwise.cl", "scale", n, &a);
+    case TS_OP_GELU_FWD:
+        ts_cl_arg_tensor(&a, op->in[0]);
+        ts_cl_arg_long(&a, n);
+        return launch_1d(d, "elementwise.cl", "gelu_forward", n, &a);
+    case TS_OP_GELU_BWD:
+        ts_cl_arg_tensor(&a, op->in[0]);
+        ts_cl_arg_tensor(&a, op->in[1]);
+        ts_cl_arg_long(&a, n);
+        return launch_1d(d, "elementwise.cl", "gelu_backward", n, &a);
+    default:
+        return ts_error(TS_ERR_UNSUPPORTED, "not an elementwise op");
+    }
+}
+
+static ts_status op_embedding_forward(ts_cl_device *d, const ts_op *op)
+{
+    const __typeof__(op->p.embedding) *e = &op->p.embedding;
+    ts_cl_args a;
+    args_init(&a);
+    ts_cl_arg_tensor(&a, op->out[0]);
+    ts_cl_arg_tensor(&a, op->in[0]);
+    ts_cl_arg_tensor(&a, op->in[1]);
+    ts_cl_arg_tensor(&a, op->in[2]);
+    arg_int(&a, op->in[2] != NULL);
+    ts_cl_arg_long(&a, e->N);
+    ts_cl_arg_long(&a, e->T);
+    ts_cl_arg_long(&a, e->C);
+    ts_cl_arg_long(&a, e->V);
+    ts_cl_arg_long(&a, e->vocab_start);
+    return launch_1d(d, "embedding.cl", "embedding_forward", e->N * e->C, &a);
+}
+
+static ts_status op_embedding_backward(ts_cl_device *d, const ts_op *op)
+{
+    const __typeof__(op->p.embedding) *e = &op->p.embedding;
+    ts_status st;
+    if (op->out[0]) {
+        ts_cl_args a;
+        args_init(&a);
+        ts_cl_arg_tensor(&a, op->out[0]);
+        ts_cl_arg_tensor(&a, op->in[0]);
+        ts_cl_arg_tensor(&a, op->in[1]);
+        ts_cl_arg_long(&a, e->N);
+        ts_cl_arg_long(&a, e->C);
+        ts_cl_arg_long(&a, e->V);
+        ts_cl_arg_long(&a, e->vocab_start);
+        if ((st = launch_1d(d, "embedding.cl", "embedding_backward_wte", e->C, &a))) return st;
+    }
+    if (op->out[1]) {
+        ts_cl_args a;
+        args_init(&a);
+        ts_cl_arg_tensor(&a, op->out[1]);
+        ts_cl_arg_tensor(&a, op->in[0]);
+        ts_cl_arg_long(&a, e->N);
+        ts_cl_arg_long(&a, e->T);
+        ts_cl_arg_long(&a, e->C);
+        if ((st = launch_1d(d, "embedding.cl", "embedding_backward_wpe", e->T * e->C, &a)))
+            return st;
+    }
+    return TS_OK;
+}
+
+static ts_status op_layernorm_forward(ts_cl_device *d, const ts_op *op)
+{
+    ts_cl_args a;
+    args_init(&a);
+    ts_cl_arg_tensor(&a, op->out[0]);
+    ts_cl_arg_tensor(&a, op->out[1]);
+    ts_cl_arg_tensor(&a, op->out[2]);
+    arg_int(&a, (op->out[1] ? 1 : 0) | (op->out[2] ? 2 : 0));
+    ts_cl_arg_tensor(&a, op->in[0]);
+    ts_cl_arg_tensor(&a, op->in[1]);
+    ts_cl_arg_tensor(&a, op->in[2]);
+    ts_cl_arg_long(&a, op->p.layernorm.N);
+    ts_cl_arg_long(&a, op->p.layernorm.C);
+    ts_cl_arg_float(&a, op->p.layernorm.eps);
+    return launch_rows(d, "layernorm.cl", "layernorm_forward", op->p.layernorm.N, &a);
+}
+
+static ts_status op_layernorm_backward(ts_cl_device *d, const ts_op *op)
+{
+    int64_t N = op->p.layernorm.N, C = op->p.layernorm.C;
+    ts_status st;
+    ts_cl_args a;
+    args_init(&a);
+    ts_cl_arg_tensor(&a, op->out[0]);
+    ts_cl_arg_tensor(&a, op->in[0]);
+    ts_cl_arg_tensor(&a, op->in[1]);
+    ts_cl_arg_tensor(&a, op->in[2]);
+    ts_cl_arg_tensor(&a, op->in[3]);
+    ts_cl_arg_tensor(&a, op->in[4]);
+    ts_cl_arg_long(&a, N);
+    ts_cl_arg_long(&a, C);
+    if ((st = launch_rows(d, "layernorm.cl", "layernorm_backward_dinp", N, &a))) return st;
+
+    int64_t R, chunk;
+    row_chunks(d, N, &R, &chunk);
+    cl_mem partial;
+    if ((st = ts_cl_scratch(d, (size_t)(2 * R * C) * sizeof(float), &partial))) return st;
+    args_init(&a);
+    ts_cl_arg_mem(&a, partial);
+    ts_cl_arg_tensor(&a, op->in[0]);
+    ts_cl_arg_tensor(&a, op->in[1]);
+    ts_cl_arg_tensor(&a, op->in[3]);
+    ts_cl_arg_tensor(&a, op->in[4]);
+    ts_cl_arg_long(&a, N);
+    ts_cl_arg_long(&a, C);
+    ts_cl_arg_long(&a, chunk);
+    size_t g[2] = {(size_t)C, (size_t)R};
+    if ((st = ts_cl_launch(d, "layernorm.cl", "layernorm_backward_params", 2, g, NULL, &a)))
+        return st;
+    if ((st = finish_partials(d, op->out[1], partial, 0, R, C, 1))) return st;
+    return finish_partials(d, op->out[2], partial, R * C, R, C, 1);
+}
+
+static ts_status op_sum_rows(ts_cl_device *d, const ts_op *op)
+{
+    int64_t N = op->p.sum_rows.N, C = op->p.sum_rows.C, R, chunk;
+    row_chunks(d, N, &R, &chunk);
+    cl_mem partial;
+    ts_status st = ts_cl_scratch(d, (size_t)(R * C) * sizeof(float), &partial);
+    if (st) return st;
+    ts_cl_args a;
+    args_init(&a);
+    ts_cl_arg_mem(&a, partial);
+    ts_cl_arg_tensor(&a, op->in[0]);
+    ts_cl_arg_long(&a, N);
+    ts_cl_arg_long(&a, C);
+    ts_cl_arg_long(&a, chunk);
+    size_t g[2] = {(size_t)C, (size_t)R};
+    if ((st = ts_cl_launch(d, "reduce.cl", "sum_rows_partial", 2, g, NULL, &a))) return st;
+    return finish_partials(d, op->out[0], partial, 0, R, C, op->p.sum_rows.accumulate);
+}
+
+static ts_status op_heads(ts_cl_device *d, const ts_op *op)
+{
+    const __typeof__(op->p.heads) *h = &op->p.heads;
+    ts_cl_args a;
+    args_init(&a);
+    ts_cl_arg_tensor(&a, op->out[0]);
+    ts_cl_arg_tensor(&a, op->in[0]);
+    ts_cl_arg_long(&a, h->B);
+    ts_cl_arg_long(&a, h->T);
+    ts_cl_arg_long(&a, h->K);
+    ts_cl_arg_long(&a, h->NH);
+    ts_cl_arg_long(&a, h->HS);
+    arg_int(&a, op->kind == TS_OP_SPLIT_HEADS);
+    return launch_1d(d, "attention.cl", "heads_permute", h->K * h->B * h->NH * h->T * h->HS, &a);
+}
+
+static ts_status op_softmax(ts_cl_device *d, const ts_op *op)
+{
+    ts_cl_args a;
+    args_init(&a);
+    ts_cl_arg_tensor(&a, op->out[0]);
+    ts_cl_arg_tensor(&a, op->in[0]);
+    if (op->kind == TS_OP_SOFTMAX_CAUSAL_BWD) ts_cl_arg_tensor(&a, op->in[1]);
+    int64_t rows = op->p.softmax.BH * op->p.softmax.T;
+    ts_cl_arg_long(&a, rows);
+    ts_cl_arg_long(&a, op->p.softmax.T);
+    ts_cl_arg_float(&a, op->p.softmax.scale);
+    return launch_rows(d, "attention.cl",
+                       op->kind == TS_OP_SOFTMAX_CAUSAL_FWD ? "softmax_causal_forward"
+                                                            : "softmax_causal_backward",
+                       rows, &a);
+}
+
+static ts_status op_cross_entropy(ts_cl_device *d, const ts_op *op)
+{
+    ts_cl_args a;
+    args_init(&a);
+    ts_cl_arg_tensor(&a, op->out[0]);
+    ts_cl_arg_tensor(&a, op->out[1]);
+    ts_cl_arg_tensor(&a, op->out[2]);
+    arg_int(&a, (op->out[0] ? 1 : 0) | (op->out[1] ? 2 : 0) | (op->out[2] ? 4 : 0));
+    ts_cl_arg_tensor(&a, op->in[0]);
+    ts_cl_arg_tensor(&a, op->in[1]);
+    arg_int(&a, op->in[1] != NULL);
+    ts_cl_arg_long(&a, op->p.cross_entropy.N);
+    ts_cl_arg_long(&a, op->p.cross_entropy.V);
+    ts_cl_arg_float(&a, op->p.cross_entropy.scale);
+    return launch_rows(d, "cross_entropy.cl", "cross_entropy", op->p.cross_entropy.N, &a);
+}
+
+static ts_status op_reduce(ts_cl_device *d, const ts_op *op)
+{
+    int64_t n = op->p.reduce.n;
+    int64_t G = (n + 4095) / 4096;
+    if (G > 256) G = 256;
+    if (G < 1) G = 1;
+    int64_t chunk = (n + G - 1) / G;
+    cl_mem partial;
+    ts_status st = ts_cl_scratch(d, (size_t)G * sizeof(float), &partial);
+    if (st) return st;
+    ts_cl_args a;
+    args_init(&a);
+    ts_cl_arg_mem(&a, partial);
+    ts_cl_arg_tensor(&a, op->in[0]);
+    ts_cl_arg_long(&a, n);
+    ts_cl_arg_long(&a, chunk);
+    arg_int(&a, op->kind == TS_OP_SQNORM);
+    if ((st = launch_rows(d, "reduce.cl", "reduce_partial", G, &a))) return st;
+    args_init(&a);
+    ts_cl_arg_tensor(&a, op->out[0]);
+    ts_cl_arg_mem(&a, partial);
+    ts_cl_arg_long(&a, G);
+    return launch_rows(d, "reduce.cl", "reduce_finish", 1, &a);
+}
+
+static ts_status op_optim(ts_cl_device *d, const ts_op *op)
+{
+    const __typeof__(op->p.optim) *o = &op->p.optim;
+    ts_cl_args a;
+    args_init(&a);
+    ts_cl_arg_tensor(&a, op->out[0]);
+    ts_cl_arg_tensor(&a, op->out[1]);
+    ts_cl_arg_tensor(&a, op->out[2]);
+    ts_cl_arg_tensor(&a, op->in[0]);
+    ts_cl_arg_long(&a, o->n);
+    arg_int(&a, (int)o->kind);
+    ts_cl_arg_float(&a, o->lr);
+    ts_cl_arg_float(&a, o->beta1);
+    ts_cl_arg_float(&a, o->beta2);
+    ts_cl_arg_float(&a, o->eps);
+    ts_cl_arg_float(&a, o->weight_decay);
+    ts_cl_arg_float(&a, o->grad_scale);
+    ts_cl_arg_float(&a, o->bias_correction1);
+    ts_cl_arg_float(&a, o->bias_correction2);
+    return launch_1d(d, "optim.cl", "optim_update", o->n, &a);
+}
+
+ts_status ts_cl_run_op(ts_device *dev, const ts_op *op)
+{
+    ts_cl_device *d = dev->context;
+    ts_status st = ts_cl_ensure_ready(d);
+    if (st) return st;
+    switch (op->kind) {
+    case TS_OP_FILL:
+    case TS_OP_ADD:
+    case TS_OP_SCALE:
+    case TS_OP_GELU_FWD:
+    case TS_OP_GELU_BWD: return op_elementwise(d, op);
+    case TS_OP_EMBEDDING_FWD: return op_embedding_forward(d, op);
+    case TS_OP_EMBEDDING_BWD: return op_embedding_backward(d, op);
+    case TS_OP_LAYERNORM_FWD: return op_layernorm_forward(d, op);
+    case TS_OP_LAYERNORM_BWD: return op_layernorm_backward(d, op);
+    case TS_OP_GEMM: return ts_cl_gemm(d, op);
+    case TS_OP_SUM_ROWS: return op_sum_rows(d, op);
+    case TS_OP_SPLIT_HEADS:
+    case TS_OP_MERGE_HEADS: return op_heads(d, op);
+    case TS_OP_SOFTMAX_CAUSAL_FWD:
+    case TS_OP_SOFTMAX_CAUSAL_BWD: return op_softmax(d, op);
+    case TS_OP_CROSS_ENTROPY: return op_cross_entropy(d, op);
+    case TS_OP_SUM:
+    case TS_OP_SQNORM: return op_reduce(d, op);
+    case TS_OP_OPTIM_UPDATE: return op_optim(d, op);
+    default: break;
+    }
+    return ts_error(TS_ERR_UNSUPPORTED, "OpenCL backend has no op %s", ts_op_kind_name(op->kind));
+}

@@ -1,0 +1,97 @@
+/* tessera devices: every device, its capabilities, and where it sits. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "tessera/tessera.h"
+
+static void json_str(FILE *f, const char *key, const char *v, int comma)
+{
+    fprintf(f, "\"%s\": \"", key);
+    for (const char *p = v; *p; p++) {
+        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
+        else if ((unsigned char)*p < 0x20) fprintf(f, "\\u%04x", *p);
+        else fputc(*p, f);
+    }
+    fprintf(f, "\"%s", comma ? ", " : "");
+}
+
+static double gib(uint64_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
+
+static void print_text(int i, const ts_device_info *d, const ts_locality *loc)
+{
+    printf("%s%-10s %s\n", i ? "\n" : "", d->id, d->name);
+    printf("  type      %s, %d compute units", ts_device_type_name(d->type), d->compute_units);
+    if (d->clock_mhz > 0) printf(", %d MHz", d->clock_mhz);
+    printf("\n");
+    if (d->vendor[0]) printf("  vendor    %s\n", d->vendor);
+    printf("  platform  %s\n", d->platform);
+    printf("  driver    %s\n", d->driver_version);
+    printf("  version   %s\n", d->version);
+    printf("  memory    %.1f GiB global, %.1f GiB max allocation", gib(d->global_mem_bytes),
+           gib(d->max_alloc_bytes));
+    if (d->local_mem_bytes) printf(", %llu KiB local", (unsigned long long)d->local_mem_bytes / 1024);
+    if (d->max_work_group_size)
+        printf(", work-groups up to %llu", (unsigned long long)d->max_work_group_size);
+    printf("\n");
+    printf("  features  fp64 %s, fp16 %s, subgroups %s%s\n", d->fp64 ? "yes" : "no",
+           d->fp16 ? "yes" : "no", d->subgroups ? "yes" : "no",
+           d->host_memory ? ", host memory" : "");
+    printf("  details   %s\n", d->details);
+    if (loc->known)
+        printf("  near      cores %s (%d cores, %d threads), NUMA node %s [%s]\n", loc->cpus,
+               loc->cores, loc->pus, loc->numa_nodes[0] ? loc->numa_nodes : "-", loc->how);
+    else
+        printf("  near      unknown (%s)\n", loc->how[0] ? loc->how : "hwloc found nothing");
+}
+
+static void print_json(int i, int n, const ts_device_info *d, const ts_locality *loc)
+{
+    printf("  {");
+    json_str(stdout, "id", d->id, 1);
+    json_str(stdout, "backend", d->backend, 1);
+    json_str(stdout, "name", d->name, 1);
+    json_str(stdout, "type", ts_device_type_name(d->type), 1);
+    json_str(stdout, "vendor", d->vendor, 1);
+    json_str(stdout, "platform", d->platform, 1);
+    json_str(stdout, "driver", d->driver_version, 1);
+    json_str(stdout, "version", d->version, 1);
+    printf("\"global_mem_bytes\": %llu, \"max_alloc_bytes\": %llu, \"local_mem_bytes\": %llu, "
+           "\"max_work_group_size\": %llu, \"compute_units\": %d, \"clock_mhz\": %d, "
+           "\"fp64\": %s, \"fp16\": %s, \"subgroups\": %s, \"host_memory\": %s, ",
+           (unsigned long long)d->global_mem_bytes, (unsigned long long)d->max_alloc_bytes,
+           (unsigned long long)d->local_mem_bytes, (unsigned long long)d->max_work_group_size,
+           d->compute_units, d->clock_mhz, d->fp64 ? "true" : "false",
+           d->fp16 ? "true" : "false", d->subgroups ? "true" : "false",
+           d->host_memory ? "true" : "false");
+    json_str(stdout, "details", d->details, 1);
+    printf("\"locality\": {\"known\": %s, ", loc->known ? "true" : "false");
+    json_str(stdout, "cpus", loc->cpus, 1);
+    json_str(stdout, "numa_nodes", loc->numa_nodes, 1);
+    printf("\"cores\": %d, \"pus\": %d, ", loc->cores, loc->pus);
+    json_str(stdout, "how", loc->how, 0);
+    printf("}}%s\n", i + 1 < n ? "," : "");
+}
+
+int cmd_devices(int argc, char **argv)
+{
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) json = 1;
+        else {
+            fprintf(stderr, "tessera devices: unknown option '%s'\n", argv[i]);
+            return 2;
+        }
+    }
+    int n = ts_device_count();
+    if (json) printf("[\n");
+    for (int i = 0; i < n; i++) {
+        ts_device *dev = ts_device_at(i);
+        ts_locality loc;
+        if (ts_device_locality(dev, &loc) != TS_OK) return cli_fail("locating device");
+        if (json) print_json(i, n, ts_device_get_info(dev), &loc);
+        else print_text(i, ts_device_get_info(dev), &loc);
+    }
+    if (json) printf("]\n");
+    return 0;
+}

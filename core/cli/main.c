@@ -1,0 +1,54 @@
+/* tessera: train transformer language models on any OpenCL device or the
+ * CPU, alone or across MPI ranks. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "tessera/tessera.h"
+
+int cli_fail(const char *what)
+{
+    fprintf(stderr, "tessera: %s: %s\n", what, ts_last_error());
+    return 1;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: tessera <command> [options]\n"
+            "\n"
+            "commands:\n"
+            "  devices [--json]     list every device with its capabilities and locality\n"
+            "  help                 this text\n"
+            "\n"
+            "environment:\n"
+            "  TESSERA_DEVICE       cpu | opencl | opencl:N | opencl:<name> | auto\n"
+            "  TESSERA_THREADS      CPU threads (OpenMP and host BLAS)\n"
+            "  TESSERA_CACHE_DIR    OpenCL binary cache directory, or 'off'\n"
+            "  TESSERA_GEMM         OpenCL GEMM route: auto | blas | clblast | kernel\n"
+            "  TESSERA_LOG          error | warn | info | debug\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    int rc;
+    if (!strcmp(cmd, "devices")) rc = cmd_devices(argc - 1, argv + 1);
+    else if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+        usage(stdout);
+        rc = 0;
+    } else if (!strcmp(cmd, "--version")) {
+        printf("tessera %s\n", TESSERA_VERSION);
+        rc = 0;
+    } else {
+        fprintf(stderr, "tessera: unknown command '%s'\n\n", cmd);
+        usage(stderr);
+        rc = 2;
+    }
+    ts_shutdown();
+    return rc;
+}

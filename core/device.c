@@ -1,0 +1,250 @@
+#include "tessera/device.h"
+
+#include <ctype.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "allocator.h"
+#include "backends.h"
+#include "tessera/backend.h"
+
+#define TS_MAX_DEVICES 64
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static ts_device *devices[TS_MAX_DEVICES];
+static int n_devices;
+static int registry_ready;
+static int thread_count; /* 0: all cores */
+
+ts_status ts_device_register(const ts_backend_iface *iface, void *context,
+                             const ts_device_info *info, ts_device **out)
+{
+    if (n_devices >= TS_MAX_DEVICES)
+        return ts_error(TS_ERR_DEVICE, "more than %d devices; %s not registered", TS_MAX_DEVICES,
+                        info->name);
+    ts_device *d = calloc(1, sizeof *d);
+    if (!d) return ts_error(TS_ERR_OOM, "no memory to register device %s", info->name);
+    d->iface = iface;
+    d->context = context;
+    d->info = *info;
+    d->allocator = ts_allocator_create();
+    if (!d->allocator) {
+        free(d);
+        return ts_error(TS_ERR_OOM, "no memory for the allocator of %s", info->name);
+    }
+    devices[n_devices++] = d;
+    if (out) *out = d;
+    return TS_OK;
+}
+
+static void read_thread_env(void)
+{
+    const char *env = getenv("TESSERA_THREADS");
+    if (env && *env) {
+        int n = atoi(env);
+        if (n > 0) thread_count = n;
+    }
+}
+
+/* Build the registry once. A backend that fails to start is logged and left
+ * out; the others still come up. */
+static void ensure_registry(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    if (!registry_ready) {
+        registry_ready = 1;
+        read_thread_env();
+        ts_status st = ts_cpu_backend_register(thread_count);
+        if (st) ts_log(TS_LOG_WARN, "CPU backend unavailable: %s", ts_last_error());
+#ifdef TS_HAVE_OPENCL
+        st = ts_opencl_backend_register(thread_count);
+        if (st) ts_log(TS_LOG_WARN, "OpenCL backend unavailable: %s", ts_last_error());
+#endif
+        ts_clear_error();
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+int ts_device_count(void)
+{
+    ensure_registry();
+    return n_devices;
+}
+
+ts_device *ts_device_at(int index)
+{
+    ensure_registry();
+    if (index < 0 || index >= n_devices) return NULL;
+    return devices[index];
+}
+
+const ts_device_info *ts_device_get_info(const ts_device *device)
+{
+    return device ? &device->info : NULL;
+}
+
+const char *ts_device_type_name(ts_device_type type)
+{
+    switch (type) {
+    case TS_DEVICE_CPU: return "CPU";
+    case TS_DEVICE_GPU: return "GPU";
+    case TS_DEVICE_ACCELERATOR: return "accelerator";
+    case TS_DEVICE_OTHER: return "other";
+    }
+    return "?";
+}
+
+static int contains_nocase(const char *hay, const char *needle)
+{
+    size_t n = strlen(needle);
+    if (n == 0) return 1;
+    for (; *hay; hay++) {
+        size_t i = 0;
+        while (i < n && hay[i] && tolower((unsigned char)hay[i]) == tolower((unsigned char)needle[i]))
+            i++;
+        if (i == n) return 1;
+    }
+    return 0;
+}
+
+/* A rough speed rank for the default choice: GPUs first, then by compute
+ * units times clock. */
+static double speed_rank(const ts_device *d)
+{
+    return (double)d->info.compute_units * (d->info.clock_mhz > 0 ? d->info.clock_mhz : 1000);
+}
+
+static ts_status unknown_device(const char *spec)
+{
+    char list[1024];
+    size_t n = 0;
+    list[0] = '\0';
+    for (int i = 0; i < n_devices && n < sizeof list; i++)
+        n += (size_t)snprintf(list + n, sizeof list - n, "%s%s (%s)", i ? ", " : "",
+                              devices[i]->info.id, devices[i]->info.name);
+    return ts_error(TS_ERR_DEVICE, "unknown device '%s'; available: %s", spec,
+                    n_devices ? list : "none");
+}
+
+ts_status ts_device_open(const char *spec, ts_device **out)
+{
+    if (!out) return ts_error(TS_ERR_INVALID_ARG, "ts_device_open: out is NULL");
+    *out = NULL;
+    ensure_registry();
+    if (!spec || !*spec || !strcmp(spec, "auto")) {
+        const char *env = getenv("TESSERA_DEVICE");
+        if (env && *env && strcmp(env, "auto") != 0) {
+            ts_status st = ts_device_open(env, out);
+            if (st) return ts_error_context(st, "TESSERA_DEVICE=%s", env);
+            return TS_OK;
+        }
+        ts_device *best = NULL;
+        for (int i = 0; i < n_devices; i++) {
+            ts_device *d = devices[i];
+            if (d->info.type != TS_DEVICE_GPU) continue;
+            if (!best || speed_rank(d) > speed_rank(best)) best = d;
+        }
+        if (!best) {
+            for (int i = 0; i < n_devices; i++)
+                if (!strcmp(devices[i]->info.backend, "cpu")) best = devices[i];
+        }
+        if (!best) return ts_error(TS_ERR_DEVICE, "no device is available");
+        *out = best;
+        return TS_OK;
+    }
+    for (int i = 0; i < n_devices; i++) {
+        if (!strcmp(devices[i]->info.id, spec)) {
+            *out = devices[i];
+            return TS_OK;
+        }
+    }
+    const char *colon = strchr(spec, ':');
+    size_t blen = colon ? (size_t)(colon - spec) : strlen(spec);
+    const char *rest = colon ? colon + 1 : "";
+    for (int i = 0; i < n_devices; i++) {
+        ts_device *d = devices[i];
+        if (strlen(d->info.backend) != blen || strncmp(d->info.backend, spec, blen) != 0) continue;
+        if (!*rest) { /* "opencl": the first of that backend */
+            *out = d;
+            return TS_OK;
+        }
+        int all_digits = 1;
+        for (const char *p = rest; *p; p++)
+            if (!isdigit((unsigned char)*p)) all_digits = 0;
+        if (all_digits) continue; /* an index that matched no id above */
+        if (contains_nocase(d->info.name, rest) || contains_nocase(d->info.vendor, rest) ||
+            contains_nocase(d->info.platform, rest)) {
+            *out = d;
+            return TS_OK;
+        }
+    }
+    return unknown_device(spec);
+}
+
+ts_status ts_device_synchronize(ts_device *device)
+{
+    if (!device) return ts_error(TS_ERR_DEVICE, "ts_device_synchronize: device is NULL");
+    ts_status st = device->iface->synchronize(device);
+    if (st) return ts_error_context(st, "synchronizing %s", device->info.id);
+    return TS_OK;
+}
+
+ts_status ts_device_prepare(ts_device *device)
+{
+    if (!device) return ts_error(TS_ERR_DEVICE, "ts_device_prepare: device is NULL");
+    if (!device->iface->prepare) return TS_OK;
+    ts_status st = device->iface->prepare(device);
+    if (st) return ts_error_context(st, "preparing %s", device->info.id);
+    return TS_OK;
+}
+
+void ts_device_build_stats(ts_device *device, ts_build_stats *stats)
+{
+    memset(stats, 0, sizeof *stats);
+    if (device && device->iface->build_stats) device->iface->build_stats(device, stats);
+}
+
+void ts_device_memory_stats(ts_device *device, ts_memory_stats *stats)
+{
+    memset(stats, 0, sizeof *stats);
+    if (device) ts_allocator_stats(device, stats);
+}
+
+void ts_device_empty_cache(ts_device *device)
+{
+    if (device) ts_allocator_empty(device);
+}
+
+ts_status ts_set_threads(int threads)
+{
+    if (threads < 0) return ts_error(TS_ERR_INVALID_ARG, "thread count %d is negative", threads);
+    thread_count = threads;
+    ts_cpu_backend_set_threads(threads);
+    return TS_OK;
+}
+
+int ts_get_threads(void)
+{
+    ensure_registry();
+    return ts_cpu_backend_get_threads();
+}
+
+void ts_shutdown(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (int i = n_devices - 1; i >= 0; i--) {
+        ts_device *d = devices[i];
+        ts_allocator_destroy(d->allocator, d);
+        if (d->iface->release) d->iface->release(d);
+        free(d);
+        devices[i] = NULL;
+    }
+    n_devices = 0;
+#ifdef TS_HAVE_OPENCL
+    ts_opencl_backend_shutdown();
+#endif
+    registry_ready = 0;
+    pthread_mutex_unlock(&registry_lock);
+}

@@ -1,0 +1,777 @@
+/* The device-agnostic op API: validate, describe, dispatch.
+ *
+ * Each public op checks its operands completely (presence, dtype, sizes, one
+ * device) so that backends receive only well-formed work, fills a ts_op and
+ * hands it to the device's backend. Failures carry the op name, the operand
+ * shapes and the device. */
+#include "tessera/ops.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "tessera/backend.h"
+
+const char *ts_op_kind_name(ts_op_kind kind)
+{
+    static const char *names[TS_OP_COUNT] = {
+        [TS_OP_FILL] = "fill",
+        [TS_OP_ADD] = "add",
+        [TS_OP_SCALE] = "scale",
+        [TS_OP_GELU_FWD] = "gelu_forward",
+        [TS_OP_GELU_BWD] = "gelu_backward",
+        [TS_OP_EMBEDDING_FWD] = "embedding_forward",
+        [TS_OP_EMBEDDING_BWD] = "embedding_backward",
+        [TS_OP_LAYERNORM_FWD] = "layernorm_forward",
+        [TS_OP_LAYERNORM_BWD] = "layernorm_backward",
+        [TS_OP_GEMM] = "gemm",
+        [TS_OP_SUM_ROWS] = "sum_rows",
+        [TS_OP_SPLIT_HEADS] = "split_heads",
+        [TS_OP_MERGE_HEADS] = "merge_heads",
+        [TS_OP_SOFTMAX_CAUSAL_FWD] = "softmax_causal_forward",
+        [TS_OP_SOFTMAX_CAUSAL_BWD] = "softmax_causal_backward",
+        [TS_OP_CROSS_ENTROPY] = "cross_entropy",
+        [TS_OP_SUM] = "sum",
+        [TS_OP_SQNORM] = "sqnorm",
+        [TS_OP_OPTIM_UPDATE] = "optimizer_update",
+    };
+    if ((int)kind < 0 || kind >= TS_OP_COUNT) return "?";
+    return names[kind];
+}
+
+/* ---- validation helpers ---- */
+
+static _Thread_local char g_desc[8][96];
+
+static const char *desc(int slot, const ts_tensor *t)
+{
+    return ts_tensor_describe(t, g_desc[slot & 7], sizeof g_desc[0]);
+}
+
+static ts_status need(const char *op, const char *name, const ts_tensor *t, ts_dtype dtype)
+{
+    if (!t) return ts_error(TS_ERR_INVALID_ARG, "%s: %s is NULL", op, name);
+    if (!t->block || !t->device)
+        return ts_error(TS_ERR_INVALID_ARG, "%s: %s is not allocated", op, name);
+    if (t->dtype != dtype)
+        return ts_error(TS_ERR_SHAPE, "%s: %s must be %s, got %s", op, name, ts_dtype_name(dtype),
+                        desc(0, t));
+    return TS_OK;
+}
+
+static ts_status need_numel(const char *op, const char *name, const ts_tensor *t, int64_t n)
+{
+    if (ts_tensor_numel(t) != n)
+        return ts_error(TS_ERR_SHAPE, "%s: %s %s has %lld elements, expected %lld", op, name,
+                        desc(0, t), (long long)ts_tensor_numel(t), (long long)n);
+    return TS_OK;
+}
+
+static int64_t last_dim(const ts_tensor *t) { return t->shape[t->ndim - 1]; }
+
+#define TRY(expr)                                                                                  \
+    do {                                                                                           \
+        ts_status st_ = (expr);                                                                    \
+        if (st_ != TS_OK) return st_;                                                              \
+    } while (0)
+
+/* Send a validated op to its device. */
+static ts_status dispatch(const char *name, ts_op *op)
+{
+    ts_device *dev = NULL;
+    const ts_tensor *all[8];
+    int n = 0;
+    for (int i = 0; i < 3; i++)
+        if (op->out[i]) all[n++] = op->out[i];
+    for (int i = 0; i < 5; i++)
+        if (op->in[i]) all[n++] = op->in[i];
+    for (int i = 0; i < n; i++) {
+        if (!dev) dev = all[i]->device;
+        else if (all[i]->device != dev)
+            return ts_error(TS_ERR_DEVICE, "%s: operands are on different devices (%s and %s)",
+                            name, dev->info.id, all[i]->device->info.id);
+    }
+    if (!dev) return ts_error(TS_ERR_INVALID_ARG, "%s: no operands", name);
+    if (dev->iface->supports_op && !dev->iface->supports_op(dev, op))
+        return ts_error(TS_ERR_UNSUPPORTED, "%s is not supported on device %s (%s)", name,
+                        dev->info.id, dev->info.name);
+    ts_status st = dev->iface->run_op(dev, op);
+    if (st) {
+        char shapes[512];
+        size_t k = 0;
+        shapes[0] = '\0';
+        for (int i = 0; i < n && k < sizeof shapes; i++)
+            k += (size_t)snprintf(shapes + k, sizeof shapes - k, "%s%s", i ? ", " : "",
+                                  desc(i, all[i]));
+        return ts_error_context(st, "%s(%s) on %s", name, shapes, dev->info.id);
+    }
+    return TS_OK;
+}
+
+static ts_op op_new(ts_op_kind kind)
+{
+    ts_op op;
+    memset(&op, 0, sizeof op);
+    op.kind = kind;
+    return op;
+}
+
+/* ---- elementwise ---- */
+
+ts_status ts_fill(ts_tensor *t, float value)
+{
+    const char *name = "ts_fill";
+    TRY(need(name, "t", t, TS_F32));
+    if (ts_tensor_numel(t) == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_FILL);
+    op.out[0] = t;
+    op.p.fill.value = value;
+    return dispatch(name, &op);
+}
+
+ts_status ts_add(ts_tensor *out, const ts_tensor *a, const ts_tensor *b)
+{
+    const char *name = "ts_add";
+    TRY(need(name, "out", out, TS_F32));
+    TRY(need(name, "a", a, TS_F32));
+    TRY(need(name, "b", b, TS_F32));
+    int64_t n = ts_tensor_numel(out);
+    TRY(need_numel(name, "a", a, n));
+    TRY(need_numel(name, "b", b, n));
+    if (n == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_ADD);
+    op.out[0] = out;
+    op.in[0] = a;
+    op.in[1] = b;
+    return dispatch(name, &op);
+}
+
+ts_status ts_scale(ts_tensor *out, const ts_tensor *a, float alpha)
+{
+    const char *name = "ts_scale";
+    TRY(need(name, "out", out, TS_F32));
+    TRY(need(name, "a", a, TS_F32));
+    TRY(need_numel(name, "a", a, ts_tensor_numel(out)));
+    if (ts_tensor_numel(out) == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_SCALE);
+    op.out[0] = out;
+    op.in[0] = a;
+    op.p.scale.alpha = alpha;
+    return dispatch(name, &op);
+}
+
+ts_status ts_gelu_forward(ts_tensor *out, const ts_tensor *inp)
+{
+    const char *name = "ts_gelu_forward";
+    TRY(need(name, "out", out, TS_F32));
+    TRY(need(name, "inp", inp, TS_F32));
+    TRY(need_numel(name, "inp", inp, ts_tensor_numel(out)));
+    if (ts_tensor_numel(out) == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_GELU_FWD);
+    op.out[0] = out;
+    op.in[0] = inp;
+    return dispatch(name, &op);
+}
+
+ts_status ts_gelu_backward(ts_tensor *dinp, const ts_tensor *inp, const ts_tensor *dout)
+{
+    const char *name = "ts_gelu_backward";
+    TRY(need(name, "dinp", dinp, TS_F32));
+    TRY(need(name, "inp", inp, TS_F32));
+    TRY(need(name, "dout", dout, TS_F32));
+    int64_t n = ts_tensor_numel(dinp);
+    TRY(need_numel(name, "inp", inp, n));
+    TRY(need_numel(name, "dout", dout, n));
+    if (n == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_GELU_BWD);
+    op.out[0] = dinp;
+    op.in[0] = inp;
+    op.in[1] = dout;
+    return dispatch(name, &op);
+}
+
+/* ---- embedding ---- */
+
+static ts_status embedding_common(const char *name, const ts_tensor *tokens, const ts_tensor *wte,
+                                  const ts_tensor *wpe, int64_t C_known, ts_op *op)
+{
+    TRY(need(name, "tokens", tokens, TS_I32));
+    if (tokens->ndim != 2)
+        return ts_error(TS_ERR_SHAPE, "%s: tokens must be [B, T], got %s", name, desc(0, tokens));
+    int64_t B = tokens->shape[0], T = tokens->shape[1];
+    int64_t C = C_known, V = 0;
+    if (wte) {
+        TRY(need(name, "wte", wte, TS_F32));
+        if (wte->ndim != 2)
+            return ts_error(TS_ERR_SHAPE, "%s: wte must be [V, C], got %s", name, desc(0, wte));
+        V = wte->shape[0];
+        if (C >= 0 && wte->shape[1] != C)
+            return ts_error(TS_ERR_SHAPE, "%s: wte %s has %lld channels, expected %lld", name,
+                            desc(0, wte), (long long)wte->shape[1], (long long)C);
+        C = wte->shape[1];
+    }
+    if (wpe) {
+        TRY(need(name, "wpe", wpe, TS_F32));
+        if (wpe->ndim != 2 || wpe->shape[0] < T || (C >= 0 && wpe->shape[1] != C))
+            return ts_error(TS_ERR_SHAPE, "%s: wpe must be [>= %lld, %lld], got %s", name,
+                            (long long)T, (long long)C, desc(0, wpe));
+        C = wpe->shape[1];
+    }
+    op->p.embedding.N = B * T;
+    op->p.embedding.T = T;
+    op->p.embedding.C = C;
+    op->p.embedding.V = V;
+    return TS_OK;
+}
+
+ts_status ts_embedding_forward_shard(ts_tensor *out, const ts_tensor *tokens, const ts_tensor *wte,
+                                     const ts_tensor *wpe, int64_t vocab_start)
+{
+    const char *name = "ts_embedding_forward";
+    TRY(need(name, "out", out, TS_F32));
+    if (!wte) return ts_error(TS_ERR_INVALID_ARG, "%s: wte is NULL", name);
+    ts_op op = op_new(TS_OP_EMBEDDING_FWD);
+    TRY(embedding_common(name, tokens, wte, wpe, -1, &op));
+    TRY(need_numel(name, "out", out, op.p.embedding.N * op.p.embedding.C));
+    if (vocab_start < 0) return ts_error(TS_ERR_INVALID_ARG, "%s: vocab_start < 0", name);
+    if (op.p.embedding.N == 0) return TS_OK;
+    op.p.embedding.vocab_start = vocab_start;
+    op.out[0] = out;
+    op.in[0] = tokens;
+    op.in[1] = wte;
+    op.in[2] = wpe;
+    return dispatch(name, &op);
+}
+
+ts_status ts_embedding_forward(ts_tensor *out, const ts_tensor *tokens, const ts_tensor *wte,
+                               const ts_tensor *wpe)
+{
+    return ts_embedding_forward_shard(out, tokens, wte, wpe, 0);
+}
+
+ts_status ts_embedding_backward_shard(ts_tensor *dwte, ts_tensor *dwpe, const ts_tensor *dout,
+                                      const ts_tensor *tokens, int64_t vocab_start)
+{
+    const char *name = "ts_embedding_backward";
+    if (!dwte && !dwpe) return ts_error(TS_ERR_INVALID_ARG, "%s: dwte and dwpe are both NULL", name);
+    TRY(need(name, "dout", dout, TS_F32));
+    ts_op op = op_new(TS_OP_EMBEDDING_BWD);
+    TRY(embedding_common(name, tokens, dwte, dwpe, -1, &op));
+    TRY(need_numel(name, "dout", dout, op.p.embedding.N * op.p.embedding.C));
+    if (vocab_start < 0) return ts_error(TS_ERR_INVALID_ARG, "%s: vocab_start < 0", name);
+    if (op.p.embedding.N == 0) return TS_OK;
+    op.p.embedding.vocab_start = vocab_start;
+    op.out[0] = dwte;
+    op.out[1] = dwpe;
+    op.in[0] = dout;
+    op.in[1] = tokens;
+    return dispatch(name, &op);
+}
+
+ts_status ts_embedding_backward(ts_tensor *dwte, ts_tensor *dwpe, const ts_tensor *dout,
+                                const ts_tensor *tokens)
+{
+    return ts_embedding_backward_shard(dwte, dwpe, dout, tokens, 0);
+}
+
+/* ---- layernorm ---- */
+
+static ts_status layernorm_rows(const char *name, const ts_tensor *inp, const ts_tensor *weight,
+                                const ts_tensor *bias, int64_t *N, int64_t *C)
+{
+    TRY(need(name, "inp", inp, TS_F32));
+    TRY(need(name, "weight", weight, TS_F32));
+    TRY(need(name, "bias", bias, TS_F32));
+    *C = last_dim(inp);
+    *N = *C ? ts_tensor_numel(inp) / *C : 0;
+    TRY(need_numel(name, "weight", weight, *C));
+    TRY(need_numel(name, "bias", bias, *C));
+    return TS_OK;
+}
+
+ts_status ts_layernorm_forward(ts_tensor *out, ts_tensor *mean, ts_tensor *rstd,
+                               const ts_tensor *inp, const ts_tensor *weight, const ts_tensor *bias,
+                               float eps)
+{
+    const char *name = "ts_layernorm_forward";
+    int64_t N, C;
+    TRY(layernorm_rows(name, inp, weight, bias, &N, &C));
+    TRY(need(name, "out", out, TS_F32));
+    TRY(need_numel(name, "out", out, N * C));
+    if (mean) {
+        TRY(need(name, "mean", mean, TS_F32));
+        TRY(need_numel(name, "mean", mean, N));
+    }
+    if (rstd) {
+        TRY(need(name, "rstd", rstd, TS_F32));
+        TRY(need_numel(name, "rstd", rstd, N));
+    }
+    if (!(eps > 0.0f)) return ts_error(TS_ERR_INVALID_ARG, "%s: eps must be > 0, got %g", name, eps);
+    if (N == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_LAYERNORM_FWD);
+    op.out[0] = out;
+    op.out[1] = mean;
+    op.out[2] = rstd;
+    op.in[0] = inp;
+    op.in[1] = weight;
+    op.in[2] = bias;
+    op.p.layernorm.N = N;
+    op.p.layernorm.C = C;
+    op.p.layernorm.eps = eps;
+    return dispatch(name, &op);
+}
+
+ts_status ts_layernorm_backward(ts_tensor *dinp, ts_tensor *dweight, ts_tensor *dbias,
+                                const ts_tensor *dout, const ts_tensor *inp,
+                                const ts_tensor *weight, const ts_tensor *mean,
+                                const ts_tensor *rstd)
+{
+    const char *name = "ts_layernorm_backward";
+    int64_t N, C;
+    TRY(layernorm_rows(name, inp, weight, weight, &N, &C));
+    TRY(need(name, "dinp", dinp, TS_F32));
+    TRY(need(name, "dweight", dweight, TS_F32));
+    TRY(need(name, "dbias", dbias, TS_F32));
+    TRY(need(name, "dout", dout, TS_F32));
+    TRY(need(name, "mean", mean, TS_F32));
+    TRY(need(name, "rstd", rstd, TS_F32));
+    TRY(need_numel(name, "dinp", dinp, N * C));
+    TRY(need_numel(name, "dout", dout, N * C));
+    TRY(need_numel(name, "dweight", dweight, C));
+    TRY(need_numel(name, "dbias", dbias, C));
+    TRY(need_numel(name, "mean", mean, N));
+    TRY(need_numel(name, "rstd", rstd, N));
+    if (N == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_LAYERNORM_BWD);
+    op.out[0] = dinp;
+    op.out[1] = dweight;
+    op.out[2] = dbias;
+    op.in[0] = dout;
+    op.in[1] = inp;
+    op.in[2] = weight;
+    op.in[3] = mean;
+    op.in[4] = rstd;
+    op.p.layernorm.N = N;
+    op.p.layernorm.C = C;
+    return dispatch(name, &op);
+}
+
+/* ---- matrix products ---- */
+
+static ts_status gemm_op(const char *name, ts_tensor *c, const ts_tensor *a, const ts_tensor *b,
+                         const ts_tensor *bias, int64_t batch, int64_t M, int64_t N, int64_t K,
+                         bool ta, bool tb, float alpha, float beta, int64_t stride_b)
+{
+    if (M == 0 || N == 0 || batch == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_GEMM);
+    op.out[0] = c;
+    op.in[0] = a;
+    op.in[1] = b;
+    op.in[2] = bias;
+    op.p.gemm.M = M;
+    op.p.gemm.N = N;
+    op.p.gemm.K = K;
+    op.p.gemm.trans_a = ta;
+    op.p.gemm.trans_b = tb;
+    op.p.gemm.alpha = alpha;
+    op.p.gemm.beta = beta;
+    op.p.gemm.batch = batch;
+    op.p.gemm.lda = ta ? M : K;
+    op.p.gemm.ldb = tb ? K : N;
+    op.p.gemm.ldc = N;
+    op.p.gemm.stride_a = M * K;
+    op.p.gemm.stride_b = stride_b;
+    op.p.gemm.stride_c = M * N;
+    return dispatch(name, &op);
+}
+
+ts_status ts_matmul(ts_tensor *c, const ts_tensor *a, const ts_tensor *b, bool trans_a,
+                    bool trans_b, float alpha, float beta)
+{
+    const char *name = "ts_matmul";
+    TRY(need(name, "c", c, TS_F32));
+    TRY(need(name, "a", a, TS_F32));
+    TRY(need(name, "b", b, TS_F32));
+    if (a->ndim != c->ndim || (a->ndim != 2 && a->ndim != 3) || (b->ndim != 2 && b->ndim != a->ndim))
+        return ts_error(TS_ERR_SHAPE,
+                        "%s: a and c must both be 2-D or 3-D (b 2-D or like a); got a %s, b %s, c %s",
+                        name, desc(0, a), desc(1, b), desc(2, c));
+    int64_t batch = a->ndim == 3 ? a->shape[0] : 1;
+    if (a->ndim == 3 && c->shape[0] != batch)
+        return ts_error(TS_ERR_SHAPE, "%s: batch sizes differ: a %s, c %s", name, desc(0, a),
+                        desc(1, c));
+    if (b->ndim == 3 && b->shape[0] != batch)
+        return ts_error(TS_ERR_SHAPE, "%s: batch sizes differ: a %s, b %s", name, desc(0, a),
+                        desc(1, b));
+    int d = a->ndim - 2;
+    int64_t M = trans_a ? a->shape[d + 1] : a->shape[d];
+    int64_t K = trans_a ? a->shape[d] : a->shape[d + 1];
+    int db = b->ndim - 2;
+    int64_t Kb = trans_b ? b->shape[db + 1] : b->shape[db];
+    int64_t N = trans_b ? b->shape[db] : b->shape[db + 1];
+    if (K != Kb || c->shape[d] != M || c->shape[d + 1] != N)
+        return ts_error(TS_ERR_SHAPE,
+                        "%s: cannot multiply a %s%s by b %s%s into c %s (inner %lld vs %lld)",
+                        name, desc(0, a), trans_a ? "^T" : "", desc(1, b), trans_b ? "^T" : "",
+                        desc(2, c), (long long)K, (long long)Kb);
+    int64_t stride_b = b->ndim == 3 ? K * N : 0;
+    return gemm_op(name, c, a, b, NULL, batch, M, N, K, trans_a, trans_b, alpha, beta, stride_b);
+}
+
+ts_status ts_linear_forward(ts_tensor *out, const ts_tensor *inp, const ts_tensor *w,
+                            const ts_tensor *bias)
+{
+    const char *name = "ts_linear_forward";
+    TRY(need(name, "out", out, TS_F32));
+    TRY(need(name, "inp", inp, TS_F32));
+    TRY(need(name, "w", w, TS_F32));
+    if (w->ndim != 2) return ts_error(TS_ERR_SHAPE, "%s: w must be [OC, C], got %s", name, desc(0, w));
+    int64_t OC = w->shape[0], C = w->shape[1];
+    if (last_dim(inp) != C)
+        return ts_error(TS_ERR_SHAPE, "%s: inp %s does not end in C=%lld of w %s", name,
+                        desc(0, inp), (long long)C, desc(1, w));
+    int64_t N = ts_tensor_numel(inp) / (C ? C : 1);
+    TRY(need_numel(name, "out", out, N * OC));
+    if (bias) {
+        TRY(need(name, "bias", bias, TS_F32));
+        TRY(need_numel(name, "bias", bias, OC));
+    }
+    return gemm_op(name, out, inp, w, bias, 1, N, OC, C, false, true, 1.0f, 0.0f, 0);
+}
+
+ts_status ts_linear_backward(ts_tensor *dinp, ts_tensor *dw, ts_tensor *dbias,
+                             const ts_tensor *dout, const ts_tensor *inp, const ts_tensor *w)
+{
+    const char *name = "ts_linear_backward";
+    TRY(need(name, "dout", dout, TS_F32));
+    TRY(need(name, "inp", inp, TS_F32));
+    TRY(need(name, "w", w, TS_F32));
+    if (w->ndim != 2) return ts_error(TS_ERR_SHAPE, "%s: w must be [OC, C], got %s", name, desc(0, w));
+    int64_t OC = w->shape[0], C = w->shape[1];
+    if (last_dim(inp) != C)
+        return ts_error(TS_ERR_SHAPE, "%s: inp %s does not end in C=%lld of w %s", name,
+                        desc(0, inp), (long long)C, desc(1, w));
+    int64_t N = ts_tensor_numel(inp) / (C ? C : 1);
+    TRY(need_numel(name, "dout", dout, N * OC));
+    if (dinp) {
+        TRY(need(name, "dinp", dinp, TS_F32));
+        TRY(need_numel(name, "dinp", dinp, N * C));
+        TRY(gemm_op(name, dinp, dout, w, NULL, 1, N, C, OC, false, false, 1.0f, 0.0f, 0));
+    }
+    if (dw) {
+        TRY(need(name, "dw", dw, TS_F32));
+        TRY(need_numel(name, "dw", dw, OC * C));
+        TRY(gemm_op(name, dw, dout, inp, NULL, 1, OC, C, N, true, false, 1.0f, 1.0f, 0));
+    }
+    if (dbias) {
+        ts_tensor d2;
+        TRY(ts_tensor_reshape(&d2, dout, TS_SHAPE(N, OC)));
+        TRY(ts_sum_rows(dbias, &d2, true));
+    }
+    return TS_OK;
+}
+
+ts_status ts_sum_rows(ts_tensor *out, const ts_tensor *x, bool accumulate)
+{
+    const char *name = "ts_sum_rows";
+    TRY(need(name, "out", out, TS_F32));
+    TRY(need(name, "x", x, TS_F32));
+    int64_t C = last_dim(x);
+    int64_t N = C ? ts_tensor_numel(x) / C : 0;
+    TRY(need_numel(name, "out", out, C));
+    if (C == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_SUM_ROWS);
+    op.out[0] = out;
+    op.in[0] = x;
+    op.p.sum_rows.N = N;
+    op.p.sum_rows.C = C;
+    op.p.sum_rows.accumulate = accumulate;
+    return dispatch(name, &op);
+}
+
+/* ---- attention ---- */
+
+static ts_status heads_op(const char *name, ts_op_kind kind, ts_tensor *out, const ts_tensor *inp,
+                          int64_t B, int64_t T, int64_t K, int64_t NH)
+{
+    TRY(need(name, "out", out, TS_F32));
+    TRY(need(name, "inp", inp, TS_F32));
+    if (B <= 0 || T <= 0 || K <= 0 || NH <= 0)
+        return ts_error(TS_ERR_INVALID_ARG, "%s: B, T, K, NH must be positive", name);
+    int64_t n = ts_tensor_numel(inp);
+    if (n % (B * T * K * NH) != 0)
+        return ts_error(TS_ERR_SHAPE, "%s: %s does not split into B=%lld T=%lld K=%lld NH=%lld",
+                        name, desc(0, inp), (long long)B, (long long)T, (long long)K, (long long)NH);
+    TRY(need_numel(name, "out", out, n));
+    ts_op op = op_new(kind);
+    op.out[0] = out;
+    op.in[0] = inp;
+    op.p.heads.B = B;
+    op.p.heads.T = T;
+    op.p.heads.K = K;
+    op.p.heads.NH = NH;
+    op.p.heads.HS = n / (B * T * K * NH);
+    if (op.p.heads.HS == 0) return TS_OK;
+    return dispatch(name, &op);
+}
+
+ts_status ts_split_heads(ts_tensor *out, const ts_tensor *inp, int64_t B, int64_t T, int64_t K,
+                         int64_t NH)
+{
+    return heads_op("ts_split_heads", TS_OP_SPLIT_HEADS, out, inp, B, T, K, NH);
+}
+
+ts_status ts_merge_heads(ts_tensor *out, const ts_tensor *inp, int64_t B, int64_t T, int64_t K,
+                         int64_t NH)
+{
+    return heads_op("ts_merge_heads", TS_OP_MERGE_HEADS, out, inp, B, T, K, NH);
+}
+
+static ts_status softmax_shape(const char *name, const ts_tensor *t, int64_t *BH, int64_t *T)
+{
+    if (t->ndim != 3 || t->shape[1] != t->shape[2])
+        return ts_error(TS_ERR_SHAPE, "%s: scores must be [BH, T, T], got %s", name, desc(0, t));
+    *BH = t->shape[0];
+    *T = t->shape[1];
+    return TS_OK;
+}
+
+ts_status ts_softmax_causal_forward(ts_tensor *att, const ts_tensor *preatt, float scale)
+{
+    const char *name = "ts_softmax_causal_forward";
+    TRY(need(name, "att", att, TS_F32));
+    TRY(need(name, "preatt", preatt, TS_F32));
+    int64_t BH = 0, T = 0;
+    TRY(softmax_shape(name, preatt, &BH, &T));
+    TRY(need_numel(name, "att", att, BH * T * T));
+    if (BH * T == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_SOFTMAX_CAUSAL_FWD);
+    op.out[0] = att;
+    op.in[0] = preatt;
+    op.p.softmax.BH = BH;
+    op.p.softmax.T = T;
+    op.p.softmax.scale = scale;
+    return dispatch(name, &op);
+}
+
+ts_status ts_softmax_causal_backward(ts_tensor *dpreatt, const ts_tensor *att,
+                                     const ts_tensor *datt, float scale)
+{
+    const char *name = "ts_softmax_causal_backward";
+    TRY(need(name, "dpreatt", dpreatt, TS_F32));
+    TRY(need(name, "att", att, TS_F32));
+    TRY(need(name, "datt", datt, TS_F32));
+    int64_t BH = 0, T = 0;
+    TRY(softmax_shape(name, att, &BH, &T));
+    TRY(need_numel(name, "datt", datt, BH * T * T));
+    TRY(need_numel(name, "dpreatt", dpreatt, BH * T * T));
+    if (BH * T == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_SOFTMAX_CAUSAL_BWD);
+    op.out[0] = dpreatt;
+    op.in[0] = att;
+    op.in[1] = datt;
+    op.p.softmax.BH = BH;
+    op.p.softmax.T = T;
+    op.p.softmax.scale = scale;
+    return dispatch(name, &op);
+}
+
+ts_status ts_attention_ws_alloc(ts_attention_ws *ws, ts_device *dev, int64_t B, int64_t T,
+                                int64_t C, int64_t NH)
+{
+    memset(ws, 0, sizeof *ws);
+    if (B <= 0 || T <= 0 || NH <= 0 || C <= 0 || C % NH)
+        return ts_error(TS_ERR_SHAPE, "attention: C=%lld must be a positive multiple of NH=%lld",
+                        (long long)C, (long long)NH);
+    int64_t HS = C / NH;
+    ws->B = B, ws->T = T, ws->C = C, ws->NH = NH;
+    ts_status st;
+    if ((st = ts_tensor_alloc(&ws->qkvh, dev, TS_F32, TS_SHAPE(3, B * NH, T, HS))) ||
+        (st = ts_tensor_alloc(&ws->att, dev, TS_F32, TS_SHAPE(B * NH, T, T))) ||
+        (st = ts_tensor_alloc(&ws->y, dev, TS_F32, TS_SHAPE(B * NH, T, HS))) ||
+        (st = ts_tensor_alloc(&ws->scratch, dev, TS_F32, TS_SHAPE(B * NH, T, T))) ||
+        (st = ts_tensor_alloc(&ws->dqkvh, dev, TS_F32, TS_SHAPE(3, B * NH, T, HS)))) {
+        ts_attention_ws_free(ws);
+        return st;
+    }
+    return TS_OK;
+}
+
+void ts_attention_ws_free(ts_attention_ws *ws)
+{
+    ts_tensor_free(&ws->qkvh);
+    ts_tensor_free(&ws->att);
+    ts_tensor_free(&ws->y);
+    ts_tensor_free(&ws->scratch);
+    ts_tensor_free(&ws->dqkvh);
+}
+
+/* q, k, v (or their gradients) as [BH, T, HS] views of a [3, BH, T, HS] tensor. */
+static ts_status qkv_views(const ts_tensor *qkvh, ts_attention_ws *ws, ts_tensor v[3])
+{
+    int64_t BH = ws->B * ws->NH, HS = ws->C / ws->NH, n = BH * ws->T * HS;
+    for (int i = 0; i < 3; i++) TRY(ts_tensor_view(&v[i], qkvh, i * n, TS_SHAPE(BH, ws->T, HS)));
+    return TS_OK;
+}
+
+ts_status ts_attention_forward(ts_tensor *out, const ts_tensor *qkv, ts_attention_ws *ws)
+{
+    int64_t B = ws->B, T = ws->T, NH = ws->NH, HS = ws->C / ws->NH;
+    ts_tensor h[3];
+    TRY(ts_split_heads(&ws->qkvh, qkv, B, T, 3, NH));
+    TRY(qkv_views(&ws->qkvh, ws, h));
+    TRY(ts_matmul(&ws->att, &h[0], &h[1], false, true, 1.0f, 0.0f));
+    TRY(ts_softmax_causal_forward(&ws->att, &ws->att, 1.0f / sqrtf((float)HS)));
+    TRY(ts_matmul(&ws->y, &ws->att, &h[2], false, false, 1.0f, 0.0f));
+    return ts_merge_heads(out, &ws->y, B, T, 1, NH);
+}
+
+ts_status ts_attention_backward(ts_tensor *dqkv, const ts_tensor *dout, ts_attention_ws *ws)
+{
+    int64_t B = ws->B, T = ws->T, NH = ws->NH, HS = ws->C / ws->NH;
+    ts_tensor h[3], dh[3];
+    TRY(qkv_views(&ws->qkvh, ws, h));
+    TRY(qkv_views(&ws->dqkvh, ws, dh));
+    ts_tensor *dy = &ws->y; /* y is not needed after forward: reuse it */
+    TRY(ts_split_heads(dy, dout, B, T, 1, NH));
+    TRY(ts_matmul(&ws->scratch, dy, &h[2], false, true, 1.0f, 0.0f));    /* datt */
+    TRY(ts_matmul(&dh[2], &ws->att, dy, true, false, 1.0f, 0.0f));       /* dv */
+    TRY(ts_softmax_causal_backward(&ws->scratch, &ws->att, &ws->scratch, 1.0f / sqrtf((float)HS)));
+    TRY(ts_matmul(&dh[0], &ws->scratch, &h[1], false, false, 1.0f, 0.0f)); /* dq */
+    TRY(ts_matmul(&dh[1], &ws->scratch, &h[0], true, false, 1.0f, 0.0f));  /* dk */
+    return ts_merge_heads(dqkv, &ws->dqkvh, B, T, 3, NH);
+}
+
+/* ---- cross-entropy ---- */
+
+ts_status ts_cross_entropy(ts_tensor *losses, ts_tensor *probs, ts_tensor *dlogits,
+                           const ts_tensor *logits, const ts_tensor *targets, float scale)
+{
+    const char *name = "ts_cross_entropy";
+    TRY(need(name, "logits", logits, TS_F32));
+    int64_t V = last_dim(logits);
+    int64_t N = V ? ts_tensor_numel(logits) / V : 0;
+    if (!losses && !probs && !dlogits)
+        return ts_error(TS_ERR_INVALID_ARG, "%s: no output requested", name);
+    if ((losses || dlogits) && !targets)
+        return ts_error(TS_ERR_INVALID_ARG, "%s: losses and dlogits need targets", name);
+    if (targets) {
+        TRY(need(name, "targets", targets, TS_I32));
+        TRY(need_numel(name, "targets", targets, N));
+    }
+    if (losses) {
+        TRY(need(name, "losses", losses, TS_F32));
+        TRY(need_numel(name, "losses", losses, N));
+    }
+    if (probs) {
+        TRY(need(name, "probs", probs, TS_F32));
+        TRY(need_numel(name, "probs", probs, N * V));
+    }
+    if (dlogits) {
+        TRY(need(name, "dlogits", dlogits, TS_F32));
+        TRY(need_numel(name, "dlogits", dlogits, N * V));
+    }
+    if (probs && dlogits && probs->block == dlogits->block && probs->offset == dlogits->offset)
+        return ts_error(TS_ERR_INVALID_ARG, "%s: probs and dlogits cannot share memory", name);
+    if (N == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_CROSS_ENTROPY);
+    op.out[0] = losses;
+    op.out[1] = probs;
+    op.out[2] = dlogits;
+    op.in[0] = logits;
+    op.in[1] = targets;
+    op.p.cross_entropy.N = N;
+    op.p.cross_entropy.V = V;
+    op.p.cross_entropy.scale = scale;
+    return dispatch(name, &op);
+}
+
+/* ---- reductions ---- */
+
+static ts_status reduce_op(const char *name, ts_op_kind kind, ts_tensor *out, const ts_tensor *x)
+{
+    TRY(need(name, "out", out, TS_F32));
+    TRY(need(name, "x", x, TS_F32));
+    TRY(need_numel(name, "out", out, 1));
+    ts_op op = op_new(kind);
+    op.out[0] = out;
+    op.in[0] = x;
+    op.p.reduce.n = ts_tensor_numel(x);
+    if (op.p.reduce.n == 0) return ts_fill(out, 0.0f);
+    return dispatch(name, &op);
+}
+
+ts_status ts_sum(ts_tensor *out, const ts_tensor *x) { return reduce_op("ts_sum", TS_OP_SUM, out, x); }
+
+ts_status ts_sqnorm(ts_tensor *out, const ts_tensor *x)
+{
+    return reduce_op("ts_sqnorm", TS_OP_SQNORM, out, x);
+}
+
+/* ---- optimizer ---- */
+
+const char *ts_optim_kind_name(ts_optim_kind kind)
+{
+    switch (kind) {
+    case TS_OPTIM_SGD: return "sgd";
+    case TS_OPTIM_SGD_MOMENTUM: return "momentum";
+    case TS_OPTIM_ADAM: return "adam";
+    case TS_OPTIM_ADAMW: return "adamw";
+    }
+    return "?";
+}
+
+int ts_optim_kind_parse(const char *name)
+{
+    if (!name) return -1;
+    if (!strcmp(name, "sgd")) return TS_OPTIM_SGD;
+    if (!strcmp(name, "momentum") || !strcmp(name, "sgd-momentum")) return TS_OPTIM_SGD_MOMENTUM;
+    if (!strcmp(name, "adam")) return TS_OPTIM_ADAM;
+    if (!strcmp(name, "adamw")) return TS_OPTIM_ADAMW;
+    return -1;
+}
+
+ts_status ts_optimizer_update(ts_tensor *param, const ts_tensor *grad, ts_tensor *m, ts_tensor *v,
+                              const ts_optim_params *p)
+{
+    const char *name = "ts_optimizer_update";
+    if (!p) return ts_error(TS_ERR_INVALID_ARG, "%s: params is NULL", name);
+    TRY(need(name, "param", param, TS_F32));
+    TRY(need(name, "grad", grad, TS_F32));
+    int64_t n = ts_tensor_numel(param);
+    TRY(need_numel(name, "grad", grad, n));
+    bool needs_m = p->kind != TS_OPTIM_SGD;
+    bool needs_v = p->kind == TS_OPTIM_ADAM || p->kind == TS_OPTIM_ADAMW;
+    if (p->kind < TS_OPTIM_SGD || p->kind > TS_OPTIM_ADAMW)
+        return ts_error(TS_ERR_INVALID_ARG, "%s: unknown optimizer kind %d", name, (int)p->kind);
+    if (needs_m) {
+        TRY(need(name, "m", m, TS_F32));
+        TRY(need_numel(name, "m", m, n));
+    }
+    if (needs_v) {
+        TRY(need(name, "v", v, TS_F32));
+        TRY(need_numel(name, "v", v, n));
+        if (p->step < 1)
+            return ts_error(TS_ERR_INVALID_ARG, "%s: Adam step must be >= 1, got %lld", name,
+                            (long long)p->step);
+    }
+    if (n == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_OPTIM_UPDATE);
+    op.out[0] = param;
+    op.out[1] = needs_m ? m : NULL;
+    op.out[2] = needs_v ? v : NULL;
+    op.in[0] = grad;
+    op.p.optim.kind = p->kind;
+    op.p.optim.n = n;
+    op.p.optim.lr = p->lr;
+    op.p.optim.beta1 = p->beta1;
+    op.p.optim.beta2 = p->beta2;
+    op.p.optim.eps = p->eps;
+    op.p.optim.weight_decay = p->weight_decay;
+    op.p.optim.grad_scale = p->grad_scale;
+    if (needs_v) {
+        op.p.optim.bias_correction1 = (float)(1.0 - pow((double)p->beta1, (double)p->step));
+        op.p.optim.bias_correction2 = (float)(1.0 - pow((double)p->beta2, (double)p->step));
+    }
+    return dispatch(name, &op);
+}

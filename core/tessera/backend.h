@@ -1,0 +1,164 @@
+/* The backend interface, for those who implement a device.
+ *
+ * A device is { iface; context }: a table of function pointers shared by all
+ * devices of a backend, plus that device's private state. The core validates
+ * every op (shapes, dtypes, one device) before it reaches a backend, so a
+ * backend may assume well-formed operands. supports_op may be NULL (then every
+ * op is supported); an op it declines fails with TS_ERR_UNSUPPORTED naming the
+ * op and the device, never with a wrong answer. */
+#ifndef TESSERA_BACKEND_H
+#define TESSERA_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tessera/device.h"
+#include "tessera/optim.h"
+#include "tessera/status.h"
+#include "tessera/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A storage block from the caching allocator: the backend's handle (a host
+ * pointer for the CPU backend, a cl_mem for OpenCL) and its size. */
+struct ts_block {
+    ts_device *device;
+    void *handle;
+    size_t size;
+    struct ts_block *next;    /* allocator free list */
+};
+
+/* Every op the core dispatches. Operands: out[] are written, in[] are read.
+ * Unless noted, outputs are overwritten (=); "+=" marks accumulation.
+ *
+ *  op                    out[0]        out[1]      out[2]      in[0]     in[1]    in[2]  in[3]  in[4]
+ *  FILL                  t
+ *  ADD                   out (=a+b)                            a         b
+ *  SCALE                 out (=alpha*a)                        a
+ *  GELU_FWD              out                                   inp
+ *  GELU_BWD              dinp                                  inp       dout
+ *  EMBEDDING_FWD         out[N,C]                              tokens[N] wte[V,C] wpe|NULL
+ *  EMBEDDING_BWD         dwte|NULL +=  dwpe|NULL +=            dout[N,C] tokens[N]
+ *  LAYERNORM_FWD         out[N,C]      mean|NULL   rstd|NULL   inp       weight   bias
+ *  LAYERNORM_BWD         dinp +=       dweight +=  dbias +=    dout      inp      weight mean   rstd
+ *  GEMM                  c                                     a         b        bias|NULL
+ *  SUM_ROWS              out[C] (= or +=)                      x[N,C]
+ *  SPLIT_HEADS           out[K,B,NH,T,HS]                      inp[B,T,K*NH*HS]
+ *  MERGE_HEADS           out[B,T,K*NH*HS]                      inp[K,B,NH,T,HS]
+ *  SOFTMAX_CAUSAL_FWD    att[BH,T,T]                           preatt
+ *  SOFTMAX_CAUSAL_BWD    dpreatt                               att       datt
+ *  CROSS_ENTROPY         losses|NULL   probs|NULL  dlogits|NULL logits[N,V] targets[N]|NULL
+ *  SUM, SQNORM           out[1]                                x
+ *  OPTIM_UPDATE          param         m|NULL      v|NULL      grad
+ *
+ * Aliasing allowed: ADD out with a or b; SCALE, GELU_BWD (dinp with dout),
+ * SOFTMAX_CAUSAL_BWD (dpreatt with datt), CROSS_ENTROPY (probs or dlogits
+ * with logits). Nothing else aliases. */
+typedef enum ts_op_kind {
+    TS_OP_FILL = 0,
+    TS_OP_ADD,
+    TS_OP_SCALE,
+    TS_OP_GELU_FWD,
+    TS_OP_GELU_BWD,
+    TS_OP_EMBEDDING_FWD,
+    TS_OP_EMBEDDING_BWD,
+    TS_OP_LAYERNORM_FWD,
+    TS_OP_LAYERNORM_BWD,
+    TS_OP_GEMM,
+    TS_OP_SUM_ROWS,
+    TS_OP_SPLIT_HEADS,
+    TS_OP_MERGE_HEADS,
+    TS_OP_SOFTMAX_CAUSAL_FWD,
+    TS_OP_SOFTMAX_CAUSAL_BWD,
+    TS_OP_CROSS_ENTROPY,
+    TS_OP_SUM,
+    TS_OP_SQNORM,
+    TS_OP_OPTIM_UPDATE,
+    TS_OP_COUNT
+} ts_op_kind;
+
+const char *ts_op_kind_name(ts_op_kind kind);
+
+typedef struct ts_op {
+    ts_op_kind kind;
+    ts_tensor *out[3];
+    const ts_tensor *in[5];
+    union {
+        struct { float value; } fill;
+        struct { float alpha; } scale;
+        struct {
+            int64_t N, C;          /* rows (positions) and channels */
+            int64_t T;             /* position of row n is n % T */
+            int64_t vocab_start;   /* wte holds rows [vocab_start, vocab_start+V) */
+            int64_t V;
+        } embedding;
+        struct { int64_t N, C; float eps; } layernorm;
+        struct {
+            int64_t M, N, K;       /* c[M,N] = alpha*op(a)[M,K]*op(b)[K,N] + beta*c (+bias[N]) */
+            bool trans_a, trans_b;
+            float alpha, beta;
+            int64_t batch;         /* >= 1; batch i adds i*stride_* elements */
+            int64_t lda, ldb, ldc; /* row strides in elements (row-major) */
+            int64_t stride_a, stride_b, stride_c;
+        } gemm;
+        struct { int64_t N, C; bool accumulate; } sum_rows;
+        struct { int64_t B, T, K, NH, HS; } heads;
+        struct { int64_t BH, T; float scale; } softmax;
+        struct {
+            int64_t N, V;
+            float scale;           /* dlogits = scale * (softmax - onehot) */
+        } cross_entropy;
+        struct { int64_t n; } reduce;
+        struct {
+            ts_optim_kind kind;
+            int64_t n;
+            float lr, beta1, beta2, eps, weight_decay;
+            float grad_scale;      /* grad is multiplied by this first */
+            float bias_correction1, bias_correction2; /* 1 - beta^t */
+        } optim;
+    } p;
+} ts_op;
+
+typedef struct ts_backend_iface {
+    const char *name;
+    ts_status (*alloc)(ts_device *dev, size_t size, void **handle);
+    void (*free)(ts_device *dev, void *handle);
+    ts_status (*write)(ts_device *dev, void *handle, size_t offset,
+                       const void *src, size_t size);
+    ts_status (*read)(ts_device *dev, void *handle, size_t offset, void *dst,
+                      size_t size);
+    ts_status (*copy)(ts_device *dev, void *dst, size_t dst_offset, void *src,
+                      size_t src_offset, size_t size);
+    ts_status (*synchronize)(ts_device *dev);
+    bool (*supports_op)(ts_device *dev, const ts_op *op); /* may be NULL */
+    ts_status (*run_op)(ts_device *dev, const ts_op *op);
+    void (*release)(ts_device *dev);                     /* may be NULL */
+    ts_status (*prepare)(ts_device *dev);                /* may be NULL */
+    void (*build_stats)(ts_device *dev, ts_build_stats *stats); /* may be NULL */
+} ts_backend_iface;
+
+struct ts_allocator;
+
+struct ts_device {
+    const ts_backend_iface *iface;
+    void *context;
+    ts_device_info info;
+    struct ts_allocator *allocator;
+};
+
+/* Backends call this from their registration function. The registry takes
+ * a copy of info and keeps context until release; *out (may be NULL)
+ * receives the new device. */
+ts_status ts_device_register(const ts_backend_iface *iface, void *context,
+                             const ts_device_info *info, ts_device **out);
+
+/* Byte address helpers for backends. */
+static inline void *ts_block_handle(const ts_tensor *t) { return t->block->handle; }
+
+#ifdef __cplusplus
+}
+#endif
+#endif

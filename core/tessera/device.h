@@ -1,0 +1,103 @@
+/* Devices: the registry of everything tessera can compute on.
+ *
+ * The registry is built on first use: the native CPU backend is always
+ * device 0 ("cpu"); every OpenCL device of every platform follows as
+ * "opencl:0", "opencl:1", ... A device spec string picks one:
+ *   "cpu"                 the native CPU backend
+ *   "opencl"              the first OpenCL device
+ *   "opencl:N"            the N-th OpenCL device
+ *   "opencl:<substring>"  the first OpenCL device whose name, vendor or
+ *                         platform contains <substring> (case-insensitive)
+ *   "auto" or NULL        $TESSERA_DEVICE if set, else the fastest GPU,
+ *                         else the CPU backend */
+#ifndef TESSERA_DEVICE_H
+#define TESSERA_DEVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tessera/status.h"
+#include "tessera/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum ts_device_type {
+    TS_DEVICE_CPU = 0,
+    TS_DEVICE_GPU,
+    TS_DEVICE_ACCELERATOR,
+    TS_DEVICE_OTHER,
+} ts_device_type;
+
+typedef struct ts_device_info {
+    char id[32];              /* "cpu", "opencl:0" */
+    char backend[16];         /* "cpu", "opencl" */
+    char name[128];
+    char vendor[128];
+    char driver_version[128];
+    char platform[256];       /* platform name and version */
+    char version[128];        /* device and language version */
+    ts_device_type type;
+    uint64_t global_mem_bytes;
+    uint64_t max_alloc_bytes;
+    uint64_t local_mem_bytes;
+    uint64_t max_work_group_size;
+    int compute_units;
+    int clock_mhz;
+    int fp64, fp16, subgroups;
+    int host_memory;          /* device memory is host memory */
+    int pci_domain, pci_bus, pci_device, pci_function; /* -1 if unknown */
+    char details[512];        /* backend notes: threads, BLAS, GEMM route */
+} ts_device_info;
+
+typedef struct ts_memory_stats {
+    size_t in_use;            /* bytes in live blocks */
+    size_t cached;            /* bytes held for reuse */
+    size_t peak_in_use;
+    uint64_t allocations;     /* block requests */
+    uint64_t cache_hits;      /* requests served from the cache */
+} ts_memory_stats;
+
+int ts_device_count(void);
+/* NULL if index is out of range. */
+ts_device *ts_device_at(int index);
+/* Resolve a spec string (see above). Unknown specs fail with TS_ERR_DEVICE
+ * and a message listing the devices that exist. */
+ts_status ts_device_open(const char *spec, ts_device **out);
+const ts_device_info *ts_device_get_info(const ts_device *device);
+const char *ts_device_type_name(ts_device_type type);
+
+/* Wait until all work queued on the device has finished; reports errors of
+ * work that ran asynchronously. */
+ts_status ts_device_synchronize(ts_device *device);
+
+void ts_device_memory_stats(ts_device *device, ts_memory_stats *stats);
+/* Return cached blocks to the backend. */
+void ts_device_empty_cache(ts_device *device);
+
+/* Kernel programs: build counts and time (OpenCL devices; zeros elsewhere). */
+typedef struct ts_build_stats {
+    int built_from_source;   /* programs compiled from source */
+    int loaded_from_disk;    /* programs served by the on-disk binary cache */
+    int cache_rejected;      /* cache entries found corrupt or stale, rebuilt */
+    double seconds;          /* time spent building or loading */
+} ts_build_stats;
+
+/* Build every kernel program of the device now instead of on first use. */
+ts_status ts_device_prepare(ts_device *device);
+void ts_device_build_stats(ts_device *device, ts_build_stats *stats);
+
+/* Threads used by the CPU backend and by host BLAS (OpenMP and OpenBLAS).
+ * Also read from $TESSERA_THREADS at start; 0 means all cores. */
+ts_status ts_set_threads(int threads);
+int ts_get_threads(void);
+
+/* Release every device and backend (leak checkers want this at exit).
+ * Tensors must have been freed first. The registry is rebuilt on next use. */
+void ts_shutdown(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

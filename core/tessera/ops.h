@@ -1,0 +1,134 @@
+/* The op API: the same calls whatever the device.
+ *
+ * Every op runs on the device of its tensors (all operands must share one
+ * device) and is queued asynchronously where the device allows; errors in
+ * arguments are reported at once with the op, shapes and device. Tensors are
+ * f32 unless noted (tokens and targets are i32). Shapes below are logical:
+ * any tensor whose element count matches may be passed (leading dims are
+ * flattened), except where the op reads its sizes from a shape.
+ *
+ * Gradient conventions (as in llm.c): parameter gradients accumulate (+=),
+ * so micro-batches and tied weights add up without extra passes; activation
+ * gradients are written (=) unless the op says "+=". */
+#ifndef TESSERA_OPS_H
+#define TESSERA_OPS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "tessera/optim.h"
+#include "tessera/status.h"
+#include "tessera/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- elementwise and data movement ---- */
+ts_status ts_fill(ts_tensor *t, float value);
+ts_status ts_add(ts_tensor *out, const ts_tensor *a, const ts_tensor *b);  /* out = a + b; out may be a or b */
+ts_status ts_scale(ts_tensor *out, const ts_tensor *a, float alpha);       /* out = alpha*a; out may be a */
+/* GELU, tanh form: 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))) */
+ts_status ts_gelu_forward(ts_tensor *out, const ts_tensor *inp);
+ts_status ts_gelu_backward(ts_tensor *dinp, const ts_tensor *inp, const ts_tensor *dout); /* dinp may be dout */
+
+/* ---- embedding: out[b,t,:] = wte[tokens[b,t]] + wpe[t] ----
+ * tokens is i32 [B,T] (B and T are read from its shape), wte [V,C], wpe
+ * [maxT >= T, C] or NULL, out has B*T*C elements. */
+ts_status ts_embedding_forward(ts_tensor *out, const ts_tensor *tokens,
+                               const ts_tensor *wte, const ts_tensor *wpe);
+/* dwte[tokens[n]] += dout[n]; dwpe[n % T] += dout[n]. Deterministic (no
+ * atomics). dwte or dwpe may be NULL. */
+ts_status ts_embedding_backward(ts_tensor *dwte, ts_tensor *dwpe,
+                                const ts_tensor *dout, const ts_tensor *tokens);
+/* Vocabulary-parallel variants: wte holds rows [vocab_start, vocab_start+V);
+ * tokens outside that range contribute zero. */
+ts_status ts_embedding_forward_shard(ts_tensor *out, const ts_tensor *tokens,
+                                     const ts_tensor *wte, const ts_tensor *wpe,
+                                     int64_t vocab_start);
+ts_status ts_embedding_backward_shard(ts_tensor *dwte, ts_tensor *dwpe,
+                                      const ts_tensor *dout, const ts_tensor *tokens,
+                                      int64_t vocab_start);
+
+/* ---- layernorm over the last dimension ----
+ * out[N,C], mean[N], rstd[N] (mean, rstd may be NULL), weight[C], bias[C]. */
+ts_status ts_layernorm_forward(ts_tensor *out, ts_tensor *mean, ts_tensor *rstd,
+                               const ts_tensor *inp, const ts_tensor *weight,
+                               const ts_tensor *bias, float eps);
+/* dinp += ..., dweight += ..., dbias += ... (dinp is the residual stream's
+ * gradient, so it accumulates). */
+ts_status ts_layernorm_backward(ts_tensor *dinp, ts_tensor *dweight, ts_tensor *dbias,
+                                const ts_tensor *dout, const ts_tensor *inp,
+                                const ts_tensor *weight, const ts_tensor *mean,
+                                const ts_tensor *rstd);
+
+/* ---- matrix products ----
+ * c = alpha*op(a)*op(b) + beta*c, op = transpose or not. 2-D tensors, or
+ * 3-D with a leading batch dimension shared by all three (b may be 2-D and
+ * then is shared by every batch). */
+ts_status ts_matmul(ts_tensor *c, const ts_tensor *a, const ts_tensor *b,
+                    bool trans_a, bool trans_b, float alpha, float beta);
+/* out[N,OC] = inp[N,C] @ w[OC,C]^T + bias[OC] (bias may be NULL). */
+ts_status ts_linear_forward(ts_tensor *out, const ts_tensor *inp,
+                            const ts_tensor *w, const ts_tensor *bias);
+/* dinp = dout @ w (NULL to skip); dw += dout^T @ inp; dbias += sum_rows(dout)
+ * (NULL to skip). */
+ts_status ts_linear_backward(ts_tensor *dinp, ts_tensor *dw, ts_tensor *dbias,
+                             const ts_tensor *dout, const ts_tensor *inp,
+                             const ts_tensor *w);
+/* out[C] = (or +=) the sum over rows of x[N,C]. */
+ts_status ts_sum_rows(ts_tensor *out, const ts_tensor *x, bool accumulate);
+
+/* ---- attention ----
+ * Heads: inp[B,T,K*NH*HS] <-> out[K,B,NH,T,HS] (K = 3 splits q,k,v). */
+ts_status ts_split_heads(ts_tensor *out, const ts_tensor *inp, int64_t B,
+                         int64_t T, int64_t K, int64_t NH);
+ts_status ts_merge_heads(ts_tensor *out, const ts_tensor *inp, int64_t B,
+                         int64_t T, int64_t K, int64_t NH);
+/* att[bh,t,s] = softmax_s(scale*preatt[bh,t,s]) over s <= t, 0 for s > t.
+ * preatt and att are [BH,T,T]; att may be preatt. */
+ts_status ts_softmax_causal_forward(ts_tensor *att, const ts_tensor *preatt, float scale);
+/* dpreatt = scale * att * (datt - sum_s att*datt); dpreatt may be datt. */
+ts_status ts_softmax_causal_backward(ts_tensor *dpreatt, const ts_tensor *att,
+                                     const ts_tensor *datt, float scale);
+
+/* Causal multi-head self-attention as one call, built from the ops above:
+ * out[B,T,C] from qkv[B,T,3C]. The workspace keeps what backward needs. */
+typedef struct ts_attention_ws {
+    ts_tensor qkvh;   /* [3,B,NH,T,HS] */
+    ts_tensor att;    /* [B*NH,T,T] softmax probabilities */
+    ts_tensor y;      /* [B,NH,T,HS] */
+    ts_tensor scratch;/* [B*NH,T,T] gradients of scores (backward) */
+    ts_tensor dqkvh;  /* [3,B,NH,T,HS] (backward) */
+    int64_t B, T, C, NH;
+} ts_attention_ws;
+ts_status ts_attention_ws_alloc(ts_attention_ws *ws, ts_device *dev,
+                                int64_t B, int64_t T, int64_t C, int64_t NH);
+void ts_attention_ws_free(ts_attention_ws *ws);
+ts_status ts_attention_forward(ts_tensor *out, const ts_tensor *qkv, ts_attention_ws *ws);
+/* dqkv = (written) gradient of qkv; uses ws from the matching forward. */
+ts_status ts_attention_backward(ts_tensor *dqkv, const ts_tensor *dout, ts_attention_ws *ws);
+
+/* ---- fused softmax + cross-entropy ----
+ * logits[N,V], targets i32 [N] (a negative target is ignored: loss 0, no
+ * gradient). Any of losses[N], probs[N,V], dlogits[N,V] may be NULL; losses
+ * and dlogits need targets. dlogits = scale*(softmax(logits) - onehot);
+ * probs or dlogits may be logits itself (computed in place). */
+ts_status ts_cross_entropy(ts_tensor *losses, ts_tensor *probs, ts_tensor *dlogits,
+                           const ts_tensor *logits, const ts_tensor *targets,
+                           float scale);
+
+/* ---- reductions (out is a 1-element tensor) ---- */
+ts_status ts_sum(ts_tensor *out, const ts_tensor *x);
+ts_status ts_sqnorm(ts_tensor *out, const ts_tensor *x);   /* sum of squares */
+
+/* ---- optimizer step on one flat range of parameters ----
+ * m is needed by SGD_MOMENTUM, ADAM, ADAMW; v by ADAM, ADAMW. */
+ts_status ts_optimizer_update(ts_tensor *param, const ts_tensor *grad,
+                              ts_tensor *m, ts_tensor *v,
+                              const ts_optim_params *params);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

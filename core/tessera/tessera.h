@@ -1,0 +1,15 @@
+/* tessera: a portable accelerator backend for training transformer language
+ * models. One include for the whole public API. */
+#ifndef TESSERA_H
+#define TESSERA_H
+
+#include "tessera/status.h"
+#include "tessera/tensor.h"
+#include "tessera/device.h"
+#include "tessera/ops.h"
+#include "tessera/optim.h"
+#include "tessera/placement.h"
+
+#define TESSERA_VERSION "0.1.0"
+
+#endif

@@ -1,0 +1,55 @@
+/* Attention helpers: head permutes and the causal softmax. */
+
+/* packed [B,T,K,NH,HS] <-> heads [K,B,NH,T,HS], one element per item. */
+__kernel void heads_permute(__global float *out, ulong oo, __global const float *inp, ulong io,
+                            long B, long T, long K, long NH, long HS, int split)
+{
+    long e = get_global_id(0);
+    if (e >= K * B * NH * T * HS) return;
+    long d = e % HS, r = e / HS;
+    long t = r % T, h = (r / T) % NH, b = (r / (T * NH)) % B, k = r / (T * NH * B);
+    long packed = (((b * T + t) * K + k) * NH + h) * HS + d;
+    if (split)
+        out[oo + e] = inp[io + packed];
+    else
+        out[oo + packed] = inp[io + e];
+}
+
+/* One group per row (bh, t): softmax of scale*x over s <= t, zeros after.
+ * att may be preatt: every element is read before the same item writes it. */
+__kernel void softmax_causal_forward(__global float *att, ulong ao, __global const float *preatt,
+                                     ulong po, long rows, long T, float scale)
+{
+    __local float scratch[ROW_WG];
+    long row = get_group_id(0);
+    int lid = (int)get_local_id(0);
+    if (row >= rows) return;
+    long t = row % T;
+    __global const float *x = preatt + po + row * T;
+    __global float *o = att + ao + row * T;
+    float m = -INFINITY;
+    for (long s = lid; s <= t; s += ROW_WG) m = fmax(m, scale * x[s]);
+    m = wg_max(m, scratch);
+    float sum = 0.0f;
+    for (long s = lid; s <= t; s += ROW_WG) sum += exp(scale * x[s] - m);
+    float inv = 1.0f / wg_sum(sum, scratch);
+    for (long s = lid; s < T; s += ROW_WG) o[s] = s <= t ? exp(scale * x[s] - m) * inv : 0.0f;
+}
+
+/* dpreatt = scale * att * (datt - sum_s att*datt); dpreatt may be datt. */
+__kernel void softmax_causal_backward(__global float *dpre, ulong dpo, __global const float *att,
+                                      ulong ao, __global const float *datt, ulong dao, long rows,
+                                      long T, float scale)
+{
+    __local float scratch[ROW_WG];
+    long row = get_group_id(0);
+    int lid = (int)get_local_id(0);
+    if (row >= rows) return;
+    long t = row % T;
+    __global const float *a = att + ao + row * T, *d = datt + dao + row * T;
+    __global float *o = dpre + dpo + row * T;
+    float dot = 0.0f;
+    for (long s = lid; s <= t; s += ROW_WG) dot += a[s] * d[s];
+    dot = wg_sum(dot, scratch);
+    for (long s = lid; s < T; s += ROW_WG) o[s] = s <= t ? scale * a[s] * (d[s] - dot) : 0.0f;
+}

@@ -1,0 +1,70 @@
+/* tessera's own GEMM: the fallback where CLBlast is absent or fails, and the
+ * route for tiny shapes. Row-major, C = alpha*op(A)*op(B) + beta*C + bias,
+ * batched over the third NDRange dimension.
+ *
+ * A TILE_WG x TILE_WG work-group computes a TS x TS tile of C, each item a
+ * WPT x WPT block held in registers; A and B pass through local memory in
+ * TK-deep slices. Edges are padded with zeros on load and masked on store,
+ * so any M, N, K works. */
+#define WPT 4
+#define TS (TILE_WG * WPT)
+#define TK 16
+
+__kernel __attribute__((reqd_work_group_size(TILE_WG, TILE_WG, 1)))
+void gemm_tiled(__global const float *A, ulong ao, long lda, long sa,
+                __global const float *B, ulong bo, long ldb, long sb,
+                __global float *C, ulong co, long ldc, long sc,
+                long M, long N, long K, int ta, int tb, float alpha, float beta,
+                __global const float *bias, ulong biaso, int has_bias)
+{
+    __local float As[TK][TS + 1];
+    __local float Bs[TK][TS + 1];
+    int tx = (int)get_local_id(0), ty = (int)get_local_id(1);
+    int lid = ty * TILE_WG + tx;
+    long j0 = (long)get_group_id(0) * TS, i0 = (long)get_group_id(1) * TS;
+    long batch = get_global_id(2);
+    A += ao + batch * sa;
+    B += bo + batch * sb;
+    C += co + batch * sc;
+
+    float acc[WPT][WPT];
+    for (int a = 0; a < WPT; a++)
+        for (int b = 0; b < WPT; b++) acc[a][b] = 0.0f;
+
+    for (long k0 = 0; k0 < K; k0 += TK) {
+        for (int l = lid; l < TK * TS; l += TILE_WG * TILE_WG) {
+            /* Consecutive items walk the contiguous direction of memory. */
+            int kk, ii;
+            if (ta) { kk = l / TS; ii = l % TS; } else { ii = l / TK; kk = l % TK; }
+            long gi = i0 + ii, gk = k0 + kk;
+            As[kk][ii] = (gi < M && gk < K) ? (ta ? A[gk * lda + gi] : A[gi * lda + gk]) : 0.0f;
+            int jj, kb;
+            if (tb) { jj = l / TK; kb = l % TK; } else { kb = l / TS; jj = l % TS; }
+            long gj = j0 + jj, gkb = k0 + kb;
+            Bs[kb][jj] = (gj < N && gkb < K) ? (tb ? B[gj * ldb + gkb] : B[gkb * ldb + gj]) : 0.0f;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int kk = 0; kk < TK; kk++) {
+            float a[WPT], b[WPT];
+            for (int w = 0; w < WPT; w++) {
+                a[w] = As[kk][ty + w * TILE_WG];
+                b[w] = Bs[kk][tx + w * TILE_WG];
+            }
+            for (int wi = 0; wi < WPT; wi++)
+                for (int wj = 0; wj < WPT; wj++) acc[wi][wj] += a[wi] * b[wj];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    for (int wi = 0; wi < WPT; wi++) {
+        long i = i0 + ty + wi * TILE_WG;
+        if (i >= M) continue;
+        for (int wj = 0; wj < WPT; wj++) {
+            long j = j0 + tx + wj * TILE_WG;
+            if (j >= N) continue;
+            float r = alpha * acc[wi][wj];
+            if (beta != 0.0f) r += beta * C[i * ldc + j];
+            if (has_bias) r += bias[biaso + j];
+            C[i * ldc + j] = r;
+        }
+    }
+}

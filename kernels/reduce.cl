@@ -1,0 +1,54 @@
+/* Deterministic reductions: fixed partitions, partial results combined in a
+ * fixed order, no atomics. */
+
+/* partial[r*C + c] = sum of x[n, c] over rows [r*chunk, (r+1)*chunk). */
+__kernel void sum_rows_partial(__global float *partial, __global const float *x, ulong xo, long N,
+                               long C, long chunk)
+{
+    long c = get_global_id(0), r = get_global_id(1);
+    if (c >= C) return;
+    long n1 = min(N, (r + 1) * chunk);
+    float acc = 0.0f;
+    for (long n = r * chunk; n < n1; n++) acc += x[xo + n * C + c];
+    partial[r * C + c] = acc;
+}
+
+/* out[c] (+)= sum over r of partial[base + r*C + c], r in order. */
+__kernel void partials_finish(__global float *out, ulong oo, __global const float *partial,
+                              long base, long R, long C, int accumulate)
+{
+    long c = get_global_id(0);
+    if (c >= C) return;
+    float acc = 0.0f;
+    for (long r = 0; r < R; r++) acc += partial[base + r * C + c];
+    out[oo + c] = accumulate ? out[oo + c] + acc : acc;
+}
+
+/* Group g reduces x[g*chunk, (g+1)*chunk) (squared if `squares`) into
+ * partial[g]. */
+__kernel void reduce_partial(__global float *partial, __global const float *x, ulong xo, long n,
+                             long chunk, int squares)
+{
+    __local float scratch[ROW_WG];
+    long g = get_group_id(0);
+    int lid = (int)get_local_id(0);
+    long i1 = min(n, (g + 1) * chunk);
+    float acc = 0.0f;
+    for (long i = g * chunk + lid; i < i1; i += ROW_WG) {
+        float v = x[xo + i];
+        acc += squares ? v * v : v;
+    }
+    acc = wg_sum(acc, scratch);
+    if (lid == 0) partial[g] = acc;
+}
+
+/* One group: out[0] = sum of partial[0..G). */
+__kernel void reduce_finish(__global float *out, ulong oo, __global const float *partial, long G)
+{
+    __local float scratch[ROW_WG];
+    int lid = (int)get_local_id(0);
+    float acc = 0.0f;
+    for (long g = lid; g < G; g += ROW_WG) acc += partial[g];
+    acc = wg_sum(acc, scratch);
+    if (lid == 0) out[oo] = acc;
+}

@@ -1,0 +1,56 @@
+/* Double-precision host references for every op, written for clarity, not
+ * speed. Semantics mirror tessera/ops.h exactly (accumulation included). */
+#ifndef TESSERA_REFERENCE_H
+#define TESSERA_REFERENCE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "tessera/optim.h"
+
+void ref_gelu_forward(double *out, const double *x, int64_t n);
+void ref_gelu_backward(double *dx, const double *x, const double *dout, int64_t n);
+
+/* out = wte[tok - vocab_start] (zero outside [0, V)) + wpe[n % T] */
+void ref_embedding_forward(double *out, const int32_t *tok, const double *wte, const double *wpe,
+                           int64_t N, int64_t T, int64_t C, int64_t V, int64_t vocab_start);
+/* dwte += ..., dwpe += ... (either may be NULL) */
+void ref_embedding_backward(double *dwte, double *dwpe, const double *dout, const int32_t *tok,
+                            int64_t N, int64_t T, int64_t C, int64_t V, int64_t vocab_start);
+
+void ref_layernorm_forward(double *out, double *mean, double *rstd, const double *x,
+                           const double *w, const double *b, int64_t N, int64_t C, double eps);
+/* dx += ..., dw += ..., db += ... (mean and rstd recomputed from x) */
+void ref_layernorm_backward(double *dx, double *dw, double *db, const double *dout,
+                            const double *x, const double *w, int64_t N, int64_t C, double eps);
+
+/* Row-major batched GEMM: c = alpha*op(a)op(b) + beta*c + bias (beta == 0
+ * ignores c's contents); stride_b 0 shares b across the batch. */
+void ref_gemm(double *c, const double *a, const double *b, const double *bias, int64_t batch,
+              int64_t M, int64_t N, int64_t K, bool ta, bool tb, double alpha, double beta,
+              int64_t stride_b);
+
+void ref_sum_rows(double *out, const double *x, int64_t N, int64_t C, bool accumulate);
+
+void ref_split_heads(double *out, const double *inp, int64_t B, int64_t T, int64_t K, int64_t NH,
+                     int64_t HS);
+void ref_merge_heads(double *out, const double *inp, int64_t B, int64_t T, int64_t K, int64_t NH,
+                     int64_t HS);
+void ref_softmax_causal_forward(double *att, const double *pre, int64_t BH, int64_t T,
+                                double scale);
+void ref_softmax_causal_backward(double *dpre, const double *att, const double *datt, int64_t BH,
+                                 int64_t T, double scale);
+/* Whole causal attention: out[B,T,C] from qkv[B,T,3C]. */
+void ref_attention_forward(double *out, const double *qkv, int64_t B, int64_t T, int64_t C,
+                           int64_t NH);
+
+void ref_cross_entropy(double *losses, double *probs, double *dlogits, const double *logits,
+                       const int32_t *targets, int64_t N, int64_t V, double scale);
+
+double ref_sum(const double *x, int64_t n);
+double ref_sqnorm(const double *x, int64_t n);
+
+void ref_optim_update(double *p, double *m, double *v, const double *g, int64_t n,
+                      const ts_optim_params *o);
+
+#endif

@@ -1,0 +1,698 @@
+/* Conformance: every op, forward and backward, on every device, against a
+ * double-precision host reference, at several shapes including odd ones.
+ *
+ * Each output is a view inside a larger block whose guard zones hold a
+ * sentinel (out-of-bounds writes fail the test), and outputs that an op
+ * overwrites start as NaN (unwritten elements fail the test). Accumulating
+ * outputs start from random values. Errors are normalized mean squared
+ * errors under a per-op bound; NaN and Inf must match the reference. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "reference.h"
+#include "testutil.h"
+
+/* Per-op NMSE bounds (see the note in the file header). */
+#define TOL_EXACT 1e-14   /* data movement and single roundings */
+#define TOL_ELEM 1e-11    /* elementwise with transcendentals */
+#define TOL_REDUCE 1e-10  /* sums over rows, layernorm, softmax, cross-entropy */
+#define TOL_GEMM 1e-10    /* products with K up to a few hundred */
+
+typedef struct conf_arg {
+    ts_device *dev;
+    int64_t p[8];
+    uint64_t seed;
+} conf_arg;
+
+static conf_arg *arg_new(ts_device *dev, const int64_t *p, int np)
+{
+    conf_arg *a = calloc(1, sizeof *a);
+    a->dev = dev;
+    for (int i = 0; i < np; i++) a->p[i] = p[i];
+    a->seed = 1234567;
+    for (int i = 0; i < np; i++) a->seed = a->seed * 31 + (uint64_t)p[i];
+    return a;
+}
+
+/* Read a guarded output, check its guards, compare with ref. */
+static void expect_output(const char *what, const guarded *g, const double *ref, double tol)
+{
+    float *out = malloc((size_t)(g->n ? g->n : 1) * sizeof *out);
+    int64_t bad = 0;
+    ts_status st = guarded_read(g, out, &bad);
+    if (st) th_fail(__FILE__, __LINE__, "%s: read failed: %s", what, ts_last_error());
+    else {
+        EXPECTF(bad == 0, "%s: %lld guard elements around the output were overwritten", what,
+                (long long)bad);
+        check_close(what, out, ref, g->n, tol);
+    }
+    free(out);
+}
+
+/* ---- elementwise ---- */
+
+static float special_value(rng_t *r, int i)
+{
+    static const float specials[] = {INFINITY, -INFINITY, NAN, 0.0f, -0.0f, 1e30f, -1e30f};
+    (void)r;
+    return specials[i % 7];
+}
+
+static float *inputs(rng_t *r, int64_t n, int with_specials)
+{
+    float *x = rand_floats(r, n, -3.0f, 3.0f);
+    if (with_specials)
+        for (int64_t i = 0; i < n; i += 5) x[i] = special_value(r, (int)(i / 5));
+    return x;
+}
+
+static void conf_fill(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t n = a->p[0];
+    float value = a->p[1] == 0 ? 3.25f : a->p[1] == 1 ? INFINITY : NAN;
+    guarded g;
+    REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(n), NULL));
+    REQUIRE_OK(ts_fill(&g.t, value));
+    double *ref = malloc((size_t)n * sizeof *ref);
+    for (int64_t i = 0; i < n; i++) ref[i] = value;
+    expect_output("fill", &g, ref, TOL_EXACT);
+    free(ref);
+    guarded_free(&g);
+}
+
+static void conf_copy(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t n = a->p[0];
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = inputs(&r, n, 1);
+    double *ref = to_double(x, n);
+    ts_device *cpu;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    /* from the same device, and from the CPU backend into this device */
+    ts_device *sources[2] = {a->dev, cpu};
+    for (int s = 0; s < 2; s++) {
+        ts_tensor src;
+        guarded g;
+        REQUIRE_OK(upload(&src, sources[s], TS_F32, TS_SHAPE(n), x));
+        REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(n), NULL));
+        REQUIRE_OK(ts_tensor_copy(&g.t, &src));
+        expect_output(s ? "copy from cpu" : "copy", &g, ref, TOL_EXACT);
+        guarded_free(&g);
+        ts_tensor_free(&src);
+    }
+    free(x);
+    free(ref);
+}
+
+/* p: n, specials, variant (0 add, 1 add in place, 2 scale, 3 gelu fwd, 4 gelu bwd) */
+static void conf_elementwise(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t n = a->p[0];
+    int variant = (int)a->p[2];
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = inputs(&r, n, (int)a->p[1]);
+    float *y = inputs(&r, n, (int)a->p[1]);
+    double *dx = to_double(x, n), *dy = to_double(y, n);
+    double *ref = malloc((size_t)n * sizeof *ref);
+    ts_tensor tx, ty;
+    guarded g;
+    REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(n), x));
+    REQUIRE_OK(upload(&ty, a->dev, TS_F32, TS_SHAPE(n), y));
+    REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(n), variant == 1 ? x : NULL));
+    const char *what = "?";
+    switch (variant) {
+    case 0:
+        what = "add";
+        REQUIRE_OK(ts_add(&g.t, &tx, &ty));
+        for (int64_t i = 0; i < n; i++) ref[i] = (double)(float)(dx[i] + dy[i]);
+        break;
+    case 1:
+        what = "add in place";
+        REQUIRE_OK(ts_add(&g.t, &g.t, &ty));
+        for (int64_t i = 0; i < n; i++) ref[i] = (double)(float)(dx[i] + dy[i]);
+        break;
+    case 2:
+        what = "scale";
+        REQUIRE_OK(ts_scale(&g.t, &tx, -0.375f));
+        for (int64_t i = 0; i < n; i++) ref[i] = -0.375 * dx[i];
+        break;
+    case 3:
+        what = "gelu_forward";
+        REQUIRE_OK(ts_gelu_forward(&g.t, &tx));
+        ref_gelu_forward(ref, dx, n);
+        break;
+    case 4:
+        what = "gelu_backward";
+        REQUIRE_OK(ts_gelu_backward(&g.t, &tx, &ty));
+        ref_gelu_backward(ref, dx, dy, n);
+        break;
+    }
+    expect_output(what, &g, ref, TOL_ELEM);
+    guarded_free(&g);
+    ts_tensor_free(&tx);
+    ts_tensor_free(&ty);
+    free(x), free(y), free(dx), free(dy), free(ref);
+}
+
+/* ---- embedding: p = B, T, C, V, vocab_start, with_wpe ---- */
+
+static void conf_embedding(void *argp, int backward)
+{
+    conf_arg *a = argp;
+    int64_t B = a->p[0], T = a->p[1], C = a->p[2], V = a->p[3], vs = a->p[4];
+    int with_wpe = (int)a->p[5];
+    int64_t N = B * T, P = T + 3;
+    rng_t r;
+    rng_seed(&r, a->seed);
+    /* tokens span beyond the shard on both sides when vs > 0 */
+    int32_t *tok = rand_ints(&r, N, 0, (int32_t)(vs + V + (vs ? 5 : 0)));
+    float *wte = rand_floats(&r, V * C, -1, 1), *wpe = rand_floats(&r, P * C, -1, 1);
+    float *dout = rand_floats(&r, N * C, -1, 1);
+    ts_tensor ttok, twte, twpe, tdout;
+    REQUIRE_OK(upload(&ttok, a->dev, TS_I32, TS_SHAPE(B, T), tok));
+    if (!backward) {
+        REQUIRE_OK(upload(&twte, a->dev, TS_F32, TS_SHAPE(V, C), wte));
+        REQUIRE_OK(upload(&twpe, a->dev, TS_F32, TS_SHAPE(P, C), wpe));
+        guarded g;
+        REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(B, T, C), NULL));
+        REQUIRE_OK(ts_embedding_forward_shard(&g.t, &ttok, &twte, with_wpe ? &twpe : NULL, vs));
+        double *dwte = to_double(wte, V * C), *dwpe = to_double(wpe, P * C);
+        double *ref = malloc((size_t)(N * C) * sizeof *ref);
+        ref_embedding_forward(ref, tok, dwte, with_wpe ? dwpe : NULL, N, T, C, V, vs);
+        expect_output("embedding_forward", &g, ref, TOL_EXACT);
+        free(ref), free(dwte), free(dwpe);
+        guarded_free(&g);
+        ts_tensor_free(&twte);
+        ts_tensor_free(&twpe);
+    } else {
+        REQUIRE_OK(upload(&tdout, a->dev, TS_F32, TS_SHAPE(B, T, C), dout));
+        guarded gw, gp;
+        REQUIRE_OK(guarded_alloc(&gw, a->dev, TS_SHAPE(V, C), wte)); /* accumulates onto wte */
+        REQUIRE_OK(guarded_alloc(&gp, a->dev, TS_SHAPE(P, C), wpe));
+        REQUIRE_OK(ts_embedding_backward_shard(&gw.t, with_wpe ? &gp.t : NULL, &tdout, &ttok, vs));
+        double *rw = to_double(wte, V * C), *rp = to_double(wpe, P * C), *dd = to_double(dout, N * C);
+        ref_embedding_backward(rw, with_wpe ? rp : NULL, dd, tok, N, T, C, V, vs);
+        expect_output("embedding_backward dwte", &gw, rw, TOL_REDUCE);
+        expect_output("embedding_backward dwpe", &gp, rp, TOL_REDUCE);
+        free(rw), free(rp), free(dd);
+        guarded_free(&gw);
+        guarded_free(&gp);
+        ts_tensor_free(&tdout);
+    }
+    ts_tensor_free(&ttok);
+    free(tok), free(wte), free(wpe), free(dout);
+}
+
+static void conf_embedding_fwd(void *a) { conf_embedding(a, 0); }
+static void conf_embedding_bwd(void *a) { conf_embedding(a, 1); }
+
+/* ---- layernorm: p = N, C ---- */
+
+static void conf_layernorm_fwd(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t N = a->p[0], C = a->p[1];
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = rand_floats(&r, N * C, -2, 3), *w = rand_floats(&r, C, 0.5f, 1.5f);
+    float *b = rand_floats(&r, C, -0.5f, 0.5f);
+    ts_tensor tx, tw, tb;
+    guarded go, gm, gr;
+    REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(N, C), x));
+    REQUIRE_OK(upload(&tw, a->dev, TS_F32, TS_SHAPE(C), w));
+    REQUIRE_OK(upload(&tb, a->dev, TS_F32, TS_SHAPE(C), b));
+    REQUIRE_OK(guarded_alloc(&go, a->dev, TS_SHAPE(N, C), NULL));
+    REQUIRE_OK(guarded_alloc(&gm, a->dev, TS_SHAPE(N), NULL));
+    REQUIRE_OK(guarded_alloc(&gr, a->dev, TS_SHAPE(N), NULL));
+    REQUIRE_OK(ts_layernorm_forward(&go.t, &gm.t, &gr.t, &tx, &tw, &tb, 1e-5f));
+    double *dx = to_double(x, N * C), *dw = to_double(w, C), *db = to_double(b, C);
+    double *ro = malloc((size_t)(N * C) * sizeof *ro), *rm = malloc((size_t)N * sizeof *rm),
+           *rr = malloc((size_t)N * sizeof *rr);
+    ref_layernorm_forward(ro, rm, rr, dx, dw, db, N, C, 1e-5);
+    expect_output("layernorm out", &go, ro, TOL_REDUCE);
+    expect_output("layernorm mean", &gm, rm, TOL_REDUCE);
+    expect_output("layernorm rstd", &gr, rr, TOL_REDUCE);
+    free(x), free(w), free(b), free(dx), free(dw), free(db), free(ro), free(rm), free(rr);
+    guarded_free(&go), guarded_free(&gm), guarded_free(&gr);
+    ts_tensor_free(&tx), ts_tensor_free(&tw), ts_tensor_free(&tb);
+}
+
+static void conf_layernorm_bwd(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t N = a->p[0], C = a->p[1];
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = rand_floats(&r, N * C, -2, 3), *w = rand_floats(&r, C, 0.5f, 1.5f);
+    float *b = rand_floats(&r, C, -0.5f, 0.5f), *dout = rand_floats(&r, N * C, -1, 1);
+    float *dx0 = rand_floats(&r, N * C, -1, 1), *dw0 = rand_floats(&r, C, -1, 1),
+          *db0 = rand_floats(&r, C, -1, 1);
+    ts_tensor tx, tw, tb, tdout, tout, tm, tr;
+    guarded gdx, gdw, gdb;
+    REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(N, C), x));
+    REQUIRE_OK(upload(&tw, a->dev, TS_F32, TS_SHAPE(C), w));
+    REQUIRE_OK(upload(&tb, a->dev, TS_F32, TS_SHAPE(C), b));
+    REQUIRE_OK(upload(&tdout, a->dev, TS_F32, TS_SHAPE(N, C), dout));
+    REQUIRE_OK(ts_tensor_alloc(&tout, a->dev, TS_F32, TS_SHAPE(N, C)));
+    REQUIRE_OK(ts_tensor_alloc(&tm, a->dev, TS_F32, TS_SHAPE(N)));
+    REQUIRE_OK(ts_tensor_alloc(&tr, a->dev, TS_F32, TS_SHAPE(N)));
+    REQUIRE_OK(ts_layernorm_forward(&tout, &tm, &tr, &tx, &tw, &tb, 1e-5f));
+    REQUIRE_OK(guarded_alloc(&gdx, a->dev, TS_SHAPE(N, C), dx0));
+    REQUIRE_OK(guarded_alloc(&gdw, a->dev, TS_SHAPE(C), dw0));
+    REQUIRE_OK(guarded_alloc(&gdb, a->dev, TS_SHAPE(C), db0));
+    REQUIRE_OK(ts_layernorm_backward(&gdx.t, &gdw.t, &gdb.t, &tdout, &tx, &tw, &tm, &tr));
+    double *rdx = to_double(dx0, N * C), *rdw = to_double(dw0, C), *rdb = to_double(db0, C);
+    double *ddx = to_double(x, N * C), *ddw = to_double(w, C), *ddo = to_double(dout, N * C);
+    ref_layernorm_backward(rdx, rdw, rdb, ddo, ddx, ddw, N, C, 1e-5);
+    expect_output("layernorm dinp", &gdx, rdx, TOL_REDUCE);
+    expect_output("layernorm dweight", &gdw, rdw, TOL_REDUCE);
+    expect_output("layernorm dbias", &gdb, rdb, TOL_REDUCE);
+    free(x), free(w), free(b), free(dout), free(dx0), free(dw0), free(db0);
+    free(rdx), free(rdw), free(rdb), free(ddx), free(ddw), free(ddo);
+    guarded_free(&gdx), guarded_free(&gdw), guarded_free(&gdb);
+    ts_tensor_free(&tx), ts_tensor_free(&tw), ts_tensor_free(&tb), ts_tensor_free(&tdout);
+    ts_tensor_free(&tout), ts_tensor_free(&tm), ts_tensor_free(&tr);
+}
+
+/* ---- matmul: p = batch, M, N, K, trans_a, trans_b, beta*4, b_shared ---- */
+
+static void conf_matmul(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t batch = a->p[0], M = a->p[1], N = a->p[2], K = a->p[3];
+    bool ta = a->p[4], tb = a->p[5], shared = a->p[7];
+    float alpha = 0.75f, beta = (float)a->p[6] / 4.0f;
+    rng_t r;
+    rng_seed(&r, a->seed);
+    int64_t nb = shared ? K * N : batch * K * N;
+    float *A = rand_floats(&r, batch * M * K, -1, 1), *B = rand_floats(&r, nb, -1, 1);
+    float *C0 = rand_floats(&r, batch * M * N, -1, 1);
+    ts_tensor tA, tB;
+    guarded gC;
+    int three = batch > 1 || a->p[7] == 2;
+    if (three) {
+        REQUIRE_OK(upload(&tA, a->dev, TS_F32, TS_SHAPE(batch, ta ? K : M, ta ? M : K), A));
+        if (shared) REQUIRE_OK(upload(&tB, a->dev, TS_F32, TS_SHAPE(tb ? N : K, tb ? K : N), B));
+        else REQUIRE_OK(upload(&tB, a->dev, TS_F32, TS_SHAPE(batch, tb ? N : K, tb ? K : N), B));
+        /* beta == 0: C starts as NaN and must not be read */
+        REQUIRE_OK(guarded_alloc(&gC, a->dev, TS_SHAPE(batch, M, N), beta != 0.0f ? C0 : NULL));
+    } else {
+        REQUIRE_OK(upload(&tA, a->dev, TS_F32, TS_SHAPE(ta ? K : M, ta ? M : K), A));
+        REQUIRE_OK(upload(&tB, a->dev, TS_F32, TS_SHAPE(tb ? N : K, tb ? K : N), B));
+        REQUIRE_OK(guarded_alloc(&gC, a->dev, TS_SHAPE(M, N), beta != 0.0f ? C0 : NULL));
+    }
+    REQUIRE_OK(ts_matmul(&gC.t, &tA, &tB, ta, tb, alpha, beta));
+    double *dA = to_double(A, batch * M * K), *dB = to_double(B, nb),
+           *ref = to_double(C0, batch * M * N);
+    ref_gemm(ref, dA, dB, NULL, batch, M, N, K, ta, tb, alpha, beta, shared ? 0 : K * N);
+    expect_output("matmul", &gC, ref, TOL_GEMM);
+    free(A), free(B), free(C0), free(dA), free(dB), free(ref);
+    guarded_free(&gC);
+    ts_tensor_free(&tA), ts_tensor_free(&tB);
+}
+
+/* ---- linear: p = N, C, OC, bias ---- */
+
+static void conf_linear_fwd(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t N = a->p[0], C = a->p[1], OC = a->p[2];
+    int has_bias = (int)a->p[3];
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = rand_floats(&r, N * C, -1, 1), *w = rand_floats(&r, OC * C, -1, 1);
+    float *b = rand_floats(&r, OC, -1, 1);
+    ts_tensor tx, tw, tb;
+    guarded go;
+    REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(N, C), x));
+    REQUIRE_OK(upload(&tw, a->dev, TS_F32, TS_SHAPE(OC, C), w));
+    REQUIRE_OK(upload(&tb, a->dev, TS_F32, TS_SHAPE(OC), b));
+    REQUIRE_OK(guarded_alloc(&go, a->dev, TS_SHAPE(N, OC), NULL));
+    REQUIRE_OK(ts_linear_forward(&go.t, &tx, &tw, has_bias ? &tb : NULL));
+    double *dx = to_double(x, N * C), *dw = to_double(w, OC * C), *db = to_double(b, OC);
+    double *ref = malloc((size_t)(N * OC) * sizeof *ref);
+    ref_gemm(ref, dx, dw, has_bias ? db : NULL, 1, N, OC, C, false, true, 1.0, 0.0, 0);
+    expect_output("linear_forward", &go, ref, TOL_GEMM);
+    free(x), free(w), free(b), free(dx), free(dw), free(db), free(ref);
+    guarded_free(&go);
+    ts_tensor_free(&tx), ts_tensor_free(&tw), ts_tensor_free(&tb);
+}
+
+static void conf_linear_bwd(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t N = a->p[0], C = a->p[1], OC = a->p[2];
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = rand_floats(&r, N * C, -1, 1), *w = rand_floats(&r, OC * C, -1, 1);
+    float *dout = rand_floats(&r, N * OC, -1, 1);
+    float *dw0 = rand_floats(&r, OC * C, -1, 1), *db0 = rand_floats(&r, OC, -1, 1);
+    ts_tensor tx, tw, tdout;
+    guarded gdx, gdw, gdb;
+    REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(N, C), x));
+    REQUIRE_OK(upload(&tw, a->dev, TS_F32, TS_SHAPE(OC, C), w));
+    REQUIRE_OK(upload(&tdout, a->dev, TS_F32, TS_SHAPE(N, OC), dout));
+    REQUIRE_OK(guarded_alloc(&gdx, a->dev, TS_SHAPE(N, C), NULL));
+    REQUIRE_OK(guarded_alloc(&gdw, a->dev, TS_SHAPE(OC, C), dw0));
+    REQUIRE_OK(guarded_alloc(&gdb, a->dev, TS_SHAPE(OC), db0));
+    REQUIRE_OK(ts_linear_backward(&gdx.t, &gdw.t, &gdb.t, &tdout, &tx, &tw));
+    double *dx = to_double(x, N * C), *dw = to_double(w, OC * C), *dd = to_double(dout, N * OC);
+    double *rdx = malloc((size_t)(N * C) * sizeof *rdx);
+    double *rdw = to_double(dw0, OC * C), *rdb = to_double(db0, OC);
+    ref_gemm(rdx, dd, dw, NULL, 1, N, C, OC, false, false, 1.0, 0.0, 0);
+    ref_gemm(rdw, dd, dx, NULL, 1, OC, C, N, true, false, 1.0, 1.0, 0);
+    ref_sum_rows(rdb, dd, N, OC, true);
+    expect_output("linear_backward dinp", &gdx, rdx, TOL_GEMM);
+    expect_output("linear_backward dweight", &gdw, rdw, TOL_GEMM);
+    expect_output("linear_backward dbias", &gdb, rdb, TOL_REDUCE);
+    free(x), free(w), free(dout), free(dw0), free(db0);
+    free(dx), free(dw), free(dd), free(rdx), free(rdw), free(rdb);
+    guarded_free(&gdx), guarded_free(&gdw), guarded_free(&gdb);
+    ts_tensor_free(&tx), ts_tensor_free(&tw), ts_tensor_free(&tdout);
+}
+
+/* ---- sum_rows: p = N, C, accumulate ---- */
+
+static void conf_sum_rows(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t N = a->p[0], C = a->p[1];
+    bool acc = a->p[2];
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = rand_floats(&r, N * C, -1, 1), *o0 = rand_floats(&r, C, -1, 1);
+    ts_tensor tx;
+    guarded g;
+    REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(N, C), x));
+    REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(C), acc ? o0 : NULL));
+    REQUIRE_OK(ts_sum_rows(&g.t, &tx, acc));
+    double *dx = to_double(x, N * C), *ref = to_double(o0, C);
+    ref_sum_rows(ref, dx, N, C, acc);
+    expect_output("sum_rows", &g, ref, TOL_REDUCE);
+    free(x), free(o0), free(dx), free(ref);
+    guarded_free(&g);
+    ts_tensor_free(&tx);
+}
+
+/* ---- heads: p = B, T, K, NH, HS, merge ---- */
+
+static void conf_heads(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t B = a->p[0], T = a->p[1], K = a->p[2], NH = a->p[3], HS = a->p[4];
+    int merge = (int)a->p[5];
+    int64_t n = B * T * K * NH * HS;
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = rand_floats(&r, n, -1, 1);
+    ts_tensor tx;
+    guarded g;
+    REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(n), x));
+    REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(n), NULL));
+    double *dx = to_double(x, n), *ref = malloc((size_t)n * sizeof *ref);
+    if (merge) {
+        REQUIRE_OK(ts_merge_heads(&g.t, &tx, B, T, K, NH));
+        ref_merge_heads(ref, dx, B, T, K, NH, HS);
+    } else {
+        REQUIRE_OK(ts_split_heads(&g.t, &tx, B, T, K, NH));
+        ref_split_heads(ref, dx, B, T, K, NH, HS);
+    }
+    expect_output(merge ? "merge_heads" : "split_heads", &g, ref, TOL_EXACT);
+    free(x), free(dx), free(ref);
+    guarded_free(&g);
+    ts_tensor_free(&tx);
+}
+
+/* ---- causal softmax: p = BH, T, in_place, backward ---- */
+
+static void conf_softmax(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t BH = a->p[0], T = a->p[1], n = BH * T * T;
+    int in_place = (int)a->p[2], backward = (int)a->p[3];
+    float scale = 0.35f;
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = rand_floats(&r, n, -4, 4), *d = rand_floats(&r, n, -1, 1);
+    double *dx = to_double(x, n), *dd = to_double(d, n), *ref = malloc((size_t)n * sizeof *ref);
+    double *att = malloc((size_t)n * sizeof *att);
+    ref_softmax_causal_forward(att, dx, BH, T, scale);
+    ts_tensor tin, td;
+    guarded g;
+    if (!backward) {
+        REQUIRE_OK(upload(&tin, a->dev, TS_F32, TS_SHAPE(BH, T, T), x));
+        REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(BH, T, T), in_place ? x : NULL));
+        REQUIRE_OK(ts_softmax_causal_forward(&g.t, in_place ? &g.t : &tin, scale));
+        expect_output("softmax_causal_forward", &g, att, TOL_REDUCE);
+    } else {
+        /* att is the f32 rounding of the reference probabilities */
+        float *fatt = malloc((size_t)n * sizeof *fatt);
+        for (int64_t i = 0; i < n; i++) fatt[i] = (float)att[i], att[i] = fatt[i];
+        REQUIRE_OK(upload(&tin, a->dev, TS_F32, TS_SHAPE(BH, T, T), fatt));
+        REQUIRE_OK(upload(&td, a->dev, TS_F32, TS_SHAPE(BH, T, T), d));
+        REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(BH, T, T), in_place ? d : NULL));
+        REQUIRE_OK(ts_softmax_causal_backward(&g.t, &tin, in_place ? &g.t : &td, scale));
+        ref_softmax_causal_backward(ref, att, dd, BH, T, scale);
+        expect_output("softmax_causal_backward", &g, ref, TOL_REDUCE);
+        ts_tensor_free(&td);
+        free(fatt);
+    }
+    guarded_free(&g);
+    ts_tensor_free(&tin);
+    free(x), free(d), free(dx), free(dd), free(ref), free(att);
+}
+
+/* ---- attention (composite): p = B, T, C, NH ---- */
+
+static void conf_attention_fwd(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t B = a->p[0], T = a->p[1], C = a->p[2], NH = a->p[3];
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *qkv = rand_floats(&r, B * T * 3 * C, -1, 1);
+    ts_tensor tq;
+    guarded g;
+    ts_attention_ws ws;
+    REQUIRE_OK(upload(&tq, a->dev, TS_F32, TS_SHAPE(B, T, 3 * C), qkv));
+    REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(B, T, C), NULL));
+    REQUIRE_OK(ts_attention_ws_alloc(&ws, a->dev, B, T, C, NH));
+    REQUIRE_OK(ts_attention_forward(&g.t, &tq, &ws));
+    double *dq = to_double(qkv, B * T * 3 * C), *ref = malloc((size_t)(B * T * C) * sizeof *ref);
+    ref_attention_forward(ref, dq, B, T, C, NH);
+    expect_output("attention_forward", &g, ref, TOL_GEMM);
+    free(qkv), free(dq), free(ref);
+    ts_attention_ws_free(&ws);
+    guarded_free(&g);
+    ts_tensor_free(&tq);
+}
+
+/* ---- cross-entropy: p = N, V, outputs (1 losses 2 probs 4 dlogits), in_place ---- */
+
+static void conf_cross_entropy(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t N = a->p[0], V = a->p[1];
+    int outputs = (int)a->p[2], in_place = (int)a->p[3];
+    float scale = 1.0f / (float)N;
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = rand_floats(&r, N * V, -6, 6);
+    int32_t *tg = rand_ints(&r, N, 0, (int32_t)V);
+    if (N > 2) tg[1] = -1;         /* ignored position */
+    if (V > 3) x[2] = -INFINITY;   /* a masked logit: probability 0, finite loss */
+    if (V > 3 && N > 2 && tg[0] != 2) x[V + 3] = -INFINITY;
+    ts_tensor tx, tt;
+    guarded gl, gp, gd;
+    REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(N, V), x));
+    REQUIRE_OK(upload(&tt, a->dev, TS_I32, TS_SHAPE(N), tg));
+    ts_tensor *probs = NULL, *dlogits = NULL, *losses = NULL;
+    if (in_place) {
+        REQUIRE_OK(guarded_alloc(&gp, a->dev, TS_SHAPE(N, V), x));
+        if (outputs & 2) probs = &gp.t;
+        else dlogits = &gp.t;
+    } else {
+        REQUIRE_OK(guarded_alloc(&gp, a->dev, TS_SHAPE(N, V), NULL));
+        REQUIRE_OK(guarded_alloc(&gd, a->dev, TS_SHAPE(N, V), NULL));
+        if (outputs & 2) probs = &gp.t;
+        if (outputs & 4) dlogits = &gd.t;
+    }
+    REQUIRE_OK(guarded_alloc(&gl, a->dev, TS_SHAPE(N), NULL));
+    if (outputs & 1) losses = &gl.t;
+    REQUIRE_OK(ts_cross_entropy(losses, probs, dlogits, in_place ? &gp.t : &tx, &tt, scale));
+    double *dx = to_double(x, N * V), *rl = malloc((size_t)N * sizeof *rl);
+    double *rp = malloc((size_t)(N * V) * sizeof *rp), *rd = malloc((size_t)(N * V) * sizeof *rd);
+    ref_cross_entropy(rl, rp, rd, dx, tg, N, V, scale);
+    if (losses) expect_output("cross_entropy losses", &gl, rl, TOL_REDUCE);
+    if (in_place) expect_output(probs ? "probs in place" : "dlogits in place", &gp, probs ? rp : rd, TOL_REDUCE);
+    else {
+        if (probs) expect_output("cross_entropy probs", &gp, rp, TOL_REDUCE);
+        if (dlogits) expect_output("cross_entropy dlogits", &gd, rd, TOL_REDUCE);
+        guarded_free(&gd);
+    }
+    free(x), free(tg), free(dx), free(rl), free(rp), free(rd);
+    guarded_free(&gl), guarded_free(&gp);
+    ts_tensor_free(&tx), ts_tensor_free(&tt);
+}
+
+/* ---- reductions: p = n, squares ---- */
+
+static void conf_reduce(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t n = a->p[0];
+    int squares = (int)a->p[1];
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = rand_floats(&r, n, -1, 1);
+    ts_tensor tx;
+    guarded g;
+    REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(n), x));
+    REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(1), NULL));
+    REQUIRE_OK(squares ? ts_sqnorm(&g.t, &tx) : ts_sum(&g.t, &tx));
+    double *dx = to_double(x, n);
+    double ref = squares ? ref_sqnorm(dx, n) : ref_sum(dx, n);
+    expect_output(squares ? "sqnorm" : "sum", &g, &ref, TOL_REDUCE);
+    free(x), free(dx);
+    guarded_free(&g);
+    ts_tensor_free(&tx);
+}
+
+/* ---- optimizer: p = kind, n, step, weight_decay*100 ---- */
+
+static void conf_optim(void *argp)
+{
+    conf_arg *a = argp;
+    ts_optim_params o = {.kind = (ts_optim_kind)a->p[0], .lr = 0.1f, .beta1 = 0.9f,
+                         .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = (float)a->p[3] / 100.0f,
+                         .grad_scale = 0.5f, .step = a->p[2]};
+    int64_t n = a->p[1];
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *p = rand_floats(&r, n, -1, 1), *g = rand_floats(&r, n, -1, 1);
+    float *m = rand_floats(&r, n, -0.1f, 0.1f), *v = rand_floats(&r, n, 0, 0.01f);
+    ts_tensor tg;
+    guarded gp, gm, gv;
+    REQUIRE_OK(upload(&tg, a->dev, TS_F32, TS_SHAPE(n), g));
+    REQUIRE_OK(guarded_alloc(&gp, a->dev, TS_SHAPE(n), p));
+    REQUIRE_OK(guarded_alloc(&gm, a->dev, TS_SHAPE(n), m));
+    REQUIRE_OK(guarded_alloc(&gv, a->dev, TS_SHAPE(n), v));
+    REQUIRE_OK(ts_optimizer_update(&gp.t, &tg, &gm.t, &gv.t, &o));
+    double *rp = to_double(p, n), *rm = to_double(m, n), *rv = to_double(v, n), *dg = to_double(g, n);
+    ref_optim_update(rp, rm, rv, dg, n, &o);
+    expect_output("param", &gp, rp, TOL_ELEM);
+    /* The update itself, not only the parameter it lands on. */
+    float *out = malloc((size_t)n * sizeof *out);
+    int64_t bad;
+    REQUIRE_OK(guarded_read(&gp, out, &bad));
+    double *dref = malloc((size_t)n * sizeof *dref);
+    for (int64_t i = 0; i < n; i++) dref[i] = rp[i] - p[i], out[i] -= p[i];
+    check_close("update", out, dref, n, 1e-9);
+    if (o.kind != TS_OPTIM_SGD) expect_output("m", &gm, rm, TOL_ELEM);
+    if (o.kind >= TS_OPTIM_ADAM) expect_output("v", &gv, rv, TOL_ELEM);
+    free(p), free(g), free(m), free(v), free(rp), free(rm), free(rv), free(dg), free(out), free(dref);
+    guarded_free(&gp), guarded_free(&gm), guarded_free(&gv);
+    ts_tensor_free(&tg);
+}
+
+/* ---- registration ---- */
+
+typedef struct case_def {
+    const char *name;
+    th_fn fn;
+    const char *fmt; /* names of the parameters, for the test name */
+    int np;
+    int64_t params[10][8];
+    int nshapes;
+} case_def;
+
+static const case_def cases[] = {
+    {"fill", conf_fill, "n=%lld value#%lld", 2, {{1, 0}, {1000, 0}, {4099, 1}, {37, 2}}, 4},
+    {"copy", conf_copy, "n=%lld", 1, {{1}, {777}, {65537}}, 3},
+    {"add", conf_elementwise, "n=%lld specials=%lld variant=%lld", 3,
+     {{1, 0, 0}, {1001, 1, 0}, {70001, 0, 0}, {513, 0, 1}}, 4},
+    {"scale", conf_elementwise, "n=%lld specials=%lld variant=%lld", 3,
+     {{3, 0, 2}, {4097, 1, 2}}, 2},
+    {"gelu_forward", conf_elementwise, "n=%lld specials=%lld variant=%lld", 3,
+     {{1, 0, 3}, {1003, 0, 3}, {20011, 1, 3}}, 3},
+    {"gelu_backward", conf_elementwise, "n=%lld specials=%lld variant=%lld", 3,
+     {{1, 0, 4}, {1003, 0, 4}, {20011, 0, 4}}, 3},
+    {"embedding_forward", conf_embedding_fwd, "B=%lld T=%lld C=%lld V=%lld start=%lld wpe=%lld", 6,
+     {{1, 1, 1, 1, 0, 1}, {2, 7, 33, 50, 0, 1}, {3, 16, 64, 100, 0, 0}, {2, 5, 9, 20, 10, 1}}, 4},
+    {"embedding_backward", conf_embedding_bwd, "B=%lld T=%lld C=%lld V=%lld start=%lld wpe=%lld", 6,
+     {{1, 1, 1, 1, 0, 1}, {2, 7, 33, 50, 0, 1}, {4, 16, 64, 10, 0, 1}, {2, 5, 9, 20, 10, 0}}, 4},
+    {"layernorm_forward", conf_layernorm_fwd, "N=%lld C=%lld", 2,
+     {{1, 1}, {7, 33}, {64, 768}, {5, 1000}}, 4},
+    {"layernorm_backward", conf_layernorm_bwd, "N=%lld C=%lld", 2,
+     {{1, 2}, {7, 33}, {64, 768}, {130, 17}}, 4},
+    {"matmul", conf_matmul, "batch=%lld M=%lld N=%lld K=%lld ta=%lld tb=%lld beta4=%lld shared=%lld",
+     8,
+     {{1, 1, 1, 1, 0, 0, 0, 0},
+      {1, 7, 13, 5, 0, 0, 0, 0},
+      {1, 33, 65, 17, 1, 0, 2, 0},
+      {1, 33, 65, 17, 0, 1, 0, 0},
+      {1, 33, 65, 17, 1, 1, 4, 0},
+      {1, 128, 96, 257, 0, 1, 0, 0},
+      {5, 19, 23, 11, 0, 1, 0, 0},
+      {4, 16, 9, 31, 1, 0, 2, 0},
+      {3, 17, 7, 5, 0, 0, 0, 1}},
+     9},
+    {"linear_forward", conf_linear_fwd, "N=%lld C=%lld OC=%lld bias=%lld", 4,
+     {{1, 1, 1, 1}, {7, 33, 65, 1}, {64, 96, 288, 1}, {9, 16, 5, 0}}, 4},
+    {"linear_backward", conf_linear_bwd, "N=%lld C=%lld OC=%lld", 3,
+     {{1, 1, 1}, {7, 33, 65}, {64, 96, 288}}, 3},
+    {"sum_rows", conf_sum_rows, "N=%lld C=%lld accumulate=%lld", 3,
+     {{1, 1, 0}, {7, 33, 1}, {300, 65, 0}, {1000, 129, 1}}, 4},
+    {"split_heads", conf_heads, "B=%lld T=%lld K=%lld NH=%lld HS=%lld merge=%lld", 6,
+     {{1, 1, 1, 1, 1, 0}, {2, 5, 3, 4, 7, 0}, {3, 9, 1, 2, 16, 0}}, 3},
+    {"merge_heads", conf_heads, "B=%lld T=%lld K=%lld NH=%lld HS=%lld merge=%lld", 6,
+     {{1, 1, 1, 1, 1, 1}, {2, 5, 3, 4, 7, 1}, {3, 9, 1, 2, 16, 1}}, 3},
+    {"softmax_causal_forward", conf_softmax, "BH=%lld T=%lld in_place=%lld backward=%lld", 4,
+     {{1, 1, 0, 0}, {3, 17, 0, 0}, {8, 64, 1, 0}, {2, 130, 0, 0}}, 4},
+    {"softmax_causal_backward", conf_softmax, "BH=%lld T=%lld in_place=%lld backward=%lld", 4,
+     {{1, 1, 0, 1}, {3, 17, 0, 1}, {8, 64, 1, 1}, {2, 130, 0, 1}}, 4},
+    {"attention_forward", conf_attention_fwd, "B=%lld T=%lld C=%lld NH=%lld", 4,
+     {{1, 1, 4, 1}, {2, 9, 12, 3}, {2, 32, 64, 4}}, 3},
+    {"cross_entropy", conf_cross_entropy, "N=%lld V=%lld outputs=%lld in_place=%lld", 4,
+     {{1, 1, 7, 0}, {5, 33, 7, 0}, {9, 1000, 5, 0}, {4, 50257, 5, 0}, {6, 301, 1, 0},
+      {6, 301, 5, 1}, {3, 77, 3, 1}},
+     7},
+    {"sum", conf_reduce, "n=%lld squares=%lld", 2, {{1, 0}, {1000, 0}, {1000003, 0}}, 3},
+    {"sqnorm", conf_reduce, "n=%lld squares=%lld", 2, {{1, 1}, {4097, 1}, {1000003, 1}}, 3},
+    {"optimizer sgd", conf_optim, "kind=%lld n=%lld step=%lld wd100=%lld", 4,
+     {{0, 1, 1, 0}, {0, 10007, 3, 10}}, 2},
+    {"optimizer momentum", conf_optim, "kind=%lld n=%lld step=%lld wd100=%lld", 4,
+     {{1, 1, 1, 0}, {1, 10007, 3, 10}}, 2},
+    {"optimizer adam", conf_optim, "kind=%lld n=%lld step=%lld wd100=%lld", 4,
+     {{2, 1, 1, 0}, {2, 10007, 7, 10}}, 2},
+    {"optimizer adamw", conf_optim, "kind=%lld n=%lld step=%lld wd100=%lld", 4,
+     {{3, 1, 1, 0}, {3, 10007, 7, 10}, {3, 333, 1000, 0}}, 3},
+};
+
+int main(int argc, char **argv)
+{
+    int ndev = ts_device_count();
+    for (int d = 0; d < ndev; d++) {
+        ts_device *dev = ts_device_at(d);
+        const ts_device_info *info = ts_device_get_info(dev);
+        for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+            for (int s = 0; s < cases[c].nshapes; s++) {
+                const int64_t *p = cases[c].params[s];
+                char params[256], name[384];
+                snprintf(params, sizeof params, cases[c].fmt, (long long)p[0], (long long)p[1],
+                         (long long)p[2], (long long)p[3], (long long)p[4], (long long)p[5],
+                         (long long)p[6], (long long)p[7]);
+                snprintf(name, sizeof name, "%s %s on %s", cases[c].name, params, info->id);
+                th_add(name, cases[c].fn, arg_new(dev, p, cases[c].np));
+            }
+        }
+    }
+    return th_run(argc, argv);
+}

@@ -1,0 +1,172 @@
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void rng_seed(rng_t *r, uint64_t seed) { r->s = seed * 0x9E3779B97F4A7C15ull + 1; }
+
+uint64_t rng_next(rng_t *r)
+{
+    /* splitmix64 */
+    uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+float rng_uniform(rng_t *r, float lo, float hi)
+{
+    double u = (double)(rng_next(r) >> 11) * (1.0 / 9007199254740992.0);
+    return (float)(lo + (hi - lo) * u);
+}
+
+float rng_normal(rng_t *r)
+{
+    double u1 = ((double)(rng_next(r) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+    double u2 = (double)(rng_next(r) >> 11) * (1.0 / 9007199254740992.0);
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+float *rand_floats(rng_t *r, int64_t n, float lo, float hi)
+{
+    float *x = malloc((size_t)(n > 0 ? n : 1) * sizeof *x);
+    for (int64_t i = 0; i < n; i++) x[i] = rng_uniform(r, lo, hi);
+    return x;
+}
+
+double *to_double(const float *x, int64_t n)
+{
+    double *d = malloc((size_t)(n > 0 ? n : 1) * sizeof *d);
+    for (int64_t i = 0; i < n; i++) d[i] = x[i];
+    return d;
+}
+
+int32_t *rand_ints(rng_t *r, int64_t n, int32_t lo, int32_t hi)
+{
+    int32_t *x = malloc((size_t)(n > 0 ? n : 1) * sizeof *x);
+    for (int64_t i = 0; i < n; i++) x[i] = lo + (int32_t)(rng_next(r) % (uint64_t)(hi - lo));
+    return x;
+}
+
+float poison_nan(void)
+{
+    uint32_t bits = 0x7fc0deadu;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static float sentinel(void)
+{
+    uint32_t bits = 0x7fbeef01u;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+enum { GUARD = 67 }; /* odd on purpose: misaligned views must work too */
+
+ts_status guarded_alloc(guarded *g, ts_device *d, int ndim, const int64_t *shape, const float *init)
+{
+    memset(g, 0, sizeof *g);
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    g->n = n;
+    g->guard = GUARD;
+    int64_t total = n + 2 * GUARD;
+    ts_status st = ts_tensor_alloc(&g->base, d, TS_F32, TS_SHAPE(total));
+    if (st) return st;
+    float *host = malloc((size_t)total * sizeof *host);
+    float s = sentinel(), p = poison_nan();
+    for (int64_t i = 0; i < total; i++) host[i] = s;
+    for (int64_t i = 0; i < n; i++) host[GUARD + i] = init ? init[i] : p;
+    st = ts_tensor_write(&g->base, host, (size_t)total * sizeof *host);
+    free(host);
+    if (!st) st = ts_tensor_view(&g->t, &g->base, GUARD, ndim, shape);
+    if (st) ts_tensor_free(&g->base);
+    return st;
+}
+
+ts_status guarded_read(const guarded *g, float *out, int64_t *bad_guards)
+{
+    int64_t total = g->n + 2 * g->guard;
+    float *host = malloc((size_t)total * sizeof *host);
+    ts_status st = ts_tensor_read(&g->base, host, (size_t)total * sizeof *host);
+    if (!st) {
+        float s = sentinel();
+        int64_t bad = 0;
+        for (int64_t i = 0; i < g->guard; i++) {
+            bad += memcmp(&host[i], &s, sizeof s) != 0;
+            bad += memcmp(&host[g->guard + g->n + i], &s, sizeof s) != 0;
+        }
+        *bad_guards = bad;
+        memcpy(out, host + g->guard, (size_t)g->n * sizeof *out);
+    }
+    free(host);
+    return st;
+}
+
+void guarded_free(guarded *g) { ts_tensor_free(&g->base); }
+
+ts_status upload(ts_tensor *t, ts_device *d, ts_dtype dtype, int ndim, const int64_t *shape,
+                 const void *host)
+{
+    ts_status st = ts_tensor_alloc(t, d, dtype, ndim, shape);
+    if (st) return st;
+    st = ts_tensor_write(t, host, ts_tensor_nbytes(t));
+    if (st) ts_tensor_free(t);
+    return st;
+}
+
+double nmse(const float *out, const double *ref, int64_t n)
+{
+    double err = 0.0, norm = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(ref[i])) continue;
+        double e = (double)out[i] - ref[i];
+        err += e * e;
+        norm += ref[i] * ref[i];
+    }
+    return norm > 0.0 ? err / norm : err;
+}
+
+bool check_close(const char *what, const float *out, const double *ref, int64_t n, double tol)
+{
+    int64_t nonfinite_bad = 0, first_bad = -1, worst = -1;
+    double worst_err = -1.0;
+    for (int64_t i = 0; i < n; i++) {
+        int ok;
+        if (isnan(ref[i])) ok = isnan(out[i]);
+        else if (isinf(ref[i])) ok = isinf(out[i]) && ((out[i] > 0) == (ref[i] > 0));
+        else ok = isfinite(out[i]);
+        if (!ok) {
+            nonfinite_bad++;
+            if (first_bad < 0) first_bad = i;
+            continue;
+        }
+        if (isfinite(ref[i])) {
+            double e = fabs((double)out[i] - ref[i]);
+            if (e > worst_err) {
+                worst_err = e;
+                worst = i;
+            }
+        }
+    }
+    double m = nmse(out, ref, n);
+    if (nonfinite_bad) {
+        th_fail(__FILE__, __LINE__,
+                "%s: %lld of %lld elements disagree on NaN/Inf (first at %lld: got %g, want %g)",
+                what, (long long)nonfinite_bad, (long long)n, (long long)first_bad,
+                (double)out[first_bad], ref[first_bad]);
+        return false;
+    }
+    if (!(m <= tol)) {
+        th_fail(__FILE__, __LINE__,
+                "%s: nmse %.3g > %.3g over %lld elements (worst at %lld: got %.9g, want %.9g)",
+                what, m, tol, (long long)n, (long long)worst, worst >= 0 ? (double)out[worst] : 0.0,
+                worst >= 0 ? ref[worst] : 0.0);
+        return false;
+    }
+    return true;
+}
