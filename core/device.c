@@ -231,6 +231,30 @@ int ts_get_threads(void)
     return ts_cpu_backend_get_threads();
 }
 
+const char *ts_build_features(void)
+{
+    return ""
+#ifdef TS_HAVE_OPENCL
+           "opencl "
+#endif
+#ifdef TS_HAVE_CLBLAST
+           "clblast "
+#endif
+#ifdef TS_HAVE_CBLAS
+           "openblas "
+#endif
+#ifdef _OPENMP
+           "openmp "
+#endif
+#ifdef TS_HAVE_MPI
+           "mpi "
+#endif
+#ifdef TS_HAVE_HWLOC
+           "hwloc "
+#endif
+           "cpu";
+}
+
 void ts_shutdown(void)
 {
     pthread_mutex_lock(&registry_lock);

@@ -9,6 +9,7 @@ typedef struct th_test {
     char *name;
     th_fn fn;
     void *arg;
+    int owned;
 } th_test;
 
 static th_test *tests;
@@ -29,7 +30,14 @@ void th_add(const char *name, th_fn fn, void *arg)
     tests[ntests].name = strdup(name);
     tests[ntests].fn = fn;
     tests[ntests].arg = arg;
+    tests[ntests].owned = 0;
     ntests++;
+}
+
+void th_add_owned(const char *name, th_fn fn, void *arg)
+{
+    th_add(name, fn, arg);
+    tests[ntests - 1].owned = 1;
 }
 
 static void vnote(const char *prefix, const char *fmt, va_list ap)
@@ -115,7 +123,10 @@ int th_run(int argc, char **argv)
         if (ms > 2000) printf("# %s took %.1f s\n", tests[i].name, ms / 1e3);
         fflush(stdout);
     }
-    for (int i = 0; i < ntests; i++) free(tests[i].name);
+    for (int i = 0; i < ntests; i++) {
+        free(tests[i].name);
+        if (tests[i].owned) free(tests[i].arg);
+    }
     free(tests);
     tests = NULL;
     ntests = captests = 0;

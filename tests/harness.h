@@ -14,8 +14,10 @@
 
 typedef void (*th_fn)(void *arg);
 
-/* Register a test; name is copied, arg is passed to fn (freed by nobody). */
+/* Register a test; name is copied, arg is passed to fn. th_add_owned
+ * frees arg (malloc'ed) when the run ends. */
 void th_add(const char *name, th_fn fn, void *arg);
+void th_add_owned(const char *name, th_fn fn, void *arg);
 /* Run the registered tests whose names contain every argv[1..] substring
  * (or all); print TAP; return the process exit code. */
 int th_run(int argc, char **argv);

@@ -690,7 +690,7 @@ int main(int argc, char **argv)
                          (long long)p[2], (long long)p[3], (long long)p[4], (long long)p[5],
                          (long long)p[6], (long long)p[7]);
                 snprintf(name, sizeof name, "%s %s on %s", cases[c].name, params, info->id);
-                th_add(name, cases[c].fn, arg_new(dev, p, cases[c].np));
+                th_add_owned(name, cases[c].fn, arg_new(dev, p, cases[c].np));
             }
         }
     }

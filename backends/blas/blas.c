@@ -30,13 +30,13 @@ static int cpu_has_avx512(void)
 #endif
 }
 
+#ifdef TS_HAVE_CBLAS
 static int is_avx512_core(const char *core)
 {
     return !strcasecmp(core, "SkylakeX") || !strcasecmp(core, "Cooperlake") ||
            !strcasecmp(core, "SapphireRapids");
 }
 
-#ifdef TS_HAVE_CBLAS
 /* OpenBLAS cores tessera may select; anything else is refused rather than
  * handed to OpenBLAS, which falls back silently on unknown names. */
 static const char *known_cores[] = {"Prescott", "Core2", "Nehalem", "SandyBridge", "Haswell",

@@ -18,6 +18,7 @@ static inline float ts_expf(float x)
     x = x > 88.37626f ? 88.37626f : x;
     const float shifter = 12582912.0f; /* 1.5 * 2^23 */
     float n = (x * 1.44269504088896341f + shifter) - shifter;
+    n = n == n ? n : 0.0f; /* NaN: keep the integer path defined; r carries the NaN */
     float r = x - n * 0.693359375f;   /* ln2 high part, exact in float */
     r = r - n * -2.12194440e-4f;      /* ln2 low part */
     float p = 1.9875691500e-4f;
@@ -27,7 +28,7 @@ static inline float ts_expf(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23; /* n is in [-126, 127] */
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;

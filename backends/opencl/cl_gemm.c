@@ -221,7 +221,11 @@ static ts_status gemm_clblast(ts_cl_device *d, const ts_op *op)
         beta = 1.0f;
     }
     CLBlastStatusCode s = clblast_run(d, op, beta);
-    if (s == CLBlastSuccess) return TS_OK;
+    if (s == CLBlastSuccess) {
+        ts_log(TS_LOG_DEBUG, "GEMM %lldx%lldx%lld (batch %lld) on %s via CLBlast", (long long)g->M,
+               (long long)g->N, (long long)g->K, (long long)g->batch, d->info_id);
+        return TS_OK;
+    }
     if (!d->clblast_warned) {
         ts_log(TS_LOG_WARN, "CLBlast GEMM failed on %s (status %d); using tessera's kernel",
                d->info_id, (int)s);

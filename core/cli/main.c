@@ -42,7 +42,7 @@ int main(int argc, char **argv)
         usage(stdout);
         rc = 0;
     } else if (!strcmp(cmd, "--version")) {
-        printf("tessera %s\n", TESSERA_VERSION);
+        printf("tessera %s (%s)\n", TESSERA_VERSION, ts_build_features());
         rc = 0;
     } else {
         fprintf(stderr, "tessera: unknown command '%s'\n\n", cmd);

@@ -54,7 +54,7 @@ struct ts_block {
  *  SUM, SQNORM           out[1]                                x
  *  OPTIM_UPDATE          param         m|NULL      v|NULL      grad
  *
- * Aliasing allowed: ADD out with a or b; SCALE, GELU_BWD (dinp with dout),
+ * Aliasing allowed: ADD out with a or b; SCALE, GELU_FWD, GELU_BWD (dinp with dout),
  * SOFTMAX_CAUSAL_BWD (dpreatt with datt), CROSS_ENTROPY (probs or dlogits
  * with logits). Nothing else aliases. */
 typedef enum ts_op_kind {

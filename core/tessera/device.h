@@ -93,6 +93,10 @@ void ts_device_build_stats(ts_device *device, ts_build_stats *stats);
 ts_status ts_set_threads(int threads);
 int ts_get_threads(void);
 
+/* What this build of the library contains, e.g.
+ * "opencl clblast openblas openmp mpi hwloc" (space-separated). */
+const char *ts_build_features(void);
+
 /* Release every device and backend (leak checkers want this at exit).
  * Tensors must have been freed first. The registry is rebuilt on next use. */
 void ts_shutdown(void);

@@ -29,7 +29,7 @@ ts_status ts_fill(ts_tensor *t, float value);
 ts_status ts_add(ts_tensor *out, const ts_tensor *a, const ts_tensor *b);  /* out = a + b; out may be a or b */
 ts_status ts_scale(ts_tensor *out, const ts_tensor *a, float alpha);       /* out = alpha*a; out may be a */
 /* GELU, tanh form: 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))) */
-ts_status ts_gelu_forward(ts_tensor *out, const ts_tensor *inp);
+ts_status ts_gelu_forward(ts_tensor *out, const ts_tensor *inp);                        /* out may be inp */
 ts_status ts_gelu_backward(ts_tensor *dinp, const ts_tensor *inp, const ts_tensor *dout); /* dinp may be dout */
 
 /* ---- embedding: out[b,t,:] = wte[tokens[b,t]] + wpe[t] ----

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The `tessera` command as a user runs it. TAP output; $1 is the binary,
+# $2 a deliberately broken OpenCL ICD library (tests/fake_icd.c).
+set -u
+tessera=$1
+broken_icd=${2:-}
+n=0
+fails=0
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+not_ok() { n=$((n + 1)); fails=$((fails + 1)); echo "not ok $n - $1"; shift; printf '%s\n' "$@" | sed 's/^/# /'; }
+check() { # name, condition-result (0 = pass), diagnostics...
+    local name=$1 rc=$2; shift 2
+    if [ "$rc" -eq 0 ]; then ok "$name"; else not_ok "$name" "$@"; fi
+}
+pyjson() { # a python that can parse JSON (any python3 will do)
+    for p in /usr/bin/python3 python3; do command -v "$p" >/dev/null && { echo "$p"; return; }; done
+}
+
+echo "TAP version 13"
+echo "1..11"
+
+out=$("$tessera" devices 2>&1); rc=$?
+echo "$out" | grep -q '^cpu ' ; check "devices lists the CPU backend" $(( rc != 0 || $? != 0 )) "$out"
+
+features=$("$tessera" --version)
+if ! echo "$features" | grep -qw opencl; then
+    n=$((n + 1)); echo "ok $n - devices lists OpenCL devices # SKIP built without OpenCL"
+elif ls "${OCL_ICD_VENDORS:-/etc/OpenCL/vendors}" 2>/dev/null | grep -q icd; then
+    echo "$out" | grep -q '^opencl:0 '
+    check "devices lists OpenCL devices from the installed ICDs" $? "$out"
+else
+    n=$((n + 1)); echo "ok $n - devices lists OpenCL devices # SKIP no ICD installed"
+fi
+
+if echo "$out" | grep -q 'built without hwloc'; then
+    n=$((n + 1)); echo "ok $n - devices reports the cores near each device # SKIP built without hwloc"
+else
+    echo "$out" | grep -q 'near      cores'
+    check "devices reports the cores near each device (hwloc)" $? "$out"
+fi
+
+json=$("$tessera" devices --json 2>&1)
+py=$(pyjson)
+echo "$json" | "$py" -c 'import json,sys; d=json.load(sys.stdin); assert d[0]["id"]=="cpu" and "locality" in d[0], d' 2>&1
+check "devices --json is valid JSON with ids and locality" $? "$json"
+
+echo "$features" | grep -q '^tessera [0-9.]* (.*cpu)$'
+check "--version names the version and the compiled-in features" $? "$features"
+
+err=$("$tessera" frobnicate 2>&1); rc=$?
+[ $rc -eq 2 ] && echo "$err" | grep -q "unknown command 'frobnicate'"
+check "an unknown command exits 2 with a message" $? "exit $rc: $err"
+
+out=$(TESSERA_THREADS=1 "$tessera" devices 2>&1)
+echo "$out" | grep -q 'threads 1 (OpenMP'
+check "TESSERA_THREADS sets the CPU thread count" $? "$out"
+
+out=$(TESSERA_BLAS_CORE=Haswell "$tessera" devices 2>&1)
+if echo "$out" | grep -q 'GEMM: OpenBLAS'; then
+    echo "$out" | grep -q 'kernels Haswell'
+    check "TESSERA_BLAS_CORE re-selects OpenBLAS kernels in-process" $? "$out"
+else
+    n=$((n + 1)); echo "ok $n - TESSERA_BLAS_CORE re-selects OpenBLAS kernels # SKIP not OpenBLAS"
+fi
+
+# A core the CPU cannot run must be refused, not crash the process.
+out=$(TESSERA_BLAS_CORE=SkylakeX "$tessera" devices 2>&1); rc=$?
+if echo "$out" | grep -q 'details .*; AVX-512'; then
+    echo "$out" | grep -q 'kernels SkylakeX'
+    check "SkylakeX kernels are used on an AVX-512 CPU" $? "$out"
+else
+    [ $rc -eq 0 ] && ! echo "$out" | grep -q 'kernels SkylakeX'
+    check "AVX-512 kernels are refused on a CPU without AVX-512" $? "exit $rc" "$out"
+fi
+
+# One broken ICD must not hide the others; no ICD at all means no OpenCL
+# devices, not an error.
+vendors=$(mktemp -d)
+if echo "$features" | grep -qw opencl && [ -f /etc/OpenCL/vendors/pocl.icd ] && [ -n "$broken_icd" ]; then
+    cp /etc/OpenCL/vendors/pocl.icd "$vendors/"
+    echo "$broken_icd" > "$vendors/broken.icd"
+    out=$(OCL_ICD_VENDORS=$vendors "$tessera" devices 2>&1); rc=$?
+    [ $rc -eq 0 ] && echo "$out" | grep -q "platform 'Broken test platform' failed to list devices" \
+        && echo "$out" | grep -q '^opencl:0 '
+    check "a broken OpenCL platform is reported and the others still listed" $? "exit $rc" "$out"
+else
+    n=$((n + 1)); echo "ok $n - a broken OpenCL platform is reported # SKIP needs OpenCL and PoCL"
+fi
+rm -f "$vendors"/*
+out=$(OCL_ICD_VENDORS=$vendors "$tessera" devices 2>&1); rc=$?
+[ $rc -eq 0 ] && echo "$out" | grep -q '^cpu ' && ! echo "$out" | grep -q '^opencl'
+check "no OpenCL platform at all leaves the CPU backend working" $? "exit $rc" "$out"
+rmdir "$vendors"
+
+exit $(( fails > 0 ))

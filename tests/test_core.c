@@ -1,0 +1,265 @@
+/* Unit tests of the core: tensors and views, transfers, the caching
+ * allocator, the device registry and spec strings, thread settings. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+TEST(alloc_sets_shape_dtype_and_size)
+{
+    ts_device *cpu;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    ts_tensor t;
+    REQUIRE_OK(ts_tensor_alloc(&t, cpu, TS_F32, TS_SHAPE(2, 3, 5)));
+    EXPECT(t.ndim == 3 && t.shape[0] == 2 && t.shape[1] == 3 && t.shape[2] == 5);
+    EXPECT(ts_tensor_numel(&t) == 30);
+    EXPECT(ts_tensor_nbytes(&t) == 120);
+    EXPECT(t.owner == 1 && t.offset == 0);
+    char buf[64];
+    EXPECTF(!strcmp(ts_tensor_describe(&t, buf, sizeof buf), "[2, 3, 5] f32"), "got %s", buf);
+    ts_tensor_free(&t);
+    EXPECT(t.block == NULL && t.ndim == 0);
+    ts_tensor_free(&t); /* freeing twice is harmless */
+}
+
+TEST(dtype_sizes_allow_half_storage)
+{
+    EXPECT(ts_dtype_size(TS_F32) == 4 && ts_dtype_size(TS_I32) == 4);
+    EXPECT(ts_dtype_size(TS_F16) == 2 && ts_dtype_size(TS_BF16) == 2);
+    EXPECT(!strcmp(ts_dtype_name(TS_BF16), "bf16"));
+}
+
+TEST(views_share_storage_and_stay_in_bounds)
+{
+    for (int d = 0; d < ts_device_count(); d++) {
+        ts_device *dev = ts_device_at(d);
+        float host[12];
+        for (int i = 0; i < 12; i++) host[i] = (float)i;
+        ts_tensor t, v, r;
+        REQUIRE_OK(upload(&t, dev, TS_F32, TS_SHAPE(3, 4), host));
+        REQUIRE_OK(ts_tensor_view(&v, &t, 5, TS_SHAPE(2, 3)));
+        EXPECT(v.block == t.block && v.offset == 20 && v.owner == 0);
+        REQUIRE_OK(ts_fill(&v, -1.0f));
+        REQUIRE_OK(ts_tensor_read(&t, host, sizeof host));
+        for (int i = 0; i < 12; i++)
+            EXPECTF(host[i] == ((i >= 5 && i < 11) ? -1.0f : (float)i), "%s element %d = %g",
+                    ts_device_get_info(dev)->id, i, host[i]);
+        EXPECT_STATUS(ts_tensor_view(&v, &t, 7, TS_SHAPE(6)), TS_ERR_SHAPE);
+        EXPECT_STATUS(ts_tensor_view(&v, &t, -1, TS_SHAPE(2)), TS_ERR_SHAPE);
+        REQUIRE_OK(ts_tensor_reshape(&r, &t, TS_SHAPE(12)));
+        EXPECT(r.ndim == 1 && r.shape[0] == 12);
+        EXPECT_STATUS(ts_tensor_reshape(&r, &t, TS_SHAPE(5, 2)), TS_ERR_SHAPE);
+        ts_tensor_free(&v); /* a view: clears it, the block stays */
+        REQUIRE_OK(ts_tensor_read(&t, host, sizeof host));
+        ts_tensor_free(&t);
+    }
+}
+
+TEST(write_read_round_trip_on_every_device)
+{
+    rng_t r;
+    rng_seed(&r, 3);
+    int64_t n = 100003;
+    float *x = rand_floats(&r, n, -10, 10), *y = malloc((size_t)n * sizeof *y);
+    for (int d = 0; d < ts_device_count(); d++) {
+        ts_tensor t;
+        REQUIRE_OK(upload(&t, ts_device_at(d), TS_F32, TS_SHAPE(n), x));
+        memset(y, 0, (size_t)n * sizeof *y);
+        REQUIRE_OK(ts_tensor_read(&t, y, (size_t)n * sizeof *y));
+        EXPECTF(!memcmp(x, y, (size_t)n * sizeof *y), "round trip differs on %s",
+                ts_device_get_info(ts_device_at(d))->id);
+        EXPECT_STATUS(ts_tensor_read(&t, y, 4), TS_ERR_SHAPE);
+        ts_tensor_free(&t);
+    }
+    free(x), free(y);
+}
+
+TEST(copy_moves_data_between_devices)
+{
+    int n = ts_device_count();
+    if (n < 2) SKIP("only one device");
+    float x[37], y[37];
+    for (int i = 0; i < 37; i++) x[i] = (float)i * 0.5f;
+    ts_tensor a, b;
+    REQUIRE_OK(upload(&a, ts_device_at(0), TS_F32, TS_SHAPE(37), x));
+    REQUIRE_OK(ts_tensor_alloc(&b, ts_device_at(n - 1), TS_F32, TS_SHAPE(37)));
+    REQUIRE_OK(ts_tensor_copy(&b, &a));
+    REQUIRE_OK(ts_tensor_read(&b, y, sizeof y));
+    EXPECT(!memcmp(x, y, sizeof x));
+    ts_tensor c;
+    REQUIRE_OK(ts_tensor_alloc(&c, ts_device_at(0), TS_F32, TS_SHAPE(36)));
+    EXPECT_STATUS(ts_tensor_copy(&c, &b), TS_ERR_SHAPE);
+    ts_tensor_free(&a), ts_tensor_free(&b), ts_tensor_free(&c);
+}
+
+TEST(allocator_reuses_freed_blocks)
+{
+    for (int d = 0; d < ts_device_count(); d++) {
+        ts_device *dev = ts_device_at(d);
+        ts_device_empty_cache(dev);
+        ts_memory_stats s0, s1, s2;
+        ts_device_memory_stats(dev, &s0);
+        ts_tensor t;
+        REQUIRE_OK(ts_tensor_alloc(&t, dev, TS_F32, TS_SHAPE(1000, 1000)));
+        ts_device_memory_stats(dev, &s1);
+        EXPECT(s1.in_use >= s0.in_use + 4000000);
+        ts_tensor_free(&t);
+        REQUIRE_OK(ts_tensor_alloc(&t, dev, TS_F32, TS_SHAPE(999, 1001))); /* same size class */
+        ts_device_memory_stats(dev, &s2);
+        EXPECTF(s2.cache_hits == s1.cache_hits + 1, "%s: cache hits %llu -> %llu",
+                ts_device_get_info(dev)->id, (unsigned long long)s1.cache_hits,
+                (unsigned long long)s2.cache_hits);
+        EXPECT(s2.peak_in_use >= s2.in_use);
+        ts_tensor_free(&t);
+        ts_device_memory_stats(dev, &s2);
+        EXPECT(s2.cached >= 4000000);
+        ts_device_empty_cache(dev);
+        ts_device_memory_stats(dev, &s2);
+        EXPECT(s2.cached == 0);
+    }
+}
+
+size_t ts_allocator_size_class(size_t size);
+
+TEST(size_classes_bound_waste)
+{
+    size_t prev = 0;
+    for (size_t n = 1; n < ((size_t)1 << 34); n = n * 3 / 2 + 7) {
+        size_t c = ts_allocator_size_class(n);
+        EXPECTF(c >= n, "class %zu below size %zu", c, n);
+        if (n >= ((size_t)1 << 20)) EXPECTF(c - n <= n / 8, "class %zu wastes > 1/8 of %zu", c, n);
+        else EXPECTF(c % 512 == 0 && c - n < 512, "class %zu for %zu", c, n);
+        EXPECT(c >= prev);
+        prev = c;
+    }
+}
+
+TEST(device_specs_resolve)
+{
+    ts_device *d = NULL;
+    REQUIRE_OK(ts_device_open("cpu", &d));
+    EXPECT(!strcmp(ts_device_get_info(d)->id, "cpu"));
+    EXPECT(d == ts_device_at(0));
+    int has_cl = 0;
+    for (int i = 0; i < ts_device_count(); i++)
+        if (!strcmp(ts_device_get_info(ts_device_at(i))->backend, "opencl")) has_cl = 1;
+    if (has_cl) {
+        REQUIRE_OK(ts_device_open("opencl", &d));
+        EXPECT(!strcmp(ts_device_get_info(d)->id, "opencl:0"));
+        REQUIRE_OK(ts_device_open("opencl:0", &d));
+        EXPECT(!strcmp(ts_device_get_info(d)->id, "opencl:0"));
+        /* a name substring, case-insensitive */
+        char sub[8] = {0};
+        memcpy(sub, ts_device_get_info(d)->name, 4);
+        for (int i = 0; sub[i]; i++) sub[i] = (char)((sub[i] >= 'a' && sub[i] <= 'z') ? sub[i] - 32 : sub[i]);
+        char spec[32];
+        snprintf(spec, sizeof spec, "opencl:%s", sub);
+        ts_device *byname = NULL;
+        REQUIRE_OK(ts_device_open(spec, &byname));
+        EXPECT(!strcmp(ts_device_get_info(byname)->backend, "opencl"));
+    }
+    EXPECT_STATUS(ts_device_open("opencl:99", &d), TS_ERR_DEVICE);
+    EXPECT_STATUS(ts_device_open("cuda:0", &d), TS_ERR_DEVICE);
+    EXPECTF(strstr(ts_last_error(), "cuda:0") && strstr(ts_last_error(), "cpu"),
+            "message should name the spec and the devices: %s", ts_last_error());
+}
+
+TEST(default_device_is_a_gpu_or_the_cpu_backend)
+{
+    unsetenv("TESSERA_DEVICE");
+    ts_device *d = NULL;
+    REQUIRE_OK(ts_device_open(NULL, &d));
+    int gpus = 0;
+    for (int i = 0; i < ts_device_count(); i++)
+        gpus += ts_device_get_info(ts_device_at(i))->type == TS_DEVICE_GPU;
+    if (gpus) EXPECT(ts_device_get_info(d)->type == TS_DEVICE_GPU);
+    else EXPECT(!strcmp(ts_device_get_info(d)->id, "cpu"));
+    setenv("TESSERA_DEVICE", "cpu", 1);
+    REQUIRE_OK(ts_device_open("auto", &d));
+    EXPECT(!strcmp(ts_device_get_info(d)->id, "cpu"));
+    setenv("TESSERA_DEVICE", "nonsense:7", 1);
+    EXPECT_STATUS(ts_device_open(NULL, &d), TS_ERR_DEVICE);
+    EXPECT(strstr(ts_last_error(), "TESSERA_DEVICE") != NULL);
+    unsetenv("TESSERA_DEVICE");
+}
+
+TEST(device_info_is_filled_in)
+{
+    for (int i = 0; i < ts_device_count(); i++) {
+        const ts_device_info *info = ts_device_get_info(ts_device_at(i));
+        EXPECT(info->name[0] && info->id[0] && info->backend[0] && info->details[0]);
+        EXPECT(info->global_mem_bytes > 0 && info->max_alloc_bytes > 0);
+        EXPECT(info->max_alloc_bytes <= info->global_mem_bytes);
+        EXPECT(info->compute_units > 0);
+    }
+}
+
+/* The same sums whatever the thread count: reductions use fixed partitions. */
+TEST(cpu_results_do_not_depend_on_thread_count)
+{
+    ts_device *cpu;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    rng_t r;
+    rng_seed(&r, 5);
+    int64_t N = 3000, C = 257;
+    float *x = rand_floats(&r, N * C, -1, 1);
+    ts_tensor tx, s, rows;
+    REQUIRE_OK(upload(&tx, cpu, TS_F32, TS_SHAPE(N, C), x));
+    REQUIRE_OK(ts_tensor_alloc(&s, cpu, TS_F32, TS_SHAPE(1)));
+    REQUIRE_OK(ts_tensor_alloc(&rows, cpu, TS_F32, TS_SHAPE(C)));
+    int keep = ts_get_threads();
+    float a[2], ra[2][257];
+    for (int k = 0; k < 2; k++) {
+        REQUIRE_OK(ts_set_threads(k == 0 ? 1 : 3));
+        REQUIRE_OK(ts_sqnorm(&s, &tx));
+        REQUIRE_OK(ts_tensor_read(&s, &a[k], sizeof a[k]));
+        REQUIRE_OK(ts_sum_rows(&rows, &tx, false));
+        REQUIRE_OK(ts_tensor_read(&rows, ra[k], sizeof ra[k]));
+    }
+    REQUIRE_OK(ts_set_threads(keep));
+    EXPECTF(!memcmp(&a[0], &a[1], sizeof a[0]), "sqnorm %.9g vs %.9g", a[0], a[1]);
+    EXPECT(!memcmp(ra[0], ra[1], sizeof ra[0]));
+    EXPECT_STATUS(ts_set_threads(-2), TS_ERR_INVALID_ARG);
+    ts_tensor_free(&tx), ts_tensor_free(&s), ts_tensor_free(&rows);
+    free(x);
+}
+
+TEST(empty_tensors_are_no_ops)
+{
+    for (int d = 0; d < ts_device_count(); d++) {
+        ts_tensor t, s;
+        REQUIRE_OK(ts_tensor_alloc(&t, ts_device_at(d), TS_F32, TS_SHAPE(0, 5)));
+        REQUIRE_OK(ts_tensor_alloc(&s, ts_device_at(d), TS_F32, TS_SHAPE(1)));
+        REQUIRE_OK(ts_fill(&t, 1.0f));
+        REQUIRE_OK(ts_gelu_forward(&t, &t));
+        REQUIRE_OK(ts_sum(&s, &t));
+        float v = -1;
+        REQUIRE_OK(ts_tensor_read(&s, &v, sizeof v));
+        EXPECT(v == 0.0f);
+        ts_tensor_free(&t), ts_tensor_free(&s);
+    }
+}
+
+TEST(synchronize_succeeds_on_every_device)
+{
+    for (int d = 0; d < ts_device_count(); d++) REQUIRE_OK(ts_device_synchronize(ts_device_at(d)));
+    EXPECT_STATUS(ts_device_synchronize(NULL), TS_ERR_DEVICE);
+}
+
+int main(int argc, char **argv)
+{
+    TH_ADD(alloc_sets_shape_dtype_and_size);
+    TH_ADD(dtype_sizes_allow_half_storage);
+    TH_ADD(views_share_storage_and_stay_in_bounds);
+    TH_ADD(write_read_round_trip_on_every_device);
+    TH_ADD(copy_moves_data_between_devices);
+    TH_ADD(allocator_reuses_freed_blocks);
+    TH_ADD(size_classes_bound_waste);
+    TH_ADD(device_specs_resolve);
+    TH_ADD(default_device_is_a_gpu_or_the_cpu_backend);
+    TH_ADD(device_info_is_filled_in);
+    TH_ADD(cpu_results_do_not_depend_on_thread_count);
+    TH_ADD(empty_tensors_are_no_ops);
+    TH_ADD(synchronize_succeeds_on_every_device);
+    return th_run(argc, argv);
+}

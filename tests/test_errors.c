@@ -1,0 +1,201 @@
+/* Bad input gets a clear error and the library keeps working: shape and
+ * dtype mismatches, unknown devices, operands on two devices, allocations
+ * beyond a device's memory, and a kernel source that fails to build (its
+ * build log must reach the caller). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+static ts_device *opencl_device(void)
+{
+    ts_device *d = NULL;
+    if (ts_device_open("opencl", &d) != TS_OK) return NULL;
+    return d;
+}
+
+static int contains(const char *s, const char *sub) { return strstr(s, sub) != NULL; }
+
+/* Runs first, before any test builds elementwise.cl on the OpenCL device. */
+TEST(broken_kernel_source_reports_its_build_log)
+{
+    ts_device *dev = opencl_device();
+    if (!dev) SKIP("no OpenCL device");
+    const char *src_root = getenv("TESSERA_SOURCE_ROOT");
+    if (!src_root) SKIP("TESSERA_SOURCE_ROOT is not set");
+    char dir[] = "/tmp/tessera-broken-XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    char path[512], cmd[1024];
+    snprintf(cmd, sizeof cmd, "cp '%s/kernels/common.cl' '%s/'", src_root, dir);
+    REQUIRE(system(cmd) == 0);
+    snprintf(path, sizeof path, "%s/elementwise.cl", dir);
+    FILE *f = fopen(path, "w");
+    REQUIRE(f);
+    fputs("__kernel void fill(__global float *t, ulong to, long n, float value)\n"
+          "{\n    t[to + get_global_id(0)] = undeclared_identifier_xyz;\n}\n",
+          f);
+    fclose(f);
+    setenv("TESSERA_KERNEL_DIR", dir, 1);
+    ts_tensor t;
+    REQUIRE_OK(ts_tensor_alloc(&t, dev, TS_F32, TS_SHAPE(16)));
+    ts_status st = ts_fill(&t, 1.0f);
+    unsetenv("TESSERA_KERNEL_DIR");
+    EXPECTF(st == TS_ERR_BUILD, "got %s", ts_status_name(st));
+    const char *msg = ts_last_error();
+    EXPECTF(contains(msg, "build log") && contains(msg, "elementwise.cl") &&
+                contains(msg, "undeclared_identifier_xyz") && contains(msg, "ts_fill"),
+            "message lacks the op, file or compiler output:\n%s", msg);
+    /* The failure is not cached: the embedded source builds and runs now. */
+    REQUIRE_OK(ts_fill(&t, 2.5f));
+    float v[16];
+    REQUIRE_OK(ts_tensor_read(&t, v, sizeof v));
+    EXPECT(v[15] == 2.5f);
+    ts_tensor_free(&t);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) th_note("could not remove %s", dir);
+}
+
+TEST(shape_mismatch_names_op_and_shapes)
+{
+    for (int d = 0; d < ts_device_count(); d++) {
+        ts_device *dev = ts_device_at(d);
+        ts_tensor a, b, c;
+        REQUIRE_OK(ts_tensor_zeros(&a, dev, TS_F32, TS_SHAPE(4, 3)));
+        REQUIRE_OK(ts_tensor_zeros(&b, dev, TS_F32, TS_SHAPE(5, 3)));
+        REQUIRE_OK(ts_tensor_zeros(&c, dev, TS_F32, TS_SHAPE(4, 3)));
+        EXPECT_STATUS(ts_add(&c, &a, &b), TS_ERR_SHAPE);
+        EXPECTF(contains(ts_last_error(), "ts_add") && contains(ts_last_error(), "[5, 3]"),
+                "%s", ts_last_error());
+        EXPECT_STATUS(ts_matmul(&c, &a, &b, false, false, 1, 0), TS_ERR_SHAPE);
+        EXPECTF(contains(ts_last_error(), "ts_matmul") && contains(ts_last_error(), "[4, 3]"),
+                "%s", ts_last_error());
+        /* the valid product still works afterwards */
+        ts_tensor p;
+        REQUIRE_OK(ts_tensor_alloc(&p, dev, TS_F32, TS_SHAPE(4, 5)));
+        REQUIRE_OK(ts_matmul(&p, &a, &b, false, true, 1, 0));
+        ts_tensor_free(&a), ts_tensor_free(&b), ts_tensor_free(&c), ts_tensor_free(&p);
+    }
+}
+
+TEST(wrong_dtype_is_rejected)
+{
+    ts_device *cpu;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    ts_tensor i, f;
+    REQUIRE_OK(ts_tensor_alloc(&i, cpu, TS_I32, TS_SHAPE(8)));
+    REQUIRE_OK(ts_tensor_alloc(&f, cpu, TS_F32, TS_SHAPE(8)));
+    EXPECT_STATUS(ts_gelu_forward(&f, &i), TS_ERR_SHAPE);
+    EXPECT(contains(ts_last_error(), "i32"));
+    ts_tensor wte, out;
+    REQUIRE_OK(ts_tensor_alloc(&wte, cpu, TS_F32, TS_SHAPE(10, 4)));
+    REQUIRE_OK(ts_tensor_alloc(&out, cpu, TS_F32, TS_SHAPE(2, 4, 4)));
+    ts_tensor ftok;
+    REQUIRE_OK(ts_tensor_reshape(&ftok, &f, TS_SHAPE(2, 4)));
+    EXPECT_STATUS(ts_embedding_forward(&out, &ftok, &wte, NULL), TS_ERR_SHAPE); /* f32 tokens */
+    ts_tensor_free(&i), ts_tensor_free(&f), ts_tensor_free(&wte), ts_tensor_free(&out);
+}
+
+TEST(operands_on_two_devices_are_rejected)
+{
+    if (ts_device_count() < 2) SKIP("only one device");
+    ts_tensor a, b;
+    REQUIRE_OK(ts_tensor_zeros(&a, ts_device_at(0), TS_F32, TS_SHAPE(8)));
+    REQUIRE_OK(ts_tensor_zeros(&b, ts_device_at(1), TS_F32, TS_SHAPE(8)));
+    EXPECT_STATUS(ts_add(&a, &a, &b), TS_ERR_DEVICE);
+    EXPECTF(contains(ts_last_error(), "different devices"), "%s", ts_last_error());
+    ts_tensor_free(&a), ts_tensor_free(&b);
+}
+
+TEST(unknown_device_is_an_error_listing_devices)
+{
+    ts_device *d = (ts_device *)1;
+    EXPECT_STATUS(ts_device_open("tpu:3", &d), TS_ERR_DEVICE);
+    EXPECT(d == NULL);
+    EXPECTF(contains(ts_last_error(), "tpu:3") && contains(ts_last_error(), "available"), "%s",
+            ts_last_error());
+}
+
+TEST(allocation_beyond_device_memory_fails_cleanly)
+{
+    for (int d = 0; d < ts_device_count(); d++) {
+        ts_device *dev = ts_device_at(d);
+        const ts_device_info *info = ts_device_get_info(dev);
+        ts_tensor t;
+        int64_t too_many = (int64_t)(info->global_mem_bytes / 4) * 2 + 1024;
+        EXPECT_STATUS(ts_tensor_alloc(&t, dev, TS_F32, TS_SHAPE(too_many)), TS_ERR_OOM);
+        EXPECTF(contains(ts_last_error(), info->id), "%s", ts_last_error());
+        EXPECT(t.block == NULL);
+        EXPECT_STATUS(ts_tensor_alloc(&t, dev, TS_F32, TS_SHAPE(INT64_MAX / 2, 4)), TS_ERR_SHAPE);
+        /* the device still works */
+        REQUIRE_OK(ts_tensor_zeros(&t, dev, TS_F32, TS_SHAPE(1024)));
+        ts_tensor_free(&t);
+    }
+}
+
+TEST(null_and_unallocated_arguments_are_rejected)
+{
+    ts_device *cpu;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    ts_tensor t, empty, fresh;
+    memset(&empty, 0, sizeof empty);
+    REQUIRE_OK(ts_tensor_zeros(&t, cpu, TS_F32, TS_SHAPE(4)));
+    EXPECT_STATUS(ts_add(&t, NULL, &t), TS_ERR_INVALID_ARG);
+    EXPECT_STATUS(ts_add(&t, &empty, &t), TS_ERR_INVALID_ARG);
+    EXPECT_STATUS(ts_tensor_alloc(&fresh, NULL, TS_F32, TS_SHAPE(4)), TS_ERR_DEVICE);
+    EXPECT(fresh.block == NULL);
+    EXPECT_STATUS(ts_tensor_alloc(&fresh, cpu, TS_F32, 5, (const int64_t[]){1, 1, 1, 1, 1}),
+                  TS_ERR_SHAPE);
+    EXPECT_STATUS(ts_tensor_alloc(&fresh, cpu, TS_F32, TS_SHAPE(-3)), TS_ERR_SHAPE);
+    ts_tensor_free(&t);
+}
+
+TEST(invalid_op_parameters_are_rejected)
+{
+    ts_device *cpu;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    ts_tensor x, w, b, o, s;
+    REQUIRE_OK(ts_tensor_zeros(&x, cpu, TS_F32, TS_SHAPE(2, 8)));
+    REQUIRE_OK(ts_tensor_zeros(&w, cpu, TS_F32, TS_SHAPE(8)));
+    REQUIRE_OK(ts_tensor_zeros(&b, cpu, TS_F32, TS_SHAPE(8)));
+    REQUIRE_OK(ts_tensor_zeros(&o, cpu, TS_F32, TS_SHAPE(2, 8)));
+    REQUIRE_OK(ts_tensor_zeros(&s, cpu, TS_F32, TS_SHAPE(2)));
+    EXPECT_STATUS(ts_layernorm_forward(&o, NULL, NULL, &x, &w, &b, 0.0f), TS_ERR_INVALID_ARG);
+    EXPECT_STATUS(ts_layernorm_forward(&o, &s, &w, &x, &w, &b, 1e-5f), TS_ERR_SHAPE); /* rstd [8] */
+    EXPECT_STATUS(ts_cross_entropy(&s, NULL, NULL, &x, NULL, 1.0f), TS_ERR_INVALID_ARG);
+    EXPECT_STATUS(ts_softmax_causal_forward(&o, &x, 1.0f), TS_ERR_SHAPE); /* not [BH,T,T] */
+    EXPECT_STATUS(ts_split_heads(&o, &x, 2, 3, 1, 1), TS_ERR_SHAPE);     /* 16 % 6 != 0 */
+    ts_optim_params p = {.kind = TS_OPTIM_ADAMW, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f,
+                         .eps = 1e-8f, .grad_scale = 1.0f, .step = 0};
+    EXPECT_STATUS(ts_optimizer_update(&w, &b, &x, &x, &p), TS_ERR_SHAPE);      /* m is [2,8] */
+    EXPECT_STATUS(ts_optimizer_update(&w, &b, &b, &b, &p), TS_ERR_INVALID_ARG); /* step 0 */
+    p.kind = (ts_optim_kind)42;
+    EXPECT_STATUS(ts_optimizer_update(&w, &b, &b, &b, &p), TS_ERR_INVALID_ARG);
+    ts_tensor_free(&x), ts_tensor_free(&w), ts_tensor_free(&b), ts_tensor_free(&o), ts_tensor_free(&s);
+}
+
+TEST(status_names_and_context_chain)
+{
+    EXPECT(!strcmp(ts_status_name(TS_ERR_OOM), "TS_ERR_OOM"));
+    ts_error(TS_ERR_IO, "inner %d", 7);
+    ts_error_context(TS_ERR_IO, "outer");
+    EXPECTF(!strcmp(ts_last_error(), "outer: inner 7"), "%s", ts_last_error());
+    EXPECT(ts_last_status() == TS_ERR_IO);
+    ts_clear_error();
+    EXPECT(ts_last_error()[0] == '\0');
+}
+
+int main(int argc, char **argv)
+{
+    TH_ADD(broken_kernel_source_reports_its_build_log);
+    TH_ADD(shape_mismatch_names_op_and_shapes);
+    TH_ADD(wrong_dtype_is_rejected);
+    TH_ADD(operands_on_two_devices_are_rejected);
+    TH_ADD(unknown_device_is_an_error_listing_devices);
+    TH_ADD(allocation_beyond_device_memory_fails_cleanly);
+    TH_ADD(null_and_unallocated_arguments_are_rejected);
+    TH_ADD(invalid_op_parameters_are_rejected);
+    TH_ADD(status_names_and_context_chain);
+    return th_run(argc, argv);
+}
