@@ -5,7 +5,8 @@
  * x/ln2 to an integer n with the 1.5*2^23 trick (no SSE4.1 needed), reduce
  * with a two-part ln2, evaluate a degree-6 polynomial, and scale by 2^n
  * through the exponent bits. Relative error is about 2 ulp on [-87, 88].
- * They are static inline so that loops inline and vectorize them. */
+ * They are static inline so that loops inline and vectorize them (the
+ * library is built with -fno-trapping-math so the clamps if-convert). */
 #ifndef TESSERA_CPU_MATH_H
 #define TESSERA_CPU_MATH_H
 
