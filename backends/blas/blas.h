@@ -8,7 +8,7 @@
  * and the user has not set OPENBLAS_CORETYPE, it re-selects the SkylakeX
  * kernels in-process through OpenBLAS's dynamic-arch entry points. Set
  * TESSERA_BLAS_CORE=<OpenBLAS core name> to force a core, or "keep" to leave
- * OpenBLAS's choice alone. Without a BLAS library, a blocked C GEMM is used. */
+ * OpenBLAS's choice alone. Without a BLAS library, a plain C GEMM is used. */
 #ifndef TESSERA_BLAS_H
 #define TESSERA_BLAS_H
 
@@ -28,14 +28,20 @@ const ts_blas_info *ts_blas_get_info(void);
 void ts_blas_set_threads(int threads);
 
 /* Row-major single-precision GEMM: C = alpha*op(A)*op(B) + beta*C. When
- * beta == 0, C is not read (NaN in C does not propagate). */
+ * beta == 0, C is not read (NaN in C does not propagate). Large products are
+ * split over the OpenMP team, each part a single-threaded BLAS call. */
 void ts_blas_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                    int64_t ldc);
+/* Strided batch of products; small ones run one per thread. */
+void ts_blas_sgemm_batched(bool trans_a, bool trans_b, int64_t batch, int64_t M, int64_t N,
+                           int64_t K, float alpha, const float *A, int64_t stride_a, int64_t lda,
+                           const float *B, int64_t stride_b, int64_t ldb, float beta, float *C,
+                           int64_t stride_c, int64_t ldc);
 
-/* The built-in GEMM, also used when no BLAS is linked (exposed for tests). */
-void ts_blas_sgemm_builtin(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
-                           float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
-                           float beta, float *C, int64_t ldc);
+/* The built-in single-threaded GEMM, used when no BLAS is linked. */
+void ts_blas_sgemm_builtin_serial(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+                                  float alpha, const float *A, int64_t lda, const float *B,
+                                  int64_t ldb, float beta, float *C, int64_t ldc);
 
 #endif

@@ -73,24 +73,21 @@ static const int32_t *I(const ts_tensor *t)
 
 static void cpu_gemm(const ts_op *op)
 {
+    const __typeof__(op->p.gemm) *g = &op->p.gemm;
     const float *A = F(op->in[0]), *B = F(op->in[1]), *bias = F(op->in[2]);
     float *C = F(op->out[0]);
-    int64_t M = op->p.gemm.M, N = op->p.gemm.N;
-    for (int64_t b = 0; b < op->p.gemm.batch; b++) {
-        float *c = C + b * op->p.gemm.stride_c;
-        float beta = op->p.gemm.beta;
-        if (bias) { /* c = beta*c + bias, then accumulate the product */
-            for (int64_t i = 0; i < M; i++) {
-                float *row = c + i * op->p.gemm.ldc;
-                for (int64_t j = 0; j < N; j++)
-                    row[j] = (beta == 0.0f ? 0.0f : beta * row[j]) + bias[j];
-            }
-            beta = 1.0f;
+    float beta = g->beta;
+    if (bias) { /* c = beta*c + bias, then accumulate the product (batch is 1) */
+        for (int64_t i = 0; i < g->M; i++) {
+            float *row = C + i * g->ldc;
+            for (int64_t j = 0; j < g->N; j++)
+                row[j] = (beta == 0.0f ? 0.0f : beta * row[j]) + bias[j];
         }
-        ts_blas_sgemm(op->p.gemm.trans_a, op->p.gemm.trans_b, M, N, op->p.gemm.K,
-                      op->p.gemm.alpha, A + b * op->p.gemm.stride_a, op->p.gemm.lda,
-                      B + b * op->p.gemm.stride_b, op->p.gemm.ldb, beta, c, op->p.gemm.ldc);
+        beta = 1.0f;
     }
+    ts_blas_sgemm_batched(g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A,
+                          g->stride_a, g->lda, B, g->stride_b, g->ldb, beta, C, g->stride_c,
+                          g->ldc);
 }
 
 static ts_status cpu_run_op(ts_device *dev, const ts_op *op)

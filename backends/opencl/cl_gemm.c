@@ -135,21 +135,18 @@ static ts_status gemm_host(ts_cl_device *d, const ts_op *op)
                         CL_MAP_READ | CL_MAP_WRITE, &maps[2], &C);
     if (!st && op->in[2]) st = map_region(d, op->in[2], (size_t)g->N, CL_MAP_READ, &maps[3], &bias);
     if (!st) {
-        for (int64_t b = 0; b < g->batch; b++) {
-            float *c = C + b * g->stride_c;
-            float beta = g->beta;
-            if (bias) {
-                for (int64_t i = 0; i < g->M; i++) {
-                    float *row = c + i * g->ldc;
-                    for (int64_t j = 0; j < g->N; j++)
-                        row[j] = (beta == 0.0f ? 0.0f : beta * row[j]) + bias[j];
-                }
-                beta = 1.0f;
+        float beta = g->beta;
+        if (bias) { /* c = beta*c + bias, then accumulate (batch is 1 with a bias) */
+            for (int64_t i = 0; i < g->M; i++) {
+                float *row = C + i * g->ldc;
+                for (int64_t j = 0; j < g->N; j++)
+                    row[j] = (beta == 0.0f ? 0.0f : beta * row[j]) + bias[j];
             }
-            ts_blas_sgemm(g->trans_a, g->trans_b, g->M, g->N, g->K, g->alpha,
-                          A + b * g->stride_a, g->lda, B + b * g->stride_b, g->ldb, beta, c,
-                          g->ldc);
+            beta = 1.0f;
         }
+        ts_blas_sgemm_batched(g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A,
+                              g->stride_a, g->lda, B, g->stride_b, g->ldb, beta, C, g->stride_c,
+                              g->ldc);
     }
     for (int i = 3; i >= 0; i--) {
         if (!maps[i].ptr) continue;

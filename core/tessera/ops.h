@@ -15,6 +15,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "tessera/optim.h"
 #include "tessera/status.h"
@@ -127,6 +128,15 @@ ts_status ts_sqnorm(ts_tensor *out, const ts_tensor *x);   /* sum of squares */
 ts_status ts_optimizer_update(ts_tensor *param, const ts_tensor *grad,
                               ts_tensor *m, ts_tensor *v,
                               const ts_optim_params *params);
+
+/* ---- profiling ----
+ * With TESSERA_PROFILE=1 (or ts_profile_enable(1)) every op is timed
+ * synchronously (the device is drained before and after it), per op kind,
+ * with GFLOP/s for matrix products. Slows execution; for finding hot spots. */
+int ts_profile_enabled(void);
+void ts_profile_enable(int on);
+void ts_profile_reset(void);
+void ts_profile_report(FILE *f);
 
 #ifdef __cplusplus
 }

@@ -9,6 +9,11 @@
 #include "tessera/ops.h"
 #include "tessera/optim.h"
 #include "tessera/placement.h"
+#include "tessera/safetensors.h"
+#include "tessera/gpt.h"
+#include "tessera/optimizer.h"
+#include "tessera/tokenizer.h"
+#include "tessera/data.h"
 
 #define TESSERA_VERSION "0.1.0"
 

@@ -1,0 +1,59 @@
+/* Tokenizers: byte-level (256 tokens, the default) and byte-level BPE that
+ * tessera trains on a corpus.
+ *
+ * BPE: text is first cut into chunks the way GPT-2 does (an optional leading
+ * space plus a run of letters, of digits, or of other symbols; runs of
+ * whitespace), so merges never cross word boundaries. Training repeatedly
+ * merges the most frequent adjacent pair (ties to the smaller pair, so the
+ * result is deterministic). Token ids 0..255 are bytes; 256+i is merge i.
+ * Any byte sequence encodes, and decode(encode(x)) == x.
+ *
+ * File format (text): "tessera-tokenizer 1", "type byte|bpe",
+ * "vocab_size N", "merges M", then M lines "a b". */
+#ifndef TESSERA_TOKENIZER_H
+#define TESSERA_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tessera/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { TS_TOKENIZER_BYTE = 0, TS_TOKENIZER_BPE = 1 } ts_tokenizer_kind;
+
+typedef struct ts_tokenizer {
+    ts_tokenizer_kind kind;
+    int32_t vocab_size;
+    int32_t n_merges;
+    int32_t (*merges)[2];   /* merge i makes token 256+i from (a, b) */
+    uint8_t **bytes;        /* bytes of each token */
+    int32_t *len;
+    struct ts_merge_table *table; /* (a, b) -> merge rank */
+    uint64_t fingerprint;   /* hash of the merges: identifies the tokenizer */
+} ts_tokenizer;
+
+ts_status ts_tokenizer_init_byte(ts_tokenizer *t);
+/* Train a BPE tokenizer with vocab_size >= 256 tokens on text. Stops early
+ * (fewer tokens) when no pair occurs twice. */
+ts_status ts_tokenizer_train_bpe(ts_tokenizer *t, const uint8_t *text, size_t n, int32_t vocab_size);
+ts_status ts_tokenizer_save(const ts_tokenizer *t, const char *path);
+ts_status ts_tokenizer_load(ts_tokenizer *t, const char *path);
+/* "byte", "bpe:N" (train on the corpus), or a tokenizer file path. */
+int ts_tokenizer_spec_is_file(const char *spec);
+void ts_tokenizer_free(ts_tokenizer *t);
+
+/* Encode n bytes; *ids is malloc'ed (caller frees). */
+ts_status ts_tokenizer_encode(const ts_tokenizer *t, const uint8_t *text, size_t n, int32_t **ids,
+                              size_t *count);
+/* Decode ids into a malloc'ed NUL-terminated buffer (*len bytes, which may
+ * contain any bytes). Ids outside the vocabulary are an error. */
+ts_status ts_tokenizer_decode(const ts_tokenizer *t, const int32_t *ids, size_t count, char **text,
+                              size_t *len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,472 @@
+#include "tessera/tokenizer.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fileio.h"
+
+/* ---- a hash map from 64-bit keys to 64-bit values (open addressing) ---- */
+
+typedef struct u64map {
+    uint64_t *keys; /* key + 1; 0 marks an empty slot */
+    int64_t *vals;
+    size_t cap, n;
+} u64map;
+
+static uint64_t mix(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    return x ^ (x >> 33);
+}
+
+static int map_init(u64map *m, size_t cap)
+{
+    size_t c = 16;
+    while (c < cap * 2) c *= 2;
+    m->keys = calloc(c, sizeof *m->keys);
+    m->vals = calloc(c, sizeof *m->vals);
+    m->cap = c, m->n = 0;
+    return m->keys && m->vals ? 0 : -1;
+}
+
+static void map_free(u64map *m)
+{
+    free(m->keys);
+    free(m->vals);
+    memset(m, 0, sizeof *m);
+}
+
+static int64_t *map_slot(u64map *m, uint64_t key, int insert);
+
+static int map_grow(u64map *m)
+{
+    u64map bigger;
+    if (map_init(&bigger, m->cap) != 0) return -1;
+    for (size_t i = 0; i < m->cap; i++)
+        if (m->keys[i]) *map_slot(&bigger, m->keys[i] - 1, 1) = m->vals[i];
+    map_free(m);
+    *m = bigger;
+    return 0;
+}
+
+/* The value slot for key, inserted (as 0) if `insert`; NULL if absent or
+ * out of memory. */
+static int64_t *map_slot(u64map *m, uint64_t key, int insert)
+{
+    if (insert && (m->n + 1) * 2 > m->cap && map_grow(m) != 0) return NULL;
+    size_t i = mix(key) & (m->cap - 1);
+    while (m->keys[i]) {
+        if (m->keys[i] == key + 1) return &m->vals[i];
+        i = (i + 1) & (m->cap - 1);
+    }
+    if (!insert) return NULL;
+    m->keys[i] = key + 1;
+    m->vals[i] = 0;
+    m->n++;
+    return &m->vals[i];
+}
+
+struct ts_merge_table {
+    u64map rank; /* (a << 32 | b) -> merge index */
+};
+
+static uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t)(uint32_t)a << 32 | (uint32_t)b; }
+
+/* ---- construction ---- */
+
+void ts_tokenizer_free(ts_tokenizer *t)
+{
+    if (t->bytes)
+        for (int32_t i = 0; i < t->vocab_size; i++) free(t->bytes[i]);
+    free(t->bytes);
+    free(t->len);
+    free(t->merges);
+    if (t->table) map_free(&t->table->rank);
+    free(t->table);
+    memset(t, 0, sizeof *t);
+}
+
+/* Token byte strings, the merge table and the fingerprint from merges. */
+static ts_status finish(ts_tokenizer *t)
+{
+    t->vocab_size = 256 + t->n_merges;
+    t->bytes = calloc((size_t)t->vocab_size, sizeof *t->bytes);
+    t->len = calloc((size_t)t->vocab_size, sizeof *t->len);
+    t->table = calloc(1, sizeof *t->table);
+    if (!t->bytes || !t->len || !t->table || map_init(&t->table->rank, (size_t)t->n_merges + 1) != 0)
+        return ts_error(TS_ERR_OOM, "no memory for a tokenizer");
+    for (int i = 0; i < 256; i++) {
+        t->bytes[i] = malloc(1);
+        if (!t->bytes[i]) return ts_error(TS_ERR_OOM, "no memory for a tokenizer");
+        t->bytes[i][0] = (uint8_t)i;
+        t->len[i] = 1;
+    }
+    uint64_t fp = 1469598103934665603ull ^ (uint64_t)t->kind;
+    for (int32_t i = 0; i < t->n_merges; i++) {
+        int32_t a = t->merges[i][0], b = t->merges[i][1], id = 256 + i;
+        if (a < 0 || b < 0 || a >= id || b >= id)
+            return ts_error(TS_ERR_FORMAT, "merge %d refers to token %d/%d that does not exist yet", i, a, b);
+        t->len[id] = t->len[a] + t->len[b];
+        t->bytes[id] = malloc((size_t)t->len[id]);
+        if (!t->bytes[id]) return ts_error(TS_ERR_OOM, "no memory for a tokenizer");
+        memcpy(t->bytes[id], t->bytes[a], (size_t)t->len[a]);
+        memcpy(t->bytes[id] + t->len[a], t->bytes[b], (size_t)t->len[b]);
+        int64_t *slot = map_slot(&t->table->rank, pair_key(a, b), 1);
+        if (!slot) return ts_error(TS_ERR_OOM, "no memory for a tokenizer");
+        if (*slot == 0) *slot = i + 1; /* first merge of a pair wins */
+        fp = (fp ^ pair_key(a, b)) * 1099511628211ull;
+    }
+    t->fingerprint = mix(fp ^ (uint64_t)t->n_merges);
+    return TS_OK;
+}
+
+ts_status ts_tokenizer_init_byte(ts_tokenizer *t)
+{
+    memset(t, 0, sizeof *t);
+    t->kind = TS_TOKENIZER_BYTE;
+    ts_status st = finish(t);
+    if (st) ts_tokenizer_free(t);
+    return st;
+}
+
+/* ---- pre-tokenization: GPT-2-like chunks ---- */
+
+enum { CLS_SPACE, CLS_LETTER, CLS_DIGIT, CLS_OTHER };
+
+static int cls(uint8_t c)
+{
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v') return CLS_SPACE;
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c >= 0x80) return CLS_LETTER;
+    if (c >= '0' && c <= '9') return CLS_DIGIT;
+    return CLS_OTHER;
+}
+
+/* Length of the chunk starting at text[i]. */
+static size_t chunk_len(const uint8_t *s, size_t n, size_t i)
+{
+    size_t j = i;
+    if (s[j] == ' ' && j + 1 < n && cls(s[j + 1]) != CLS_SPACE) j++; /* " word" */
+    int c = cls(s[j]);
+    if (c == CLS_SPACE) {
+        /* whitespace run, leaving a last space to lead the next word */
+        while (j < n && cls(s[j]) == CLS_SPACE) {
+            if (s[j] == ' ' && j + 1 < n && cls(s[j + 1]) != CLS_SPACE && j > i) break;
+            j++;
+        }
+        return j - i;
+    }
+    while (j < n && cls(s[j]) == c) j++;
+    return j - i;
+}
+
+/* ---- training ---- */
+
+typedef struct word {
+    int32_t *ids;
+    int32_t len;
+    int64_t count;
+} word;
+
+static uint64_t hash_bytes(const uint8_t *p, size_t n)
+{
+    uint64_t h = 14695981039346656037ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
+ts_status ts_tokenizer_train_bpe(ts_tokenizer *t, const uint8_t *text, size_t n, int32_t vocab_size)
+{
+    memset(t, 0, sizeof *t);
+    if (vocab_size < 256 || vocab_size > (1 << 20))
+        return ts_error(TS_ERR_INVALID_ARG, "BPE vocabulary size %d must be in [256, 2^20]", vocab_size);
+    /* unique chunks with counts (keyed by content hash; collisions are
+     * resolved by comparing bytes) */
+    u64map index;
+    word *words = NULL;
+    size_t nwords = 0, capwords = 0;
+    ts_status st = TS_OK;
+    if (map_init(&index, 1 << 12) != 0) return ts_error(TS_ERR_OOM, "no memory");
+    for (size_t i = 0; i < n && !st;) {
+        size_t len = chunk_len(text, n, i);
+        uint64_t h = hash_bytes(text + i, len);
+        int64_t *slot;
+        for (;; h++) { /* linear probing over hash values on collision */
+            slot = map_slot(&index, h, 1);
+            if (!slot) {
+                st = ts_error(TS_ERR_OOM, "no memory");
+                break;
+            }
+            if (*slot == 0) break;
+            word *w = &words[*slot - 1];
+            int same = (size_t)w->len == len;
+            for (size_t k = 0; same && k < len; k++) same = w->ids[k] == text[i + k];
+            if (same) break;
+        }
+        if (st) break;
+        if (*slot == 0) {
+            if (nwords == capwords) {
+                capwords = capwords ? capwords * 2 : 1024;
+                word *nw = realloc(words, capwords * sizeof *nw);
+                if (!nw) {
+                    st = ts_error(TS_ERR_OOM, "no memory");
+                    break;
+                }
+                words = nw;
+            }
+            word *w = &words[nwords];
+            w->ids = malloc(len * sizeof *w->ids);
+            if (!w->ids) {
+                st = ts_error(TS_ERR_OOM, "no memory");
+                break;
+            }
+            for (size_t k = 0; k < len; k++) w->ids[k] = text[i + k];
+            w->len = (int32_t)len;
+            w->count = 0;
+            *slot = (int64_t)++nwords;
+        }
+        words[*slot - 1].count++;
+        i += len;
+    }
+    map_free(&index);
+    int32_t want = vocab_size - 256;
+    t->kind = TS_TOKENIZER_BPE;
+    t->merges = calloc((size_t)(want ? want : 1), sizeof *t->merges);
+    if (!t->merges && !st) st = ts_error(TS_ERR_OOM, "no memory");
+    u64map pairs = {0};
+    if (!st && map_init(&pairs, 1 << 16) != 0) st = ts_error(TS_ERR_OOM, "no memory");
+    while (!st && t->n_merges < want) {
+        /* count adjacent pairs */
+        memset(pairs.keys, 0, pairs.cap * sizeof *pairs.keys);
+        pairs.n = 0;
+        uint64_t best = 0;
+        int64_t best_count = 0;
+        for (size_t w = 0; w < nwords && !st; w++) {
+            for (int32_t k = 0; k + 1 < words[w].len; k++) {
+                uint64_t key = pair_key(words[w].ids[k], words[w].ids[k + 1]);
+                int64_t *c = map_slot(&pairs, key, 1);
+                if (!c) {
+                    st = ts_error(TS_ERR_OOM, "no memory");
+                    break;
+                }
+                *c += words[w].count;
+                if (*c > best_count || (*c == best_count && key < best)) best = key, best_count = *c;
+            }
+        }
+        if (st || best_count < 2) break;
+        int32_t a = (int32_t)(best >> 32), b = (int32_t)(best & 0xffffffffu);
+        int32_t id = 256 + t->n_merges;
+        t->merges[t->n_merges][0] = a;
+        t->merges[t->n_merges][1] = b;
+        t->n_merges++;
+        for (size_t w = 0; w < nwords; w++) { /* apply the merge */
+            int32_t *ids = words[w].ids, out = 0;
+            for (int32_t k = 0; k < words[w].len; k++) {
+                if (k + 1 < words[w].len && ids[k] == a && ids[k + 1] == b) {
+                    ids[out++] = id;
+                    k++;
+                } else {
+                    ids[out++] = ids[k];
+                }
+            }
+            words[w].len = out;
+        }
+    }
+    map_free(&pairs);
+    for (size_t w = 0; w < nwords; w++) free(words[w].ids);
+    free(words);
+    if (!st) st = finish(t);
+    if (st) ts_tokenizer_free(t);
+    return st;
+}
+
+/* ---- files ---- */
+
+ts_status ts_tokenizer_save(const ts_tokenizer *t, const char *path)
+{
+    size_t cap = 128 + (size_t)t->n_merges * 24, n = 0;
+    char *buf = malloc(cap);
+    if (!buf) return ts_error(TS_ERR_OOM, "no memory");
+    n += (size_t)snprintf(buf + n, cap - n, "tessera-tokenizer 1\ntype %s\nvocab_size %d\nmerges %d\n",
+                          t->kind == TS_TOKENIZER_BPE ? "bpe" : "byte", t->vocab_size, t->n_merges);
+    for (int32_t i = 0; i < t->n_merges; i++)
+        n += (size_t)snprintf(buf + n, cap - n, "%d %d\n", t->merges[i][0], t->merges[i][1]);
+    ts_status st = ts_write_file_atomic(path, buf, n);
+    free(buf);
+    return st;
+}
+
+ts_status ts_tokenizer_load(ts_tokenizer *t, const char *path)
+{
+    memset(t, 0, sizeof *t);
+    char *text;
+    size_t n;
+    ts_status st = ts_read_file(path, &text, &n);
+    if (st) return st;
+    char type[16] = "";
+    int version = 0, vocab = 0, merges = 0, used = 0;
+    if (sscanf(text, "tessera-tokenizer %d\ntype %15s\nvocab_size %d\nmerges %d\n%n", &version, type,
+               &vocab, &merges, &used) != 4 ||
+        version != 1) {
+        free(text);
+        return ts_error(TS_ERR_FORMAT, "%s is not a tessera tokenizer file", path);
+    }
+    if (strcmp(type, "byte") && strcmp(type, "bpe")) {
+        free(text);
+        return ts_error(TS_ERR_FORMAT, "%s: unknown tokenizer type '%s'", path, type);
+    }
+    if (merges < 0 || merges > (1 << 20) || vocab != 256 + merges ||
+        (!strcmp(type, "byte") && merges != 0)) {
+        free(text);
+        return ts_error(TS_ERR_FORMAT, "%s: vocab_size %d does not match %d merges", path, vocab, merges);
+    }
+    t->kind = strcmp(type, "bpe") ? TS_TOKENIZER_BYTE : TS_TOKENIZER_BPE;
+    t->merges = calloc((size_t)(merges ? merges : 1), sizeof *t->merges);
+    if (!t->merges) {
+        free(text);
+        return ts_error(TS_ERR_OOM, "no memory");
+    }
+    const char *p = text + used;
+    for (int i = 0; i < merges; i++) {
+        int a, b, k = 0;
+        if (sscanf(p, "%d %d\n%n", &a, &b, &k) != 2 || k == 0) {
+            free(text);
+            ts_tokenizer_free(t);
+            return ts_error(TS_ERR_FORMAT, "%s: merge %d of %d is missing or malformed (truncated?)",
+                            path, i, merges);
+        }
+        t->merges[i][0] = a, t->merges[i][1] = b;
+        p += k;
+    }
+    t->n_merges = merges;
+    while (*p == ' ' || *p == '\n') p++;
+    if ((size_t)(p - text) != n) {
+        free(text);
+        ts_tokenizer_free(t);
+        return ts_error(TS_ERR_FORMAT, "%s: unexpected data after the merges", path);
+    }
+    free(text);
+    st = finish(t);
+    if (st) {
+        st = ts_error_context(st, "%s", path);
+        ts_tokenizer_free(t);
+    }
+    return st;
+}
+
+int ts_tokenizer_spec_is_file(const char *spec)
+{
+    return strcmp(spec, "byte") != 0 && strncmp(spec, "bpe:", 4) != 0;
+}
+
+/* ---- encoding ---- */
+
+static int32_t merge_rank(const ts_tokenizer *t, int32_t a, int32_t b)
+{
+    int64_t *r = map_slot(&t->table->rank, pair_key(a, b), 0);
+    return r ? (int32_t)(*r - 1) : -1;
+}
+
+/* Apply merges in rank order to ids[0..len) in place; returns the new length. */
+static int32_t bpe_chunk(const ts_tokenizer *t, int32_t *ids, int32_t len)
+{
+    for (;;) {
+        int32_t best = -1;
+        for (int32_t k = 0; k + 1 < len; k++) {
+            int32_t r = merge_rank(t, ids[k], ids[k + 1]);
+            if (r >= 0 && (best < 0 || r < best)) best = r;
+        }
+        if (best < 0) return len;
+        int32_t a = t->merges[best][0], b = t->merges[best][1], out = 0;
+        for (int32_t k = 0; k < len; k++) {
+            if (k + 1 < len && ids[k] == a && ids[k + 1] == b) {
+                ids[out++] = 256 + best;
+                k++;
+            } else {
+                ids[out++] = ids[k];
+            }
+        }
+        len = out;
+    }
+}
+
+ts_status ts_tokenizer_encode(const ts_tokenizer *t, const uint8_t *text, size_t n, int32_t **ids,
+                              size_t *count)
+{
+    int32_t *out = malloc((n ? n : 1) * sizeof *out);
+    if (!out) return ts_error(TS_ERR_OOM, "no memory to encode %zu bytes", n);
+    size_t k = 0;
+    if (t->kind == TS_TOKENIZER_BYTE || t->n_merges == 0) {
+        for (size_t i = 0; i < n; i++) out[i] = text[i];
+        k = n;
+    } else {
+        /* cache of encoded chunks: content hash -> (offset into out, length) of a
+         * previous occurrence */
+        u64map cache;
+        if (map_init(&cache, 1 << 12) != 0) {
+            free(out);
+            return ts_error(TS_ERR_OOM, "no memory");
+        }
+        for (size_t i = 0; i < n;) {
+            size_t len = chunk_len(text, n, i);
+            uint64_t h = hash_bytes(text + i, len) ^ ((uint64_t)len << 56);
+            int64_t *slot = map_slot(&cache, h, 0);
+            int hit = 0;
+            if (slot) { /* verify: the cached tokens must decode to these bytes */
+                size_t at = (size_t)(*slot >> 20), m = (size_t)(*slot & 0xfffff), bytes = 0;
+                int same = 1;
+                for (size_t j = 0; j < m && same; j++) {
+                    int32_t id = out[at + j];
+                    same = bytes + (size_t)t->len[id] <= len &&
+                           !memcmp(t->bytes[id], text + i + bytes, (size_t)t->len[id]);
+                    bytes += (size_t)t->len[id];
+                }
+                if (same && bytes == len) {
+                    memmove(out + k, out + at, m * sizeof *out);
+                    k += m;
+                    hit = 1;
+                }
+            }
+            if (!hit) {
+                for (size_t j = 0; j < len; j++) out[k + j] = text[i + j];
+                int32_t m = bpe_chunk(t, out + k, (int32_t)len);
+                if (len < (1u << 20) && k < ((size_t)1 << 43)) {
+                    int64_t *s = map_slot(&cache, h, 1);
+                    if (s) *s = (int64_t)k << 20 | (int64_t)m;
+                }
+                k += (size_t)m;
+            }
+            i += len;
+        }
+        map_free(&cache);
+    }
+    *ids = out;
+    *count = k;
+    return TS_OK;
+}
+
+ts_status ts_tokenizer_decode(const ts_tokenizer *t, const int32_t *ids, size_t count, char **text,
+                              size_t *len)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (ids[i] < 0 || ids[i] >= t->vocab_size)
+            return ts_error(TS_ERR_INVALID_ARG, "token %d at %zu is outside the vocabulary [0, %d)",
+                            ids[i], i, t->vocab_size);
+        n += (size_t)t->len[ids[i]];
+    }
+    char *out = malloc(n + 1);
+    if (!out) return ts_error(TS_ERR_OOM, "no memory");
+    size_t k = 0;
+    for (size_t i = 0; i < count; i++) {
+        memcpy(out + k, t->bytes[ids[i]], (size_t)t->len[ids[i]]);
+        k += (size_t)t->len[ids[i]];
+    }
+    out[k] = '\0';
+    *text = out;
+    *len = k;
+    return TS_OK;
+}
