@@ -14,6 +14,10 @@
 #include "tessera/optimizer.h"
 #include "tessera/tokenizer.h"
 #include "tessera/data.h"
+#include "tessera/checkpoint.h"
+#include "tessera/generate.h"
+#include "tessera/task.h"
+#include "tessera/train.h"
 
 #define TESSERA_VERSION "0.1.0"
 

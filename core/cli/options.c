@@ -1,0 +1,95 @@
+#include "options.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void print_usage(FILE *f, const char *command, const char *usage, const cli_option *opts, int n)
+{
+    fprintf(f, "usage: tessera %s %s\n\noptions:\n", command, usage);
+    for (int i = 0; i < n; i++) {
+        const char *arg = opts[i].kind == OPT_FLAG ? "" : opts[i].kind == OPT_STRING ? " S" : " N";
+        char left[64];
+        snprintf(left, sizeof left, "%s%s", opts[i].name, arg);
+        fprintf(f, "  %-22s %s\n", left, opts[i].help);
+    }
+}
+
+int cli_parse(const char *command, const char *usage, const cli_option *opts, int n, int argc,
+              char **argv)
+{
+    for (int a = 1; a < argc; a++) {
+        const char *arg = argv[a];
+        if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
+            print_usage(stdout, command, usage, opts, n);
+            return 1;
+        }
+        const char *eq = strchr(arg, '=');
+        size_t namelen = eq ? (size_t)(eq - arg) : strlen(arg);
+        const cli_option *o = NULL;
+        for (int i = 0; i < n; i++)
+            if (strlen(opts[i].name) == namelen && !strncmp(opts[i].name, arg, namelen)) o = &opts[i];
+        if (!o) {
+            fprintf(stderr, "tessera %s: unknown option '%s' (see tessera %s --help)\n", command, arg, command);
+            return 2;
+        }
+        if (o->kind == OPT_FLAG) {
+            if (eq) {
+                fprintf(stderr, "tessera %s: %s takes no value\n", command, o->name);
+                return 2;
+            }
+            *(int *)o->target = 1;
+            continue;
+        }
+        const char *val = eq ? eq + 1 : (a + 1 < argc ? argv[++a] : NULL);
+        if (!val) {
+            fprintf(stderr, "tessera %s: %s needs a value\n", command, o->name);
+            return 2;
+        }
+        char *end = NULL;
+        errno = 0;
+        switch (o->kind) {
+        case OPT_INT: {
+            long long v = strtoll(val, &end, 10);
+            if (*val == '\0' || *end || errno) goto bad;
+            *(int64_t *)o->target = v;
+            break;
+        }
+        case OPT_UINT: {
+            if (*val == '-') goto bad;
+            unsigned long long v = strtoull(val, &end, 10);
+            if (*val == '\0' || *end || errno) goto bad;
+            *(uint64_t *)o->target = v;
+            break;
+        }
+        case OPT_FLOAT: {
+            float v = strtof(val, &end);
+            if (*val == '\0' || *end || errno || !isfinite(v)) goto bad;
+            *(float *)o->target = v;
+            break;
+        }
+        case OPT_DOUBLE: {
+            double v = strtod(val, &end);
+            if (*val == '\0' || *end || errno || !isfinite(v)) goto bad;
+            *(double *)o->target = v;
+            break;
+        }
+        case OPT_STRING:
+            if (strlen(val) >= o->size) {
+                fprintf(stderr, "tessera %s: the value of %s is too long\n", command, o->name);
+                return 2;
+            }
+            memcpy(o->target, val, strlen(val) + 1);
+            break;
+        case OPT_FLAG: break;
+        }
+        continue;
+    bad:
+        fprintf(stderr, "tessera %s: %s: '%s' is not a valid %s\n", command, o->name, val,
+                o->kind == OPT_FLOAT || o->kind == OPT_DOUBLE ? "number" : "integer");
+        return 2;
+    }
+    return 0;
+}

@@ -1,0 +1,23 @@
+/* Table-driven command-line options for the tessera subcommands. */
+#ifndef TESSERA_CLI_OPTIONS_H
+#define TESSERA_CLI_OPTIONS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { OPT_FLAG, OPT_INT, OPT_UINT, OPT_FLOAT, OPT_DOUBLE, OPT_STRING } opt_kind;
+
+typedef struct cli_option {
+    const char *name;     /* "--lr" */
+    opt_kind kind;
+    void *target;         /* int*, int64_t*, uint64_t*, float*, double*, char[size] */
+    size_t size;          /* for strings */
+    const char *help;
+} cli_option;
+
+/* Parse argv[1..]; on error print it (naming the command) and return 2.
+ * Returns 1 if --help was given (after printing usage), else 0. */
+int cli_parse(const char *command, const char *usage, const cli_option *opts, int n, int argc,
+              char **argv);
+
+#endif

@@ -1,0 +1,52 @@
+/* Training checkpoints: everything a run needs to continue exactly as if it
+ * had never stopped.
+ *
+ * A checkpoint is a directory <dir>/step_NNNNNNNN holding
+ *   model.safetensors   the weights (tessera/gpt.h names), config in metadata
+ *   optim.safetensors   optimizer moments "m", "v" and its step count
+ *   state.json          step, seed, data position and fingerprint, the run's
+ *                       settings, best validation loss
+ *   tokenizer.txt       the tokenizer (tessera/tokenizer.h)
+ * It is written as <dir>/.tmp-step_NNNNNNNN, every file fsync'ed, then
+ * renamed into place; <dir>/latest (naming the newest checkpoint) is
+ * replaced last, atomically. A crash at any point leaves the previous
+ * checkpoint intact and `latest` pointing at it. */
+#ifndef TESSERA_CHECKPOINT_H
+#define TESSERA_CHECKPOINT_H
+
+#include <stdint.h>
+
+#include "tessera/gpt.h"
+#include "tessera/optimizer.h"
+#include "tessera/status.h"
+#include "tessera/tokenizer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ts_train_state {
+    int64_t step;              /* optimizer steps completed */
+    uint64_t seed;
+    int64_t next_sample;       /* data position: index of the next training sample */
+    uint64_t data_fingerprint;
+    double tokens_seen;
+    double best_val_loss;      /* +inf if never evaluated */
+    char settings[8192];       /* the run's settings as a JSON object */
+} ts_train_state;
+
+/* Save a checkpoint for state->step; keep the newest `keep` (0 = all). */
+ts_status ts_checkpoint_save(const char *dir, const ts_gpt *model, const ts_optimizer *opt,
+                             const ts_train_state *state, const ts_tokenizer *tok, int keep);
+/* The directory of the newest complete checkpoint in dir (via `latest`). */
+ts_status ts_checkpoint_latest(const char *dir, char *path, size_t n);
+/* Read state.json of a checkpoint directory. */
+ts_status ts_checkpoint_read_state(const char *ckpt, ts_train_state *state);
+/* Load weights and optimizer state of a checkpoint directory into a model
+ * and optimizer created with the checkpoint's config and settings. */
+ts_status ts_checkpoint_load(const char *ckpt, ts_gpt *model, ts_optimizer *opt);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,70 @@
+/* The training loop behind `tessera train`: data, model, optimizer and
+ * schedule, gradient accumulation and clipping, validation, checkpoints and
+ * exact resume, logs and progress. */
+#ifndef TESSERA_TRAIN_H
+#define TESSERA_TRAIN_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "tessera/gpt.h"
+#include "tessera/optim.h"
+#include "tessera/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ts_train_config {
+    /* data */
+    char data[1024];        /* text file or token file; "" = the built-in task */
+    char tokenizer[1024];   /* "byte", "bpe:N" (trained on the data), or a tokenizer file */
+    double val_fraction;    /* held-out tail of the data */
+    /* model (vocab_size comes from the tokenizer or token file) */
+    ts_gpt_config model;
+    /* batches: each step sees batch * grad_accum sequences of seq_len tokens */
+    int64_t batch, seq_len, grad_accum, steps;
+    /* optimizer and schedule */
+    ts_optim_kind optim;
+    float lr, min_lr, beta1, beta2, eps, weight_decay, grad_clip;
+    int64_t warmup;
+    int cosine;
+    /* run */
+    char device[128];
+    int threads;            /* 0: default */
+    uint64_t seed;
+    char out_dir[1024];     /* checkpoints, log, tokenizer; "" = none */
+    int64_t ckpt_every;     /* 0: only at the end */
+    int keep;               /* checkpoints kept (0: all) */
+    int resume;             /* continue from out_dir/latest */
+    int64_t eval_every, eval_batches;
+    char log_path[1024];    /* JSON lines; "" = out_dir/log.jsonl, "-" = none */
+    int progress;           /* 1: live bar on a terminal, lines otherwise; 0: quiet */
+    int64_t sample_tokens;  /* text to show at the end (text data) */
+    /* test hook: called after every step with the mean training loss */
+    void (*on_step)(void *ctx, int64_t step, float loss, float lr, double grad_norm);
+    void *on_step_ctx;
+} ts_train_config;
+
+typedef struct ts_train_result {
+    int64_t steps_done;     /* optimizer steps completed, resumed ones included */
+    int64_t first_step;     /* 0, or the step a resumed run started from */
+    float last_loss;
+    double val_loss;        /* at the end; NAN if never evaluated */
+    double seconds;
+    double tokens_per_second;
+    double mfu;             /* model FLOPs / measured GEMM peak of the device */
+    double task_accuracy;   /* built-in task only, else NAN */
+    int64_t num_params;
+} ts_train_result;
+
+/* Defaults: byte tokenizer, d6-like small model, AdamW 3e-4 with cosine. */
+void ts_train_defaults(ts_train_config *cfg);
+ts_status ts_train(const ts_train_config *cfg, ts_train_result *res);
+/* The run's settings as a JSON object (stored in checkpoints and logs). */
+void ts_train_settings_json(const ts_train_config *cfg, char *buf, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
