@@ -445,6 +445,15 @@ static void config_json(const ts_gpt_config *c, char *buf, size_t n)
 
 ts_status ts_gpt_save(const ts_gpt *m, const char *path, const char *const *extra_meta)
 {
+    return ts_gpt_save_blob(m, &m->params, path, extra_meta);
+}
+
+ts_status ts_gpt_save_blob(const ts_gpt *m, const ts_tensor *blob, const char *path,
+                           const char *const *extra_meta)
+{
+    if (ts_tensor_numel(blob) != m->num_params)
+        return ts_error(TS_ERR_SHAPE, "saving a blob of %lld elements for a model of %lld parameters",
+                        (long long)ts_tensor_numel(blob), (long long)m->num_params);
     ts_st_writer *w;
     TRY(ts_st_writer_new(&w));
     char cfg[512];
@@ -466,7 +475,7 @@ ts_status ts_gpt_save(const ts_gpt *m, const char *path, const char *const *extr
             char name[96];
             ts_gpt_tensor_name(m, i, l, name, sizeof name);
             int64_t slice = p->shape[0] * p->shape[1];
-            st = ts_tensor_view(&views[k], &m->params, p->offset + l * slice, TS_SHAPE(slice));
+            st = ts_tensor_view(&views[k], blob, p->offset + l * slice, TS_SHAPE(slice));
             if (!st) st = ts_st_writer_add(w, name, &views[k], p->ndim, p->shape);
         }
     }

@@ -116,6 +116,10 @@ ts_status ts_gpt_read_logits(ts_gpt *m, int64_t b, int64_t t, float *out);
  * Linear layout [out, in]); the config is stored in the metadata.
  * extra_meta: NULL-terminated key, value pairs, may be NULL. */
 ts_status ts_gpt_save(const ts_gpt *m, const char *path, const char *const *extra_meta);
+/* Any blob laid out like the parameters (gradients, moments) under the
+ * same per-layer names, for inspection from Python. */
+ts_status ts_gpt_save_blob(const ts_gpt *m, const ts_tensor *blob, const char *path,
+                           const char *const *extra_meta);
 /* Read a file's config (metadata "config"). */
 ts_status ts_gpt_read_config(const char *path, ts_gpt_config *cfg);
 /* Load weights into a model of the same config; every tensor is checked. */

@@ -1,0 +1,364 @@
+/* The GPT model: whole-model gradients against finite differences of a
+ * double-precision host model, agreement between devices, gradient
+ * accumulation, weight files and their validation, optimizer decay and the
+ * learning-rate schedule. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "reference_model.h"
+#include "testutil.h"
+
+static const ts_gpt_config tiny = {.vocab_size = 13, .max_seq_len = 8, .n_layer = 2, .n_head = 2, .n_embd = 8};
+
+/* Random parameters of moderate size (layernorm gains near 1), so every
+ * path carries gradient. */
+static ts_status randomize(ts_gpt *m, uint64_t seed, float *host)
+{
+    rng_t r;
+    rng_seed(&r, seed);
+    for (int i = 0; i < TS_GPT_NPARAMS; i++) {
+        const ts_gpt_param_info *p = &m->info[i];
+        int gain = i == TS_GPT_LN1W || i == TS_GPT_LN2W || i == TS_GPT_LNFW;
+        for (int64_t k = 0; k < p->numel; k++)
+            host[p->offset + k] = gain ? rng_uniform(&r, 0.7f, 1.3f) : rng_uniform(&r, -0.4f, 0.4f);
+    }
+    return ts_tensor_write(&m->params, host, (size_t)m->num_params * sizeof *host);
+}
+
+static void make_batch(rng_t *r, int64_t n, int64_t V, int32_t *tok, int32_t *tgt)
+{
+    for (int64_t i = 0; i < n; i++) {
+        tok[i] = (int32_t)(rng_next(r) % (uint64_t)V);
+        tgt[i] = (int32_t)(rng_next(r) % (uint64_t)V);
+    }
+}
+
+static void grads_match_finite_differences(void *arg)
+{
+    ts_device *dev = arg;
+    ts_gpt m;
+    REQUIRE_OK(ts_gpt_create(&m, dev, &tiny));
+    int64_t B = 2, T = 5, n = m.num_params;
+    float *hp = malloc((size_t)n * sizeof *hp), *hg = malloc((size_t)n * sizeof *hg);
+    REQUIRE_OK(randomize(&m, 7, hp));
+    int32_t tok[10], tgt[10];
+    rng_t r;
+    rng_seed(&r, 8);
+    make_batch(&r, B * T, tiny.vocab_size, tok, tgt);
+    tgt[3] = -1; /* an ignored position */
+    float loss;
+    REQUIRE_OK(ts_gpt_forward(&m, tok, tgt, B, T, &loss));
+    REQUIRE_OK(ts_gpt_backward(&m, 1.0f));
+    REQUIRE_OK(ts_tensor_read(&m.grads, hg, (size_t)n * sizeof *hg));
+    double *dp = to_double(hp, n), *fd = malloc((size_t)n * sizeof *fd);
+    double ref_loss = ref_gpt_loss(&m, dp, tok, tgt, B, T);
+    EXPECTF(fabs(loss - ref_loss) < 1e-5 * fabs(ref_loss), "loss %.9g vs double %.9g", loss, ref_loss);
+    const double h = 1e-6;
+    for (int64_t i = 0; i < n; i++) {
+        double keep = dp[i];
+        dp[i] = keep + h;
+        double lp = ref_gpt_loss(&m, dp, tok, tgt, B, T);
+        dp[i] = keep - h;
+        double lm = ref_gpt_loss(&m, dp, tok, tgt, B, T);
+        dp[i] = keep;
+        fd[i] = (lp - lm) / (2 * h);
+    }
+    /* per parameter tensor, so a failure names the broken one */
+    for (int k = 0; k < TS_GPT_NPARAMS; k++) {
+        const ts_gpt_param_info *p = &m.info[k];
+        char what[128];
+        snprintf(what, sizeof what, "gradient of %s", p->name);
+        check_close(what, hg + p->offset, fd + p->offset, p->numel, 1e-10);
+    }
+    th_note("whole-model gradient NMSE against finite differences: %.2e over %lld parameters",
+            nmse(hg, fd, n), (long long)n);
+    free(hp), free(hg), free(dp), free(fd);
+    ts_gpt_free(&m);
+}
+
+TEST(initial_loss_is_near_log_vocabulary)
+{
+    ts_device *cpu;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    ts_gpt_config c = {.vocab_size = 300, .max_seq_len = 32, .n_layer = 3, .n_head = 4, .n_embd = 64};
+    ts_gpt m;
+    REQUIRE_OK(ts_gpt_create(&m, cpu, &c));
+    REQUIRE_OK(ts_gpt_init_weights(&m, 1));
+    int32_t tok[64], tgt[64];
+    rng_t r;
+    rng_seed(&r, 2);
+    make_batch(&r, 64, c.vocab_size, tok, tgt);
+    float loss;
+    REQUIRE_OK(ts_gpt_forward(&m, tok, tgt, 2, 32, &loss));
+    EXPECTF(fabs(loss - log(300.0)) < 0.1, "initial loss %.4f, ln V = %.4f", loss, log(300.0));
+    ts_gpt_free(&m);
+}
+
+/* Two micro-batches at loss scale 1/2 give the gradient of their union. */
+TEST(gradient_accumulation_equals_one_big_batch)
+{
+    ts_device *cpu;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    ts_gpt m;
+    REQUIRE_OK(ts_gpt_create(&m, cpu, &tiny));
+    float *hp = malloc((size_t)m.num_params * sizeof *hp);
+    float *g1 = malloc((size_t)m.num_params * sizeof *g1), *g2 = malloc((size_t)m.num_params * sizeof *g2);
+    REQUIRE_OK(randomize(&m, 3, hp));
+    int32_t tok[16], tgt[16];
+    rng_t r;
+    rng_seed(&r, 4);
+    make_batch(&r, 16, tiny.vocab_size, tok, tgt);
+    float l;
+    REQUIRE_OK(ts_gpt_zero_grad(&m));
+    REQUIRE_OK(ts_gpt_forward(&m, tok, tgt, 2, 8, &l));
+    REQUIRE_OK(ts_gpt_backward(&m, 1.0f));
+    REQUIRE_OK(ts_tensor_read(&m.grads, g1, (size_t)m.num_params * sizeof *g1));
+    REQUIRE_OK(ts_gpt_zero_grad(&m));
+    for (int k = 0; k < 2; k++) {
+        REQUIRE_OK(ts_gpt_forward(&m, tok + 8 * k, tgt + 8 * k, 1, 8, &l));
+        REQUIRE_OK(ts_gpt_backward(&m, 0.5f));
+    }
+    REQUIRE_OK(ts_tensor_read(&m.grads, g2, (size_t)m.num_params * sizeof *g2));
+    double *d1 = to_double(g1, m.num_params);
+    check_close("accumulated gradient", g2, d1, m.num_params, 1e-10);
+    free(hp), free(g1), free(g2), free(d1);
+    ts_gpt_free(&m);
+}
+
+/* The same training run on the CPU backend and on an OpenCL device. */
+TEST(training_agrees_between_cpu_and_opencl)
+{
+    ts_device *cpu, *cl;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    if (ts_device_open("opencl", &cl) != TS_OK) SKIP("no OpenCL device");
+    ts_gpt_config c = {.vocab_size = 50, .max_seq_len = 16, .n_layer = 2, .n_head = 2, .n_embd = 32};
+    float losses[2][15];
+    float *params[2];
+    ts_device *devs[2] = {cpu, cl};
+    for (int d = 0; d < 2; d++) {
+        ts_gpt m;
+        ts_optimizer o;
+        REQUIRE_OK(ts_gpt_create(&m, devs[d], &c));
+        REQUIRE_OK(ts_gpt_init_weights(&m, 11));
+        REQUIRE_OK(ts_optimizer_create(&o, devs[d], TS_OPTIM_ADAMW, m.num_params, 0.9f, 0.95f, 1e-8f, 0.1f));
+        rng_t r;
+        rng_seed(&r, 12);
+        for (int s = 0; s < 15; s++) {
+            int32_t tok[64], tgt[64];
+            make_batch(&r, 64, c.vocab_size, tok, tgt);
+            for (int i = 0; i < 63; i++) tgt[i] = tok[i + 1]; /* learnable: predict the next input */
+            REQUIRE_OK(ts_gpt_zero_grad(&m));
+            REQUIRE_OK(ts_gpt_forward(&m, tok, tgt, 4, 16, &losses[d][s]));
+            REQUIRE_OK(ts_gpt_backward(&m, 1.0f));
+            double sq;
+            REQUIRE_OK(ts_grad_sqnorm(&m.grads, &sq));
+            REQUIRE_OK(ts_optimizer_step(&o, &m.params, &m.grads, m.num_decay, 3e-3f, ts_clip_scale(sqrt(sq), 1.0f)));
+        }
+        params[d] = malloc((size_t)m.num_params * sizeof(float));
+        REQUIRE_OK(ts_tensor_read(&m.params, params[d], (size_t)m.num_params * sizeof(float)));
+        ts_optimizer_free(&o);
+        ts_gpt_free(&m);
+    }
+    double worst = 0;
+    for (int s = 0; s < 15; s++) worst = fmax(worst, fabs(losses[0][s] - losses[1][s]) / losses[0][s]);
+    /* f32 on both; only summation orders differ */
+    EXPECTF(worst < 1e-4, "losses differ by up to %.2e (relative)", worst);
+    int64_t n = ts_gpt_num_params(&c);
+    double *ref = to_double(params[0], n);
+    check_close("parameters after 15 steps", params[1], ref, n, 1e-8);
+    th_note("CPU vs OpenCL over 15 AdamW steps: loss %.6f vs %.6f, largest relative loss difference %.2e",
+            losses[0][14], losses[1][14], worst);
+    free(ref), free(params[0]), free(params[1]);
+}
+
+TEST(weights_round_trip_exactly_through_safetensors)
+{
+    ts_device *cpu;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    ts_gpt a, b;
+    REQUIRE_OK(ts_gpt_create(&a, cpu, &tiny));
+    REQUIRE_OK(ts_gpt_init_weights(&a, 5));
+    char path[] = "/tmp/tessera-weights-XXXXXX";
+    int fd = mkstemp(path);
+    REQUIRE(fd >= 0);
+    close(fd);
+    REQUIRE_OK(ts_gpt_save(&a, path, NULL));
+    ts_gpt_config c;
+    REQUIRE_OK(ts_gpt_read_config(path, &c));
+    EXPECT(!memcmp(&c, &tiny, sizeof c));
+    REQUIRE_OK(ts_gpt_create(&b, cpu, &c));
+    REQUIRE_OK(ts_gpt_load(&b, path));
+    float *x = malloc((size_t)a.num_params * 4), *y = malloc((size_t)a.num_params * 4);
+    REQUIRE_OK(ts_tensor_read(&a.params, x, (size_t)a.num_params * 4));
+    REQUIRE_OK(ts_tensor_read(&b.params, y, (size_t)a.num_params * 4));
+    EXPECT(!memcmp(x, y, (size_t)a.num_params * 4));
+    /* the file names tensors per layer, readable from Python */
+    ts_safetensors f;
+    REQUIRE_OK(ts_safetensors_open(path, &f));
+    const ts_st_entry *e = ts_safetensors_find(&f, "h.1.mlp.c_fc.weight");
+    EXPECT(e && e->ndim == 2 && e->shape[0] == 4 * tiny.n_embd && e->shape[1] == tiny.n_embd);
+    EXPECT(ts_safetensors_find(&f, "wte.weight") && ts_safetensors_find(&f, "ln_f.bias"));
+    ts_safetensors_close(&f);
+    free(x), free(y);
+    unlink(path);
+    ts_gpt_free(&a), ts_gpt_free(&b);
+}
+
+/* Damage a weights file in several ways; every load must fail cleanly. */
+TEST(damaged_weight_files_are_rejected)
+{
+    ts_device *cpu;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    ts_gpt a;
+    REQUIRE_OK(ts_gpt_create(&a, cpu, &tiny));
+    REQUIRE_OK(ts_gpt_init_weights(&a, 5));
+    char good[] = "/tmp/tessera-good-XXXXXX", bad[] = "/tmp/tessera-bad-XXXXXX";
+    int fd = mkstemp(good);
+    REQUIRE(fd >= 0);
+    close(fd);
+    fd = mkstemp(bad);
+    REQUIRE(fd >= 0);
+    close(fd);
+    REQUIRE_OK(ts_gpt_save(&a, good, NULL));
+    FILE *f = fopen(good, "rb");
+    REQUIRE(f);
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *data = malloc((size_t)size);
+    REQUIRE(fread(data, 1, (size_t)size, f) == (size_t)size);
+    fclose(f);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | data[i];
+    struct {
+        const char *what;
+        long keep;          /* bytes kept (truncation) */
+        long flip;          /* a byte to overwrite, or -1 */
+        unsigned char with;
+        ts_status want;
+    } cases[] = {
+        {"truncated in the data", size - 100, -1, 0, TS_ERR_FORMAT},
+        {"truncated in the header", 8 + (long)hlen / 2, -1, 0, TS_ERR_FORMAT},
+        {"shorter than a header", 5, -1, 0, TS_ERR_FORMAT},
+        {"header length corrupt", size, 6, 0x7f, TS_ERR_FORMAT},
+        {"header JSON corrupt", size, 8, '[', TS_ERR_FORMAT},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        if (cases[i].flip >= 0 && cases[i].flip >= size) continue;
+        unsigned char keep = 0;
+        if (cases[i].flip >= 0) keep = data[cases[i].flip], data[cases[i].flip] = cases[i].with;
+        f = fopen(bad, "wb");
+        fwrite(data, 1, (size_t)cases[i].keep, f);
+        fclose(f);
+        if (cases[i].flip >= 0) data[cases[i].flip] = keep;
+        ts_status st = ts_gpt_load(&a, bad);
+        EXPECTF(st == cases[i].want, "%s: got %s (%s)", cases[i].what, ts_status_name(st), ts_last_error());
+        EXPECTF(strstr(ts_last_error(), bad) != NULL, "%s: message does not name the file: %s",
+                cases[i].what, ts_last_error());
+    }
+    /* a model of another shape */
+    ts_gpt_config other = tiny;
+    other.n_embd = 12;
+    ts_gpt b;
+    REQUIRE_OK(ts_gpt_create(&b, cpu, &other));
+    EXPECT_STATUS(ts_gpt_load(&b, good), TS_ERR_SHAPE);
+    EXPECT(strstr(ts_last_error(), "C=8") && strstr(ts_last_error(), "C=12"));
+    ts_gpt_free(&b);
+    /* a tensor with a wrong shape, under the right config */
+    ts_st_writer *w;
+    REQUIRE_OK(ts_st_writer_new(&w));
+    REQUIRE_OK(ts_st_writer_meta(w, "config", "{\"vocab_size\": 13, \"max_seq_len\": 8, \"n_layer\": 2, \"n_head\": 2, \"n_embd\": 8}"));
+    float junk[13 * 9] = {0};
+    REQUIRE_OK(ts_st_writer_add_host(w, "wte.weight", TS_F32, TS_SHAPE(13, 9), junk));
+    REQUIRE_OK(ts_st_writer_write(w, bad));
+    ts_st_writer_free(w);
+    EXPECT_STATUS(ts_gpt_load(&a, bad), TS_ERR_SHAPE);
+    EXPECTF(strstr(ts_last_error(), "wte.weight"), "%s", ts_last_error());
+    EXPECT_STATUS(ts_gpt_load(&a, "/nonexistent/weights.safetensors"), TS_ERR_IO);
+    free(data);
+    unlink(good), unlink(bad);
+    ts_gpt_free(&a);
+}
+
+TEST(forward_rejects_bad_tokens_and_lengths)
+{
+    ts_device *cpu;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    ts_gpt m;
+    REQUIRE_OK(ts_gpt_create(&m, cpu, &tiny));
+    int32_t tok[16] = {0}, tgt[16] = {0};
+    float l;
+    EXPECT_STATUS(ts_gpt_backward(&m, 1.0f), TS_ERR_INVALID_ARG);
+    tok[3] = 13;
+    EXPECT_STATUS(ts_gpt_forward(&m, tok, tgt, 2, 8, &l), TS_ERR_INVALID_ARG);
+    EXPECT(strstr(ts_last_error(), "token 13"));
+    tok[3] = 0;
+    EXPECT_STATUS(ts_gpt_forward(&m, tok, tgt, 1, 9, &l), TS_ERR_SHAPE);
+    ts_gpt_config bad = tiny;
+    bad.n_head = 3;
+    ts_gpt m2;
+    EXPECT_STATUS(ts_gpt_create(&m2, cpu, &bad), TS_ERR_INVALID_ARG);
+    ts_gpt_free(&m);
+}
+
+/* Weight decay reaches the matrices and nothing else. */
+TEST(weight_decay_applies_to_matrices_only)
+{
+    ts_device *cpu;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    ts_gpt m;
+    ts_optimizer o;
+    REQUIRE_OK(ts_gpt_create(&m, cpu, &tiny));
+    REQUIRE_OK(ts_gpt_init_weights(&m, 9));
+    float *before = malloc((size_t)m.num_params * 4), *after = malloc((size_t)m.num_params * 4);
+    REQUIRE_OK(ts_fill(&m.params, 1.0f));
+    REQUIRE_OK(ts_optimizer_create(&o, cpu, TS_OPTIM_ADAMW, m.num_params, 0.9f, 0.95f, 1e-8f, 0.5f));
+    REQUIRE_OK(ts_gpt_zero_grad(&m)); /* zero gradient: only decay moves parameters */
+    REQUIRE_OK(ts_tensor_read(&m.params, before, (size_t)m.num_params * 4));
+    REQUIRE_OK(ts_optimizer_step(&o, &m.params, &m.grads, m.num_decay, 0.1f, 1.0f));
+    REQUIRE_OK(ts_tensor_read(&m.params, after, (size_t)m.num_params * 4));
+    for (int k = 0; k < TS_GPT_NPARAMS; k++) {
+        const ts_gpt_param_info *p = &m.info[k];
+        float want = p->decay ? 1.0f * (1.0f - 0.1f * 0.5f) : 1.0f;
+        EXPECTF(fabsf(after[p->offset] - want) < 1e-7f, "%s: %g, want %g", p->name, after[p->offset], want);
+    }
+    free(before), free(after);
+    ts_optimizer_free(&o);
+    ts_gpt_free(&m);
+}
+
+TEST(learning_rate_warms_up_then_follows_a_cosine)
+{
+    ts_lr_schedule s = {.lr = 1.0f, .min_lr = 0.1f, .warmup_steps = 10, .total_steps = 110, .cosine = 1};
+    EXPECT(fabsf(ts_lr_at(&s, 0) - 0.1f) < 1e-6f);
+    EXPECT(fabsf(ts_lr_at(&s, 9) - 1.0f) < 1e-6f);
+    EXPECT(fabsf(ts_lr_at(&s, 10) - 1.0f) < 1e-6f);
+    EXPECT(fabsf(ts_lr_at(&s, 60) - 0.55f) < 1e-5f); /* halfway: (max+min)/2 */
+    EXPECT(fabsf(ts_lr_at(&s, 110) - 0.1f) < 1e-6f);
+    EXPECT(fabsf(ts_lr_at(&s, 500) - 0.1f) < 1e-6f);
+    s.cosine = 0;
+    EXPECT(ts_lr_at(&s, 80) == 1.0f);
+    EXPECT(ts_clip_scale(2.0, 1.0f) == 0.5f && ts_clip_scale(0.5, 1.0f) == 1.0f && ts_clip_scale(9, 0) == 1.0f);
+}
+
+int main(int argc, char **argv)
+{
+    for (int d = 0; d < ts_device_count(); d++) {
+        char name[128];
+        snprintf(name, sizeof name, "whole-model gradients match finite differences on %s",
+                 ts_device_get_info(ts_device_at(d))->id);
+        th_add(name, grads_match_finite_differences, ts_device_at(d));
+    }
+    TH_ADD(initial_loss_is_near_log_vocabulary);
+    TH_ADD(gradient_accumulation_equals_one_big_batch);
+    TH_ADD(training_agrees_between_cpu_and_opencl);
+    TH_ADD(weights_round_trip_exactly_through_safetensors);
+    TH_ADD(damaged_weight_files_are_rejected);
+    TH_ADD(forward_rejects_bad_tokens_and_lengths);
+    TH_ADD(weight_decay_applies_to_matrices_only);
+    TH_ADD(learning_rate_warms_up_then_follows_a_cosine);
+    return th_run(argc, argv);
+}
