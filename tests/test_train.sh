@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Training end to end through the `tessera` command (TAP). $1: the binary.
+# Uses the built-in task and small text files it writes itself; the
+# tinyshakespeare case needs ../shared/data/tinyshakespeare.txt and skips
+# with a message where it is absent.
+set -u
+tessera=$1
+root=${TESSERA_SOURCE_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export TESSERA_DATA_CACHE=$work/token-cache
+n=0
+fails=0
+check() { # name, status (0 = pass), diagnostics...
+    local name=$1 rc=$2; shift 2
+    n=$((n + 1))
+    if [ "$rc" -eq 0 ]; then echo "ok $n - $name"; else
+        fails=$((fails + 1)); echo "not ok $n - $name"; printf '%s\n' "$@" | sed 's/^/# /'; fi
+}
+skip() { n=$((n + 1)); echo "ok $n - $1 # SKIP $2"; }
+# "step loss" for every step line of a JSON-lines log; the last entry of a
+# step wins (a resumed run logs some steps again)
+losses() { sed -n 's/^{"step": \([0-9]*\), "loss": \([^,]*\),.*/\1 \2/p' "$1" | awk '{l[$1]=$2} END {for (s in l) print s, l[s]}' | sort -n; }
+val_loss() { sed -n 's/.*"val_loss": \([0-9.eE+-]*\)}.*/\1/p' "$1" | tail -1; }
+
+echo "TAP version 13"
+echo "1..12"
+
+# A small run of the built-in task (the default run is longer).
+small=(--layers 2 --heads 4 --width 64 --seq-len 64 --batch 16 --lr 0.003 --warmup 20)
+
+# 1. the built-in task visibly learns
+out=$("$tessera" train --device cpu --steps 1500 --out "$work/task" 2>&1); rc=$?
+first=$(losses "$work/task/log.jsonl" | head -1 | cut -d' ' -f2)
+last=$(losses "$work/task/log.jsonl" | tail -1 | cut -d' ' -f2)
+acc=$(echo "$out" | sed -n 's/accuracy on 200 unseen problems: \([0-9.]*\)%/\1/p')
+[ $rc -eq 0 ] && awk -v a="$first" -v b="$last" -v c="${acc:-0}" 'BEGIN { exit !(b < a / 5 && c >= 50) }'
+check "the built-in task learns: loss $first -> $last, ${acc:-?}% of unseen problems solved" $? "exit $rc" "$(echo "$out" | tail -15)"
+
+# 2-4. crash between steps, resume: the same losses bit for bit
+"$tessera" train --device cpu "${small[@]}" --steps 12 --ckpt-every 4 --out "$work/a" --quiet >/dev/null 2>&1
+TESSERA_FAULT_EXIT_AT_STEP=6 "$tessera" train --device cpu "${small[@]}" --steps 12 --ckpt-every 4 --out "$work/b" --quiet >/dev/null 2>&1
+rc=$?
+latest=$(cat "$work/b/latest" 2>/dev/null)
+[ $rc -eq 85 ] && [ "$latest" = step_00000004 ]
+check "a run killed at step 6 leaves its step-4 checkpoint" $? "exit $rc, latest '$latest'"
+"$tessera" train --device cpu "${small[@]}" --steps 12 --ckpt-every 4 --out "$work/b" --resume --quiet >/dev/null 2>&1
+rc=$?
+diff <(losses "$work/a/log.jsonl") <(losses "$work/b/log.jsonl") >"$work/diff" 2>&1
+check "the resumed run's losses equal the uninterrupted run's, bit for bit" $(( rc != 0 || $(wc -l <"$work/diff") != 0 )) "resume exit $rc" "$(head -20 "$work/diff")"
+cmp -s "$work/a/step_00000012/model.safetensors" "$work/b/step_00000012/model.safetensors"
+check "and its final weights are identical" $?
+
+# 5-6. crash in the middle of a save: the previous checkpoint stays intact
+TESSERA_FAULT_EXIT_AT_STEP=4 "$tessera" train --device cpu "${small[@]}" --steps 8 --ckpt-every 4 --out "$work/c" --quiet >/dev/null 2>&1
+TESSERA_FAULT_IN_SAVE=1 "$tessera" train --device cpu "${small[@]}" --steps 8 --ckpt-every 4 --out "$work/c" --resume --quiet >/dev/null 2>&1
+rc=$?
+latest=$(cat "$work/c/latest" 2>/dev/null)
+sample=$("$tessera" sample --device cpu --checkpoint "$work/c" --prompt "cab=" --tokens 8 --temperature 0 2>&1)
+src=$?
+[ $rc -eq 86 ] && [ "$latest" = step_00000004 ] && [ ! -d "$work/c/step_00000008" ] && [ $src -eq 0 ]
+check "a crash while saving leaves the previous checkpoint loadable" $? "exit $rc, latest '$latest', sample exit $src: $sample"
+"$tessera" train --device cpu "${small[@]}" --steps 8 --ckpt-every 4 --out "$work/c" --resume --quiet >/dev/null 2>&1
+"$tessera" train --device cpu "${small[@]}" --steps 8 --ckpt-every 4 --out "$work/d" --quiet >/dev/null 2>&1
+diff <(losses "$work/c/log.jsonl") <(losses "$work/d/log.jsonl") >"$work/diff2" 2>&1
+check "after the failed save, resuming still reproduces the uninterrupted run" $(( $(wc -l <"$work/diff2") != 0 )) "$(head "$work/diff2")"
+
+# 7. sampling is reproducible from a seed; eval reports a loss
+s1=$("$tessera" sample --device cpu --checkpoint "$work/a" --prompt "dab=" --tokens 30 --seed 5 2>&1)
+s2=$("$tessera" sample --device cpu --checkpoint "$work/a" --prompt "dab=" --tokens 30 --seed 5 2>&1)
+printf 'acb=abc\nddca=acdd\nbaa=aab\n%.0s' {1..40} >"$work/probe.txt"
+ev=$("$tessera" eval --device cpu --checkpoint "$work/a" --data "$work/probe.txt" --seq-len 32 --batch 2 2>&1); erc=$?
+[ "$s1" = "$s2" ] && [ -n "$s1" ] && [ $erc -eq 0 ] && echo "$ev" | grep -q '^loss [0-9.]* (perplexity'
+check "sample is reproducible and eval reports a loss" $? "sample: $s1 / $s2" "eval exit $erc: $ev"
+
+# 8. text data with a BPE tokenizer trained on it, checkpointed with the run
+for i in $(seq 1 60); do echo "the quick brown fox $i jumps over the lazy dog number $((i * 7))."; done >"$work/fox.txt"
+out=$("$tessera" train --device cpu --data "$work/fox.txt" --tokenizer bpe:300 "${small[@]}" --seq-len 32 --steps 30 --out "$work/fox" --sample-tokens 20 2>&1); rc=$?
+[ $rc -eq 0 ] && [ -f "$work/fox/step_00000030/tokenizer.txt" ] && grep -q '^type bpe' "$work/fox/step_00000030/tokenizer.txt" \
+    && echo "$out" | grep -q 'A sample from the model'
+check "text data trains with a BPE tokenizer saved in the checkpoint" $? "exit $rc" "$(echo "$out" | tail -8)"
+
+# 9. the same run on the CPU backend and on OpenCL agrees
+if "$tessera" --version | grep -qw opencl && "$tessera" devices | grep -q '^opencl:0'; then
+    "$tessera" train --device cpu "${small[@]}" --steps 10 --log "$work/cpu.jsonl" --quiet >/dev/null 2>&1
+    "$tessera" train --device opencl "${small[@]}" --steps 10 --log "$work/cl.jsonl" --quiet >/dev/null 2>&1
+    rel=$(paste <(losses "$work/cpu.jsonl") <(losses "$work/cl.jsonl") | awk '{d = ($2 - $4) / $2; if (d < 0) d = -d; if (d > m) m = d} END {print m + 0}')
+    awk -v r="$rel" 'BEGIN { exit !(r < 1e-4) }' && [ "$(losses "$work/cpu.jsonl" | wc -l)" -eq 10 ]
+    check "10 steps on cpu and opencl agree (largest relative loss difference $rel < 1e-4)" $? "$(paste <(losses "$work/cpu.jsonl") <(losses "$work/cl.jsonl"))"
+else
+    skip "10 steps on cpu and opencl agree" "no OpenCL device"
+fi
+
+# 10. tinyshakespeare: validation loss clearly below the unigram baseline
+shakes="$root/../shared/data/tinyshakespeare.txt"
+if [ -f "$shakes" ]; then
+    baseline=$(python3 - "$shakes" <<'PY'
+import math, sys
+data = open(sys.argv[1], "rb").read()
+split = len(data) - int(len(data) * 0.1)
+train, val = data[:split], data[split:]
+counts = [1] * 256  # add-one smoothing
+for b in train:
+    counts[b] += 1
+total = sum(counts)
+print(f"{-sum(math.log(counts[b] / total) for b in val) / len(val):.4f}")
+PY
+)
+    out=$("$tessera" train --device cpu --data "$shakes" --layers 2 --heads 4 --width 128 --seq-len 64 --batch 16 \
+        --steps 300 --lr 0.003 --warmup 30 --eval-batches 32 --out "$work/shakes" --sample-tokens 0 2>&1); rc=$?
+    vl=$(val_loss "$work/shakes/log.jsonl")
+    [ $rc -eq 0 ] && awk -v v="${vl:-99}" -v b="$baseline" 'BEGIN { exit !(v < b - 0.5) }'
+    check "tinyshakespeare, 300 steps: validation loss ${vl:-?} vs unigram baseline $baseline (need 0.5 below)" $? "exit $rc" "$(echo "$out" | tail -5)"
+else
+    skip "tinyshakespeare beats the unigram baseline" "$shakes is absent"
+fi
+
+# 11. damaged checkpoints are rejected with the file named
+cp -r "$work/a/step_00000012" "$work/broken"
+head -c 1000 "$work/a/step_00000012/model.safetensors" >"$work/broken/model.safetensors"
+err=$("$tessera" sample --device cpu --checkpoint "$work/broken" --tokens 5 2>&1); rc=$?
+[ $rc -eq 1 ] && echo "$err" | grep -q "broken/model.safetensors"
+check "a truncated checkpoint is rejected, naming the file" $? "exit $rc: $err"
+
+# 12. a resume whose data changed, and bad arguments, are refused
+cp -r "$work/fox" "$work/fox2"
+echo "different text entirely" >>"$work/fox.txt"
+err=$("$tessera" train --device cpu --data "$work/fox.txt" --tokenizer bpe:300 "${small[@]}" --seq-len 32 --steps 40 --out "$work/fox2" --resume --quiet 2>&1); rc=$?
+err2=$("$tessera" train --lr fast 2>&1); rc2=$?
+[ $rc -eq 1 ] && echo "$err" | grep -q "data differs" && [ $rc2 -eq 2 ] && echo "$err2" | grep -q "not a valid number"
+check "a resume on changed data and a malformed option are refused" $? "resume exit $rc: $err" "option exit $rc2: $err2"
+
+exit $(( fails > 0 ))
