@@ -316,10 +316,11 @@ static ts_tensor layer_of(const ts_tensor *stacked, int64_t l)
 
 /* ---- forward and backward ---- */
 
-ts_status ts_gpt_forward(ts_gpt *m, const int32_t *tokens, const int32_t *targets, int64_t B,
-                         int64_t T, float *loss)
+/* Everything up to the logits. */
+static ts_status forward_trunk(ts_gpt *m, const int32_t *tokens, int64_t B, int64_t T)
 {
     const ts_gpt_config *c = &m->cfg;
+    m->acts.dlogits_ready = 0;
     if (B < 1 || T < 1 || T > c->max_seq_len)
         return ts_error(TS_ERR_SHAPE, "forward: B=%lld T=%lld (T must be 1..%lld)", (long long)B,
                         (long long)T, (long long)c->max_seq_len);
@@ -360,20 +361,47 @@ ts_status ts_gpt_forward(ts_gpt *m, const int32_t *tokens, const int32_t *target
     ts_tensor last = layer_of(&a->residual3, c->n_layer - 1);
     TRY(ts_layernorm_forward(&a->lnf, &a->lnf_mean, &a->lnf_rstd, &last, &m->p[TS_GPT_LNFW],
                              &m->p[TS_GPT_LNFB], eps));
-    TRY(ts_linear_forward(&a->logits, &a->lnf, &m->p[TS_GPT_WTE], NULL));
+    return ts_linear_forward(&a->logits, &a->lnf, &m->p[TS_GPT_WTE], NULL);
+}
+
+/* Losses (and, when grad_scale != 0, d(grad_scale * mean loss)/dlogits in
+ * place of the logits) and the mean loss. */
+static ts_status loss_head(ts_gpt *m, const int32_t *targets, float loss_scale, int with_grad, float *loss)
+{
+    ts_gpt_acts *a = &m->acts;
+    int64_t n = a->B * a->T;
     a->valid_targets = 0;
-    if (targets) {
-        for (int64_t i = 0; i < B * T; i++) a->valid_targets += targets[i] >= 0 && targets[i] < c->vocab_size;
-        TRY(ts_tensor_write(&a->targets, targets, (size_t)(B * T) * sizeof *targets));
-        TRY(ts_cross_entropy(&a->losses, NULL, NULL, &a->logits, &a->targets, 1.0f));
-        if (loss) {
-            float sum = 0.0f;
-            TRY(ts_sum(&a->loss_sum, &a->losses));
-            TRY(ts_tensor_read(&a->loss_sum, &sum, sizeof sum));
-            *loss = a->valid_targets ? sum / (float)a->valid_targets : 0.0f;
-        }
+    for (int64_t i = 0; i < n; i++) a->valid_targets += targets[i] >= 0 && targets[i] < m->cfg.vocab_size;
+    TRY(ts_tensor_write(&a->targets, targets, (size_t)n * sizeof *targets));
+    float scale = a->valid_targets ? loss_scale / (float)a->valid_targets : 0.0f;
+    TRY(ts_cross_entropy(&a->losses, NULL, with_grad ? &a->logits : NULL, &a->logits, &a->targets, scale));
+    a->dlogits_ready = with_grad;
+    if (loss) {
+        float sum = 0.0f;
+        TRY(ts_sum(&a->loss_sum, &a->losses));
+        TRY(ts_tensor_read(&a->loss_sum, &sum, sizeof sum));
+        *loss = a->valid_targets ? sum / (float)a->valid_targets : 0.0f;
     }
     return TS_OK;
+}
+
+ts_status ts_gpt_forward(ts_gpt *m, const int32_t *tokens, const int32_t *targets, int64_t B,
+                         int64_t T, float *loss)
+{
+    TRY(forward_trunk(m, tokens, B, T));
+    m->acts.valid_targets = 0;
+    m->acts.dlogits_ready = 0;
+    if (targets) TRY(loss_head(m, targets, 1.0f, 0, loss));
+    return TS_OK;
+}
+
+ts_status ts_gpt_forward_backward(ts_gpt *m, const int32_t *tokens, const int32_t *targets,
+                                  int64_t B, int64_t T, float loss_scale, float *loss)
+{
+    if (!targets) return ts_error(TS_ERR_INVALID_ARG, "forward_backward: targets are required");
+    TRY(forward_trunk(m, tokens, B, T));
+    TRY(loss_head(m, targets, loss_scale, 1, loss));
+    return ts_gpt_backward(m, loss_scale);
 }
 
 ts_status ts_gpt_backward(ts_gpt *m, float loss_scale)
@@ -382,9 +410,13 @@ ts_status ts_gpt_backward(ts_gpt *m, float loss_scale)
     ts_gpt_acts *a = &m->acts;
     if (!a->B) return ts_error(TS_ERR_INVALID_ARG, "backward: no forward pass to differentiate");
     if (!a->valid_targets) return ts_error(TS_ERR_INVALID_ARG, "backward: the last forward had no targets");
-    /* dlogits in place of the logits: d(mean loss)/dlogits */
-    float scale = loss_scale / (float)a->valid_targets;
-    TRY(ts_cross_entropy(NULL, NULL, &a->logits, &a->logits, &a->targets, scale));
+    /* dlogits in place of the logits: d(loss_scale * mean loss)/dlogits,
+     * unless forward_backward already made them */
+    if (!a->dlogits_ready) {
+        float scale = loss_scale / (float)a->valid_targets;
+        TRY(ts_cross_entropy(NULL, NULL, &a->logits, &a->logits, &a->targets, scale));
+    }
+    a->dlogits_ready = 0;
     /* output head (tied to wte): dlnf = dlogits @ wte; dwte += dlogits^T @ lnf */
     TRY(ts_linear_backward(&a->dC, &m->g[TS_GPT_WTE], NULL, &a->logits, &a->lnf, &m->p[TS_GPT_WTE]));
     TRY(ts_fill(&a->dresidual, 0.0f));

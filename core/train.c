@@ -387,8 +387,7 @@ ts_status ts_train(const ts_train_config *cfg_in, ts_train_result *res)
             int64_t first = (step * c.grad_accum + micro) * c.batch;
             float l;
             st = ts_dataset_batch(&ds, TS_SPLIT_TRAIN, c.seed, first, c.batch, c.seq_len, in, tg);
-            if (!st) st = ts_gpt_forward(&m, in, tg, c.batch, c.seq_len, &l);
-            if (!st) st = ts_gpt_backward(&m, 1.0f / (float)c.grad_accum);
+            if (!st) st = ts_gpt_forward_backward(&m, in, tg, c.batch, c.seq_len, 1.0f / (float)c.grad_accum, &l);
             lsum += l;
         }
         if (st) break;

@@ -128,6 +128,35 @@ TEST(gradient_accumulation_equals_one_big_batch)
     ts_gpt_free(&m);
 }
 
+/* The fused training call gives what forward then backward give. */
+static void fused_forward_backward_matches(void *arg)
+{
+    ts_device *dev = arg;
+    ts_gpt m;
+    REQUIRE_OK(ts_gpt_create(&m, dev, &tiny));
+    float *hp = malloc((size_t)m.num_params * sizeof *hp);
+    float *g1 = malloc((size_t)m.num_params * sizeof *g1), *g2 = malloc((size_t)m.num_params * sizeof *g2);
+    REQUIRE_OK(randomize(&m, 13, hp));
+    int32_t tok[16], tgt[16];
+    rng_t r;
+    rng_seed(&r, 14);
+    make_batch(&r, 16, tiny.vocab_size, tok, tgt);
+    tgt[2] = -1;
+    float l1, l2;
+    REQUIRE_OK(ts_gpt_zero_grad(&m));
+    REQUIRE_OK(ts_gpt_forward(&m, tok, tgt, 2, 8, &l1));
+    REQUIRE_OK(ts_gpt_backward(&m, 0.5f));
+    REQUIRE_OK(ts_tensor_read(&m.grads, g1, (size_t)m.num_params * sizeof *g1));
+    REQUIRE_OK(ts_gpt_zero_grad(&m));
+    REQUIRE_OK(ts_gpt_forward_backward(&m, tok, tgt, 2, 8, 0.5f, &l2));
+    REQUIRE_OK(ts_tensor_read(&m.grads, g2, (size_t)m.num_params * sizeof *g2));
+    EXPECTF(fabsf(l1 - l2) <= 1e-6f * fabsf(l1), "loss %.9g vs %.9g", l1, l2);
+    double *d1 = to_double(g1, m.num_params);
+    check_close("fused gradient", g2, d1, m.num_params, 1e-12);
+    free(hp), free(g1), free(g2), free(d1);
+    ts_gpt_free(&m);
+}
+
 /* The same training run on the CPU backend and on an OpenCL device. */
 TEST(training_agrees_between_cpu_and_opencl)
 {
@@ -351,6 +380,9 @@ int main(int argc, char **argv)
         snprintf(name, sizeof name, "whole-model gradients match finite differences on %s",
                  ts_device_get_info(ts_device_at(d))->id);
         th_add(name, grads_match_finite_differences, ts_device_at(d));
+        snprintf(name, sizeof name, "fused forward_backward equals forward then backward on %s",
+                 ts_device_get_info(ts_device_at(d))->id);
+        th_add(name, fused_forward_backward_matches, ts_device_at(d));
     }
     TH_ADD(initial_loss_is_near_log_vocabulary);
     TH_ADD(gradient_accumulation_equals_one_big_batch);

@@ -274,37 +274,44 @@ void cpu_cross_entropy(float *losses, float *probs, float *dlogits, const float 
     PFOR(N * V > SMALL)
     for (int64_t n = 0; n < N; n++) {
         const float *x = logits + n * V;
+        float *p = probs ? probs + n * V : NULL;
+        float *d = dlogits ? dlogits + n * V : NULL;
+        int64_t target = targets ? targets[n] : -1;
+        int valid = target >= 0 && target < V;
+        float xt = valid ? x[target] : 0.0f; /* read before any output overwrites it */
         float m = -INFINITY;
         for (int64_t j = 0; j < V; j++) m = fmaxf(m, x[j]);
         float sum = 0.0f;
+        if (d && !p) {
+            /* training: one exp per element, kept in d, then scaled. Each
+             * element is read before it is written (d may be x). */
 #pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < V; j++) sum += ts_expf(x[j] - m);
-        int64_t target = targets ? targets[n] : -1;
-        int valid = target >= 0 && target < V;
-        if (losses) losses[n] = valid ? m + logf(sum) - x[target] : 0.0f;
-        if (!probs && !dlogits) continue;
-        float inv = 1.0f / sum;
-        float *p = probs ? probs + n * V : NULL;
-        float *d = dlogits ? dlogits + n * V : NULL;
-        /* Each element is read before it is written: safe when probs or
-         * dlogits is the logits buffer itself. */
-        if (p && !d) {
+            for (int64_t j = 0; j < V; j++) {
+                float e = ts_expf(x[j] - m);
+                d[j] = e;
+                sum += e;
+            }
+            float s = valid ? scale / sum : 0.0f;
 #pragma omp simd
-            for (int64_t j = 0; j < V; j++) p[j] = ts_expf(x[j] - m) * inv;
-        } else if (d && !p) {
-            float s = valid ? scale : 0.0f;
-#pragma omp simd
-            for (int64_t j = 0; j < V; j++) d[j] = s * (ts_expf(x[j] - m) * inv);
+            for (int64_t j = 0; j < V; j++) d[j] *= s;
             if (valid) d[target] -= scale;
         } else {
-            float s = valid ? scale : 0.0f;
-            for (int64_t j = 0; j < V; j++) {
-                float e = ts_expf(x[j] - m) * inv;
-                p[j] = e;
-                d[j] = s * e;
+#pragma omp simd reduction(+ : sum)
+            for (int64_t j = 0; j < V; j++) sum += ts_expf(x[j] - m);
+            float inv = 1.0f / sum, s = valid ? scale : 0.0f;
+            if (p && !d) {
+#pragma omp simd
+                for (int64_t j = 0; j < V; j++) p[j] = ts_expf(x[j] - m) * inv;
+            } else if (p || d) {
+                for (int64_t j = 0; j < V; j++) {
+                    float e = ts_expf(x[j] - m) * inv;
+                    if (p) p[j] = e;
+                    if (d) d[j] = s * e;
+                }
+                if (d && valid) d[target] -= scale;
             }
-            if (valid) d[target] -= scale;
         }
+        if (losses) losses[n] = valid ? m + logf(sum) - xt : 0.0f;
     }
 }
 

@@ -71,6 +71,7 @@ typedef struct ts_gpt_acts {
     ts_attention_ws *ws;              /* per layer, views of the above */
     ts_tensor tokens, targets;        /* i32 [B, T] */
     int64_t valid_targets;            /* targets in [0, V) of the last forward */
+    int dlogits_ready;                /* logits hold their gradient (forward_backward) */
 } ts_gpt_acts;
 
 typedef struct ts_gpt {
@@ -105,6 +106,11 @@ ts_status ts_gpt_init_weights(ts_gpt *m, uint64_t seed);
  * backward and for ts_gpt_read_logits. */
 ts_status ts_gpt_forward(ts_gpt *m, const int32_t *tokens, const int32_t *targets, int64_t B,
                          int64_t T, float *loss);
+/* A training micro-step: forward with the loss gradient fused into the
+ * cross-entropy (one pass over the logits instead of three), then backward.
+ * grads += d(loss_scale * mean loss)/d(params); *loss is the mean loss. */
+ts_status ts_gpt_forward_backward(ts_gpt *m, const int32_t *tokens, const int32_t *targets,
+                                  int64_t B, int64_t T, float loss_scale, float *loss);
 /* Backward of the last forward (which needs targets): grads +=
  * d(loss_scale * mean loss)/d(params). Overwrites the logits. */
 ts_status ts_gpt_backward(ts_gpt *m, float loss_scale);

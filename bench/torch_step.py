@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""The same training step in PyTorch, for bench/train_vs_pytorch.sh.
+
+A nanoGPT-style GPT (nn.Linear layers, tied head, tanh GELU, causal
+attention written out: torch 1.13 has no fused attention), float32, AdamW
+with decay on matrices, gradients zeroed and clipped like tessera's step.
+Prints one JSON object like bench/train_step.
+usage: torch_step.py [--layers 12] [--heads 12] [--width 768] [--vocab 50257]
+                     [--batch 4] [--seq-len 64] [--steps 5] [--warmup 2] [--threads 2]
+"""
+import argparse
+import json
+import math
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Block(nn.Module):
+    def __init__(self, C, NH):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
+        self.c_attn, self.c_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
+        self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
+        self.NH = NH
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.NH, C // self.NH).transpose(1, 2) for t in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(C // self.NH)
+        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        x = x + self.c_proj((att @ v).transpose(1, 2).reshape(B, T, C))
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+
+class GPT(nn.Module):
+    def __init__(self, V, maxT, L, NH, C):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(V, C), nn.Embedding(maxT, C)
+        self.h = nn.ModuleList(Block(C, NH) for _ in range(L))
+        self.ln_f = nn.LayerNorm(C)
+
+    def forward(self, idx, targets):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        for b in self.h:
+            x = b(x)
+        logits = self.ln_f(x) @ self.wte.weight.T
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+
+def main():
+    a = argparse.ArgumentParser()
+    for name, default in [("layers", 12), ("heads", 12), ("width", 768), ("vocab", 50257), ("batch", 4),
+                          ("seq-len", 64), ("steps", 5), ("warmup", 2), ("threads", 2)]:
+        a.add_argument("--" + name, type=int, default=default)
+    o = a.parse_args()
+    torch.set_num_threads(o.threads)
+    torch.manual_seed(0)
+    m = GPT(o.vocab, 1024, o.layers, o.heads, o.width)
+    decay = [p for p in m.parameters() if p.dim() == 2]
+    other = [p for p in m.parameters() if p.dim() != 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+                            lr=1e-4, betas=(0.9, 0.95), eps=1e-8)
+    idx = torch.randint(0, o.vocab, (o.batch, o.seq_len))
+    tgt = torch.randint(0, o.vocab, (o.batch, o.seq_len))
+    times, splits = [], []
+    for s in range(o.warmup + o.steps):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=False)
+        loss = m(idx, tgt)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        opt.step()
+        t3 = time.perf_counter()
+        if s >= o.warmup:
+            times.append(t3 - t0)
+            splits.append((t1 - t0, t2 - t1, t3 - t2))
+    med = statistics.median(times)
+    f, b, p = min(splits, key=lambda x: abs(sum(x) - med))
+    n = sum(p.numel() for p in m.parameters())
+    print(json.dumps({"device": "pytorch-cpu", "torch": torch.__version__, "params": n, "batch": o.batch,
+                      "seq_len": o.seq_len, "threads": torch.get_num_threads(), "steps": o.steps,
+                      "median_s": round(med, 4), "min_s": round(min(times), 4), "max_s": round(max(times), 4),
+                      "fwd_bwd_s": round(f + b, 4), "optimizer_s": round(p, 4),
+                      "tokens_per_s": round(o.batch * o.seq_len / med, 1)}))
+
+
+if __name__ == "__main__":
+    main()
