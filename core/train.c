@@ -358,8 +358,9 @@ ts_status ts_train(const ts_train_config *cfg_in, ts_train_result *res)
         fflush(log);
     }
 
-    int32_t *in = malloc((size_t)(c.batch * c.seq_len) * sizeof *in);
-    int32_t *tg = malloc((size_t)(c.batch * c.seq_len) * sizeof *tg);
+    /* a whole step's micro-batches (evaluation uses the first) */
+    int32_t *in = malloc((size_t)(c.batch * c.seq_len * c.grad_accum) * sizeof *in);
+    int32_t *tg = malloc((size_t)(c.batch * c.seq_len * c.grad_accum) * sizeof *tg);
     if (!in || !tg) {
         st = ts_error(TS_ERR_OOM, "no memory for batches");
         goto done_log;
@@ -382,16 +383,30 @@ ts_status ts_train(const ts_train_config *cfg_in, ts_train_result *res)
     for (; step < c.steps; step++) {
         if (step == fault_step) _exit(85); /* test hook: a crash between steps */
         if ((st = ts_gpt_zero_grad(&m))) break;
-        double lsum = 0;
+        /* A step's loss is the mean over all its scored tokens: each
+         * micro-batch is weighted by its share of them, so accumulation
+         * equals one big batch even when targets are masked. */
+        int64_t valid = 0, bt = c.batch * c.seq_len;
         for (int64_t micro = 0; micro < c.grad_accum && !st; micro++) {
             int64_t first = (step * c.grad_accum + micro) * c.batch;
-            float l;
-            st = ts_dataset_batch(&ds, TS_SPLIT_TRAIN, c.seed, first, c.batch, c.seq_len, in, tg);
-            if (!st) st = ts_gpt_forward_backward(&m, in, tg, c.batch, c.seq_len, 1.0f / (float)c.grad_accum, &l);
-            lsum += l;
+            st = ts_dataset_batch(&ds, TS_SPLIT_TRAIN, c.seed, first, c.batch, c.seq_len, in + micro * bt, tg + micro * bt);
+            for (int64_t i = 0; i < bt; i++) valid += tg[micro * bt + i] >= 0 && tg[micro * bt + i] < c.model.vocab_size;
+        }
+        double lsum = 0;
+        for (int64_t micro = 0; micro < c.grad_accum && !st && valid > 0; micro++) {
+            int64_t v = 0;
+            for (int64_t i = 0; i < bt; i++) v += tg[micro * bt + i] >= 0 && tg[micro * bt + i] < c.model.vocab_size;
+            if (v == 0) continue;
+            float l, share = (float)v / (float)valid;
+            st = ts_gpt_forward_backward(&m, in + micro * bt, tg + micro * bt, c.batch, c.seq_len, share, &l);
+            lsum += (double)l * share;
         }
         if (st) break;
-        loss = (float)(lsum / (double)c.grad_accum);
+        if (valid == 0) {
+            st = ts_error(TS_ERR_INVALID_ARG, "step %lld has no scored targets", (long long)step);
+            break;
+        }
+        loss = (float)lsum;
         double sq;
         if ((st = ts_grad_sqnorm(&m.grads, &sq))) break;
         double norm = sqrt(sq);
