@@ -1,18 +1,23 @@
 /* Attention helpers: head permutes and the causal softmax. */
 
-/* packed [B,T,K,NH,HS] <-> heads [K,B,NH,T,HS], one element per item. */
+/* packed [B,T,K,NH,HS] <-> heads [K,B,NH,T,HS]. Item (d, r) moves element d
+ * of head-row r; groups span a row (contiguous on every device). Index
+ * arithmetic is 32-bit, which the host guarantees fits. */
 __kernel void heads_permute(__global float *out, ulong oo, __global const float *inp, ulong io,
-                            long B, long T, long K, long NH, long HS, int split)
+                            int B, int T, int K, int NH, int HS, int split)
 {
-    long e = get_global_id(0);
-    if (e >= K * B * NH * T * HS) return;
-    long d = e % HS, r = e / HS;
-    long t = r % T, h = (r / T) % NH, b = (r / (T * NH)) % B, k = r / (T * NH * B);
-    long packed = (((b * T + t) * K + k) * NH + h) * HS + d;
-    if (split)
-        out[oo + e] = inp[io + packed];
-    else
-        out[oo + packed] = inp[io + e];
+    int d = (int)get_global_id(0), r = (int)get_global_id(1);
+    if (d < HS) {
+        int rt = r / T, t = r - rt * T;
+        int rh = rt / NH, h = rt - rh * NH;
+        int k = rh / B, b = rh - k * B;
+        int packed = (((b * T + t) * K + k) * NH + h) * HS + d;
+        int heads = r * HS + d;
+        if (split)
+            out[oo + heads] = inp[io + packed];
+        else
+            out[oo + packed] = inp[io + heads];
+    }
 }
 
 /* One group per row (bh, t): softmax of scale*x over s <= t, zeros after.

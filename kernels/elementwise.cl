@@ -1,55 +1,63 @@
 /* Elementwise ops: one work-item per element. */
 
-/* tanh that is exactly +-1 where f32 tanh saturates (|u| > 9). Vendor tanh
- * may be a few ulp short there (PoCL gives -0.99999994 at -inf), which turns
- * GELU's 0 * inf into inf instead of NaN and differs across devices. */
-inline float tanh_sat(float u)
+/* tanh from one exp: exact +-1 where f32 tanh saturates, NaN stays NaN.
+ * Vendor tanh differs near saturation (PoCL's is 1 ulp short of -1 at -inf,
+ * which turns GELU's 0 * inf into inf instead of NaN) and PoCL's is 5x
+ * slower than exp; this form is both portable and fast. */
+inline float tanh_exp(float u)
 {
-    return fabs(u) > 9.0f ? copysign(1.0f, u) : tanh(u);
+    float e = exp(-2.0f * fabs(u));
+    return copysign((1.0f - e) / (1.0f + e), u);
 }
+
+/* Elementwise kernels: one work-item per element. The body sits inside
+ * `if (i < n)` rather than after an early return: PoCL vectorises across
+ * work-items only without the divergent exit. */
 
 __kernel void fill(__global float *t, ulong to, long n, float value)
 {
-    long i = get_global_id(0);
-    if (i < n) t[to + i] = value;
+    size_t i = get_global_id(0);
+    if (i < (size_t)n) t[to + i] = value;
 }
 
 __kernel void add(__global float *out, ulong oo, __global const float *a, ulong ao,
                   __global const float *b, ulong bo, long n)
 {
-    long i = get_global_id(0);
-    if (i < n) out[oo + i] = a[ao + i] + b[bo + i];
+    size_t i = get_global_id(0);
+    if (i < (size_t)n) out[oo + i] = a[ao + i] + b[bo + i];
 }
 
 __kernel void scale(__global float *out, ulong oo, __global const float *a, ulong ao, float alpha,
                     long n)
 {
-    long i = get_global_id(0);
-    if (i < n) out[oo + i] = alpha * a[ao + i];
+    size_t i = get_global_id(0);
+    if (i < (size_t)n) out[oo + i] = alpha * a[ao + i];
 }
 
 __kernel void gelu_forward(__global float *out, ulong oo, __global const float *inp, ulong io,
                            long n)
 {
-    long i = get_global_id(0);
-    if (i >= n) return;
-    float x = inp[io + i];
-    float u = GELU_SCALE * (x + 0.044715f * x * x * x);
-    out[oo + i] = 0.5f * x * (1.0f + tanh_sat(u));
+    size_t i = get_global_id(0);
+    if (i < (size_t)n) {
+        float x = inp[io + i];
+        float u = GELU_SCALE * (x + 0.044715f * x * x * x);
+        out[oo + i] = 0.5f * x * (1.0f + tanh_exp(u));
+    }
 }
 
 __kernel void gelu_backward(__global float *dinp, ulong dio, __global const float *inp, ulong io,
                             __global const float *dout, ulong doo, long n)
 {
-    long i = get_global_id(0);
-    if (i >= n) return;
-    float x = inp[io + i];
-    float u = GELU_SCALE * (x + 0.044715f * x * x * x);
-    float t = tanh_sat(u);
-    float sech2 = 1.0f - t * t;
-    float local_grad =
-        0.5f * (1.0f + t) + x * 0.5f * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
-    dinp[dio + i] = local_grad * dout[doo + i];
+    size_t i = get_global_id(0);
+    if (i < (size_t)n) {
+        float x = inp[io + i];
+        float u = GELU_SCALE * (x + 0.044715f * x * x * x);
+        float t = tanh_exp(u);
+        float sech2 = 1.0f - t * t;
+        float local_grad =
+            0.5f * (1.0f + t) + x * 0.5f * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
+        dinp[dio + i] = local_grad * dout[doo + i];
+    }
 }
 
 /* c[i,j] = beta*c[i,j] + bias[j] (beta == 0: c is not read). Runs before a
@@ -57,8 +65,9 @@ __kernel void gelu_backward(__global float *dinp, ulong dio, __global const floa
 __kernel void bias_rows(__global float *c, ulong co, long ldc, long M, long N,
                         __global const float *bias, ulong bo, float beta)
 {
-    long j = get_global_id(0), i = get_global_id(1);
-    if (i >= M || j >= N) return;
-    __global float *p = c + co + i * ldc + j;
-    *p = (beta == 0.0f ? 0.0f : beta * *p) + bias[bo + j];
+    size_t j = get_global_id(0), i = get_global_id(1);
+    if (i < (size_t)M && j < (size_t)N) {
+        __global float *p = c + co + i * ldc + j;
+        *p = (beta == 0.0f ? 0.0f : beta * *p) + bias[bo + j];
+    }
 }

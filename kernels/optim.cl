@@ -1,27 +1,44 @@
 /* Optimizer updates, PyTorch's order of operations (see tessera/optim.h).
- * kind: 0 SGD, 1 SGD with momentum, 2 Adam, 3 AdamW. */
-__kernel void optim_update(__global float *param, ulong po, __global float *m, ulong mo,
-                           __global float *v, ulong vo, __global const float *grad, ulong go,
-                           long n, int kind, float lr, float beta1, float beta2, float eps,
-                           float weight_decay, float grad_scale, float bc1, float bc2)
+ * One branch-free kernel per rule: a per-element switch on the kind stops
+ * PoCL from vectorising (measured 2x slower). Adam and AdamW share a kernel:
+ * l2 is Adam's coupled decay, decay AdamW's decoupled one (the other 0). */
+
+__kernel void optim_sgd(__global float *param, ulong po, __global const float *grad, ulong go,
+                        long n, float lr, float weight_decay, float grad_scale)
 {
-    long i = get_global_id(0);
-    if (i >= n) return;
-    float p = param[po + i];
-    float g = grad[go + i] * grad_scale;
-    if (kind == 0) {
-        param[po + i] = p - lr * (g + weight_decay * p);
-    } else if (kind == 1) {
-        float mi = beta1 * m[mo + i] + (g + weight_decay * p);
+    size_t i = get_global_id(0);
+    if (i < (size_t)n) {
+        float p = param[po + i];
+        param[po + i] = p - lr * (grad[go + i] * grad_scale + weight_decay * p);
+    }
+}
+
+__kernel void optim_momentum(__global float *param, ulong po, __global float *m, ulong mo,
+                             __global const float *grad, ulong go, long n, float lr, float beta1,
+                             float weight_decay, float grad_scale)
+{
+    size_t i = get_global_id(0);
+    if (i < (size_t)n) {
+        float p = param[po + i];
+        float mi = beta1 * m[mo + i] + (grad[go + i] * grad_scale + weight_decay * p);
         m[mo + i] = mi;
         param[po + i] = p - lr * mi;
-    } else {
-        if (kind == 2) g += weight_decay * p;
-        float pd = kind == 3 ? p * (1.0f - lr * weight_decay) : p;
+    }
+}
+
+__kernel void optim_adam(__global float *param, ulong po, __global float *m, ulong mo,
+                         __global float *v, ulong vo, __global const float *grad, ulong go, long n,
+                         float lr, float beta1, float beta2, float eps, float l2, float decay,
+                         float grad_scale, float bc1, float bc2)
+{
+    size_t i = get_global_id(0);
+    if (i < (size_t)n) {
+        float p = param[po + i];
+        float g = grad[go + i] * grad_scale + l2 * p;
         float mi = beta1 * m[mo + i] + (1.0f - beta1) * g;
         float vi = beta2 * v[vo + i] + (1.0f - beta2) * g * g;
         m[mo + i] = mi;
         v[vo + i] = vi;
-        param[po + i] = pd - (lr / bc1) * (mi / (sqrt(vi) / sqrt(bc2) + eps));
+        param[po + i] = p * (1.0f - lr * decay) - (lr / bc1) * (mi / (sqrt(vi) / sqrt(bc2) + eps));
     }
 }

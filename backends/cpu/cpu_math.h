@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline float ts_expf(float x)
+static inline __attribute__((always_inline)) float ts_expf(float x)
 {
     x = x < -87.33654f ? -87.33654f : x;
     x = x > 88.37626f ? 88.37626f : x;
@@ -37,7 +37,7 @@ static inline float ts_expf(float x)
 
 /* tanh(x) = sign(x) * (1 - 2/(exp(2|x|) + 1)); absolute error ~1e-7, which
  * is what GELU needs (it adds tanh to 1). */
-static inline float ts_tanhf(float x)
+static inline __attribute__((always_inline)) float ts_tanhf(float x)
 {
     float ax = x < 0.0f ? -x : x;
     float e = ts_expf(2.0f * ax);

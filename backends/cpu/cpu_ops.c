@@ -13,6 +13,16 @@ int ts_cpu_threads = 1;
 #define PFOR_SIMD(cond)                                                                            \
     TS_PRAGMA(omp parallel for simd schedule(static) num_threads(ts_cpu_threads) if (cond))
 
+/* Loops heavy in arithmetic (exp, tanh, divisions) get AVX2 and AVX-512
+ * clones chosen at load time (ifunc), since the library itself targets
+ * baseline x86-64. The clones are named by CPU feature: "arch=" clones
+ * dispatch on the CPU model and never fire on, say, AMD parts. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define TS_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
+#else
+#define TS_CLONES
+#endif
+
 enum { SMALL = 1 << 14 };   /* elements below which loops stay serial */
 enum { REDUCE_CHUNKS = 64 }; /* fixed: results do not depend on thread count */
 enum { COL_BLOCK = 64 };     /* columns per task in row reductions */
@@ -35,7 +45,7 @@ void cpu_scale(float *out, const float *a, float alpha, int64_t n)
     for (int64_t i = 0; i < n; i++) out[i] = alpha * a[i];
 }
 
-void cpu_gelu_forward(float *out, const float *inp, int64_t n)
+TS_CLONES void cpu_gelu_forward(float *out, const float *inp, int64_t n)
 {
     PFOR_SIMD(n > SMALL / 4)
     for (int64_t i = 0; i < n; i++) {
@@ -45,7 +55,7 @@ void cpu_gelu_forward(float *out, const float *inp, int64_t n)
     }
 }
 
-void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n)
+TS_CLONES void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n)
 {
     PFOR_SIMD(n > SMALL / 4)
     for (int64_t i = 0; i < n; i++) {
@@ -109,7 +119,7 @@ void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout, const i
 
 /* ---- layernorm ---- */
 
-void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+TS_CLONES void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                            const float *weight, const float *bias, int64_t N, int64_t C, float eps)
 {
     PFOR(N * C > SMALL)
@@ -131,7 +141,7 @@ void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *in
     }
 }
 
-void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+TS_CLONES void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                             const float *inp, const float *weight, const float *mean,
                             const float *rstd, int64_t N, int64_t C)
 {
@@ -224,7 +234,7 @@ void cpu_merge_heads(float *out, const float *inp, int64_t B, int64_t T, int64_t
     heads_permute(out, inp, B, T, K, NH, HS, 0);
 }
 
-void cpu_softmax_causal_forward(float *att, const float *preatt, int64_t BH, int64_t T, float scale)
+TS_CLONES void cpu_softmax_causal_forward(float *att, const float *preatt, int64_t BH, int64_t T, float scale)
 {
     int64_t rows = BH * T;
     PFOR(rows * T > SMALL)
@@ -248,7 +258,7 @@ void cpu_softmax_causal_forward(float *att, const float *preatt, int64_t BH, int
     }
 }
 
-void cpu_softmax_causal_backward(float *dpreatt, const float *att, const float *datt, int64_t BH,
+TS_CLONES void cpu_softmax_causal_backward(float *dpreatt, const float *att, const float *datt, int64_t BH,
                                  int64_t T, float scale)
 {
     int64_t rows = BH * T;
@@ -268,7 +278,7 @@ void cpu_softmax_causal_backward(float *dpreatt, const float *att, const float *
 
 /* ---- fused softmax + cross-entropy ---- */
 
-void cpu_cross_entropy(float *losses, float *probs, float *dlogits, const float *logits,
+TS_CLONES void cpu_cross_entropy(float *losses, float *probs, float *dlogits, const float *logits,
                        const int32_t *targets, int64_t N, int64_t V, float scale)
 {
     PFOR(N * V > SMALL)
@@ -344,7 +354,7 @@ float cpu_sqnorm(const float *x, int64_t n) { return reduce(x, n, 1); }
 
 /* ---- optimizers (PyTorch's order of operations; see tessera/optim.h) ---- */
 
-void cpu_optim_update(float *param, float *m, float *v, const float *grad, int64_t n,
+TS_CLONES void cpu_optim_update(float *param, float *m, float *v, const float *grad, int64_t n,
                       ts_optim_kind kind, float lr, float beta1, float beta2, float eps,
                       float weight_decay, float grad_scale, float bc1, float bc2)
 {

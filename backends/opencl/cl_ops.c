@@ -1,6 +1,7 @@
 /* The OpenCL backend's ops: argument packing, launches, and the op switch.
  * Nothing here waits for the device: every op is enqueued on the device's one
  * in-order queue and returns. */
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -286,20 +287,29 @@ static ts_status op_sum_rows(ts_cl_device *d, const ts_op *op)
     return finish_partials(d, op->out[0], partial, 0, R, C, op->p.sum_rows.accumulate);
 }
 
+static void arg_i32(ts_cl_args *a, int64_t v) { arg_int(a, (int)v); }
+
 static ts_status op_heads(ts_cl_device *d, const ts_op *op)
 {
     const __typeof__(op->p.heads) *h = &op->p.heads;
+    int64_t rows = h->K * h->B * h->NH * h->T;
+    if (rows * h->HS > INT32_MAX)
+        return ts_error(TS_ERR_UNSUPPORTED, "head permute of %lld elements exceeds 32-bit indexing",
+                        (long long)(rows * h->HS));
     ts_cl_args a;
     args_init(&a);
     ts_cl_arg_tensor(&a, op->out[0]);
     ts_cl_arg_tensor(&a, op->in[0]);
-    ts_cl_arg_long(&a, h->B);
-    ts_cl_arg_long(&a, h->T);
-    ts_cl_arg_long(&a, h->K);
-    ts_cl_arg_long(&a, h->NH);
-    ts_cl_arg_long(&a, h->HS);
+    arg_i32(&a, h->B);
+    arg_i32(&a, h->T);
+    arg_i32(&a, h->K);
+    arg_i32(&a, h->NH);
+    arg_i32(&a, h->HS);
     arg_int(&a, op->kind == TS_OP_SPLIT_HEADS);
-    return launch_1d(d, "attention.cl", "heads_permute", h->K * h->B * h->NH * h->T * h->HS, &a);
+    /* a group spans one row's elements: contiguous on every device */
+    size_t l0 = (size_t)h->HS < d->elem_wg ? (size_t)h->HS : d->elem_wg;
+    size_t g[2] = {(size_t)h->HS, (size_t)rows}, l[2] = {l0, 1};
+    return ts_cl_launch(d, "attention.cl", "heads_permute", 2, g, l, &a);
 }
 
 static ts_status op_softmax(ts_cl_device *d, const ts_op *op)
@@ -367,20 +377,41 @@ static ts_status op_optim(ts_cl_device *d, const ts_op *op)
     ts_cl_args a;
     args_init(&a);
     ts_cl_arg_tensor(&a, op->out[0]);
-    ts_cl_arg_tensor(&a, op->out[1]);
-    ts_cl_arg_tensor(&a, op->out[2]);
-    ts_cl_arg_tensor(&a, op->in[0]);
-    ts_cl_arg_long(&a, o->n);
-    arg_int(&a, (int)o->kind);
-    ts_cl_arg_float(&a, o->lr);
-    ts_cl_arg_float(&a, o->beta1);
-    ts_cl_arg_float(&a, o->beta2);
-    ts_cl_arg_float(&a, o->eps);
-    ts_cl_arg_float(&a, o->weight_decay);
-    ts_cl_arg_float(&a, o->grad_scale);
-    ts_cl_arg_float(&a, o->bias_correction1);
-    ts_cl_arg_float(&a, o->bias_correction2);
-    return launch_1d(d, "optim.cl", "optim_update", o->n, &a);
+    switch (o->kind) {
+    case TS_OPTIM_SGD:
+        ts_cl_arg_tensor(&a, op->in[0]);
+        ts_cl_arg_long(&a, o->n);
+        ts_cl_arg_float(&a, o->lr);
+        ts_cl_arg_float(&a, o->weight_decay);
+        ts_cl_arg_float(&a, o->grad_scale);
+        return launch_1d(d, "optim.cl", "optim_sgd", o->n, &a);
+    case TS_OPTIM_SGD_MOMENTUM:
+        ts_cl_arg_tensor(&a, op->out[1]);
+        ts_cl_arg_tensor(&a, op->in[0]);
+        ts_cl_arg_long(&a, o->n);
+        ts_cl_arg_float(&a, o->lr);
+        ts_cl_arg_float(&a, o->beta1);
+        ts_cl_arg_float(&a, o->weight_decay);
+        ts_cl_arg_float(&a, o->grad_scale);
+        return launch_1d(d, "optim.cl", "optim_momentum", o->n, &a);
+    case TS_OPTIM_ADAM:
+    case TS_OPTIM_ADAMW:
+        ts_cl_arg_tensor(&a, op->out[1]);
+        ts_cl_arg_tensor(&a, op->out[2]);
+        ts_cl_arg_tensor(&a, op->in[0]);
+        ts_cl_arg_long(&a, o->n);
+        ts_cl_arg_float(&a, o->lr);
+        ts_cl_arg_float(&a, o->beta1);
+        ts_cl_arg_float(&a, o->beta2);
+        ts_cl_arg_float(&a, o->eps);
+        ts_cl_arg_float(&a, o->kind == TS_OPTIM_ADAM ? o->weight_decay : 0.0f);
+        ts_cl_arg_float(&a, o->kind == TS_OPTIM_ADAMW ? o->weight_decay : 0.0f);
+        ts_cl_arg_float(&a, o->grad_scale);
+        ts_cl_arg_float(&a, o->bias_correction1);
+        ts_cl_arg_float(&a, o->bias_correction2);
+        return launch_1d(d, "optim.cl", "optim_adam", o->n, &a);
+    }
+    return ts_error(TS_ERR_UNSUPPORTED, "OpenCL backend has no optimizer %d", (int)o->kind);
 }
 
 ts_status ts_cl_run_op(ts_device *dev, const ts_op *op)
