@@ -71,7 +71,7 @@ int main(int argc, char **argv)
             return fail("forward and backward");
         double t2 = now(), sq;
         if (ts_grad_sqnorm(&m.grads, &sq) ||
-            ts_optimizer_step(&o, &m.params, &m.grads, m.num_decay, 1e-4f, ts_clip_scale(sqrt(sq), 1.0f)) ||
+            ts_gpt_optimizer_step(&m, &o, 1e-4f, ts_clip_scale(sqrt(sq), 1.0f)) ||
             ts_device_synchronize(dev))
             return fail("optimizer");
         double t3 = now();

@@ -61,23 +61,22 @@ static ts_status write_state(const char *path, const ts_train_state *s)
     return ts_write_file_atomic(path, buf, (size_t)n);
 }
 
-static ts_status write_optim(const char *path, const ts_optimizer *o)
+/* Moments under the parameters' names ("m.h.3.attn.c_attn.weight"), so
+ * they load into any layout like the weights. */
+static ts_status write_optim(const char *path, const ts_gpt *model, const ts_optimizer *o)
 {
-    ts_st_writer *w;
-    TRY(ts_st_writer_new(&w));
     char step[32], hyper[256];
     snprintf(step, sizeof step, "%lld", (long long)o->step);
     snprintf(hyper, sizeof hyper,
-             "{\"kind\": \"%s\", \"beta1\": %.9g, \"beta2\": %.9g, \"eps\": %.9g, \"weight_decay\": %.9g, \"n\": %lld}",
-             ts_optim_kind_name(o->kind), o->beta1, o->beta2, o->eps, o->weight_decay, (long long)o->n);
-    ts_status st = ts_st_writer_meta(w, "format", "tessera-optimizer");
-    if (!st) st = ts_st_writer_meta(w, "step", step);
-    if (!st) st = ts_st_writer_meta(w, "optimizer", hyper);
-    if (!st && o->m.block) st = ts_st_writer_add(w, "m", &o->m, TS_SHAPE(o->n));
-    if (!st && o->v.block) st = ts_st_writer_add(w, "v", &o->v, TS_SHAPE(o->n));
-    if (!st) st = ts_st_writer_write(w, path);
-    ts_st_writer_free(w);
-    return st;
+             "{\"kind\": \"%s\", \"beta1\": %.9g, \"beta2\": %.9g, \"eps\": %.9g, \"weight_decay\": %.9g}",
+             ts_optim_kind_name(o->kind), o->beta1, o->beta2, o->eps, o->weight_decay);
+    const char *meta[] = {"optimizer_format", "tessera-optimizer", "step", step, "optimizer", hyper, NULL};
+    const ts_tensor *blobs[2];
+    const char *prefixes[2];
+    int n = 0;
+    if (o->m.block) blobs[n] = &o->m, prefixes[n++] = "m.";
+    if (o->v.block) blobs[n] = &o->v, prefixes[n++] = "v.";
+    return ts_gpt_save_blobs(model, blobs, prefixes, n, path, meta);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -126,7 +125,7 @@ ts_status ts_checkpoint_save(const char *dir, const ts_gpt *model, const ts_opti
     if (!st) maybe_die_in_save();
     if (!st) {
         snprintf(f, sizeof f, "%s/optim.safetensors", tmp);
-        st = write_optim(f, opt);
+        st = write_optim(f, model, opt);
     }
     if (!st) {
         snprintf(f, sizeof f, "%s/tokenizer.txt", tmp);
@@ -245,8 +244,8 @@ ts_status ts_checkpoint_load(const char *ckpt, ts_gpt *model, ts_optimizer *opt)
         rc = ts_error(TS_ERR_INVALID_ARG, "%s holds %s state; this run uses %s", f, hyper,
                       ts_optim_kind_name(opt->kind));
     if (!rc) opt->step = strtoll(step, NULL, 10);
-    if (!rc && opt->m.block) rc = ts_safetensors_load(&st, "m", &opt->m, 0);
-    if (!rc && opt->v.block) rc = ts_safetensors_load(&st, "v", &opt->v, 0);
     ts_safetensors_close(&st);
+    if (!rc && opt->m.block) rc = ts_gpt_load_blob(model, &opt->m, f, "m.");
+    if (!rc && opt->v.block) rc = ts_gpt_load_blob(model, &opt->v, f, "v.");
     return rc;
 }

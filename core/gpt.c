@@ -51,53 +51,10 @@ ts_status ts_gpt_config_preset(const char *name, ts_gpt_config *c)
                     name);
 }
 
-/* Shapes of one layer's slice (or of the whole tensor). */
-static void param_shapes(const ts_gpt_config *c, ts_gpt_param_info *info)
+int64_t ts_gpt_num_params(const ts_gpt_config *c)
 {
-    int64_t V = c->vocab_size, T = c->max_seq_len, C = c->n_embd;
-    static const struct {
-        const char *name;
-        int per_layer, decay, ndim;
-        int r0, r1; /* rows and columns in units: 0 V, 1 T, 2 C, 3 3C, 4 4C, 5 none */
-    } t[TS_GPT_NPARAMS] = {
-        [TS_GPT_WTE] = {"wte.weight", 0, 1, 2, 0, 2},
-        [TS_GPT_WPE] = {"wpe.weight", 0, 1, 2, 1, 2},
-        [TS_GPT_QKVW] = {"h.%lld.attn.c_attn.weight", 1, 1, 2, 3, 2},
-        [TS_GPT_ATTPROJW] = {"h.%lld.attn.c_proj.weight", 1, 1, 2, 2, 2},
-        [TS_GPT_FCW] = {"h.%lld.mlp.c_fc.weight", 1, 1, 2, 4, 2},
-        [TS_GPT_FCPROJW] = {"h.%lld.mlp.c_proj.weight", 1, 1, 2, 2, 4},
-        [TS_GPT_LN1W] = {"h.%lld.ln_1.weight", 1, 0, 1, 2, 5},
-        [TS_GPT_LN1B] = {"h.%lld.ln_1.bias", 1, 0, 1, 2, 5},
-        [TS_GPT_QKVB] = {"h.%lld.attn.c_attn.bias", 1, 0, 1, 3, 5},
-        [TS_GPT_ATTPROJB] = {"h.%lld.attn.c_proj.bias", 1, 0, 1, 2, 5},
-        [TS_GPT_LN2W] = {"h.%lld.ln_2.weight", 1, 0, 1, 2, 5},
-        [TS_GPT_LN2B] = {"h.%lld.ln_2.bias", 1, 0, 1, 2, 5},
-        [TS_GPT_FCB] = {"h.%lld.mlp.c_fc.bias", 1, 0, 1, 4, 5},
-        [TS_GPT_FCPROJB] = {"h.%lld.mlp.c_proj.bias", 1, 0, 1, 2, 5},
-        [TS_GPT_LNFW] = {"ln_f.weight", 0, 0, 1, 2, 5},
-        [TS_GPT_LNFB] = {"ln_f.bias", 0, 0, 1, 2, 5},
-    };
-    const int64_t unit[6] = {V, T, C, 3 * C, 4 * C, 1};
-    int64_t off = 0;
-    for (int i = 0; i < TS_GPT_NPARAMS; i++) {
-        ts_gpt_param_info *p = &info[i];
-        p->name = t[i].name;
-        p->per_layer = t[i].per_layer;
-        p->decay = t[i].decay;
-        p->ndim = t[i].ndim;
-        p->shape[0] = unit[t[i].r0];
-        p->shape[1] = t[i].ndim == 2 ? unit[t[i].r1] : 1;
-        p->numel = p->shape[0] * p->shape[1] * (p->per_layer ? c->n_layer : 1);
-        p->offset = off;
-        off += p->numel;
-    }
-}
-
-int64_t ts_gpt_num_params(const ts_gpt_config *cfg)
-{
-    ts_gpt_param_info info[TS_GPT_NPARAMS];
-    param_shapes(cfg, info);
-    return info[TS_GPT_NPARAMS - 1].offset + info[TS_GPT_NPARAMS - 1].numel;
+    int64_t C = c->n_embd;
+    return c->vocab_size * C + c->max_seq_len * C + c->n_layer * (12 * C * C + 13 * C) + 2 * C;
 }
 
 double ts_gpt_flops_per_token(const ts_gpt_config *c, int64_t T)
@@ -109,52 +66,253 @@ double ts_gpt_flops_per_token(const ts_gpt_config *c, int64_t T)
     return 6.0 * n + 12.0 * (double)c->n_layer * (double)c->n_embd * (double)T;
 }
 
-const char *ts_gpt_tensor_name(const ts_gpt *m, int param, int64_t layer, char *buf, size_t n)
+void ts_gpt_layout_single(const ts_gpt_config *cfg, ts_gpt_layout *lay)
 {
-    if (m->info[param].per_layer) snprintf(buf, n, m->info[param].name, (long long)layer);
-    else snprintf(buf, n, "%s", m->info[param].name);
+    memset(lay, 0, sizeof *lay);
+    lay->tp_size = 1;
+    lay->layer_begin = 0;
+    lay->layer_end = cfg->n_layer;
+    lay->embedding = lay->head = 1;
+}
+
+ts_status ts_gpt_layout_check(const ts_gpt_config *c, const ts_gpt_layout *l)
+{
+    TRY(ts_gpt_config_check(c));
+    if (l->tp_size < 1 || l->tp_rank < 0 || l->tp_rank >= l->tp_size)
+        return ts_error(TS_ERR_INVALID_ARG, "tensor-parallel rank %d of %d", l->tp_rank, l->tp_size);
+    if (c->n_head % l->tp_size != 0)
+        return ts_error(TS_ERR_INVALID_ARG, "%lld attention heads cannot be divided among %d tensor-parallel ranks",
+                        (long long)c->n_head, l->tp_size);
+    if (c->vocab_size < l->tp_size)
+        return ts_error(TS_ERR_INVALID_ARG, "a vocabulary of %lld cannot be divided among %d ranks",
+                        (long long)c->vocab_size, l->tp_size);
+    if (l->layer_begin < 0 || l->layer_end > c->n_layer || l->layer_begin >= l->layer_end)
+        return ts_error(TS_ERR_INVALID_ARG, "layers [%lld, %lld) of a %lld-layer model", (long long)l->layer_begin,
+                        (long long)l->layer_end, (long long)c->n_layer);
+    return TS_OK;
+}
+
+/* ---- the tensor table ---- */
+
+const char *ts_gpt_tensor_name(int kind, int64_t layer, char *buf, size_t n)
+{
+    static const char *names[TS_GPT_NPARAMS] = {
+        [TS_GPT_WTE] = "wte.weight",
+        [TS_GPT_WPE] = "wpe.weight",
+        [TS_GPT_QKVW] = "attn.c_attn.weight",
+        [TS_GPT_ATTPROJW] = "attn.c_proj.weight",
+        [TS_GPT_FCW] = "mlp.c_fc.weight",
+        [TS_GPT_FCPROJW] = "mlp.c_proj.weight",
+        [TS_GPT_LN1W] = "ln_1.weight",
+        [TS_GPT_LN1B] = "ln_1.bias",
+        [TS_GPT_QKVB] = "attn.c_attn.bias",
+        [TS_GPT_ATTPROJB] = "attn.c_proj.bias",
+        [TS_GPT_LN2W] = "ln_2.weight",
+        [TS_GPT_LN2B] = "ln_2.bias",
+        [TS_GPT_FCB] = "mlp.c_fc.bias",
+        [TS_GPT_FCPROJB] = "mlp.c_proj.bias",
+        [TS_GPT_LNFW] = "ln_f.weight",
+        [TS_GPT_LNFB] = "ln_f.bias",
+    };
+    if (layer >= 0) snprintf(buf, n, "h.%lld.%s", (long long)layer, names[kind]);
+    else snprintf(buf, n, "%s", names[kind]);
     return buf;
+}
+
+static void add_tensor(ts_gpt *m, int kind, int64_t layer, int64_t grows, int64_t gcols, ts_gpt_split split,
+                       int64_t *off)
+{
+    ts_gpt_tensor *t = &m->tensors[m->ntensors++];
+    int tp = m->lay.tp_size, r = m->lay.tp_rank;
+    memset(t, 0, sizeof *t);
+    t->kind = kind;
+    t->layer = layer;
+    t->grows = grows, t->gcols = gcols;
+    t->split = tp > 1 ? split : TS_SPLIT_NONE;
+    t->rows = grows, t->cols = gcols;
+    switch (t->split) {
+    case TS_SPLIT_ROWS:
+        if (kind == TS_GPT_WTE) t->rows = m->V_local, t->first = m->vocab_start;
+        else t->rows = grows / tp, t->first = r * t->rows;
+        break;
+    case TS_SPLIT_COLS: t->cols = gcols / tp, t->first = r * t->cols; break;
+    case TS_SPLIT_QKV: t->rows = grows / tp, t->first = r * (grows / 3 / tp); break;
+    case TS_SPLIT_NONE: break;
+    }
+    t->decay = gcols > 1;
+    t->replicated = split == TS_SPLIT_NONE;
+    t->offset = *off;
+    *off += t->rows * t->cols;
+}
+
+static ts_status build_tensors(ts_gpt *m)
+{
+    const ts_gpt_config *c = &m->cfg;
+    const ts_gpt_layout *l = &m->lay;
+    int64_t C = c->n_embd, V = c->vocab_size;
+    m->C_att = C / l->tp_size;
+    m->NH_local = c->n_head / l->tp_size;
+    m->F_local = 4 * C / l->tp_size;
+    /* uneven vocabulary shards: the first V % tp ranks take one row more */
+    int64_t base = V / l->tp_size, extra = V % l->tp_size;
+    m->V_local = base + (l->tp_rank < extra);
+    m->vocab_start = l->tp_rank * base + (l->tp_rank < extra ? l->tp_rank : extra);
+    int64_t layers = l->layer_end - l->layer_begin;
+    m->tensors = calloc((size_t)(12 * layers + 4), sizeof *m->tensors);
+    if (!m->tensors) return ts_error(TS_ERR_OOM, "no memory for the tensor table");
+    int64_t off = 0;
+    if (l->embedding || l->head) add_tensor(m, TS_GPT_WTE, -1, V, C, TS_SPLIT_ROWS, &off);
+    if (l->embedding) add_tensor(m, TS_GPT_WPE, -1, c->max_seq_len, C, TS_SPLIT_NONE, &off);
+    for (int64_t g = l->layer_begin; g < l->layer_end; g++) {
+        add_tensor(m, TS_GPT_QKVW, g, 3 * C, C, TS_SPLIT_QKV, &off);
+        add_tensor(m, TS_GPT_ATTPROJW, g, C, C, TS_SPLIT_COLS, &off);
+        add_tensor(m, TS_GPT_FCW, g, 4 * C, C, TS_SPLIT_ROWS, &off);
+        add_tensor(m, TS_GPT_FCPROJW, g, C, 4 * C, TS_SPLIT_COLS, &off);
+        add_tensor(m, TS_GPT_LN1W, g, C, 1, TS_SPLIT_NONE, &off);
+        add_tensor(m, TS_GPT_LN1B, g, C, 1, TS_SPLIT_NONE, &off);
+        add_tensor(m, TS_GPT_QKVB, g, 3 * C, 1, TS_SPLIT_QKV, &off);
+        add_tensor(m, TS_GPT_ATTPROJB, g, C, 1, TS_SPLIT_NONE, &off);
+        add_tensor(m, TS_GPT_LN2W, g, C, 1, TS_SPLIT_NONE, &off);
+        add_tensor(m, TS_GPT_LN2B, g, C, 1, TS_SPLIT_NONE, &off);
+        add_tensor(m, TS_GPT_FCB, g, 4 * C, 1, TS_SPLIT_ROWS, &off);
+        add_tensor(m, TS_GPT_FCPROJB, g, C, 1, TS_SPLIT_NONE, &off);
+    }
+    if (l->head) {
+        add_tensor(m, TS_GPT_LNFW, -1, C, 1, TS_SPLIT_NONE, &off);
+        add_tensor(m, TS_GPT_LNFB, -1, C, 1, TS_SPLIT_NONE, &off);
+    }
+    m->num_params = off;
+    return TS_OK;
+}
+
+const ts_gpt_tensor *ts_gpt_find(const ts_gpt *m, int kind, int64_t layer)
+{
+    /* layer tensors sit at a fixed stride after the non-layer prefix */
+    int prefix = (m->lay.embedding || m->lay.head) + m->lay.embedding;
+    if (layer >= 0) {
+        if (layer < m->lay.layer_begin || layer >= m->lay.layer_end || kind < TS_GPT_QKVW || kind > TS_GPT_FCPROJB)
+            return NULL;
+        static const int order[TS_GPT_NPARAMS] = {
+            [TS_GPT_QKVW] = 0, [TS_GPT_ATTPROJW] = 1, [TS_GPT_FCW] = 2, [TS_GPT_FCPROJW] = 3,
+            [TS_GPT_LN1W] = 4, [TS_GPT_LN1B] = 5, [TS_GPT_QKVB] = 6, [TS_GPT_ATTPROJB] = 7,
+            [TS_GPT_LN2W] = 8, [TS_GPT_LN2B] = 9, [TS_GPT_FCB] = 10, [TS_GPT_FCPROJB] = 11,
+        };
+        return &m->tensors[prefix + 12 * (layer - m->lay.layer_begin) + order[kind]];
+    }
+    for (int i = 0; i < m->ntensors; i++)
+        if (m->tensors[i].kind == kind && m->tensors[i].layer < 0) return &m->tensors[i];
+    return NULL;
+}
+
+ts_status ts_gpt_param_view(const ts_gpt *m, const ts_gpt_tensor *t, int grads, ts_tensor *view)
+{
+    const ts_tensor *blob = grads ? &m->grads : &m->params;
+    if (t->cols > 1) return ts_tensor_view(view, blob, t->offset, TS_SHAPE(t->rows, t->cols));
+    return ts_tensor_view(view, blob, t->offset, TS_SHAPE(t->rows));
+}
+
+/* A view by kind and layer that model code trusts to exist. */
+static ts_tensor P(const ts_gpt *m, int kind, int64_t layer, int grads)
+{
+    ts_tensor v;
+    memset(&v, 0, sizeof v);
+    const ts_gpt_tensor *t = ts_gpt_find(m, kind, layer);
+    if (t) ts_gpt_param_view(m, t, grads, &v);
+    return v;
+}
+
+int ts_gpt_decay_ranges(const ts_gpt *m, int64_t (*ranges)[2], int max)
+{
+    int n = 0;
+    for (int i = 0; i < m->ntensors; i++) {
+        const ts_gpt_tensor *t = &m->tensors[i];
+        if (!t->decay) continue;
+        int64_t a = t->offset, b = t->offset + t->rows * t->cols;
+        if (n > 0 && ranges[n - 1][1] == a) ranges[n - 1][1] = b;
+        else if (n < max) ranges[n][0] = a, ranges[n][1] = b, n++;
+    }
+    return n;
+}
+
+ts_status ts_gpt_optimizer_step(ts_gpt *m, ts_optimizer *o, float lr, float grad_scale)
+{
+    int64_t(*ranges)[2] = malloc((size_t)(m->ntensors + 1) * sizeof *ranges);
+    if (!ranges) return ts_error(TS_ERR_OOM, "no memory");
+    int n = ts_gpt_decay_ranges(m, ranges, m->ntensors + 1);
+    ts_status st = ts_optimizer_step(o, &m->params, &m->grads, 0, (const int64_t(*)[2])ranges, n, lr, grad_scale);
+    free(ranges);
+    return st;
+}
+
+void ts_gpt_slice_from_global(const ts_gpt_tensor *t, const float *g, float *l)
+{
+    switch (t->split) {
+    case TS_SPLIT_NONE: memcpy(l, g, (size_t)(t->rows * t->cols) * sizeof *l); break;
+    case TS_SPLIT_ROWS: memcpy(l, g + t->first * t->cols, (size_t)(t->rows * t->cols) * sizeof *l); break;
+    case TS_SPLIT_COLS:
+        for (int64_t r = 0; r < t->rows; r++)
+            memcpy(l + r * t->cols, g + r * t->gcols + t->first, (size_t)t->cols * sizeof *l);
+        break;
+    case TS_SPLIT_QKV: {
+        int64_t blk = t->rows / 3, gblk = t->grows / 3;
+        for (int k = 0; k < 3; k++)
+            memcpy(l + k * blk * t->cols, g + (k * gblk + t->first) * t->cols, (size_t)(blk * t->cols) * sizeof *l);
+        break;
+    }
+    }
+}
+
+void ts_gpt_slice_to_global(const ts_gpt_tensor *t, const float *l, float *g)
+{
+    switch (t->split) {
+    case TS_SPLIT_NONE: memcpy(g, l, (size_t)(t->rows * t->cols) * sizeof *l); break;
+    case TS_SPLIT_ROWS: memcpy(g + t->first * t->cols, l, (size_t)(t->rows * t->cols) * sizeof *l); break;
+    case TS_SPLIT_COLS:
+        for (int64_t r = 0; r < t->rows; r++)
+            memcpy(g + r * t->gcols + t->first, l + r * t->cols, (size_t)t->cols * sizeof *l);
+        break;
+    case TS_SPLIT_QKV: {
+        int64_t blk = t->rows / 3, gblk = t->grows / 3;
+        for (int k = 0; k < 3; k++)
+            memcpy(g + (k * gblk + t->first) * t->cols, l + k * blk * t->cols, (size_t)(blk * t->cols) * sizeof *l);
+        break;
+    }
+    }
 }
 
 /* ---- lifecycle ---- */
 
-static ts_status make_views(ts_gpt *m, ts_tensor *blob, ts_tensor *views)
+ts_status ts_gpt_create_layout(ts_gpt *m, ts_device *dev, const ts_gpt_config *cfg,
+                               const ts_gpt_layout *lay, ts_comm *tp_comm)
 {
-    for (int i = 0; i < TS_GPT_NPARAMS; i++) {
-        const ts_gpt_param_info *p = &m->info[i];
-        if (p->per_layer && p->ndim == 2)
-            TRY(ts_tensor_view(&views[i], blob, p->offset, TS_SHAPE(m->cfg.n_layer, p->shape[0], p->shape[1])));
-        else if (p->per_layer)
-            TRY(ts_tensor_view(&views[i], blob, p->offset, TS_SHAPE(m->cfg.n_layer, p->shape[0])));
-        else if (p->ndim == 2)
-            TRY(ts_tensor_view(&views[i], blob, p->offset, TS_SHAPE(p->shape[0], p->shape[1])));
-        else
-            TRY(ts_tensor_view(&views[i], blob, p->offset, TS_SHAPE(p->shape[0])));
+    memset(m, 0, sizeof *m);
+    TRY(ts_gpt_layout_check(cfg, lay));
+    if (lay->tp_size > 1 && ts_comm_size(tp_comm) != lay->tp_size)
+        return ts_error(TS_ERR_INVALID_ARG, "tensor parallelism over %d ranks needs a communicator of that size",
+                        lay->tp_size);
+    m->cfg = *cfg;
+    m->lay = *lay;
+    m->device = dev;
+    m->tp_comm = lay->tp_size > 1 ? tp_comm : NULL;
+    ts_status st = build_tensors(m);
+    if (!st) st = ts_tensor_alloc(&m->params, dev, TS_F32, TS_SHAPE(m->num_params));
+    if (!st) st = ts_tensor_zeros(&m->grads, dev, TS_F32, TS_SHAPE(m->num_params));
+    if (st) {
+        ts_gpt_free(m);
+        return ts_error_context(st, "creating a model part of %lld parameters", (long long)m->num_params);
     }
     return TS_OK;
 }
 
 ts_status ts_gpt_create(ts_gpt *m, ts_device *dev, const ts_gpt_config *cfg)
 {
-    memset(m, 0, sizeof *m);
+    ts_gpt_layout lay;
     TRY(ts_gpt_config_check(cfg));
-    m->cfg = *cfg;
-    m->device = dev;
-    param_shapes(cfg, m->info);
-    m->num_params = ts_gpt_num_params(cfg);
-    m->num_decay = m->info[TS_GPT_LN1W].offset;
-    ts_status st = ts_tensor_alloc(&m->params, dev, TS_F32, TS_SHAPE(m->num_params));
-    if (!st) st = ts_tensor_zeros(&m->grads, dev, TS_F32, TS_SHAPE(m->num_params));
-    if (!st) st = make_views(m, &m->params, m->p);
-    if (!st) st = make_views(m, &m->grads, m->g);
-    if (st) {
-        ts_gpt_free(m);
-        return ts_error_context(st, "creating a %lld-parameter model", (long long)m->num_params);
-    }
-    return TS_OK;
+    ts_gpt_layout_single(cfg, &lay);
+    return ts_gpt_create_layout(m, dev, cfg, &lay, NULL);
 }
 
-static void free_acts(ts_gpt_acts *a)
+void ts_gpt_acts_free(ts_gpt_acts *a)
 {
     ts_tensor_free(&a->block);
     ts_tensor_free(&a->tokens);
@@ -163,11 +321,19 @@ static void free_acts(ts_gpt_acts *a)
     memset(a, 0, sizeof *a);
 }
 
+static void free_scratch(ts_gpt *m)
+{
+    ts_tensor_free(&m->scratch);
+    m->scratch_B = m->scratch_T = 0;
+}
+
 void ts_gpt_free(ts_gpt *m)
 {
-    free_acts(&m->acts);
+    ts_gpt_acts_free(&m->acts);
+    free_scratch(m);
     ts_tensor_free(&m->params);
     ts_tensor_free(&m->grads);
+    free(m->tensors);
     memset(m, 0, sizeof *m);
 }
 
@@ -195,25 +361,30 @@ static void fill_normal(float *x, int64_t n, double std, uint64_t seed)
 
 ts_status ts_gpt_init_weights(ts_gpt *m, uint64_t seed)
 {
-    int64_t maxn = 0;
-    for (int i = 0; i < TS_GPT_NPARAMS; i++)
-        if (m->info[i].numel > maxn) maxn = m->info[i].numel;
-    float *host = malloc((size_t)maxn * sizeof *host);
-    if (!host) return ts_error(TS_ERR_OOM, "no host memory to initialise weights");
+    int64_t maxg = 0;
+    for (int i = 0; i < m->ntensors; i++)
+        if (m->tensors[i].grows * m->tensors[i].gcols > maxg) maxg = m->tensors[i].grows * m->tensors[i].gcols;
+    float *global = malloc((size_t)maxg * sizeof *global), *local = malloc((size_t)maxg * sizeof *local);
+    ts_status st = global && local ? TS_OK : ts_error(TS_ERR_OOM, "no host memory to initialise weights");
     double resid_std = 0.02 / sqrt(2.0 * (double)m->cfg.n_layer);
-    ts_status st = TS_OK;
-    for (int i = 0; i < TS_GPT_NPARAMS && !st; i++) {
-        const ts_gpt_param_info *p = &m->info[i];
-        if (p->ndim == 2) {
-            double std = (i == TS_GPT_ATTPROJW || i == TS_GPT_FCPROJW) ? resid_std : 0.02;
-            fill_normal(host, p->numel, std, seed * 1000003ull + (uint64_t)i);
+    for (int i = 0; i < m->ntensors && !st; i++) {
+        const ts_gpt_tensor *t = &m->tensors[i];
+        int64_t gn = t->grows * t->gcols;
+        if (t->decay) {
+            /* the stream depends on (seed, kind, global layer) only */
+            double std = (t->kind == TS_GPT_ATTPROJW || t->kind == TS_GPT_FCPROJW) ? resid_std : 0.02;
+            uint64_t stream = seed * 1000003ull + (uint64_t)t->kind * 7919ull + (uint64_t)(t->layer + 1) * 104729ull;
+            fill_normal(global, gn, std, stream);
         } else {
-            float v = (i == TS_GPT_LN1W || i == TS_GPT_LN2W || i == TS_GPT_LNFW) ? 1.0f : 0.0f;
-            for (int64_t k = 0; k < p->numel; k++) host[k] = v;
+            float v = (t->kind == TS_GPT_LN1W || t->kind == TS_GPT_LN2W || t->kind == TS_GPT_LNFW) ? 1.0f : 0.0f;
+            for (int64_t k = 0; k < gn; k++) global[k] = v;
         }
-        st = ts_tensor_write(&m->p[i], host, (size_t)p->numel * sizeof *host);
+        ts_gpt_slice_from_global(t, global, local);
+        ts_tensor v;
+        st = ts_gpt_param_view(m, t, 0, &v);
+        if (!st) st = ts_tensor_write(&v, local, (size_t)(t->rows * t->cols) * sizeof *local);
     }
-    free(host);
+    free(global), free(local);
     if (!st) st = ts_gpt_zero_grad(m);
     return st;
 }
@@ -222,240 +393,367 @@ ts_status ts_gpt_zero_grad(ts_gpt *m) { return ts_fill(&m->grads, 0.0f); }
 
 /* ---- activations ---- */
 
-static ts_status alloc_acts(ts_gpt *m, int64_t B, int64_t T)
+typedef struct plan_item {
+    ts_tensor *t;
+    int ndim;
+    int64_t shape[4];
+} plan_item;
+
+static ts_status alloc_plan(ts_device *dev, ts_tensor *block, plan_item *plan, size_t n)
 {
-    ts_gpt_acts *a = &m->acts;
-    if (a->B == B && a->T == T) return TS_OK;
-    free_acts(a);
-    const ts_gpt_config *c = &m->cfg;
-    int64_t L = c->n_layer, C = c->n_embd, NH = c->n_head, V = c->vocab_size, N = B * T;
-    int64_t HS = C / NH, BH = B * NH;
-    struct {
-        ts_tensor *t;
-        int ndim;
-        int64_t shape[4];
-    } plan[] = {
-        {&a->encoded, 2, {N, C}},
+    int64_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        int64_t k = 1;
+        for (int d = 0; d < plan[i].ndim; d++) k *= plan[i].shape[d];
+        total += (k + 15) / 16 * 16; /* 64-byte aligned starts */
+    }
+    TRY(ts_tensor_alloc(block, dev, TS_F32, TS_SHAPE(total > 0 ? total : 1)));
+    int64_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        int64_t k = 1;
+        for (int d = 0; d < plan[i].ndim; d++) k *= plan[i].shape[d];
+        ts_status st = ts_tensor_view(plan[i].t, block, off, plan[i].ndim, plan[i].shape);
+        if (st) {
+            ts_tensor_free(block);
+            return st;
+        }
+        off += (k + 15) / 16 * 16;
+    }
+    return TS_OK;
+}
+
+/* Scratch for one (B, T), shared by all micro-batches of that shape. */
+static ts_status ensure_scratch(ts_gpt *m, int64_t B, int64_t T)
+{
+    if (m->scratch_B == B && m->scratch_T == T) return TS_OK;
+    free_scratch(m);
+    int64_t N = B * T, C = m->cfg.n_embd, BH = B * m->NH_local, HS = C / m->cfg.n_head;
+    plan_item plan[] = {
+        {&m->y, 3, {BH, T, HS}},          {&m->att_scratch, 3, {BH, T, T}},
+        {&m->dqkvh, 4, {3, BH, T, HS}},   {&m->proj, 2, {N, C}},
+        {&m->dC, 2, {N, C}},              {&m->dCatt, 2, {N, m->C_att}},
+        {&m->d3C, 2, {N, 3 * m->C_att}},  {&m->d4C, 2, {N, m->F_local}},
+    };
+    TRY(alloc_plan(m->device, &m->scratch, plan, sizeof plan / sizeof *plan));
+    m->scratch_B = B, m->scratch_T = T;
+    return TS_OK;
+}
+
+ts_status ts_gpt_acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T)
+{
+    memset(a, 0, sizeof *a);
+    if (B < 1 || T < 1 || T > m->cfg.max_seq_len)
+        return ts_error(TS_ERR_SHAPE, "activations for B=%lld T=%lld (T must be 1..%lld)", (long long)B,
+                        (long long)T, (long long)m->cfg.max_seq_len);
+    int64_t L = m->lay.layer_end - m->lay.layer_begin, C = m->cfg.n_embd, N = B * T;
+    int64_t BH = B * m->NH_local, HS = C / m->cfg.n_head, Ca = m->C_att;
+    int head = m->lay.head;
+    plan_item plan[] = {
+        {&a->input, 2, {N, C}},
         {&a->ln1, 3, {L, N, C}},
         {&a->ln1_mean, 2, {L, N}},
         {&a->ln1_rstd, 2, {L, N}},
-        {&a->qkv, 3, {L, N, 3 * C}},
+        {&a->qkv, 3, {L, N, 3 * Ca}},
         {&a->qkvh, 4, {L, 3, BH * T, HS}},
         {&a->att, 4, {L, BH, T, T}},
-        {&a->atty, 3, {L, N, C}},
+        {&a->atty, 3, {L, N, Ca}},
         {&a->residual2, 3, {L, N, C}},
         {&a->ln2, 3, {L, N, C}},
         {&a->ln2_mean, 2, {L, N}},
         {&a->ln2_rstd, 2, {L, N}},
-        {&a->fch, 3, {L, N, 4 * C}},
-        {&a->fch_gelu, 3, {L, N, 4 * C}},
+        {&a->fch, 3, {L, N, m->F_local}},
+        {&a->fch_gelu, 3, {L, N, m->F_local}},
         {&a->residual3, 3, {L, N, C}},
-        {&a->lnf, 2, {N, C}},
-        {&a->lnf_mean, 1, {N}},
-        {&a->lnf_rstd, 1, {N}},
-        {&a->logits, 2, {N, V}},
+        {&a->dres, 2, {N, C}},
+        {&a->lnf, 2, {head ? N : 1, C}},
+        {&a->lnf_mean, 1, {head ? N : 1}},
+        {&a->lnf_rstd, 1, {head ? N : 1}},
+        {&a->logits, 2, {head ? N : 1, head ? m->V_local : 1}},
         {&a->losses, 1, {N}},
         {&a->loss_sum, 1, {1}},
-        {&a->y, 3, {BH, T, HS}},
-        {&a->att_scratch, 3, {BH, T, T}},
-        {&a->dqkvh, 4, {3, BH, T, HS}},
-        {&a->proj, 2, {N, C}},
-        {&a->dresidual, 2, {N, C}},
-        {&a->dC, 2, {N, C}},
-        {&a->d3C, 2, {N, 3 * C}},
-        {&a->d4C, 2, {N, 4 * C}},
+        {&a->ce_max, 1, {N}},
+        {&a->ce_sum, 1, {N}},
+        {&a->ce_tgt, 1, {N}},
     };
-    int64_t total = 0;
-    size_t np = sizeof plan / sizeof *plan;
-    for (size_t i = 0; i < np; i++) {
-        int64_t n = 1;
-        for (int d = 0; d < plan[i].ndim; d++) n *= plan[i].shape[d];
-        total += (n + 15) / 16 * 16; /* 64-byte aligned starts */
-    }
-    ts_status st = ts_tensor_alloc(&a->block, m->device, TS_F32, TS_SHAPE(total));
+    ts_status st = alloc_plan(m->device, &a->block, plan, sizeof plan / sizeof *plan);
     if (st) return ts_error_context(st, "activations for B=%lld T=%lld", (long long)B, (long long)T);
-    int64_t off = 0;
-    for (size_t i = 0; i < np && !st; i++) {
-        int64_t n = 1;
-        for (int d = 0; d < plan[i].ndim; d++) n *= plan[i].shape[d];
-        st = ts_tensor_view(plan[i].t, &a->block, off, plan[i].ndim, plan[i].shape);
-        off += (n + 15) / 16 * 16;
-    }
     if (!st) st = ts_tensor_alloc(&a->tokens, m->device, TS_I32, TS_SHAPE(B, T));
     if (!st) st = ts_tensor_alloc(&a->targets, m->device, TS_I32, TS_SHAPE(B, T));
+    if (!st) st = ensure_scratch(m, B, T);
     a->ws = calloc((size_t)L, sizeof *a->ws);
     if (!a->ws && !st) st = ts_error(TS_ERR_OOM, "no memory for attention workspaces");
     for (int64_t l = 0; l < L && !st; l++) {
         ts_attention_ws *w = &a->ws[l];
-        w->B = B, w->T = T, w->C = C, w->NH = NH;
-        st = ts_tensor_view(&w->qkvh, &a->qkvh, l * 3 * N * C, TS_SHAPE(3, BH, T, HS));
+        w->B = B, w->T = T, w->C = Ca, w->NH = m->NH_local;
+        st = ts_tensor_view(&w->qkvh, &a->qkvh, l * 3 * N * Ca, TS_SHAPE(3, BH, T, HS));
         if (!st) st = ts_tensor_view(&w->att, &a->att, l * BH * T * T, TS_SHAPE(BH, T, T));
-        w->y = a->y;
-        w->scratch = a->att_scratch;
-        w->dqkvh = a->dqkvh;
+        w->y = m->y;
+        w->scratch = m->att_scratch;
+        w->dqkvh = m->dqkvh;
     }
     if (st) {
-        free_acts(a);
+        ts_gpt_acts_free(a);
         return st;
     }
     a->B = B, a->T = T;
     return TS_OK;
 }
 
-/* The slice of a stacked [L, ...] tensor for layer l. */
+/* The slice of a stacked [L, ...] activation for local layer l. */
 static ts_tensor layer_of(const ts_tensor *stacked, int64_t l)
 {
     ts_tensor v;
     int64_t per = ts_tensor_numel(stacked) / stacked->shape[0];
     int64_t shape[3] = {stacked->shape[1], stacked->ndim > 2 ? stacked->shape[2] : 1,
                         stacked->ndim > 3 ? stacked->shape[3] : 1};
-    int ndim = stacked->ndim - 1;
-    if (ts_tensor_view(&v, stacked, l * per, ndim, shape) != TS_OK) memset(&v, 0, sizeof v);
+    if (ts_tensor_view(&v, stacked, l * per, stacked->ndim - 1, shape) != TS_OK) memset(&v, 0, sizeof v);
     return v;
 }
 
-/* ---- forward and backward ---- */
+/* ---- tensor-parallel helpers (Megatron's f and g) ---- */
 
-/* Everything up to the logits. */
-static ts_status forward_trunk(ts_gpt *m, const int32_t *tokens, int64_t B, int64_t T)
+static ts_status tp_allreduce(ts_gpt *m, ts_tensor *t, const char *what)
+{
+    if (!m->tp_comm) return TS_OK;
+    return ts_comm_allreduce_tensor(m->tp_comm, t, TS_REDUCE_SUM, what);
+}
+
+static ts_status tp_allreduce_max(ts_gpt *m, ts_tensor *t)
+{
+    if (!m->tp_comm) return TS_OK;
+    return ts_comm_allreduce_tensor(m->tp_comm, t, TS_REDUCE_MAX, "cross-entropy maxima");
+}
+
+/* ---- forward ---- */
+
+ts_status ts_gpt_stage_output(ts_gpt *m, ts_gpt_acts *a, ts_tensor *out)
+{
+    int64_t L = m->lay.layer_end - m->lay.layer_begin;
+    *out = layer_of(&a->residual3, L - 1);
+    return TS_OK;
+}
+
+/* Vocabulary-parallel cross-entropy over the tensor-parallel group: global
+ * row maxima and sums of exponentials by allreduce, the target's logit from
+ * the rank holding it. Losses land in a->losses; with grad_weight the
+ * logits become their gradient. */
+static ts_status vocab_parallel_ce(ts_gpt *m, ts_gpt_acts *a, float grad_weight)
+{
+    int64_t N = a->B * a->T;
+    TRY(ts_ce_shard_stats(&a->ce_max, &a->ce_tgt, &a->logits, &a->targets, m->vocab_start));
+    TRY(tp_allreduce_max(m, &a->ce_max));
+    TRY(ts_ce_shard_sumexp(&a->ce_sum, &a->logits, &a->ce_max));
+    TRY(tp_allreduce(m, &a->ce_sum, "cross-entropy sums"));
+    TRY(tp_allreduce(m, &a->ce_tgt, "cross-entropy targets"));
+    TRY(ts_ce_shard_loss(&a->losses, &a->ce_max, &a->ce_sum, &a->ce_tgt, &a->targets, m->cfg.vocab_size));
+    if (grad_weight != 0.0f)
+        TRY(ts_ce_shard_grad(&a->logits, &a->logits, &a->ce_max, &a->ce_sum, &a->targets, m->vocab_start,
+                             m->cfg.vocab_size, grad_weight));
+    (void)N;
+    return TS_OK;
+}
+
+ts_status ts_gpt_stage_forward(ts_gpt *m, ts_gpt_acts *a, const int32_t *tokens,
+                               const int32_t *targets, float grad_weight, double *loss_sum,
+                               int64_t *valid)
 {
     const ts_gpt_config *c = &m->cfg;
-    m->acts.dlogits_ready = 0;
-    if (B < 1 || T < 1 || T > c->max_seq_len)
-        return ts_error(TS_ERR_SHAPE, "forward: B=%lld T=%lld (T must be 1..%lld)", (long long)B,
-                        (long long)T, (long long)c->max_seq_len);
-    for (int64_t i = 0; i < B * T; i++)
-        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
-            return ts_error(TS_ERR_INVALID_ARG, "forward: token %d at position %lld is outside the vocabulary [0, %lld)",
-                            tokens[i], (long long)i, (long long)c->vocab_size);
-    TRY(alloc_acts(m, B, T));
-    ts_gpt_acts *a = &m->acts;
-    TRY(ts_tensor_write(&a->tokens, tokens, (size_t)(B * T) * sizeof *tokens));
-    TRY(ts_embedding_forward(&a->encoded, &a->tokens, &m->p[TS_GPT_WTE], &m->p[TS_GPT_WPE]));
+    int64_t B = a->B, T = a->T, N = B * T;
     const float eps = 1e-5f;
-    for (int64_t l = 0; l < c->n_layer; l++) {
-        ts_tensor res = l == 0 ? a->encoded : layer_of(&a->residual3, l - 1);
+    a->dlogits_ready = 0;
+    a->valid_targets = 0;
+    TRY(ensure_scratch(m, B, T));
+    if (m->lay.embedding) {
+        if (!tokens) return ts_error(TS_ERR_INVALID_ARG, "the embedding stage needs tokens");
+        for (int64_t i = 0; i < N; i++)
+            if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+                return ts_error(TS_ERR_INVALID_ARG,
+                                "forward: token %d at position %lld is outside the vocabulary [0, %lld)",
+                                tokens[i], (long long)i, (long long)c->vocab_size);
+        TRY(ts_tensor_write(&a->tokens, tokens, (size_t)N * sizeof *tokens));
+        ts_tensor wte = P(m, TS_GPT_WTE, -1, 0), wpe = P(m, TS_GPT_WPE, -1, 0);
+        /* the position embedding is added once across the group */
+        TRY(ts_embedding_forward_shard(&a->input, &a->tokens, &wte, m->lay.tp_rank == 0 ? &wpe : NULL,
+                                       m->vocab_start));
+        TRY(tp_allreduce(m, &a->input, "embedding"));
+    }
+    int64_t L = m->lay.layer_end - m->lay.layer_begin;
+    int first_tp = m->lay.tp_rank == 0;
+    for (int64_t l = 0; l < L; l++) {
+        int64_t g = m->lay.layer_begin + l;
+        ts_tensor res = l == 0 ? a->input : layer_of(&a->residual3, l - 1);
         ts_tensor ln1 = layer_of(&a->ln1, l), m1 = layer_of(&a->ln1_mean, l), r1 = layer_of(&a->ln1_rstd, l);
         ts_tensor qkv = layer_of(&a->qkv, l), atty = layer_of(&a->atty, l);
         ts_tensor res2 = layer_of(&a->residual2, l), ln2 = layer_of(&a->ln2, l);
         ts_tensor m2 = layer_of(&a->ln2_mean, l), r2 = layer_of(&a->ln2_rstd, l);
         ts_tensor fch = layer_of(&a->fch, l), fchg = layer_of(&a->fch_gelu, l);
         ts_tensor res3 = layer_of(&a->residual3, l);
-        ts_tensor w_ln1 = layer_of(&m->p[TS_GPT_LN1W], l), b_ln1 = layer_of(&m->p[TS_GPT_LN1B], l);
-        ts_tensor w_qkv = layer_of(&m->p[TS_GPT_QKVW], l), b_qkv = layer_of(&m->p[TS_GPT_QKVB], l);
-        ts_tensor w_ap = layer_of(&m->p[TS_GPT_ATTPROJW], l), b_ap = layer_of(&m->p[TS_GPT_ATTPROJB], l);
-        ts_tensor w_ln2 = layer_of(&m->p[TS_GPT_LN2W], l), b_ln2 = layer_of(&m->p[TS_GPT_LN2B], l);
-        ts_tensor w_fc = layer_of(&m->p[TS_GPT_FCW], l), b_fc = layer_of(&m->p[TS_GPT_FCB], l);
-        ts_tensor w_fp = layer_of(&m->p[TS_GPT_FCPROJW], l), b_fp = layer_of(&m->p[TS_GPT_FCPROJB], l);
+        ts_tensor w_ln1 = P(m, TS_GPT_LN1W, g, 0), b_ln1 = P(m, TS_GPT_LN1B, g, 0);
+        ts_tensor w_qkv = P(m, TS_GPT_QKVW, g, 0), b_qkv = P(m, TS_GPT_QKVB, g, 0);
+        ts_tensor w_ap = P(m, TS_GPT_ATTPROJW, g, 0), b_ap = P(m, TS_GPT_ATTPROJB, g, 0);
+        ts_tensor w_ln2 = P(m, TS_GPT_LN2W, g, 0), b_ln2 = P(m, TS_GPT_LN2B, g, 0);
+        ts_tensor w_fc = P(m, TS_GPT_FCW, g, 0), b_fc = P(m, TS_GPT_FCB, g, 0);
+        ts_tensor w_fp = P(m, TS_GPT_FCPROJW, g, 0), b_fp = P(m, TS_GPT_FCPROJB, g, 0);
         TRY(ts_layernorm_forward(&ln1, &m1, &r1, &res, &w_ln1, &b_ln1, eps));
-        TRY(ts_linear_forward(&qkv, &ln1, &w_qkv, &b_qkv));
+        TRY(ts_linear_forward(&qkv, &ln1, &w_qkv, &b_qkv));               /* column-parallel */
         TRY(ts_attention_forward(&atty, &qkv, &a->ws[l]));
-        TRY(ts_linear_forward(&a->proj, &atty, &w_ap, &b_ap));
-        TRY(ts_add(&res2, &res, &a->proj));
+        TRY(ts_linear_forward(&m->proj, &atty, &w_ap, first_tp ? &b_ap : NULL)); /* row-parallel */
+        TRY(tp_allreduce(m, &m->proj, "attention output"));
+        TRY(ts_add(&res2, &res, &m->proj));
         TRY(ts_layernorm_forward(&ln2, &m2, &r2, &res2, &w_ln2, &b_ln2, eps));
         TRY(ts_linear_forward(&fch, &ln2, &w_fc, &b_fc));
         TRY(ts_gelu_forward(&fchg, &fch));
-        TRY(ts_linear_forward(&a->proj, &fchg, &w_fp, &b_fp));
-        TRY(ts_add(&res3, &res2, &a->proj));
+        TRY(ts_linear_forward(&m->proj, &fchg, &w_fp, first_tp ? &b_fp : NULL));
+        TRY(tp_allreduce(m, &m->proj, "MLP output"));
+        TRY(ts_add(&res3, &res2, &m->proj));
     }
-    ts_tensor last = layer_of(&a->residual3, c->n_layer - 1);
-    TRY(ts_layernorm_forward(&a->lnf, &a->lnf_mean, &a->lnf_rstd, &last, &m->p[TS_GPT_LNFW],
-                             &m->p[TS_GPT_LNFB], eps));
-    return ts_linear_forward(&a->logits, &a->lnf, &m->p[TS_GPT_WTE], NULL);
-}
-
-/* Losses (and, when grad_scale != 0, d(grad_scale * mean loss)/dlogits in
- * place of the logits) and the mean loss. */
-static ts_status loss_head(ts_gpt *m, const int32_t *targets, float loss_scale, int with_grad, float *loss)
-{
-    ts_gpt_acts *a = &m->acts;
-    int64_t n = a->B * a->T;
-    a->valid_targets = 0;
-    for (int64_t i = 0; i < n; i++) a->valid_targets += targets[i] >= 0 && targets[i] < m->cfg.vocab_size;
-    TRY(ts_tensor_write(&a->targets, targets, (size_t)n * sizeof *targets));
-    float scale = a->valid_targets ? loss_scale / (float)a->valid_targets : 0.0f;
-    TRY(ts_cross_entropy(&a->losses, NULL, with_grad ? &a->logits : NULL, &a->logits, &a->targets, scale));
-    a->dlogits_ready = with_grad;
-    if (loss) {
+    if (!m->lay.head) return TS_OK;
+    ts_tensor last = layer_of(&a->residual3, L - 1), lnfw = P(m, TS_GPT_LNFW, -1, 0), lnfb = P(m, TS_GPT_LNFB, -1, 0);
+    ts_tensor wte = P(m, TS_GPT_WTE, -1, 0);
+    TRY(ts_layernorm_forward(&a->lnf, &a->lnf_mean, &a->lnf_rstd, &last, &lnfw, &lnfb, eps));
+    TRY(ts_linear_forward(&a->logits, &a->lnf, &wte, NULL));
+    if (!targets) return TS_OK;
+    for (int64_t i = 0; i < N; i++) a->valid_targets += targets[i] >= 0 && targets[i] < c->vocab_size;
+    TRY(ts_tensor_write(&a->targets, targets, (size_t)N * sizeof *targets));
+    if (m->tp_comm) TRY(vocab_parallel_ce(m, a, grad_weight));
+    else TRY(ts_cross_entropy(&a->losses, NULL, grad_weight != 0.0f ? &a->logits : NULL, &a->logits,
+                              &a->targets, grad_weight));
+    a->dlogits_ready = grad_weight != 0.0f;
+    if (valid) *valid = a->valid_targets;
+    if (loss_sum) {
         float sum = 0.0f;
         TRY(ts_sum(&a->loss_sum, &a->losses));
         TRY(ts_tensor_read(&a->loss_sum, &sum, sizeof sum));
-        *loss = a->valid_targets ? sum / (float)a->valid_targets : 0.0f;
+        *loss_sum = sum;
     }
+    return TS_OK;
+}
+
+/* ---- backward ---- */
+
+static void signal_ready(ts_gpt *m, int64_t offset)
+{
+    if (m->grads_ready) m->grads_ready(m->grads_ready_ctx, offset);
+}
+
+ts_status ts_gpt_stage_backward(ts_gpt *m, ts_gpt_acts *a)
+{
+    if (!a->B) return ts_error(TS_ERR_INVALID_ARG, "backward: no forward pass to differentiate");
+    int64_t L = m->lay.layer_end - m->lay.layer_begin;
+    TRY(ensure_scratch(m, a->B, a->T));
+    if (m->lay.head) {
+        if (!a->dlogits_ready)
+            return ts_error(TS_ERR_INVALID_ARG, "backward: the forward pass computed no loss gradient");
+        a->dlogits_ready = 0;
+        ts_tensor wte = P(m, TS_GPT_WTE, -1, 0), dwte = P(m, TS_GPT_WTE, -1, 1);
+        ts_tensor lnfw = P(m, TS_GPT_LNFW, -1, 0), dlnfw = P(m, TS_GPT_LNFW, -1, 1), dlnfb = P(m, TS_GPT_LNFB, -1, 1);
+        ts_tensor last = layer_of(&a->residual3, L - 1);
+        /* output head, tied to wte: dlnf = dlogits @ wte; dwte += dlogits^T @ lnf */
+        TRY(ts_linear_backward(&m->dC, &dwte, NULL, &a->logits, &a->lnf, &wte));
+        TRY(tp_allreduce(m, &m->dC, "head input gradient"));
+        TRY(ts_fill(&a->dres, 0.0f));
+        TRY(ts_layernorm_backward(&a->dres, &dlnfw, &dlnfb, &m->dC, &last, &lnfw, &a->lnf_mean, &a->lnf_rstd));
+        signal_ready(m, ts_gpt_find(m, TS_GPT_LNFW, -1)->offset);
+    }
+    for (int64_t l = L - 1; l >= 0; l--) {
+        /* here a->dres holds d(residual3[l]) */
+        int64_t g = m->lay.layer_begin + l;
+        ts_tensor res = l == 0 ? a->input : layer_of(&a->residual3, l - 1);
+        ts_tensor ln1 = layer_of(&a->ln1, l), m1 = layer_of(&a->ln1_mean, l), r1 = layer_of(&a->ln1_rstd, l);
+        ts_tensor atty = layer_of(&a->atty, l), res2 = layer_of(&a->residual2, l);
+        ts_tensor ln2 = layer_of(&a->ln2, l), m2 = layer_of(&a->ln2_mean, l), r2 = layer_of(&a->ln2_rstd, l);
+        ts_tensor fch = layer_of(&a->fch, l), fchg = layer_of(&a->fch_gelu, l);
+        ts_tensor w_ln1 = P(m, TS_GPT_LN1W, g, 0), w_ln2 = P(m, TS_GPT_LN2W, g, 0);
+        ts_tensor w_qkv = P(m, TS_GPT_QKVW, g, 0), w_ap = P(m, TS_GPT_ATTPROJW, g, 0);
+        ts_tensor w_fc = P(m, TS_GPT_FCW, g, 0), w_fp = P(m, TS_GPT_FCPROJW, g, 0);
+        ts_tensor g_ln1w = P(m, TS_GPT_LN1W, g, 1), g_ln1b = P(m, TS_GPT_LN1B, g, 1);
+        ts_tensor g_qkvw = P(m, TS_GPT_QKVW, g, 1), g_qkvb = P(m, TS_GPT_QKVB, g, 1);
+        ts_tensor g_apw = P(m, TS_GPT_ATTPROJW, g, 1), g_apb = P(m, TS_GPT_ATTPROJB, g, 1);
+        ts_tensor g_ln2w = P(m, TS_GPT_LN2W, g, 1), g_ln2b = P(m, TS_GPT_LN2B, g, 1);
+        ts_tensor g_fcw = P(m, TS_GPT_FCW, g, 1), g_fcb = P(m, TS_GPT_FCB, g, 1);
+        ts_tensor g_fpw = P(m, TS_GPT_FCPROJW, g, 1), g_fpb = P(m, TS_GPT_FCPROJB, g, 1);
+        /* MLP (the output projection's bias gradient is replicated) */
+        TRY(ts_linear_backward(&m->d4C, &g_fpw, &g_fpb, &a->dres, &fchg, &w_fp));
+        TRY(ts_gelu_backward(&m->d4C, &fch, &m->d4C));
+        TRY(ts_linear_backward(&m->dC, &g_fcw, &g_fcb, &m->d4C, &ln2, &w_fc));
+        TRY(tp_allreduce(m, &m->dC, "MLP input gradient"));
+        TRY(ts_layernorm_backward(&a->dres, &g_ln2w, &g_ln2b, &m->dC, &res2, &w_ln2, &m2, &r2));
+        /* a->dres now holds d(residual2[l]); attention */
+        TRY(ts_linear_backward(&m->dCatt, &g_apw, &g_apb, &a->dres, &atty, &w_ap));
+        TRY(ts_attention_backward(&m->d3C, &m->dCatt, &a->ws[l]));
+        TRY(ts_linear_backward(&m->dC, &g_qkvw, &g_qkvb, &m->d3C, &ln1, &w_qkv));
+        TRY(tp_allreduce(m, &m->dC, "attention input gradient"));
+        TRY(ts_layernorm_backward(&a->dres, &g_ln1w, &g_ln1b, &m->dC, &res, &w_ln1, &m1, &r1));
+        signal_ready(m, ts_gpt_find(m, TS_GPT_QKVW, g)->offset);
+    }
+    if (m->lay.embedding) {
+        ts_tensor dwte = P(m, TS_GPT_WTE, -1, 1), dwpe = P(m, TS_GPT_WPE, -1, 1);
+        TRY(ts_embedding_backward_shard(&dwte, &dwpe, &a->dres, &a->tokens, m->vocab_start));
+        signal_ready(m, 0);
+    }
+    return TS_OK;
+}
+
+/* ---- one process, one micro-batch ---- */
+
+static ts_status ensure_acts(ts_gpt *m, int64_t B, int64_t T)
+{
+    if (m->acts.B == B && m->acts.T == T) return TS_OK;
+    ts_gpt_acts_free(&m->acts);
+    return ts_gpt_acts_alloc(m, &m->acts, B, T);
+}
+
+static ts_status whole_model(const ts_gpt *m, const char *what)
+{
+    if (!m->lay.embedding || !m->lay.head || m->lay.layer_begin != 0 || m->lay.layer_end != m->cfg.n_layer)
+        return ts_error(TS_ERR_INVALID_ARG, "%s needs the whole model on this process", what);
     return TS_OK;
 }
 
 ts_status ts_gpt_forward(ts_gpt *m, const int32_t *tokens, const int32_t *targets, int64_t B,
                          int64_t T, float *loss)
 {
-    TRY(forward_trunk(m, tokens, B, T));
-    m->acts.valid_targets = 0;
-    m->acts.dlogits_ready = 0;
-    if (targets) TRY(loss_head(m, targets, 1.0f, 0, loss));
+    TRY(whole_model(m, "ts_gpt_forward"));
+    TRY(ensure_acts(m, B, T));
+    double sum = 0;
+    int64_t valid = 0;
+    TRY(ts_gpt_stage_forward(m, &m->acts, tokens, targets, 0.0f, loss ? &sum : NULL, &valid));
+    if (loss && targets) *loss = valid ? (float)(sum / (double)valid) : 0.0f;
     return TS_OK;
 }
 
 ts_status ts_gpt_forward_backward(ts_gpt *m, const int32_t *tokens, const int32_t *targets,
                                   int64_t B, int64_t T, float loss_scale, float *loss)
 {
+    TRY(whole_model(m, "ts_gpt_forward_backward"));
     if (!targets) return ts_error(TS_ERR_INVALID_ARG, "forward_backward: targets are required");
-    TRY(forward_trunk(m, tokens, B, T));
-    TRY(loss_head(m, targets, loss_scale, 1, loss));
-    return ts_gpt_backward(m, loss_scale);
+    TRY(ensure_acts(m, B, T));
+    int64_t valid = 0;
+    for (int64_t i = 0; i < B * T; i++) valid += targets[i] >= 0 && targets[i] < m->cfg.vocab_size;
+    if (!valid) return ts_error(TS_ERR_INVALID_ARG, "forward_backward: no target is in the vocabulary");
+    double sum = 0;
+    TRY(ts_gpt_stage_forward(m, &m->acts, tokens, targets, loss_scale / (float)valid, &sum, NULL));
+    if (loss) *loss = (float)(sum / (double)valid);
+    return ts_gpt_stage_backward(m, &m->acts);
 }
 
 ts_status ts_gpt_backward(ts_gpt *m, float loss_scale)
 {
-    const ts_gpt_config *c = &m->cfg;
     ts_gpt_acts *a = &m->acts;
     if (!a->B) return ts_error(TS_ERR_INVALID_ARG, "backward: no forward pass to differentiate");
     if (!a->valid_targets) return ts_error(TS_ERR_INVALID_ARG, "backward: the last forward had no targets");
-    /* dlogits in place of the logits: d(loss_scale * mean loss)/dlogits,
-     * unless forward_backward already made them */
     if (!a->dlogits_ready) {
         float scale = loss_scale / (float)a->valid_targets;
         TRY(ts_cross_entropy(NULL, NULL, &a->logits, &a->logits, &a->targets, scale));
+        a->dlogits_ready = 1;
     }
-    a->dlogits_ready = 0;
-    /* output head (tied to wte): dlnf = dlogits @ wte; dwte += dlogits^T @ lnf */
-    TRY(ts_linear_backward(&a->dC, &m->g[TS_GPT_WTE], NULL, &a->logits, &a->lnf, &m->p[TS_GPT_WTE]));
-    TRY(ts_fill(&a->dresidual, 0.0f));
-    ts_tensor last = layer_of(&a->residual3, c->n_layer - 1);
-    TRY(ts_layernorm_backward(&a->dresidual, &m->g[TS_GPT_LNFW], &m->g[TS_GPT_LNFB], &a->dC, &last,
-                              &m->p[TS_GPT_LNFW], &a->lnf_mean, &a->lnf_rstd));
-    for (int64_t l = c->n_layer - 1; l >= 0; l--) {
-        /* here dresidual holds d(residual3[l]) */
-        ts_tensor res = l == 0 ? a->encoded : layer_of(&a->residual3, l - 1);
-        ts_tensor ln1 = layer_of(&a->ln1, l), m1 = layer_of(&a->ln1_mean, l), r1 = layer_of(&a->ln1_rstd, l);
-        ts_tensor atty = layer_of(&a->atty, l), res2 = layer_of(&a->residual2, l);
-        ts_tensor ln2 = layer_of(&a->ln2, l), m2 = layer_of(&a->ln2_mean, l), r2 = layer_of(&a->ln2_rstd, l);
-        ts_tensor fch = layer_of(&a->fch, l), fchg = layer_of(&a->fch_gelu, l);
-        ts_tensor w_ln1 = layer_of(&m->p[TS_GPT_LN1W], l), w_ln2 = layer_of(&m->p[TS_GPT_LN2W], l);
-        ts_tensor w_qkv = layer_of(&m->p[TS_GPT_QKVW], l), w_ap = layer_of(&m->p[TS_GPT_ATTPROJW], l);
-        ts_tensor w_fc = layer_of(&m->p[TS_GPT_FCW], l), w_fp = layer_of(&m->p[TS_GPT_FCPROJW], l);
-        ts_tensor g_ln1w = layer_of(&m->g[TS_GPT_LN1W], l), g_ln1b = layer_of(&m->g[TS_GPT_LN1B], l);
-        ts_tensor g_qkvw = layer_of(&m->g[TS_GPT_QKVW], l), g_qkvb = layer_of(&m->g[TS_GPT_QKVB], l);
-        ts_tensor g_apw = layer_of(&m->g[TS_GPT_ATTPROJW], l), g_apb = layer_of(&m->g[TS_GPT_ATTPROJB], l);
-        ts_tensor g_ln2w = layer_of(&m->g[TS_GPT_LN2W], l), g_ln2b = layer_of(&m->g[TS_GPT_LN2B], l);
-        ts_tensor g_fcw = layer_of(&m->g[TS_GPT_FCW], l), g_fcb = layer_of(&m->g[TS_GPT_FCB], l);
-        ts_tensor g_fpw = layer_of(&m->g[TS_GPT_FCPROJW], l), g_fpb = layer_of(&m->g[TS_GPT_FCPROJB], l);
-        /* MLP */
-        TRY(ts_linear_backward(&a->d4C, &g_fpw, &g_fpb, &a->dresidual, &fchg, &w_fp));
-        TRY(ts_gelu_backward(&a->d4C, &fch, &a->d4C));
-        TRY(ts_linear_backward(&a->dC, &g_fcw, &g_fcb, &a->d4C, &ln2, &w_fc));
-        TRY(ts_layernorm_backward(&a->dresidual, &g_ln2w, &g_ln2b, &a->dC, &res2, &w_ln2, &m2, &r2));
-        /* dresidual now holds d(residual2[l]); attention */
-        TRY(ts_linear_backward(&a->dC, &g_apw, &g_apb, &a->dresidual, &atty, &w_ap));
-        TRY(ts_attention_backward(&a->d3C, &a->dC, &a->ws[l]));
-        TRY(ts_linear_backward(&a->dC, &g_qkvw, &g_qkvb, &a->d3C, &ln1, &w_qkv));
-        TRY(ts_layernorm_backward(&a->dresidual, &g_ln1w, &g_ln1b, &a->dC, &res, &w_ln1, &m1, &r1));
-    }
-    return ts_embedding_backward(&m->g[TS_GPT_WTE], &m->g[TS_GPT_WPE], &a->dresidual, &a->tokens);
+    return ts_gpt_stage_backward(m, a);
 }
 
 ts_status ts_gpt_read_logits(ts_gpt *m, int64_t b, int64_t t, float *out)
 {
     ts_gpt_acts *a = &m->acts;
+    TRY(whole_model(m, "ts_gpt_read_logits"));
     if (!a->B || b < 0 || b >= a->B || t < 0 || t >= a->T)
         return ts_error(TS_ERR_INVALID_ARG, "read_logits: position (%lld, %lld) outside the last forward",
                         (long long)b, (long long)t);
@@ -483,9 +781,20 @@ ts_status ts_gpt_save(const ts_gpt *m, const char *path, const char *const *extr
 ts_status ts_gpt_save_blob(const ts_gpt *m, const ts_tensor *blob, const char *path,
                            const char *const *extra_meta)
 {
-    if (ts_tensor_numel(blob) != m->num_params)
-        return ts_error(TS_ERR_SHAPE, "saving a blob of %lld elements for a model of %lld parameters",
-                        (long long)ts_tensor_numel(blob), (long long)m->num_params);
+    const char *prefix = "";
+    return ts_gpt_save_blobs(m, &blob, &prefix, 1, path, extra_meta);
+}
+
+ts_status ts_gpt_save_blobs(const ts_gpt *m, const ts_tensor *const *blobs,
+                            const char *const *prefixes, int n, const char *path,
+                            const char *const *extra_meta)
+{
+    TRY(whole_model(m, "ts_gpt_save"));
+    if (m->lay.tp_size != 1) return ts_error(TS_ERR_INVALID_ARG, "ts_gpt_save needs an unsharded model");
+    for (int b = 0; b < n; b++)
+        if (ts_tensor_numel(blobs[b]) != m->num_params)
+            return ts_error(TS_ERR_SHAPE, "saving a blob of %lld elements for a model of %lld parameters",
+                            (long long)ts_tensor_numel(blobs[b]), (long long)m->num_params);
     ts_st_writer *w;
     TRY(ts_st_writer_new(&w));
     char cfg[512];
@@ -494,21 +803,20 @@ ts_status ts_gpt_save_blob(const ts_gpt *m, const ts_tensor *blob, const char *p
     if (!st) st = ts_st_writer_meta(w, "config", cfg);
     if (!st) st = ts_st_writer_meta(w, "linear_layout", "out,in");
     for (int i = 0; !st && extra_meta && extra_meta[i]; i += 2) st = ts_st_writer_meta(w, extra_meta[i], extra_meta[i + 1]);
-    /* One tensor per layer and kind; views must outlive the write. */
-    int64_t n_views = 0;
-    for (int i = 0; i < TS_GPT_NPARAMS; i++) n_views += m->info[i].per_layer ? m->cfg.n_layer : 1;
-    ts_tensor *views = calloc((size_t)n_views, sizeof *views);
+    ts_tensor *views = calloc((size_t)(m->ntensors * n), sizeof *views);
     if (!views && !st) st = ts_error(TS_ERR_OOM, "no memory");
-    int64_t k = 0;
-    for (int i = 0; i < TS_GPT_NPARAMS && !st; i++) {
-        const ts_gpt_param_info *p = &m->info[i];
-        int64_t layers = p->per_layer ? m->cfg.n_layer : 1;
-        for (int64_t l = 0; l < layers && !st; l++, k++) {
-            char name[96];
-            ts_gpt_tensor_name(m, i, l, name, sizeof name);
-            int64_t slice = p->shape[0] * p->shape[1];
-            st = ts_tensor_view(&views[k], blob, p->offset + l * slice, TS_SHAPE(slice));
-            if (!st) st = ts_st_writer_add(w, name, &views[k], p->ndim, p->shape);
+    for (int b = 0; b < n && !st; b++) {
+        for (int i = 0; i < m->ntensors && !st; i++) {
+            const ts_gpt_tensor *t = &m->tensors[i];
+            char base[96], name[128];
+            ts_gpt_tensor_name(t->kind, t->layer, base, sizeof base);
+            snprintf(name, sizeof name, "%s%s", prefixes[b], base);
+            ts_tensor *v = &views[b * m->ntensors + i];
+            st = ts_tensor_view(v, blobs[b], t->offset, TS_SHAPE(t->rows * t->cols));
+            if (!st) {
+                if (t->cols > 1) st = ts_st_writer_add(w, name, v, TS_SHAPE(t->rows, t->cols));
+                else st = ts_st_writer_add(w, name, v, TS_SHAPE(t->rows));
+            }
         }
     }
     if (!st) st = ts_st_writer_write(w, path);
@@ -541,6 +849,39 @@ ts_status ts_gpt_read_config(const char *path, ts_gpt_config *cfg)
     return st;
 }
 
+ts_status ts_gpt_load_blob(const ts_gpt *m, ts_tensor *blob, const char *path, const char *prefix)
+{
+    ts_safetensors f;
+    TRY(ts_safetensors_open(path, &f));
+    int64_t maxl = 0;
+    for (int i = 0; i < m->ntensors; i++)
+        if (m->tensors[i].rows * m->tensors[i].cols > maxl) maxl = m->tensors[i].rows * m->tensors[i].cols;
+    float *local = malloc((size_t)(maxl ? maxl : 1) * sizeof *local);
+    ts_status st = local ? TS_OK : ts_error(TS_ERR_OOM, "no memory");
+    for (int i = 0; i < m->ntensors && !st; i++) {
+        const ts_gpt_tensor *t = &m->tensors[i];
+        char base[96], name[128];
+        ts_gpt_tensor_name(t->kind, t->layer, base, sizeof base);
+        snprintf(name, sizeof name, "%s%s", prefix, base);
+        const ts_st_entry *e = ts_safetensors_find(&f, name);
+        int64_t want1 = t->gcols > 1 ? t->gcols : 0;
+        if (!e) st = ts_error(TS_ERR_FORMAT, "%s: no tensor named '%s'", path, name);
+        else if (e->dtype != TS_F32 || e->ndim != (want1 ? 2 : 1) || e->shape[0] != t->grows ||
+                 (want1 && e->shape[1] != t->gcols))
+            st = ts_error(TS_ERR_SHAPE, "%s: tensor '%s' is [%lld%s%lld], expected [%lld%s%lld] f32", path, name,
+                          (long long)e->shape[0], e->ndim > 1 ? ", " : "", e->ndim > 1 ? (long long)e->shape[1] : 0LL,
+                          (long long)t->grows, want1 ? ", " : "", (long long)want1);
+        if (st) break;
+        ts_gpt_slice_from_global(t, (const float *)ts_safetensors_data(&f, e), local);
+        ts_tensor v;
+        st = ts_tensor_view(&v, blob, t->offset, TS_SHAPE(t->rows * t->cols));
+        if (!st) st = ts_tensor_write(&v, local, (size_t)(t->rows * t->cols) * sizeof *local);
+    }
+    free(local);
+    ts_safetensors_close(&f);
+    return st;
+}
+
 ts_status ts_gpt_load(ts_gpt *m, const char *path)
 {
     ts_gpt_config cfg;
@@ -553,22 +894,5 @@ ts_status ts_gpt_load(ts_gpt *m, const char *path)
                         (long long)cfg.n_layer, (long long)cfg.n_head, (long long)cfg.n_embd,
                         (long long)m->cfg.vocab_size, (long long)m->cfg.max_seq_len,
                         (long long)m->cfg.n_layer, (long long)m->cfg.n_head, (long long)m->cfg.n_embd);
-    ts_safetensors f;
-    TRY(ts_safetensors_open(path, &f));
-    ts_status st = TS_OK;
-    for (int i = 0; i < TS_GPT_NPARAMS && !st; i++) {
-        const ts_gpt_param_info *p = &m->info[i];
-        int64_t layers = p->per_layer ? m->cfg.n_layer : 1;
-        for (int64_t l = 0; l < layers && !st; l++) {
-            char name[96];
-            ts_gpt_tensor_name(m, i, l, name, sizeof name);
-            ts_tensor v;
-            int64_t slice = p->shape[0] * p->shape[1];
-            st = p->ndim == 2 ? ts_tensor_view(&v, &m->params, p->offset + l * slice, TS_SHAPE(p->shape[0], p->shape[1]))
-                              : ts_tensor_view(&v, &m->params, p->offset + l * slice, TS_SHAPE(p->shape[0]));
-            if (!st) st = ts_safetensors_load(&f, name, &v, 1);
-        }
-    }
-    ts_safetensors_close(&f);
-    return st;
+    return ts_gpt_load_blob(m, &m->params, path, "");
 }

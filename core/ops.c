@@ -31,6 +31,7 @@ const char *ts_op_kind_name(ts_op_kind kind)
         [TS_OP_SOFTMAX_CAUSAL_FWD] = "softmax_causal_forward",
         [TS_OP_SOFTMAX_CAUSAL_BWD] = "softmax_causal_backward",
         [TS_OP_CROSS_ENTROPY] = "cross_entropy",
+        [TS_OP_CE_SHARD] = "ce_shard",
         [TS_OP_SUM] = "sum",
         [TS_OP_SQNORM] = "sqnorm",
         [TS_OP_OPTIM_UPDATE] = "optimizer_update",
@@ -755,6 +756,101 @@ ts_status ts_cross_entropy(ts_tensor *losses, ts_tensor *probs, ts_tensor *dlogi
     op.p.cross_entropy.N = N;
     op.p.cross_entropy.V = V;
     op.p.cross_entropy.scale = scale;
+    return dispatch(name, &op);
+}
+
+/* ---- vocabulary-parallel cross-entropy ---- */
+
+static ts_status ce_rows(const char *name, const ts_tensor *t, int64_t N)
+{
+    TRY(need(name, "row statistic", t, TS_F32));
+    return need_numel(name, "row statistic", t, N);
+}
+
+ts_status ts_ce_shard_stats(ts_tensor *rowmax, ts_tensor *target_logit, const ts_tensor *logits,
+                            const ts_tensor *targets, int64_t vocab_start)
+{
+    const char *name = "ts_ce_shard_stats";
+    TRY(need(name, "logits", logits, TS_F32));
+    int64_t V = last_dim(logits), N = V ? ts_tensor_numel(logits) / V : 0;
+    TRY(ce_rows(name, rowmax, N));
+    TRY(ce_rows(name, target_logit, N));
+    TRY(need(name, "targets", targets, TS_I32));
+    TRY(need_numel(name, "targets", targets, N));
+    if (N == 0 || V == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_CE_SHARD);
+    op.out[0] = rowmax;
+    op.out[1] = target_logit;
+    op.in[0] = logits;
+    op.in[1] = targets;
+    op.p.ce_shard.phase = 0;
+    op.p.ce_shard.N = N, op.p.ce_shard.V = V, op.p.ce_shard.vocab_start = vocab_start;
+    return dispatch(name, &op);
+}
+
+ts_status ts_ce_shard_sumexp(ts_tensor *sumexp, const ts_tensor *logits, const ts_tensor *rowmax)
+{
+    const char *name = "ts_ce_shard_sumexp";
+    TRY(need(name, "logits", logits, TS_F32));
+    int64_t V = last_dim(logits), N = V ? ts_tensor_numel(logits) / V : 0;
+    TRY(ce_rows(name, sumexp, N));
+    TRY(ce_rows(name, rowmax, N));
+    if (N == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_CE_SHARD);
+    op.out[0] = sumexp;
+    op.in[0] = logits;
+    op.in[1] = rowmax;
+    op.p.ce_shard.phase = 1;
+    op.p.ce_shard.N = N, op.p.ce_shard.V = V;
+    return dispatch(name, &op);
+}
+
+ts_status ts_ce_shard_loss(ts_tensor *losses, const ts_tensor *rowmax, const ts_tensor *sumexp,
+                           const ts_tensor *target_logit, const ts_tensor *targets, int64_t vocab_size)
+{
+    const char *name = "ts_ce_shard_loss";
+    int64_t N = ts_tensor_numel(losses);
+    TRY(ce_rows(name, losses, N));
+    TRY(ce_rows(name, rowmax, N));
+    TRY(ce_rows(name, sumexp, N));
+    TRY(ce_rows(name, target_logit, N));
+    TRY(need(name, "targets", targets, TS_I32));
+    TRY(need_numel(name, "targets", targets, N));
+    if (N == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_CE_SHARD);
+    op.out[0] = losses;
+    op.in[0] = rowmax;
+    op.in[1] = sumexp;
+    op.in[2] = target_logit;
+    op.in[3] = targets;
+    op.p.ce_shard.phase = 2;
+    op.p.ce_shard.N = N, op.p.ce_shard.vocab_size = vocab_size;
+    return dispatch(name, &op);
+}
+
+ts_status ts_ce_shard_grad(ts_tensor *dlogits, const ts_tensor *logits, const ts_tensor *rowmax,
+                           const ts_tensor *sumexp, const ts_tensor *targets, int64_t vocab_start,
+                           int64_t vocab_size, float scale)
+{
+    const char *name = "ts_ce_shard_grad";
+    TRY(need(name, "logits", logits, TS_F32));
+    TRY(need(name, "dlogits", dlogits, TS_F32));
+    int64_t V = last_dim(logits), N = V ? ts_tensor_numel(logits) / V : 0;
+    TRY(need_numel(name, "dlogits", dlogits, N * V));
+    TRY(ce_rows(name, rowmax, N));
+    TRY(ce_rows(name, sumexp, N));
+    TRY(need(name, "targets", targets, TS_I32));
+    TRY(need_numel(name, "targets", targets, N));
+    if (N == 0 || V == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_CE_SHARD);
+    op.out[0] = dlogits;
+    op.in[0] = logits;
+    op.in[1] = rowmax;
+    op.in[2] = sumexp;
+    op.in[3] = targets;
+    op.p.ce_shard.phase = 3;
+    op.p.ce_shard.N = N, op.p.ce_shard.V = V, op.p.ce_shard.vocab_start = vocab_start;
+    op.p.ce_shard.vocab_size = vocab_size, op.p.ce_shard.scale = scale;
     return dispatch(name, &op);
 }
 

@@ -38,33 +38,44 @@ void ts_optimizer_free(ts_optimizer *o)
     memset(o, 0, sizeof *o);
 }
 
+/* Update elements [a, b) of the shard (relative offsets) with decay wd. */
+static ts_status update_range(ts_optimizer *o, ts_tensor *params, const ts_tensor *grads, int64_t a,
+                              int64_t b, ts_optim_params *p, float wd)
+{
+    if (b <= a) return TS_OK;
+    ts_tensor pv, gv, mv, vv;
+    ts_status st = ts_tensor_view(&pv, params, a, TS_SHAPE(b - a));
+    if (!st) st = ts_tensor_view(&gv, grads, a, TS_SHAPE(b - a));
+    if (!st && o->m.block) st = ts_tensor_view(&mv, &o->m, a, TS_SHAPE(b - a));
+    if (!st && o->v.block) st = ts_tensor_view(&vv, &o->v, a, TS_SHAPE(b - a));
+    if (st) return st;
+    p->weight_decay = wd;
+    return ts_optimizer_update(&pv, &gv, o->m.block ? &mv : NULL, o->v.block ? &vv : NULL, p);
+}
+
 ts_status ts_optimizer_step(ts_optimizer *o, ts_tensor *params, const ts_tensor *grads,
-                            int64_t n_decay, float lr, float grad_scale)
+                            int64_t base, const int64_t (*decay)[2], int ndecay, float lr,
+                            float grad_scale)
 {
     if (ts_tensor_numel(params) != o->n || ts_tensor_numel(grads) != o->n)
         return ts_error(TS_ERR_SHAPE, "optimizer of %lld elements given %lld parameters and %lld gradients",
                         (long long)o->n, (long long)ts_tensor_numel(params), (long long)ts_tensor_numel(grads));
-    if (n_decay < 0 || n_decay > o->n)
-        return ts_error(TS_ERR_INVALID_ARG, "decayed prefix %lld outside [0, %lld]", (long long)n_decay,
-                        (long long)o->n);
     o->step++;
     ts_optim_params p = {.kind = o->kind, .lr = lr, .beta1 = o->beta1, .beta2 = o->beta2,
                          .eps = o->eps, .grad_scale = grad_scale, .step = o->step};
-    int64_t bounds[3] = {0, n_decay, o->n};
-    for (int part = 0; part < 2; part++) {
-        int64_t a = bounds[part], b = bounds[part + 1];
+    /* alternate undecayed gaps and decayed ranges, clipped to the shard */
+    int64_t pos = 0;
+    for (int i = 0; i < ndecay; i++) {
+        int64_t a = decay[i][0] - base, b = decay[i][1] - base;
+        if (a < pos) a = pos;
+        if (b > o->n) b = o->n;
         if (b <= a) continue;
-        ts_tensor pv, gv, mv, vv;
-        ts_status st = ts_tensor_view(&pv, params, a, TS_SHAPE(b - a));
-        if (!st) st = ts_tensor_view(&gv, grads, a, TS_SHAPE(b - a));
-        if (!st && o->m.block) st = ts_tensor_view(&mv, &o->m, a, TS_SHAPE(b - a));
-        if (!st && o->v.block) st = ts_tensor_view(&vv, &o->v, a, TS_SHAPE(b - a));
+        ts_status st = update_range(o, params, grads, pos, a, &p, 0.0f);
+        if (!st) st = update_range(o, params, grads, a, b, &p, o->weight_decay);
         if (st) return st;
-        p.weight_decay = part == 0 ? o->weight_decay : 0.0f;
-        st = ts_optimizer_update(&pv, &gv, o->m.block ? &mv : NULL, o->v.block ? &vv : NULL, &p);
-        if (st) return st;
+        pos = b;
     }
-    return TS_OK;
+    return update_range(o, params, grads, pos, o->n, &p, 0.0f);
 }
 
 float ts_lr_at(const ts_lr_schedule *s, int64_t step)

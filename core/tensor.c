@@ -162,6 +162,12 @@ ts_status ts_tensor_reshape(ts_tensor *view, const ts_tensor *base, int ndim, co
     return ts_tensor_view(view, base, 0, ndim, shape);
 }
 
+void *ts_tensor_host_ptr(const ts_tensor *t)
+{
+    if (!t || !t->block || !t->device || strcmp(t->device->info.backend, "cpu") != 0) return NULL;
+    return (char *)t->block->handle + t->offset;
+}
+
 static ts_status check_transfer(const ts_tensor *t, size_t nbytes, const char *what)
 {
     if (!t || !t->block) return ts_error(TS_ERR_INVALID_ARG, "%s: unallocated tensor", what);

@@ -423,8 +423,7 @@ ts_status ts_train(const ts_train_config *cfg_in, ts_train_result *res)
             break;
         }
         float lr = ts_lr_at(&sched, step);
-        if ((st = ts_optimizer_step(&opt, &m.params, &m.grads, m.num_decay, lr,
-                                    ts_clip_scale(norm, c.grad_clip))))
+        if ((st = ts_gpt_optimizer_step(&m, &opt, lr, ts_clip_scale(norm, c.grad_clip))))
             break;
         state.step = step + 1;
         state.next_sample = state.step * c.grad_accum * c.batch;

@@ -49,3 +49,71 @@ __kernel void cross_entropy(__global float *losses, ulong lo, __global float *pr
         if (outputs & 4) dlogits[dlo + n * V + j] = ds * (p - (j == target ? 1.0f : 0.0f));
     }
 }
+
+/* Vocabulary-parallel cross-entropy: each process holds V vocabulary rows
+ * starting at vocab_start; the host combines the row statistics across
+ * processes between these phases. One work-group per row. */
+__kernel void ce_shard_stats(__global float *rowmax, ulong mo, __global float *tgt, ulong go,
+                             __global const float *logits, ulong xo, __global const int *targets,
+                             ulong to, long N, long V, long vocab_start)
+{
+    __local float scratch[ROW_WG];
+    long n = get_group_id(0);
+    int lid = (int)get_local_id(0);
+    if (n >= N) return;
+    __global const float *x = logits + xo + n * V;
+    float m = -INFINITY;
+    for (long j = lid; j < V; j += ROW_WG) m = fmax(m, x[j]);
+    m = wg_max(m, scratch);
+    if (lid == 0) {
+        long t = (long)targets[to + n];
+        rowmax[mo + n] = m;
+        tgt[go + n] = (t >= vocab_start && t < vocab_start + V) ? x[t - vocab_start] : 0.0f;
+    }
+}
+
+__kernel void ce_shard_sumexp(__global float *sumexp, ulong so, __global const float *logits, ulong xo,
+                              __global const float *rowmax, ulong mo, long N, long V)
+{
+    __local float scratch[ROW_WG];
+    long n = get_group_id(0);
+    int lid = (int)get_local_id(0);
+    if (n >= N) return;
+    __global const float *x = logits + xo + n * V;
+    float m = rowmax[mo + n], s = 0.0f;
+    for (long j = lid; j < V; j += ROW_WG) s += exp(x[j] - m);
+    s = wg_sum(s, scratch);
+    if (lid == 0) sumexp[so + n] = s;
+}
+
+__kernel void ce_shard_loss(__global float *losses, ulong lo, __global const float *rowmax, ulong mo,
+                            __global const float *sumexp, ulong so, __global const float *tgt, ulong go,
+                            __global const int *targets, ulong to, long N, long vocab_size)
+{
+    size_t n = get_global_id(0);
+    if (n < (size_t)N) {
+        long t = (long)targets[to + n];
+        losses[lo + n] = (t >= 0 && t < vocab_size) ? log(sumexp[so + n]) + rowmax[mo + n] - tgt[go + n] : 0.0f;
+    }
+}
+
+/* dlogits may be logits: each element is read before the same item writes it. */
+__kernel void ce_shard_grad(__global float *dlogits, ulong dlo, __global const float *logits, ulong xo,
+                            __global const float *rowmax, ulong mo, __global const float *sumexp, ulong so,
+                            __global const int *targets, ulong to, long N, long V, long vocab_start,
+                            long vocab_size, float scale)
+{
+    long n = get_group_id(0);
+    int lid = (int)get_local_id(0);
+    if (n >= N) return;
+    long t = (long)targets[to + n];
+    int valid = t >= 0 && t < vocab_size;
+    float m = rowmax[mo + n], k = valid ? scale / sumexp[so + n] : 0.0f;
+    __global const float *x = logits + xo + n * V;
+    __global float *d = dlogits + dlo + n * V;
+    for (long j = lid; j < V; j += ROW_WG) {
+        float g = k * exp(x[j] - m);
+        if (valid && j == t - vocab_start) g -= scale;
+        d[j] = g;
+    }
+}

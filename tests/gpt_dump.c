@@ -68,7 +68,7 @@ int main(int argc, char **argv)
         double sq;
         if (ts_grad_sqnorm(&m.grads, &sq)) return fail("norm");
         norms[step] = sqrt(sq);
-        if (ts_optimizer_step(&o, &m.params, &m.grads, m.num_decay, lr, ts_clip_scale(norms[step], clip)))
+        if (ts_gpt_optimizer_step(&m, &o, lr, ts_clip_scale(norms[step], clip)))
             return fail("optimizer");
     }
     snprintf(path, sizeof path, "%s/final.safetensors", dir);

@@ -8,8 +8,8 @@
 
 static const double *P(const ts_gpt *m, const double *params, int which, int64_t layer)
 {
-    const ts_gpt_param_info *p = &m->info[which];
-    return params + p->offset + (p->per_layer ? layer * p->shape[0] * p->shape[1] : 0);
+    int per_layer = which >= TS_GPT_QKVW && which <= TS_GPT_FCPROJB;
+    return params + ts_gpt_find(m, which, per_layer ? layer : -1)->offset;
 }
 
 static void layernorm(double *out, const double *x, const double *w, const double *b, int64_t N, int64_t C)
@@ -26,7 +26,7 @@ double ref_gpt_loss(const ts_gpt *m, const double *params, const int32_t *tokens
     double *qkv = malloc((size_t)(N * 3 * C) * sizeof *qkv), *y = malloc((size_t)(N * C) * sizeof *y);
     double *f = malloc((size_t)(N * 4 * C) * sizeof *f), *g = malloc((size_t)(N * 4 * C) * sizeof *g);
     double *logits = malloc((size_t)(N * V) * sizeof *logits), *losses = malloc((size_t)N * sizeof *losses);
-    ref_embedding_forward(x, tokens, P(m, params, TS_GPT_WTE, 0), P(m, params, TS_GPT_WPE, 0), N, T, C, V, 0);
+    ref_embedding_forward(x, tokens, P(m, params, TS_GPT_WTE, -1), P(m, params, TS_GPT_WPE, -1), N, T, C, V, 0);
     for (int64_t l = 0; l < c->n_layer; l++) {
         layernorm(h, x, P(m, params, TS_GPT_LN1W, l), P(m, params, TS_GPT_LN1B, l), N, C);
         ref_gemm(qkv, h, P(m, params, TS_GPT_QKVW, l), P(m, params, TS_GPT_QKVB, l), 1, N, 3 * C, C, false, true, 1, 0, 0);
@@ -39,8 +39,8 @@ double ref_gpt_loss(const ts_gpt *m, const double *params, const int32_t *tokens
         ref_gemm(h, g, P(m, params, TS_GPT_FCPROJW, l), P(m, params, TS_GPT_FCPROJB, l), 1, N, C, 4 * C, false, true, 1, 0, 0);
         for (int64_t i = 0; i < N * C; i++) x[i] += h[i];
     }
-    layernorm(h, x, P(m, params, TS_GPT_LNFW, 0), P(m, params, TS_GPT_LNFB, 0), N, C);
-    ref_gemm(logits, h, P(m, params, TS_GPT_WTE, 0), NULL, 1, N, V, C, false, true, 1, 0, 0);
+    layernorm(h, x, P(m, params, TS_GPT_LNFW, -1), P(m, params, TS_GPT_LNFB, -1), N, C);
+    ref_gemm(logits, h, P(m, params, TS_GPT_WTE, -1), NULL, 1, N, V, C, false, true, 1, 0, 0);
     ref_cross_entropy(losses, NULL, NULL, logits, targets, N, V, 1.0);
     double sum = 0;
     int64_t valid = 0;

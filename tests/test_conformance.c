@@ -542,6 +542,72 @@ static void conf_cross_entropy(void *argp)
     ts_tensor_free(&tx), ts_tensor_free(&tt);
 }
 
+/* ---- vocabulary-parallel cross-entropy: p = N, V, shards ----
+ * The logits are split into shards as tensor-parallel ranks hold them; the
+ * per-shard statistics are combined on the host as the ranks' allreduces
+ * would, and the losses and gradients must match the whole-vocabulary
+ * reference. */
+
+static void conf_ce_shard(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t N = a->p[0], V = a->p[1], S = a->p[2];
+    float scale = 0.5f / (float)N;
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = rand_floats(&r, N * V, -5, 5);
+    int32_t *tg = rand_ints(&r, N, 0, (int32_t)V);
+    if (N > 2) tg[1] = -1;
+    double *dx = to_double(x, N * V), *rl = malloc((size_t)N * sizeof *rl), *rd = malloc((size_t)(N * V) * sizeof *rd);
+    ref_cross_entropy(rl, NULL, rd, dx, tg, N, V, scale);
+    float *gmax = malloc((size_t)N * sizeof *gmax), *gsum = calloc((size_t)N, sizeof *gsum),
+          *gtgt = calloc((size_t)N, sizeof *gtgt), *dl = malloc((size_t)(N * V) * sizeof *dl);
+    for (int64_t n = 0; n < N; n++) gmax[n] = -INFINITY;
+    ts_tensor tt, rowmax, tgt, sumexp, losses;
+    REQUIRE_OK(upload(&tt, a->dev, TS_I32, TS_SHAPE(N), tg));
+    REQUIRE_OK(ts_tensor_alloc(&rowmax, a->dev, TS_F32, TS_SHAPE(N)));
+    REQUIRE_OK(ts_tensor_alloc(&tgt, a->dev, TS_F32, TS_SHAPE(N)));
+    REQUIRE_OK(ts_tensor_alloc(&sumexp, a->dev, TS_F32, TS_SHAPE(N)));
+    REQUIRE_OK(ts_tensor_alloc(&losses, a->dev, TS_F32, TS_SHAPE(N)));
+    ts_tensor shard[8];
+    int64_t start[9];
+    float *hs = malloc((size_t)(N * V) * sizeof *hs), *hv = malloc((size_t)N * sizeof *hv);
+    for (int64_t k = 0; k <= S; k++) start[k] = V * k / S;
+    for (int64_t k = 0; k < S; k++) { /* phase 0 per shard: row maxima and target logits */
+        int64_t w = start[k + 1] - start[k];
+        for (int64_t n = 0; n < N; n++) memcpy(hs + n * w, x + n * V + start[k], (size_t)w * sizeof *hs);
+        REQUIRE_OK(upload(&shard[k], a->dev, TS_F32, TS_SHAPE(N, w), hs));
+        REQUIRE_OK(ts_ce_shard_stats(&rowmax, &tgt, &shard[k], &tt, start[k]));
+        REQUIRE_OK(ts_tensor_read(&rowmax, hv, (size_t)N * sizeof *hv));
+        for (int64_t n = 0; n < N; n++) gmax[n] = fmaxf(gmax[n], hv[n]);
+        REQUIRE_OK(ts_tensor_read(&tgt, hv, (size_t)N * sizeof *hv));
+        for (int64_t n = 0; n < N; n++) gtgt[n] += hv[n];
+    }
+    REQUIRE_OK(ts_tensor_write(&rowmax, gmax, (size_t)N * sizeof *gmax));
+    for (int64_t k = 0; k < S; k++) { /* phase 1: sums with the global maxima */
+        REQUIRE_OK(ts_ce_shard_sumexp(&sumexp, &shard[k], &rowmax));
+        REQUIRE_OK(ts_tensor_read(&sumexp, hv, (size_t)N * sizeof *hv));
+        for (int64_t n = 0; n < N; n++) gsum[n] += hv[n];
+    }
+    REQUIRE_OK(ts_tensor_write(&sumexp, gsum, (size_t)N * sizeof *gsum));
+    REQUIRE_OK(ts_tensor_write(&tgt, gtgt, (size_t)N * sizeof *gtgt));
+    guarded gl;
+    REQUIRE_OK(guarded_alloc(&gl, a->dev, TS_SHAPE(N), NULL));
+    REQUIRE_OK(ts_ce_shard_loss(&gl.t, &rowmax, &sumexp, &tgt, &tt, V)); /* phase 2 */
+    expect_output("sharded losses", &gl, rl, TOL_REDUCE);
+    for (int64_t k = 0; k < S; k++) { /* phase 3, in place */
+        int64_t w = start[k + 1] - start[k];
+        REQUIRE_OK(ts_ce_shard_grad(&shard[k], &shard[k], &rowmax, &sumexp, &tt, start[k], V, scale));
+        REQUIRE_OK(ts_tensor_read(&shard[k], hs, (size_t)(N * w) * sizeof *hs));
+        for (int64_t n = 0; n < N; n++) memcpy(dl + n * V + start[k], hs + n * w, (size_t)w * sizeof *dl);
+        ts_tensor_free(&shard[k]);
+    }
+    check_close("sharded dlogits", dl, rd, N * V, TOL_REDUCE);
+    guarded_free(&gl);
+    ts_tensor_free(&tt), ts_tensor_free(&rowmax), ts_tensor_free(&tgt), ts_tensor_free(&sumexp), ts_tensor_free(&losses);
+    free(x), free(tg), free(dx), free(rl), free(rd), free(gmax), free(gsum), free(gtgt), free(dl), free(hs), free(hv);
+}
+
 /* ---- reductions: p = n, squares ---- */
 
 static void conf_reduce(void *argp)
@@ -664,6 +730,8 @@ static const case_def cases[] = {
      {{1, 1, 7, 0}, {5, 33, 7, 0}, {9, 1000, 5, 0}, {4, 50257, 5, 0}, {6, 301, 1, 0},
       {6, 301, 5, 1}, {3, 77, 3, 1}},
      7},
+    {"cross_entropy vocabulary-parallel", conf_ce_shard, "N=%lld V=%lld shards=%lld", 3,
+     {{1, 2, 2}, {5, 33, 2}, {9, 1001, 4}, {4, 50257, 3}}, 4},
     {"sum", conf_reduce, "n=%lld squares=%lld", 2, {{1, 0}, {1000, 0}, {1000003, 0}}, 3},
     {"sqnorm", conf_reduce, "n=%lld squares=%lld", 2, {{1, 1}, {4097, 1}, {1000003, 1}}, 3},
     {"optimizer sgd", conf_optim, "kind=%lld n=%lld step=%lld wd100=%lld", 4,

@@ -19,10 +19,10 @@ static ts_status randomize(ts_gpt *m, uint64_t seed, float *host)
 {
     rng_t r;
     rng_seed(&r, seed);
-    for (int i = 0; i < TS_GPT_NPARAMS; i++) {
-        const ts_gpt_param_info *p = &m->info[i];
-        int gain = i == TS_GPT_LN1W || i == TS_GPT_LN2W || i == TS_GPT_LNFW;
-        for (int64_t k = 0; k < p->numel; k++)
+    for (int i = 0; i < m->ntensors; i++) {
+        const ts_gpt_tensor *p = &m->tensors[i];
+        int gain = p->kind == TS_GPT_LN1W || p->kind == TS_GPT_LN2W || p->kind == TS_GPT_LNFW;
+        for (int64_t k = 0; k < p->rows * p->cols; k++)
             host[p->offset + k] = gain ? rng_uniform(&r, 0.7f, 1.3f) : rng_uniform(&r, -0.4f, 0.4f);
     }
     return ts_tensor_write(&m->params, host, (size_t)m->num_params * sizeof *host);
@@ -67,11 +67,11 @@ static void grads_match_finite_differences(void *arg)
         fd[i] = (lp - lm) / (2 * h);
     }
     /* per parameter tensor, so a failure names the broken one */
-    for (int k = 0; k < TS_GPT_NPARAMS; k++) {
-        const ts_gpt_param_info *p = &m.info[k];
-        char what[128];
-        snprintf(what, sizeof what, "gradient of %s", p->name);
-        check_close(what, hg + p->offset, fd + p->offset, p->numel, 1e-10);
+    for (int k = 0; k < m.ntensors; k++) {
+        const ts_gpt_tensor *p = &m.tensors[k];
+        char what[160], name[96];
+        snprintf(what, sizeof what, "gradient of %s", ts_gpt_tensor_name(p->kind, p->layer, name, sizeof name));
+        check_close(what, hg + p->offset, fd + p->offset, p->rows * p->cols, 1e-10);
     }
     th_note("whole-model gradient NMSE against finite differences: %.2e over %lld parameters",
             nmse(hg, fd, n), (long long)n);
@@ -184,7 +184,7 @@ TEST(training_agrees_between_cpu_and_opencl)
             REQUIRE_OK(ts_gpt_backward(&m, 1.0f));
             double sq;
             REQUIRE_OK(ts_grad_sqnorm(&m.grads, &sq));
-            REQUIRE_OK(ts_optimizer_step(&o, &m.params, &m.grads, m.num_decay, 3e-3f, ts_clip_scale(sqrt(sq), 1.0f)));
+            REQUIRE_OK(ts_gpt_optimizer_step(&m, &o, 3e-3f, ts_clip_scale(sqrt(sq), 1.0f)));
         }
         params[d] = malloc((size_t)m.num_params * sizeof(float));
         REQUIRE_OK(ts_tensor_read(&m.params, params[d], (size_t)m.num_params * sizeof(float)));
@@ -347,12 +347,15 @@ TEST(weight_decay_applies_to_matrices_only)
     REQUIRE_OK(ts_optimizer_create(&o, cpu, TS_OPTIM_ADAMW, m.num_params, 0.9f, 0.95f, 1e-8f, 0.5f));
     REQUIRE_OK(ts_gpt_zero_grad(&m)); /* zero gradient: only decay moves parameters */
     REQUIRE_OK(ts_tensor_read(&m.params, before, (size_t)m.num_params * 4));
-    REQUIRE_OK(ts_optimizer_step(&o, &m.params, &m.grads, m.num_decay, 0.1f, 1.0f));
+    REQUIRE_OK(ts_gpt_optimizer_step(&m, &o, 0.1f, 1.0f));
     REQUIRE_OK(ts_tensor_read(&m.params, after, (size_t)m.num_params * 4));
-    for (int k = 0; k < TS_GPT_NPARAMS; k++) {
-        const ts_gpt_param_info *p = &m.info[k];
+    for (int k = 0; k < m.ntensors; k++) {
+        const ts_gpt_tensor *p = &m.tensors[k];
         float want = p->decay ? 1.0f * (1.0f - 0.1f * 0.5f) : 1.0f;
-        EXPECTF(fabsf(after[p->offset] - want) < 1e-7f, "%s: %g, want %g", p->name, after[p->offset], want);
+        char name[96];
+        for (int64_t e = 0; e < p->rows * p->cols; e += 7)
+            EXPECTF(fabsf(after[p->offset + e] - want) < 1e-7f, "%s[%lld]: %g, want %g",
+                    ts_gpt_tensor_name(p->kind, p->layer, name, sizeof name), (long long)e, after[p->offset + e], want);
     }
     free(before), free(after);
     ts_optimizer_free(&o);

@@ -154,6 +154,13 @@ static ts_status cpu_run_op(ts_device *dev, const ts_op *op)
         cpu_cross_entropy(F(o[0]), F(o[1]), F(o[2]), F(in[0]), I(in[1]), op->p.cross_entropy.N,
                           op->p.cross_entropy.V, op->p.cross_entropy.scale);
         break;
+    case TS_OP_CE_SHARD: {
+        const __typeof__(op->p.ce_shard) *c = &op->p.ce_shard;
+        const int32_t *tg = c->phase == 0 ? I(in[1]) : c->phase >= 2 ? I(in[3]) : NULL;
+        cpu_ce_shard(c->phase, F(o[0]), F(o[1]), F(in[0]), F(in[1]), c->phase >= 2 ? F(in[2]) : NULL, tg,
+                     c->N, c->V, c->vocab_start, c->vocab_size, c->scale);
+        break;
+    }
     case TS_OP_SUM:
         *F(o[0]) = cpu_sum(F(in[0]), op->p.reduce.n);
         break;

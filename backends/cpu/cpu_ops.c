@@ -325,6 +325,49 @@ TS_CLONES void cpu_cross_entropy(float *losses, float *probs, float *dlogits, co
     }
 }
 
+/* ---- vocabulary-parallel cross-entropy (phases: see tessera/backend.h) ---- */
+
+TS_CLONES void cpu_ce_shard(int phase, float *out0, float *out1, const float *in0, const float *in1,
+                            const float *in2, const int32_t *targets, int64_t N, int64_t V,
+                            int64_t vocab_start, int64_t vocab_size, float scale)
+{
+    PFOR(N * (V > 0 ? V : 1) > SMALL)
+    for (int64_t n = 0; n < N; n++) {
+        int64_t t = targets ? targets[n] : -1;
+        switch (phase) {
+        case 0: { /* rowmax, target logit: in0 logits */
+            const float *x = in0 + n * V;
+            float m = -INFINITY;
+            for (int64_t j = 0; j < V; j++) m = fmaxf(m, x[j]);
+            out0[n] = m;
+            out1[n] = (t >= vocab_start && t < vocab_start + V) ? x[t - vocab_start] : 0.0f;
+            break;
+        }
+        case 1: { /* sumexp: in0 logits, in1 rowmax */
+            const float *x = in0 + n * V;
+            float m = in1[n], s = 0.0f;
+#pragma omp simd reduction(+ : s)
+            for (int64_t j = 0; j < V; j++) s += ts_expf(x[j] - m);
+            out0[n] = s;
+            break;
+        }
+        case 2: /* loss: in0 rowmax, in1 sumexp, in2 target logit */
+            out0[n] = (t >= 0 && t < vocab_size) ? logf(in1[n]) + in0[n] - in2[n] : 0.0f;
+            break;
+        default: { /* gradient: in0 logits, in1 rowmax, in2 sumexp; out0 may be in0 */
+            const float *x = in0 + n * V;
+            float *d = out0 + n * V;
+            int valid = t >= 0 && t < vocab_size;
+            float m = in1[n], k = valid ? scale / in2[n] : 0.0f;
+#pragma omp simd
+            for (int64_t j = 0; j < V; j++) d[j] = k * ts_expf(x[j] - m);
+            if (valid && t >= vocab_start && t < vocab_start + V) d[t - vocab_start] -= scale;
+            break;
+        }
+        }
+    }
+}
+
 /* ---- reductions ---- */
 
 static float reduce(const float *x, int64_t n, int squares)

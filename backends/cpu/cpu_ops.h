@@ -44,6 +44,10 @@ void cpu_softmax_causal_backward(float *dpreatt, const float *att, const float *
 void cpu_cross_entropy(float *losses, float *probs, float *dlogits, const float *logits,
                        const int32_t *targets, int64_t N, int64_t V, float scale);
 
+void cpu_ce_shard(int phase, float *out0, float *out1, const float *in0, const float *in1,
+                  const float *in2, const int32_t *targets, int64_t N, int64_t V, int64_t vocab_start,
+                  int64_t vocab_size, float scale);
+
 float cpu_sum(const float *x, int64_t n);
 float cpu_sqnorm(const float *x, int64_t n);
 

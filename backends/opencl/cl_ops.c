@@ -346,6 +346,52 @@ static ts_status op_cross_entropy(ts_cl_device *d, const ts_op *op)
     return launch_rows(d, "cross_entropy.cl", "cross_entropy", op->p.cross_entropy.N, &a);
 }
 
+static ts_status op_ce_shard(ts_cl_device *d, const ts_op *op)
+{
+    const __typeof__(op->p.ce_shard) *c = &op->p.ce_shard;
+    ts_cl_args a;
+    args_init(&a);
+    switch (c->phase) {
+    case 0:
+        ts_cl_arg_tensor(&a, op->out[0]);
+        ts_cl_arg_tensor(&a, op->out[1]);
+        ts_cl_arg_tensor(&a, op->in[0]);
+        ts_cl_arg_tensor(&a, op->in[1]);
+        ts_cl_arg_long(&a, c->N);
+        ts_cl_arg_long(&a, c->V);
+        ts_cl_arg_long(&a, c->vocab_start);
+        return launch_rows(d, "cross_entropy.cl", "ce_shard_stats", c->N, &a);
+    case 1:
+        ts_cl_arg_tensor(&a, op->out[0]);
+        ts_cl_arg_tensor(&a, op->in[0]);
+        ts_cl_arg_tensor(&a, op->in[1]);
+        ts_cl_arg_long(&a, c->N);
+        ts_cl_arg_long(&a, c->V);
+        return launch_rows(d, "cross_entropy.cl", "ce_shard_sumexp", c->N, &a);
+    case 2:
+        ts_cl_arg_tensor(&a, op->out[0]);
+        ts_cl_arg_tensor(&a, op->in[0]);
+        ts_cl_arg_tensor(&a, op->in[1]);
+        ts_cl_arg_tensor(&a, op->in[2]);
+        ts_cl_arg_tensor(&a, op->in[3]);
+        ts_cl_arg_long(&a, c->N);
+        ts_cl_arg_long(&a, c->vocab_size);
+        return launch_1d(d, "cross_entropy.cl", "ce_shard_loss", c->N, &a);
+    default:
+        ts_cl_arg_tensor(&a, op->out[0]);
+        ts_cl_arg_tensor(&a, op->in[0]);
+        ts_cl_arg_tensor(&a, op->in[1]);
+        ts_cl_arg_tensor(&a, op->in[2]);
+        ts_cl_arg_tensor(&a, op->in[3]);
+        ts_cl_arg_long(&a, c->N);
+        ts_cl_arg_long(&a, c->V);
+        ts_cl_arg_long(&a, c->vocab_start);
+        ts_cl_arg_long(&a, c->vocab_size);
+        ts_cl_arg_float(&a, c->scale);
+        return launch_rows(d, "cross_entropy.cl", "ce_shard_grad", c->N, &a);
+    }
+}
+
 static ts_status op_reduce(ts_cl_device *d, const ts_op *op)
 {
     int64_t n = op->p.reduce.n;
@@ -436,6 +482,7 @@ ts_status ts_cl_run_op(ts_device *dev, const ts_op *op)
     case TS_OP_SOFTMAX_CAUSAL_FWD:
     case TS_OP_SOFTMAX_CAUSAL_BWD: return op_softmax(d, op);
     case TS_OP_CROSS_ENTROPY: return op_cross_entropy(d, op);
+    case TS_OP_CE_SHARD: return op_ce_shard(d, op);
     case TS_OP_SUM:
     case TS_OP_SQNORM: return op_reduce(d, op);
     case TS_OP_OPTIM_UPDATE: return op_optim(d, op);

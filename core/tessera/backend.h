@@ -51,12 +51,17 @@ struct ts_block {
  *  SOFTMAX_CAUSAL_FWD    att[BH,T,T]                           preatt
  *  SOFTMAX_CAUSAL_BWD    dpreatt                               att       datt
  *  CROSS_ENTROPY         losses|NULL   probs|NULL  dlogits|NULL logits[N,V] targets[N]|NULL
+ *  CE_SHARD phase 0      rowmax[N]     tgt[N]                  logits[N,Vl] targets
+ *  CE_SHARD phase 1      sumexp[N]                             logits    rowmax
+ *  CE_SHARD phase 2      losses[N]                             rowmax    sumexp   tgt    targets
+ *  CE_SHARD phase 3      dlogits                               logits    rowmax   sumexp targets
  *  SUM, SQNORM           out[1]                                x
  *  OPTIM_UPDATE          param         m|NULL      v|NULL      grad
  *
  * Aliasing allowed: ADD out with a or b; SCALE, GELU_FWD, GELU_BWD (dinp with dout),
  * SOFTMAX_CAUSAL_BWD (dpreatt with datt), CROSS_ENTROPY (probs or dlogits
- * with logits). Nothing else aliases. */
+ * with logits), CE_SHARD phase 3 (dlogits with logits). Nothing else
+ * aliases. */
 typedef enum ts_op_kind {
     TS_OP_FILL = 0,
     TS_OP_ADD,
@@ -74,6 +79,7 @@ typedef enum ts_op_kind {
     TS_OP_SOFTMAX_CAUSAL_FWD,
     TS_OP_SOFTMAX_CAUSAL_BWD,
     TS_OP_CROSS_ENTROPY,
+    TS_OP_CE_SHARD,
     TS_OP_SUM,
     TS_OP_SQNORM,
     TS_OP_OPTIM_UPDATE,
@@ -111,6 +117,12 @@ typedef struct ts_op {
             int64_t N, V;
             float scale;           /* dlogits = scale * (softmax - onehot) */
         } cross_entropy;
+        struct {
+            int phase;             /* 0 stats, 1 sumexp, 2 loss, 3 grad */
+            int64_t N, V;          /* rows, vocabulary rows held */
+            int64_t vocab_start, vocab_size;
+            float scale;
+        } ce_shard;
         struct { int64_t n; } reduce;
         struct {
             ts_optim_kind kind;

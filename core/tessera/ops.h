@@ -119,6 +119,28 @@ ts_status ts_cross_entropy(ts_tensor *losses, ts_tensor *probs, ts_tensor *dlogi
                            const ts_tensor *logits, const ts_tensor *targets,
                            float scale);
 
+/* ---- vocabulary-parallel cross-entropy ----
+ * Each process holds logits[N, Vl] for vocabulary rows [vocab_start,
+ * vocab_start + Vl) of a vocab_size-token vocabulary; the caller combines
+ * the per-row statistics across processes (max, then sums) in between.
+ * rowmax[n] = max_j logits[n, j]; target_logit[n] = the target's logit if
+ * this shard holds it, else 0. */
+ts_status ts_ce_shard_stats(ts_tensor *rowmax, ts_tensor *target_logit, const ts_tensor *logits,
+                            const ts_tensor *targets, int64_t vocab_start);
+/* sumexp[n] = sum_j exp(logits[n, j] - rowmax[n]), rowmax global. */
+ts_status ts_ce_shard_sumexp(ts_tensor *sumexp, const ts_tensor *logits, const ts_tensor *rowmax);
+/* losses[n] = log(sumexp[n]) + rowmax[n] - target_logit[n], or 0 where the
+ * target is outside [0, vocab_size). */
+ts_status ts_ce_shard_loss(ts_tensor *losses, const ts_tensor *rowmax, const ts_tensor *sumexp,
+                           const ts_tensor *target_logit, const ts_tensor *targets,
+                           int64_t vocab_size);
+/* dlogits = scale * (exp(logits - rowmax) / sumexp - onehot(target -
+ * vocab_start)); zero rows where the target is outside [0, vocab_size).
+ * dlogits may be logits. */
+ts_status ts_ce_shard_grad(ts_tensor *dlogits, const ts_tensor *logits, const ts_tensor *rowmax,
+                           const ts_tensor *sumexp, const ts_tensor *targets, int64_t vocab_start,
+                           int64_t vocab_size, float scale);
+
 /* ---- reductions (out is a 1-element tensor) ---- */
 ts_status ts_sum(ts_tensor *out, const ts_tensor *x);
 ts_status ts_sqnorm(ts_tensor *out, const ts_tensor *x);   /* sum of squares */

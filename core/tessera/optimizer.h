@@ -28,10 +28,14 @@ typedef struct ts_optimizer {
 ts_status ts_optimizer_create(ts_optimizer *o, ts_device *dev, ts_optim_kind kind, int64_t n,
                               float beta1, float beta2, float eps, float weight_decay);
 void ts_optimizer_free(ts_optimizer *o);
-/* One update: params[i] from grads[i] * grad_scale, with weight decay on
- * [0, n_decay). params and grads hold o->n elements each. */
+/* One update of the blob elements [base, base + o->n), held by params and
+ * grads (o->n elements each), from grads * grad_scale. decay lists the
+ * blob ranges [begin, end) that weight decay applies to (the model's
+ * matrices: ts_gpt_decay_ranges); base lets a shard (ZeRO) use the model's
+ * ranges directly. */
 ts_status ts_optimizer_step(ts_optimizer *o, ts_tensor *params, const ts_tensor *grads,
-                            int64_t n_decay, float lr, float grad_scale);
+                            int64_t base, const int64_t (*decay)[2], int ndecay, float lr,
+                            float grad_scale);
 
 typedef struct ts_lr_schedule {
     float lr;              /* peak */

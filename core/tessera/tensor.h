@@ -68,6 +68,10 @@ int ts_tensor_same_shape(const ts_tensor *a, const ts_tensor *b);
 /* "[4, 64, 768] f32" into buf; returns buf. */
 const char *ts_tensor_describe(const ts_tensor *t, char *buf, size_t size);
 
+/* The host address of element 0 when the tensor lives in the native CPU
+ * backend's memory (no staging needed), else NULL. */
+void *ts_tensor_host_ptr(const ts_tensor *t);
+
 /* Host <-> device transfers of the whole tensor (nbytes must match).
  * Reads wait for all work queued before them on the device. */
 ts_status ts_tensor_write(ts_tensor *t, const void *src, size_t nbytes);

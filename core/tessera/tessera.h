@@ -18,6 +18,8 @@
 #include "tessera/generate.h"
 #include "tessera/task.h"
 #include "tessera/train.h"
+#include "tessera/comm.h"
+#include "tessera/parallel.h"
 
 #define TESSERA_VERSION "0.1.0"
 

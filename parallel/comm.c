@@ -1,0 +1,433 @@
+/* Communicators over MPI, and the single-process fallback. */
+#include <limits.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "comm_internal.h"
+
+double ts_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static ts_comm g_world_single = {.size = 1, .rank = 0, .name = "world"};
+static ts_comm *g_world, *g_node;
+static int g_started_mpi;
+
+int ts_parallel_have_mpi(void)
+{
+#ifdef TS_HAVE_MPI
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int ts_comm_size(const ts_comm *c) { return c ? c->size : 1; }
+int ts_comm_rank(const ts_comm *c) { return c ? c->rank : 0; }
+const char *ts_comm_name(const ts_comm *c) { return c ? c->name : "none"; }
+
+int ts_comm_world_rank(const ts_comm *c, int rank)
+{
+    if (!c || !c->world_ranks || rank < 0 || rank >= c->size) return rank;
+    return c->world_ranks[rank];
+}
+
+static uint64_t comm_id(const char *name, const int *ranks, int n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = name; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    for (int i = 0; i < n; i++) h = (h ^ (uint64_t)(unsigned)ranks[i]) * 1099511628211ull;
+    return h;
+}
+
+int64_t ts_comm_enter(ts_comm *c, const char *what)
+{
+    ts_watchdog_lock();
+    c->entered++;
+    snprintf(c->current, sizeof c->current, "%s", what);
+    c->since = ts_now();
+    ts_watchdog_unlock();
+    return ts_trace_begin();
+}
+
+void ts_comm_leave(ts_comm *c, int64_t t0, const char *what)
+{
+    ts_watchdog_lock();
+    c->current[0] = '\0';
+    c->since = ts_now();
+    ts_watchdog_unlock();
+    if (t0 >= 0) ts_trace_end(t0, c->name, what, 1);
+}
+
+#ifdef TS_HAVE_MPI
+
+ts_status ts_mpi_fail(int err, const char *what, const ts_comm *c)
+{
+    char msg[MPI_MAX_ERROR_STRING] = "";
+    int len = 0;
+    MPI_Error_string(err, msg, &len);
+    return ts_error(TS_ERR_COMM, "%s on %s (rank %d of %d) failed: %s", what, c ? c->name : "?",
+                    c ? c->rank : -1, c ? c->size : 0, msg);
+}
+
+ts_status ts_comm_waitall(ts_comm *c, int n, MPI_Request *reqs, const char *what)
+{
+    double t0 = ts_now(), timeout = ts_watchdog_timeout(), hard = ts_watchdog_hard_timeout();
+    double next = timeout;
+    int spins = 0;
+    for (;;) {
+        int done = 0;
+        int err = MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE);
+        if (err != MPI_SUCCESS) return ts_mpi_fail(err, what, c);
+        if (done) return TS_OK;
+        /* spin briefly, then yield: ranks may outnumber cores */
+        if (++spins > 1000) sched_yield();
+        if (timeout > 0 || hard > 0) {
+            double waited = ts_now() - t0;
+            if (timeout > 0 && waited > next) {
+                ts_watchdog_report(c, what, waited);
+                next *= 2;
+            }
+            if (hard > 0 && waited > hard)
+                return ts_error(TS_ERR_TIMEOUT, "%s on %s waited %.0f s for the other ranks: %s", what, c->name,
+                                waited, ts_watchdog_last_report());
+        }
+    }
+}
+
+ts_status ts_comm_wait(ts_comm *c, MPI_Request *req, const char *what)
+{
+    return ts_comm_waitall(c, 1, req, what);
+}
+
+static ts_comm *wrap(MPI_Comm mc, const char *name, int free_mpi)
+{
+    ts_comm *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->comm = mc;
+    c->free_mpi = free_mpi;
+    MPI_Comm_size(mc, &c->size);
+    MPI_Comm_rank(mc, &c->rank);
+    snprintf(c->name, sizeof c->name, "%s", name);
+    c->world_ranks = calloc((size_t)c->size, sizeof *c->world_ranks);
+    int *mine = calloc((size_t)c->size, sizeof *mine);
+    if (!c->world_ranks || !mine) {
+        free(mine);
+        free(c->world_ranks);
+        free(c);
+        return NULL;
+    }
+    MPI_Group g, w;
+    MPI_Comm_group(mc, &g);
+    MPI_Comm_group(MPI_COMM_WORLD, &w);
+    for (int i = 0; i < c->size; i++) mine[i] = i;
+    MPI_Group_translate_ranks(g, c->size, mine, w, c->world_ranks);
+    MPI_Group_free(&g);
+    MPI_Group_free(&w);
+    free(mine);
+    c->id = comm_id(name, c->world_ranks, c->size);
+    c->shm_win = MPI_WIN_NULL;
+    c->since = ts_now();
+    ts_watchdog_register(c);
+    return c;
+}
+
+ts_comm *ts_comm_wrap(MPI_Comm mc, const char *name) { return wrap(mc, name, 1); }
+
+ts_status ts_parallel_init(int *argc, char ***argv)
+{
+    if (g_world) return TS_OK;
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited) {
+        int provided = 0;
+        int err = MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided);
+        if (err != MPI_SUCCESS) return ts_error(TS_ERR_COMM, "MPI_Init_thread failed");
+        g_started_mpi = 1;
+        if (provided < MPI_THREAD_MULTIPLE)
+            ts_log(TS_LOG_WARN, "MPI provides no MPI_THREAD_MULTIPLE: the watchdog and overlapped "
+                                "gradient reduction are off");
+    }
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Comm dup;
+    MPI_Comm_dup(MPI_COMM_WORLD, &dup);
+    g_world = wrap(dup, "world", 1);
+    MPI_Comm nodec;
+    MPI_Comm_split_type(dup, MPI_COMM_TYPE_SHARED, g_world->rank, MPI_INFO_NULL, &nodec);
+    g_node = wrap(nodec, "node", 1);
+    if (!g_world || !g_node) return ts_error(TS_ERR_OOM, "no memory for communicators");
+    ts_watchdog_start();
+    return TS_OK;
+}
+
+void ts_parallel_finalize(void)
+{
+    ts_watchdog_stop();
+    if (g_node) ts_comm_free(g_node);
+    if (g_world) ts_comm_free(g_world);
+    g_node = g_world = NULL;
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (g_started_mpi && !finalized) MPI_Finalize();
+    g_started_mpi = 0;
+}
+
+ts_comm *ts_comm_world(void) { return g_world ? g_world : &g_world_single; }
+ts_comm *ts_comm_node(void) { return g_node ? g_node : &g_world_single; }
+
+ts_status ts_comm_split(ts_comm *parent, int color, int key, const char *name, ts_comm **out)
+{
+    *out = NULL;
+    if (!parent || parent == &g_world_single) {
+        ts_comm *c = calloc(1, sizeof *c);
+        if (!c) return ts_error(TS_ERR_OOM, "no memory");
+        c->size = 1;
+        snprintf(c->name, sizeof c->name, "%s", name);
+        *out = c;
+        return TS_OK;
+    }
+    MPI_Comm mc;
+    int err = MPI_Comm_split(parent->comm, color, key, &mc);
+    if (err != MPI_SUCCESS) return ts_mpi_fail(err, "MPI_Comm_split", parent);
+    *out = wrap(mc, name, 1);
+    return *out ? TS_OK : ts_error(TS_ERR_OOM, "no memory");
+}
+
+void ts_comm_free(ts_comm *c)
+{
+    if (!c || c == &g_world_single) return;
+    if (c->world_ranks) ts_watchdog_unregister(c);
+    if (c->shm_win != MPI_WIN_NULL && c->world_ranks) MPI_Win_free(&c->shm_win);
+    if (c->free_mpi) MPI_Comm_free(&c->comm);
+    free(c->world_ranks);
+    free(c);
+}
+
+/* MPI counts are ints: move large arrays in chunks. */
+#define CHUNK (1 << 28)
+
+static ts_status allreduce(ts_comm *c, void *x, int64_t n, MPI_Datatype t, size_t esize, ts_reduce_op op,
+                           const char *what)
+{
+    if (!c || c->size == 1 || n == 0) return TS_OK;
+    int64_t t0 = ts_comm_enter(c, what);
+    ts_status st = TS_OK;
+    for (int64_t i = 0; i < n && !st; i += CHUNK) {
+        int cnt = (int)(n - i < CHUNK ? n - i : CHUNK);
+        MPI_Request r;
+        int err = MPI_Iallreduce(MPI_IN_PLACE, (char *)x + (size_t)i * esize, cnt, t,
+                                 op == TS_REDUCE_MAX ? MPI_MAX : MPI_SUM, c->comm, &r);
+        st = err == MPI_SUCCESS ? ts_comm_wait(c, &r, what) : ts_mpi_fail(err, what, c);
+    }
+    ts_comm_leave(c, t0, what);
+    return st;
+}
+
+ts_status ts_comm_allreduce_f32(ts_comm *c, float *x, int64_t n, ts_reduce_op op, const char *what)
+{
+    return allreduce(c, x, n, MPI_FLOAT, sizeof *x, op, what);
+}
+ts_status ts_comm_allreduce_f64(ts_comm *c, double *x, int64_t n, ts_reduce_op op, const char *what)
+{
+    return allreduce(c, x, n, MPI_DOUBLE, sizeof *x, op, what);
+}
+ts_status ts_comm_allreduce_i64(ts_comm *c, int64_t *x, int64_t n, ts_reduce_op op, const char *what)
+{
+    return allreduce(c, x, n, MPI_INT64_T, sizeof *x, op, what);
+}
+
+ts_status ts_comm_bcast(ts_comm *c, void *data, size_t bytes, int root, const char *what)
+{
+    if (!c || c->size == 1 || bytes == 0) return TS_OK;
+    int64_t t0 = ts_comm_enter(c, what);
+    ts_status st = TS_OK;
+    for (size_t i = 0; i < bytes && !st; i += CHUNK) {
+        int cnt = (int)(bytes - i < CHUNK ? bytes - i : CHUNK);
+        MPI_Request r;
+        int err = MPI_Ibcast((char *)data + i, cnt, MPI_BYTE, root, c->comm, &r);
+        st = err == MPI_SUCCESS ? ts_comm_wait(c, &r, what) : ts_mpi_fail(err, what, c);
+    }
+    ts_comm_leave(c, t0, what);
+    return st;
+}
+
+ts_status ts_comm_barrier(ts_comm *c, const char *what)
+{
+    if (!c || c->size == 1) return TS_OK;
+    int64_t t0 = ts_comm_enter(c, what);
+    MPI_Request r;
+    int err = MPI_Ibarrier(c->comm, &r);
+    ts_status st = err == MPI_SUCCESS ? ts_comm_wait(c, &r, what) : ts_mpi_fail(err, what, c);
+    ts_comm_leave(c, t0, what);
+    return st;
+}
+
+ts_status ts_comm_allgather(ts_comm *c, const void *in, void *out, size_t bytes, const char *what)
+{
+    if (!c || c->size == 1) {
+        memcpy(out, in, bytes);
+        return TS_OK;
+    }
+    if (bytes > INT_MAX) return ts_error(TS_ERR_INVALID_ARG, "%s: %zu bytes is too large to gather", what, bytes);
+    int64_t t0 = ts_comm_enter(c, what);
+    MPI_Request r;
+    int err = MPI_Iallgather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, c->comm, &r);
+    ts_status st = err == MPI_SUCCESS ? ts_comm_wait(c, &r, what) : ts_mpi_fail(err, what, c);
+    ts_comm_leave(c, t0, what);
+    return st;
+}
+
+static ts_status p2p(ts_comm *c, void *data, size_t bytes, int peer, int tag, int send, const char *what)
+{
+    int64_t t0 = ts_comm_enter(c, what);
+    ts_status st = TS_OK;
+    for (size_t i = 0; i < bytes && !st; i += CHUNK) {
+        int cnt = (int)(bytes - i < CHUNK ? bytes - i : CHUNK);
+        MPI_Request r;
+        int err = send ? MPI_Isend((char *)data + i, cnt, MPI_BYTE, peer, tag, c->comm, &r)
+                       : MPI_Irecv((char *)data + i, cnt, MPI_BYTE, peer, tag, c->comm, &r);
+        st = err == MPI_SUCCESS ? ts_comm_wait(c, &r, what) : ts_mpi_fail(err, what, c);
+    }
+    ts_comm_leave(c, t0, what);
+    return st;
+}
+
+#else /* without MPI: one process, nothing to exchange */
+
+ts_status ts_parallel_init(int *argc, char ***argv)
+{
+    (void)argc, (void)argv;
+    return TS_OK;
+}
+void ts_parallel_finalize(void) {}
+ts_comm *ts_comm_world(void) { return &g_world_single; }
+ts_comm *ts_comm_node(void) { return &g_world_single; }
+
+ts_status ts_comm_split(ts_comm *parent, int color, int key, const char *name, ts_comm **out)
+{
+    (void)parent, (void)color, (void)key;
+    ts_comm *c = calloc(1, sizeof *c);
+    if (!c) return ts_error(TS_ERR_OOM, "no memory");
+    c->size = 1;
+    snprintf(c->name, sizeof c->name, "%s", name);
+    *out = c;
+    return TS_OK;
+}
+
+void ts_comm_free(ts_comm *c)
+{
+    if (c && c != &g_world_single) free(c);
+}
+
+ts_status ts_comm_allreduce_f32(ts_comm *c, float *x, int64_t n, ts_reduce_op op, const char *what)
+{
+    (void)c, (void)x, (void)n, (void)op, (void)what;
+    return TS_OK;
+}
+ts_status ts_comm_allreduce_f64(ts_comm *c, double *x, int64_t n, ts_reduce_op op, const char *what)
+{
+    (void)c, (void)x, (void)n, (void)op, (void)what;
+    return TS_OK;
+}
+ts_status ts_comm_allreduce_i64(ts_comm *c, int64_t *x, int64_t n, ts_reduce_op op, const char *what)
+{
+    (void)c, (void)x, (void)n, (void)op, (void)what;
+    return TS_OK;
+}
+ts_status ts_comm_bcast(ts_comm *c, void *data, size_t bytes, int root, const char *what)
+{
+    (void)c, (void)data, (void)bytes, (void)root, (void)what;
+    return TS_OK;
+}
+ts_status ts_comm_barrier(ts_comm *c, const char *what)
+{
+    (void)c, (void)what;
+    return TS_OK;
+}
+ts_status ts_comm_allgather(ts_comm *c, const void *in, void *out, size_t bytes, const char *what)
+{
+    (void)c, (void)what;
+    memcpy(out, in, bytes);
+    return TS_OK;
+}
+static ts_status p2p(ts_comm *c, void *data, size_t bytes, int peer, int tag, int send, const char *what)
+{
+    (void)c, (void)data, (void)bytes, (void)tag, (void)send;
+    return ts_error(TS_ERR_COMM, "%s: no peer %d in a single-process run", what, peer);
+}
+#endif
+
+/* ---- tensors: in place where memory is host memory, else staged ---- */
+
+static ts_status stage_in(const ts_tensor *t, float **buf, int *staged)
+{
+    *staged = 0;
+    *buf = ts_tensor_host_ptr(t);
+    if (*buf) return TS_OK;
+    *buf = malloc(ts_tensor_nbytes(t) ? ts_tensor_nbytes(t) : 1);
+    if (!*buf) return ts_error(TS_ERR_OOM, "no host memory to stage %zu bytes", ts_tensor_nbytes(t));
+    *staged = 1;
+    ts_status st = ts_tensor_read(t, *buf, ts_tensor_nbytes(t));
+    if (st) free(*buf);
+    return st;
+}
+
+ts_status ts_comm_allreduce_tensor(ts_comm *c, ts_tensor *t, ts_reduce_op op, const char *what)
+{
+    if (!c || c->size == 1) return TS_OK;
+    float *buf;
+    int staged;
+    ts_status st = stage_in(t, &buf, &staged);
+    if (st) return st;
+    st = ts_comm_allreduce_f32(c, buf, ts_tensor_numel(t), op, what);
+    if (staged) {
+        if (!st) st = ts_tensor_write(t, buf, ts_tensor_nbytes(t));
+        free(buf);
+    }
+    return st;
+}
+
+ts_status ts_comm_bcast_tensor(ts_comm *c, ts_tensor *t, int root, const char *what)
+{
+    if (!c || c->size == 1) return TS_OK;
+    float *buf;
+    int staged;
+    ts_status st = stage_in(t, &buf, &staged);
+    if (st) return st;
+    st = ts_comm_bcast(c, buf, ts_tensor_nbytes(t), root, what);
+    if (staged) {
+        if (!st && ts_comm_rank(c) != root) st = ts_tensor_write(t, buf, ts_tensor_nbytes(t));
+        free(buf);
+    }
+    return st;
+}
+
+ts_status ts_comm_send_tensor(ts_comm *c, const ts_tensor *t, int dest, int tag, const char *what)
+{
+    float *buf;
+    int staged;
+    ts_status st = stage_in(t, &buf, &staged);
+    if (st) return st;
+    st = p2p(c, buf, ts_tensor_nbytes(t), dest, tag, 1, what);
+    if (staged) free(buf);
+    return st;
+}
+
+ts_status ts_comm_recv_tensor(ts_comm *c, ts_tensor *t, int src, int tag, const char *what)
+{
+    void *host = ts_tensor_host_ptr(t);
+    if (host) return p2p(c, host, ts_tensor_nbytes(t), src, tag, 0, what);
+    void *buf = malloc(ts_tensor_nbytes(t) ? ts_tensor_nbytes(t) : 1);
+    if (!buf) return ts_error(TS_ERR_OOM, "no host memory to stage %zu bytes", ts_tensor_nbytes(t));
+    ts_status st = p2p(c, buf, ts_tensor_nbytes(t), src, tag, 0, what);
+    if (!st) st = ts_tensor_write(t, buf, ts_tensor_nbytes(t));
+    free(buf);
+    return st;
+}
