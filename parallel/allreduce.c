@@ -49,23 +49,29 @@ int64_t ts_comm_part_start(int64_t n, int size, int part)
 #define CHUNK (1 << 26) /* floats per message */
 
 /* Send part `sp` of x to `right` while receiving part `rp` from `left`;
- * add the received elements (or copy them when !add). */
+ * add the received elements (or copy them when !add). Every part travels
+ * as max(1, ceil(count / CHUNK)) messages, empty parts too, so each send
+ * meets its receive whatever the part sizes. */
 static ts_status exchange(ts_comm *c, float *x, int64_t n, int sp, int rp, int right, int left,
                           float *tmp, int add, const char *what)
 {
     int p = c->size;
     int64_t s0 = ts_comm_part_start(n, p, sp), s1 = ts_comm_part_start(n, p, sp + 1);
     int64_t r0 = ts_comm_part_start(n, p, rp), r1 = ts_comm_part_start(n, p, rp + 1);
-    for (int64_t off = 0; off < (s1 - s0) || off < (r1 - r0); off += CHUNK) {
+    int64_t ns = (s1 - s0 + CHUNK - 1) / CHUNK, nr = (r1 - r0 + CHUNK - 1) / CHUNK;
+    if (ns < 1) ns = 1;
+    if (nr < 1) nr = 1;
+    for (int64_t k = 0; k < ns || k < nr; k++) {
+        int64_t off = k * CHUNK;
         int sc = (int)(s1 - s0 - off > CHUNK ? CHUNK : (s1 - s0 - off > 0 ? s1 - s0 - off : 0));
         int rc = (int)(r1 - r0 - off > CHUNK ? CHUNK : (r1 - r0 - off > 0 ? r1 - r0 - off : 0));
-        MPI_Request req[2];
+        MPI_Request req[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
         float *dst = add ? tmp : x + r0 + off;
-        MPI_Irecv(dst, rc, MPI_FLOAT, left, 77, c->comm, &req[0]);
-        MPI_Isend(x + s0 + off, sc, MPI_FLOAT, right, 77, c->comm, &req[1]);
+        if (k < nr) MPI_Irecv(dst, rc, MPI_FLOAT, left, 77, c->comm, &req[0]);
+        if (k < ns) MPI_Isend(x + s0 + off, sc, MPI_FLOAT, right, 77, c->comm, &req[1]);
         ts_status st = ts_comm_waitall(c, 2, req, what);
         if (st) return st;
-        if (add) {
+        if (add && k < nr) {
             float *y = x + r0 + off;
             for (int i = 0; i < rc; i++) y[i] += tmp[i];
         }

@@ -22,6 +22,12 @@ void th_add_owned(const char *name, th_fn fn, void *arg);
  * (or all); print TAP; return the process exit code. */
 int th_run(int argc, char **argv);
 
+/* Multi-process tests (MPI): only a printing process writes TAP, and after
+ * each test `combine` turns this process's failure count into the group's
+ * (e.g. an allreduce), so every process agrees on the verdict. */
+void th_set_printing(int print);
+void th_set_combiner(int (*combine)(int failed));
+
 void th_fail(const char *file, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void th_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void th_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
