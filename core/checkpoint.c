@@ -61,16 +61,23 @@ static ts_status write_state(const char *path, const ts_train_state *s)
     return ts_write_file_atomic(path, buf, (size_t)n);
 }
 
+void ts_checkpoint_optim_meta(const ts_optimizer *o, char step[32], char hyper[256], const char *meta[8])
+{
+    snprintf(step, 32, "%lld", (long long)o->step);
+    snprintf(hyper, 256,
+             "{\"kind\": \"%s\", \"beta1\": %.9g, \"beta2\": %.9g, \"eps\": %.9g, \"weight_decay\": %.9g}",
+             ts_optim_kind_name(o->kind), o->beta1, o->beta2, o->eps, o->weight_decay);
+    const char *kv[] = {"optimizer_format", "tessera-optimizer", "step", step, "optimizer", hyper, NULL};
+    memcpy(meta, kv, sizeof kv);
+}
+
 /* Moments under the parameters' names ("m.h.3.attn.c_attn.weight"), so
  * they load into any layout like the weights. */
 static ts_status write_optim(const char *path, const ts_gpt *model, const ts_optimizer *o)
 {
     char step[32], hyper[256];
-    snprintf(step, sizeof step, "%lld", (long long)o->step);
-    snprintf(hyper, sizeof hyper,
-             "{\"kind\": \"%s\", \"beta1\": %.9g, \"beta2\": %.9g, \"eps\": %.9g, \"weight_decay\": %.9g}",
-             ts_optim_kind_name(o->kind), o->beta1, o->beta2, o->eps, o->weight_decay);
-    const char *meta[] = {"optimizer_format", "tessera-optimizer", "step", step, "optimizer", hyper, NULL};
+    const char *meta[8];
+    ts_checkpoint_optim_meta(o, step, hyper, meta);
     const ts_tensor *blobs[2];
     const char *prefixes[2];
     int n = 0;
@@ -107,30 +114,30 @@ static void prune(const char *dir, int keep)
     }
 }
 
-ts_status ts_checkpoint_save(const char *dir, const ts_gpt *model, const ts_optimizer *opt,
-                             const ts_train_state *state, const ts_tokenizer *tok, int keep)
+ts_status ts_checkpoint_begin(const char *dir, int64_t step, char *tmp, size_t n)
 {
     TRY(ts_mkdir_p(dir));
-    char name[64], tmp[4200], final[4200], f[4300];
-    snprintf(name, sizeof name, "step_%08lld", (long long)state->step);
-    snprintf(tmp, sizeof tmp, "%s/.tmp-%s", dir, name);
-    snprintf(final, sizeof final, "%s/%s", dir, name);
+    snprintf(tmp, n, "%s/.tmp-step_%08lld", dir, (long long)step);
     remove_dir(tmp); /* leftovers of an earlier crash */
     TRY(ts_mkdir_p(tmp));
-    char fp[32];
-    snprintf(fp, sizeof fp, "%016llx", (unsigned long long)tok->fingerprint);
-    const char *meta[] = {"tokenizer_fingerprint", fp, NULL};
-    snprintf(f, sizeof f, "%s/model.safetensors", tmp);
-    ts_status st = ts_gpt_save(model, f, meta);
-    if (!st) maybe_die_in_save();
-    if (!st) {
-        snprintf(f, sizeof f, "%s/optim.safetensors", tmp);
-        st = write_optim(f, model, opt);
-    }
-    if (!st) {
-        snprintf(f, sizeof f, "%s/tokenizer.txt", tmp);
-        st = ts_tokenizer_save(tok, f);
-    }
+    return TS_OK;
+}
+
+void ts_checkpoint_model_meta(const ts_tokenizer *tok, char fp[32], const char *meta[4])
+{
+    snprintf(fp, 32, "%016llx", (unsigned long long)tok->fingerprint);
+    meta[0] = "tokenizer_fingerprint", meta[1] = fp, meta[2] = NULL;
+}
+
+ts_status ts_checkpoint_finish(const char *dir, const char *tmp, const ts_train_state *state,
+                               const ts_tokenizer *tok, int keep)
+{
+    char name[64], final[4200], f[4300];
+    snprintf(name, sizeof name, "step_%08lld", (long long)state->step);
+    snprintf(final, sizeof final, "%s/%s", dir, name);
+    maybe_die_in_save(); /* the weights are written, the checkpoint is not complete */
+    snprintf(f, sizeof f, "%s/tokenizer.txt", tmp);
+    ts_status st = ts_tokenizer_save(tok, f);
     if (!st) {
         snprintf(f, sizeof f, "%s/state.json", tmp);
         st = write_state(f, state);
@@ -149,11 +156,33 @@ ts_status ts_checkpoint_save(const char *dir, const ts_gpt *model, const ts_opti
         st = ts_write_file_atomic(f, line, (size_t)n);
     }
     if (st) {
-        remove_dir(tmp);
+        ts_checkpoint_abandon(tmp);
         return ts_error_context(st, "saving checkpoint %s", final);
     }
     prune(dir, keep);
     return TS_OK;
+}
+
+void ts_checkpoint_abandon(const char *tmp) { remove_dir(tmp); }
+
+ts_status ts_checkpoint_save(const char *dir, const ts_gpt *model, const ts_optimizer *opt,
+                             const ts_train_state *state, const ts_tokenizer *tok, int keep)
+{
+    char tmp[4200], f[4300], fp[32];
+    const char *meta[4];
+    TRY(ts_checkpoint_begin(dir, state->step, tmp, sizeof tmp));
+    ts_checkpoint_model_meta(tok, fp, meta);
+    snprintf(f, sizeof f, "%s/model.safetensors", tmp);
+    ts_status st = ts_gpt_save(model, f, meta);
+    if (!st) {
+        snprintf(f, sizeof f, "%s/optim.safetensors", tmp);
+        st = write_optim(f, model, opt);
+    }
+    if (st) {
+        ts_checkpoint_abandon(tmp);
+        return ts_error_context(st, "saving checkpoint step %lld in %s", (long long)state->step, dir);
+    }
+    return ts_checkpoint_finish(dir, tmp, state, tok, keep);
 }
 
 ts_status ts_checkpoint_latest(const char *dir, char *path, size_t n)
@@ -225,6 +254,43 @@ ts_status ts_checkpoint_read_state(const char *ckpt, ts_train_state *s)
     return TS_OK;
 }
 
+ts_status ts_checkpoint_load_optimizer(const char *path, const ts_gpt *model, ts_optimizer *opt,
+                                       int64_t shard_begin)
+{
+    ts_safetensors st;
+    TRY(ts_safetensors_open(path, &st));
+    ts_status rc = TS_OK;
+    const char *step = ts_safetensors_meta(&st, "step");
+    const char *hyper = ts_safetensors_meta(&st, "optimizer");
+    char want_kind[32];
+    snprintf(want_kind, sizeof want_kind, "\"kind\": \"%s\"", ts_optim_kind_name(opt->kind));
+    if (!step || !hyper) rc = ts_error(TS_ERR_FORMAT, "%s: not a tessera optimizer state", path);
+    else if (!strstr(hyper, want_kind))
+        rc = ts_error(TS_ERR_INVALID_ARG, "%s holds %s state; this run uses %s", path, hyper,
+                      ts_optim_kind_name(opt->kind));
+    if (!rc) opt->step = strtoll(step, NULL, 10);
+    ts_safetensors_close(&st);
+    ts_tensor *moments[2] = {opt->m.block ? &opt->m : NULL, opt->v.block ? &opt->v : NULL};
+    const char *prefixes[2] = {"m.", "v."};
+    int whole = opt->n == model->num_params && shard_begin == 0;
+    for (int i = 0; i < 2 && !rc; i++) {
+        if (!moments[i]) continue;
+        if (whole) {
+            rc = ts_gpt_load_blob(model, moments[i], path, prefixes[i]);
+            continue;
+        }
+        /* a shard (ZeRO): load the local blob, keep the shard's part */
+        ts_tensor full, part;
+        rc = ts_tensor_alloc(&full, moments[i]->device, TS_F32, TS_SHAPE(model->num_params));
+        if (rc) break;
+        rc = ts_gpt_load_blob(model, &full, path, prefixes[i]);
+        if (!rc) rc = ts_tensor_view(&part, &full, shard_begin, TS_SHAPE(opt->n));
+        if (!rc) rc = ts_tensor_copy(moments[i], &part);
+        ts_tensor_free(&full);
+    }
+    return rc;
+}
+
 ts_status ts_checkpoint_load(const char *ckpt, ts_gpt *model, ts_optimizer *opt)
 {
     char f[4300];
@@ -232,20 +298,5 @@ ts_status ts_checkpoint_load(const char *ckpt, ts_gpt *model, ts_optimizer *opt)
     TRY(ts_gpt_load(model, f));
     if (!opt) return TS_OK;
     snprintf(f, sizeof f, "%s/optim.safetensors", ckpt);
-    ts_safetensors st;
-    TRY(ts_safetensors_open(f, &st));
-    ts_status rc = TS_OK;
-    const char *step = ts_safetensors_meta(&st, "step");
-    const char *hyper = ts_safetensors_meta(&st, "optimizer");
-    char want_kind[32];
-    snprintf(want_kind, sizeof want_kind, "\"kind\": \"%s\"", ts_optim_kind_name(opt->kind));
-    if (!step || !hyper) rc = ts_error(TS_ERR_FORMAT, "%s: not a tessera optimizer state", f);
-    else if (!strstr(hyper, want_kind))
-        rc = ts_error(TS_ERR_INVALID_ARG, "%s holds %s state; this run uses %s", f, hyper,
-                      ts_optim_kind_name(opt->kind));
-    if (!rc) opt->step = strtoll(step, NULL, 10);
-    ts_safetensors_close(&st);
-    if (!rc && opt->m.block) rc = ts_gpt_load_blob(model, &opt->m, f, "m.");
-    if (!rc && opt->v.block) rc = ts_gpt_load_blob(model, &opt->v, f, "v.");
-    return rc;
+    return ts_checkpoint_load_optimizer(f, model, opt, 0);
 }

@@ -183,6 +183,26 @@ ts_status ts_device_open(const char *spec, ts_device **out)
     return unknown_device(spec);
 }
 
+ts_status ts_device_open_local(const char *spec, int local_rank, ts_device **out)
+{
+    const char *env = getenv("TESSERA_DEVICE");
+    int is_auto = (!spec || !*spec || !strcmp(spec, "auto")) && !(env && *env && strcmp(env, "auto") != 0);
+    if (!is_auto || local_rank <= 0) return ts_device_open(spec, out);
+    ensure_registry();
+    /* the GPUs of the fastest kind, dealt out to the node's processes */
+    ts_device *best = NULL;
+    for (int i = 0; i < n_devices; i++)
+        if (devices[i]->info.type == TS_DEVICE_GPU && (!best || speed_rank(devices[i]) > speed_rank(best)))
+            best = devices[i];
+    if (!best) return ts_device_open(spec, out);
+    ts_device *same[64];
+    int n = 0;
+    for (int i = 0; i < n_devices && n < 64; i++)
+        if (devices[i]->info.type == TS_DEVICE_GPU && speed_rank(devices[i]) == speed_rank(best)) same[n++] = devices[i];
+    *out = same[local_rank % n];
+    return TS_OK;
+}
+
 ts_status ts_device_synchronize(ts_device *device)
 {
     if (!device) return ts_error(TS_ERR_DEVICE, "ts_device_synchronize: device is NULL");

@@ -304,6 +304,17 @@ ts_status ts_gpt_create_layout(ts_gpt *m, ts_device *dev, const ts_gpt_config *c
     return TS_OK;
 }
 
+ts_status ts_gpt_plan(ts_gpt *m, const ts_gpt_config *cfg, const ts_gpt_layout *lay)
+{
+    memset(m, 0, sizeof *m);
+    TRY(ts_gpt_layout_check(cfg, lay));
+    m->cfg = *cfg;
+    m->lay = *lay;
+    ts_status st = build_tensors(m);
+    if (st) ts_gpt_free(m);
+    return st;
+}
+
 ts_status ts_gpt_create(ts_gpt *m, ts_device *dev, const ts_gpt_config *cfg)
 {
     ts_gpt_layout lay;
@@ -764,7 +775,7 @@ ts_status ts_gpt_read_logits(ts_gpt *m, int64_t b, int64_t t, float *out)
 
 /* ---- files ---- */
 
-static void config_json(const ts_gpt_config *c, char *buf, size_t n)
+void ts_gpt_config_json(const ts_gpt_config *c, char *buf, size_t n)
 {
     snprintf(buf, n,
              "{\"vocab_size\": %lld, \"max_seq_len\": %lld, \"n_layer\": %lld, \"n_head\": %lld, "
@@ -798,7 +809,7 @@ ts_status ts_gpt_save_blobs(const ts_gpt *m, const ts_tensor *const *blobs,
     ts_st_writer *w;
     TRY(ts_st_writer_new(&w));
     char cfg[512];
-    config_json(&m->cfg, cfg, sizeof cfg);
+    ts_gpt_config_json(&m->cfg, cfg, sizeof cfg);
     ts_status st = ts_st_writer_meta(w, "format", "tessera-gpt");
     if (!st) st = ts_st_writer_meta(w, "config", cfg);
     if (!st) st = ts_st_writer_meta(w, "linear_layout", "out,in");

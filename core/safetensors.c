@@ -419,3 +419,93 @@ ts_status ts_st_writer_write(ts_st_writer *w, const char *path)
     }
     return ts_atomic_commit(&af);
 }
+
+/* ---- streaming writer ---- */
+
+struct ts_st_stream {
+    ts_atomic_file af;
+    uint64_t expected, written;
+    char path[1024];
+};
+
+ts_status ts_st_stream_open(ts_st_stream **out, const char *path, int n, const char *const *names,
+                            const int *ndims, const int64_t (*shapes)[2], const char *const *meta_kv)
+{
+    *out = NULL;
+    sbuf h = {0};
+    int bad = sb_add(&h, "{", 1), first = 1;
+    if (meta_kv && meta_kv[0]) {
+        bad |= sb_add(&h, "\"__metadata__\":{", 16);
+        for (int i = 0; meta_kv[i]; i += 2) {
+            if (i) bad |= sb_add(&h, ",", 1);
+            bad |= sb_str(&h, meta_kv[i]);
+            bad |= sb_add(&h, ":", 1);
+            bad |= sb_str(&h, meta_kv[i + 1]);
+        }
+        bad |= sb_add(&h, "}", 1);
+        first = 0;
+    }
+    uint64_t pos = 0;
+    for (int i = 0; i < n; i++) {
+        char buf[256];
+        uint64_t bytes = (uint64_t)shapes[i][0] * (uint64_t)(ndims[i] > 1 ? shapes[i][1] : 1) * 4;
+        if (!first) bad |= sb_add(&h, ",", 1);
+        first = 0;
+        bad |= sb_str(&h, names[i]);
+        int k = ndims[i] > 1
+                    ? snprintf(buf, sizeof buf, ":{\"dtype\":\"F32\",\"shape\":[%lld,%lld],\"data_offsets\":[%llu,%llu]}",
+                               (long long)shapes[i][0], (long long)shapes[i][1], (unsigned long long)pos,
+                               (unsigned long long)(pos + bytes))
+                    : snprintf(buf, sizeof buf, ":{\"dtype\":\"F32\",\"shape\":[%lld],\"data_offsets\":[%llu,%llu]}",
+                               (long long)shapes[i][0], (unsigned long long)pos, (unsigned long long)(pos + bytes));
+        bad |= sb_add(&h, buf, (size_t)k);
+        pos += bytes;
+    }
+    bad |= sb_add(&h, "}", 1);
+    while (!bad && (h.n % 8) != 0) bad |= sb_add(&h, " ", 1);
+    if (bad) {
+        free(h.s);
+        return ts_error(TS_ERR_OOM, "no memory for a safetensors header");
+    }
+    ts_st_stream *s = calloc(1, sizeof *s);
+    if (!s) {
+        free(h.s);
+        return ts_error(TS_ERR_OOM, "no memory");
+    }
+    snprintf(s->path, sizeof s->path, "%s", path);
+    s->expected = pos;
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)h.n >> (8 * i));
+    ts_status st = ts_atomic_open(&s->af, path);
+    if (!st) st = ts_atomic_write(&s->af, len8, 8);
+    if (!st) st = ts_atomic_write(&s->af, h.s, h.n);
+    free(h.s);
+    if (st) {
+        ts_atomic_abort(&s->af);
+        free(s);
+        return st;
+    }
+    *out = s;
+    return TS_OK;
+}
+
+ts_status ts_st_stream_write(ts_st_stream *s, const float *data, int64_t count)
+{
+    if (s->written + (uint64_t)count * 4 > s->expected)
+        return ts_error(TS_ERR_INVALID_ARG, "%s: more data than the header promises", s->path);
+    s->written += (uint64_t)count * 4;
+    return ts_atomic_write(&s->af, data, (size_t)count * 4);
+}
+
+ts_status ts_st_stream_close(ts_st_stream *s, int commit)
+{
+    if (!s) return TS_OK;
+    ts_status st = TS_OK;
+    if (commit && s->written != s->expected)
+        st = ts_error(TS_ERR_INVALID_ARG, "%s: %llu of %llu data bytes written", s->path,
+                      (unsigned long long)s->written, (unsigned long long)s->expected);
+    if (commit && !st) st = ts_atomic_commit(&s->af);
+    else ts_atomic_abort(&s->af);
+    free(s);
+    return st;
+}

@@ -82,8 +82,10 @@ ts_status ts_sort_task_evaluate(ts_gpt *m, int n, uint64_t seed, int show, FILE 
 {
     int correct = 0;
     ts_sample_options o = {.temperature = 0.0f, .stop_token = '\n', .context = 0};
-    int64_t ctx = m->cfg.max_seq_len;
-    int32_t *tok = malloc((size_t)ctx * sizeof *tok);
+    /* room for three problems whatever the model's context (generation
+     * sees the last max_seq_len tokens) */
+    int64_t ctx = m->cfg.max_seq_len, cap = 3 * (2 * TS_TASK_MAX_LEN + 2) + 2;
+    int32_t *tok = malloc((size_t)cap * sizeof *tok);
     if (!tok) return ts_error(TS_ERR_OOM, "no memory");
     /* a few solved examples lead the prompt, as in training rows */
     for (int k = 0; k < n; k++) {
@@ -102,7 +104,7 @@ ts_status ts_sort_task_evaluate(ts_gpt *m, int n, uint64_t seed, int show, FILE 
         tok[len++] = '=';
         int64_t start = len;
         o.context = len + pl + 1 < ctx ? len + pl + 1 : ctx;
-        ts_status st = ts_generate(m, tok, &len, ctx, pl + 1, &o);
+        ts_status st = ts_generate(m, tok, &len, cap, pl + 1, &o);
         if (st) {
             free(tok);
             return st;

@@ -162,6 +162,30 @@ ts_status ts_tensor_reshape(ts_tensor *view, const ts_tensor *base, int ndim, co
     return ts_tensor_view(view, base, 0, ndim, shape);
 }
 
+ts_status ts_tensor_wrap_host(ts_tensor *t, ts_block *block, ts_device *cpu, void *ptr,
+                              size_t bytes, ts_dtype dtype, int ndim, const int64_t *shape)
+{
+    memset(t, 0, sizeof *t);
+    if (!cpu || strcmp(cpu->info.backend, "cpu") != 0)
+        return ts_error(TS_ERR_DEVICE, "only the CPU backend addresses host memory directly");
+    int64_t numel;
+    ts_status st = check_shape(ndim, shape, &numel);
+    if (st) return st;
+    if ((size_t)numel * ts_dtype_size(dtype) > bytes)
+        return ts_error(TS_ERR_SHAPE, "%lld elements do not fit in %zu bytes", (long long)numel, bytes);
+    memset(block, 0, sizeof *block);
+    block->device = cpu;
+    block->handle = ptr;
+    block->size = bytes;
+    t->device = cpu;
+    t->block = block;
+    t->dtype = dtype;
+    t->ndim = ndim;
+    memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+    t->owner = 0;
+    return TS_OK;
+}
+
 void *ts_tensor_host_ptr(const ts_tensor *t)
 {
     if (!t || !t->block || !t->device || strcmp(t->device->info.backend, "cpu") != 0) return NULL;

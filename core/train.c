@@ -14,6 +14,7 @@
 #include "tessera/device.h"
 #include "tessera/generate.h"
 #include "tessera/optimizer.h"
+#include "tessera/placement.h"
 #include "tessera/task.h"
 #include "tessera/tokenizer.h"
 
@@ -47,6 +48,12 @@ void ts_train_defaults(ts_train_config *c)
     c->eval_every = 0, c->eval_batches = 8;
     c->progress = 1;
     c->sample_tokens = 200;
+    c->tp = 1, c->pp = 1;
+    c->strategy = TS_STRATEGY_MPI;
+    c->bucket_mb = 25.0;
+    c->overlap = 1;
+    c->schedule = TS_SCHEDULE_1F1B;
+    c->bind = 1;
 }
 
 void ts_train_settings_json(const ts_train_config *c, char *buf, size_t n)
@@ -60,13 +67,15 @@ void ts_train_settings_json(const ts_train_config *c, char *buf, size_t n)
              "\"batch\": %lld, \"seq_len\": %lld, \"grad_accum\": %lld, \"steps\": %lld, "
              "\"optim\": \"%s\", \"lr\": %.9g, \"min_lr\": %.9g, \"beta1\": %.9g, \"beta2\": %.9g, "
              "\"eps\": %.9g, \"weight_decay\": %.9g, \"grad_clip\": %.9g, \"warmup\": %lld, "
-             "\"schedule\": \"%s\", \"seed\": %llu}",
+             "\"schedule\": \"%s\", \"seed\": %llu, \"tp\": %d, \"pp\": %d, \"strategy\": \"%s\", "
+             "\"zero\": %d, \"pipeline\": \"%s\"}",
              data, tok, c->val_fraction, (long long)c->model.vocab_size, (long long)c->model.max_seq_len,
              (long long)c->model.n_layer, (long long)c->model.n_head, (long long)c->model.n_embd,
              (long long)c->batch, (long long)c->seq_len, (long long)c->grad_accum, (long long)c->steps,
              ts_optim_kind_name(c->optim), c->lr, c->min_lr, c->beta1, c->beta2, c->eps,
              c->weight_decay, c->grad_clip, (long long)c->warmup, c->cosine ? "cosine" : "constant",
-             (unsigned long long)c->seed);
+             (unsigned long long)c->seed, c->tp, c->pp, ts_strategy_name(c->strategy), c->zero,
+             c->schedule == TS_SCHEDULE_GPIPE ? "gpipe" : "1f1b");
 }
 
 /* ---- data and tokenizer ---- */
@@ -83,7 +92,7 @@ static void data_cache_dir(char *out, size_t n)
 
 /* Tokenizer for the run: from the checkpoint when resuming, a file, byte,
  * or BPE trained on the text (then saved to out_dir). */
-static ts_status setup_tokenizer(const ts_train_config *c, const char *resume_ckpt, ts_tokenizer *tok)
+static ts_status setup_tokenizer(const ts_train_config *c, const char *resume_ckpt, int writer, ts_tokenizer *tok)
 {
     if (resume_ckpt) {
         char f[4300];
@@ -102,7 +111,7 @@ static ts_status setup_tokenizer(const ts_train_config *c, const char *resume_ck
     ts_status st = ts_tokenizer_train_bpe(tok, (const uint8_t *)text, n, vocab);
     free(text);
     if (st) return ts_error_context(st, "training a BPE tokenizer on %s", c->data);
-    if (c->out_dir[0]) {
+    if (c->out_dir[0] && writer) {
         char f[4300];
         TRY(ts_mkdir_p(c->out_dir));
         snprintf(f, sizeof f, "%s/tokenizer.txt", c->out_dir);
@@ -191,18 +200,16 @@ static void fmt_rate(double r, char *buf, size_t n)
 
 /* ---- evaluation ---- */
 
-static ts_status eval_loss(ts_gpt *m, ts_dataset *ds, const ts_train_config *c, int32_t *in,
-                           int32_t *tg, double *loss)
+/* Validation loss: eval_batches batches of `batch` sequences, each
+ * replica scoring its rows, through the pipeline. */
+static ts_status eval_loss(ts_engine *e, const ts_grid *g, ts_dataset *ds, const ts_train_config *c,
+                           int32_t *in, int32_t *tg, double *loss)
 {
-    double sum = 0;
-    for (int64_t i = 0; i < c->eval_batches; i++) {
-        float l;
-        TRY(ts_dataset_batch(ds, TS_SPLIT_VAL, c->seed, i * c->batch, c->batch, c->seq_len, in, tg));
-        TRY(ts_gpt_forward(m, in, tg, c->batch, c->seq_len, &l));
-        sum += l;
-    }
-    *loss = c->eval_batches ? sum / (double)c->eval_batches : NAN;
-    return TS_OK;
+    int64_t bl = c->batch / g->dp, n = bl * c->seq_len;
+    for (int64_t i = 0; i < c->eval_batches; i++)
+        TRY(ts_dataset_batch(ds, TS_SPLIT_VAL, c->seed, i * c->batch + g->dp_rank * bl, bl, c->seq_len,
+                             in + i * n, tg + i * n));
+    return ts_engine_eval(e, (int)c->eval_batches, bl, c->seq_len, in, tg, loss);
 }
 
 /* What the model learned: task accuracy, or a sample of text. */
@@ -246,14 +253,114 @@ static ts_status show_learning(ts_gpt *m, ts_dataset *ds, const ts_tokenizer *to
     return st;
 }
 
+/* ---- processes: grid, placement, checkpoints ---- */
+
+/* Bind near the device: the processes on this node whose devices share a
+ * locality split its cores. Returns the report; sets threads to the cores
+ * given unless the user chose a count. */
+static ts_status place_process(const ts_train_config *c, const ts_grid *g, ts_device *dev, ts_binding *b)
+{
+    memset(b, 0, sizeof *b);
+    ts_locality loc;
+    TRY(ts_device_locality(dev, &loc));
+    ts_comm *node = ts_comm_node();
+    int n = ts_comm_size(node), me = ts_comm_rank(node);
+    char(*all)[128] = calloc((size_t)n, sizeof *all);
+    if (!all) return ts_error(TS_ERR_OOM, "no memory");
+    char mine[128];
+    snprintf(mine, sizeof mine, "%s", loc.cpus);
+    ts_status st = ts_comm_allgather(node, mine, all, sizeof mine, "placement");
+    int share = 0, count = 0;
+    for (int r = 0; r < n && !st; r++)
+        if (!strcmp(all[r], mine)) {
+            if (r < me) share++;
+            count++;
+        }
+    free(all);
+    if (st) return st;
+    if (!c->bind) snprintf(b->report, sizeof b->report, "not bound (--no-bind)");
+    else TRY(ts_placement_bind(dev, share, count, b));
+    /* threads: the cores given, or this process's share of the node's */
+    if (c->threads <= 0 && !getenv("TESSERA_THREADS")) {
+        int threads = b->bound ? b->cores : 0;
+        if (!b->bound && g->local_size > 1) {
+            long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+            threads = (int)(cpus / g->local_size);
+            if (threads < 1) threads = 1;
+        }
+        if (threads > 0) TRY(ts_set_threads(threads));
+    }
+    return TS_OK;
+}
+
+/* A checkpoint that every process takes part in: world rank 0 prepares
+ * the directory and writes the files that the engine assembles. */
+static ts_status save_checkpoint(ts_engine *e, const ts_grid *g, const ts_train_config *c,
+                                 const ts_train_state *state, const ts_tokenizer *tok)
+{
+    char tmp[4200] = "", f[4300], fp[32];
+    const char *meta[4];
+    int root = g->rank == 0;
+    ts_status st = root ? ts_checkpoint_begin(c->out_dir, state->step, tmp, sizeof tmp) : TS_OK;
+    st = ts_comm_agree(g->world, st, "preparing a checkpoint");
+    if (st) return st;
+    ts_checkpoint_model_meta(tok, fp, meta);
+    snprintf(f, sizeof f, "%s/model.safetensors", tmp);
+    st = ts_engine_save_model(e, f, meta);
+    snprintf(f, sizeof f, "%s/optim.safetensors", tmp);
+    if (!st) st = ts_engine_save_optimizer(e, f);
+    if (root) {
+        if (st) ts_checkpoint_abandon(tmp);
+        else st = ts_checkpoint_finish(c->out_dir, tmp, state, tok, c->keep);
+    }
+    return ts_comm_agree(g->world, st, "saving a checkpoint");
+}
+
+static void fmt_layout(const ts_grid *g, const ts_train_config *c, char *buf, size_t n)
+{
+    if (g->size == 1) {
+        snprintf(buf, n, "one process");
+        return;
+    }
+    size_t k = (size_t)snprintf(buf, n, "%d processes: tensor %d x pipeline %d x data %d", g->size, g->tp, g->pp, g->dp);
+    if (g->dp > 1 && k < n)
+        k += (size_t)snprintf(buf + k, n - k, ", gradients by %s%s%s", ts_strategy_name(c->strategy),
+                              c->zero ? " with ZeRO-1" : "", c->overlap ? " overlapped with backward" : "");
+    if (g->pp > 1 && k < n)
+        snprintf(buf + k, n - k, ", %s over %lld micro-batches", c->schedule == TS_SCHEDULE_GPIPE ? "GPipe" : "1F1B",
+                 (long long)c->grad_accum);
+}
+
 /* ---- the loop ---- */
 
-ts_status ts_train(const ts_train_config *cfg_in, ts_train_result *res)
+typedef struct run {
+    ts_grid g;
+    int have_grid;
+    ts_device *dev;
+    ts_tokenizer tok;
+    int have_tok;
+    ts_dataset ds;
+    int have_ds;
+    ts_gpt m;
+    int have_model;
+    ts_engine *e;
+    FILE *log;
+    int32_t *in, *tg;
+} run;
+
+static void run_free(run *r)
 {
-    ts_train_config c = *cfg_in;
-    memset(res, 0, sizeof *res);
-    res->val_loss = NAN;
-    res->task_accuracy = NAN;
+    free(r->in), free(r->tg);
+    if (r->log) fclose(r->log);
+    ts_engine_free(r->e);
+    if (r->have_model) ts_gpt_free(&r->m);
+    if (r->have_ds) ts_dataset_close(&r->ds);
+    if (r->have_tok) ts_tokenizer_free(&r->tok);
+    if (r->have_grid) ts_grid_free(&r->g);
+}
+
+static ts_status train_run(run *r, ts_train_config c, ts_train_result *res)
+{
     if (c.batch < 1 || c.seq_len < 1 || c.grad_accum < 1 || c.steps < 0)
         return ts_error(TS_ERR_INVALID_ARG, "batch, seq_len and grad_accum must be >= 1, steps >= 0");
     if (!(c.lr > 0) || c.val_fraction < 0 || c.val_fraction >= 1)
@@ -261,170 +368,214 @@ ts_status ts_train(const ts_train_config *cfg_in, ts_train_result *res)
     if (c.resume && !c.out_dir[0])
         return ts_error(TS_ERR_INVALID_ARG, "resuming needs the run's output directory (--out)");
     if (c.threads > 0) TRY(ts_set_threads(c.threads));
-    FILE *out = stdout;
-    int verbose = c.progress;
+    if (c.trace_path[0]) ts_trace_enable(1);
 
-    /* resume point */
+    /* the process grid: every rank reports the same error */
+    TRY(ts_grid_create(&r->g, c.tp, c.pp));
+    r->have_grid = 1;
+    ts_grid *g = &r->g;
+    int root = g->rank == 0;
+    FILE *out = stdout;
+    int verbose = c.progress && root;
+    if (c.batch % g->dp != 0)
+        return ts_comm_agree(g->world, ts_error(TS_ERR_INVALID_ARG,
+                                                "--batch %lld does not divide among %d data-parallel replicas",
+                                                (long long)c.batch, g->dp),
+                             "checking the batch");
+
+    /* resume point (every rank reads the same directory) */
     char ckpt[4300] = "";
     ts_train_state state;
     memset(&state, 0, sizeof state);
     state.best_val_loss = INFINITY;
+    ts_status st = TS_OK;
     if (c.resume) {
         if (ts_checkpoint_latest(c.out_dir, ckpt, sizeof ckpt) == TS_OK) {
-            TRY(ts_checkpoint_read_state(ckpt, &state));
             char mf[4400];
             snprintf(mf, sizeof mf, "%s/model.safetensors", ckpt);
+            st = ts_checkpoint_read_state(ckpt, &state);
             ts_gpt_config saved;
-            TRY(ts_gpt_read_config(mf, &saved));
-            c.model = saved;
-            if (verbose) fprintf(out, "resuming from %s (step %lld)\n", ckpt, (long long)state.step);
+            if (!st) st = ts_gpt_read_config(mf, &saved);
+            if (!st) c.model = saved;
+            if (!st && verbose) fprintf(out, "resuming from %s (step %lld)\n", ckpt, (long long)state.step);
         } else {
             ckpt[0] = '\0';
             ts_clear_error();
             if (verbose) fprintf(out, "no checkpoint in %s: starting from scratch\n", c.out_dir);
         }
     }
+    TRY(ts_comm_agree(g->world, st, "reading the checkpoint"));
 
-    ts_device *dev;
-    TRY(ts_device_open(c.device, &dev));
-    ts_tokenizer tok;
-    TRY(setup_tokenizer(&c, ckpt[0] ? ckpt : NULL, &tok));
-    ts_dataset ds;
-    ts_status st = setup_data(&c, &tok, &ds);
-    if (st) {
-        ts_tokenizer_free(&tok);
-        return st;
+    /* device (dealt out by node-local rank) and placement near it */
+    st = ts_device_open_local(c.device, g->local_rank, &r->dev);
+    ts_binding bind;
+    memset(&bind, 0, sizeof bind);
+    if (!st) st = place_process(&c, g, r->dev, &bind);
+    TRY(ts_comm_agree(g->world, st, "opening the device"));
+
+    /* tokenizer and data */
+    st = setup_tokenizer(&c, ckpt[0] ? ckpt : NULL, root, &r->tok);
+    r->have_tok = !st;
+    if (!st) {
+        st = setup_data(&c, &r->tok, &r->ds);
+        r->have_ds = !st;
     }
-    if (ckpt[0] && state.data_fingerprint != ds.fingerprint) {
+    if (!st && ckpt[0] && state.data_fingerprint != r->ds.fingerprint)
         st = ts_error(TS_ERR_INVALID_ARG,
-                      "the data differs from the data of checkpoint %s (fingerprint %016llx, now %016llx)",
-                      ckpt, (unsigned long long)state.data_fingerprint, (unsigned long long)ds.fingerprint);
-        goto done_data;
-    }
-    if (!ckpt[0]) {
-        c.model.vocab_size = tok.vocab_size;
+                      "the data differs from the data of checkpoint %s (fingerprint %016llx, now %016llx)", ckpt,
+                      (unsigned long long)state.data_fingerprint, (unsigned long long)r->ds.fingerprint);
+    if (!st && !ckpt[0]) {
+        c.model.vocab_size = r->tok.vocab_size;
         if (c.model.max_seq_len < c.seq_len) c.model.max_seq_len = c.seq_len;
     }
-    if (c.seq_len > c.model.max_seq_len) {
-        st = ts_error(TS_ERR_INVALID_ARG, "seq_len %lld exceeds the model's context %lld",
-                      (long long)c.seq_len, (long long)c.model.max_seq_len);
-        goto done_data;
-    }
+    if (!st && c.seq_len > c.model.max_seq_len)
+        st = ts_error(TS_ERR_INVALID_ARG, "seq_len %lld exceeds the model's context %lld", (long long)c.seq_len,
+                      (long long)c.model.max_seq_len);
+    TRY(ts_comm_agree(g->world, st, "preparing the data"));
 
-    ts_gpt m;
-    ts_optimizer opt;
-    memset(&opt, 0, sizeof opt);
-    if ((st = ts_gpt_create(&m, dev, &c.model))) goto done_data;
-    if ((st = ts_gpt_init_weights(&m, c.seed))) goto done_model;
-    if ((st = ts_optimizer_create(&opt, dev, c.optim, m.num_params, c.beta1, c.beta2, c.eps, c.weight_decay)))
-        goto done_model;
-    if (ckpt[0] && (st = ts_checkpoint_load(ckpt, &m, &opt))) goto done_model;
-    res->num_params = m.num_params;
+    /* every rank must train the same thing: settings, data, checkpoint */
+    char settings[8192], check[8192 + 512];
+    ts_train_settings_json(&c, settings, sizeof settings);
+    snprintf(check, sizeof check, "%s data %016llx resume %s step %lld processes %d", settings,
+             (unsigned long long)r->ds.fingerprint, ckpt, (long long)state.step, g->size);
+    TRY(ts_grid_check_settings(g, check));
+
+    /* this rank's part of the model, and the engine that trains it */
+    ts_gpt_layout lay;
+    st = ts_gpt_config_check(&c.model);
+    if (!st) st = ts_grid_layout(g, c.model.n_layer, &lay.tp_size, &lay.tp_rank, &lay.layer_begin, &lay.layer_end,
+                                 &lay.embedding, &lay.head);
+    if (!st) st = ts_gpt_layout_check(&c.model, &lay);
+    if (!st) {
+        st = ts_gpt_create_layout(&r->m, r->dev, &c.model, &lay, g->tp_comm);
+        r->have_model = !st;
+    }
+    if (!st) st = ts_gpt_init_weights(&r->m, c.seed);
+    TRY(ts_comm_agree(g->world, st, "creating the model"));
+    ts_engine_config ec = {.strategy = c.strategy, .zero = c.zero, .bucket_mb = c.bucket_mb, .overlap = c.overlap,
+                           .schedule = c.schedule, .optim = c.optim, .beta1 = c.beta1, .beta2 = c.beta2,
+                           .eps = c.eps, .weight_decay = c.weight_decay};
+    st = ts_engine_create(&r->e, g, &r->m, &ec);
+    TRY(ts_comm_agree(g->world, st, "setting up training"));
+    TRY(ts_engine_broadcast_params(r->e));
+    if (ckpt[0]) {
+        char mf[4400], of[4400];
+        snprintf(mf, sizeof mf, "%s/model.safetensors", ckpt);
+        snprintf(of, sizeof of, "%s/optim.safetensors", ckpt);
+        TRY(ts_engine_load(r->e, mf, of));
+    }
+    res->num_params = ts_gpt_num_params(&c.model);
     res->first_step = state.step;
 
-    /* log */
-    FILE *log = NULL;
+    /* log (world rank 0) */
     char log_path[4300];
-    if (strcmp(c.log_path, "-") != 0 && (c.log_path[0] || c.out_dir[0])) {
+    st = TS_OK;
+    if (root && strcmp(c.log_path, "-") != 0 && (c.log_path[0] || c.out_dir[0])) {
         if (c.log_path[0]) snprintf(log_path, sizeof log_path, "%s", c.log_path);
         else {
-            if ((st = ts_mkdir_p(c.out_dir))) goto done_model;
+            st = ts_mkdir_p(c.out_dir);
             snprintf(log_path, sizeof log_path, "%s/log.jsonl", c.out_dir);
         }
-        log = fopen(log_path, ckpt[0] ? "a" : "w");
-        if (!log) {
+        if (!st && !(r->log = fopen(log_path, ckpt[0] ? "a" : "w")))
             st = ts_error(TS_ERR_IO, "cannot write the log %s", log_path);
-            goto done_model;
-        }
     }
+    TRY(ts_comm_agree(g->world, st, "opening the log"));
 
-    int64_t tokens_per_step = c.batch * c.seq_len * c.grad_accum;
+    /* the yardstick for MFU: every process's GEMM rate, measured at once */
+    int64_t bl = c.batch / g->dp, tokens_per_step = c.batch * c.seq_len * c.grad_accum;
     double flops_per_token = ts_gpt_flops_per_token(&c.model, c.seq_len);
-    double peak = measure_peak(dev, &c.model, c.batch * c.seq_len);
+    TRY(ts_comm_barrier(g->world, "measuring the GEMM rate"));
+    double peak = measure_peak(r->dev, &c.model, bl * c.seq_len);
+    TRY(ts_comm_allreduce_f64(g->world, &peak, 1, TS_REDUCE_SUM, "GEMM rates"));
+
+    /* where every process runs */
+    char(*places)[640] = calloc((size_t)g->size, sizeof *places);
+    if (!places) return ts_error(TS_ERR_OOM, "no memory");
+    char mine[640];
+    snprintf(mine, sizeof mine, "%s: %s", ts_device_get_info(r->dev)->id, bind.report);
+    st = ts_comm_allgather(g->world, mine, places, sizeof mine, "placement report");
+    if (st) {
+        free(places);
+        return st;
+    }
+    char layout[256];
+    fmt_layout(g, &c, layout, sizeof layout);
     if (verbose) {
-        const ts_device_info *di = ts_device_get_info(dev);
+        const ts_device_info *di = ts_device_get_info(r->dev);
         fprintf(out, "device   %s (%s)\n", di->id, di->name);
-        fprintf(out, "data     %s: %lld training tokens, vocabulary %d\n", ds.name,
-                (long long)(ds.train_tokens > ((int64_t)1 << 40) ? -1 : ds.train_tokens), tok.vocab_size);
+        fprintf(out, "data     %s: %lld training tokens, vocabulary %d\n", r->ds.name,
+                (long long)(r->ds.train_tokens > ((int64_t)1 << 40) ? -1 : r->ds.train_tokens), r->tok.vocab_size);
         fprintf(out, "model    L=%lld H=%lld C=%lld T=%lld: %.2fM parameters\n", (long long)c.model.n_layer,
                 (long long)c.model.n_head, (long long)c.model.n_embd, (long long)c.seq_len,
-                (double)m.num_params / 1e6);
+                (double)res->num_params / 1e6);
         fprintf(out, "training %lld steps of %lld x %lld x %lld tokens, %s lr %.2g%s\n", (long long)c.steps,
-                (long long)c.batch, (long long)c.grad_accum, (long long)c.seq_len,
-                ts_optim_kind_name(c.optim), c.lr, c.cosine ? " cosine" : "");
-        if (peak > 0) fprintf(out, "MFU is measured against this device's GEMM rate: %.1f GFLOP/s\n", peak / 1e9);
+                (long long)c.batch, (long long)c.grad_accum, (long long)c.seq_len, ts_optim_kind_name(c.optim), c.lr,
+                c.cosine ? " cosine" : "");
+        fprintf(out, "layout   %s\n", layout);
+        for (int i = 0; i < g->size; i++)
+            if (g->size > 1 || bind.bound) fprintf(out, "rank %-3d %s\n", i, places[i]);
+        if (peak > 0)
+            fprintf(out, "MFU is measured against %s GEMM rate: %.1f GFLOP/s\n",
+                    g->size > 1 ? "the processes' summed" : "this device's", peak / 1e9);
     }
-    if (log) {
-        char settings[8192];
-        ts_train_settings_json(&c, settings, sizeof settings);
-        fprintf(log, "{\"event\": \"start\", \"step\": %lld, \"device\": ", (long long)state.step);
-        ts_json_write_string(log, ts_device_get_info(dev)->id);
-        fprintf(log, ", \"params\": %lld, \"peak_gflops\": %.1f, \"settings\": %s}\n",
-                (long long)m.num_params, peak / 1e9, settings);
-        fflush(log);
+    if (r->log) {
+        fprintf(r->log, "{\"event\": \"start\", \"step\": %lld, \"device\": ", (long long)state.step);
+        ts_json_write_string(r->log, ts_device_get_info(r->dev)->id);
+        fprintf(r->log, ", \"params\": %lld, \"peak_gflops\": %.1f, \"processes\": %d, \"layout\": ",
+                (long long)res->num_params, peak / 1e9, g->size);
+        ts_json_write_string(r->log, layout);
+        fprintf(r->log, ", \"placement\": [");
+        for (int i = 0; i < g->size; i++) {
+            if (i) fprintf(r->log, ", ");
+            ts_json_write_string(r->log, places[i]);
+        }
+        fprintf(r->log, "], \"settings\": %s}\n", settings);
+        fflush(r->log);
     }
+    free(places);
 
-    /* a whole step's micro-batches (evaluation uses the first) */
-    int32_t *in = malloc((size_t)(c.batch * c.seq_len * c.grad_accum) * sizeof *in);
-    int32_t *tg = malloc((size_t)(c.batch * c.seq_len * c.grad_accum) * sizeof *tg);
-    if (!in || !tg) {
-        st = ts_error(TS_ERR_OOM, "no memory for batches");
-        goto done_log;
-    }
-    ts_lr_schedule sched = {.lr = c.lr, .min_lr = c.min_lr, .warmup_steps = c.warmup,
-                            .total_steps = c.steps, .cosine = c.cosine};
+    /* a step's micro-batches for this replica (evaluation uses the same room) */
+    int64_t rows = c.grad_accum > c.eval_batches ? c.grad_accum : c.eval_batches;
+    r->in = malloc((size_t)(rows * bl * c.seq_len) * sizeof *r->in);
+    r->tg = malloc((size_t)(rows * bl * c.seq_len) * sizeof *r->tg);
+    if (!r->in || !r->tg) return ts_error(TS_ERR_OOM, "no memory for batches");
+    ts_lr_schedule sched = {.lr = c.lr, .min_lr = c.min_lr, .warmup_steps = c.warmup, .total_steps = c.steps,
+                            .cosine = c.cosine};
     const char *fault = getenv("TESSERA_FAULT_EXIT_AT_STEP");
     int64_t fault_step = fault && *fault ? atoll(fault) : -1;
+    /* test hook: a rank that stays away from its collectives for a while */
+    const char *absent = getenv("TESSERA_FAULT_ABSENT_RANK");
+    int absent_rank = absent && *absent ? atoi(absent) : -1;
+    double absent_s = getenv("TESSERA_FAULT_ABSENT_SECONDS") ? atof(getenv("TESSERA_FAULT_ABSENT_SECONDS")) : 5.0;
     int tty = isatty(fileno(out));
     int64_t line_every = c.steps >= 20 ? c.steps / 20 : 1;
     double t_start = now_s(), t_window = t_start;
     int64_t window_steps = 0;
     double rate = 0, mfu = 0;
     state.seed = c.seed;
-    state.data_fingerprint = ds.fingerprint;
-    ts_train_settings_json(&c, state.settings, sizeof state.settings);
-    int64_t step = state.step;
+    state.data_fingerprint = r->ds.fingerprint;
+    snprintf(state.settings, sizeof state.settings, "%s", settings);
+    int64_t step = state.step, n = bl * c.seq_len;
     float loss = NAN;
 
     for (; step < c.steps; step++) {
         if (step == fault_step) _exit(85); /* test hook: a crash between steps */
-        if ((st = ts_gpt_zero_grad(&m))) break;
-        /* A step's loss is the mean over all its scored tokens: each
-         * micro-batch is weighted by its share of them, so accumulation
-         * equals one big batch even when targets are masked. */
-        int64_t valid = 0, bt = c.batch * c.seq_len;
-        for (int64_t micro = 0; micro < c.grad_accum && !st; micro++) {
-            int64_t first = (step * c.grad_accum + micro) * c.batch;
-            st = ts_dataset_batch(&ds, TS_SPLIT_TRAIN, c.seed, first, c.batch, c.seq_len, in + micro * bt, tg + micro * bt);
-            for (int64_t i = 0; i < bt; i++) valid += tg[micro * bt + i] >= 0 && tg[micro * bt + i] < c.model.vocab_size;
+        if (g->rank == absent_rank && step == state.step) {
+            struct timespec pause = {(time_t)absent_s, (long)((absent_s - (double)(time_t)absent_s) * 1e9)};
+            nanosleep(&pause, NULL);
         }
-        double lsum = 0;
-        for (int64_t micro = 0; micro < c.grad_accum && !st && valid > 0; micro++) {
-            int64_t v = 0;
-            for (int64_t i = 0; i < bt; i++) v += tg[micro * bt + i] >= 0 && tg[micro * bt + i] < c.model.vocab_size;
-            if (v == 0) continue;
-            float l, share = (float)v / (float)valid;
-            st = ts_gpt_forward_backward(&m, in + micro * bt, tg + micro * bt, c.batch, c.seq_len, share, &l);
-            lsum += (double)l * share;
+        /* this replica's rows of each micro-batch: together the replicas
+         * see exactly the batch one process would */
+        st = TS_OK;
+        for (int64_t k = 0; k < c.grad_accum && !st; k++) {
+            int64_t first = (step * c.grad_accum + k) * c.batch + g->dp_rank * bl;
+            st = ts_dataset_batch(&r->ds, TS_SPLIT_TRAIN, c.seed, first, bl, c.seq_len, r->in + k * n, r->tg + k * n);
         }
-        if (st) break;
-        if (valid == 0) {
-            st = ts_error(TS_ERR_INVALID_ARG, "step %lld has no scored targets", (long long)step);
-            break;
-        }
-        loss = (float)lsum;
-        double sq;
-        if ((st = ts_grad_sqnorm(&m.grads, &sq))) break;
-        double norm = sqrt(sq);
-        if (!isfinite(loss) || !isfinite(norm)) {
-            st = ts_error(TS_ERR_INVALID_ARG,
-                          "training diverged at step %lld: loss %g, gradient norm %g (try a lower --lr)",
-                          (long long)step, loss, norm);
-            break;
-        }
+        TRY(ts_comm_agree(g->world, st, "reading a batch"));
         float lr = ts_lr_at(&sched, step);
-        if ((st = ts_gpt_optimizer_step(&m, &opt, lr, ts_clip_scale(norm, c.grad_clip))))
-            break;
+        double norm;
+        st = ts_engine_step(r->e, (int)c.grad_accum, bl, c.seq_len, r->in, r->tg, lr, c.grad_clip, &loss, &norm);
+        if (st) return ts_error_context(st, "step %lld", (long long)step);
         state.step = step + 1;
         state.next_sample = state.step * c.grad_accum * c.batch;
         state.tokens_seen += (double)tokens_per_step;
@@ -439,67 +590,92 @@ ts_status ts_train(const ts_train_config *cfg_in, ts_train_result *res)
             t_window = now;
             window_steps = 0;
         }
-        if (log) {
-            fprintf(log,
+        if (r->log) {
+            fprintf(r->log,
                     "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens_per_s\": %.1f, "
                     "\"mfu\": %.4f, \"elapsed_s\": %.3f}\n",
                     (long long)(step + 1), loss, lr, norm, rate, mfu, now - t_start);
-            fflush(log);
+            fflush(r->log);
         }
         double eta = (now - t_start) / (double)(step + 1 - res->first_step) * (double)(c.steps - step - 1);
         if (verbose && (tty || (step + 1) % line_every == 0 || step + 1 == c.steps)) {
-            char r[32], e[32], bar[32];
-            fmt_rate(rate, r, sizeof r);
-            fmt_duration(eta, e, sizeof e);
+            char rt[32], et[32], bar[32];
+            fmt_rate(rate, rt, sizeof rt);
+            fmt_duration(eta, et, sizeof et);
             int w = 20, filled = (int)((double)w * (double)(step + 1) / (double)c.steps);
             for (int i = 0; i < w; i++) bar[i] = i < filled ? '#' : '.';
             bar[w] = '\0';
-            fprintf(out, "%s[%s] step %lld/%lld | loss %.4f | %s tok/s | MFU %.1f%% | ETA %s%s",
-                    tty ? "\r" : "", bar, (long long)(step + 1), (long long)c.steps, loss, r, 100.0 * mfu, e,
-                    tty ? "   " : "\n");
+            fprintf(out, "%s[%s] step %lld/%lld | loss %.4f | %s tok/s | MFU %.1f%% | ETA %s%s", tty ? "\r" : "", bar,
+                    (long long)(step + 1), (long long)c.steps, loss, rt, 100.0 * mfu, et, tty ? "   " : "\n");
             fflush(out);
         }
         int last = step + 1 == c.steps;
         if ((c.eval_every > 0 && (step + 1) % c.eval_every == 0) || (last && c.eval_batches > 0)) {
             double vl;
-            if ((st = eval_loss(&m, &ds, &c, in, tg, &vl))) break;
+            TRY(eval_loss(r->e, g, &r->ds, &c, r->in, r->tg, &vl));
             res->val_loss = vl;
             if (vl < state.best_val_loss) state.best_val_loss = vl;
-            if (log) {
-                fprintf(log, "{\"step\": %lld, \"val_loss\": %.9g}\n", (long long)(step + 1), vl);
-                fflush(log);
+            if (r->log) {
+                fprintf(r->log, "{\"step\": %lld, \"val_loss\": %.9g}\n", (long long)(step + 1), vl);
+                fflush(r->log);
             }
             if (verbose) fprintf(out, "%sstep %lld: validation loss %.4f\n", tty ? "\n" : "", (long long)(step + 1), vl);
         }
-        if (c.out_dir[0] && ((c.ckpt_every > 0 && (step + 1) % c.ckpt_every == 0) || last)) {
-            if ((st = ts_checkpoint_save(c.out_dir, &m, &opt, &state, &tok, c.keep))) break;
-        }
+        if (c.out_dir[0] && ((c.ckpt_every > 0 && (step + 1) % c.ckpt_every == 0) || last))
+            TRY(save_checkpoint(r->e, g, &c, &state, &r->tok));
     }
     if (verbose && tty) fprintf(out, "\n");
+    const ts_pipeline_stats *ps = ts_engine_pipeline_stats(r->e);
+    res->bubble = ps->schedule_s > 0 ? 1.0 - ps->busy_s / ps->schedule_s : 0;
     res->steps_done = state.step;
     res->last_loss = loss;
     res->seconds = now_s() - t_start;
-    res->tokens_per_second = res->seconds > 0 ? (double)((state.step - res->first_step) * tokens_per_step) / res->seconds : 0;
+    res->tokens_per_second =
+        res->seconds > 0 ? (double)((state.step - res->first_step) * tokens_per_step) / res->seconds : 0;
     res->mfu = peak > 0 ? res->tokens_per_second * flops_per_token / peak : 0;
-    if (!st && verbose) {
-        char d[32], r[32];
+    if (verbose) {
+        char d[32], rt[32];
         fmt_duration(res->seconds, d, sizeof d);
-        fmt_rate(res->tokens_per_second, r, sizeof r);
+        fmt_rate(res->tokens_per_second, rt, sizeof rt);
         fprintf(out, "trained %lld steps in %s: %s tokens/s, MFU %.1f%%, final loss %.4f\n",
-                (long long)(state.step - res->first_step), d, r, 100.0 * res->mfu, loss);
+                (long long)(state.step - res->first_step), d, rt, 100.0 * res->mfu, loss);
     }
-    if (!st && (verbose || !c.data[0])) st = show_learning(&m, &ds, &tok, &c, verbose ? out : NULL, &res->task_accuracy);
-    if (log && !st)
-        fprintf(log, "{\"event\": \"end\", \"step\": %lld, \"seconds\": %.3f, \"tokens_per_s\": %.1f, \"mfu\": %.4f}\n",
+    if (c.trace_path[0]) {
+        TRY(ts_trace_write(c.trace_path));
+        if (verbose) fprintf(out, "timeline of every rank in %s (open it in Perfetto or chrome://tracing)\n", c.trace_path);
+    }
+
+    /* what the model learned, on world rank 0 with the whole model */
+    if (verbose || !c.data[0]) {
+        ts_gpt whole, *shown = &r->m;
+        int gathered = g->tp > 1 || g->pp > 1;
+        if (gathered) {
+            TRY(ts_engine_gather_model(r->e, &whole));
+            shown = &whole;
+        }
+        st = root ? show_learning(shown, &r->ds, &r->tok, &c, verbose ? out : NULL, &res->task_accuracy) : TS_OK;
+        if (gathered && root) ts_gpt_free(&whole);
+        TRY(ts_comm_agree(g->world, st, "showing what the model learned"));
+        TRY(ts_comm_bcast(g->world, &res->task_accuracy, sizeof res->task_accuracy, 0, "task accuracy"));
+    }
+    if (r->log)
+        fprintf(r->log, "{\"event\": \"end\", \"step\": %lld, \"seconds\": %.3f, \"tokens_per_s\": %.1f, \"mfu\": %.4f}\n",
                 (long long)state.step, res->seconds, res->tokens_per_second, res->mfu);
-done_log:
-    free(in), free(tg);
-    if (log) fclose(log);
-done_model:
-    ts_optimizer_free(&opt);
-    ts_gpt_free(&m);
-done_data:
-    ts_dataset_close(&ds);
-    ts_tokenizer_free(&tok);
+    return TS_OK;
+}
+
+ts_status ts_train(const ts_train_config *cfg, ts_train_result *res)
+{
+    memset(res, 0, sizeof *res);
+    res->val_loss = NAN;
+    res->task_accuracy = NAN;
+    run r;
+    memset(&r, 0, sizeof r);
+    ts_status st = train_run(&r, *cfg, res);
+    /* keep the message: freeing may call into MPI */
+    char msg[2048];
+    snprintf(msg, sizeof msg, "%s", st ? ts_last_error() : "");
+    run_free(&r);
+    if (st) ts_error(st, "%s", msg);
     return st;
 }

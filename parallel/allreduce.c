@@ -118,17 +118,14 @@ typedef struct hier_state {
     int uniform;       /* every node holds the same number of members */
     shm_window user;   /* ts_comm_shared_alloc buffers: never moved */
     shm_window scratch;/* staging for data that lives elsewhere */
-    struct hier_state *next;
 } hier_state;
-static hier_state *g_hier;
 
 static ts_status hier_setup(ts_comm *c, hier_state **out)
 {
-    for (hier_state *h = g_hier; h; h = h->next)
-        if (h->owner == c) {
-            *out = h;
-            return TS_OK;
-        }
+    if (c->hier) {
+        *out = c->hier;
+        return TS_OK;
+    }
     hier_state *h = calloc(1, sizeof *h);
     if (!h) return ts_error(TS_ERR_OOM, "no memory");
     h->owner = c;
@@ -155,10 +152,28 @@ static ts_status hier_setup(ts_comm *c, hier_state **out)
         free(h);
         return ts_error(TS_ERR_OOM, "no memory");
     }
-    h->next = g_hier;
-    g_hier = h;
+    c->hier = h;
     *out = h;
     return TS_OK;
+}
+
+static void window_free(shm_window *w)
+{
+    if (w->win == MPI_WIN_NULL) return;
+    MPI_Win_unlock_all(w->win);
+    MPI_Win_free(&w->win);
+}
+
+void ts_comm_hier_free(ts_comm *c)
+{
+    hier_state *h = c->hier;
+    if (!h) return;
+    window_free(&h->user);
+    window_free(&h->scratch);
+    ts_comm_free(h->node);
+    ts_comm_free(h->cross);
+    free(h);
+    c->hier = NULL;
 }
 
 /* A window with at least n floats per slot (collective on the node). */
@@ -197,7 +212,7 @@ static ts_status shm_sync(hier_state *h, shm_window *w, const char *what)
 
 static ts_status hier_allreduce(ts_comm *c, float *x, int64_t n, const char *what)
 {
-    hier_state *h;
+    hier_state *h = NULL;
     ts_status st = hier_setup(c, &h);
     if (st) return st;
     if (!h->uniform) return ts_comm_allreduce_f32(c, x, n, TS_REDUCE_SUM, what);
@@ -247,7 +262,7 @@ static ts_status hier_allreduce(ts_comm *c, float *x, int64_t n, const char *wha
 
 float *ts_comm_shared_alloc(ts_comm *c, int64_t n)
 {
-    hier_state *h;
+    hier_state *h = NULL;
     if (!c || c->size == 1 || hier_setup(c, &h) != TS_OK) return NULL;
     if (h->user.base) return NULL; /* one user buffer per group */
     if (shm_reserve(h, &h->user, n) != TS_OK) return NULL;
@@ -358,18 +373,7 @@ ts_status ts_comm_allgather_parts(ts_comm *c, float *x, int64_t n, ts_reduce_str
 
 ts_status ts_comm_reduce_sum(ts_comm *c, float *x, int64_t n, int root, const char *what)
 {
-    if (!c || c->size == 1 || n == 0) return TS_OK;
-    int64_t t0 = ts_comm_enter(c, what);
-    ts_status st = TS_OK;
-    for (int64_t i = 0; i < n && !st; i += CHUNK) {
-        int cnt = (int)(n - i < CHUNK ? n - i : CHUNK);
-        MPI_Request r;
-        int err = MPI_Ireduce(c->rank == root ? MPI_IN_PLACE : x + i, x + i, cnt, MPI_FLOAT, MPI_SUM, root,
-                              c->comm, &r);
-        st = err == MPI_SUCCESS ? ts_comm_wait(c, &r, what) : ts_mpi_fail(err, what, c);
-    }
-    ts_comm_leave(c, t0, what);
-    return st;
+    return ts_comm_reduce_mpi(c, x, n, MPI_FLOAT, sizeof *x, MPI_SUM, root, what);
 }
 
 #else /* one process: every reduction is the identity */

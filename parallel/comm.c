@@ -17,8 +17,10 @@ double ts_now(void)
 }
 
 static ts_comm g_world_single = {.size = 1, .rank = 0, .name = "world"};
+#ifdef TS_HAVE_MPI
 static ts_comm *g_world, *g_node;
 static int g_started_mpi;
+#endif
 
 int ts_parallel_have_mpi(void)
 {
@@ -37,14 +39,6 @@ int ts_comm_world_rank(const ts_comm *c, int rank)
 {
     if (!c || !c->world_ranks || rank < 0 || rank >= c->size) return rank;
     return c->world_ranks[rank];
-}
-
-static uint64_t comm_id(const char *name, const int *ranks, int n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (const char *p = name; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
-    for (int i = 0; i < n; i++) h = (h ^ (uint64_t)(unsigned)ranks[i]) * 1099511628211ull;
-    return h;
 }
 
 int64_t ts_comm_enter(ts_comm *c, const char *what)
@@ -67,6 +61,14 @@ void ts_comm_leave(ts_comm *c, int64_t t0, const char *what)
 }
 
 #ifdef TS_HAVE_MPI
+
+static uint64_t comm_id(const char *name, const int *ranks, int n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = name; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    for (int i = 0; i < n; i++) h = (h ^ (uint64_t)(unsigned)ranks[i]) * 1099511628211ull;
+    return h;
+}
 
 ts_status ts_mpi_fail(int err, const char *what, const ts_comm *c)
 {
@@ -194,8 +196,9 @@ ts_status ts_comm_split(ts_comm *parent, int color, int key, const char *name, t
         return TS_OK;
     }
     MPI_Comm mc;
-    int err = MPI_Comm_split(parent->comm, color, key, &mc);
+    int err = MPI_Comm_split(parent->comm, color < 0 ? MPI_UNDEFINED : color, key, &mc);
     if (err != MPI_SUCCESS) return ts_mpi_fail(err, "MPI_Comm_split", parent);
+    if (mc == MPI_COMM_NULL) return TS_OK; /* color < 0: in no group */
     *out = wrap(mc, name, 1);
     return *out ? TS_OK : ts_error(TS_ERR_OOM, "no memory");
 }
@@ -204,6 +207,7 @@ void ts_comm_free(ts_comm *c)
 {
     if (!c || c == &g_world_single) return;
     if (c->world_ranks) ts_watchdog_unregister(c);
+    ts_comm_hier_free(c);
     if (c->shm_win != MPI_WIN_NULL && c->world_ranks) MPI_Win_free(&c->shm_win);
     if (c->free_mpi) MPI_Comm_free(&c->comm);
     free(c->world_ranks);
@@ -284,6 +288,28 @@ ts_status ts_comm_allgather(ts_comm *c, const void *in, void *out, size_t bytes,
     return st;
 }
 
+ts_status ts_comm_reduce_mpi(ts_comm *c, void *x, int64_t n, MPI_Datatype t, size_t esize, MPI_Op op, int root,
+                             const char *what)
+{
+    if (!c || c->size == 1 || n == 0) return TS_OK;
+    int64_t t0 = ts_comm_enter(c, what);
+    ts_status st = TS_OK;
+    for (int64_t i = 0; i < n && !st; i += CHUNK) {
+        int cnt = (int)(n - i < CHUNK ? n - i : CHUNK);
+        char *p = (char *)x + (size_t)i * esize;
+        MPI_Request r;
+        int err = MPI_Ireduce(c->rank == root ? MPI_IN_PLACE : p, p, cnt, t, op, root, c->comm, &r);
+        st = err == MPI_SUCCESS ? ts_comm_wait(c, &r, what) : ts_mpi_fail(err, what, c);
+    }
+    ts_comm_leave(c, t0, what);
+    return st;
+}
+
+ts_status ts_comm_reduce_bits(ts_comm *c, uint32_t *x, int64_t n, int root, const char *what)
+{
+    return ts_comm_reduce_mpi(c, x, n, MPI_UINT32_T, sizeof *x, MPI_BOR, root, what);
+}
+
 static ts_status p2p(ts_comm *c, void *data, size_t bytes, int peer, int tag, int send, const char *what)
 {
     int64_t t0 = ts_comm_enter(c, what);
@@ -357,12 +383,38 @@ ts_status ts_comm_allgather(ts_comm *c, const void *in, void *out, size_t bytes,
     memcpy(out, in, bytes);
     return TS_OK;
 }
+ts_status ts_comm_reduce_bits(ts_comm *c, uint32_t *x, int64_t n, int root, const char *what)
+{
+    (void)c, (void)x, (void)n, (void)root, (void)what;
+    return TS_OK;
+}
 static ts_status p2p(ts_comm *c, void *data, size_t bytes, int peer, int tag, int send, const char *what)
 {
     (void)c, (void)data, (void)bytes, (void)tag, (void)send;
     return ts_error(TS_ERR_COMM, "%s: no peer %d in a single-process run", what, peer);
 }
 #endif
+
+ts_status ts_comm_agree(ts_comm *c, ts_status st, const char *what)
+{
+    if (!c || c->size == 1) return st;
+    typedef struct {
+        int32_t status;
+        char msg[500];
+    } outcome;
+    outcome mine = {.status = (int32_t)st};
+    if (st) snprintf(mine.msg, sizeof mine.msg, "%s", ts_last_error());
+    outcome *all = calloc((size_t)c->size, sizeof *all);
+    if (!all) return st ? st : ts_error(TS_ERR_OOM, "no memory");
+    ts_status cst = ts_comm_allgather(c, &mine, all, sizeof mine, what);
+    ts_status out = st ? st : cst;
+    for (int r = 0; r < c->size && !cst && !out; r++)
+        if (all[r].status)
+            out = ts_error((ts_status)all[r].status, "%s failed on rank %d: %s", what, ts_comm_world_rank(c, r),
+                           all[r].msg);
+    free(all);
+    return out;
+}
 
 /* ---- tensors: in place where memory is host memory, else staged ---- */
 

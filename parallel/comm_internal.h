@@ -26,6 +26,7 @@ struct ts_comm {
     float *shm;             /* shared window base (node communicator) */
     int64_t shm_floats;     /* per member */
     int free_mpi;           /* MPI_Comm_free on release */
+    void *hier;             /* the hierarchical strategy's groups and windows */
 };
 
 double ts_now(void);
@@ -38,7 +39,17 @@ ts_comm *ts_comm_wrap(MPI_Comm mc, const char *name);
 ts_status ts_comm_wait(ts_comm *c, MPI_Request *req, const char *what);
 ts_status ts_comm_waitall(ts_comm *c, int n, MPI_Request *reqs, const char *what);
 ts_status ts_mpi_fail(int err, const char *what, const ts_comm *c);
+/* Reduce n elements of type t to member root (in place there). */
+ts_status ts_comm_reduce_mpi(ts_comm *c, void *x, int64_t n, MPI_Datatype t, size_t esize, MPI_Op op, int root,
+                             const char *what);
 #endif
+
+/* Bitwise OR of u32 arrays to member root (assembles tensors exactly from
+ * slices that others hold as zeros). */
+ts_status ts_comm_reduce_bits(ts_comm *c, uint32_t *x, int64_t n, int root, const char *what);
+
+/* Release what the hierarchical strategy set up for c (collective). */
+void ts_comm_hier_free(ts_comm *c);
 
 /* Mark entry to and exit from a collective (watchdog board, trace). */
 int64_t ts_comm_enter(ts_comm *c, const char *what);

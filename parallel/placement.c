@@ -7,6 +7,12 @@
 #include <stdio.h>
 #include <string.h>
 
+#define TRY_LOC(expr)                                                                              \
+    do {                                                                                           \
+        ts_status st_ = (expr);                                                                    \
+        if (st_ != TS_OK) return st_;                                                              \
+    } while (0)
+
 #ifdef TS_HAVE_HWLOC
 #include <hwloc.h>
 
@@ -59,7 +65,90 @@ ts_status ts_device_locality(const ts_device *device, ts_locality *out)
     return TS_OK;
 }
 
+/* Cores [first, first + count) inside set, as a cpuset. */
+static hwloc_bitmap_t cores_in(hwloc_const_cpuset_t set, int first, int count)
+{
+    hwloc_bitmap_t out = hwloc_bitmap_alloc();
+    for (int i = 0; i < count && out; i++) {
+        hwloc_obj_t core = hwloc_get_obj_inside_cpuset_by_type(g_topo, set, HWLOC_OBJ_CORE, (unsigned)(first + i));
+        if (core && core->cpuset) hwloc_bitmap_or(out, out, core->cpuset);
+    }
+    return out;
+}
+
+ts_status ts_placement_bind(const ts_device *device, int share_rank, int share_count, ts_binding *out)
+{
+    memset(out, 0, sizeof *out);
+    ts_locality loc;
+    TRY_LOC(ts_device_locality(device, &loc));
+    if (!loc.known) {
+        snprintf(out->report, sizeof out->report, "not bound: hwloc could not read the topology");
+        return TS_OK;
+    }
+    hwloc_bitmap_t near = hwloc_bitmap_alloc();
+    hwloc_bitmap_list_sscanf(near, loc.cpus);
+    int cores = hwloc_get_nbobjs_inside_cpuset_by_type(g_topo, near, HWLOC_OBJ_CORE);
+    if (share_count < 1) share_count = 1;
+    if (share_count > cores) {
+        snprintf(out->report, sizeof out->report,
+                 "not bound: %d processes share the %d cores near %s (more processes than cores)",
+                 share_count, cores, loc.how);
+        hwloc_bitmap_free(near);
+        return TS_OK;
+    }
+    int first = share_rank * cores / share_count, count = (share_rank + 1) * cores / share_count - first;
+    hwloc_bitmap_t set = cores_in(near, first, count);
+    hwloc_bitmap_t nodes = hwloc_bitmap_alloc();
+    hwloc_cpuset_to_nodeset(g_topo, set, nodes);
+    char pus[128], numa[64];
+    hwloc_bitmap_list_snprintf(pus, sizeof pus, set);
+    hwloc_bitmap_list_snprintf(numa, sizeof numa, nodes);
+    ts_status st = TS_OK;
+    if (hwloc_set_cpubind(g_topo, set, HWLOC_CPUBIND_PROCESS) != 0) {
+        snprintf(out->report, sizeof out->report, "not bound: binding to PUs %s failed", pus);
+    } else {
+        /* Linux memory policies are per thread and inherited: bind this
+         * thread before the compute threads start (or first touch) */
+        int mem = hwloc_set_membind(g_topo, nodes, HWLOC_MEMBIND_BIND, HWLOC_MEMBIND_BYNODESET) == 0;
+        out->bound = 1;
+        out->cores = count;
+        snprintf(out->report, sizeof out->report, "bound to %d core%s (PUs %s), memory %s NUMA node %s, near %s",
+                 count, count == 1 ? "" : "s", pus, mem ? "on" : "unbound (refused), near", numa, loc.how);
+    }
+    hwloc_bitmap_free(set), hwloc_bitmap_free(nodes), hwloc_bitmap_free(near);
+    return st;
+}
+
+void ts_placement_current(char *buf, size_t n)
+{
+    pthread_once(&g_once, load_topology);
+    if (!g_topo_ok) {
+        snprintf(buf, n, "unknown (hwloc could not read the topology)");
+        return;
+    }
+    hwloc_bitmap_t set = hwloc_bitmap_alloc();
+    char pus[128];
+    if (hwloc_get_cpubind(g_topo, set, HWLOC_CPUBIND_PROCESS) != 0) {
+        snprintf(buf, n, "unknown");
+    } else {
+        hwloc_bitmap_list_snprintf(pus, sizeof pus, set);
+        int all = hwloc_bitmap_isincluded(hwloc_topology_get_topology_cpuset(g_topo), set);
+        snprintf(buf, n, "PUs %s%s", pus, all ? " (not bound: the whole machine)" : "");
+    }
+    hwloc_bitmap_free(set);
+}
+
 #else
+
+ts_status ts_placement_bind(const ts_device *device, int share_rank, int share_count, ts_binding *out)
+{
+    (void)device, (void)share_rank, (void)share_count;
+    memset(out, 0, sizeof *out);
+    snprintf(out->report, sizeof out->report, "not bound: built without hwloc");
+    return TS_OK;
+}
+
+void ts_placement_current(char *buf, size_t n) { snprintf(buf, n, "unknown (built without hwloc)"); }
 
 ts_status ts_device_locality(const ts_device *device, ts_locality *out)
 {

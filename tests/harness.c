@@ -89,6 +89,7 @@ void th_skip(const char *fmt, ...)
 
 void th_note(const char *fmt, ...)
 {
+    if (!printing) return; /* notes come from the printing process only */
     va_list ap;
     va_start(ap, fmt);
     vnote("", fmt, ap);

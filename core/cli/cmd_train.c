@@ -18,7 +18,10 @@ int cmd_train(int argc, char **argv)
     uint64_t seed = 1337;
     float lr = 0, min_lr = -1, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, wd = 0.1f, clip = 1.0f;
     double val_fraction = 0.1;
-    int resume = 0, quiet = 0;
+    int resume = 0, quiet = 0, zero = 0, no_overlap = 0, no_bind = 0;
+    int64_t tp = 1, pp = 1;
+    double bucket_mb = 25.0, watchdog = -1;
+    char strategy[32] = "mpi", pipeline[32] = "1f1b";
     const cli_option opts[] = {
         {"--data", OPT_STRING, c.data, sizeof c.data, "UTF-8 text or token file (default: the built-in sorting task)"},
         {"--tokenizer", OPT_STRING, c.tokenizer, sizeof c.tokenizer, "byte | bpe:N (trained on the data) | tokenizer file"},
@@ -54,6 +57,16 @@ int cmd_train(int argc, char **argv)
         {"--log", OPT_STRING, c.log_path, sizeof c.log_path, "JSON-lines log (default <out>/log.jsonl, - for none)"},
         {"--sample-tokens", OPT_INT, &sample_tokens, 0, "tokens of text to generate at the end (200)"},
         {"--quiet", OPT_FLAG, &quiet, 0, "no progress output"},
+        {"--tp", OPT_INT, &tp, 0, "tensor-parallel processes per model replica (under mpirun)"},
+        {"--pp", OPT_INT, &pp, 0, "pipeline stages (the rest of the processes are data-parallel)"},
+        {"--strategy", OPT_STRING, strategy, sizeof strategy, "gradient reduction: mpi | ring | hier | ps"},
+        {"--zero", OPT_FLAG, &zero, 0, "ZeRO-1: shard the optimizer state over the replicas"},
+        {"--bucket-mb", OPT_DOUBLE, &bucket_mb, 0, "gradient bucket size in MB (25)"},
+        {"--no-overlap", OPT_FLAG, &no_overlap, 0, "reduce gradients after backward, not during it"},
+        {"--pipeline", OPT_STRING, pipeline, sizeof pipeline, "pipeline schedule: 1f1b | gpipe"},
+        {"--no-bind", OPT_FLAG, &no_bind, 0, "do not bind threads and memory near the device"},
+        {"--trace", OPT_STRING, c.trace_path, sizeof c.trace_path, "write every rank's timeline (Chrome trace JSON)"},
+        {"--watchdog", OPT_DOUBLE, &watchdog, 0, "seconds before a stuck collective names the missing ranks (300)"},
     };
     int rc = cli_parse("train", "[options]", opts, (int)(sizeof opts / sizeof *opts), argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
@@ -100,6 +113,20 @@ int cmd_train(int argc, char **argv)
     c.eval_batches = eval_batches >= 0 ? eval_batches : (task ? 4 : 8);
     c.sample_tokens = sample_tokens;
     c.progress = !quiet;
+    int strat = ts_strategy_parse(strategy);
+    if (strat < 0) {
+        fprintf(stderr, "tessera train: --strategy must be mpi, ring, hier or ps, not '%s'\n", strategy);
+        return 2;
+    }
+    if (strcmp(pipeline, "1f1b") && strcmp(pipeline, "gpipe")) {
+        fprintf(stderr, "tessera train: --pipeline must be 1f1b or gpipe, not '%s'\n", pipeline);
+        return 2;
+    }
+    c.tp = (int)tp, c.pp = (int)pp;
+    c.strategy = (ts_reduce_strategy)strat;
+    c.zero = zero, c.bucket_mb = bucket_mb, c.overlap = !no_overlap, c.bind = !no_bind;
+    c.schedule = strcmp(pipeline, "gpipe") ? TS_SCHEDULE_1F1B : TS_SCHEDULE_GPIPE;
+    if (watchdog >= 0) ts_watchdog_set(watchdog, 0);
 
     ts_train_result r;
     if (ts_train(&c, &r) != TS_OK) return cli_fail("train");

@@ -1,6 +1,7 @@
 /* tessera: train transformer language models on any OpenCL device or the
  * CPU, alone or across MPI ranks. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
@@ -8,8 +9,22 @@
 
 int cli_fail(const char *what)
 {
-    fprintf(stderr, "tessera: %s: %s\n", what, ts_last_error());
+    ts_comm *w = ts_comm_world();
+    if (ts_comm_size(w) > 1) fprintf(stderr, "tessera [rank %d]: %s: %s\n", ts_comm_rank(w), what, ts_last_error());
+    else fprintf(stderr, "tessera: %s: %s\n", what, ts_last_error());
     return 1;
+}
+
+/* Started by an MPI launcher (or asked to be): then join the world. */
+static int under_mpi(void)
+{
+    static const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", "MV2_COMM_WORLD_SIZE",
+                                 "TESSERA_MPI"};
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v && strcmp(v, "0") != 0) return 1;
+    }
+    return 0;
 }
 
 static void usage(FILE *f)
@@ -32,6 +47,10 @@ static void usage(FILE *f)
             "  TESSERA_GEMM         OpenCL GEMM route: auto | blas | clblast | kernel\n"
             "  TESSERA_LOG          error | warn | info | debug\n"
             "  TESSERA_PROFILE      1: time every op and print a table at exit\n"
+            "  TESSERA_WATCHDOG     seconds a collective may wait before the ranks that have\n"
+            "                       not joined are named (300; 0 = off)\n"
+            "\n"
+            "parallel training: mpirun -np N tessera train --tp T --pp P ... (see train --help)\n"
             "\n"
             "tessera <command> --help lists a command's options.\n");
 }
@@ -43,7 +62,8 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
-    int rc;
+    int rc, mpi = ts_parallel_have_mpi() && under_mpi() && (!strcmp(cmd, "train") || !strcmp(cmd, "devices"));
+    if (mpi && ts_parallel_init(&argc, &argv) != TS_OK) return cli_fail("starting MPI");
     if (!strcmp(cmd, "devices")) rc = cmd_devices(argc - 1, argv + 1);
     else if (!strcmp(cmd, "train")) rc = cmd_train(argc - 1, argv + 1);
     else if (!strcmp(cmd, "sample")) rc = cmd_sample(argc - 1, argv + 1);
@@ -61,6 +81,7 @@ int main(int argc, char **argv)
         rc = 2;
     }
     if (ts_profile_enabled()) ts_profile_report(stderr);
+    if (mpi) ts_parallel_finalize();
     ts_shutdown();
     return rc;
 }

@@ -38,6 +38,19 @@ typedef struct ts_train_state {
 /* Save a checkpoint for state->step; keep the newest `keep` (0 = all). */
 ts_status ts_checkpoint_save(const char *dir, const ts_gpt *model, const ts_optimizer *opt,
                              const ts_train_state *state, const ts_tokenizer *tok, int keep);
+/* The same in steps, for a save that several processes take part in:
+ * begin makes <dir>/.tmp-step_N (its path in tmp); the caller writes
+ * model.safetensors and optim.safetensors there; finish adds the tokenizer
+ * and state, then renames, points `latest` at it and prunes. abandon
+ * removes a failed attempt. */
+ts_status ts_checkpoint_begin(const char *dir, int64_t step, char *tmp, size_t n);
+ts_status ts_checkpoint_finish(const char *dir, const char *tmp, const ts_train_state *state,
+                               const ts_tokenizer *tok, int keep);
+void ts_checkpoint_abandon(const char *tmp);
+/* Metadata of the model and optimizer files (NULL-terminated key, value
+ * pairs in meta, pointing into the caller's buffers). */
+void ts_checkpoint_model_meta(const ts_tokenizer *tok, char fp[32], const char *meta[4]);
+void ts_checkpoint_optim_meta(const ts_optimizer *o, char step[32], char hyper[256], const char *meta[8]);
 /* The directory of the newest complete checkpoint in dir (via `latest`). */
 ts_status ts_checkpoint_latest(const char *dir, char *path, size_t n);
 /* Read state.json of a checkpoint directory. */
@@ -45,6 +58,10 @@ ts_status ts_checkpoint_read_state(const char *ckpt, ts_train_state *state);
 /* Load weights and optimizer state of a checkpoint directory into a model
  * and optimizer created with the checkpoint's config and settings. */
 ts_status ts_checkpoint_load(const char *ckpt, ts_gpt *model, ts_optimizer *opt);
+/* Load an optimizer file's step and moments; opt may hold a shard of the
+ * model's blob starting at shard_begin (ZeRO). */
+ts_status ts_checkpoint_load_optimizer(const char *path, const ts_gpt *model, ts_optimizer *opt,
+                                       int64_t shard_begin);
 
 #ifdef __cplusplus
 }

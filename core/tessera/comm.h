@@ -41,6 +41,10 @@ ts_status ts_comm_bcast_tensor(ts_comm *c, ts_tensor *t, int root, const char *w
 ts_status ts_comm_send_tensor(ts_comm *c, const ts_tensor *t, int dest, int tag, const char *what);
 ts_status ts_comm_recv_tensor(ts_comm *c, ts_tensor *t, int src, int tag, const char *what);
 ts_status ts_comm_barrier(ts_comm *c, const char *what);
+/* Collective: every member learns whether any failed. Returns st on a
+ * member that failed; on the others, the first failure's status with its
+ * rank and message ("what failed on rank 3: ..."). */
+ts_status ts_comm_agree(ts_comm *c, ts_status st, const char *what);
 
 #ifdef __cplusplus
 }

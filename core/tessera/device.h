@@ -65,6 +65,9 @@ ts_device *ts_device_at(int index);
 /* Resolve a spec string (see above). Unknown specs fail with TS_ERR_DEVICE
  * and a message listing the devices that exist. */
 ts_status ts_device_open(const char *spec, ts_device **out);
+/* The same for one of several processes on a node: "auto" deals the
+ * fastest GPUs out by node-local rank (rank r gets GPU r mod count). */
+ts_status ts_device_open_local(const char *spec, int local_rank, ts_device **out);
 const ts_device_info *ts_device_get_info(const ts_device *device);
 const char *ts_device_type_name(ts_device_type type);
 

@@ -151,6 +151,9 @@ ts_status ts_gpt_create(ts_gpt *m, ts_device *dev, const ts_gpt_config *cfg);
 ts_status ts_gpt_create_layout(ts_gpt *m, ts_device *dev, const ts_gpt_config *cfg,
                                const ts_gpt_layout *lay, ts_comm *tp_comm);
 void ts_gpt_free(ts_gpt *m);
+/* The tensor table of a layout without allocating anything (to reason
+ * about another rank's part); free with ts_gpt_free. */
+ts_status ts_gpt_plan(ts_gpt *m, const ts_gpt_config *cfg, const ts_gpt_layout *lay);
 /* GPT-2 initialisation from a seed (the same global values in every
  * layout): N(0, 0.02) weights, residual output projections scaled by
  * 1/sqrt(2L), zero biases, unit layernorm gains. */
@@ -221,6 +224,8 @@ ts_status ts_gpt_save_blob(const ts_gpt *m, const ts_tensor *blob, const char *p
 ts_status ts_gpt_save_blobs(const ts_gpt *m, const ts_tensor *const *blobs,
                             const char *const *prefixes, int n, const char *path,
                             const char *const *extra_meta);
+/* The config as the JSON object stored in files' metadata "config". */
+void ts_gpt_config_json(const ts_gpt_config *cfg, char *buf, size_t n);
 /* Read a file's config (metadata "config"). */
 ts_status ts_gpt_read_config(const char *path, ts_gpt_config *cfg);
 /* Load this layout's slices of a file's global tensors (any layout: each

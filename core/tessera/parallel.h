@@ -9,6 +9,8 @@
 #include <stdio.h>
 
 #include "tessera/comm.h"
+#include "tessera/gpt.h"
+#include "tessera/optimizer.h"
 #include "tessera/status.h"
 
 #ifdef __cplusplus
@@ -34,6 +36,35 @@ const char *ts_comm_name(const ts_comm *c);
 
 /* Gather `bytes` from every member into out (size * bytes, in rank order). */
 ts_status ts_comm_allgather(ts_comm *c, const void *in, void *out, size_t bytes, const char *what);
+
+/* ---- the process grid ----
+ * N = tp * dp * pp processes; world rank = (pp_rank * dp + dp_rank) * tp +
+ * tp_rank: tensor-parallel groups are innermost, so they share a node. */
+typedef struct ts_grid {
+    int size, rank;
+    int tp, dp, pp;
+    int tp_rank, dp_rank, pp_rank;
+    ts_comm *world;
+    ts_comm *tp_comm;     /* same pipeline stage and data-parallel replica */
+    ts_comm *dp_comm;     /* same stage and tensor slice: the replicas */
+    ts_comm *pp_comm;     /* same replica and slice: the stages, in order */
+    ts_comm *mp_comm;     /* same replica: the whole model (norms, losses) */
+    ts_comm *embed_comm;  /* first and last stage of a pipeline (tied embedding); NULL elsewhere */
+    int local_rank, local_size; /* on this node */
+} ts_grid;
+
+/* Split the world into tp x dp x pp groups (dp = size / (tp * pp)). Every
+ * rank reports the same error when the sizes do not fit. */
+ts_status ts_grid_create(ts_grid *g, int tp, int pp);
+void ts_grid_free(ts_grid *g);
+/* This rank's part of a model: its stage's layers, embedding, head and
+ * tensor slice. Layers are divided as evenly as possible over stages. */
+ts_status ts_grid_layout(const ts_grid *g, int64_t n_layer, int *tp_size, int *tp_rank,
+                         int64_t *layer_begin, int64_t *layer_end, int *embedding, int *head);
+/* Settings that must agree on every rank (model, seed, grid, batch...):
+ * each rank passes its own text; a difference fails on every rank with the
+ * ranks and settings that differ. */
+ts_status ts_grid_check_settings(const ts_grid *g, const char *settings);
 
 /* ---- gradient reduction strategies ---- */
 typedef enum ts_reduce_strategy {
@@ -65,6 +96,66 @@ int64_t ts_comm_part_start(int64_t n, int size, int part);
  * window on the node's communicator); NULL without MPI. Collective over
  * the node communicator; freed at finalize. */
 float *ts_comm_shared_alloc(ts_comm *c, int64_t n);
+
+/* ---- the training engine ----
+ * One optimizer step of a model laid out on a grid, for any mix of tensor,
+ * data and pipeline parallelism (all sizes 1 is plain training):
+ *  - the step's loss is the mean over every scored target of every
+ *    micro-batch of every data-parallel replica, so any split of the batch
+ *    computes the same gradient;
+ *  - pipelines run micro-batches 1F1B (at most P in flight) or GPipe;
+ *  - data-parallel gradients are summed in buckets, started from a helper
+ *    thread as backward finishes each bucket's layers (overlap), by the
+ *    chosen strategy; ZeRO-1 reduce-scatters them instead, updates a shard
+ *    of the optimizer state and all-gathers the parameters; a parameter
+ *    server reduces to replica 0, which updates and broadcasts;
+ *  - the tied embedding's gradient is summed between first and last stage;
+ *  - gradient clipping uses the norm of the whole model. */
+typedef enum ts_schedule { TS_SCHEDULE_1F1B = 0, TS_SCHEDULE_GPIPE = 1 } ts_schedule;
+
+typedef struct ts_engine_config {
+    ts_reduce_strategy strategy;
+    int zero;              /* ZeRO stage 1: optimizer state sharded over replicas */
+    double bucket_mb;      /* gradient bucket size (the first, last layers', is 1 MB) */
+    int overlap;           /* reduce buckets during backward */
+    ts_schedule schedule;
+    ts_optim_kind optim;
+    float beta1, beta2, eps, weight_decay;
+} ts_engine_config;
+
+typedef struct ts_pipeline_stats {
+    int max_in_flight;     /* micro-batches forwarded but not yet backwarded */
+    int order_ok;          /* every backward came after its forward */
+    double busy_s;         /* time in stage compute this step */
+    double schedule_s;     /* time from the first forward to the last backward */
+    double step_s;         /* time of the whole step */
+    char order[512];       /* "F0 F1 B0 F2 B1 ..." of the last step */
+} ts_pipeline_stats;
+
+typedef struct ts_engine ts_engine;
+
+ts_status ts_engine_create(ts_engine **e, ts_grid *g, ts_gpt *m, const ts_engine_config *c);
+void ts_engine_free(ts_engine *e);
+/* Replicas start from data-parallel rank 0's parameters. */
+ts_status ts_engine_broadcast_params(ts_engine *e);
+/* One step: n_micro micro-batches of [B, T] (host i32, this replica's
+ * share: tokens and targets n_micro*B*T each). *loss: the global mean;
+ * *norm: the global gradient norm before clipping. */
+ts_status ts_engine_step(ts_engine *e, int n_micro, int64_t B, int64_t T, const int32_t *tokens,
+                         const int32_t *targets, float lr, float grad_clip, float *loss, double *norm);
+/* Forward only: the global mean loss over the micro-batches. */
+ts_status ts_engine_eval(ts_engine *e, int n_micro, int64_t B, int64_t T, const int32_t *tokens,
+                         const int32_t *targets, double *loss);
+const ts_pipeline_stats *ts_engine_pipeline_stats(const ts_engine *e);
+ts_optimizer *ts_engine_optimizer(ts_engine *e);
+/* Checkpoint files in the global, layout-independent format, assembled on
+ * world rank 0 (collective). */
+ts_status ts_engine_save_model(ts_engine *e, const char *path, const char *const *meta);
+ts_status ts_engine_save_optimizer(ts_engine *e, const char *path);
+ts_status ts_engine_load(ts_engine *e, const char *model_path, const char *optim_path);
+/* The whole model on world rank 0 (created there; left empty elsewhere),
+ * for generation and evaluation after a parallel run (collective). */
+ts_status ts_engine_gather_model(ts_engine *e, ts_gpt *whole);
 
 /* ---- watchdog ----
  * A collective that waits longer than the timeout asks every member what it

@@ -4,6 +4,8 @@
 #ifndef TESSERA_PLACEMENT_H
 #define TESSERA_PLACEMENT_H
 
+#include <stddef.h>
+
 #include "tessera/device.h"
 #include "tessera/status.h"
 
@@ -21,6 +23,20 @@ typedef struct ts_locality {
 } ts_locality;
 
 ts_status ts_device_locality(const ts_device *device, ts_locality *out);
+
+typedef struct ts_binding {
+    int bound;            /* this process's threads and memory are bound */
+    int cores;            /* cores it was given */
+    char report[512];     /* what was done, or why not */
+} ts_binding;
+
+/* Bind this process's threads and memory to its share of the cores (and
+ * their NUMA nodes) near the device: share_count processes on this node
+ * use devices with the same locality, this one is share_rank of them.
+ * Skipped, and said so in the report, when they outnumber the cores. */
+ts_status ts_placement_bind(const ts_device *device, int share_rank, int share_count, ts_binding *out);
+/* The processing units this process may run on, as text. */
+void ts_placement_current(char *buf, size_t n);
 
 #ifdef __cplusplus
 }

@@ -66,6 +66,16 @@ ts_status ts_st_writer_meta(ts_st_writer *w, const char *key, const char *value)
 ts_status ts_st_writer_write(ts_st_writer *w, const char *path);
 void ts_st_writer_free(ts_st_writer *w);
 
+/* Streaming writer: the header (all names and shapes) first, then each
+ * tensor's f32 data in order, in as many pieces as convenient. Written
+ * atomically on close(commit = 1). */
+typedef struct ts_st_stream ts_st_stream;
+ts_status ts_st_stream_open(ts_st_stream **s, const char *path, int n, const char *const *names,
+                            const int *ndims, const int64_t (*shapes)[2],
+                            const char *const *meta_kv);
+ts_status ts_st_stream_write(ts_st_stream *s, const float *data, int64_t count);
+ts_status ts_st_stream_close(ts_st_stream *s, int commit);
+
 #ifdef __cplusplus
 }
 #endif

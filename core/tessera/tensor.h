@@ -68,6 +68,11 @@ int ts_tensor_same_shape(const ts_tensor *a, const ts_tensor *b);
 /* "[4, 64, 768] f32" into buf; returns buf. */
 const char *ts_tensor_describe(const ts_tensor *t, char *buf, size_t size);
 
+/* A tensor over host memory owned elsewhere (CPU backend only): block
+ * must outlive the tensor; ts_tensor_free leaves the memory alone. */
+ts_status ts_tensor_wrap_host(ts_tensor *t, ts_block *block, ts_device *cpu, void *ptr,
+                              size_t bytes, ts_dtype dtype, int ndim, const int64_t *shape);
+
 /* The host address of element 0 when the tensor lives in the native CPU
  * backend's memory (no staging needed), else NULL. */
 void *ts_tensor_host_ptr(const ts_tensor *t);

@@ -9,6 +9,7 @@
 
 #include "tessera/gpt.h"
 #include "tessera/optim.h"
+#include "tessera/parallel.h"
 #include "tessera/status.h"
 
 #ifdef __cplusplus
@@ -22,13 +23,25 @@ typedef struct ts_train_config {
     double val_fraction;    /* held-out tail of the data */
     /* model (vocab_size comes from the tokenizer or token file) */
     ts_gpt_config model;
-    /* batches: each step sees batch * grad_accum sequences of seq_len tokens */
+    /* batches: each step sees batch * grad_accum sequences of seq_len tokens
+     * (batch is global: data-parallel replicas take batch / dp each;
+     * grad_accum is also the number of pipeline micro-batches) */
     int64_t batch, seq_len, grad_accum, steps;
     /* optimizer and schedule */
     ts_optim_kind optim;
     float lr, min_lr, beta1, beta2, eps, weight_decay, grad_clip;
     int64_t warmup;
     int cosine;
+    /* parallel layout, under mpirun: tensor x pipeline parallel sizes (the
+     * rest of the processes are data-parallel replicas) and how they work */
+    int tp, pp;
+    ts_reduce_strategy strategy;
+    int zero;               /* ZeRO-1: optimizer state sharded over replicas */
+    double bucket_mb;       /* gradient bucket size */
+    int overlap;            /* reduce buckets during backward */
+    ts_schedule schedule;   /* pipeline: 1F1B or GPipe */
+    int bind;               /* bind threads and memory near the device (hwloc) */
+    char trace_path[1024];  /* Chrome trace JSON of every rank; "" = none */
     /* run */
     char device[128];
     int threads;            /* 0: default */
@@ -55,7 +68,8 @@ typedef struct ts_train_result {
     double tokens_per_second;
     double mfu;             /* model FLOPs / measured GEMM peak of the device */
     double task_accuracy;   /* built-in task only, else NAN */
-    int64_t num_params;
+    int64_t num_params;     /* of the whole model */
+    double bubble;          /* pipeline: share of the last step stage 0 spent idle */
 } ts_train_result;
 
 /* Defaults: byte tokenizer, d6-like small model, AdamW 3e-4 with cosine. */

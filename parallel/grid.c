@@ -1,0 +1,107 @@
+/* The process grid: tensor x data x pipeline parallel groups. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm_internal.h"
+
+ts_status ts_grid_create(ts_grid *g, int tp, int pp)
+{
+    memset(g, 0, sizeof *g);
+    g->world = ts_comm_world();
+    g->size = ts_comm_size(g->world);
+    g->rank = ts_comm_rank(g->world);
+    if (tp < 1 || pp < 1 || g->size % (tp * pp) != 0)
+        return ts_error(TS_ERR_INVALID_ARG,
+                        "%d processes cannot form a grid of tensor-parallel %d x pipeline %d (the "
+                        "number of processes must be a multiple of tp * pp)",
+                        g->size, tp, pp);
+    g->tp = tp, g->pp = pp, g->dp = g->size / (tp * pp);
+    g->tp_rank = g->rank % tp;
+    g->dp_rank = (g->rank / tp) % g->dp;
+    g->pp_rank = g->rank / (tp * g->dp);
+    ts_comm *node = ts_comm_node();
+    g->local_rank = ts_comm_rank(node), g->local_size = ts_comm_size(node);
+    ts_status st = ts_comm_split(g->world, g->pp_rank * g->dp + g->dp_rank, g->tp_rank, "tp", &g->tp_comm);
+    if (!st) st = ts_comm_split(g->world, g->pp_rank * tp + g->tp_rank, g->dp_rank, "dp", &g->dp_comm);
+    if (!st) st = ts_comm_split(g->world, g->dp_rank * tp + g->tp_rank, g->pp_rank, "pp", &g->pp_comm);
+    if (!st) st = ts_comm_split(g->world, g->dp_rank, g->pp_rank * tp + g->tp_rank, "mp", &g->mp_comm);
+    if (!st && pp > 1) {
+        /* first and last stage of each pipeline: everyone calls the split */
+        ts_comm *e = NULL;
+        int member = g->pp_rank == 0 || g->pp_rank == pp - 1;
+        st = ts_comm_split(g->world, member ? g->dp_rank * tp + g->tp_rank : -1, g->pp_rank, "embed", &e);
+        g->embed_comm = member ? e : NULL;
+        if (!member && e) ts_comm_free(e);
+    }
+    if (st) ts_grid_free(g);
+    return st;
+}
+
+void ts_grid_free(ts_grid *g)
+{
+    ts_comm_free(g->tp_comm);
+    ts_comm_free(g->dp_comm);
+    ts_comm_free(g->pp_comm);
+    ts_comm_free(g->mp_comm);
+    ts_comm_free(g->embed_comm);
+    memset(g, 0, sizeof *g);
+}
+
+ts_status ts_grid_layout(const ts_grid *g, int64_t n_layer, int *tp_size, int *tp_rank,
+                         int64_t *layer_begin, int64_t *layer_end, int *embedding, int *head)
+{
+    if (g->pp > n_layer)
+        return ts_error(TS_ERR_INVALID_ARG, "%d pipeline stages need at least %d layers, the model has %lld",
+                        g->pp, g->pp, (long long)n_layer);
+    *tp_size = g->tp, *tp_rank = g->tp_rank;
+    *layer_begin = n_layer * g->pp_rank / g->pp;
+    *layer_end = n_layer * (g->pp_rank + 1) / g->pp;
+    *embedding = g->pp_rank == 0;
+    *head = g->pp_rank == g->pp - 1;
+    return TS_OK;
+}
+
+static uint64_t text_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+ts_status ts_grid_check_settings(const ts_grid *g, const char *settings)
+{
+    enum { KEEP = 240 };
+    struct {
+        uint64_t hash;
+        char text[KEEP];
+    } mine, *all;
+    memset(&mine, 0, sizeof mine);
+    mine.hash = text_hash(settings);
+    snprintf(mine.text, KEEP, "%s", settings);
+    all = calloc((size_t)g->size, sizeof *all);
+    if (!all) return ts_error(TS_ERR_OOM, "no memory");
+    ts_status st = ts_comm_allgather(g->world, &mine, all, sizeof mine, "settings check");
+    if (st) {
+        free(all);
+        return st;
+    }
+    char odd[512] = "";
+    size_t k = 0;
+    for (int r = 1; r < g->size; r++)
+        if (all[r].hash != all[0].hash && k < sizeof odd)
+            k += (size_t)snprintf(odd + k, sizeof odd - k, "%s%d", k ? ", " : "", r);
+    if (k) {
+        /* show where the first differing rank departs from rank 0 */
+        int r = atoi(odd);
+        size_t at = 0;
+        while (all[0].text[at] && all[0].text[at] == all[r].text[at]) at++;
+        size_t from = at > 40 ? at - 40 : 0;
+        st = ts_error(TS_ERR_INVALID_ARG,
+                      "settings differ between ranks: ranks %s disagree with rank 0. rank 0: ...%.80s... "
+                      "rank %d: ...%.80s...",
+                      odd, all[0].text + from, r, all[r].text + from);
+    }
+    free(all);
+    return st;
+}
