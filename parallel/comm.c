@@ -181,6 +181,29 @@ void ts_parallel_finalize(void)
     g_started_mpi = 0;
 }
 
+void ts_parallel_finalize_failed(double wait_s)
+{
+    if (g_world && g_world->size > 1) {
+        /* did every rank fail together? if not, the others wait in a
+         * collective that will never complete: end the job */
+        MPI_Request r;
+        int done = 0;
+        double t0 = ts_now();
+        struct timespec pause = {0, 1000 * 1000};
+        if (MPI_Ibarrier(g_world->comm, &r) == MPI_SUCCESS)
+            while (!done && ts_now() - t0 < wait_s) {
+                MPI_Test(&r, &done, MPI_STATUS_IGNORE);
+                if (!done) nanosleep(&pause, NULL);
+            }
+        if (!done) {
+            fprintf(stderr, "tessera [rank %d]: the other ranks did not stop with this one: ending the job\n",
+                    g_world->rank);
+            MPI_Abort(MPI_COMM_WORLD, 1);
+        }
+    }
+    ts_parallel_finalize();
+}
+
 ts_comm *ts_comm_world(void) { return g_world ? g_world : &g_world_single; }
 ts_comm *ts_comm_node(void) { return g_node ? g_node : &g_world_single; }
 
@@ -333,6 +356,7 @@ ts_status ts_parallel_init(int *argc, char ***argv)
     return TS_OK;
 }
 void ts_parallel_finalize(void) {}
+void ts_parallel_finalize_failed(double wait_s) { (void)wait_s; }
 ts_comm *ts_comm_world(void) { return &g_world_single; }
 ts_comm *ts_comm_node(void) { return &g_world_single; }
 

@@ -11,6 +11,18 @@ ts_status ts_grid_create(ts_grid *g, int tp, int pp)
     g->world = ts_comm_world();
     g->size = ts_comm_size(g->world);
     g->rank = ts_comm_rank(g->world);
+    /* every rank must ask for the same grid before any group is formed */
+    int mine[2] = {tp, pp}, *all = calloc((size_t)g->size * 2, sizeof *all);
+    if (!all) return ts_error(TS_ERR_OOM, "no memory");
+    ts_status ast = ts_comm_allgather(g->world, mine, all, sizeof mine, "grid check");
+    for (int r = 1; r < g->size && !ast; r++)
+        if (all[2 * r] != all[0] || all[2 * r + 1] != all[1])
+            ast = ts_error(TS_ERR_INVALID_ARG,
+                           "settings differ between ranks: rank 0 asks for tensor-parallel %d x pipeline %d, "
+                           "rank %d for %d x %d",
+                           all[0], all[1], r, all[2 * r], all[2 * r + 1]);
+    free(all);
+    if (ast) return ast;
     if (tp < 1 || pp < 1 || g->size % (tp * pp) != 0)
         return ts_error(TS_ERR_INVALID_ARG,
                         "%d processes cannot form a grid of tensor-parallel %d x pipeline %d (the "

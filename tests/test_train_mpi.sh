@@ -31,7 +31,7 @@ maxrel() {
 within() { [ "$1" != none ] && awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
 
 echo "TAP version 13"
-echo "1..10"
+echo "1..11"
 
 # a model that every layout can divide: 4 layers, 4 heads, vocabulary 256
 small=(--device cpu --layers 4 --heads 4 --width 64 --seq-len 32 --batch 8 --accum 2 --lr 0.003 --warmup 4 --steps 12 --eval-batches 2 --quiet)
@@ -80,14 +80,22 @@ ranks=$(grep -c "settings differ between ranks" "$work/mismatch.out")
 [ $rc -ne 0 ] && [ "$ranks" -eq 2 ]
 check "different seeds on two ranks fail on both ranks with the difference" $? "exit $rc, $ranks ranks reported" "$(head -6 "$work/mismatch.out")"
 
-# 9. an absent rank: the watchdog names it
+# 9. different grids: refused before any group forms
+timeout 120 "$mpirun" --allow-run-as-root --oversubscribe -np 1 "$tessera" train "${small[@]}" : \
+    -np 1 "$tessera" train "${small[@]}" --tp 2 >"$work/grid.out" 2>&1
+rc=$?
+ranks=$(grep -c "rank 0 asks for tensor-parallel 1 x pipeline 1, rank 1 for 2 x 1" "$work/grid.out")
+[ $rc -ne 0 ] && [ "$ranks" -eq 2 ]
+check "ranks asking for different grids fail on both ranks" $? "exit $rc, $ranks ranks reported" "$(head -6 "$work/grid.out")"
+
+# 10. an absent rank: the watchdog names it
 TESSERA_FAULT_ABSENT_RANK=1 TESSERA_FAULT_ABSENT_SECONDS=3 mpi 2 "$tessera" train "${small[@]}" --steps 2 --watchdog 1 \
     >"$work/absent.out" 2>&1
 rc=$?
 grep -q "not joined: rank 1 (world 1)" "$work/absent.out"
 check "a rank that stays away is named by the watchdog" $? "exit $rc" "$(head -6 "$work/absent.out")"
 
-# 10. the timeline: one Chrome trace with every rank, placement in the log
+# 11. the timeline: one Chrome trace with every rank, placement in the log
 mpi 2 "$tessera" train "${small[@]}" --steps 3 --pp 2 --trace "$work/trace.json" --out "$work/traced" >"$work/trace.out" 2>&1
 rc=$?
 summary=$(python3 - "$work/trace.json" <<'EOF' 2>&1

@@ -84,6 +84,14 @@ int cmd_devices(int argc, char **argv)
         }
     }
     int n = ts_device_count();
+    /* where this process may run (under mpirun: each rank's binding) */
+    char where[256];
+    ts_placement_current(where, sizeof where);
+    ts_comm *w = ts_comm_world();
+    if (!json) {
+        if (ts_comm_size(w) > 1) printf("rank %d of %d: ", ts_comm_rank(w), ts_comm_size(w));
+        printf("this process runs on %s\n\n", where);
+    }
     if (json) printf("[\n");
     for (int i = 0; i < n; i++) {
         ts_device *dev = ts_device_at(i);

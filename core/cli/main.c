@@ -81,7 +81,8 @@ int main(int argc, char **argv)
         rc = 2;
     }
     if (ts_profile_enabled()) ts_profile_report(stderr);
-    if (mpi) ts_parallel_finalize();
+    if (mpi && rc == 0) ts_parallel_finalize();
+    else if (mpi) ts_parallel_finalize_failed(20.0);
     ts_shutdown();
     return rc;
 }

@@ -23,6 +23,10 @@ extern "C" {
 ts_status ts_parallel_init(int *argc, char ***argv);
 /* Stop the watchdog and MPI (if tessera started it). */
 void ts_parallel_finalize(void);
+/* The same after an error: if the other ranks have not failed too within
+ * wait_s (they would wait forever in a collective), end the whole job
+ * with MPI_Abort. For programs, not for the library's own use. */
+void ts_parallel_finalize_failed(double wait_s);
 int ts_parallel_have_mpi(void);
 ts_comm *ts_comm_world(void);
 /* Processes sharing this node (memory): MPI_COMM_TYPE_SHARED. */
@@ -73,6 +77,7 @@ typedef enum ts_reduce_strategy {
     TS_STRATEGY_HIER,      /* within a node through MPI-3 shared memory, then across nodes */
     TS_STRATEGY_PS,        /* to a parameter-server rank and back (allreduce = reduce + broadcast) */
 } ts_reduce_strategy;
+#define TS_NUM_STRATEGIES 4
 
 const char *ts_strategy_name(ts_reduce_strategy s);
 int ts_strategy_parse(const char *name);   /* -1 if unknown */
@@ -96,6 +101,19 @@ int64_t ts_comm_part_start(int64_t n, int size, int part);
  * window on the node's communicator); NULL without MPI. Collective over
  * the node communicator; freed at finalize. */
 float *ts_comm_shared_alloc(ts_comm *c, int64_t n);
+
+/* Allreduce bus bandwidth (nccl-tests: algbw x 2(n-1)/n) of every
+ * strategy for each message size, beside one process's memcpy rate
+ * measured in the same run (collective; every member gets the rows). */
+typedef struct ts_comm_bench_row {
+    int64_t bytes;
+    double memcpy_gbs;
+    double seconds[TS_NUM_STRATEGIES];
+    double algbw_gbs[TS_NUM_STRATEGIES];
+    double busbw_gbs[TS_NUM_STRATEGIES];
+} ts_comm_bench_row;
+ts_status ts_comm_bench_allreduce(ts_comm *c, const int64_t *bytes, int nsizes, double min_time,
+                                  ts_comm_bench_row *rows);
 
 /* ---- the training engine ----
  * One optimizer step of a model laid out on a grid, for any mix of tensor,
