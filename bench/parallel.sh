@@ -32,6 +32,18 @@ for s in mpi ring hier ps; do
         "$(awk -v a="$t1" -v b="$t2" 'BEGIN {print 100 * a / b}')"
 done
 
+# the machine's own limit: two independent processes, one per core
+alone=() pair=()
+for ((r = 0; r < rounds; r++)); do
+    alone+=("$(field "$(taskset -c 0 "$build/bench/parallel_train" --steps 8)" median_step_s)")
+    taskset -c 0 "$build/bench/parallel_train" --steps 8 >"${TMPDIR:-/tmp}/tessera-pair0.json" &
+    pair+=("$(field "$(taskset -c 1 "$build/bench/parallel_train" --steps 8)" median_step_s)")
+    wait
+done
+t1=$(printf '%s\n' "${alone[@]}" | median) t2=$(printf '%s\n' "${pair[@]}" | median)
+printf '  two independent processes (no communication): %.4f s/step alone, %.4f s/step side by side: %.1f%%\n' \
+    "$t1" "$t2" "$(awk -v a="$t1" -v b="$t2" 'BEGIN {print 100 * a / b}')"
+
 echo; echo "== 3. pipeline bubble, 2 stages of 4 layers (C=256 T=64, vocabulary 256 so the stages weigh the same, micro-batches of 4)"
 for m in 1 2 4 8 16; do
     out=$(mpi 2 "$build/bench/parallel_train" --pp 2 --layers 8 --batch 4 --micro "$m" --steps 6 --vocab 256)
