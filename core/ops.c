@@ -35,6 +35,8 @@ const char *ts_op_kind_name(ts_op_kind kind)
         [TS_OP_SUM] = "sum",
         [TS_OP_SQNORM] = "sqnorm",
         [TS_OP_OPTIM_UPDATE] = "optimizer_update",
+        [TS_OP_TRIAD] = "triad",
+        [TS_OP_FMA_LOOP] = "fma_loop",
     };
     if ((int)kind < 0 || kind >= TS_OP_COUNT) return "?";
     return names[kind];
@@ -433,10 +435,14 @@ ts_status ts_layernorm_backward(ts_tensor *dinp, ts_tensor *dweight, ts_tensor *
 
 static ts_status gemm_op(const char *name, ts_tensor *c, const ts_tensor *a, const ts_tensor *b,
                          const ts_tensor *bias, int64_t batch, int64_t M, int64_t N, int64_t K,
-                         bool ta, bool tb, float alpha, float beta, int64_t stride_b)
+                         bool ta, bool tb, float alpha, float beta, int64_t stride_b, bool reference)
 {
     if (M == 0 || N == 0 || batch == 0) return TS_OK;
+    if (reference && !c->device->info.reference_blas[0])
+        return ts_error(TS_ERR_UNSUPPORTED, "%s: device %s (%s) has no reference BLAS library", name,
+                        c->device->info.id, c->device->info.name);
     ts_op op = op_new(TS_OP_GEMM);
+    op.p.gemm.reference = reference;
     op.out[0] = c;
     op.in[0] = a;
     op.in[1] = b;
@@ -458,10 +464,9 @@ static ts_status gemm_op(const char *name, ts_tensor *c, const ts_tensor *a, con
     return dispatch(name, &op);
 }
 
-ts_status ts_matmul(ts_tensor *c, const ts_tensor *a, const ts_tensor *b, bool trans_a,
-                    bool trans_b, float alpha, float beta)
+static ts_status matmul(const char *name, ts_tensor *c, const ts_tensor *a, const ts_tensor *b,
+                        bool trans_a, bool trans_b, float alpha, float beta, bool reference)
 {
-    const char *name = "ts_matmul";
     TRY(need(name, "c", c, TS_F32));
     TRY(need(name, "a", a, TS_F32));
     TRY(need(name, "b", b, TS_F32));
@@ -488,7 +493,20 @@ ts_status ts_matmul(ts_tensor *c, const ts_tensor *a, const ts_tensor *b, bool t
                         name, desc(0, a), trans_a ? "^T" : "", desc(1, b), trans_b ? "^T" : "",
                         desc(2, c), (long long)K, (long long)Kb);
     int64_t stride_b = b->ndim == 3 ? K * N : 0;
-    return gemm_op(name, c, a, b, NULL, batch, M, N, K, trans_a, trans_b, alpha, beta, stride_b);
+    return gemm_op(name, c, a, b, NULL, batch, M, N, K, trans_a, trans_b, alpha, beta, stride_b,
+                   reference);
+}
+
+ts_status ts_matmul(ts_tensor *c, const ts_tensor *a, const ts_tensor *b, bool trans_a,
+                    bool trans_b, float alpha, float beta)
+{
+    return matmul("ts_matmul", c, a, b, trans_a, trans_b, alpha, beta, false);
+}
+
+ts_status ts_matmul_reference(ts_tensor *c, const ts_tensor *a, const ts_tensor *b, bool trans_a,
+                              bool trans_b, float alpha, float beta)
+{
+    return matmul("ts_matmul_reference", c, a, b, trans_a, trans_b, alpha, beta, true);
 }
 
 ts_status ts_linear_forward(ts_tensor *out, const ts_tensor *inp, const ts_tensor *w,
@@ -509,7 +527,7 @@ ts_status ts_linear_forward(ts_tensor *out, const ts_tensor *inp, const ts_tenso
         TRY(need(name, "bias", bias, TS_F32));
         TRY(need_numel(name, "bias", bias, OC));
     }
-    return gemm_op(name, out, inp, w, bias, 1, N, OC, C, false, true, 1.0f, 0.0f, 0);
+    return gemm_op(name, out, inp, w, bias, 1, N, OC, C, false, true, 1.0f, 0.0f, 0, false);
 }
 
 ts_status ts_linear_backward(ts_tensor *dinp, ts_tensor *dw, ts_tensor *dbias,
@@ -529,12 +547,12 @@ ts_status ts_linear_backward(ts_tensor *dinp, ts_tensor *dw, ts_tensor *dbias,
     if (dinp) {
         TRY(need(name, "dinp", dinp, TS_F32));
         TRY(need_numel(name, "dinp", dinp, N * C));
-        TRY(gemm_op(name, dinp, dout, w, NULL, 1, N, C, OC, false, false, 1.0f, 0.0f, 0));
+        TRY(gemm_op(name, dinp, dout, w, NULL, 1, N, C, OC, false, false, 1.0f, 0.0f, 0, false));
     }
     if (dw) {
         TRY(need(name, "dw", dw, TS_F32));
         TRY(need_numel(name, "dw", dw, OC * C));
-        TRY(gemm_op(name, dw, dout, inp, NULL, 1, OC, C, N, true, false, 1.0f, 1.0f, 0));
+        TRY(gemm_op(name, dw, dout, inp, NULL, 1, OC, C, N, true, false, 1.0f, 1.0f, 0, false));
     }
     if (dbias) {
         ts_tensor d2;
@@ -941,5 +959,44 @@ ts_status ts_optimizer_update(ts_tensor *param, const ts_tensor *grad, ts_tensor
         op.p.optim.bias_correction1 = (float)(1.0 - pow((double)p->beta1, (double)p->step));
         op.p.optim.bias_correction2 = (float)(1.0 - pow((double)p->beta2, (double)p->step));
     }
+    return dispatch(name, &op);
+}
+
+/* ---- device limits ---- */
+
+ts_status ts_triad(ts_tensor *a, const ts_tensor *b, const ts_tensor *c, float s)
+{
+    const char *name = "ts_triad";
+    TRY(need(name, "a", a, TS_F32));
+    TRY(need(name, "b", b, TS_F32));
+    TRY(need(name, "c", c, TS_F32));
+    int64_t n = ts_tensor_numel(a);
+    TRY(need_numel(name, "b", b, n));
+    TRY(need_numel(name, "c", c, n));
+    if (n == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_TRIAD);
+    op.out[0] = a;
+    op.in[0] = b;
+    op.in[1] = c;
+    op.p.triad.n = n;
+    op.p.triad.s = s;
+    return dispatch(name, &op);
+}
+
+ts_status ts_fma_loop(ts_tensor *x, int64_t iterations, float a, float b)
+{
+    const char *name = "ts_fma_loop";
+    TRY(need(name, "x", x, TS_F32));
+    if (iterations < 0)
+        return ts_error(TS_ERR_INVALID_ARG, "%s: iterations must be >= 0, got %lld", name,
+                        (long long)iterations);
+    int64_t n = ts_tensor_numel(x);
+    if (n == 0 || iterations == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_FMA_LOOP);
+    op.out[0] = x;
+    op.p.fma_loop.n = n;
+    op.p.fma_loop.iterations = iterations;
+    op.p.fma_loop.a = a;
+    op.p.fma_loop.b = b;
     return dispatch(name, &op);
 }

@@ -71,3 +71,40 @@ __kernel void bias_rows(__global float *c, ulong co, long ldc, long M, long N,
         *p = (beta == 0.0f ? 0.0f : beta * *p) + bias[bo + j];
     }
 }
+
+/* STREAM's triad, the bandwidth yardstick: a = b + s*c. */
+__kernel void triad(__global float *a, ulong ao, __global const float *b, ulong bo,
+                    __global const float *c, ulong co, float s, long n)
+{
+    size_t i = get_global_id(0);
+    if (i < (size_t)n) a[ao + i] = b[bo + i] + s * c[co + i];
+}
+
+/* Peak arithmetic: x = fma(x, a, b) repeated, 64 elements per work-item as
+ * four float16 chains, so each work-item has independent FMAs in flight
+ * (vector registers on CPUs, instruction-level parallelism on GPUs). */
+__kernel void fma_loop(__global float *x, ulong xo, long n, long iterations, float a, float b)
+{
+    long base = (long)get_global_id(0) * 64;
+    __global float *p = x + xo + base;
+    if (base + 64 <= n) {
+        float16 va = (float16)(a), vb = (float16)(b);
+        float16 r0 = vload16(0, p), r1 = vload16(1, p), r2 = vload16(2, p), r3 = vload16(3, p);
+        for (long k = 0; k < iterations; k++) {
+            r0 = fma(r0, va, vb);
+            r1 = fma(r1, va, vb);
+            r2 = fma(r2, va, vb);
+            r3 = fma(r3, va, vb);
+        }
+        vstore16(r0, 0, p);
+        vstore16(r1, 1, p);
+        vstore16(r2, 2, p);
+        vstore16(r3, 3, p);
+    } else if (base < n) {
+        for (long i = 0; i < n - base; i++) {
+            float v = p[i];
+            for (long k = 0; k < iterations; k++) v = fma(v, a, b);
+            p[i] = v;
+        }
+    }
+}

@@ -283,9 +283,8 @@ static void conf_layernorm_bwd(void *argp)
 
 /* ---- matmul: p = batch, M, N, K, trans_a, trans_b, beta*4, b_shared ---- */
 
-static void conf_matmul(void *argp)
+static void matmul_case(conf_arg *a, bool reference)
 {
-    conf_arg *a = argp;
     int64_t batch = a->p[0], M = a->p[1], N = a->p[2], K = a->p[3];
     bool ta = a->p[4], tb = a->p[5], shared = a->p[7];
     float alpha = 0.75f, beta = (float)a->p[6] / 4.0f;
@@ -308,15 +307,27 @@ static void conf_matmul(void *argp)
         REQUIRE_OK(upload(&tB, a->dev, TS_F32, TS_SHAPE(tb ? N : K, tb ? K : N), B));
         REQUIRE_OK(guarded_alloc(&gC, a->dev, TS_SHAPE(M, N), beta != 0.0f ? C0 : NULL));
     }
-    REQUIRE_OK(ts_matmul(&gC.t, &tA, &tB, ta, tb, alpha, beta));
+    if (reference && !ts_device_get_info(a->dev)->reference_blas[0]) {
+        EXPECTF(ts_matmul_reference(&gC.t, &tA, &tB, ta, tb, alpha, beta) == TS_ERR_UNSUPPORTED,
+                "a device without a reference BLAS must refuse ts_matmul_reference");
+        guarded_free(&gC);
+        ts_tensor_free(&tA), ts_tensor_free(&tB);
+        free(A), free(B), free(C0);
+        SKIP("%s has no reference BLAS library", ts_device_get_info(a->dev)->id);
+    }
+    if (reference) REQUIRE_OK(ts_matmul_reference(&gC.t, &tA, &tB, ta, tb, alpha, beta));
+    else REQUIRE_OK(ts_matmul(&gC.t, &tA, &tB, ta, tb, alpha, beta));
     double *dA = to_double(A, batch * M * K), *dB = to_double(B, nb),
            *ref = to_double(C0, batch * M * N);
     ref_gemm(ref, dA, dB, NULL, batch, M, N, K, ta, tb, alpha, beta, shared ? 0 : K * N);
-    expect_output("matmul", &gC, ref, TOL_GEMM);
+    expect_output(reference ? "matmul_reference" : "matmul", &gC, ref, TOL_GEMM);
     free(A), free(B), free(C0), free(dA), free(dB), free(ref);
     guarded_free(&gC);
     ts_tensor_free(&tA), ts_tensor_free(&tB);
 }
+
+static void conf_matmul(void *argp) { matmul_case(argp, false); }
+static void conf_matmul_reference(void *argp) { matmul_case(argp, true); }
 
 /* ---- linear: p = N, C, OC, bias ---- */
 
@@ -668,6 +679,52 @@ static void conf_optim(void *argp)
     ts_tensor_free(&tg);
 }
 
+/* ---- device limits: p = n, s100 (triad) or n, iterations (fma loop) ---- */
+
+static void conf_triad(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t n = a->p[0];
+    float sc = (float)a->p[1] / 100.0f;
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *b = rand_floats(&r, n, -2, 2), *c = rand_floats(&r, n, -2, 2);
+    ts_tensor tb, tc;
+    guarded g;
+    REQUIRE_OK(upload(&tb, a->dev, TS_F32, TS_SHAPE(n), b));
+    REQUIRE_OK(upload(&tc, a->dev, TS_F32, TS_SHAPE(n), c));
+    REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(n), NULL));
+    REQUIRE_OK(ts_triad(&g.t, &tb, &tc, sc));
+    double *ref = malloc((size_t)n * sizeof *ref);
+    for (int64_t i = 0; i < n; i++) ref[i] = (double)b[i] + (double)sc * (double)c[i];
+    expect_output("triad", &g, ref, TOL_EXACT);
+    free(b), free(c), free(ref);
+    guarded_free(&g);
+    ts_tensor_free(&tb), ts_tensor_free(&tc);
+}
+
+static void conf_fma_loop(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t n = a->p[0], iters = a->p[1];
+    const float fa = 0.999f, fb = 0.0007f; /* a contraction: rounding errors stay bounded */
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = rand_floats(&r, n, -3, 3);
+    guarded g;
+    REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(n), x));
+    REQUIRE_OK(ts_fma_loop(&g.t, iters, fa, fb));
+    double *ref = malloc((size_t)n * sizeof *ref);
+    for (int64_t i = 0; i < n; i++) {
+        double v = x[i];
+        for (int64_t k = 0; k < iters; k++) v = v * (double)fa + (double)fb;
+        ref[i] = v;
+    }
+    expect_output("fma_loop", &g, ref, TOL_ELEM);
+    free(x), free(ref);
+    guarded_free(&g);
+}
+
 /* ---- registration ---- */
 
 typedef struct case_def {
@@ -710,6 +767,9 @@ static const case_def cases[] = {
       {4, 16, 9, 31, 1, 0, 2, 0},
       {3, 17, 7, 5, 0, 0, 0, 1}},
      9},
+    {"matmul_reference", conf_matmul_reference,
+     "batch=%lld M=%lld N=%lld K=%lld ta=%lld tb=%lld beta4=%lld shared=%lld", 8,
+     {{1, 33, 65, 17, 1, 0, 2, 0}, {1, 128, 96, 257, 0, 1, 0, 0}}, 2},
     {"linear_forward", conf_linear_fwd, "N=%lld C=%lld OC=%lld bias=%lld", 4,
      {{1, 1, 1, 1}, {7, 33, 65, 1}, {64, 96, 288, 1}, {9, 16, 5, 0}}, 4},
     {"linear_backward", conf_linear_bwd, "N=%lld C=%lld OC=%lld", 3,
@@ -742,6 +802,9 @@ static const case_def cases[] = {
      {{2, 1, 1, 0}, {2, 10007, 7, 10}}, 2},
     {"optimizer adamw", conf_optim, "kind=%lld n=%lld step=%lld wd100=%lld", 4,
      {{3, 1, 1, 0}, {3, 10007, 7, 10}, {3, 333, 1000, 0}}, 3},
+    {"triad", conf_triad, "n=%lld s100=%lld", 2, {{1, 300}, {1001, -75}, {70001, 300}}, 3},
+    {"fma_loop", conf_fma_loop, "n=%lld iterations=%lld", 2,
+     {{1, 1}, {63, 100}, {96, 1000}, {1000, 37}, {12345, 1000}}, 5},
 };
 
 int main(int argc, char **argv)

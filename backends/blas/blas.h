@@ -39,6 +39,14 @@ void ts_blas_sgemm_batched(bool trans_a, bool trans_b, int64_t batch, int64_t M,
                            const float *B, int64_t stride_b, int64_t ldb, float beta, float *C,
                            int64_t stride_c, int64_t ldc);
 
+/* The BLAS library's own GEMM with its own threads (as many as tessera
+ * uses), called directly: the reference that benchmarks compare tessera's
+ * GEMM against. Returns 0 without a BLAS library or for sizes beyond int. */
+int ts_blas_sgemm_library(bool trans_a, bool trans_b, int64_t batch, int64_t M, int64_t N, int64_t K,
+                          float alpha, const float *A, int64_t stride_a, int64_t lda, const float *B,
+                          int64_t stride_b, int64_t ldb, float beta, float *C, int64_t stride_c,
+                          int64_t ldc);
+
 /* The built-in single-threaded GEMM, used when no BLAS is linked. */
 void ts_blas_sgemm_builtin_serial(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
                                   float alpha, const float *A, int64_t lda, const float *B,

@@ -77,6 +77,11 @@ static void cpu_gemm(const ts_op *op)
     const float *A = F(op->in[0]), *B = F(op->in[1]), *bias = F(op->in[2]);
     float *C = F(op->out[0]);
     float beta = g->beta;
+    if (g->reference) { /* no bias: ts_matmul_reference has none */
+        ts_blas_sgemm_library(g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a,
+                              g->lda, B, g->stride_b, g->ldb, beta, C, g->stride_c, g->ldc);
+        return;
+    }
     if (bias) { /* c = beta*c + bias, then accumulate the product (batch is 1) */
         for (int64_t i = 0; i < g->M; i++) {
             float *row = C + i * g->ldc;
@@ -172,6 +177,12 @@ static ts_status cpu_run_op(ts_device *dev, const ts_op *op)
                          op->p.optim.lr, op->p.optim.beta1, op->p.optim.beta2, op->p.optim.eps,
                          op->p.optim.weight_decay, op->p.optim.grad_scale,
                          op->p.optim.bias_correction1, op->p.optim.bias_correction2);
+        break;
+    case TS_OP_TRIAD:
+        cpu_triad(F(o[0]), F(in[0]), F(in[1]), op->p.triad.s, op->p.triad.n);
+        break;
+    case TS_OP_FMA_LOOP:
+        cpu_fma_loop(F(o[0]), op->p.fma_loop.n, op->p.fma_loop.iterations, op->p.fma_loop.a, op->p.fma_loop.b);
         break;
     default:
         return ts_error(TS_ERR_UNSUPPORTED, "CPU backend has no op %s", ts_op_kind_name(op->kind));
@@ -287,6 +298,8 @@ ts_status ts_cpu_backend_register(int threads)
     info.host_memory = 1;
     info.pci_domain = info.pci_bus = info.pci_device = info.pci_function = -1;
     ts_cpu_backend_set_threads(threads);
+    const ts_blas_info *blas = ts_blas_get_info();
+    if (blas->have_blas) snprintf(info.reference_blas, sizeof info.reference_blas, "%s", blas->library);
     describe(&info);
     return ts_device_register(&cpu_iface, NULL, &info, &g_cpu_device);
 }

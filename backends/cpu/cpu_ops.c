@@ -3,6 +3,11 @@
 #include <math.h>
 #include <string.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define TS_X86_KERNELS 1
+#endif
+
 #include "cpu_math.h"
 
 int ts_cpu_threads = 1;
@@ -435,4 +440,68 @@ TS_CLONES void cpu_optim_update(float *param, float *m, float *v, const float *g
         break;
     }
     }
+}
+
+/* ---- device limits ---- */
+
+void cpu_triad(float *a, const float *b, const float *c, float s, int64_t n)
+{
+    PFOR_SIMD(n > SMALL)
+    for (int64_t i = 0; i < n; i++) a[i] = b[i] + s * c[i];
+}
+
+/* Peak arithmetic: blocks of elements held in registers, each element an
+ * independent FMA chain, enough chains per core to cover the FMA units'
+ * latency (2 units x 4-5 cycles). Intrinsics, because C11 mode turns off
+ * contraction of x*a+b into one FMA. */
+#ifdef TS_X86_KERNELS
+enum { FMA512_BLOCK = 8 * 16, FMA256_BLOCK = 12 * 8 };
+
+__attribute__((target("avx512f"))) static void fma_block_avx512(float *x, int64_t iterations, float a, float b)
+{
+    __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), r[8];
+    for (int j = 0; j < 8; j++) r[j] = _mm512_loadu_ps(x + 16 * j);
+    for (int64_t k = 0; k < iterations; k++)
+        for (int j = 0; j < 8; j++) r[j] = _mm512_fmadd_ps(r[j], va, vb);
+    for (int j = 0; j < 8; j++) _mm512_storeu_ps(x + 16 * j, r[j]);
+}
+
+__attribute__((target("avx2,fma"))) static void fma_block_avx2(float *x, int64_t iterations, float a, float b)
+{
+    __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), r[12];
+    for (int j = 0; j < 12; j++) r[j] = _mm256_loadu_ps(x + 8 * j);
+    for (int64_t k = 0; k < iterations; k++)
+        for (int j = 0; j < 12; j++) r[j] = _mm256_fmadd_ps(r[j], va, vb);
+    for (int j = 0; j < 12; j++) _mm256_storeu_ps(x + 8 * j, r[j]);
+}
+#endif
+
+static void fma_scalar(float *x, int64_t n, int64_t iterations, float a, float b)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        for (int64_t k = 0; k < iterations; k++) v = fmaf(v, a, b);
+        x[i] = v;
+    }
+}
+
+void cpu_fma_loop(float *x, int64_t n, int64_t iterations, float a, float b)
+{
+    int64_t block = 8;
+    void (*kernel)(float *, int64_t, float, float) = NULL;
+#ifdef TS_X86_KERNELS
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) kernel = fma_block_avx512, block = FMA512_BLOCK;
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        kernel = fma_block_avx2, block = FMA256_BLOCK;
+#endif
+    int64_t blocks = kernel ? n / block : 0;
+    PFOR(blocks > 1)
+    for (int64_t i = 0; i < blocks; i++) kernel(x + i * block, iterations, a, b);
+    /* the rest (and machines without the kernels above): independent chains per element */
+    int64_t done = blocks * block, rest = n - done;
+    int64_t per = 64;
+    PFOR(rest > per)
+    for (int64_t i = 0; i < rest; i += per)
+        fma_scalar(x + done + i, rest - i < per ? rest - i : per, iterations, a, b);
 }

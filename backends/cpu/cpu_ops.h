@@ -51,6 +51,9 @@ void cpu_ce_shard(int phase, float *out0, float *out1, const float *in0, const f
 float cpu_sum(const float *x, int64_t n);
 float cpu_sqnorm(const float *x, int64_t n);
 
+void cpu_triad(float *a, const float *b, const float *c, float s, int64_t n);
+void cpu_fma_loop(float *x, int64_t n, int64_t iterations, float a, float b);
+
 void cpu_optim_update(float *param, float *m, float *v, const float *grad, int64_t n,
                       ts_optim_kind kind, float lr, float beta1, float beta2, float eps,
                       float weight_decay, float grad_scale, float bc1, float bc2);

@@ -276,6 +276,9 @@ static void describe(ts_cl_device *d, ts_device_info *info, const char *exts, cl
              ts_cl_gemm_route_name(d->gemm_route), d->row_wg, param, align_bits,
              has_ext(exts, "cl_khr_int64_base_atomics") ? "; int64 atomics" : "",
              d->host_unified ? "; host-unified memory" : "");
+#ifdef TS_HAVE_CLBLAST
+    snprintf(info->reference_blas, sizeof info->reference_blas, "CLBlast %s", TS_CLBLAST_VERSION);
+#endif
 }
 
 static void register_device(cl_platform_id platform, const char *pname, const char *pversion,

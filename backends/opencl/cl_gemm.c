@@ -242,6 +242,18 @@ void ts_cl_gemm_release(ts_cl_device *d)
 ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op)
 {
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
+    if (g->reference) { /* the reference library, never a fallback that would flatter it */
+#ifdef TS_HAVE_CLBLAST
+        CLBlastStatusCode s = clblast_run(d, op, g->beta);
+        if (s != CLBlastSuccess)
+            return ts_error(TS_ERR_BACKEND, "CLBlast GEMM %lldx%lldx%lld (batch %lld) failed on %s: status %d",
+                            (long long)g->M, (long long)g->N, (long long)g->K, (long long)g->batch,
+                            d->info_id, (int)s);
+        return TS_OK;
+#else
+        return ts_error(TS_ERR_UNSUPPORTED, "%s: tessera was built without CLBlast", d->info_id);
+#endif
+    }
     switch (d->gemm_route) {
     case TS_GEMM_HOST_BLAS: return gemm_host(d, op);
 #ifdef TS_HAVE_CLBLAST

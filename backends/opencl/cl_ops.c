@@ -460,6 +460,34 @@ static ts_status op_optim(ts_cl_device *d, const ts_op *op)
     return ts_error(TS_ERR_UNSUPPORTED, "OpenCL backend has no optimizer %d", (int)o->kind);
 }
 
+static ts_status op_triad(ts_cl_device *d, const ts_op *op)
+{
+    ts_cl_args a;
+    args_init(&a);
+    ts_cl_arg_tensor(&a, op->out[0]);
+    ts_cl_arg_tensor(&a, op->in[0]);
+    ts_cl_arg_tensor(&a, op->in[1]);
+    ts_cl_arg_float(&a, op->p.triad.s);
+    ts_cl_arg_long(&a, op->p.triad.n);
+    return launch_1d(d, "elementwise.cl", "triad", op->p.triad.n, &a);
+}
+
+/* One work-item per FMA_LOOP_BLOCK elements (see elementwise.cl). */
+enum { FMA_LOOP_BLOCK = 64 };
+
+static ts_status op_fma_loop(ts_cl_device *d, const ts_op *op)
+{
+    ts_cl_args a;
+    args_init(&a);
+    ts_cl_arg_tensor(&a, op->out[0]);
+    ts_cl_arg_long(&a, op->p.fma_loop.n);
+    ts_cl_arg_long(&a, op->p.fma_loop.iterations);
+    ts_cl_arg_float(&a, op->p.fma_loop.a);
+    ts_cl_arg_float(&a, op->p.fma_loop.b);
+    return launch_1d(d, "elementwise.cl", "fma_loop", (op->p.fma_loop.n + FMA_LOOP_BLOCK - 1) / FMA_LOOP_BLOCK,
+                     &a);
+}
+
 ts_status ts_cl_run_op(ts_device *dev, const ts_op *op)
 {
     ts_cl_device *d = dev->context;
@@ -486,6 +514,8 @@ ts_status ts_cl_run_op(ts_device *dev, const ts_op *op)
     case TS_OP_SUM:
     case TS_OP_SQNORM: return op_reduce(d, op);
     case TS_OP_OPTIM_UPDATE: return op_optim(d, op);
+    case TS_OP_TRIAD: return op_triad(d, op);
+    case TS_OP_FMA_LOOP: return op_fma_loop(d, op);
     default: break;
     }
     return ts_error(TS_ERR_UNSUPPORTED, "OpenCL backend has no op %s", ts_op_kind_name(op->kind));

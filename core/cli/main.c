@@ -38,6 +38,8 @@ static void usage(FILE *f)
             "  eval [options]       loss of a checkpoint on a data file\n"
             "  tokenize [options]   turn text into a token file (byte or BPE)\n"
             "  devices [--json]     list every device with its capabilities and locality\n"
+            "  bench [options]      benchmark kernels per device; bench train, bench collectives,\n"
+            "                       bench report (see bench --help)\n"
             "  help                 this text\n"
             "\n"
             "environment:\n"
@@ -62,13 +64,14 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
-    int rc, mpi = ts_parallel_have_mpi() && under_mpi() && (!strcmp(cmd, "train") || !strcmp(cmd, "devices"));
+    int rc, mpi = ts_parallel_have_mpi() && under_mpi() && (!strcmp(cmd, "train") || !strcmp(cmd, "devices") || !strcmp(cmd, "bench"));
     if (mpi && ts_parallel_init(&argc, &argv) != TS_OK) return cli_fail("starting MPI");
     if (!strcmp(cmd, "devices")) rc = cmd_devices(argc - 1, argv + 1);
     else if (!strcmp(cmd, "train")) rc = cmd_train(argc - 1, argv + 1);
     else if (!strcmp(cmd, "sample")) rc = cmd_sample(argc - 1, argv + 1);
     else if (!strcmp(cmd, "eval")) rc = cmd_eval(argc - 1, argv + 1);
     else if (!strcmp(cmd, "tokenize")) rc = cmd_tokenize(argc - 1, argv + 1);
+    else if (!strcmp(cmd, "bench")) rc = cmd_bench(argc - 1, argv + 1);
     else if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
         usage(stdout);
         rc = 0;

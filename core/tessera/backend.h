@@ -57,6 +57,8 @@ struct ts_block {
  *  CE_SHARD phase 3      dlogits                               logits    rowmax   sumexp targets
  *  SUM, SQNORM           out[1]                                x
  *  OPTIM_UPDATE          param         m|NULL      v|NULL      grad
+ *  TRIAD                 a (=b+s*c)                            b         c
+ *  FMA_LOOP              x (in place: x = x*a + b, repeated)
  *
  * Aliasing allowed: ADD out with a or b; SCALE, GELU_FWD, GELU_BWD (dinp with dout),
  * SOFTMAX_CAUSAL_BWD (dpreatt with datt), CROSS_ENTROPY (probs or dlogits
@@ -83,6 +85,8 @@ typedef enum ts_op_kind {
     TS_OP_SUM,
     TS_OP_SQNORM,
     TS_OP_OPTIM_UPDATE,
+    TS_OP_TRIAD,
+    TS_OP_FMA_LOOP,
     TS_OP_COUNT
 } ts_op_kind;
 
@@ -109,6 +113,7 @@ typedef struct ts_op {
             int64_t batch;         /* >= 1; batch i adds i*stride_* elements */
             int64_t lda, ldb, ldc; /* row strides in elements (row-major) */
             int64_t stride_a, stride_b, stride_c;
+            bool reference;        /* through the device's reference BLAS library */
         } gemm;
         struct { int64_t N, C; bool accumulate; } sum_rows;
         struct { int64_t B, T, K, NH, HS; } heads;
@@ -124,6 +129,8 @@ typedef struct ts_op {
             float scale;
         } ce_shard;
         struct { int64_t n; } reduce;
+        struct { int64_t n; float s; } triad;
+        struct { int64_t n, iterations; float a, b; } fma_loop;
         struct {
             ts_optim_kind kind;
             int64_t n;

@@ -49,6 +49,7 @@ typedef struct ts_device_info {
     int host_memory;          /* device memory is host memory */
     int pci_domain, pci_bus, pci_device, pci_function; /* -1 if unknown */
     char details[512];        /* backend notes: threads, BLAS, GEMM route */
+    char reference_blas[64];  /* library ts_matmul_reference uses ("" if none) */
 } ts_device_info;
 
 typedef struct ts_memory_stats {

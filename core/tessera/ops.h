@@ -151,6 +151,19 @@ ts_status ts_optimizer_update(ts_tensor *param, const ts_tensor *grad,
                               ts_tensor *m, ts_tensor *v,
                               const ts_optim_params *params);
 
+/* ---- device limits (what `tessera bench` measures a device against) ----
+ * STREAM's triad: a = b + s*c (n elements each; 12 bytes moved per element). */
+ts_status ts_triad(ts_tensor *a, const ts_tensor *b, const ts_tensor *c, float s);
+/* x = x*a + b, `iterations` times for every element, in place: 2 flops per
+ * element per iteration, from registers only (a peak-arithmetic kernel). */
+ts_status ts_fma_loop(ts_tensor *x, int64_t iterations, float a, float b);
+/* ts_matmul through the device's reference BLAS library instead of
+ * tessera's route: OpenBLAS's own threaded cblas_sgemm for the CPU backend,
+ * CLBlast for OpenCL devices. TS_ERR_UNSUPPORTED where the device has none
+ * (see ts_device_info.reference_blas). For benchmarks and tests. */
+ts_status ts_matmul_reference(ts_tensor *c, const ts_tensor *a, const ts_tensor *b,
+                              bool trans_a, bool trans_b, float alpha, float beta);
+
 /* ---- profiling ----
  * With TESSERA_PROFILE=1 (or ts_profile_enable(1)) every op is timed
  * synchronously (the device is drained before and after it), per op kind,

@@ -20,6 +20,7 @@
 #include "tessera/train.h"
 #include "tessera/comm.h"
 #include "tessera/parallel.h"
+#include "tessera/bench.h"
 
 #define TESSERA_VERSION "0.1.0"
 

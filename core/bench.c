@@ -1,0 +1,723 @@
+/* The kernel benchmark suites (see tessera/bench.h). Every measurement
+ * goes through ts_bench_time; flop and byte counts are the model counts an
+ * op needs at least (for a roofline), stated beside each suite. */
+#include "tessera/bench.h"
+
+#include <dlfcn.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fileio.h"
+#include "json.h"
+#include "tessera/tessera.h"
+
+#ifdef TS_HAVE_MPI
+#include <mpi.h>
+#endif
+#ifdef TS_HAVE_HWLOC
+#include <hwloc.h>
+#endif
+#ifdef TS_HAVE_CBLAS
+#include <cblas.h>
+#endif
+
+#define TRY(x)                                                                                     \
+    do {                                                                                           \
+        ts_status st_ = (x);                                                                       \
+        if (st_ != TS_OK) return st_;                                                              \
+    } while (0)
+
+static const char *suite_names[] = {"limits", "gemm", "memory", "attention", "transfer"};
+
+const char *ts_bench_suite_name(int bit)
+{
+    for (int i = 0; i < 5; i++)
+        if (bit == 1 << i) return suite_names[i];
+    return "?";
+}
+
+int ts_bench_parse_suites(const char *list)
+{
+    if (!list || !*list || !strcmp(list, "all")) return TS_BENCH_ALL;
+    int bits = 0;
+    const char *p = list;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        int found = 0;
+        for (int i = 0; i < 5; i++)
+            if (strlen(suite_names[i]) == n && !strncmp(p, suite_names[i], n)) bits |= 1 << i, found = 1;
+        if (!found) return -1;
+        p += n;
+        if (*p == ',') p++;
+    }
+    return bits;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+ts_status ts_bench_time(ts_device *dev, ts_status (*fn)(void *ctx), void *ctx, double min_time,
+                        int min_reps, double *min_s, double *median_s, double *max_s, int *reps)
+{
+    if (min_time <= 0) min_time = 0.25;
+    if (min_reps < 1) min_reps = 1;
+    /* warm-up: first use builds kernels, fills caches, faults pages in */
+    double t0 = now_s();
+    TRY(fn(ctx));
+    TRY(ts_device_synchronize(dev));
+    double first = now_s() - t0;
+    t0 = now_s();
+    TRY(fn(ctx));
+    TRY(ts_device_synchronize(dev));
+    double one = now_s() - t0;
+    if (one <= 0) one = 1e-7;
+    (void)first;
+    int batch = one >= 1e-3 ? 1 : (int)ceil(1e-3 / one);
+    if (batch > 10000) batch = 10000;
+    /* slow calls: stop after 3 samples once 4x min_time has passed */
+    enum { MAX_SAMPLES = 4096 };
+    double *samples = malloc(MAX_SAMPLES * sizeof *samples);
+    if (!samples) return ts_error(TS_ERR_OOM, "bench: no memory for samples");
+    int n = 0;
+    double start = now_s(), elapsed = 0;
+    ts_status st = TS_OK;
+    while (n < MAX_SAMPLES) {
+        double s0 = now_s();
+        for (int k = 0; k < batch && !st; k++) st = fn(ctx);
+        if (!st) st = ts_device_synchronize(dev);
+        if (st) break;
+        samples[n++] = (now_s() - s0) / batch;
+        elapsed = now_s() - start;
+        if (elapsed >= min_time && n >= min_reps) break;
+        if (elapsed >= 4 * min_time && n >= 3) break;
+    }
+    if (!st) {
+        qsort(samples, (size_t)n, sizeof *samples, cmp_double);
+        *min_s = samples[0];
+        *max_s = samples[n - 1];
+        *median_s = n % 2 ? samples[n / 2] : 0.5 * (samples[n / 2 - 1] + samples[n / 2]);
+        *reps = n * batch;
+    }
+    free(samples);
+    return st;
+}
+
+/* ---- one device's run ---- */
+
+typedef struct run {
+    ts_device *dev;
+    const ts_bench_options *o;
+    ts_bench_sink sink;
+    void *user;
+    double peak_gflops, triad_gbs;
+} run;
+
+/* Time fn and hand the result on. kind: 'c' compute-bound (fraction of
+ * peak), 'm' memory-bound (fraction of triad), 't' transfers (none). */
+static ts_status measure(run *r, const char *suite, const char *name, const char *impl, const char *shape,
+                         double flops, double bytes, char kind, ts_status (*fn)(void *), void *ctx)
+{
+    ts_bench_result res;
+    memset(&res, 0, sizeof res);
+    snprintf(res.device, sizeof res.device, "%s", ts_device_get_info(r->dev)->id);
+    snprintf(res.suite, sizeof res.suite, "%s", suite);
+    snprintf(res.name, sizeof res.name, "%s", name);
+    snprintf(res.impl, sizeof res.impl, "%s", impl);
+    snprintf(res.shape, sizeof res.shape, "%s", shape);
+    res.flops = flops;
+    res.bytes = bytes;
+    ts_status st = ts_bench_time(r->dev, fn, ctx, r->o->min_time, r->o->min_reps, &res.min_s, &res.median_s,
+                                 &res.max_s, &res.reps);
+    if (st) return ts_error(st, "bench %s %s on %s: %s", suite, name, res.device, ts_last_error());
+    res.gflops = flops / res.median_s / 1e9;
+    res.gbs = bytes / res.median_s / 1e9;
+    if (kind == 'c' && r->peak_gflops > 0) res.fraction = res.gflops / r->peak_gflops;
+    if (kind == 'm' && r->triad_gbs > 0) res.fraction = res.gbs / r->triad_gbs;
+    if (r->sink) r->sink(&res, r->user);
+    return TS_OK;
+}
+
+/* Tensors filled with values in [lo, hi) from a fixed generator. */
+static ts_status alloc_random(ts_tensor *t, ts_device *dev, int ndim, const int64_t *shape, float lo, float hi,
+                             uint64_t seed)
+{
+    TRY(ts_tensor_alloc(t, dev, TS_F32, ndim, shape));
+    int64_t n = ts_tensor_numel(t);
+    float *h = malloc((size_t)(n ? n : 1) * sizeof *h);
+    if (!h) return ts_error(TS_ERR_OOM, "bench: no host memory for %lld floats", (long long)n);
+    uint64_t s = seed * 6364136223846793005ull + 1442695040888963407ull;
+    for (int64_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        h[i] = lo + (hi - lo) * (float)((s >> 40) * (1.0 / 16777216.0));
+    }
+    ts_status st = ts_tensor_write(t, h, (size_t)n * sizeof *h);
+    free(h);
+    return st;
+}
+
+static ts_status alloc_tokens(ts_tensor *t, ts_device *dev, int ndim, const int64_t *shape, int64_t V,
+                             uint64_t seed)
+{
+    TRY(ts_tensor_alloc(t, dev, TS_I32, ndim, shape));
+    int64_t n = ts_tensor_numel(t);
+    int32_t *h = malloc((size_t)(n ? n : 1) * sizeof *h);
+    if (!h) return ts_error(TS_ERR_OOM, "bench: no host memory for %lld tokens", (long long)n);
+    uint64_t s = seed;
+    for (int64_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        h[i] = (int32_t)((s >> 33) % (uint64_t)V);
+    }
+    ts_status st = ts_tensor_write(t, h, (size_t)n * sizeof *h);
+    free(h);
+    return st;
+}
+
+/* ---- limits: peak FMA rate and triad bandwidth ---- */
+
+typedef struct fma_ctx { ts_tensor x; int64_t iters; } fma_ctx;
+static ts_status run_fma(void *c)
+{
+    fma_ctx *f = c;
+    return ts_fma_loop(&f->x, f->iters, 0.999f, 0.0007f);
+}
+
+typedef struct triad_ctx { ts_tensor a, b, c; } triad_ctx;
+static ts_status run_triad(void *c)
+{
+    triad_ctx *t = c;
+    return ts_triad(&t->a, &t->b, &t->c, 3.0f);
+}
+
+static ts_status bench_limits(run *r)
+{
+    int64_t n = r->o->quick ? 1 << 16 : 1 << 23, iters = r->o->quick ? 64 : 512;
+    char shape[64];
+    fma_ctx f = {.iters = iters};
+    ts_status st = alloc_random(&f.x, r->dev, TS_SHAPE(n), -1, 1, 1);
+    snprintf(shape, sizeof shape, "n=%lld iterations=%lld", (long long)n, (long long)iters);
+    if (!st) st = measure(r, "limits", "peak fma", "tessera", shape, 2.0 * (double)n * (double)iters,
+                          8.0 * (double)n, 't', run_fma, &f);
+    ts_tensor_free(&f.x);
+    TRY(st);
+    n = r->o->quick ? 1 << 18 : 1 << 24;
+    triad_ctx t;
+    memset(&t, 0, sizeof t);
+    st = ts_tensor_alloc(&t.a, r->dev, TS_F32, TS_SHAPE(n));
+    if (!st) st = alloc_random(&t.b, r->dev, TS_SHAPE(n), -1, 1, 2);
+    if (!st) st = alloc_random(&t.c, r->dev, TS_SHAPE(n), -1, 1, 3);
+    snprintf(shape, sizeof shape, "n=%lld (3 arrays of %lld MB)", (long long)n, (long long)(n * 4 >> 20));
+    if (!st) st = measure(r, "limits", "triad", "tessera", shape, 2.0 * n, 12.0 * n, 't', run_triad, &t);
+    ts_tensor_free(&t.a), ts_tensor_free(&t.b), ts_tensor_free(&t.c);
+    return st;
+}
+
+/* ---- GEMM ---- */
+
+typedef struct gemm_ctx {
+    ts_tensor a, b, c;
+    bool ta, tb, reference;
+} gemm_ctx;
+
+static ts_status run_gemm(void *p)
+{
+    gemm_ctx *g = p;
+    return g->reference ? ts_matmul_reference(&g->c, &g->a, &g->b, g->ta, g->tb, 1.0f, 0.0f)
+                        : ts_matmul(&g->c, &g->a, &g->b, g->ta, g->tb, 1.0f, 0.0f);
+}
+
+typedef struct gemm_shape {
+    const char *name;
+    int64_t M, N, K;
+    bool ta, tb;
+} gemm_shape;
+
+static ts_status gemm_one(run *r, const gemm_shape *s, bool reference)
+{
+    gemm_ctx g = {.ta = s->ta, .tb = s->tb, .reference = reference};
+    ts_status st = ts_tensor_alloc(&g.a, r->dev, TS_F32, TS_SHAPE(s->ta ? s->K : s->M, s->ta ? s->M : s->K));
+    if (!st) st = ts_tensor_alloc(&g.b, r->dev, TS_F32, TS_SHAPE(s->tb ? s->N : s->K, s->tb ? s->K : s->N));
+    if (!st) st = ts_tensor_alloc(&g.c, r->dev, TS_F32, TS_SHAPE(s->M, s->N));
+    if (!st) st = ts_fill(&g.a, 0.01f);
+    if (!st) st = ts_fill(&g.b, 0.02f);
+    char shape[64];
+    snprintf(shape, sizeof shape, "M=%lld N=%lld K=%lld %c%c", (long long)s->M, (long long)s->N, (long long)s->K,
+             s->ta ? 'T' : 'N', s->tb ? 'T' : 'N');
+    double flops = 2.0 * (double)s->M * (double)s->N * (double)s->K;
+    double bytes = 4.0 * ((double)s->M * (double)s->K + (double)s->K * (double)s->N + (double)s->M * (double)s->N);
+    const char *impl = reference ? ts_device_get_info(r->dev)->reference_blas : "tessera";
+    if (!st) st = measure(r, "gemm", s->name, impl, shape, flops, bytes, 'c', run_gemm, &g);
+    ts_tensor_free(&g.a), ts_tensor_free(&g.b), ts_tensor_free(&g.c);
+    return st;
+}
+
+static ts_status bench_gemm(run *r)
+{
+    /* GPT-2 124M (C=768, V=50257) at B=4, T=64: 256 rows; the products of
+     * a forward and backward pass, then squares for the size chart. */
+    int q = r->o->quick;
+    int64_t BT = q ? 32 : 256, C = q ? 64 : 768, V = q ? 512 : 50257;
+    gemm_shape shapes[16];
+    int n = 0;
+    shapes[n++] = (gemm_shape){"qkv forward", BT, 3 * C, C, false, true};
+    shapes[n++] = (gemm_shape){"attn proj forward", BT, C, C, false, true};
+    shapes[n++] = (gemm_shape){"mlp fc forward", BT, 4 * C, C, false, true};
+    shapes[n++] = (gemm_shape){"mlp proj forward", BT, C, 4 * C, false, true};
+    shapes[n++] = (gemm_shape){"lm head forward", BT, V, C, false, true};
+    shapes[n++] = (gemm_shape){"mlp proj dinput", BT, 4 * C, C, false, false};
+    shapes[n++] = (gemm_shape){"mlp fc dweight", 4 * C, C, BT, true, false};
+    shapes[n++] = (gemm_shape){"lm head dweight", V, C, BT, true, false};
+    static const int64_t full_sq[] = {128, 256, 512, 1024, 2048}, quick_sq[] = {32, 64, 128};
+    const int64_t *sq = q ? quick_sq : full_sq;
+    int nsq = q ? 3 : 5;
+    for (int i = 0; i < nsq; i++) shapes[n++] = (gemm_shape){"square", sq[i], sq[i], sq[i], false, false};
+    for (int i = 0; i < n; i++) TRY(gemm_one(r, &shapes[i], false));
+    /* the reference after all of tessera's: OpenBLAS's own threads spin for
+     * a while after each call and would slow whatever runs next */
+    if (!r->o->no_reference && ts_device_get_info(r->dev)->reference_blas[0])
+        for (int i = 0; i < n; i++) TRY(gemm_one(r, &shapes[i], true));
+    return TS_OK;
+}
+
+/* ---- memory-bound ops ---- */
+
+typedef struct mem_ctx {
+    int op;
+    ts_tensor x, y, z, w, b, mean, rstd, tok, dw, dwpe, m, v;
+    int64_t n, N, C, V, T;
+    ts_optim_params adam;
+} mem_ctx;
+
+enum { M_LN_FWD, M_LN_BWD, M_GELU_FWD, M_GELU_BWD, M_CE, M_ADAMW, M_EMB_BWD, M_COUNT };
+
+static ts_status run_mem(void *p)
+{
+    mem_ctx *c = p;
+    switch (c->op) {
+    case M_LN_FWD: return ts_layernorm_forward(&c->y, &c->mean, &c->rstd, &c->x, &c->w, &c->b, 1e-5f);
+    case M_LN_BWD: return ts_layernorm_backward(&c->z, &c->dw, &c->dwpe, &c->y, &c->x, &c->w, &c->mean, &c->rstd);
+    case M_GELU_FWD: return ts_gelu_forward(&c->y, &c->x);
+    case M_GELU_BWD: return ts_gelu_backward(&c->z, &c->x, &c->y);
+    case M_CE: return ts_cross_entropy(&c->mean, NULL, &c->y, &c->x, &c->tok, 1.0f / (float)c->N);
+    case M_ADAMW: return ts_optimizer_update(&c->x, &c->y, &c->m, &c->v, &c->adam);
+    case M_EMB_BWD: return ts_embedding_backward(&c->dw, &c->dwpe, &c->y, &c->tok);
+    }
+    return ts_error(TS_ERR_INVALID_ARG, "bench: unknown memory op %d", c->op);
+}
+
+static void mem_free(mem_ctx *c)
+{
+    ts_tensor *all[] = {&c->x, &c->y, &c->z, &c->w, &c->b, &c->mean, &c->rstd, &c->tok, &c->dw, &c->dwpe, &c->m, &c->v};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) ts_tensor_free(all[i]);
+}
+
+static ts_status mem_setup(run *r, mem_ctx *c, char *name, char *shape, double *flops, double *bytes)
+{
+    ts_device *d = r->dev;
+    int q = r->o->quick;
+    /* GPT-2 124M activations at B=8, T=1024 (8192 rows of 768): beyond any
+     * cache, as in real training; the cross-entropy at B=4, T=64 over the
+     * whole 50257-token vocabulary; AdamW over 16M parameters. */
+    int64_t N = q ? 512 : 8192, C = q ? 256 : 768, V = q ? 4096 : 50257;
+    double f = 4.0; /* bytes per float */
+    switch (c->op) {
+    case M_LN_FWD:
+    case M_LN_BWD:
+        c->N = N, c->C = C;
+        TRY(alloc_random(&c->x, d, TS_SHAPE(N, C), -2, 2, 11));
+        TRY(alloc_random(&c->w, d, TS_SHAPE(C), 0.5f, 1.5f, 12));
+        TRY(alloc_random(&c->b, d, TS_SHAPE(C), -0.1f, 0.1f, 13));
+        TRY(ts_tensor_alloc(&c->y, d, TS_F32, TS_SHAPE(N, C)));
+        TRY(ts_tensor_alloc(&c->mean, d, TS_F32, TS_SHAPE(N)));
+        TRY(ts_tensor_alloc(&c->rstd, d, TS_F32, TS_SHAPE(N)));
+        TRY(ts_layernorm_forward(&c->y, &c->mean, &c->rstd, &c->x, &c->w, &c->b, 1e-5f));
+        snprintf(shape, 64, "N=%lld C=%lld", (long long)N, (long long)C);
+        if (c->op == M_LN_FWD) {
+            snprintf(name, 48, "layernorm forward");
+            *bytes = f * (2.0 * N * C + 2.0 * C + 2.0 * N), *flops = 8.0 * N * C;
+        } else {
+            snprintf(name, 48, "layernorm backward");
+            TRY(ts_tensor_zeros(&c->z, d, TS_F32, TS_SHAPE(N, C)));
+            TRY(ts_tensor_zeros(&c->dw, d, TS_F32, TS_SHAPE(C)));
+            TRY(ts_tensor_zeros(&c->dwpe, d, TS_F32, TS_SHAPE(C)));
+            /* read dout, inp, dinp; write dinp; mean, rstd; weight, dweight, dbias */
+            *bytes = f * (4.0 * N * C + 2.0 * N + 5.0 * C), *flops = 14.0 * N * C;
+        }
+        return TS_OK;
+    case M_GELU_FWD:
+    case M_GELU_BWD: {
+        int64_t n = N * 4 * C;
+        TRY(alloc_random(&c->x, d, TS_SHAPE(n), -4, 4, 21));
+        TRY(alloc_random(&c->y, d, TS_SHAPE(n), -1, 1, 22));
+        TRY(ts_tensor_alloc(&c->z, d, TS_F32, TS_SHAPE(n)));
+        snprintf(shape, 64, "n=%lld (N=%lld x 4C=%lld)", (long long)n, (long long)N, (long long)(4 * C));
+        snprintf(name, 48, c->op == M_GELU_FWD ? "gelu forward" : "gelu backward");
+        *bytes = f * (c->op == M_GELU_FWD ? 2.0 : 3.0) * n;
+        *flops = (c->op == M_GELU_FWD ? 12.0 : 20.0) * n;
+        return TS_OK;
+    }
+    case M_CE: {
+        int64_t rows = q ? 64 : 256;
+        c->N = rows;
+        TRY(alloc_random(&c->x, d, TS_SHAPE(rows, V), -4, 4, 31));
+        TRY(ts_tensor_alloc(&c->y, d, TS_F32, TS_SHAPE(rows, V)));
+        TRY(ts_tensor_alloc(&c->mean, d, TS_F32, TS_SHAPE(rows)));
+        TRY(alloc_tokens(&c->tok, d, TS_SHAPE(rows), V, 32));
+        snprintf(name, 48, "softmax + cross-entropy");
+        snprintf(shape, 64, "N=%lld V=%lld", (long long)rows, (long long)V);
+        /* read logits, write dlogits and losses */
+        *bytes = f * (2.0 * rows * V + 3.0 * rows), *flops = 6.0 * rows * V;
+        return TS_OK;
+    }
+    case M_ADAMW: {
+        int64_t n = q ? 1 << 18 : 1 << 24;
+        TRY(alloc_random(&c->x, d, TS_SHAPE(n), -1, 1, 41));
+        TRY(alloc_random(&c->y, d, TS_SHAPE(n), -1e-3f, 1e-3f, 42));
+        TRY(ts_tensor_zeros(&c->m, d, TS_F32, TS_SHAPE(n)));
+        TRY(ts_tensor_zeros(&c->v, d, TS_F32, TS_SHAPE(n)));
+        c->adam = (ts_optim_params){.kind = TS_OPTIM_ADAMW, .lr = 1e-4f, .beta1 = 0.9f, .beta2 = 0.95f,
+                                    .eps = 1e-8f, .weight_decay = 0.1f, .grad_scale = 1.0f, .step = 1};
+        snprintf(name, 48, "adamw");
+        snprintf(shape, 64, "n=%lld", (long long)n);
+        *bytes = f * 7.0 * n, *flops = 16.0 * n; /* read p, g, m, v; write p, m, v */
+        return TS_OK;
+    }
+    case M_EMB_BWD: {
+        int64_t T = q ? 64 : 1024;
+        TRY(alloc_random(&c->y, d, TS_SHAPE(N, C), -1, 1, 51));
+        TRY(alloc_tokens(&c->tok, d, TS_SHAPE(N / T, T), V, 52));
+        TRY(ts_tensor_zeros(&c->dw, d, TS_F32, TS_SHAPE(V, C)));
+        TRY(ts_tensor_zeros(&c->dwpe, d, TS_F32, TS_SHAPE(T, C)));
+        snprintf(name, 48, "embedding backward");
+        snprintf(shape, 64, "N=%lld C=%lld V=%lld T=%lld", (long long)N, (long long)C, (long long)V, (long long)T);
+        int64_t rows = N < V ? N : V; /* at most N distinct token rows are touched */
+        *bytes = f * (1.0 * N * C + N + 2.0 * rows * C + 2.0 * T * C), *flops = 2.0 * N * C;
+        return TS_OK;
+    }
+    }
+    return ts_error(TS_ERR_INVALID_ARG, "bench: unknown memory op %d", c->op);
+}
+
+static ts_status bench_memory(run *r)
+{
+    for (int op = 0; op < M_COUNT; op++) {
+        mem_ctx c;
+        memset(&c, 0, sizeof c);
+        c.op = op;
+        char name[48] = "", shape[64] = "";
+        double flops = 0, bytes = 0;
+        ts_status st = mem_setup(r, &c, name, shape, &flops, &bytes);
+        if (!st) st = measure(r, "memory", name, "tessera", shape, flops, bytes, 'm', run_mem, &c);
+        mem_free(&c);
+        TRY(st);
+    }
+    return TS_OK;
+}
+
+/* ---- attention ---- */
+
+typedef struct att_ctx {
+    ts_attention_ws ws;
+    ts_tensor qkv, out, dout, dqkv;
+    int backward;
+} att_ctx;
+
+static ts_status run_attention(void *p)
+{
+    att_ctx *a = p;
+    if (!a->backward) return ts_attention_forward(&a->out, &a->qkv, &a->ws);
+    return ts_attention_backward(&a->dqkv, &a->dout, &a->ws);
+}
+
+static ts_status bench_attention(run *r)
+{
+    int q = r->o->quick;
+    int64_t B = q ? 1 : 4, NH = q ? 2 : 12, HS = 64, C = NH * HS;
+    static const int64_t full_T[] = {64, 256, 1024}, quick_T[] = {16, 64};
+    const int64_t *Ts = q ? quick_T : full_T;
+    int nT = q ? 2 : 3;
+    for (int i = 0; i < nT; i++) {
+        int64_t T = Ts[i];
+        att_ctx a;
+        memset(&a, 0, sizeof a);
+        ts_status st = ts_attention_ws_alloc(&a.ws, r->dev, B, T, C, NH);
+        if (!st) st = alloc_random(&a.qkv, r->dev, TS_SHAPE(B, T, 3 * C), -1, 1, 61);
+        if (!st) st = ts_tensor_alloc(&a.out, r->dev, TS_F32, TS_SHAPE(B, T, C));
+        if (!st) st = alloc_random(&a.dout, r->dev, TS_SHAPE(B, T, C), -1, 1, 62);
+        if (!st) st = ts_tensor_alloc(&a.dqkv, r->dev, TS_F32, TS_SHAPE(B, T, 3 * C));
+        if (!st) st = ts_attention_forward(&a.out, &a.qkv, &a.ws);
+        char shape[64];
+        snprintf(shape, sizeof shape, "B=%lld T=%lld NH=%lld HS=%lld", (long long)B, (long long)T, (long long)NH,
+                 (long long)HS);
+        /* scores and weighted sum over the full T x T (tessera computes the
+         * masked half too), softmax ~5 flops a score; backward twice the
+         * products. Bytes: qkv in, out, and the T x T probabilities. */
+        double mm = 4.0 * B * NH * (double)T * T * HS, sm = 5.0 * B * NH * (double)T * T;
+        double io = 4.0 * (4.0 * B * T * C), probs = 4.0 * B * NH * (double)T * T;
+        if (!st) st = measure(r, "attention", "attention forward", "tessera", shape, mm + sm, io + 2 * probs, 'c',
+                              run_attention, &a);
+        a.backward = 1;
+        if (!st) st = measure(r, "attention", "attention backward", "tessera", shape, 2 * mm + 2 * sm,
+                              2 * io + 3 * probs, 'c', run_attention, &a);
+        ts_attention_ws_free(&a.ws);
+        ts_tensor_free(&a.qkv), ts_tensor_free(&a.out), ts_tensor_free(&a.dout), ts_tensor_free(&a.dqkv);
+        TRY(st);
+    }
+    return TS_OK;
+}
+
+/* ---- transfers and launches ---- */
+
+typedef struct xfer_ctx {
+    ts_tensor t, t2;
+    void *host;
+    size_t bytes;
+    int kind; /* 0 write, 1 read, 2 device copy, 3 launch */
+} xfer_ctx;
+
+static ts_status run_xfer(void *p)
+{
+    xfer_ctx *x = p;
+    switch (x->kind) {
+    case 0: return ts_tensor_write(&x->t, x->host, x->bytes);
+    case 1: return ts_tensor_read(&x->t, x->host, x->bytes);
+    case 2: return ts_tensor_copy(&x->t2, &x->t);
+    default: return ts_fill(&x->t, 1.0f);
+    }
+}
+
+static ts_status bench_transfer(run *r)
+{
+    int64_t n = r->o->quick ? 1 << 18 : 1 << 24;
+    xfer_ctx x;
+    memset(&x, 0, sizeof x);
+    x.bytes = (size_t)n * sizeof(float);
+    x.host = malloc(x.bytes);
+    if (!x.host) return ts_error(TS_ERR_OOM, "bench: no host memory for %zu bytes", x.bytes);
+    memset(x.host, 0, x.bytes);
+    ts_status st = ts_tensor_alloc(&x.t, r->dev, TS_F32, TS_SHAPE(n));
+    if (!st) st = ts_tensor_alloc(&x.t2, r->dev, TS_F32, TS_SHAPE(n));
+    if (!st) st = ts_fill(&x.t, 0.0f);
+    char shape[64];
+    snprintf(shape, sizeof shape, "%zu bytes", x.bytes);
+    static const char *names[] = {"host to device", "device to host", "device copy"};
+    for (int k = 0; k < 3 && !st; k++) {
+        x.kind = k;
+        st = measure(r, "transfer", names[k], "tessera", shape, 0, (k == 2 ? 2.0 : 1.0) * (double)x.bytes, 't',
+                     run_xfer, &x);
+    }
+    ts_tensor_free(&x.t), ts_tensor_free(&x.t2);
+    free(x.host);
+    TRY(st);
+    /* one launch of the smallest op, back to back: the per-op overhead */
+    x.kind = 3;
+    st = ts_tensor_alloc(&x.t, r->dev, TS_F32, TS_SHAPE(1));
+    if (!st) st = measure(r, "transfer", "launch overhead", "tessera", "fill of 1 element", 0, 0, 't', run_xfer, &x);
+    ts_tensor_free(&x.t);
+    return st;
+}
+
+/* Remember the limits for the fractions of everything after them, and
+ * pass them on as 100% of themselves. */
+static void capture_limits(const ts_bench_result *res, void *user)
+{
+    run *r = user;
+    ts_bench_result copy = *res;
+    if (!strcmp(res->name, "peak fma")) r->peak_gflops = res->gflops, copy.fraction = 1.0;
+    if (!strcmp(res->name, "triad")) r->triad_gbs = res->gbs, copy.fraction = 1.0;
+    if (r->sink) r->sink(&copy, r->user);
+}
+
+ts_status ts_bench_device(ts_device *dev, const ts_bench_options *opts, ts_bench_sink sink, void *user,
+                          double *peak_gflops, double *triad_gbs)
+{
+    ts_bench_options o = opts ? *opts : (ts_bench_options){0};
+    if (!o.suites) o.suites = TS_BENCH_ALL;
+    if (o.min_time <= 0) o.min_time = 0.25;
+    if (o.min_reps <= 0) o.min_reps = 5;
+    run r = {.dev = dev, .o = &o, .sink = sink, .user = user};
+    ts_status st = TS_OK;
+    if (o.suites & TS_BENCH_LIMITS) { /* first, so every later figure has its fraction */
+        run lr = r;
+        lr.sink = capture_limits;
+        lr.user = &r;
+        st = bench_limits(&lr);
+    }
+    if (!st && (o.suites & TS_BENCH_GEMM)) st = bench_gemm(&r);
+    if (!st && (o.suites & TS_BENCH_MEMORY)) st = bench_memory(&r);
+    if (!st && (o.suites & TS_BENCH_ATTENTION)) st = bench_attention(&r);
+    if (!st && (o.suites & TS_BENCH_TRANSFER)) st = bench_transfer(&r);
+    if (peak_gflops) *peak_gflops = r.peak_gflops;
+    if (triad_gbs) *triad_gbs = r.triad_gbs;
+    return st;
+}
+
+/* ---- output ---- */
+
+void ts_bench_write_versions(FILE *f)
+{
+    fprintf(f, "\"tessera\": \"%s\", \"features\": \"%s\"", TESSERA_VERSION, ts_build_features());
+#ifdef __VERSION__
+    fprintf(f, ", \"compiler\": ");
+    ts_json_write_string(f, "gcc-compatible " __VERSION__);
+#endif
+#ifdef TS_HAVE_CBLAS
+    {
+        char *(*config)(void) = (char *(*)(void))dlsym(RTLD_DEFAULT, "openblas_get_config");
+        char *(*corename)(void) = (char *(*)(void))dlsym(RTLD_DEFAULT, "openblas_get_corename");
+        fprintf(f, ", \"blas\": ");
+        ts_json_write_string(f, config ? config() : "CBLAS");
+        if (corename) {
+            fprintf(f, ", \"blas_core\": ");
+            ts_json_write_string(f, corename());
+        }
+    }
+#endif
+#ifdef TS_HAVE_CLBLAST
+    fprintf(f, ", \"clblast\": \"%s\"", TS_CLBLAST_VERSION);
+#endif
+#ifdef TS_HAVE_MPI
+    {
+        char v[MPI_MAX_LIBRARY_VERSION_STRING];
+        int len = 0;
+        if (MPI_Get_library_version(v, &len) == MPI_SUCCESS) {
+            v[strcspn(v, "\n")] = '\0';
+            fprintf(f, ", \"mpi\": ");
+            ts_json_write_string(f, v);
+        }
+    }
+#endif
+#ifdef TS_HAVE_HWLOC
+    {
+        unsigned v = hwloc_get_api_version();
+        fprintf(f, ", \"hwloc\": \"%u.%u.%u\"", v >> 16, (v >> 8) & 0xff, v & 0xff);
+    }
+#endif
+}
+
+static void json_member_str(FILE *f, const char *key, const char *v, int comma)
+{
+    fprintf(f, "\"%s\": ", key);
+    ts_json_write_string(f, v);
+    if (comma) fprintf(f, ", ");
+}
+
+/* Numbers that JSON can hold (no NaN or Inf). */
+static double json_num(double x) { return isfinite(x) ? x : 0.0; }
+
+ts_status ts_bench_write_json(const char *path, const char *command, ts_device *const *devices,
+                              const double *peaks, const double *triads, int ndevices,
+                              const ts_bench_result *results, int n, const char *extra)
+{
+    ts_atomic_file af;
+    TRY(ts_atomic_open(&af, path));
+    FILE *f = af.f;
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    char date[32], host[256] = "";
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    gethostname(host, sizeof host - 1);
+    struct utsname u;
+    char os[400] = "";
+    if (uname(&u) == 0) snprintf(os, sizeof os, "%s %s %s", u.sysname, u.release, u.machine);
+    fprintf(f, "{\n  \"format\": \"tessera-bench-1\",\n  ");
+    json_member_str(f, "command", command ? command : "", 0);
+    fprintf(f, ",\n  ");
+    json_member_str(f, "date", date, 1);
+    json_member_str(f, "host", host, 1);
+    json_member_str(f, "os", os, 0);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    fprintf(f, ", \"host_cpus\": %ld, \"threads\": %d,\n  \"versions\": {", cores, ts_get_threads());
+    ts_bench_write_versions(f);
+    fprintf(f, "},\n");
+    if (extra && *extra) fprintf(f, "  %s,\n", extra);
+    fprintf(f, "  \"devices\": [");
+    for (int i = 0; i < ndevices; i++) {
+        const ts_device_info *d = ts_device_get_info(devices[i]);
+        fprintf(f, "%s\n    {", i ? "," : "");
+        json_member_str(f, "id", d->id, 1);
+        json_member_str(f, "backend", d->backend, 1);
+        json_member_str(f, "name", d->name, 1);
+        json_member_str(f, "type", ts_device_type_name(d->type), 1);
+        json_member_str(f, "vendor", d->vendor, 1);
+        json_member_str(f, "platform", d->platform, 1);
+        json_member_str(f, "driver", d->driver_version, 1);
+        json_member_str(f, "version", d->version, 1);
+        json_member_str(f, "details", d->details, 1);
+        json_member_str(f, "reference_blas", d->reference_blas, 1);
+        fprintf(f, "\"compute_units\": %d, \"clock_mhz\": %d, \"global_mem_bytes\": %llu, ", d->compute_units,
+                d->clock_mhz, (unsigned long long)d->global_mem_bytes);
+        fprintf(f, "\"peak_gflops\": %.3f, \"triad_gbs\": %.3f}", json_num(peaks ? peaks[i] : 0),
+                json_num(triads ? triads[i] : 0));
+    }
+    fprintf(f, "\n  ],\n  \"results\": [");
+    for (int i = 0; i < n; i++) {
+        const ts_bench_result *r = &results[i];
+        fprintf(f, "%s\n    {", i ? "," : "");
+        json_member_str(f, "device", r->device, 1);
+        json_member_str(f, "suite", r->suite, 1);
+        json_member_str(f, "name", r->name, 1);
+        json_member_str(f, "impl", r->impl, 1);
+        json_member_str(f, "shape", r->shape, 1);
+        fprintf(f,
+                "\"flops\": %.6g, \"bytes\": %.6g, \"min_s\": %.9g, \"median_s\": %.9g, \"max_s\": %.9g, "
+                "\"reps\": %d, \"gflops\": %.4f, \"gbs\": %.4f, \"fraction\": %.4f}",
+                json_num(r->flops), json_num(r->bytes), json_num(r->min_s), json_num(r->median_s), json_num(r->max_s),
+                r->reps, json_num(r->gflops), json_num(r->gbs), json_num(r->fraction));
+    }
+    fprintf(f, "\n  ]\n}\n");
+    if (ferror(f)) {
+        ts_atomic_abort(&af);
+        return ts_error(TS_ERR_IO, "writing %s failed", path);
+    }
+    return ts_atomic_commit(&af);
+}
+
+static void csv_field(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (const char *p = s; *p; p++) {
+        if (*p == '"') fputc('"', f);
+        fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
+ts_status ts_bench_write_csv(const char *path, const ts_bench_result *results, int n)
+{
+    ts_atomic_file af;
+    TRY(ts_atomic_open(&af, path));
+    FILE *f = af.f;
+    fprintf(f, "device,suite,name,impl,shape,flops,bytes,min_s,median_s,max_s,reps,gflops,gbs,fraction\n");
+    for (int i = 0; i < n; i++) {
+        const ts_bench_result *r = &results[i];
+        const char *text[] = {r->device, r->suite, r->name, r->impl, r->shape};
+        for (int k = 0; k < 5; k++) {
+            csv_field(f, text[k]);
+            fputc(',', f);
+        }
+        fprintf(f, "%.6g,%.6g,%.9g,%.9g,%.9g,%d,%.4f,%.4f,%.4f\n", json_num(r->flops), json_num(r->bytes),
+                json_num(r->min_s), json_num(r->median_s), json_num(r->max_s), r->reps, json_num(r->gflops),
+                json_num(r->gbs), json_num(r->fraction));
+    }
+    if (ferror(f)) {
+        ts_atomic_abort(&af);
+        return ts_error(TS_ERR_IO, "writing %s failed", path);
+    }
+    return ts_atomic_commit(&af);
+}

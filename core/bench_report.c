@@ -1,0 +1,613 @@
+/* `tessera bench --report`: JSON runs -> one self-contained HTML page with
+ * inline SVG charts (no scripts, no network): a roofline per device, GEMM
+ * rate against size for tessera and the reference, collectives bandwidth
+ * against message size, and a comparison of every kernel across every
+ * device of every file. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fileio.h"
+#include "json.h"
+#include "tessera/bench.h"
+
+typedef struct rdev {
+    char key[200];            /* "host / id": unique across files */
+    char label[300];          /* what a reader sees */
+    double peak, triad;
+    int file;
+    const ts_json *info;
+} rdev;
+
+typedef struct report {
+    ts_json *files[64];
+    const char *paths[64];
+    int nfiles;
+    rdev devs[256];
+    int ndevs;
+    char *html;               /* growing buffer */
+    size_t len, cap;
+    int oom;
+} report;
+
+static void out(report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void out(report *r, const char *fmt, ...)
+{
+    va_list ap;
+    for (;;) {
+        va_start(ap, fmt);
+        int n = vsnprintf(r->html + r->len, r->cap - r->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) return;
+        if ((size_t)n < r->cap - r->len) {
+            r->len += (size_t)n;
+            return;
+        }
+        size_t cap = r->cap * 2 + (size_t)n + 4096;
+        char *p = realloc(r->html, cap);
+        if (!p) {
+            r->oom = 1;
+            return;
+        }
+        r->html = p, r->cap = cap;
+    }
+}
+
+static void esc(report *r, const char *s)
+{
+    for (; s && *s; s++) {
+        switch (*s) {
+        case '<': out(r, "&lt;"); break;
+        case '>': out(r, "&gt;"); break;
+        case '&': out(r, "&amp;"); break;
+        case '"': out(r, "&quot;"); break;
+        default: out(r, "%c", *s);
+        }
+    }
+}
+
+static const char *palette[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+                                "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"};
+#define COLOR(i) palette[(i) % 10]
+
+static const char *str(const ts_json *o, const char *k) { return ts_json_get_str(o, k, ""); }
+static double num(const ts_json *o, const char *k) { return ts_json_get_num(o, k, 0); }
+
+static int find_dev(report *r, int file, const char *id)
+{
+    for (int i = 0; i < r->ndevs; i++)
+        if (r->devs[i].file == file && !strcmp(str(r->devs[i].info, "id"), id)) return i;
+    return -1;
+}
+
+/* Every result of every file, with the device it belongs to. */
+typedef void (*result_fn)(report *r, int dev, const ts_json *res, void *user);
+static void each_result(report *r, result_fn fn, void *user)
+{
+    for (int f = 0; f < r->nfiles; f++) {
+        const ts_json *rs = ts_json_get(r->files[f], "results");
+        if (!rs || rs->type != TS_JSON_ARRAY) continue;
+        for (size_t i = 0; i < rs->count; i++) {
+            int d = find_dev(r, f, str(&rs->items[i], "device"));
+            if (d >= 0) fn(r, d, &rs->items[i], user);
+        }
+    }
+}
+
+/* ---- SVG plotting: a frame with log or linear axes ---- */
+
+typedef struct plot {
+    double x0, x1, y0, y1; /* data range */
+    int logx, logy;        /* 1: log10 axis; 2 (x only): log axis with ticks at powers of two */
+    int W, H, L, R, T, B;  /* size and margins */
+} plot;
+
+static double px(const plot *p, double x)
+{
+    double a = p->logx ? log10(x / p->x0) / log10(p->x1 / p->x0) : (x - p->x0) / (p->x1 - p->x0);
+    return p->L + a * (p->W - p->L - p->R);
+}
+
+static double py(const plot *p, double y)
+{
+    double a = p->logy ? log10(y / p->y0) / log10(p->y1 / p->y0) : (y - p->y0) / (p->y1 - p->y0);
+    return p->H - p->B - a * (p->H - p->T - p->B);
+}
+
+static void fmt_tick(char *buf, size_t n, double v)
+{
+    if (v >= 1e6) snprintf(buf, n, "%gM", v / 1e6);
+    else if (v >= 1e3) snprintf(buf, n, "%gk", v / 1e3);
+    else snprintf(buf, n, "%g", v);
+}
+
+static void axes(report *r, const plot *p, const char *xlabel, const char *ylabel)
+{
+    out(r, "<svg xmlns='http://www.w3.org/2000/svg' width='%d' height='%d' font-family='sans-serif' font-size='11'>\n",
+        p->W, p->H);
+    out(r, "<rect x='%d' y='%d' width='%d' height='%d' fill='#fff' stroke='#999'/>\n", p->L, p->T, p->W - p->L - p->R,
+        p->H - p->T - p->B);
+    char t[32];
+    for (int axis = 0; axis < 2; axis++) {
+        int lg = axis ? p->logy : p->logx;
+        double a = axis ? p->y0 : p->x0, b = axis ? p->y1 : p->x1;
+        double step = lg == 2 ? 2 : lg ? 10 : pow(10, floor(log10((b - a) / 2)));
+        if (!lg && (b - a) / step > 8) step *= 2;
+        if (!lg && (b - a) / step > 8) step *= 2.5;
+        if (lg == 2 && log2(b / a) > 12) step = 4;
+        double v = lg == 2 ? pow(2, ceil(log2(a) - 1e-9)) : lg ? pow(10, ceil(log10(a) - 1e-9)) : ceil(a / step) * step;
+        for (int k = 0; v <= b * (1 + 1e-9) && k < 40; k++, v = lg ? v * step : v + step) {
+            fmt_tick(t, sizeof t, v);
+            if (axis) {
+                double y = py(p, v);
+                out(r, "<line x1='%d' x2='%d' y1='%.1f' y2='%.1f' stroke='#eee'/>", p->L, p->W - p->R, y, y);
+                out(r, "<text x='%d' y='%.1f' text-anchor='end'>%s</text>\n", p->L - 4, y + 4, t);
+            } else {
+                double x = px(p, v);
+                out(r, "<line x1='%.1f' x2='%.1f' y1='%d' y2='%d' stroke='#eee'/>", x, x, p->T, p->H - p->B);
+                out(r, "<text x='%.1f' y='%d' text-anchor='middle'>%s</text>\n", x, p->H - p->B + 14, t);
+            }
+        }
+    }
+    out(r, "<text x='%d' y='%d' text-anchor='middle'>", (p->L + p->W - p->R) / 2, p->H - 6);
+    esc(r, xlabel);
+    out(r, "</text><text transform='translate(14,%d) rotate(-90)' text-anchor='middle'>", (p->T + p->H - p->B) / 2);
+    esc(r, ylabel);
+    out(r, "</text>\n");
+}
+
+static void legend(report *r, const plot *p, int i, const char *color, const char *label, int dashed)
+{
+    int x = p->L + 10, y = p->T + 14 + 15 * i;
+    out(r, "<line x1='%d' x2='%d' y1='%d' y2='%d' stroke='%s' stroke-width='3'%s/>", x, x + 18, y - 4, y - 4, color,
+        dashed ? " stroke-dasharray='4 3'" : "");
+    out(r, "<text x='%d' y='%d'>", x + 24, y);
+    esc(r, label);
+    out(r, "</text>\n");
+}
+
+/* ---- roofline ---- */
+
+typedef struct roof_ctx {
+    int dev;
+    const plot *p;
+    int count;
+    double lo_ai, hi_ai, lo_g, hi_g; /* ranges (first pass) */
+    int pass;
+} roof_ctx;
+
+static const char *suite_color(const ts_json *res)
+{
+    const char *s = str(res, "suite");
+    if (!strcmp(s, "gemm")) return strcmp(str(res, "impl"), "tessera") ? palette[3] : palette[0];
+    if (!strcmp(s, "memory")) return palette[2];
+    if (!strcmp(s, "attention")) return palette[4];
+    if (!strcmp(s, "train")) return palette[1];
+    return palette[8];
+}
+
+static void roof_point(report *r, int dev, const ts_json *res, void *user)
+{
+    roof_ctx *c = user;
+    double f = num(res, "flops"), b = num(res, "bytes"), g = num(res, "gflops");
+    if (dev != c->dev || f <= 0 || b <= 0 || g <= 0 || !strcmp(str(res, "suite"), "limits")) return;
+    double ai = f / b;
+    if (c->pass == 0) {
+        if (ai < c->lo_ai) c->lo_ai = ai;
+        if (ai > c->hi_ai) c->hi_ai = ai;
+        if (g < c->lo_g) c->lo_g = g;
+        if (g > c->hi_g) c->hi_g = g;
+        return;
+    }
+    out(r, "<circle cx='%.1f' cy='%.1f' r='4' fill='%s' fill-opacity='0.75'><title>", px(c->p, ai), py(c->p, g),
+        suite_color(res));
+    esc(r, str(res, "name"));
+    out(r, " (");
+    esc(r, str(res, "impl"));
+    out(r, ") ");
+    esc(r, str(res, "shape"));
+    out(r, ": %.3g GFLOP/s at %.3g flop/byte, %.0f%% of the device's limit</title></circle>\n", g, ai,
+        100 * num(res, "fraction"));
+    c->count++;
+}
+
+static void roofline(report *r, int d)
+{
+    rdev *dv = &r->devs[d];
+    roof_ctx c = {.dev = d, .lo_ai = 1e30, .hi_ai = 0, .lo_g = 1e30, .hi_g = 0};
+    each_result(r, roof_point, &c);
+    if (c.hi_ai <= 0) {
+        out(r, "<p>No kernels with flop and byte counts were measured on this device.</p>\n");
+        return;
+    }
+    double top = fmax(dv->peak, c.hi_g);
+    plot p = {.logx = 1, .logy = 1, .W = 560, .H = 360, .L = 60, .R = 20, .T = 20, .B = 40};
+    p.x0 = pow(10, floor(log10(fmin(c.lo_ai, dv->peak > 0 && dv->triad > 0 ? dv->peak / dv->triad : 1) / 2)));
+    p.x1 = pow(10, ceil(log10(fmax(c.hi_ai * 2, 10))));
+    p.y1 = pow(10, ceil(log10(top * 1.5)));
+    p.y0 = pow(10, floor(log10(fmin(c.lo_g / 2, dv->triad > 0 ? dv->triad * p.x0 : c.lo_g / 2))));
+    axes(r, &p, "arithmetic intensity (flop/byte)", "GFLOP/s");
+    if (dv->peak > 0 && dv->triad > 0) { /* the roof: min(peak, triad x intensity) */
+        double knee = dv->peak / dv->triad;
+        double xa = p.x0 > knee ? knee : p.x0;
+        out(r, "<polyline fill='none' stroke='#000' stroke-width='2' points='%.1f,%.1f %.1f,%.1f %.1f,%.1f'/>\n",
+            px(&p, xa), py(&p, dv->triad * xa), px(&p, knee), py(&p, dv->peak), px(&p, p.x1), py(&p, dv->peak));
+        out(r, "<text x='%.1f' y='%.1f' text-anchor='end'>peak %.1f GFLOP/s (FMA kernel)</text>\n", px(&p, p.x1) - 4,
+            py(&p, dv->peak) - 5, dv->peak);
+        out(r, "<text x='%.1f' y='%.1f'>triad %.1f GB/s</text>\n", px(&p, knee) + 6, py(&p, dv->peak) + 28,
+            dv->triad);
+    }
+    c.pass = 1;
+    c.p = &p;
+    each_result(r, roof_point, &c);
+    static const char *names[] = {"GEMM, tessera", "GEMM, reference", "memory-bound ops", "attention", "training step"};
+    static const int colors[] = {0, 3, 2, 4, 1};
+    for (int i = 0; i < 5; i++) {
+        int x = p.W - p.R - 150, y = p.H - p.B - 80 + 14 * i;
+        out(r, "<circle cx='%d' cy='%d' r='4' fill='%s'/><text x='%d' y='%d'>%s</text>\n", x, y - 4,
+            palette[colors[i]], x + 8, y, names[i]);
+    }
+    out(r, "</svg>\n");
+}
+
+/* ---- a line chart of one quantity against a size, one series per (device, impl) ---- */
+
+typedef struct series_ctx {
+    const char *suite, *name; /* which results */
+    int use_gbs;              /* y = gbs instead of gflops */
+    int pass;
+    double x0, x1, y1;
+    /* series keys */
+    char keys[32][200];
+    int nkeys;
+    const plot *p;
+    double lastx[32], lasty[32];
+    int have_last[32];
+} series_ctx;
+
+static double size_of(const ts_json *res, const char *suite)
+{
+    const char *shape = str(res, "shape");
+    long long v = 0;
+    const char *t = strstr(shape, " T=");
+    if (!strcmp(suite, "collectives")) sscanf(shape, "%lld", &v);
+    else if (!strcmp(suite, "attention") && t) sscanf(t + 3, "%lld", &v);
+    else sscanf(shape, "M=%lld", &v);
+    return (double)v;
+}
+
+static void series_point(report *r, int dev, const ts_json *res, void *user)
+{
+    series_ctx *c = user;
+    if (strcmp(str(res, "suite"), c->suite) || (c->name && strcmp(str(res, "name"), c->name))) return;
+    double x = size_of(res, c->suite), y = c->use_gbs ? num(res, "gbs") : num(res, "gflops");
+    if (x <= 0) return;
+    char key[200];
+    snprintf(key, sizeof key, "%s %s", r->devs[dev].key, c->name ? str(res, "impl") : str(res, "name"));
+    int k = 0;
+    while (k < c->nkeys && strcmp(c->keys[k], key)) k++;
+    if (k == c->nkeys) {
+        if (k == 32) return;
+        snprintf(c->keys[c->nkeys++], sizeof c->keys[0], "%s", key);
+    }
+    if (c->pass == 0) {
+        if (x < c->x0) c->x0 = x;
+        if (x > c->x1) c->x1 = x;
+        if (y > c->y1) c->y1 = y;
+        return;
+    }
+    int dashed = c->name && strcmp(str(res, "impl"), "tessera") != 0;
+    if (c->have_last[k])
+        out(r, "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='%s' stroke-width='2'%s/>\n", px(c->p, c->lastx[k]),
+            py(c->p, c->lasty[k]), px(c->p, x), py(c->p, y), COLOR(k), dashed ? " stroke-dasharray='5 3'" : "");
+    out(r, "<circle cx='%.1f' cy='%.1f' r='3' fill='%s'><title>", px(c->p, x), py(c->p, y), COLOR(k));
+    esc(r, key);
+    out(r, ": %.4g at %.0f</title></circle>\n", y, x);
+    c->lastx[k] = x, c->lasty[k] = y, c->have_last[k] = 1;
+}
+
+static int line_chart(report *r, const char *suite, const char *name, int use_gbs, const char *xlabel,
+                      const char *ylabel)
+{
+    series_ctx c = {.suite = suite, .name = name, .use_gbs = use_gbs, .x0 = 1e30};
+    each_result(r, series_point, &c);
+    if (c.nkeys == 0 || c.x1 <= 0) return 0;
+    plot p = {.logx = 2, .W = 560, .H = 340, .L = 60, .R = 20, .T = 20, .B = 40};
+    p.x0 = pow(2, floor(log2(c.x0))), p.x1 = pow(2, ceil(log2(c.x1)));
+    if (p.x1 <= p.x0) p.x1 = p.x0 * 2;
+    p.y0 = 0, p.y1 = c.y1 > 0 ? c.y1 * 1.15 : 1;
+    axes(r, &p, xlabel, ylabel);
+    c.pass = 1, c.p = &p;
+    memset(c.have_last, 0, sizeof c.have_last);
+    each_result(r, series_point, &c);
+    for (int k = 0; k < c.nkeys; k++) legend(r, &p, k, COLOR(k), c.keys[k], name && !strstr(c.keys[k], " tessera"));
+    out(r, "</svg>\n");
+    return 1;
+}
+
+/* ---- tables ---- */
+
+typedef struct table_ctx {
+    int dev;
+    const char *suite;
+} table_ctx;
+
+static void table_row(report *r, int dev, const ts_json *res, void *user)
+{
+    table_ctx *t = user;
+    if (dev != t->dev || (t->suite && strcmp(str(res, "suite"), t->suite))) return;
+    out(r, "<tr><td>");
+    esc(r, str(res, "suite"));
+    out(r, "</td><td>");
+    esc(r, str(res, "name"));
+    out(r, "</td><td>");
+    esc(r, str(res, "impl"));
+    out(r, "</td><td>");
+    esc(r, str(res, "shape"));
+    double g = num(res, "gflops"), b = num(res, "gbs"), fr = num(res, "fraction");
+    out(r, "</td><td class=n>%.4g</td><td class=n>%.4g</td><td class=n>%.4g</td><td class=n>", 1e3 * num(res, "min_s"),
+        1e3 * num(res, "median_s"), 1e3 * num(res, "max_s"));
+    if (g > 0) out(r, "%.1f", g);
+    out(r, "</td><td class=n>");
+    if (b > 0) out(r, "%.2f", b);
+    out(r, "</td><td class=n>");
+    if (fr > 0) out(r, "%.0f%%", 100 * fr);
+    out(r, "</td></tr>\n");
+}
+
+/* Kernels across devices: tessera's result per (suite, name, shape) and device. */
+typedef struct cross_ctx {
+    char rows[256][200];
+    int nrows;
+    double val[256][64];  /* rates, or negative times (lower is better) */
+    const char *unit[256];
+} cross_ctx;
+
+static void cross_collect(report *r, int dev, const ts_json *res, void *user)
+{
+    (void)r;
+    cross_ctx *c = user;
+    const char *suite = str(res, "suite");
+    if (strcmp(str(res, "impl"), "tessera") || dev >= 64 || !strcmp(suite, "collectives")) return;
+    char key[200];
+    snprintf(key, sizeof key, "%s: %s [%s]", suite, str(res, "name"), str(res, "shape"));
+    int k = 0;
+    while (k < c->nrows && strcmp(c->rows[k], key)) k++;
+    if (k == c->nrows) {
+        if (k == 256) return;
+        snprintf(c->rows[c->nrows++], sizeof c->rows[0], "%s", key);
+    }
+    int gbs = !strcmp(suite, "memory") || !strcmp(suite, "transfer") || !strcmp(str(res, "name"), "triad");
+    if (!strcmp(str(res, "name"), "launch overhead")) c->unit[k] = "us", c->val[k][dev] = -1e6 * num(res, "median_s");
+    else if (!strcmp(suite, "startup")) c->unit[k] = "s", c->val[k][dev] = -num(res, "median_s");
+    else if (gbs) c->unit[k] = "GB/s", c->val[k][dev] = num(res, "gbs");
+    else c->unit[k] = "GFLOP/s", c->val[k][dev] = num(res, "gflops");
+}
+
+static void cross_device(report *r)
+{
+    cross_ctx *c = calloc(1, sizeof *c);
+    if (!c) {
+        r->oom = 1;
+        return;
+    }
+    each_result(r, cross_collect, c);
+    out(r, "<h2>Across devices</h2>\n<p>tessera's figure for every kernel on every device; the bar shows each device "
+           "against the best device for that kernel (for times, lower is better).</p>\n<table><tr><th>kernel</th>"
+           "<th>unit</th>");
+    int nd = r->ndevs < 64 ? r->ndevs : 64;
+    for (int d = 0; d < nd; d++) {
+        out(r, "<th>");
+        esc(r, r->devs[d].key);
+        out(r, "</th>");
+    }
+    out(r, "</tr>\n");
+    for (int k = 0; k < c->nrows; k++) {
+        double best = 0;
+        for (int d = 0; d < nd; d++) {
+            double v = c->val[k][d];
+            if (v < 0) v = v != 0 ? 1.0 / -v : 0; /* lower time is better */
+            if (v > best) best = v;
+        }
+        out(r, "<tr><td>");
+        esc(r, c->rows[k]);
+        out(r, "</td><td>%s</td>", c->unit[k]);
+        for (int d = 0; d < nd; d++) {
+            double v = c->val[k][d];
+            if (v == 0) {
+                out(r, "<td></td>");
+                continue;
+            }
+            double rel = (v < 0 ? 1.0 / -v : v) / (best > 0 ? best : 1);
+            out(r, "<td class=n><svg width='60' height='10'><rect width='%.0f' height='10' fill='%s'/></svg> %.4g</td>",
+                60 * rel, COLOR(d), v < 0 ? -v : v);
+        }
+        out(r, "</tr>\n");
+    }
+    out(r, "</table>\n");
+    free(c);
+}
+
+/* GEMM: tessera against the device's reference library, shape by shape. */
+typedef struct vs_ctx {
+    int dev, pass;
+    const ts_json *ref[64];
+    const ts_json *mine[64];
+    int n;
+} vs_ctx;
+
+static void vs_collect(report *r, int dev, const ts_json *res, void *user)
+{
+    (void)r;
+    vs_ctx *c = user;
+    if (dev != c->dev || strcmp(str(res, "suite"), "gemm")) return;
+    int is_ref = strcmp(str(res, "impl"), "tessera") != 0;
+    int k = 0;
+    while (k < c->n && !(strcmp(str(c->mine[k] ? c->mine[k] : c->ref[k], "shape"), str(res, "shape")) == 0 &&
+                         strcmp(str(c->mine[k] ? c->mine[k] : c->ref[k], "name"), str(res, "name")) == 0))
+        k++;
+    if (k == c->n) {
+        if (k == 64) return;
+        c->mine[k] = c->ref[k] = NULL;
+        c->n++;
+    }
+    if (is_ref) c->ref[k] = res;
+    else c->mine[k] = res;
+}
+
+static void vs_reference(report *r)
+{
+    for (int d = 0; d < r->ndevs; d++) {
+        vs_ctx c = {.dev = d};
+        each_result(r, vs_collect, &c);
+        int any = 0;
+        for (int k = 0; k < c.n; k++) any |= c.ref[k] && c.mine[k];
+        if (!any) continue;
+        out(r, "<h3>");
+        esc(r, r->devs[d].label);
+        out(r, ": tessera against ");
+        esc(r, str(r->devs[d].info, "reference_blas"));
+        out(r, "</h3>\n<table><tr><th>kernel</th><th>shape</th><th>tessera GFLOP/s</th><th>reference GFLOP/s</th>"
+               "<th>tessera / reference</th></tr>\n");
+        for (int k = 0; k < c.n; k++) {
+            if (!c.ref[k] || !c.mine[k]) continue;
+            double a = num(c.mine[k], "gflops"), b = num(c.ref[k], "gflops");
+            out(r, "<tr><td>");
+            esc(r, str(c.mine[k], "name"));
+            out(r, "</td><td>");
+            esc(r, str(c.mine[k], "shape"));
+            out(r, "</td><td class=n>%.1f</td><td class=n>%.1f</td><td class=n>%.2f</td></tr>\n", a, b, b > 0 ? a / b : 0);
+        }
+        out(r, "</table>\n");
+    }
+}
+
+static ts_status load(report *r, const char *path)
+{
+    char *text;
+    size_t n;
+    ts_status st = ts_read_file(path, &text, &n);
+    if (st) return st;
+    ts_json *j;
+    st = ts_json_parse(text, n, &j);
+    free(text);
+    if (st) return ts_error(TS_ERR_FORMAT, "%s is not a tessera bench JSON file: %s", path, ts_last_error());
+    if (strcmp(ts_json_get_str(j, "format", ""), "tessera-bench-1") != 0 || !ts_json_get(j, "results")) {
+        ts_json_free(j);
+        return ts_error(TS_ERR_FORMAT, "%s is not a tessera bench JSON file (no \"format\": \"tessera-bench-1\")",
+                        path);
+    }
+    int f = r->nfiles++;
+    r->files[f] = j;
+    r->paths[f] = path;
+    const ts_json *devs = ts_json_get(j, "devices");
+    for (size_t i = 0; devs && devs->type == TS_JSON_ARRAY && i < devs->count && r->ndevs < 256; i++) {
+        rdev *d = &r->devs[r->ndevs++];
+        d->file = f;
+        d->info = &devs->items[i];
+        d->peak = num(d->info, "peak_gflops");
+        d->triad = num(d->info, "triad_gbs");
+        snprintf(d->key, sizeof d->key, "%s/%s", str(j, "host"), str(d->info, "id"));
+        snprintf(d->label, sizeof d->label, "%s/%s: %s", str(j, "host"), str(d->info, "id"), str(d->info, "name"));
+    }
+    return TS_OK;
+}
+
+ts_status ts_bench_report(const char *dir, const char *const *json_files, int nfiles)
+{
+    if (!dir || nfiles < 1) return ts_error(TS_ERR_INVALID_ARG, "bench report: a directory and JSON files are needed");
+    if (nfiles > 64) return ts_error(TS_ERR_INVALID_ARG, "bench report: at most 64 JSON files, got %d", nfiles);
+    report *r = calloc(1, sizeof *r);
+    if (!r) return ts_error(TS_ERR_OOM, "bench report: no memory");
+    ts_status st = TS_OK;
+    for (int i = 0; i < nfiles && !st; i++) st = load(r, json_files[i]);
+    if (!st) {
+        out(r, "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>tessera bench</title>\n<style>"
+               "body{font-family:sans-serif;margin:24px;max-width:1200px;color:#222}"
+               "table{border-collapse:collapse;font-size:12px;margin:8px 0}"
+               "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}td.n{text-align:right;"
+               "font-variant-numeric:tabular-nums}th{background:#f3f3f3}code{background:#f3f3f3;padding:1px 3px}"
+               ".charts{display:flex;flex-wrap:wrap;gap:16px}h3{margin-bottom:4px}</style></head><body>\n");
+        out(r, "<h1>tessera bench</h1>\n<h2>Runs</h2>\n<table><tr><th>file</th><th>date</th><th>host</th><th>command"
+               "</th><th>versions</th></tr>\n");
+        for (int f = 0; f < r->nfiles; f++) {
+            out(r, "<tr><td>");
+            esc(r, r->paths[f]);
+            out(r, "</td><td>");
+            esc(r, str(r->files[f], "date"));
+            out(r, "</td><td>");
+            esc(r, str(r->files[f], "host"));
+            out(r, " (");
+            esc(r, str(r->files[f], "os"));
+            out(r, ", %lld CPUs)</td><td><code>", (long long)ts_json_get_int(r->files[f], "host_cpus", 0));
+            esc(r, str(r->files[f], "command"));
+            out(r, "</code></td><td>");
+            const ts_json *v = ts_json_get(r->files[f], "versions");
+            for (size_t i = 0; v && v->type == TS_JSON_OBJECT && i < v->count; i++) {
+                esc(r, v->keys[i]);
+                out(r, ": ");
+                if (v->items[i].type == TS_JSON_STRING) esc(r, v->items[i].string);
+                out(r, "<br>");
+            }
+            out(r, "</td></tr>\n");
+        }
+        out(r, "</table>\n<h2>Devices</h2>\n<table><tr><th>device</th><th>type</th><th>driver</th><th>peak GFLOP/s "
+               "(FMA kernel)</th><th>triad GB/s</th><th>reference BLAS</th><th>details</th></tr>\n");
+        for (int d = 0; d < r->ndevs; d++) {
+            out(r, "<tr><td><span style='color:%s'>&#9632;</span> ", COLOR(d));
+            esc(r, r->devs[d].label);
+            out(r, "</td><td>");
+            esc(r, str(r->devs[d].info, "type"));
+            out(r, "</td><td>");
+            esc(r, str(r->devs[d].info, "driver"));
+            out(r, "</td><td class=n>%.1f</td><td class=n>%.2f</td><td>", r->devs[d].peak, r->devs[d].triad);
+            esc(r, str(r->devs[d].info, "reference_blas"));
+            out(r, "</td><td>");
+            esc(r, str(r->devs[d].info, "details"));
+            out(r, "</td></tr>\n");
+        }
+        out(r, "</table>\n<h2>Rooflines</h2>\n<p>Each kernel at its arithmetic intensity (model flop and byte counts) "
+               "under the device's own measured limits: the FMA kernel's peak and the triad's bandwidth. Hover a "
+               "point for its name.</p>\n<div class=charts>\n");
+        for (int d = 0; d < r->ndevs; d++) {
+            out(r, "<div><h3>");
+            esc(r, r->devs[d].label);
+            out(r, "</h3>\n");
+            roofline(r, d);
+            out(r, "</div>\n");
+        }
+        out(r, "</div>\n<h2>GEMM rate against size</h2>\n<p>Square products (M=N=K), tessera solid, the device's "
+               "reference library dashed.</p>\n");
+        if (!line_chart(r, "gemm", "square", 0, "M = N = K", "GFLOP/s")) out(r, "<p>No square GEMMs in these runs.</p>\n");
+        vs_reference(r);
+        out(r, "<h2>Attention against context length</h2>\n");
+        if (!line_chart(r, "attention", NULL, 0, "context length T (from the shape)", "GFLOP/s"))
+            out(r, "<p>No attention results in these runs.</p>\n");
+        if (line_chart(r, "collectives", NULL, 1, "message bytes", "bus bandwidth GB/s"))
+            out(r, "<p>Allreduce bus bandwidth (algbw x 2(n-1)/n) per strategy, memcpy for scale.</p>\n");
+        cross_device(r);
+        for (int d = 0; d < r->ndevs; d++) {
+            out(r, "<h2>All results: ");
+            esc(r, r->devs[d].label);
+            out(r, "</h2>\n<table><tr><th>suite</th><th>kernel</th><th>implementation</th><th>shape</th><th>min ms</th>"
+                   "<th>median ms</th><th>max ms</th><th>GFLOP/s</th><th>GB/s</th><th>of limit</th></tr>\n");
+            table_ctx t = {.dev = d};
+            each_result(r, table_row, &t);
+            out(r, "</table>\n");
+        }
+        out(r, "</body></html>\n");
+        if (r->oom) st = ts_error(TS_ERR_OOM, "bench report: no memory for the page");
+    }
+    if (!st) st = ts_mkdir_p(dir);
+    if (!st) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/index.html", dir);
+        st = ts_write_file_atomic(path, r->html, r->len);
+    }
+    for (int f = 0; f < r->nfiles; f++) ts_json_free(r->files[f]);
+    free(r->html);
+    free(r);
+    return st;
+}

@@ -1,0 +1,656 @@
+/* tessera bench: kernels per device, training throughput, collectives.
+ *
+ *   tessera bench [--device LIST] [--suite LIST] [--quick] [--json F] [--csv F]
+ *                 [--markdown F] [--report DIR] ...
+ *   tessera bench train [--device LIST] [--model d12] ... [--vs-pytorch]
+ *   tessera bench collectives ...              (under mpirun)
+ *   tessera bench report DIR RUN.json...
+ *
+ * Kernel start-up is measured in child processes of this binary (a fresh
+ * process with empty caches, then one with warm caches), since a process
+ * can build its programs only once. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "fileio.h"
+#include "options.h"
+#include "tessera/tessera.h"
+
+extern const char ts_torch_step_py[]; /* bench/torch_step.py, embedded at build time */
+
+/* ---- collected results ---- */
+
+typedef struct bench_run {
+    ts_bench_result *r;
+    int n, cap;
+    int printed_header;
+    FILE *tty;              /* the terminal table (stdout) */
+    char command[2048];
+} bench_run;
+
+static void print_header(FILE *f)
+{
+    fprintf(f, "%-9s %-9s %-24s %-16s %-34s %10s %10s %10s %9s %8s %6s\n", "device", "suite", "kernel",
+            "impl", "shape", "median ms", "min ms", "max ms", "GFLOP/s", "GB/s", "limit");
+}
+
+static void print_row(FILE *f, const ts_bench_result *r)
+{
+    char g[16] = "", b[16] = "", fr[16] = "";
+    if (r->gflops > 0) snprintf(g, sizeof g, "%.1f", r->gflops);
+    if (r->gbs > 0) snprintf(b, sizeof b, "%.2f", r->gbs);
+    if (r->fraction > 0) snprintf(fr, sizeof fr, "%.0f%%", 100 * r->fraction);
+    fprintf(f, "%-9s %-9s %-24s %-16.16s %-34.34s %10.4g %10.4g %10.4g %9s %8s %6s\n", r->device, r->suite, r->name,
+            r->impl, r->shape, 1e3 * r->median_s, 1e3 * r->min_s, 1e3 * r->max_s, g, b, fr);
+    fflush(f);
+}
+
+static void collect(const ts_bench_result *res, void *user)
+{
+    bench_run *b = user;
+    if (b->n == b->cap) {
+        int cap = b->cap ? 2 * b->cap : 64;
+        ts_bench_result *p = realloc(b->r, (size_t)cap * sizeof *p);
+        if (!p) return;
+        b->r = p, b->cap = cap;
+    }
+    b->r[b->n++] = *res;
+    if (b->tty) {
+        if (!b->printed_header) print_header(b->tty), b->printed_header = 1;
+        print_row(b->tty, res);
+    }
+}
+
+static void join_command(char *buf, size_t n, int argc, char **argv)
+{
+    size_t len = (size_t)snprintf(buf, n, "tessera");
+    for (int i = 0; i < argc && len < n; i++) len += (size_t)snprintf(buf + len, n - len, " %s", argv[i]);
+}
+
+/* The devices of a comma-separated list ("" = every device). */
+static int open_devices(const char *list, ts_device **devs, int max)
+{
+    int n = 0;
+    if (!list[0]) {
+        for (int i = 0; i < ts_device_count() && n < max; i++) devs[n++] = ts_device_at(i);
+        return n;
+    }
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok && n < max; tok = strtok_r(NULL, ",", &save)) {
+        if (ts_device_open(tok, &devs[n]) != TS_OK) return -1;
+        n++;
+    }
+    return n;
+}
+
+/* ---- kernel start-up, in child processes ---- */
+
+static int run_child(const char *exe, const char *device, const char *tessera_cache, const char *pocl_cache,
+                     char *outbuf, size_t outsize, double *wall)
+{
+    int fd[2];
+    if (pipe(fd) != 0) return -1;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fd[0]), close(fd[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        dup2(fd[1], 1);
+        dup2(fd[1], 2); /* compiler chatter and errors end up in the message */
+        close(fd[0]), close(fd[1]);
+        setenv("TESSERA_CACHE_DIR", tessera_cache, 1);
+        setenv("POCL_CACHE_DIR", pocl_cache, 1);
+        execl(exe, exe, "bench", "--startup-child", device, (char *)NULL);
+        _exit(127);
+    }
+    close(fd[1]);
+    size_t len = 0;
+    ssize_t k;
+    while (len + 1 < outsize && (k = read(fd[0], outbuf + len, outsize - 1 - len)) > 0) len += (size_t)k;
+    outbuf[len] = '\0';
+    close(fd[0]);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    *wall = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static int startup_child(const char *spec)
+{
+    ts_device *dev;
+    if (ts_device_open(spec, &dev) != TS_OK) return cli_fail("opening the device");
+    if (ts_device_prepare(dev) != TS_OK) return cli_fail("building the kernel programs");
+    ts_build_stats st;
+    ts_device_build_stats(dev, &st);
+    printf("built=%d loaded=%d rejected=%d seconds=%.6f\n", st.built_from_source, st.loaded_from_disk,
+           st.cache_rejected, st.seconds);
+    return 0;
+}
+
+static void rm_tree(const char *dir)
+{
+    /* the caches hold flat files and one level of subdirectories */
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) fprintf(stderr, "tessera bench: could not remove %s\n", dir);
+}
+
+static ts_status bench_startup(ts_device *dev, int warm_runs, bench_run *b)
+{
+    const ts_device_info *info = ts_device_get_info(dev);
+    if (strcmp(info->backend, "opencl") != 0) return TS_OK; /* nothing is built for the CPU backend */
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return ts_error(TS_ERR_IO, "bench startup: cannot find this program (/proc/self/exe)");
+    exe[n] = '\0';
+    char tmp[] = "/tmp/tessera-startup-XXXXXX";
+    if (!mkdtemp(tmp)) return ts_error(TS_ERR_IO, "bench startup: cannot make a temporary directory: %s", strerror(errno));
+    char tc[4200], pc[4200];
+    snprintf(tc, sizeof tc, "%s/tessera", tmp);
+    snprintf(pc, sizeof pc, "%s/pocl", tmp);
+    mkdir(tc, 0700), mkdir(pc, 0700);
+    ts_status st = TS_OK;
+    double cold = 0, warm[16];
+    int built = 0, loaded = 0, nwarm = 0;
+    for (int i = 0; i <= warm_runs && i < 16 && !st; i++) {
+        char out[512];
+        double wall;
+        int rc = run_child(exe, info->id, tc, pc, out, sizeof out, &wall);
+        int bu = 0, lo = 0, rej = 0;
+        double sec = 0;
+        const char *line = strstr(out, "built=");
+        if (rc != 0 || !line || sscanf(line, "built=%d loaded=%d rejected=%d seconds=%lf", &bu, &lo, &rej, &sec) != 4) {
+            st = ts_error(TS_ERR_BACKEND, "bench startup on %s: the child process failed (exit %d): %s", info->id, rc,
+                          out);
+            break;
+        }
+        if (i == 0) cold = sec, built = bu;
+        else warm[nwarm++] = sec, loaded = lo;
+    }
+    rm_tree(tmp);
+    if (st) return st;
+    ts_bench_result r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.device, sizeof r.device, "%s", info->id);
+    snprintf(r.suite, sizeof r.suite, "startup");
+    snprintf(r.impl, sizeof r.impl, "tessera");
+    snprintf(r.name, sizeof r.name, "cold build");
+    snprintf(r.shape, sizeof r.shape, "%d programs, empty caches", built);
+    r.min_s = r.median_s = r.max_s = cold;
+    r.reps = 1;
+    collect(&r, b);
+    if (nwarm > 0) {
+        for (int i = 1; i < nwarm; i++) /* insertion sort of a handful */
+            for (int j = i; j > 0 && warm[j] < warm[j - 1]; j--) {
+                double t = warm[j];
+                warm[j] = warm[j - 1], warm[j - 1] = t;
+            }
+        snprintf(r.name, sizeof r.name, "warm start");
+        snprintf(r.shape, sizeof r.shape, "%d programs, disk cache", loaded);
+        r.min_s = warm[0], r.max_s = warm[nwarm - 1];
+        r.median_s = nwarm % 2 ? warm[nwarm / 2] : 0.5 * (warm[nwarm / 2 - 1] + warm[nwarm / 2]);
+        r.reps = nwarm;
+        collect(&r, b);
+    }
+    return TS_OK;
+}
+
+/* ---- markdown ---- */
+
+static ts_status write_markdown(const char *path, const bench_run *b, ts_device *const *devs, const double *peaks,
+                                const double *triads, int nd)
+{
+    FILE *f = strcmp(path, "-") ? fopen(path, "w") : stdout;
+    if (!f) return ts_error(TS_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+    time_t t = time(NULL);
+    char date[32];
+    strftime(date, sizeof date, "%Y-%m-%d", gmtime(&t));
+    fprintf(f, "Measured %s by `%s`", date, b->command);
+    for (int d = 0; d < nd; d++) {
+        const ts_device_info *i = ts_device_get_info(devs[d]);
+        fprintf(f, "%s`%s` %s (%s): peak %.1f GFLOP/s (FMA kernel), triad %.1f GB/s", d ? "; " : ": ", i->id, i->name,
+                i->driver_version, peaks[d], triads[d]);
+    }
+    fprintf(f, ".\n\n| device | suite | kernel | implementation | shape | median ms | GFLOP/s | GB/s | of limit |\n"
+               "|---|---|---|---|---|---:|---:|---:|---:|\n");
+    for (int i = 0; i < b->n; i++) {
+        const ts_bench_result *r = &b->r[i];
+        fprintf(f, "| %s | %s | %s | %s | %s | %.4g | ", r->device, r->suite, r->name, r->impl, r->shape,
+                1e3 * r->median_s);
+        if (r->gflops > 0) fprintf(f, "%.1f", r->gflops);
+        fprintf(f, " | ");
+        if (r->gbs > 0) fprintf(f, "%.2f", r->gbs);
+        fprintf(f, " | ");
+        if (r->fraction > 0) fprintf(f, "%.0f%%", 100 * r->fraction);
+        fprintf(f, " |\n");
+    }
+    if (f != stdout && fclose(f) != 0) return ts_error(TS_ERR_IO, "writing %s failed", path);
+    return TS_OK;
+}
+
+static int finish_outputs(bench_run *b, ts_device *const *devs, const double *peaks, const double *triads, int nd,
+                          const char *json, const char *csv, const char *markdown, const char *report,
+                          const char *extra)
+{
+    char json_path[4200];
+    snprintf(json_path, sizeof json_path, "%s", json);
+    if (report[0] && !json_path[0]) { /* the report reads the JSON: keep it beside the page */
+        if (ts_mkdir_p(report) != TS_OK) return cli_fail("making the report directory");
+        snprintf(json_path, sizeof json_path, "%s/bench.json", report);
+    }
+    if (json_path[0] &&
+        ts_bench_write_json(json_path, b->command, devs, peaks, triads, nd, b->r, b->n, extra) != TS_OK)
+        return cli_fail("writing the JSON");
+    if (csv[0] && ts_bench_write_csv(csv, b->r, b->n) != TS_OK) return cli_fail("writing the CSV");
+    if (markdown[0] && write_markdown(markdown, b, devs, peaks, triads, nd) != TS_OK)
+        return cli_fail("writing the markdown table");
+    if (report[0]) {
+        const char *files[1] = {json_path};
+        if (ts_bench_report(report, files, 1) != TS_OK) return cli_fail("writing the report");
+        fprintf(stderr, "report: %s/index.html (data: %s)\n", report, json_path);
+    }
+    return 0;
+}
+
+/* ---- tessera bench (kernels) ---- */
+
+static int bench_kernels(int argc, char **argv)
+{
+    char device[512] = "", suites[128] = "", json[4096] = "", csv[4096] = "", markdown[4096] = "", report[4096] = "";
+    int quick = 0, no_reference = 0;
+    int64_t min_reps = 0, warm_starts = 3;
+    double min_time = 0.25;
+    const cli_option opts[] = {
+        {"--device", OPT_STRING, device, sizeof device, "devices, comma-separated (default: every device)"},
+        {"--suite", OPT_STRING, suites, sizeof suites,
+         "suites: limits,gemm,memory,attention,transfer,startup (default: all)"},
+        {"--quick", OPT_FLAG, &quick, 0, "small shapes: a first look in seconds"},
+        {"--min-time", OPT_DOUBLE, &min_time, 0, "seconds of timed calls per measurement (0.25)"},
+        {"--min-reps", OPT_INT, &min_reps, 0, "at least this many timed samples (5)"},
+        {"--warm-starts", OPT_INT, &warm_starts, 0, "warm start-up runs to time (3)"},
+        {"--no-reference", OPT_FLAG, &no_reference, 0, "skip the reference library's GEMMs"},
+        {"--json", OPT_STRING, json, sizeof json, "write every result as JSON"},
+        {"--csv", OPT_STRING, csv, sizeof csv, "write every result as CSV"},
+        {"--markdown", OPT_STRING, markdown, sizeof markdown, "write a markdown table (- for stdout)"},
+        {"--report", OPT_STRING, report, sizeof report, "write an HTML report (and its JSON) into this directory"},
+    };
+    int rc = cli_parse("bench",
+                       "tessera bench [options]         kernels on every device\n"
+                       "       tessera bench train [options]   training throughput (--vs-pytorch)\n"
+                       "       tessera bench collectives       allreduce bandwidth (under mpirun)\n"
+                       "       tessera bench report DIR RUN.json...",
+                       opts, (int)(sizeof opts / sizeof *opts), argc, argv);
+    if (rc) return rc == 1 ? 0 : rc;
+    int want_startup = 1, bits = TS_BENCH_ALL;
+    if (suites[0]) {
+        char list[128], kept[128] = "";
+        snprintf(list, sizeof list, "%s", suites);
+        want_startup = 0;
+        for (char *save = NULL, *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+            if (!strcmp(t, "startup")) want_startup = 1;
+            else snprintf(kept + strlen(kept), sizeof kept - strlen(kept), "%s%s", kept[0] ? "," : "", t);
+        }
+        bits = kept[0] ? ts_bench_parse_suites(kept) : 0;
+        if (bits < 0) {
+            fprintf(stderr, "tessera bench: unknown suite in '%s' (limits, gemm, memory, attention, transfer, startup)\n",
+                    suites);
+            return 2;
+        }
+    }
+    ts_device *devs[32];
+    int nd = open_devices(device, devs, 32);
+    if (nd < 0) return cli_fail("choosing the device");
+    bench_run b = {.tty = stdout};
+    join_command(b.command, sizeof b.command, argc, argv);
+    double peaks[32] = {0}, triads[32] = {0};
+    ts_bench_options o = {.suites = bits, .min_time = min_time, .min_reps = (int)min_reps, .quick = quick,
+                          .no_reference = no_reference};
+    for (int d = 0; d < nd; d++) {
+        if (bits && ts_bench_device(devs[d], &o, collect, &b, &peaks[d], &triads[d]) != TS_OK) {
+            free(b.r);
+            return cli_fail("benchmark");
+        }
+        if (want_startup && bench_startup(devs[d], (int)warm_starts, &b) != TS_OK) {
+            free(b.r);
+            return cli_fail("kernel start-up");
+        }
+    }
+    if (!b.n) printf("nothing measured\n");
+    for (int d = 0; d < nd; d++)
+        printf("%s%s: peak %.1f GFLOP/s, triad %.2f GB/s (%s)\n", d ? "" : "\n", ts_device_get_info(devs[d])->id,
+               peaks[d], triads[d], ts_device_get_info(devs[d])->name);
+    rc = finish_outputs(&b, devs, peaks, triads, nd, json, csv, markdown, report, NULL);
+    free(b.r);
+    return rc;
+}
+
+/* ---- tessera bench train ---- */
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Seconds per training step (forward, backward, clip, AdamW) of cfg on dev. */
+static ts_status time_train_steps(ts_device *dev, const ts_gpt_config *cfg, int64_t B, int64_t T, int steps,
+                                  int warmup, double *med, double *mn, double *mx)
+{
+    ts_gpt m;
+    ts_optimizer o;
+    ts_status st = ts_gpt_create(&m, dev, cfg);
+    if (st) return st;
+    st = ts_gpt_init_weights(&m, 1);
+    if (!st) st = ts_optimizer_create(&o, dev, TS_OPTIM_ADAMW, m.num_params, 0.9f, 0.95f, 1e-8f, 0.1f);
+    if (st) {
+        ts_gpt_free(&m);
+        return st;
+    }
+    int32_t *tok = malloc((size_t)(B * T) * sizeof *tok), *tgt = malloc((size_t)(B * T) * sizeof *tgt);
+    double *t = malloc((size_t)(steps > 0 ? steps : 1) * sizeof *t);
+    if (!tok || !tgt || !t) st = ts_error(TS_ERR_OOM, "bench train: no host memory");
+    for (int64_t i = 0; !st && i < B * T; i++)
+        tok[i] = (int32_t)((i * 7919) % cfg->vocab_size), tgt[i] = (int32_t)((i * 104729 + 1) % cfg->vocab_size);
+    for (int s = 0; !st && s < warmup + steps; s++) {
+        float loss;
+        double sq, t0 = now_s();
+        st = ts_gpt_zero_grad(&m);
+        if (!st) st = ts_gpt_forward_backward(&m, tok, tgt, B, T, 1.0f, &loss);
+        if (!st) st = ts_grad_sqnorm(&m.grads, &sq);
+        if (!st) st = ts_gpt_optimizer_step(&m, &o, 1e-4f, ts_clip_scale(sqrt(sq), 1.0f));
+        if (!st) st = ts_device_synchronize(dev);
+        if (!st && s >= warmup) t[s - warmup] = now_s() - t0;
+    }
+    if (!st) {
+        qsort(t, (size_t)steps, sizeof *t, cmp_d);
+        *mn = t[0], *mx = t[steps - 1];
+        *med = steps % 2 ? t[steps / 2] : 0.5 * (t[steps / 2 - 1] + t[steps / 2]);
+    }
+    free(tok), free(tgt), free(t);
+    ts_optimizer_free(&o);
+    ts_gpt_free(&m);
+    return st;
+}
+
+/* A python3 that imports torch: $TESSERA_PYTHON, then the system's, then PATH's. */
+static int find_torch_python(char *out, size_t n)
+{
+    const char *env = getenv("TESSERA_PYTHON");
+    const char *cands[] = {env && *env ? env : NULL, "/usr/bin/python3", "python3"};
+    for (size_t i = 0; i < 3; i++) {
+        if (!cands[i]) continue;
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "'%s' -c 'import torch' >/dev/null 2>&1", cands[i]);
+        if (system(cmd) == 0) {
+            snprintf(out, n, "%s", cands[i]);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static ts_status torch_step(const char *py, const ts_gpt_config *c, int64_t B, int64_t T, int steps, int warmup,
+                            int threads, double *med, double *mn, double *mx, char *version, size_t vn)
+{
+    char script[] = "/tmp/tessera-torch-XXXXXX";
+    int fd = mkstemp(script);
+    if (fd < 0) return ts_error(TS_ERR_IO, "bench train: cannot write the PyTorch script: %s", strerror(errno));
+    size_t len = strlen(ts_torch_step_py);
+    ssize_t w = write(fd, ts_torch_step_py, len);
+    close(fd);
+    if (w != (ssize_t)len) {
+        unlink(script);
+        return ts_error(TS_ERR_IO, "bench train: cannot write the PyTorch script");
+    }
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd,
+             "OMP_NUM_THREADS=%d '%s' '%s' --layers %lld --heads %lld --width %lld --vocab %lld --batch %lld "
+             "--seq-len %lld --steps %d --warmup %d --threads %d",
+             threads, py, script, (long long)c->n_layer, (long long)c->n_head, (long long)c->n_embd,
+             (long long)c->vocab_size, (long long)B, (long long)T, steps, warmup, threads);
+    FILE *p = popen(cmd, "r");
+    char line[2048] = "";
+    ts_status st = TS_OK;
+    if (!p) st = ts_error(TS_ERR_IO, "bench train: cannot run %s", py);
+    else {
+        char buf[2048];
+        while (fgets(buf, sizeof buf, p)) snprintf(line, sizeof line, "%s", buf);
+        int rc = pclose(p);
+        const char *m = strstr(line, "\"median_s\": "), *a = strstr(line, "\"min_s\": "), *b = strstr(line, "\"max_s\": ");
+        const char *v = strstr(line, "\"torch\": \"");
+        if (rc != 0 || !m || !a || !b) st = ts_error(TS_ERR_BACKEND, "bench train: PyTorch run failed: %s", line);
+        else {
+            *med = atof(m + 12), *mn = atof(a + 9), *mx = atof(b + 9);
+            if (v) {
+                v += 10;
+                size_t k = strcspn(v, "\"");
+                snprintf(version, vn, "PyTorch %.*s", (int)k, v);
+            }
+        }
+    }
+    unlink(script);
+    return st;
+}
+
+static void train_result(bench_run *b, const char *device, const char *impl, const char *model, const ts_gpt_config *c,
+                         int64_t B, int64_t T, double med, double mn, double mx, int steps, double peak)
+{
+    ts_bench_result r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.device, sizeof r.device, "%s", device);
+    snprintf(r.suite, sizeof r.suite, "train");
+    snprintf(r.name, sizeof r.name, "step %s", model);
+    snprintf(r.impl, sizeof r.impl, "%s", impl);
+    snprintf(r.shape, sizeof r.shape, "L=%lld H=%lld C=%lld V=%lld B=%lld T=%lld", (long long)c->n_layer,
+             (long long)c->n_head, (long long)c->n_embd, (long long)c->vocab_size, (long long)B, (long long)T);
+    r.flops = ts_gpt_flops_per_token(c, T) * (double)(B * T);
+    r.median_s = med, r.min_s = mn, r.max_s = mx, r.reps = steps;
+    r.gflops = r.flops / med / 1e9;
+    r.fraction = peak > 0 ? r.gflops / peak : 0;
+    collect(&r, b);
+    printf("  %-10s %-16s %8.3f s/step  %9.1f tokens/s  MFU %5.1f%% of %.1f GFLOP/s measured peak\n", device, impl,
+           med, (double)(B * T) / med, 100 * r.fraction, peak);
+}
+
+static int bench_train(int argc, char **argv)
+{
+    char device[512] = "", model[32] = "d12", json[4096] = "", csv[4096] = "", report[4096] = "";
+    int64_t vocab = 50257, B = 4, T = 64, layers = 0, heads = 0, width = 0;
+    int64_t steps64 = 5, warmup64 = 2;
+    int vs_pytorch = 0;
+    const cli_option opts[] = {
+        {"--device", OPT_STRING, device, sizeof device, "devices, comma-separated (default: every device)"},
+        {"--model", OPT_STRING, model, sizeof model, "preset: d6, d12 (GPT-2 124M), ... (d12)"},
+        {"--layers", OPT_INT, &layers, 0, "override the preset's layers"},
+        {"--heads", OPT_INT, &heads, 0, "override the preset's heads"},
+        {"--width", OPT_INT, &width, 0, "override the preset's width"},
+        {"--vocab", OPT_INT, &vocab, 0, "vocabulary size (50257)"},
+        {"--batch", OPT_INT, &B, 0, "sequences per step (4)"},
+        {"--seq-len", OPT_INT, &T, 0, "context length (64)"},
+        {"--steps", OPT_INT, &steps64, 0, "timed steps (5)"},
+        {"--warmup", OPT_INT, &warmup64, 0, "untimed steps first (2)"},
+        {"--vs-pytorch", OPT_FLAG, &vs_pytorch, 0, "also run the same step in PyTorch (python3-torch) and compare"},
+        {"--json", OPT_STRING, json, sizeof json, "write the results as JSON"},
+        {"--csv", OPT_STRING, csv, sizeof csv, "write the results as CSV"},
+        {"--report", OPT_STRING, report, sizeof report, "write an HTML report into this directory"},
+    };
+    int rc = cli_parse("bench train", "tessera bench train [options]", opts, (int)(sizeof opts / sizeof *opts), argc,
+                       argv);
+    if (rc) return rc == 1 ? 0 : rc;
+    if (steps64 < 1 || steps64 > 100000 || warmup64 < 0 || warmup64 > 100000 || B < 1 || T < 1) {
+        fprintf(stderr, "tessera bench train: --steps (1-100000), --batch and --seq-len must be >= 1, "
+                        "--warmup >= 0\n");
+        return 2;
+    }
+    int steps = (int)steps64, warmup = (int)warmup64;
+    ts_gpt_config c = {.vocab_size = vocab, .max_seq_len = T};
+    if (ts_gpt_config_preset(model, &c) != TS_OK) return cli_fail("model");
+    if (layers > 0) c.n_layer = layers;
+    if (heads > 0) c.n_head = heads;
+    if (width > 0) c.n_embd = width;
+    c.vocab_size = vocab;
+    if (c.max_seq_len < T) c.max_seq_len = T;
+    ts_device *devs[32];
+    int nd = open_devices(device, devs, 32);
+    if (nd < 0) return cli_fail("choosing the device");
+    bench_run b = {.tty = NULL};
+    join_command(b.command, sizeof b.command, argc + 1, argv - 1);
+    double peaks[32] = {0}, triads[32] = {0};
+    printf("training step of %s (%lld parameters), B=%lld T=%lld, fp32, AdamW; median of %d steps after %d\n", model,
+           (long long)ts_gpt_num_params(&c), (long long)B, (long long)T, steps, warmup);
+    double tessera_cpu = 0;
+    for (int d = 0; d < nd; d++) {
+        /* the device's peak, for MFU: the FMA kernel, quickly */
+        ts_bench_options lo = {.suites = TS_BENCH_LIMITS, .min_time = 0.1, .min_reps = 3};
+        if (ts_bench_device(devs[d], &lo, NULL, NULL, &peaks[d], &triads[d]) != TS_OK)
+            return cli_fail("measuring the device's peak");
+        double med, mn, mx;
+        if (time_train_steps(devs[d], &c, B, T, steps, warmup, &med, &mn, &mx) != TS_OK) {
+            free(b.r);
+            return cli_fail("training step");
+        }
+        const ts_device_info *info = ts_device_get_info(devs[d]);
+        train_result(&b, info->id, "tessera", model, &c, B, T, med, mn, mx, steps, peaks[d]);
+        if (info->type == TS_DEVICE_CPU && !strcmp(info->backend, "cpu")) tessera_cpu = med;
+    }
+    char extra[1024] = "";
+    if (vs_pytorch) {
+        char py[512], version[64] = "PyTorch";
+        if (!find_torch_python(py, sizeof py)) {
+            fprintf(stderr, "tessera bench train: --vs-pytorch needs a python3 with torch (python3-torch, or set "
+                            "TESSERA_PYTHON)\n");
+            free(b.r);
+            return 1;
+        }
+        double med = 0, mn = 0, mx = 0;
+        int threads = ts_get_threads();
+        if (torch_step(py, &c, B, T, steps, warmup, threads, &med, &mn, &mx, version, sizeof version) != TS_OK) {
+            free(b.r);
+            return cli_fail("PyTorch");
+        }
+        /* PyTorch runs on the host CPU: its peak is the CPU backend's */
+        double peak = 0;
+        for (int d = 0; d < nd; d++)
+            if (!strcmp(ts_device_get_info(devs[d])->id, "cpu")) peak = peaks[d];
+        train_result(&b, "cpu", version, model, &c, B, T, med, mn, mx, steps, peak);
+        if (tessera_cpu > 0)
+            printf("  tessera's CPU backend takes %.2fx less time per step than %s (%d threads each)\n", med / tessera_cpu,
+                   version, threads);
+        snprintf(extra, sizeof extra, "\"pytorch\": {\"python\": \"%.400s\", \"version\": \"%.60s\"}", py, version);
+    }
+    rc = finish_outputs(&b, devs, peaks, triads, nd, json, csv, "", report, extra[0] ? extra : NULL);
+    free(b.r);
+    return rc;
+}
+
+/* ---- tessera bench collectives ---- */
+
+static int bench_collectives(int argc, char **argv)
+{
+    double min_time = 0.3;
+    int64_t max_bytes = 64ll << 20;
+    char json[4096] = "", csv[4096] = "", report[4096] = "";
+    const cli_option opts[] = {
+        {"--min-time", OPT_DOUBLE, &min_time, 0, "seconds per size and strategy (0.3)"},
+        {"--max-bytes", OPT_INT, &max_bytes, 0, "largest message (64 MiB)"},
+        {"--json", OPT_STRING, json, sizeof json, "write the results as JSON"},
+        {"--csv", OPT_STRING, csv, sizeof csv, "write the results as CSV"},
+        {"--report", OPT_STRING, report, sizeof report, "write an HTML report into this directory"},
+    };
+    int rc = cli_parse("bench collectives", "mpirun -np N tessera bench collectives [options]", opts,
+                       (int)(sizeof opts / sizeof *opts), argc, argv);
+    if (rc) return rc == 1 ? 0 : rc;
+    ts_comm *w = ts_comm_world();
+    int p = ts_comm_size(w), rank = ts_comm_rank(w);
+    if (p < 2) {
+        fprintf(stderr, "tessera bench collectives: run it under mpirun with 2 or more processes "
+                        "(mpirun -np 2 tessera bench collectives)\n");
+        return 2;
+    }
+    int64_t sizes[16];
+    int n = 0;
+    for (int64_t s = 4096; s <= max_bytes && n < 16; s *= 4) sizes[n++] = s;
+    ts_comm_bench_row rows[16];
+    if (ts_comm_bench_allreduce(w, sizes, n, min_time, rows) != TS_OK) return cli_fail("allreduce benchmark");
+    if (rank != 0) return 0;
+    bench_run b = {.tty = NULL};
+    join_command(b.command, sizeof b.command, argc + 1, argv - 1);
+    printf("allreduce bus bandwidth, %d processes, GB/s (nccl-tests: algbw x 2(n-1)/n); memcpy of one process beside\n",
+           p);
+    printf("%12s %10s", "bytes", "memcpy");
+    for (int s = 0; s < TS_NUM_STRATEGIES; s++) printf(" %10s", ts_strategy_name((ts_reduce_strategy)s));
+    printf("  best/memcpy\n");
+    for (int i = 0; i < n; i++) {
+        double best = 0;
+        printf("%12lld %10.2f", (long long)rows[i].bytes, rows[i].memcpy_gbs);
+        ts_bench_result r;
+        memset(&r, 0, sizeof r);
+        snprintf(r.device, sizeof r.device, "cpu");
+        snprintf(r.suite, sizeof r.suite, "collectives");
+        snprintf(r.shape, sizeof r.shape, "%lld bytes, %d processes", (long long)rows[i].bytes, p);
+        snprintf(r.name, sizeof r.name, "memcpy");
+        snprintf(r.impl, sizeof r.impl, "memcpy");
+        r.bytes = (double)rows[i].bytes;
+        r.gbs = rows[i].memcpy_gbs;
+        r.median_s = r.min_s = r.max_s = r.gbs > 0 ? r.bytes / r.gbs / 1e9 : 0;
+        collect(&r, &b);
+        for (int s = 0; s < TS_NUM_STRATEGIES; s++) {
+            printf(" %10.2f", rows[i].busbw_gbs[s]);
+            if (rows[i].busbw_gbs[s] > best) best = rows[i].busbw_gbs[s];
+            snprintf(r.name, sizeof r.name, "allreduce %s", ts_strategy_name((ts_reduce_strategy)s));
+            snprintf(r.impl, sizeof r.impl, "tessera");
+            r.median_s = r.min_s = r.max_s = rows[i].seconds[s];
+            r.bytes = (double)rows[i].bytes * 2.0 * (p - 1) / p; /* bus bytes: gbs is bus bandwidth */
+            r.gbs = rows[i].busbw_gbs[s];
+            r.fraction = rows[i].memcpy_gbs > 0 ? r.gbs / rows[i].memcpy_gbs : 0;
+            collect(&r, &b);
+        }
+        printf("  %.2f\n", rows[i].memcpy_gbs > 0 ? best / rows[i].memcpy_gbs : 0);
+    }
+    ts_device *cpu = ts_device_at(0);
+    double zero = 0;
+    char extra[64];
+    snprintf(extra, sizeof extra, "\"processes\": %d", p);
+    rc = finish_outputs(&b, &cpu, &zero, &zero, 1, json, csv, "", report, extra);
+    free(b.r);
+    return rc;
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    if (argc >= 3 && !strcmp(argv[1], "--startup-child")) return startup_child(argv[2]);
+    if (argc >= 2 && !strcmp(argv[1], "train")) return bench_train(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "collectives")) return bench_collectives(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "report")) {
+        if (argc < 4) {
+            fprintf(stderr, "usage: tessera bench report DIR RUN.json [RUN.json...]\n");
+            return 2;
+        }
+        if (ts_bench_report(argv[2], (const char *const *)(argv + 3), argc - 3) != TS_OK)
+            return cli_fail("writing the report");
+        printf("report: %s/index.html (%d runs)\n", argv[2], argc - 3);
+        return 0;
+    }
+    return bench_kernels(argc, argv);
+}
