@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""The same training step in PyTorch, for bench/train_vs_pytorch.sh.
+"""The same training step in PyTorch, for `tessera bench train --vs-pytorch`
+(embedded in the tessera binary at build time).
 
 A nanoGPT-style GPT (nn.Linear layers, tied head, tanh GELU, causal
 attention written out: torch 1.13 has no fused attention), float32, AdamW
 with decay on matrices, gradients zeroed and clipped like tessera's step.
-Prints one JSON object like bench/train_step.
+Prints one JSON object: median, min and max seconds per step.
 usage: torch_step.py [--layers 12] [--heads 12] [--width 768] [--vocab 50257]
                      [--batch 4] [--seq-len 64] [--steps 5] [--warmup 2] [--threads 2]
 """

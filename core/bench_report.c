@@ -17,7 +17,7 @@ typedef struct rdev {
     char key[200];            /* "host / id": unique across files */
     char label[300];          /* what a reader sees */
     double peak, triad;
-    int file;
+    unsigned long long files; /* bit f: file f measured this device (same host, id and name) */
     const ts_json *info;
 } rdev;
 
@@ -78,7 +78,7 @@ static double num(const ts_json *o, const char *k) { return ts_json_get_num(o, k
 static int find_dev(report *r, int file, const char *id)
 {
     for (int i = 0; i < r->ndevs; i++)
-        if (r->devs[i].file == file && !strcmp(str(r->devs[i].info, "id"), id)) return i;
+        if ((r->devs[i].files >> file & 1) && !strcmp(str(r->devs[i].info, "id"), id)) return i;
     return -1;
 }
 
@@ -116,9 +116,12 @@ static double py(const plot *p, double y)
     return p->H - p->B - a * (p->H - p->T - p->B);
 }
 
-static void fmt_tick(char *buf, size_t n, double v)
+static void fmt_tick(char *buf, size_t n, double v, int binary)
 {
-    if (v >= 1e6) snprintf(buf, n, "%gM", v / 1e6);
+    if (binary && v >= 1e4 && v >= 1048576) snprintf(buf, n, "%gM", v / 1048576);
+    else if (binary && v >= 1e4) snprintf(buf, n, "%gK", v / 1024);
+    else if (binary) snprintf(buf, n, "%g", v);
+    else if (v >= 1e6) snprintf(buf, n, "%gM", v / 1e6);
     else if (v >= 1e3) snprintf(buf, n, "%gk", v / 1e3);
     else snprintf(buf, n, "%g", v);
 }
@@ -139,7 +142,7 @@ static void axes(report *r, const plot *p, const char *xlabel, const char *ylabe
         if (lg == 2 && log2(b / a) > 12) step = 4;
         double v = lg == 2 ? pow(2, ceil(log2(a) - 1e-9)) : lg ? pow(10, ceil(log10(a) - 1e-9)) : ceil(a / step) * step;
         for (int k = 0; v <= b * (1 + 1e-9) && k < 40; k++, v = lg ? v * step : v + step) {
-            fmt_tick(t, sizeof t, v);
+            fmt_tick(t, sizeof t, v, lg == 2);
             if (axis) {
                 double y = py(p, v);
                 out(r, "<line x1='%d' x2='%d' y1='%.1f' y2='%.1f' stroke='#eee'/>", p->L, p->W - p->R, y, y);
@@ -308,12 +311,15 @@ static void series_point(report *r, int dev, const ts_json *res, void *user)
     c->lastx[k] = x, c->lasty[k] = y, c->have_last[k] = 1;
 }
 
-static int line_chart(report *r, const char *suite, const char *name, int use_gbs, const char *xlabel,
-                      const char *ylabel)
+static int line_chart(report *r, const char *title, const char *suite, const char *name, int use_gbs,
+                      const char *xlabel, const char *ylabel)
 {
     series_ctx c = {.suite = suite, .name = name, .use_gbs = use_gbs, .x0 = 1e30};
-    each_result(r, series_point, &c);
+    size_t mark = r->len;
+    each_result(r, series_point, &c); /* first pass writes nothing */
+    r->len = mark;
     if (c.nkeys == 0 || c.x1 <= 0) return 0;
+    out(r, "<h2>%s</h2>\n", title);
     plot p = {.logx = 2, .W = 560, .H = 340, .L = 60, .R = 20, .T = 20, .B = 40};
     p.x0 = pow(2, floor(log2(c.x0))), p.x1 = pow(2, ceil(log2(c.x1)));
     if (p.x1 <= p.x0) p.x1 = p.x0 * 2;
@@ -504,9 +510,24 @@ static ts_status load(report *r, const char *path)
     r->paths[f] = path;
     const ts_json *devs = ts_json_get(j, "devices");
     for (size_t i = 0; devs && devs->type == TS_JSON_ARRAY && i < devs->count && r->ndevs < 256; i++) {
+        const ts_json *info = &devs->items[i];
+        int same = -1; /* the same device in an earlier file of the same host: one device */
+        for (int k = 0; k < r->ndevs && same < 0; k++) {
+            const ts_json *fk = r->files[__builtin_ctzll(r->devs[k].files)];
+            if (!strcmp(str(fk, "host"), str(j, "host")) && !strcmp(str(r->devs[k].info, "id"), str(info, "id")) &&
+                !strcmp(str(r->devs[k].info, "name"), str(info, "name")))
+                same = k;
+        }
+        if (same >= 0) {
+            rdev *d = &r->devs[same];
+            d->files |= 1ull << f;
+            if (d->peak <= 0) d->peak = num(info, "peak_gflops");
+            if (d->triad <= 0) d->triad = num(info, "triad_gbs");
+            continue;
+        }
         rdev *d = &r->devs[r->ndevs++];
-        d->file = f;
-        d->info = &devs->items[i];
+        d->files = 1ull << f;
+        d->info = info;
         d->peak = num(d->info, "peak_gflops");
         d->triad = num(d->info, "triad_gbs");
         snprintf(d->key, sizeof d->key, "%s/%s", str(j, "host"), str(d->info, "id"));
@@ -578,15 +599,13 @@ ts_status ts_bench_report(const char *dir, const char *const *json_files, int nf
             roofline(r, d);
             out(r, "</div>\n");
         }
-        out(r, "</div>\n<h2>GEMM rate against size</h2>\n<p>Square products (M=N=K), tessera solid, the device's "
-               "reference library dashed.</p>\n");
-        if (!line_chart(r, "gemm", "square", 0, "M = N = K", "GFLOP/s")) out(r, "<p>No square GEMMs in these runs.</p>\n");
+        out(r, "</div>\n");
+        if (line_chart(r, "GEMM rate against size", "gemm", "square", 0, "M = N = K", "GFLOP/s"))
+            out(r, "<p>Square products (M=N=K), tessera solid, the device's reference library dashed.</p>\n");
         vs_reference(r);
-        out(r, "<h2>Attention against context length</h2>\n");
-        if (!line_chart(r, "attention", NULL, 0, "context length T (from the shape)", "GFLOP/s"))
-            out(r, "<p>No attention results in these runs.</p>\n");
-        if (line_chart(r, "collectives", NULL, 1, "message bytes", "bus bandwidth GB/s"))
-            out(r, "<p>Allreduce bus bandwidth (algbw x 2(n-1)/n) per strategy, memcpy for scale.</p>\n");
+        line_chart(r, "Attention against context length", "attention", NULL, 0, "context length T", "GFLOP/s");
+        if (line_chart(r, "Allreduce bus bandwidth", "collectives", NULL, 1, "message bytes", "bus bandwidth GB/s"))
+            out(r, "<p>Allreduce bus bandwidth (algbw x 2(n-1)/n) per strategy, one process's memcpy for scale.</p>\n");
         cross_device(r);
         for (int d = 0; d < r->ndevs; d++) {
             out(r, "<h2>All results: ");

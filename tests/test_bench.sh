@@ -84,7 +84,9 @@ rows = list(csv.DictReader(open(sys.argv[2])))
 assert len(rows) == len(d["results"]), (len(rows), len(d["results"]))
 assert rows[0]["device"] == "cpu" and float(rows[0]["median_s"]) > 0
 md = open(sys.argv[3]).read()
-assert md.startswith("Measured 20") and "| device | suite |" in md and md.count("\n| cpu |") == len(rows), md[:300]
+assert md.startswith("Measured 20") and "| suite | kernel | shape | cpu tessera |" in md, md[:400]
+kernels = {(r["suite"], r["name"], r["shape"]) for r in rows}
+assert md.count("\n| ") == len(kernels) + 1, md
 print("ok")
 PY
 )

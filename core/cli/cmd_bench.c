@@ -209,35 +209,80 @@ static ts_status bench_startup(ts_device *dev, int warm_runs, bench_run *b)
     return TS_OK;
 }
 
-/* ---- markdown ---- */
+/* ---- markdown: one row per kernel, one column per (device, implementation) ---- */
+
+static void cell(char *buf, size_t n, const ts_bench_result *r)
+{
+    if (!strcmp(r->name, "launch overhead")) snprintf(buf, n, "%.1f us", 1e6 * r->median_s);
+    else if (!strcmp(r->suite, "startup")) snprintf(buf, n, "%.2f s", r->median_s);
+    else if (r->gbs > 0 && (!strcmp(r->suite, "memory") || !strcmp(r->suite, "transfer") ||
+                            !strcmp(r->name, "triad") || !strcmp(r->suite, "collectives")))
+        snprintf(buf, n, "%.1f GB/s", r->gbs);
+    else snprintf(buf, n, "%.1f GFLOP/s", r->gflops);
+    if (r->fraction > 0 && strcmp(r->suite, "limits") != 0)
+        snprintf(buf + strlen(buf), n - strlen(buf), " (%.0f%%)", 100 * r->fraction);
+}
 
 static ts_status write_markdown(const char *path, const bench_run *b, ts_device *const *devs, const double *peaks,
                                 const double *triads, int nd)
 {
+    enum { MAXC = 16 };
+    char cols[MAXC][96];
+    int ncols = 0;
+    int *col_of = calloc((size_t)(b->n ? b->n : 1), sizeof *col_of), *row_of = calloc((size_t)(b->n ? b->n : 1), sizeof *row_of);
+    int *row_first = calloc((size_t)(b->n ? b->n : 1), sizeof *row_first);
+    if (!col_of || !row_of || !row_first) {
+        free(col_of), free(row_of), free(row_first);
+        return ts_error(TS_ERR_OOM, "markdown: no memory");
+    }
+    int nrows = 0;
+    for (int i = 0; i < b->n; i++) {
+        const ts_bench_result *r = &b->r[i];
+        char key[96];
+        snprintf(key, sizeof key, "%s %s", r->device, r->impl);
+        int c = 0;
+        while (c < ncols && strcmp(cols[c], key)) c++;
+        if (c == ncols && ncols < MAXC) snprintf(cols[ncols++], sizeof cols[0], "%s", key);
+        col_of[i] = c < MAXC ? c : -1;
+        int k = 0;
+        while (k < nrows && !(!strcmp(b->r[row_first[k]].suite, r->suite) && !strcmp(b->r[row_first[k]].name, r->name) &&
+                              !strcmp(b->r[row_first[k]].shape, r->shape)))
+            k++;
+        if (k == nrows) row_first[nrows++] = i;
+        row_of[i] = k;
+    }
     FILE *f = strcmp(path, "-") ? fopen(path, "w") : stdout;
-    if (!f) return ts_error(TS_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+    if (!f) {
+        free(col_of), free(row_of), free(row_first);
+        return ts_error(TS_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+    }
     time_t t = time(NULL);
     char date[32];
     strftime(date, sizeof date, "%Y-%m-%d", gmtime(&t));
-    fprintf(f, "Measured %s by `%s`", date, b->command);
+    fprintf(f, "Measured %s with `%s`", date, b->command);
     for (int d = 0; d < nd; d++) {
         const ts_device_info *i = ts_device_get_info(devs[d]);
-        fprintf(f, "%s`%s` %s (%s): peak %.1f GFLOP/s (FMA kernel), triad %.1f GB/s", d ? "; " : ": ", i->id, i->name,
-                i->driver_version, peaks[d], triads[d]);
+        fprintf(f, "%s`%s` = %s (%s)", d ? "; " : ": ", i->id, i->name, i->driver_version);
+        if (peaks[d] > 0) fprintf(f, ", measured peak %.1f GFLOP/s and triad %.1f GB/s", peaks[d], triads[d]);
     }
-    fprintf(f, ".\n\n| device | suite | kernel | implementation | shape | median ms | GFLOP/s | GB/s | of limit |\n"
-               "|---|---|---|---|---|---:|---:|---:|---:|\n");
-    for (int i = 0; i < b->n; i++) {
-        const ts_bench_result *r = &b->r[i];
-        fprintf(f, "| %s | %s | %s | %s | %s | %.4g | ", r->device, r->suite, r->name, r->impl, r->shape,
-                1e3 * r->median_s);
-        if (r->gflops > 0) fprintf(f, "%.1f", r->gflops);
-        fprintf(f, " | ");
-        if (r->gbs > 0) fprintf(f, "%.2f", r->gbs);
-        fprintf(f, " | ");
-        if (r->fraction > 0) fprintf(f, "%.0f%%", 100 * r->fraction);
-        fprintf(f, " |\n");
+    fprintf(f, ". Medians; in parentheses the fraction of the device's measured peak (compute) or triad "
+               "(memory-bound ops).\n\n| suite | kernel | shape |");
+    for (int c = 0; c < ncols; c++) fprintf(f, " %s |", cols[c]);
+    fprintf(f, "\n|---|---|---|");
+    for (int c = 0; c < ncols; c++) fprintf(f, "---:|");
+    fprintf(f, "\n");
+    for (int k = 0; k < nrows; k++) {
+        const ts_bench_result *r0 = &b->r[row_first[k]];
+        fprintf(f, "| %s | %s | %s |", r0->suite, r0->name, r0->shape);
+        for (int c = 0; c < ncols; c++) {
+            char buf[64] = "";
+            for (int i = 0; i < b->n; i++)
+                if (row_of[i] == k && col_of[i] == c) cell(buf, sizeof buf, &b->r[i]);
+            fprintf(f, " %s |", buf);
+        }
+        fprintf(f, "\n");
     }
+    free(col_of), free(row_of), free(row_first);
     if (f != stdout && fclose(f) != 0) return ts_error(TS_ERR_IO, "writing %s failed", path);
     return TS_OK;
 }

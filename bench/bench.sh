@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The benchmark figures in README.md, all from `tessera bench`, in one run:
+# the kernel suites on every device, a GPT-2 124M training step beside
+# PyTorch, and allreduce bandwidth under mpirun. Writes JSON, CSV and
+# markdown to bench/results/ and the HTML report to bench/results/report-DATE/.
+# usage: bench/bench.sh [BUILD_DIR] [MIN_TIME]
+set -euo pipefail
+build=${1:-build}
+min_time=${2:-0.5}
+tessera=$build/core/cli/tessera
+out=$(cd "$(dirname "$0")" && pwd)/results
+date=$(date -u +%Y-%m-%d)
+mkdir -p "$out"
+"$tessera" bench --min-time "$min_time" --json "$out/kernels-$date.json" --csv "$out/kernels-$date.csv" \
+    --markdown "$out/kernels-$date.md"
+"$tessera" bench train --model d12 --vocab 50257 --batch 4 --seq-len 64 --steps 5 --warmup 2 --vs-pytorch \
+    --json "$out/train-$date.json" --csv "$out/train-$date.csv"
+if command -v mpirun >/dev/null && "$tessera" --version | grep -qw mpi; then
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 TESSERA_THREADS=1 \
+        mpirun --allow-run-as-root --oversubscribe -np 2 "$tessera" bench collectives --min-time "$min_time" \
+        --json "$out/collectives-$date.json"
+fi
+files=("$out/kernels-$date.json" "$out/train-$date.json")
+[ -f "$out/collectives-$date.json" ] && files+=("$out/collectives-$date.json")
+"$tessera" bench report "$out/report-$date" "${files[@]}"
