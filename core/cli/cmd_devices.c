@@ -3,17 +3,14 @@
 #include <string.h>
 
 #include "cli.h"
+#include "json.h"
 #include "tessera/tessera.h"
 
 static void json_str(FILE *f, const char *key, const char *v, int comma)
 {
-    fprintf(f, "\"%s\": \"", key);
-    for (const char *p = v; *p; p++) {
-        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
-        else if ((unsigned char)*p < 0x20) fprintf(f, "\\u%04x", *p);
-        else fputc(*p, f);
-    }
-    fprintf(f, "\"%s", comma ? ", " : "");
+    fprintf(f, "\"%s\": ", key);
+    ts_json_write_string(f, v);
+    if (comma) fprintf(f, ", ");
 }
 
 static double gib(uint64_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
