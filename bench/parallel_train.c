@@ -21,12 +21,6 @@ static double now(void)
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static int fail(const char *what)
 {
     fprintf(stderr, "parallel_train [rank %d]: %s: %s\n", ts_comm_rank(ts_comm_world()), what, ts_last_error());
@@ -115,9 +109,9 @@ int main(int argc, char **argv)
         times[k] = t, bubbles[k] = b / pp;
     }
     /* the first step warms caches and builds kernels: leave it out */
-    qsort(times + 1, (size_t)(steps - 1), sizeof *times, cmp_double);
-    qsort(bubbles + 1, (size_t)(steps - 1), sizeof *bubbles, cmp_double);
-    double med = times[1 + (steps - 1) / 2], bub = bubbles[1 + (steps - 1) / 2];
+    double med, bub;
+    ts_bench_summarize(times + 1, steps - 1, NULL, &med, NULL);
+    ts_bench_summarize(bubbles + 1, steps - 1, NULL, &bub, NULL);
     double tokens = (double)g.dp * (double)n;
     if (g.rank == 0)
         printf("{\"processes\": %d, \"tp\": %d, \"pp\": %d, \"dp\": %d, \"micro\": %d, \"batch_per_replica\": %lld, "

@@ -3,7 +3,6 @@
  * op needs at least (for a roofline), stated beside each suite. */
 #include "tessera/bench.h"
 
-#include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,9 +20,6 @@
 #endif
 #ifdef TS_HAVE_HWLOC
 #include <hwloc.h>
-#endif
-#ifdef TS_HAVE_CBLAS
-#include <cblas.h>
 #endif
 
 #define TRY(x)                                                                                     \
@@ -71,22 +67,28 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+void ts_bench_summarize(double *samples, int n, double *min_s, double *median_s, double *max_s)
+{
+    qsort(samples, (size_t)n, sizeof *samples, cmp_double);
+    if (min_s) *min_s = samples[0];
+    if (max_s) *max_s = samples[n - 1];
+    if (median_s) *median_s = n % 2 ? samples[n / 2] : 0.5 * (samples[n / 2 - 1] + samples[n / 2]);
+}
+
 ts_status ts_bench_time(ts_device *dev, ts_status (*fn)(void *ctx), void *ctx, double min_time,
                         int min_reps, double *min_s, double *median_s, double *max_s, int *reps)
 {
     if (min_time <= 0) min_time = 0.25;
     if (min_reps < 1) min_reps = 1;
-    /* warm-up: first use builds kernels, fills caches, faults pages in */
-    double t0 = now_s();
+    /* warm-up: first use builds kernels, fills caches, faults pages in; the
+     * second call's time sizes the samples */
     TRY(fn(ctx));
     TRY(ts_device_synchronize(dev));
-    double first = now_s() - t0;
-    t0 = now_s();
+    double t0 = now_s();
     TRY(fn(ctx));
     TRY(ts_device_synchronize(dev));
     double one = now_s() - t0;
     if (one <= 0) one = 1e-7;
-    (void)first;
     int batch = one >= 1e-3 ? 1 : (int)ceil(1e-3 / one);
     if (batch > 10000) batch = 10000;
     /* slow calls: stop after 3 samples once 4x min_time has passed */
@@ -107,10 +109,7 @@ ts_status ts_bench_time(ts_device *dev, ts_status (*fn)(void *ctx), void *ctx, d
         if (elapsed >= 4 * min_time && n >= 3) break;
     }
     if (!st) {
-        qsort(samples, (size_t)n, sizeof *samples, cmp_double);
-        *min_s = samples[0];
-        *max_s = samples[n - 1];
-        *median_s = n % 2 ? samples[n / 2] : 0.5 * (samples[n / 2 - 1] + samples[n / 2]);
+        ts_bench_summarize(samples, n, min_s, median_s, max_s);
         *reps = n * batch;
     }
     free(samples);
@@ -572,21 +571,11 @@ void ts_bench_write_versions(FILE *f)
 {
     fprintf(f, "\"tessera\": \"%s\", \"features\": \"%s\"", TESSERA_VERSION, ts_build_features());
 #ifdef __VERSION__
-    fprintf(f, ", \"compiler\": ");
-    ts_json_write_string(f, "gcc-compatible " __VERSION__);
+    fprintf(f, ", "), ts_json_write_member(f, "compiler", "gcc-compatible " __VERSION__, "");
 #endif
-#ifdef TS_HAVE_CBLAS
-    {
-        char *(*config)(void) = (char *(*)(void))dlsym(RTLD_DEFAULT, "openblas_get_config");
-        char *(*corename)(void) = (char *(*)(void))dlsym(RTLD_DEFAULT, "openblas_get_corename");
-        fprintf(f, ", \"blas\": ");
-        ts_json_write_string(f, config ? config() : "CBLAS");
-        if (corename) {
-            fprintf(f, ", \"blas_core\": ");
-            ts_json_write_string(f, corename());
-        }
-    }
-#endif
+    ts_device *cpu = ts_device_at(0); /* the CPU backend names the BLAS it loaded */
+    if (cpu && ts_device_get_info(cpu)->reference_blas[0])
+        fprintf(f, ", "), ts_json_write_member(f, "blas", ts_device_get_info(cpu)->reference_blas, "");
 #ifdef TS_HAVE_CLBLAST
     fprintf(f, ", \"clblast\": \"%s\"", TS_CLBLAST_VERSION);
 #endif
@@ -609,13 +598,6 @@ void ts_bench_write_versions(FILE *f)
 #endif
 }
 
-static void json_member_str(FILE *f, const char *key, const char *v, int comma)
-{
-    fprintf(f, "\"%s\": ", key);
-    ts_json_write_string(f, v);
-    if (comma) fprintf(f, ", ");
-}
-
 /* Numbers that JSON can hold (no NaN or Inf). */
 static double json_num(double x) { return isfinite(x) ? x : 0.0; }
 
@@ -636,11 +618,11 @@ ts_status ts_bench_write_json(const char *path, const char *command, ts_device *
     char os[400] = "";
     if (uname(&u) == 0) snprintf(os, sizeof os, "%s %s %s", u.sysname, u.release, u.machine);
     fprintf(f, "{\n  \"format\": \"tessera-bench-1\",\n  ");
-    json_member_str(f, "command", command ? command : "", 0);
+    ts_json_write_member(f, "command", command ? command : "", "");
     fprintf(f, ",\n  ");
-    json_member_str(f, "date", date, 1);
-    json_member_str(f, "host", host, 1);
-    json_member_str(f, "os", os, 0);
+    ts_json_write_member(f, "date", date, ", ");
+    ts_json_write_member(f, "host", host, ", ");
+    ts_json_write_member(f, "os", os, "");
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     fprintf(f, ", \"host_cpus\": %ld, \"threads\": %d,\n  \"versions\": {", cores, ts_get_threads());
     ts_bench_write_versions(f);
@@ -650,16 +632,16 @@ ts_status ts_bench_write_json(const char *path, const char *command, ts_device *
     for (int i = 0; i < ndevices; i++) {
         const ts_device_info *d = ts_device_get_info(devices[i]);
         fprintf(f, "%s\n    {", i ? "," : "");
-        json_member_str(f, "id", d->id, 1);
-        json_member_str(f, "backend", d->backend, 1);
-        json_member_str(f, "name", d->name, 1);
-        json_member_str(f, "type", ts_device_type_name(d->type), 1);
-        json_member_str(f, "vendor", d->vendor, 1);
-        json_member_str(f, "platform", d->platform, 1);
-        json_member_str(f, "driver", d->driver_version, 1);
-        json_member_str(f, "version", d->version, 1);
-        json_member_str(f, "details", d->details, 1);
-        json_member_str(f, "reference_blas", d->reference_blas, 1);
+        ts_json_write_member(f, "id", d->id, ", ");
+        ts_json_write_member(f, "backend", d->backend, ", ");
+        ts_json_write_member(f, "name", d->name, ", ");
+        ts_json_write_member(f, "type", ts_device_type_name(d->type), ", ");
+        ts_json_write_member(f, "vendor", d->vendor, ", ");
+        ts_json_write_member(f, "platform", d->platform, ", ");
+        ts_json_write_member(f, "driver", d->driver_version, ", ");
+        ts_json_write_member(f, "version", d->version, ", ");
+        ts_json_write_member(f, "details", d->details, ", ");
+        ts_json_write_member(f, "reference_blas", d->reference_blas, ", ");
         fprintf(f, "\"compute_units\": %d, \"clock_mhz\": %d, \"global_mem_bytes\": %llu, ", d->compute_units,
                 d->clock_mhz, (unsigned long long)d->global_mem_bytes);
         fprintf(f, "\"peak_gflops\": %.3f, \"triad_gbs\": %.3f}", json_num(peaks ? peaks[i] : 0),
@@ -669,11 +651,11 @@ ts_status ts_bench_write_json(const char *path, const char *command, ts_device *
     for (int i = 0; i < n; i++) {
         const ts_bench_result *r = &results[i];
         fprintf(f, "%s\n    {", i ? "," : "");
-        json_member_str(f, "device", r->device, 1);
-        json_member_str(f, "suite", r->suite, 1);
-        json_member_str(f, "name", r->name, 1);
-        json_member_str(f, "impl", r->impl, 1);
-        json_member_str(f, "shape", r->shape, 1);
+        ts_json_write_member(f, "device", r->device, ", ");
+        ts_json_write_member(f, "suite", r->suite, ", ");
+        ts_json_write_member(f, "name", r->name, ", ");
+        ts_json_write_member(f, "impl", r->impl, ", ");
+        ts_json_write_member(f, "shape", r->shape, ", ");
         fprintf(f,
                 "\"flops\": %.6g, \"bytes\": %.6g, \"min_s\": %.9g, \"median_s\": %.9g, \"max_s\": %.9g, "
                 "\"reps\": %d, \"gflops\": %.4f, \"gbs\": %.4f, \"fraction\": %.4f}",

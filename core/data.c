@@ -153,14 +153,10 @@ ts_status ts_dataset_open_tokens(ts_dataset *ds, const char *path, double val_fr
     memset(ds, 0, sizeof *ds);
     if (!(val_fraction >= 0.0 && val_fraction < 1.0))
         return ts_error(TS_ERR_INVALID_ARG, "validation fraction %g must be in [0, 1)", val_fraction);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return ts_error(TS_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return ts_error(TS_ERR_IO, "%s is not a regular file", path);
-    }
-    size_t size = (size_t)sb.st_size;
+    int fd;
+    size_t size;
+    ts_status opened = ts_open_regular(path, &fd, &size);
+    if (opened) return opened;
     if (size < HEADER_BYTES) {
         close(fd);
         return ts_error(TS_ERR_FORMAT, "%s: %zu bytes is too short for a token file", path, size);

@@ -152,3 +152,17 @@ ts_status ts_read_file(const char *path, char **data, size_t *n)
     *n = size;
     return TS_OK;
 }
+
+ts_status ts_open_regular(const char *path, int *fd, size_t *size)
+{
+    *fd = open(path, O_RDONLY);
+    if (*fd < 0) return ts_error(TS_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(*fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(*fd);
+        *fd = -1;
+        return ts_error(TS_ERR_IO, "%s is not a regular file", path);
+    }
+    *size = (size_t)sb.st_size;
+    return TS_OK;
+}

@@ -27,6 +27,8 @@ ts_status ts_write_file_atomic(const char *path, const void *data, size_t n);
 /* Read a whole file (NUL-terminated for convenience); caller frees. */
 ts_status ts_read_file(const char *path, char **data, size_t *n);
 ts_status ts_mkdir_p(const char *path);
+/* Open a regular file for reading: *fd and its *size, or an error naming it. */
+ts_status ts_open_regular(const char *path, int *fd, size_t *size);
 ts_status ts_fsync_dir(const char *dir);
 
 #endif

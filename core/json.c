@@ -347,3 +347,11 @@ void ts_json_write_string(FILE *f, const char *s)
     fputs(buf, f);
     free(buf);
 }
+
+void ts_json_write_member(FILE *f, const char *key, const char *value, const char *after)
+{
+    ts_json_write_string(f, key);
+    fputs(": ", f);
+    ts_json_write_string(f, value ? value : "");
+    fputs(after ? after : "", f);
+}

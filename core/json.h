@@ -38,6 +38,8 @@ const char *ts_json_get_str(const ts_json *obj, const char *key, const char *dfl
 
 /* Write s as a JSON string literal (with quotes) to f. */
 void ts_json_write_string(FILE *f, const char *s);
+/* `"key": "value"` (value escaped), then `after` (such as ", "). */
+void ts_json_write_member(FILE *f, const char *key, const char *value, const char *after);
 /* The same into buf; returns the length it needs (snprintf-like). */
 size_t ts_json_escape(char *buf, size_t size, const char *s);
 

@@ -94,14 +94,10 @@ ts_status ts_safetensors_open(const char *path, ts_safetensors *st)
 {
     memset(st, 0, sizeof *st);
     snprintf(st->path, sizeof st->path, "%s", path);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return ts_error(TS_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return ts_error(TS_ERR_IO, "%s is not a regular file", path);
-    }
-    size_t size = (size_t)sb.st_size;
+    int fd;
+    size_t size;
+    ts_status opened = ts_open_regular(path, &fd, &size);
+    if (opened) return opened;
     if (size < 8) {
         close(fd);
         return BAD("%s: %zu bytes is too short for a safetensors file", path, size);

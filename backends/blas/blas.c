@@ -17,6 +17,7 @@
 static ts_blas_info g_info;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static int g_threads = 1;
+static void (*g_openblas_set_threads)(int); /* OpenBLAS's own thread count, when it is OpenBLAS */
 
 static int cpu_has_avx512(void)
 {
@@ -80,6 +81,7 @@ static void reselect_core(const char *want)
 static void blas_init(void)
 {
     g_info.cpu_avx512 = cpu_has_avx512();
+    g_openblas_set_threads = (void (*)(int))dlsym(RTLD_DEFAULT, "openblas_set_num_threads");
 #ifdef TS_HAVE_CBLAS
     g_info.have_blas = 1;
     snprintf(g_info.library, sizeof g_info.library, "CBLAS");
@@ -125,8 +127,7 @@ void ts_blas_set_threads(int threads)
      * OpenMP team. Two thread pools spinning on the same cores (OpenBLAS's
      * pthreads and OpenMP's) starve each other: measured 97 vs 158 GFLOP/s
      * for GPT-2 124M's products on 2 cores, and 20x slower small ops. */
-    void (*set)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "openblas_set_num_threads");
-    if (set) set(1);
+    if (g_openblas_set_threads) g_openblas_set_threads(1);
 }
 
 void ts_blas_sgemm_builtin_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
@@ -227,6 +228,21 @@ void ts_blas_sgemm_batched(bool ta, bool tb, int64_t batch, int64_t M, int64_t N
                      C + i * stride_c, ldc);
 }
 
+void ts_blas_sgemm_bias(bool ta, bool tb, int64_t batch, int64_t M, int64_t N, int64_t K, float alpha,
+                        const float *A, int64_t stride_a, int64_t lda, const float *B, int64_t stride_b,
+                        int64_t ldb, float beta, float *C, int64_t stride_c, int64_t ldc, const float *bias)
+{
+    if (bias) { /* c = beta*c + bias, then accumulate the product */
+        for (int64_t i = 0; i < M; i++) {
+            float *row = C + i * ldc;
+            for (int64_t j = 0; j < N; j++) row[j] = (beta == 0.0f ? 0.0f : beta * row[j]) + bias[j];
+        }
+        beta = 1.0f;
+    }
+    ts_blas_sgemm_batched(ta, tb, batch, M, N, K, alpha, A, stride_a, lda, B, stride_b, ldb, beta, C, stride_c,
+                          ldc);
+}
+
 int ts_blas_sgemm_library(bool ta, bool tb, int64_t batch, int64_t M, int64_t N, int64_t K,
                           float alpha, const float *A, int64_t stride_a, int64_t lda, const float *B,
                           int64_t stride_b, int64_t ldb, float beta, float *C, int64_t stride_c,
@@ -236,13 +252,12 @@ int ts_blas_sgemm_library(bool ta, bool tb, int64_t batch, int64_t M, int64_t N,
 #ifdef TS_HAVE_CBLAS
     if (M > INT_MAX || N > INT_MAX || K > INT_MAX || lda > INT_MAX || ldb > INT_MAX || ldc > INT_MAX)
         return 0;
-    void (*set)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "openblas_set_num_threads");
-    if (set) set(g_threads);
+    if (g_openblas_set_threads) g_openblas_set_threads(g_threads);
     for (int64_t i = 0; i < batch; i++)
         cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M,
                     (int)N, (int)K, alpha, A + i * stride_a, (int)lda, B + i * stride_b, (int)ldb, beta,
                     C + i * stride_c, (int)ldc);
-    if (set) set(1); /* back to tessera's own split (see ts_blas_set_threads) */
+    if (g_openblas_set_threads) g_openblas_set_threads(1); /* back to tessera's own split (ts_blas_set_threads) */
     return 1;
 #else
     (void)ta, (void)tb, (void)batch, (void)M, (void)N, (void)K, (void)alpha, (void)A, (void)stride_a;

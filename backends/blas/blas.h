@@ -39,6 +39,14 @@ void ts_blas_sgemm_batched(bool trans_a, bool trans_b, int64_t batch, int64_t M,
                            const float *B, int64_t stride_b, int64_t ldb, float beta, float *C,
                            int64_t stride_c, int64_t ldc);
 
+/* The same plus a bias row: C = alpha*op(A)*op(B) + beta*C + bias[N] for
+ * every row (bias may be NULL; with a bias, batch must be 1). What both
+ * host-memory backends run for a GEMM op. */
+void ts_blas_sgemm_bias(bool trans_a, bool trans_b, int64_t batch, int64_t M, int64_t N, int64_t K,
+                        float alpha, const float *A, int64_t stride_a, int64_t lda, const float *B,
+                        int64_t stride_b, int64_t ldb, float beta, float *C, int64_t stride_c, int64_t ldc,
+                        const float *bias);
+
 /* The BLAS library's own GEMM with its own threads (as many as tessera
  * uses), called directly: the reference that benchmarks compare tessera's
  * GEMM against. Returns 0 without a BLAS library or for sizes beyond int. */

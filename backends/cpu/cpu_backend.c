@@ -76,23 +76,12 @@ static void cpu_gemm(const ts_op *op)
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
     const float *A = F(op->in[0]), *B = F(op->in[1]), *bias = F(op->in[2]);
     float *C = F(op->out[0]);
-    float beta = g->beta;
-    if (g->reference) { /* no bias: ts_matmul_reference has none */
+    if (g->reference) /* no bias: ts_matmul_reference has none */
         ts_blas_sgemm_library(g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a,
-                              g->lda, B, g->stride_b, g->ldb, beta, C, g->stride_c, g->ldc);
-        return;
-    }
-    if (bias) { /* c = beta*c + bias, then accumulate the product (batch is 1) */
-        for (int64_t i = 0; i < g->M; i++) {
-            float *row = C + i * g->ldc;
-            for (int64_t j = 0; j < g->N; j++)
-                row[j] = (beta == 0.0f ? 0.0f : beta * row[j]) + bias[j];
-        }
-        beta = 1.0f;
-    }
-    ts_blas_sgemm_batched(g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A,
-                          g->stride_a, g->lda, B, g->stride_b, g->ldb, beta, C, g->stride_c,
-                          g->ldc);
+                              g->lda, B, g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc);
+    else
+        ts_blas_sgemm_bias(g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a, g->lda,
+                           B, g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc, bias);
 }
 
 static ts_status cpu_run_op(ts_device *dev, const ts_op *op)

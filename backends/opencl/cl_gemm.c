@@ -134,20 +134,9 @@ static ts_status gemm_host(ts_cl_device *d, const ts_op *op)
         st = map_region(d, op->out[0], extent(g->M, g->N, g->ldc, g->batch, g->stride_c),
                         CL_MAP_READ | CL_MAP_WRITE, &maps[2], &C);
     if (!st && op->in[2]) st = map_region(d, op->in[2], (size_t)g->N, CL_MAP_READ, &maps[3], &bias);
-    if (!st) {
-        float beta = g->beta;
-        if (bias) { /* c = beta*c + bias, then accumulate (batch is 1 with a bias) */
-            for (int64_t i = 0; i < g->M; i++) {
-                float *row = C + i * g->ldc;
-                for (int64_t j = 0; j < g->N; j++)
-                    row[j] = (beta == 0.0f ? 0.0f : beta * row[j]) + bias[j];
-            }
-            beta = 1.0f;
-        }
-        ts_blas_sgemm_batched(g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A,
-                              g->stride_a, g->lda, B, g->stride_b, g->ldb, beta, C, g->stride_c,
-                              g->ldc);
-    }
+    if (!st)
+        ts_blas_sgemm_bias(g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a, g->lda, B,
+                           g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc, bias);
     for (int i = 3; i >= 0; i--) {
         if (!maps[i].ptr) continue;
         cl_int err = clEnqueueUnmapMemObject(d->queue, maps[i].mem, maps[i].ptr, 0, NULL, NULL);

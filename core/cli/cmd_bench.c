@@ -194,15 +194,9 @@ static ts_status bench_startup(ts_device *dev, int warm_runs, bench_run *b)
     r.reps = 1;
     collect(&r, b);
     if (nwarm > 0) {
-        for (int i = 1; i < nwarm; i++) /* insertion sort of a handful */
-            for (int j = i; j > 0 && warm[j] < warm[j - 1]; j--) {
-                double t = warm[j];
-                warm[j] = warm[j - 1], warm[j - 1] = t;
-            }
         snprintf(r.name, sizeof r.name, "warm start");
         snprintf(r.shape, sizeof r.shape, "%d programs, disk cache", loaded);
-        r.min_s = warm[0], r.max_s = warm[nwarm - 1];
-        r.median_s = nwarm % 2 ? warm[nwarm / 2] : 0.5 * (warm[nwarm / 2 - 1] + warm[nwarm / 2]);
+        ts_bench_summarize(warm, nwarm, &r.min_s, &r.median_s, &r.max_s);
         r.reps = nwarm;
         collect(&r, b);
     }
@@ -392,12 +386,6 @@ static double now_s(void)
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Seconds per training step (forward, backward, clip, AdamW) of cfg on dev. */
 static ts_status time_train_steps(ts_device *dev, const ts_gpt_config *cfg, int64_t B, int64_t T, int steps,
                                   int warmup, double *med, double *mn, double *mx)
@@ -427,11 +415,7 @@ static ts_status time_train_steps(ts_device *dev, const ts_gpt_config *cfg, int6
         if (!st) st = ts_device_synchronize(dev);
         if (!st && s >= warmup) t[s - warmup] = now_s() - t0;
     }
-    if (!st) {
-        qsort(t, (size_t)steps, sizeof *t, cmp_d);
-        *mn = t[0], *mx = t[steps - 1];
-        *med = steps % 2 ? t[steps / 2] : 0.5 * (t[steps / 2 - 1] + t[steps / 2]);
-    }
+    if (!st) ts_bench_summarize(t, steps, mn, med, mx);
     free(tok), free(tgt), free(t);
     ts_optimizer_free(&o);
     ts_gpt_free(&m);

@@ -6,13 +6,6 @@
 #include "json.h"
 #include "tessera/tessera.h"
 
-static void json_str(FILE *f, const char *key, const char *v, int comma)
-{
-    fprintf(f, "\"%s\": ", key);
-    ts_json_write_string(f, v);
-    if (comma) fprintf(f, ", ");
-}
-
 static double gib(uint64_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
 
 static void print_text(int i, const ts_device_info *d, const ts_locality *loc)
@@ -45,14 +38,14 @@ static void print_text(int i, const ts_device_info *d, const ts_locality *loc)
 static void print_json(int i, int n, const ts_device_info *d, const ts_locality *loc)
 {
     printf("  {");
-    json_str(stdout, "id", d->id, 1);
-    json_str(stdout, "backend", d->backend, 1);
-    json_str(stdout, "name", d->name, 1);
-    json_str(stdout, "type", ts_device_type_name(d->type), 1);
-    json_str(stdout, "vendor", d->vendor, 1);
-    json_str(stdout, "platform", d->platform, 1);
-    json_str(stdout, "driver", d->driver_version, 1);
-    json_str(stdout, "version", d->version, 1);
+    ts_json_write_member(stdout, "id", d->id, ", ");
+    ts_json_write_member(stdout, "backend", d->backend, ", ");
+    ts_json_write_member(stdout, "name", d->name, ", ");
+    ts_json_write_member(stdout, "type", ts_device_type_name(d->type), ", ");
+    ts_json_write_member(stdout, "vendor", d->vendor, ", ");
+    ts_json_write_member(stdout, "platform", d->platform, ", ");
+    ts_json_write_member(stdout, "driver", d->driver_version, ", ");
+    ts_json_write_member(stdout, "version", d->version, ", ");
     printf("\"global_mem_bytes\": %llu, \"max_alloc_bytes\": %llu, \"local_mem_bytes\": %llu, "
            "\"max_work_group_size\": %llu, \"compute_units\": %d, \"clock_mhz\": %d, "
            "\"fp64\": %s, \"fp16\": %s, \"subgroups\": %s, \"host_memory\": %s, ",
@@ -61,12 +54,12 @@ static void print_json(int i, int n, const ts_device_info *d, const ts_locality 
            d->compute_units, d->clock_mhz, d->fp64 ? "true" : "false",
            d->fp16 ? "true" : "false", d->subgroups ? "true" : "false",
            d->host_memory ? "true" : "false");
-    json_str(stdout, "details", d->details, 1);
+    ts_json_write_member(stdout, "details", d->details, ", ");
     printf("\"locality\": {\"known\": %s, ", loc->known ? "true" : "false");
-    json_str(stdout, "cpus", loc->cpus, 1);
-    json_str(stdout, "numa_nodes", loc->numa_nodes, 1);
+    ts_json_write_member(stdout, "cpus", loc->cpus, ", ");
+    ts_json_write_member(stdout, "numa_nodes", loc->numa_nodes, ", ");
     printf("\"cores\": %d, \"pus\": %d, ", loc->cores, loc->pus);
-    json_str(stdout, "how", loc->how, 0);
+    ts_json_write_member(stdout, "how", loc->how, "");
     printf("}}%s\n", i + 1 < n ? "," : "");
 }
 

@@ -74,6 +74,10 @@ ts_status ts_bench_device(ts_device *dev, const ts_bench_options *opts, ts_bench
 ts_status ts_bench_time(ts_device *dev, ts_status (*fn)(void *ctx), void *ctx, double min_time,
                         int min_reps, double *min_s, double *median_s, double *max_s, int *reps);
 
+/* Sort samples[0..n) (n >= 1) in place and give their min, median (the
+ * mean of the middle two for even n) and max; any output may be NULL. */
+void ts_bench_summarize(double *samples, int n, double *min_s, double *median_s, double *max_s);
+
 /* Versions of everything a figure depends on, as "name": "version" JSON
  * members (no braces): tessera, compiler, BLAS, CLBlast, MPI, hwloc. */
 void ts_bench_write_versions(FILE *f);
