@@ -632,18 +632,7 @@ ts_status ts_bench_write_json(const char *path, const char *command, ts_device *
     for (int i = 0; i < ndevices; i++) {
         const ts_device_info *d = ts_device_get_info(devices[i]);
         fprintf(f, "%s\n    {", i ? "," : "");
-        ts_json_write_member(f, "id", d->id, ", ");
-        ts_json_write_member(f, "backend", d->backend, ", ");
-        ts_json_write_member(f, "name", d->name, ", ");
-        ts_json_write_member(f, "type", ts_device_type_name(d->type), ", ");
-        ts_json_write_member(f, "vendor", d->vendor, ", ");
-        ts_json_write_member(f, "platform", d->platform, ", ");
-        ts_json_write_member(f, "driver", d->driver_version, ", ");
-        ts_json_write_member(f, "version", d->version, ", ");
-        ts_json_write_member(f, "details", d->details, ", ");
-        ts_json_write_member(f, "reference_blas", d->reference_blas, ", ");
-        fprintf(f, "\"compute_units\": %d, \"clock_mhz\": %d, \"global_mem_bytes\": %llu, ", d->compute_units,
-                d->clock_mhz, (unsigned long long)d->global_mem_bytes);
+        ts_device_info_write_json(f, d);
         fprintf(f, "\"peak_gflops\": %.3f, \"triad_gbs\": %.3f}", json_num(peaks ? peaks[i] : 0),
                 json_num(triads ? triads[i] : 0));
     }

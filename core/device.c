@@ -8,6 +8,7 @@
 
 #include "allocator.h"
 #include "backends.h"
+#include "json.h"
 #include "tessera/backend.h"
 
 #define TS_MAX_DEVICES 64
@@ -291,4 +292,26 @@ void ts_shutdown(void)
 #endif
     registry_ready = 0;
     pthread_mutex_unlock(&registry_lock);
+}
+
+void ts_device_info_write_json(FILE *f, const ts_device_info *d)
+{
+    ts_json_write_member(f, "id", d->id, ", ");
+    ts_json_write_member(f, "backend", d->backend, ", ");
+    ts_json_write_member(f, "name", d->name, ", ");
+    ts_json_write_member(f, "type", ts_device_type_name(d->type), ", ");
+    ts_json_write_member(f, "vendor", d->vendor, ", ");
+    ts_json_write_member(f, "platform", d->platform, ", ");
+    ts_json_write_member(f, "driver", d->driver_version, ", ");
+    ts_json_write_member(f, "version", d->version, ", ");
+    fprintf(f,
+            "\"global_mem_bytes\": %llu, \"max_alloc_bytes\": %llu, \"local_mem_bytes\": %llu, "
+            "\"max_work_group_size\": %llu, \"compute_units\": %d, \"clock_mhz\": %d, "
+            "\"fp64\": %s, \"fp16\": %s, \"subgroups\": %s, \"host_memory\": %s, ",
+            (unsigned long long)d->global_mem_bytes, (unsigned long long)d->max_alloc_bytes,
+            (unsigned long long)d->local_mem_bytes, (unsigned long long)d->max_work_group_size, d->compute_units,
+            d->clock_mhz, d->fp64 ? "true" : "false", d->fp16 ? "true" : "false", d->subgroups ? "true" : "false",
+            d->host_memory ? "true" : "false");
+    ts_json_write_member(f, "details", d->details, ", ");
+    ts_json_write_member(f, "reference_blas", d->reference_blas, ", ");
 }

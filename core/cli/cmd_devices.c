@@ -38,23 +38,7 @@ static void print_text(int i, const ts_device_info *d, const ts_locality *loc)
 static void print_json(int i, int n, const ts_device_info *d, const ts_locality *loc)
 {
     printf("  {");
-    ts_json_write_member(stdout, "id", d->id, ", ");
-    ts_json_write_member(stdout, "backend", d->backend, ", ");
-    ts_json_write_member(stdout, "name", d->name, ", ");
-    ts_json_write_member(stdout, "type", ts_device_type_name(d->type), ", ");
-    ts_json_write_member(stdout, "vendor", d->vendor, ", ");
-    ts_json_write_member(stdout, "platform", d->platform, ", ");
-    ts_json_write_member(stdout, "driver", d->driver_version, ", ");
-    ts_json_write_member(stdout, "version", d->version, ", ");
-    printf("\"global_mem_bytes\": %llu, \"max_alloc_bytes\": %llu, \"local_mem_bytes\": %llu, "
-           "\"max_work_group_size\": %llu, \"compute_units\": %d, \"clock_mhz\": %d, "
-           "\"fp64\": %s, \"fp16\": %s, \"subgroups\": %s, \"host_memory\": %s, ",
-           (unsigned long long)d->global_mem_bytes, (unsigned long long)d->max_alloc_bytes,
-           (unsigned long long)d->local_mem_bytes, (unsigned long long)d->max_work_group_size,
-           d->compute_units, d->clock_mhz, d->fp64 ? "true" : "false",
-           d->fp16 ? "true" : "false", d->subgroups ? "true" : "false",
-           d->host_memory ? "true" : "false");
-    ts_json_write_member(stdout, "details", d->details, ", ");
+    ts_device_info_write_json(stdout, d);
     printf("\"locality\": {\"known\": %s, ", loc->known ? "true" : "false");
     ts_json_write_member(stdout, "cpus", loc->cpus, ", ");
     ts_json_write_member(stdout, "numa_nodes", loc->numa_nodes, ", ");

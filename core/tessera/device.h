@@ -14,6 +14,7 @@
 #define TESSERA_DEVICE_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #include "tessera/status.h"
@@ -71,6 +72,9 @@ ts_status ts_device_open(const char *spec, ts_device **out);
 ts_status ts_device_open_local(const char *spec, int local_rank, ts_device **out);
 const ts_device_info *ts_device_get_info(const ts_device *device);
 const char *ts_device_type_name(ts_device_type type);
+/* Every field of info as JSON object members, each followed by ", " (the
+ * caller writes the braces and may add members after). */
+void ts_device_info_write_json(FILE *f, const ts_device_info *info);
 
 /* Wait until all work queued on the device has finished; reports errors of
  * work that ran asynchronously. */
