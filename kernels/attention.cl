@@ -33,12 +33,12 @@ __kernel void softmax_causal_forward(__global float *att, ulong ao, __global con
     __global const float *x = preatt + po + row * T;
     __global float *o = att + ao + row * T;
     float m = -INFINITY;
-    for (long s = lid; s <= t; s += ROW_WG) m = fmax(m, scale * x[s]);
+    ROW_FOR(s, t + 1) m = fmax(m, scale * x[s]);
     m = wg_max(m, scratch);
     float sum = 0.0f;
-    for (long s = lid; s <= t; s += ROW_WG) sum += exp(scale * x[s] - m);
+    ROW_FOR(s, t + 1) sum += exp(scale * x[s] - m);
     float inv = 1.0f / wg_sum(sum, scratch);
-    for (long s = lid; s < T; s += ROW_WG) o[s] = s <= t ? exp(scale * x[s] - m) * inv : 0.0f;
+    ROW_FOR(s, T) o[s] = s <= t ? exp(scale * x[s] - m) * inv : 0.0f;
 }
 
 /* dpreatt = scale * att * (datt - sum_s att*datt); dpreatt may be datt. */
@@ -54,7 +54,7 @@ __kernel void softmax_causal_backward(__global float *dpre, ulong dpo, __global 
     __global const float *a = att + ao + row * T, *d = datt + dao + row * T;
     __global float *o = dpre + dpo + row * T;
     float dot = 0.0f;
-    for (long s = lid; s <= t; s += ROW_WG) dot += a[s] * d[s];
+    ROW_FOR(s, t + 1) dot += a[s] * d[s];
     dot = wg_sum(dot, scratch);
-    for (long s = lid; s < T; s += ROW_WG) o[s] = s <= t ? scale * a[s] * (d[s] - dot) : 0.0f;
+    ROW_FOR(s, T) o[s] = s <= t ? scale * a[s] * (d[s] - dot) : 0.0f;
 }

@@ -14,6 +14,20 @@
 
 #define GELU_SCALE 0.7978845608028654f
 
+/* Work-group loops: item `first` of a group visits first, first + step, ...
+ * below n. The trip count is the same for every item of the group (the
+ * guard is inside), never `for (j = lid; j < n; j += step)`: PoCL's default
+ * loopvec method (LLVM 15) turned loops whose trip count differs per item
+ * into AVX-512 scatters with a runaway count that wrote past the row
+ * (SIGSEGV on Zen 5). A uniform count is correct everywhere and costs
+ * nothing. Write the body as a block: UNIFORM_FOR(j, n, lid, WG) { ... } */
+#define UNIFORM_FOR(j, n, first, step)                                                   \
+    for (long j##_base = 0, j = (long)(first); j##_base < (long)(n);                      \
+         j##_base += (long)(step), j = j##_base + (long)(first))                          \
+        if (j < (long)(n))
+/* The common case: the ROW_WG items of a row kernel striding over a row. */
+#define ROW_FOR(j, n) UNIFORM_FOR(j, n, get_local_id(0), ROW_WG)
+
 /* Sum of v over the work-group's ROW_WG items, returned to all of them. */
 inline float wg_sum(float v, __local float *scratch)
 {

@@ -17,33 +17,36 @@ __kernel void cross_entropy(__global float *losses, ulong lo, __global float *pr
     /* the target's logit, read before anything overwrites the row (the
      * barriers in wg_max order this read before every write below) */
     float xt = valid ? x[target] : 0.0f;
+    /* a fence over global memory: the item that owns x[target] may write it
+     * below (in place), and a local-memory barrier does not order that */
+    barrier(CLK_GLOBAL_MEM_FENCE);
     float m = -INFINITY;
-    for (long j = lid; j < V; j += ROW_WG) m = fmax(m, x[j]);
+    ROW_FOR(j, V) m = fmax(m, x[j]);
     m = wg_max(m, scratch);
     float s = 0.0f;
     if ((outputs & 6) == 4) {
         /* training: one exp per logit, kept in dlogits, then scaled */
         __global float *d = dlogits + dlo + n * V;
-        for (long j = lid; j < V; j += ROW_WG) {
+        ROW_FOR(j, V) {
             float e = exp(x[j] - m);
             d[j] = e;
             s += e;
         }
         float sum = wg_sum(s, scratch);
         float k = valid ? scale / sum : 0.0f;
-        for (long j = lid; j < V; j += ROW_WG) d[j] *= k;
+        ROW_FOR(j, V) d[j] *= k;
         barrier(CLK_GLOBAL_MEM_FENCE);
         if (lid == 0 && valid) d[target] -= scale;
         if ((outputs & 1) && lid == 0) losses[lo + n] = valid ? m + log(sum) - xt : 0.0f;
         return;
     }
-    for (long j = lid; j < V; j += ROW_WG) s += exp(x[j] - m);
+    ROW_FOR(j, V) s += exp(x[j] - m);
     float sum = wg_sum(s, scratch);
     if ((outputs & 1) && lid == 0) losses[lo + n] = valid ? m + log(sum) - xt : 0.0f;
     if (!(outputs & 6)) return;
     float inv = 1.0f / sum;
     float ds = valid ? scale : 0.0f;
-    for (long j = lid; j < V; j += ROW_WG) {
+    ROW_FOR(j, V) {
         float p = exp(x[j] - m) * inv;
         if (outputs & 2) probs[po + n * V + j] = p;
         if (outputs & 4) dlogits[dlo + n * V + j] = ds * (p - (j == target ? 1.0f : 0.0f));
@@ -63,7 +66,7 @@ __kernel void ce_shard_stats(__global float *rowmax, ulong mo, __global float *t
     if (n >= N) return;
     __global const float *x = logits + xo + n * V;
     float m = -INFINITY;
-    for (long j = lid; j < V; j += ROW_WG) m = fmax(m, x[j]);
+    ROW_FOR(j, V) m = fmax(m, x[j]);
     m = wg_max(m, scratch);
     if (lid == 0) {
         long t = (long)targets[to + n];
@@ -81,7 +84,7 @@ __kernel void ce_shard_sumexp(__global float *sumexp, ulong so, __global const f
     if (n >= N) return;
     __global const float *x = logits + xo + n * V;
     float m = rowmax[mo + n], s = 0.0f;
-    for (long j = lid; j < V; j += ROW_WG) s += exp(x[j] - m);
+    ROW_FOR(j, V) s += exp(x[j] - m);
     s = wg_sum(s, scratch);
     if (lid == 0) sumexp[so + n] = s;
 }
@@ -111,7 +114,7 @@ __kernel void ce_shard_grad(__global float *dlogits, ulong dlo, __global const f
     float m = rowmax[mo + n], k = valid ? scale / sumexp[so + n] : 0.0f;
     __global const float *x = logits + xo + n * V;
     __global float *d = dlogits + dlo + n * V;
-    for (long j = lid; j < V; j += ROW_WG) {
+    ROW_FOR(j, V) {
         float g = k * exp(x[j] - m);
         if (valid && j == t - vocab_start) g -= scale;
         d[j] = g;

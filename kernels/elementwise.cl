@@ -72,6 +72,20 @@ __kernel void bias_rows(__global float *c, ulong co, long ldc, long M, long N,
     }
 }
 
+/* Transfers as kernels (devices with kernel_transfers, see cl_backend.c):
+ * n words or bytes from src[so..] to dst[dso..]. */
+__kernel void copy_words(__global uint *dst, ulong dso, __global const uint *src, ulong so, long n)
+{
+    size_t i = get_global_id(0);
+    if (i < (size_t)n) dst[dso + i] = src[so + i];
+}
+
+__kernel void copy_bytes(__global uchar *dst, ulong dso, __global const uchar *src, ulong so, long n)
+{
+    size_t i = get_global_id(0);
+    if (i < (size_t)n) dst[dso + i] = src[so + i];
+}
+
 /* STREAM's triad, the bandwidth yardstick: a = b + s*c. */
 __kernel void triad(__global float *a, ulong ao, __global const float *b, ulong bo,
                     __global const float *c, ulong co, float s, long n)
@@ -101,7 +115,8 @@ __kernel void fma_loop(__global float *x, ulong xo, long n, long iterations, flo
         vstore16(r2, 2, p);
         vstore16(r3, 3, p);
     } else if (base < n) {
-        for (long i = 0; i < n - base; i++) {
+        for (long i = 0; i < 64; i++) { /* trip count uniform over the group */
+            if (base + i >= n) continue;
             float v = p[i];
             for (long k = 0; k < iterations; k++) v = fma(v, a, b);
             p[i] = v;

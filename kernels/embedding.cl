@@ -35,7 +35,8 @@ __kernel void embedding_backward_wpe(__global float *dwpe, ulong po, __global co
 {
     long i = get_global_id(0);
     if (i >= T * C) return;
+    long t = i / C, c = i - t * C;
     float acc = 0.0f;
-    for (long n = i / C; n < N; n += T) acc += dout[doo + n * C + (i % C)];
+    UNIFORM_FOR(n, N, t, T) acc += dout[doo + n * C + c];
     dwpe[po + i] += acc;
 }

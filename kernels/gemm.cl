@@ -32,14 +32,16 @@ void gemm_tiled(__global const float *A, ulong ao, long lda, long sa,
         for (int b = 0; b < WPT; b++) acc[a][b] = 0.0f;
 
     for (long k0 = 0; k0 < K; k0 += TK) {
-        for (int l = lid; l < TK * TS; l += TILE_WG * TILE_WG) {
-            /* Consecutive items walk the contiguous direction of memory. */
+        UNIFORM_FOR(l, TK * TS, lid, TILE_WG * TILE_WG) {
+            /* Consecutive items walk the contiguous direction of memory.
+             * TS and TK are powers of two: shifts and masks, not / and %. */
+            uint u = (uint)l;
             int kk, ii;
-            if (ta) { kk = l / TS; ii = l % TS; } else { ii = l / TK; kk = l % TK; }
+            if (ta) { kk = u / TS; ii = u & (TS - 1); } else { ii = u / TK; kk = u & (TK - 1); }
             long gi = i0 + ii, gk = k0 + kk;
             As[kk][ii] = (gi < M && gk < K) ? (ta ? A[gk * lda + gi] : A[gi * lda + gk]) : 0.0f;
             int jj, kb;
-            if (tb) { jj = l / TK; kb = l % TK; } else { kb = l / TS; jj = l % TS; }
+            if (tb) { jj = u / TK; kb = u & (TK - 1); } else { kb = u / TS; jj = u & (TS - 1); }
             long gj = j0 + jj, gkb = k0 + kb;
             Bs[kb][jj] = (gj < N && gkb < K) ? (tb ? B[gj * ldb + gkb] : B[gkb * ldb + gj]) : 0.0f;
         }

@@ -13,16 +13,16 @@ __kernel void layernorm_forward(__global float *out, ulong oo, __global float *m
     if (n >= N) return; /* whole groups only: every item of a group agrees */
     __global const float *x = inp + io + n * C;
     float s = 0.0f;
-    for (long c = lid; c < C; c += ROW_WG) s += x[c];
+    ROW_FOR(c, C) s += x[c];
     float m = wg_sum(s, scratch) / (float)C;
     float v = 0.0f;
-    for (long c = lid; c < C; c += ROW_WG) {
+    ROW_FOR(c, C) {
         float d = x[c] - m;
         v += d * d;
     }
     float r = rsqrt(wg_sum(v, scratch) / (float)C + eps);
     __global float *o = out + oo + n * C;
-    for (long c = lid; c < C; c += ROW_WG)
+    ROW_FOR(c, C)
         o[c] = (x[c] - m) * r * weight[wo + c] + bias[bo + c];
     if (lid == 0 && (has_stats & 1)) mean[mo + n] = m;
     if (lid == 0 && (has_stats & 2)) rstd[ro + n] = r;
@@ -43,7 +43,7 @@ __kernel void layernorm_backward_dinp(__global float *dinp, ulong dio, __global 
     __global const float *w = weight + wo;
     float m = mean[mo + n], r = rstd[ro + n];
     float a = 0.0f, b = 0.0f;
-    for (long c = lid; c < C; c += ROW_WG) {
+    ROW_FOR(c, C) {
         float dn = w[c] * d[c];
         a += dn;
         b += dn * (x[c] - m) * r;
@@ -51,7 +51,7 @@ __kernel void layernorm_backward_dinp(__global float *dinp, ulong dio, __global 
     a = wg_sum(a, scratch) / (float)C;
     b = wg_sum(b, scratch) / (float)C;
     __global float *di = dinp + dio + n * C;
-    for (long c = lid; c < C; c += ROW_WG) {
+    ROW_FOR(c, C) {
         float norm = (x[c] - m) * r;
         di[c] += (w[c] * d[c] - a - norm * b) * r;
     }
@@ -68,9 +68,10 @@ __kernel void layernorm_backward_params(__global float *partial, __global const 
 {
     long c = get_global_id(0), r = get_global_id(1), R = get_global_size(1);
     if (c >= C) return;
-    long n0 = r * chunk, n1 = min(N, n0 + chunk);
     float aw = 0.0f, ab = 0.0f;
-    for (long n = n0; n < n1; n++) {
+    for (long k = 0; k < chunk; k++) { /* trip count uniform over the group */
+        long n = r * chunk + k;
+        if (n >= N) continue;
         float d = dout[doo + n * C + c];
         aw += (inp[io + n * C + c] - mean[mo + n]) * rstd[ro + n] * d;
         ab += d;

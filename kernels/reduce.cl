@@ -7,9 +7,11 @@ __kernel void sum_rows_partial(__global float *partial, __global const float *x,
 {
     long c = get_global_id(0), r = get_global_id(1);
     if (c >= C) return;
-    long n1 = min(N, (r + 1) * chunk);
     float acc = 0.0f;
-    for (long n = r * chunk; n < n1; n++) acc += x[xo + n * C + c];
+    for (long k = 0; k < chunk; k++) { /* trip count uniform over the group */
+        long n = r * chunk + k;
+        if (n < N) acc += x[xo + n * C + c];
+    }
     partial[r * C + c] = acc;
 }
 
@@ -32,10 +34,10 @@ __kernel void reduce_partial(__global float *partial, __global const float *x, u
     __local float scratch[ROW_WG];
     long g = get_group_id(0);
     int lid = (int)get_local_id(0);
-    long i1 = min(n, (g + 1) * chunk);
+    long i0 = g * chunk, len = min(n, i0 + chunk) - i0;
     float acc = 0.0f;
-    for (long i = g * chunk + lid; i < i1; i += ROW_WG) {
-        float v = x[xo + i];
+    ROW_FOR(k, len) {
+        float v = x[xo + i0 + k];
         acc += squares ? v * v : v;
     }
     acc = wg_sum(acc, scratch);
@@ -48,7 +50,7 @@ __kernel void reduce_finish(__global float *out, ulong oo, __global const float 
     __local float scratch[ROW_WG];
     int lid = (int)get_local_id(0);
     float acc = 0.0f;
-    for (long g = lid; g < G; g += ROW_WG) acc += partial[g];
+    ROW_FOR(g, G) acc += partial[g];
     acc = wg_sum(acc, scratch);
     if (lid == 0) out[oo] = acc;
 }

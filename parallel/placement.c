@@ -24,6 +24,10 @@ static void load_topology(void)
 {
     if (hwloc_topology_init(&g_topo) != 0) return;
     hwloc_topology_set_io_types_filter(g_topo, HWLOC_TYPE_FILTER_KEEP_IMPORTANT);
+    /* tessera reads its OpenCL devices' PCI location itself; hwloc's own
+     * OpenCL component would load every ICD a second time and probe each
+     * device with queries OpenCL 1.2 devices reject (oclgrind reports them). */
+    hwloc_topology_set_components(g_topo, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, "opencl");
     if (hwloc_topology_load(g_topo) != 0) {
         hwloc_topology_destroy(g_topo);
         return;

@@ -19,7 +19,12 @@ typedef void (*th_fn)(void *arg);
 void th_add(const char *name, th_fn fn, void *arg);
 void th_add_owned(const char *name, th_fn fn, void *arg);
 /* Run the registered tests whose names contain every argv[1..] substring
- * (or all); print TAP; return the process exit code. */
+ * (or all; an argument "a|b" matches names containing a or b, "!a" those
+ * without a); print TAP;
+ * return the process exit code. Single-process tests run in a child
+ * process (TH_ISOLATE=0: in this one): a crash fails the test it happened
+ * in, names the signal, and the rest still run. With TH_OCLGRIND=1, any
+ * oclgrind diagnostic on the child's stderr fails the test it came from. */
 int th_run(int argc, char **argv);
 
 /* Multi-process tests (MPI): only a printing process writes TAP, and after
@@ -27,6 +32,13 @@ int th_run(int argc, char **argv);
  * (e.g. an allreduce), so every process agrees on the verdict. */
 void th_set_printing(int print);
 void th_set_combiner(int (*combine)(int failed));
+
+/* A comment printed after the plan, before the first test (e.g. which route
+ * each device takes). */
+void th_header(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The header lines naming every device's route: type, GEMM route,
+ * work-group sizes (from its details). */
+void th_header_devices(void);
 
 void th_fail(const char *file, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void th_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -810,6 +810,7 @@ static const case_def cases[] = {
 int main(int argc, char **argv)
 {
     int ndev = ts_device_count();
+    th_header_devices();
     for (int d = 0; d < ndev; d++) {
         ts_device *dev = ts_device_at(d);
         const ts_device_info *info = ts_device_get_info(dev);

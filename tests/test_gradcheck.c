@@ -345,6 +345,7 @@ int main(int argc, char **argv)
         {"cross-entropy gradient matches finite differences", grad_cross_entropy},
         {"merge_heads is split_heads' gradient", grad_split_heads},
     };
+    th_header_devices();
     for (int d = 0; d < ts_device_count(); d++) {
         ts_device *dev = ts_device_at(d);
         for (size_t i = 0; i < sizeof checks / sizeof *checks; i++) {

@@ -378,6 +378,7 @@ TEST(learning_rate_warms_up_then_follows_a_cosine)
 
 int main(int argc, char **argv)
 {
+    th_header_devices();
     for (int d = 0; d < ts_device_count(); d++) {
         char name[128];
         snprintf(name, sizeof name, "whole-model gradients match finite differences on %s",

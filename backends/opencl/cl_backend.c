@@ -159,6 +159,30 @@ ts_status ts_cl_ensure_ready(ts_cl_device *d)
     return TS_OK;
 }
 
+/* Why retire instead of release on oclgrind: it hands a freed buffer's
+ * number to the next buffer created, and its uninitialized-memory checker
+ * keeps the freed buffer's record for that number, so the new buffer would
+ * be checked against the old one's size and contents. */
+void ts_cl_release_mem(ts_cl_device *d, cl_mem m)
+{
+    if (!m) return;
+    if (d->kernel_transfers) {
+        if (d->nretired == d->capretired) {
+            size_t cap = d->capretired ? 2 * d->capretired : 64;
+            cl_mem *r = realloc(d->retired, cap * sizeof *r);
+            if (r) {
+                d->retired = r;
+                d->capretired = cap;
+            }
+        }
+        if (d->nretired < d->capretired) {
+            d->retired[d->nretired++] = m;
+            return;
+        }
+    }
+    clReleaseMemObject(m);
+}
+
 static void cl_release(ts_device *dev)
 {
     ts_cl_device *d = dev->context;
@@ -166,6 +190,9 @@ static void cl_release(ts_device *dev)
     if (d->queue) clFinish(d->queue);
     ts_cl_gemm_release(d);
     if (d->scratch) clReleaseMemObject(d->scratch);
+    if (d->staging) clReleaseMemObject(d->staging);
+    for (size_t i = 0; i < d->nretired; i++) clReleaseMemObject(d->retired[i]);
+    free(d->retired);
     ts_cl_release_programs(d);
     if (d->queue) clReleaseCommandQueue(d->queue);
     if (d->context) clReleaseContext(d->context);
@@ -193,13 +220,59 @@ static ts_status cl_alloc(ts_device *dev, size_t size, void **handle)
 
 static void cl_free(ts_device *dev, void *handle)
 {
-    (void)dev;
-    clReleaseMemObject((cl_mem)handle);
+    ts_cl_release_mem(dev->context, (cl_mem)handle);
+}
+
+/* dst[dst_offset..+size) = src[src_offset..+size) by a kernel, in 32-bit
+ * words where offsets and size allow, else in bytes. */
+static ts_status copy_by_kernel(ts_cl_device *d, cl_mem dst, size_t dst_offset, cl_mem src,
+                                size_t src_offset, size_t size)
+{
+    int words = dst_offset % 4 == 0 && src_offset % 4 == 0 && size % 4 == 0;
+    size_t unit = words ? 4 : 1;
+    ts_cl_args a;
+    memset(&a, 0, sizeof a);
+    ts_cl_arg_mem(&a, dst);
+    ts_cl_arg_long(&a, (int64_t)(dst_offset / unit));
+    ts_cl_arg_mem(&a, src);
+    ts_cl_arg_long(&a, (int64_t)(src_offset / unit));
+    ts_cl_arg_long(&a, (int64_t)(size / unit));
+    size_t g = size / unit, l = d->elem_wg;
+    return ts_cl_launch(d, "elementwise.cl", words ? "copy_words" : "copy_bytes", 1, &g, &l, &a);
+}
+
+/* Host to device through the start of a staging buffer, then a kernel.
+ * Why: oclgrind 21.10 records which bytes of each buffer are initialized,
+ * and a host write (or host-side copy) replaces the buffer's record with one
+ * the size of the write, from its start: after a write to part of a buffer,
+ * later kernel stores beyond that size are lost and memory a kernel did
+ * write is reported as uninitialized. The staging buffer is only ever read
+ * from its start up to what was just written, and kernel stores are tracked
+ * exactly, so every report the checker makes is a real one. */
+static ts_status write_by_kernel(ts_cl_device *d, cl_mem dst, size_t offset, const void *src,
+                                 size_t size)
+{
+    cl_int err;
+    if (size > d->staging_size) {
+        size_t n = size < 65536 ? 65536 : size;
+        cl_mem m = clCreateBuffer(d->context, CL_MEM_READ_ONLY, n, NULL, &err);
+        if (err != CL_SUCCESS) return ts_cl_fail(err, "clCreateBuffer (staging)", d);
+        ts_cl_release_mem(d, d->staging);
+        d->staging = m;
+        d->staging_size = n;
+    }
+    err = clEnqueueWriteBuffer(d->queue, d->staging, CL_TRUE, 0, size, src, 0, NULL, NULL);
+    if (err != CL_SUCCESS) return ts_cl_fail(err, "clEnqueueWriteBuffer (staging)", d);
+    ts_status st = copy_by_kernel(d, dst, offset, d->staging, 0, size);
+    /* the next write reuses the staging buffer */
+    if (st == TS_OK && (err = clFinish(d->queue)) != CL_SUCCESS) st = ts_cl_fail(err, "clFinish", d);
+    return st;
 }
 
 static ts_status cl_write(ts_device *dev, void *handle, size_t offset, const void *src, size_t size)
 {
     ts_cl_device *d = dev->context;
+    if (d->kernel_transfers && size) return write_by_kernel(d, (cl_mem)handle, offset, src, size);
     cl_int err = clEnqueueWriteBuffer(d->queue, (cl_mem)handle, CL_TRUE, offset, size, src, 0,
                                       NULL, NULL);
     return err == CL_SUCCESS ? TS_OK : ts_cl_fail(err, "clEnqueueWriteBuffer", d);
@@ -219,6 +292,9 @@ static ts_status cl_copy(ts_device *dev, void *dst, size_t dst_offset, void *src
     ts_cl_device *d = dev->context;
     if (dst == src && !(dst_offset + size <= src_offset || src_offset + size <= dst_offset))
         return ts_error(TS_ERR_INVALID_ARG, "overlapping copy within one buffer on %s", d->info_id);
+    if (d->kernel_transfers)
+        return size ? copy_by_kernel(d, (cl_mem)dst, dst_offset, (cl_mem)src, src_offset, size)
+                    : TS_OK;
     cl_int err = clEnqueueCopyBuffer(d->queue, (cl_mem)src, (cl_mem)dst, src_offset, dst_offset,
                                      size, 0, NULL, NULL);
     return err == CL_SUCCESS ? TS_OK : ts_cl_fail(err, "clEnqueueCopyBuffer", d);
@@ -237,7 +313,7 @@ ts_status ts_cl_scratch(ts_cl_device *d, size_t bytes, cl_mem *out)
     if (bytes > d->scratch_size) {
         /* The old buffer may still be read by queued kernels; OpenCL keeps
          * it alive until they finish. */
-        if (d->scratch) clReleaseMemObject(d->scratch);
+        ts_cl_release_mem(d, d->scratch);
         d->scratch = NULL;
         d->scratch_size = 0;
         cl_int err;
@@ -272,10 +348,12 @@ static void describe(ts_cl_device *d, ts_device_info *info, const char *exts, cl
     cl_uint align_bits = dev_uint(dev, CL_DEVICE_MEM_BASE_ADDR_ALIGN);
     size_t param = dev_size(dev, CL_DEVICE_MAX_PARAMETER_SIZE);
     snprintf(info->details, sizeof info->details,
-             "GEMM: %s; row work-group %zu; max params %zu B; base align %u bits%s%s",
-             ts_cl_gemm_route_name(d->gemm_route), d->row_wg, param, align_bits,
+             "GEMM: %s%s; row work-group %zu; max params %zu B; base align %u bits%s%s%s",
+             ts_cl_gemm_route_name(d->gemm_route), d->gemm_forced ? " (TESSERA_GEMM)" : "",
+             d->row_wg, param, align_bits,
              has_ext(exts, "cl_khr_int64_base_atomics") ? "; int64 atomics" : "",
-             d->host_unified ? "; host-unified memory" : "");
+             d->host_unified ? "; host-unified memory" : "",
+             d->kernel_transfers ? "; transfers by kernel (simulator)" : "");
 #ifdef TS_HAVE_CLBLAST
     snprintf(info->reference_blas, sizeof info->reference_blas, "CLBlast %s", TS_CLBLAST_VERSION);
 #endif
@@ -337,6 +415,9 @@ static void register_device(cl_platform_id platform, const char *pname, const ch
     snprintf(d->device_version, sizeof d->device_version, "%s", info.version);
     d->is_cpu = info.type == TS_DEVICE_CPU;
     d->host_unified = unified == CL_TRUE;
+    /* The one device quirk: on the oclgrind simulator, transfers run as
+     * kernels so its uninitialized-memory checker stays exact (write_by_kernel). */
+    d->kernel_transfers = strncmp(pname, "Oclgrind", 8) == 0;
     int major = 1, minor = 2;
     if (sscanf(dver, "OpenCL %d.%d", &major, &minor) != 2) major = 1;
     d->version_major = major;
@@ -351,6 +432,8 @@ static void register_device(cl_platform_id platform, const char *pname, const ch
              "-cl-std=CL1.2 -DROW_WG=%zu -DTILE_WG=%zu -DTS_CPU_DEVICE=%d", d->row_wg, d->tile_wg,
              d->is_cpu);
     d->gemm_route = ts_cl_default_gemm_route(d);
+    const char *forced = getenv("TESSERA_GEMM");
+    d->gemm_forced = forced && *forced && strcmp(forced, "auto") != 0;
     describe(d, &info, exts, dev);
     free(exts);
 

@@ -6,7 +6,8 @@
  *     pre-allocated temporary buffer otherwise); tessera's tiled kernel for
  *     tiny shapes and whenever CLBlast is missing or returns an error.
  * TESSERA_GEMM=blas|clblast|kernel overrides the choice (tests use it to
- * run every route on PoCL). */
+ * run every route on PoCL and oclgrind); a route chosen that way takes every
+ * shape and reports its errors instead of falling back. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,7 +184,7 @@ static CLBlastStatusCode clblast_run(ts_cl_device *d, const ts_op *op, float bet
         (size_t)g->lda, bo, (size_t)g->ldb, co, (size_t)g->ldc, &d->queue, &need);
     if (s != CLBlastSuccess) return s;
     if (need > d->clblast_temp_size) {
-        if (d->clblast_temp) clReleaseMemObject(d->clblast_temp);
+        ts_cl_release_mem(d, d->clblast_temp);
         d->clblast_temp = NULL;
         d->clblast_temp_size = 0;
         cl_int err;
@@ -212,6 +213,10 @@ static ts_status gemm_clblast(ts_cl_device *d, const ts_op *op)
                (long long)g->N, (long long)g->K, (long long)g->batch, d->info_id);
         return TS_OK;
     }
+    if (d->gemm_forced) /* asked for by name: an error, not a quiet fallback */
+        return ts_error(TS_ERR_BACKEND, "CLBlast GEMM %lldx%lldx%lld (batch %lld) failed on %s: status %d",
+                        (long long)g->M, (long long)g->N, (long long)g->K, (long long)g->batch,
+                        d->info_id, (int)s);
     if (!d->clblast_warned) {
         ts_log(TS_LOG_WARN, "CLBlast GEMM failed on %s (status %d); using tessera's kernel",
                d->info_id, (int)s);
@@ -248,7 +253,7 @@ ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op)
 #ifdef TS_HAVE_CLBLAST
     case TS_GEMM_CLBLAST:
         /* Tiny products cost CLBlast more in launches than they compute. */
-        if (g->M * g->N * g->K >= 32 * 32 * 32) return gemm_clblast(d, op);
+        if (d->gemm_forced || g->M * g->N * g->K >= 32 * 32 * 32) return gemm_clblast(d, op);
         break;
 #endif
     default: break;

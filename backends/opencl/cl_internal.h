@@ -51,6 +51,14 @@ typedef struct ts_cl_device {
     char device_version[128];
     int is_cpu;
     int host_unified;
+    /* oclgrind only (see write_by_kernel in cl_backend.c): transfers run as
+     * kernels through a staging buffer, and buffers are released at the end
+     * of the process, not when freed */
+    int kernel_transfers;
+    cl_mem staging;
+    size_t staging_size;
+    cl_mem *retired;
+    size_t nretired, capretired;
     int version_major;
     size_t max_wg;
     size_t row_wg;           /* work-group size of row kernels */
@@ -59,6 +67,7 @@ typedef struct ts_cl_device {
     char options[256];       /* build options (defines) for every program */
     ts_cl_program *programs;
     ts_gemm_route gemm_route;
+    int gemm_forced;         /* set by TESSERA_GEMM: no silent fallback */
     int clblast_warned;
     cl_mem scratch;          /* grows on demand; partial sums */
     size_t scratch_size;
@@ -72,6 +81,9 @@ const char *ts_cl_error_name(cl_int err);
 ts_status ts_cl_fail(cl_int err, const char *what, const ts_cl_device *d);
 
 ts_status ts_cl_ensure_ready(ts_cl_device *d);
+/* clReleaseMemObject, or on kernel_transfers devices kept until the device
+ * is released. */
+void ts_cl_release_mem(ts_cl_device *d, cl_mem m);
 
 /* Programs (cl_program.c): the kernel `name` from kernels/<file>, built on
  * first use and cached in memory and on disk. */
