@@ -47,7 +47,7 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(C)
 
     def forward(self, idx, targets):
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
         for b in self.h:
             x = b(x)
         logits = self.ln_f(x) @ self.wte.weight.T
@@ -59,26 +59,33 @@ def main():
     for name, default in [("layers", 12), ("heads", 12), ("width", 768), ("vocab", 50257), ("batch", 4),
                           ("seq-len", 64), ("steps", 5), ("warmup", 2), ("threads", 2)]:
         a.add_argument("--" + name, type=int, default=default)
+    a.add_argument("--device", default="cpu", help="cpu, or cuda (falls back to cpu without CUDA)")
     o = a.parse_args()
+    dev = "cuda" if o.device == "cuda" and torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     torch.set_num_threads(o.threads)
     torch.manual_seed(0)
-    m = GPT(o.vocab, 1024, o.layers, o.heads, o.width)
+    m = GPT(o.vocab, 1024, o.layers, o.heads, o.width).to(dev)
     decay = [p for p in m.parameters() if p.dim() == 2]
     other = [p for p in m.parameters() if p.dim() != 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
                             lr=1e-4, betas=(0.9, 0.95), eps=1e-8)
-    idx = torch.randint(0, o.vocab, (o.batch, o.seq_len))
-    tgt = torch.randint(0, o.vocab, (o.batch, o.seq_len))
+    idx = torch.randint(0, o.vocab, (o.batch, o.seq_len), device=dev)
+    tgt = torch.randint(0, o.vocab, (o.batch, o.seq_len), device=dev)
     times, splits = [], []
     for s in range(o.warmup + o.steps):
+        sync()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=False)
         loss = m(idx, tgt)
+        sync()
         t1 = time.perf_counter()
         loss.backward()
+        sync()
         t2 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
         opt.step()
+        sync()
         t3 = time.perf_counter()
         if s >= o.warmup:
             times.append(t3 - t0)
@@ -86,7 +93,7 @@ def main():
     med = statistics.median(times)
     f, b, p = min(splits, key=lambda x: abs(sum(x) - med))
     n = sum(p.numel() for p in m.parameters())
-    print(json.dumps({"device": "pytorch-cpu", "torch": torch.__version__, "params": n, "batch": o.batch,
+    print(json.dumps({"device": "pytorch-" + dev, "torch": torch.__version__, "params": n, "batch": o.batch,
                       "seq_len": o.seq_len, "threads": torch.get_num_threads(), "steps": o.steps,
                       "median_s": round(med, 4), "min_s": round(min(times), 4), "max_s": round(max(times), 4),
                       "fwd_bwd_s": round(f + b, 4), "optimizer_s": round(p, 4),

@@ -36,26 +36,23 @@ static void remove_dir(const char *path)
     rmdir(path);
 }
 
-/* Test hook: TESSERA_FAULT_IN_SAVE=1 makes the process die halfway through
- * writing a checkpoint, as a crash would. */
-static void maybe_die_in_save(void)
-{
-    const char *e = getenv("TESSERA_FAULT_IN_SAVE");
-    if (e && !strcmp(e, "1")) _exit(86);
-}
-
 static ts_status write_state(const char *path, const ts_train_state *s)
 {
     char buf[16384];
-    char best[64];
+    char best[64], loss[64], val[64];
     if (isfinite(s->best_val_loss)) snprintf(best, sizeof best, "%.9g", s->best_val_loss);
     else snprintf(best, sizeof best, "null");
+    if (isfinite(s->loss)) snprintf(loss, sizeof loss, "%.9g", s->loss);
+    else snprintf(loss, sizeof loss, "null");
+    if (isfinite(s->val_loss)) snprintf(val, sizeof val, "%.9g", s->val_loss);
+    else snprintf(val, sizeof val, "null");
     int n = snprintf(buf, sizeof buf,
                      "{\n  \"format\": \"tessera-train-state\",\n  \"step\": %lld,\n  \"seed\": %llu,\n"
                      "  \"next_sample\": %lld,\n  \"data_fingerprint\": \"%016llx\",\n"
-                     "  \"tokens_seen\": %.17g,\n  \"best_val_loss\": %s,\n  \"settings\": %s\n}\n",
+                     "  \"tokens_seen\": %.17g,\n  \"loss\": %s,\n  \"val_loss\": %s,\n"
+                     "  \"best_val_loss\": %s,\n  \"settings\": %s\n}\n",
                      (long long)s->step, (unsigned long long)s->seed, (long long)s->next_sample,
-                     (unsigned long long)s->data_fingerprint, s->tokens_seen, best,
+                     (unsigned long long)s->data_fingerprint, s->tokens_seen, loss, val, best,
                      s->settings[0] ? s->settings : "{}");
     if (n < 0 || n >= (int)sizeof buf) return ts_error(TS_ERR_INVALID_ARG, "training state too large");
     return ts_write_file_atomic(path, buf, (size_t)n);
@@ -86,32 +83,169 @@ static ts_status write_optim(const char *path, const ts_gpt *model, const ts_opt
     return ts_gpt_save_blobs(model, blobs, prefixes, n, path, meta);
 }
 
-static int cmp_str(const void *a, const void *b)
+/* The step of a checkpoint directory name "step_NNNNNNNN" (8 or more
+ * digits, nothing else), or -1. */
+static int64_t step_of(const char *name)
 {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
+    if (strncmp(name, "step_", 5) != 0) return -1;
+    const char *p = name + 5;
+    size_t n = strspn(p, "0123456789");
+    if (n < 8 || n > 18 || p[n] != '\0') return -1;
+    return strtoll(p, NULL, 10);
 }
 
-/* Delete all but the newest `keep` step_* directories. */
+/* The checkpoint a pointer file (latest, best) names, or "" when it is
+ * absent or names nothing valid. */
+static void read_pointer(const char *dir, const char *file, char *name, size_t n)
+{
+    char f[4200], *text;
+    size_t len;
+    name[0] = '\0';
+    snprintf(f, sizeof f, "%s/%s", dir, file);
+    if (ts_read_file(f, &text, &len) != TS_OK) {
+        ts_clear_error();
+        return;
+    }
+    text[strcspn(text, "\r\n")] = '\0';
+    if (step_of(text) >= 0) snprintf(name, n, "%s", text);
+    free(text);
+}
+
+typedef struct step_dir {
+    int64_t step;
+    char name[256];
+} step_dir;
+
+static int cmp_step(const void *a, const void *b)
+{
+    int64_t x = ((const step_dir *)a)->step, y = ((const step_dir *)b)->step;
+    return x < y ? -1 : x > y;
+}
+
+/* Delete all but the `keep` checkpoints of the highest steps, never the one
+ * `latest` or `best` names. */
 static void prune(const char *dir, int keep)
 {
     if (keep <= 0) return;
+    char latest[64], best[64];
+    read_pointer(dir, "latest", latest, sizeof latest);
+    read_pointer(dir, "best", best, sizeof best);
     DIR *d = opendir(dir);
     if (!d) return;
-    char *names[4096];
-    int n = 0;
+    step_dir *all = NULL;
+    size_t n = 0, cap = 0;
     struct dirent *e;
-    while ((e = readdir(d)) && n < 4096)
-        if (!strncmp(e->d_name, "step_", 5)) names[n++] = strdup(e->d_name);
-    closedir(d);
-    qsort(names, (size_t)n, sizeof *names, cmp_str);
-    for (int i = 0; i < n; i++) {
-        if (i < n - keep) {
-            char p[4300];
-            snprintf(p, sizeof p, "%s/%s", dir, names[i]);
-            remove_dir(p);
+    while ((e = readdir(d))) {
+        int64_t s = step_of(e->d_name);
+        if (s < 0) continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 64;
+            step_dir *p = realloc(all, cap * sizeof *p);
+            if (!p) break;
+            all = p;
         }
-        free(names[i]);
+        all[n].step = s;
+        snprintf(all[n].name, sizeof all[n].name, "%s", e->d_name);
+        n++;
     }
+    closedir(d);
+    if (all) qsort(all, n, sizeof *all, cmp_step);
+    for (size_t i = 0; i + (size_t)keep < n; i++) {
+        if (!strcmp(all[i].name, latest) || !strcmp(all[i].name, best)) continue;
+        char p[4300];
+        snprintf(p, sizeof p, "%s/%s", dir, all[i].name);
+        remove_dir(p);
+    }
+    free(all);
+}
+
+ts_status ts_run_dir_inspect(const char *dir, ts_run_dir_info *info)
+{
+    memset(info, 0, sizeof *info);
+    DIR *d = opendir(dir);
+    if (!d) {
+        if (errno == ENOENT) return TS_OK;
+        return ts_error(TS_ERR_IO, "cannot read the run directory %s: %s", dir, strerror(errno));
+    }
+    info->exists = 1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        info->entries++;
+        if (step_of(e->d_name) >= 0) info->checkpoints++;
+        else if (!strcmp(e->d_name, "log.jsonl")) info->has_log = 1;
+        else if (!strncmp(e->d_name, ".tmp-", 5)) info->temporaries++;
+    }
+    closedir(d);
+    read_pointer(dir, "latest", info->latest, sizeof info->latest);
+    return TS_OK;
+}
+
+void ts_run_dir_clean(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, ".tmp-", 5) != 0) continue;
+        char p[4300];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        struct stat sb;
+        if (lstat(p, &sb) != 0) continue;
+        if (S_ISDIR(sb.st_mode)) remove_dir(p); /* .tmp-step_N of a save that died */
+        else unlink(p);                          /* .tmp-tessera-* of an atomic write */
+    }
+    closedir(d);
+}
+
+ts_status ts_run_dir_reset(const char *dir)
+{
+    ts_run_dir_clean(dir);
+    DIR *d = opendir(dir);
+    if (!d) return TS_OK;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        char p[4300];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        if (step_of(e->d_name) >= 0) remove_dir(p);
+        else if (!strcmp(e->d_name, "latest") || !strcmp(e->d_name, "best") || !strcmp(e->d_name, "log.jsonl") ||
+                 !strcmp(e->d_name, "tokenizer.txt"))
+            unlink(p);
+    }
+    closedir(d);
+    return ts_fsync_dir(dir);
+}
+
+ts_status ts_run_log_truncate(const char *path, int64_t step)
+{
+    char *text;
+    size_t n;
+    struct stat sb;
+    if (stat(path, &sb) != 0) return TS_OK; /* no log yet */
+    TRY(ts_read_file(path, &text, &n));
+    char *keep = malloc(n + 1);
+    if (!keep) {
+        free(text);
+        return ts_error(TS_ERR_OOM, "no memory to rewrite %s", path);
+    }
+    size_t k = 0;
+    for (char *line = text; line < text + n;) {
+        char *end = memchr(line, '\n', (size_t)(text + n - line));
+        size_t len = end ? (size_t)(end - line) + 1 : (size_t)(text + n - line);
+        /* every line names its step; keep those up to the checkpoint's (a
+         * torn last line without a newline is dropped) */
+        const char *s = strstr(line, "\"step\": ");
+        int complete = end != NULL;
+        if (complete && s && s < line + len && strtoll(s + 8, NULL, 10) <= step) {
+            memcpy(keep + k, line, len);
+            k += len;
+        }
+        line += len;
+    }
+    free(text);
+    ts_status st = ts_write_file_atomic(path, keep, k);
+    free(keep);
+    return st;
 }
 
 ts_status ts_checkpoint_begin(const char *dir, int64_t step, char *tmp, size_t n)
@@ -135,7 +269,6 @@ ts_status ts_checkpoint_finish(const char *dir, const char *tmp, const ts_train_
     char name[64], final[4200], f[4300];
     snprintf(name, sizeof name, "step_%08lld", (long long)state->step);
     snprintf(final, sizeof final, "%s/%s", dir, name);
-    maybe_die_in_save(); /* the weights are written, the checkpoint is not complete */
     snprintf(f, sizeof f, "%s/tokenizer.txt", tmp);
     ts_status st = ts_tokenizer_save(tok, f);
     if (!st) {
@@ -149,10 +282,15 @@ ts_status ts_checkpoint_finish(const char *dir, const char *tmp, const ts_train_
             st = ts_error(TS_ERR_IO, "renaming %s to %s failed: %s", tmp, final, strerror(errno));
     }
     if (!st) st = ts_fsync_dir(dir);
+    char line[80];
+    int n = snprintf(line, sizeof line, "%s\n", name);
     if (!st) {
         snprintf(f, sizeof f, "%s/latest", dir);
-        char line[80];
-        int n = snprintf(line, sizeof line, "%s\n", name);
+        st = ts_write_file_atomic(f, line, (size_t)n);
+    }
+    /* the best validation loss so far: this checkpoint is kept as `best` */
+    if (!st && isfinite(state->val_loss) && state->val_loss <= state->best_val_loss) {
+        snprintf(f, sizeof f, "%s/best", dir);
         st = ts_write_file_atomic(f, line, (size_t)n);
     }
     if (st) {
@@ -189,20 +327,31 @@ ts_status ts_checkpoint_latest(const char *dir, char *path, size_t n)
 {
     char f[4200];
     snprintf(f, sizeof f, "%s/latest", dir);
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return ts_error(TS_ERR_IO, "no checkpoint to resume: %s is not a directory", dir);
     char *text;
     size_t len;
-    ts_status st = ts_read_file(f, &text, &len);
-    if (st) return ts_error_context(TS_ERR_IO, "no checkpoint in %s", dir);
+    if (ts_read_file(f, &text, &len) != TS_OK)
+        return ts_error(TS_ERR_IO, "no checkpoint to resume in %s: it has no 'latest' file", dir);
     text[strcspn(text, "\r\n")] = '\0';
-    if (strncmp(text, "step_", 5) != 0 || strchr(text, '/')) {
+    if (step_of(text) < 0) {
+        ts_error(TS_ERR_FORMAT, "%s does not name a checkpoint of this directory (it holds '%.60s'; expected step_ and "
+                 "8 digits)", f, text);
         free(text);
-        return ts_error(TS_ERR_FORMAT, "%s does not name a checkpoint", f);
+        return TS_ERR_FORMAT;
     }
     snprintf(path, n, "%s/%s", dir, text);
     free(text);
-    struct stat sb;
     if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode))
         return ts_error(TS_ERR_FORMAT, "%s names %s, which does not exist", f, path);
+    static const char *files[] = {"model.safetensors", "state.json", "tokenizer.txt"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        char p[4400];
+        snprintf(p, sizeof p, "%s/%s", path, files[i]);
+        if (stat(p, &sb) != 0 || !S_ISREG(sb.st_mode))
+            return ts_error(TS_ERR_FORMAT, "checkpoint %s is incomplete: %s is missing", path, files[i]);
+    }
     return TS_OK;
 }
 
@@ -225,13 +374,26 @@ ts_status ts_checkpoint_read_state(const char *ckpt, ts_train_state *s)
     }
     s->step = ts_json_get_int(j, "step", 0);
     const ts_json *seed = ts_json_get(j, "seed");
-    s->seed = seed && seed->is_integer ? (uint64_t)seed->integer : 0;
-    if (seed && !seed->is_integer) s->seed = (uint64_t)seed->number;
+    const char *fp = ts_json_get_str(j, "data_fingerprint", "");
+    if (!seed || seed->type != TS_JSON_NUMBER || !seed->is_integer || seed->integer < 0 ||
+        strlen(fp) != 16 || strspn(fp, "0123456789abcdefABCDEF") != 16) {
+        ts_json_free(j);
+        return ts_error(TS_ERR_FORMAT, "%s: \"seed\" must be a non-negative integer and \"data_fingerprint\" 16 hex "
+                        "digits", f);
+    }
+    s->seed = (uint64_t)seed->integer;
     s->next_sample = ts_json_get_int(j, "next_sample", 0);
-    s->data_fingerprint = strtoull(ts_json_get_str(j, "data_fingerprint", "0"), NULL, 16);
+    s->data_fingerprint = strtoull(fp, NULL, 16);
     s->tokens_seen = ts_json_get_num(j, "tokens_seen", 0);
     const ts_json *best = ts_json_get(j, "best_val_loss");
     s->best_val_loss = best && best->type == TS_JSON_NUMBER ? best->number : INFINITY;
+    s->loss = ts_json_get_num(j, "loss", NAN);
+    s->val_loss = ts_json_get_num(j, "val_loss", NAN);
+    const ts_json *set = ts_json_get(j, "settings");
+    if (set && set->type != TS_JSON_OBJECT) {
+        ts_json_free(j);
+        return ts_error(TS_ERR_FORMAT, "%s: \"settings\" must be an object", f);
+    }
     /* keep the settings object as text: find its span in the file */
     ts_json_free(j);
     TRY(ts_read_file(f, &text, &n));

@@ -13,6 +13,44 @@
 
 #define TOKENS_MAGIC "TSTOKENS"
 enum { HEADER_BYTES = 64 };
+/* llm.c's token files (its dev/data .bin files): 256 int32 of header, magic
+ * 20240520, version 1 = GPT-2 tokens as u16, version 2 = LLaMA 3 as u32,
+ * then the token count; then the tokens. */
+enum { LLMC_MAGIC = 20240520, LLMC_HEADER_BYTES = 1024 };
+
+void ts_data_cache_dir(char *out, size_t n)
+{
+    const char *env = getenv("TESSERA_DATA_CACHE");
+    if (env && *env) snprintf(out, n, "%s", env);
+    else if (getenv("XDG_CACHE_HOME") && *getenv("XDG_CACHE_HOME"))
+        snprintf(out, n, "%s/tessera/tokens", getenv("XDG_CACHE_HOME"));
+    else if (getenv("HOME") && *getenv("HOME")) snprintf(out, n, "%s/.cache/tessera/tokens", getenv("HOME"));
+    else snprintf(out, n, "/tmp/tessera-tokens");
+}
+
+ts_status ts_check_text(const uint8_t *s, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n;) {
+        uint8_t c = s[i];
+        if (c == 0)
+            return ts_error(TS_ERR_FORMAT, "%s is not text: it has a NUL byte at offset %zu (binary data? a token "
+                            "file needs the tessera or llm.c header)", name, i);
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        /* the length of a well-formed UTF-8 sequence, its second byte's range */
+        size_t len = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+        uint8_t lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80, hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+        int ok = len > 0 && i + len <= n && s[i + 1] >= lo && s[i + 1] <= hi;
+        for (size_t k = 2; ok && k < len; k++) ok = s[i + k] >= 0x80 && s[i + k] <= 0xBF;
+        if (!ok)
+            return ts_error(TS_ERR_FORMAT, "%s is not valid UTF-8: byte 0x%02x at offset %zu does not start a valid "
+                            "sequence", name, c, i);
+        i += len;
+    }
+    return TS_OK;
+}
 
 ts_status ts_dataset_batch(ts_dataset *ds, ts_split split, uint64_t seed, int64_t first_sample,
                            int64_t B, int64_t T, int32_t *inputs, int32_t *targets)
@@ -93,14 +131,14 @@ ts_status ts_tokens_write(const char *path, const int32_t *ids, size_t count, in
 
 typedef struct tokfile {
     const unsigned char *map;
-    size_t size;
+    size_t size, header;  /* header bytes before the first token */
     unsigned width;
     int64_t count, split; /* tokens [0, split) train, [split, count) validation */
 } tokfile;
 
 static int32_t token_at(const tokfile *f, int64_t i)
 {
-    const unsigned char *p = f->map + HEADER_BYTES + (size_t)i * f->width;
+    const unsigned char *p = f->map + f->header + (size_t)i * f->width;
     return f->width == 2 ? (int32_t)(p[0] | p[1] << 8)
                          : (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
                                      (uint32_t)p[3] << 24);
@@ -138,12 +176,14 @@ static void tokfile_close(ts_dataset *ds)
     }
 }
 
+static uint32_t get32(const unsigned char *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
+
 int ts_is_token_file(const char *path)
 {
     FILE *f = fopen(path, "rb");
     if (!f) return 0;
-    char magic[8];
-    int yes = fread(magic, 1, 8, f) == 8 && !memcmp(magic, TOKENS_MAGIC, 8);
+    unsigned char magic[8];
+    int yes = fread(magic, 1, 8, f) == 8 && (!memcmp(magic, TOKENS_MAGIC, 8) || get32(magic) == LLMC_MAGIC);
     fclose(f);
     return yes;
 }
@@ -151,8 +191,8 @@ int ts_is_token_file(const char *path)
 ts_status ts_dataset_open_tokens(ts_dataset *ds, const char *path, double val_fraction)
 {
     memset(ds, 0, sizeof *ds);
-    if (!(val_fraction >= 0.0 && val_fraction < 1.0))
-        return ts_error(TS_ERR_INVALID_ARG, "validation fraction %g must be in [0, 1)", val_fraction);
+    if (!(val_fraction >= 0.0 && val_fraction <= 1.0))
+        return ts_error(TS_ERR_INVALID_ARG, "validation fraction %g must be in [0, 1]", val_fraction);
     int fd;
     size_t size;
     ts_status opened = ts_open_regular(path, &fd, &size);
@@ -166,25 +206,38 @@ ts_status ts_dataset_open_tokens(ts_dataset *ds, const char *path, double val_fr
     if (map == MAP_FAILED) return ts_error(TS_ERR_IO, "cannot map %s: %s", path, strerror(errno));
     ts_status st = TS_OK;
     unsigned width = map[12];
-    uint64_t vocab = get64(map + 16), count = get64(map + 24);
-    if (memcmp(map, TOKENS_MAGIC, 8) != 0)
-        st = ts_error(TS_ERR_FORMAT, "%s is not a tessera token file (bad magic)", path);
+    uint64_t vocab = get64(map + 16), count = get64(map + 24), tok_fp = get64(map + 32);
+    size_t header = HEADER_BYTES;
+    int llmc = get32(map) == LLMC_MAGIC;
+    if (llmc) {
+        /* llm.c: the vocabulary is its tokenizer's (GPT-2 or LLaMA 3) */
+        uint32_t version = size >= LLMC_HEADER_BYTES ? get32(map + 4) : 0;
+        header = LLMC_HEADER_BYTES;
+        width = version == 1 ? 2 : 4;
+        vocab = version == 1 ? 50257 : 128256;
+        count = size >= LLMC_HEADER_BYTES ? get32(map + 8) : 0;
+        tok_fp = 0;
+        if (version != 1 && version != 2)
+            st = ts_error(TS_ERR_FORMAT, "%s: llm.c token file version %u is not supported (1: GPT-2, 2: LLaMA 3)", path,
+                          version);
+    } else if (memcmp(map, TOKENS_MAGIC, 8) != 0)
+        st = ts_error(TS_ERR_FORMAT, "%s is not a tessera or llm.c token file (bad magic)", path);
     else if (map[8] != 1)
         st = ts_error(TS_ERR_FORMAT, "%s: token file version %d is not supported", path, map[8]);
     else if ((width != 2 && width != 4) || vocab < 1 || vocab > ((uint64_t)1 << 31) ||
              (width == 2 && vocab > 65536))
         st = ts_error(TS_ERR_FORMAT, "%s: corrupt header (width %u, vocabulary %llu)", path, width,
                       (unsigned long long)vocab);
-    else if (count > (size - HEADER_BYTES) / width || HEADER_BYTES + count * width != size)
+    if (!st && (size < header || count > (size - header) / width || header + count * width != size))
         st = ts_error(TS_ERR_FORMAT, "%s: header promises %llu tokens (%llu bytes) but the file has %zu bytes (truncated?)",
-                      path, (unsigned long long)count, (unsigned long long)(HEADER_BYTES + count * width), size);
+                      path, (unsigned long long)count, (unsigned long long)(header + count * width), size);
     tokfile *f = NULL;
     if (!st) {
         f = calloc(1, sizeof *f);
         if (!f) st = ts_error(TS_ERR_OOM, "no memory");
     }
     if (!st) {
-        f->map = map, f->size = size, f->width = width, f->count = (int64_t)count;
+        f->map = map, f->size = size, f->header = header, f->width = width, f->count = (int64_t)count;
         for (int64_t i = 0; i < f->count; i++) {
             int32_t id = token_at(f, i);
             if (id < 0 || (uint64_t)id >= vocab) {
@@ -204,7 +257,8 @@ ts_status ts_dataset_open_tokens(ts_dataset *ds, const char *path, double val_fr
     ds->vocab_size = (int64_t)vocab;
     ds->train_tokens = f->split;
     ds->val_tokens = f->count - f->split;
-    ds->fingerprint = mix64(get64(map + 32) ^ mix64(count));
+    ds->tokenizer_fingerprint = tok_fp;
+    ds->fingerprint = llmc ? mix64(0x11c0ull ^ mix64(count) ^ mix64(get64(map + header))) : mix64(tok_fp ^ mix64(count));
     ds->batch = tokfile_batch;
     ds->close = tokfile_close;
     ds->ctx = f;
@@ -222,6 +276,10 @@ ts_status ts_dataset_open_text(ts_dataset *ds, const char *path, const ts_tokeni
     if (n < 2) {
         free(text);
         return ts_error(TS_ERR_FORMAT, "%s: %zu bytes is too little text to train on", path, n);
+    }
+    if ((st = ts_check_text((const uint8_t *)text, n, path))) {
+        free(text);
+        return st;
     }
     /* the cache key covers the whole text and the tokenizer */
     uint64_t h = 14695981039346656037ull;

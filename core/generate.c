@@ -37,6 +37,24 @@ static int32_t pick(float *logits, int64_t V, const ts_sample_options *o, uint64
         logits[j] = (float)p;
         sum += p;
     }
+    if (o->top_p > 0.0f && o->top_p < 1.0f) {
+        /* nucleus: the smallest set of most likely tokens holding top_p of
+         * the probability (ties at the edge stay in) */
+        memcpy(scratch, logits, (size_t)V * sizeof *scratch);
+        qsort(scratch, (size_t)V, sizeof *scratch, cmp_desc);
+        double acc = 0.0, want = (double)o->top_p * sum;
+        float edge = scratch[0];
+        for (int64_t j = 0; j < V; j++) {
+            acc += scratch[j];
+            edge = scratch[j];
+            if (acc >= want) break;
+        }
+        sum = 0.0;
+        for (int64_t j = 0; j < V; j++) {
+            if (logits[j] < edge) logits[j] = 0.0f;
+            sum += logits[j];
+        }
+    }
     double u = (double)(next_u64(rng) >> 11) * (1.0 / 9007199254740992.0) * sum;
     for (int64_t j = 0; j < V; j++) {
         u -= logits[j];

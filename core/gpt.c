@@ -25,9 +25,17 @@ ts_status ts_gpt_config_check(const ts_gpt_config *c)
         return ts_error(TS_ERR_INVALID_ARG, "max_seq_len %lld is out of range", (long long)c->max_seq_len);
     if (c->n_layer < 1 || c->n_layer > 1024)
         return ts_error(TS_ERR_INVALID_ARG, "n_layer %lld is out of range", (long long)c->n_layer);
-    if (c->n_head < 1 || c->n_embd < 1 || c->n_embd % c->n_head != 0)
+    if (c->n_embd < 1 || c->n_embd > (1 << 16))
+        return ts_error(TS_ERR_INVALID_ARG, "n_embd %lld is out of range (1 to 65536)", (long long)c->n_embd);
+    if (c->n_head < 1 || c->n_embd % c->n_head != 0)
         return ts_error(TS_ERR_INVALID_ARG, "n_embd %lld must be a positive multiple of n_head %lld",
                         (long long)c->n_embd, (long long)c->n_head);
+    /* with the bounds above every count below fits in 64 bits; the whole
+     * model must also fit one allocation of any device (2^40 floats) */
+    double params = (double)c->vocab_size * (double)c->n_embd + (double)c->max_seq_len * (double)c->n_embd +
+                    (double)c->n_layer * (12.0 * (double)c->n_embd * (double)c->n_embd + 13.0 * (double)c->n_embd);
+    if (params > 1099511627776.0)
+        return ts_error(TS_ERR_INVALID_ARG, "a model of %.3g parameters is beyond any device (at most 2^40)", params);
     return TS_OK;
 }
 
@@ -55,6 +63,17 @@ int64_t ts_gpt_num_params(const ts_gpt_config *c)
 {
     int64_t C = c->n_embd;
     return c->vocab_size * C + c->max_seq_len * C + c->n_layer * (12 * C * C + 13 * C) + 2 * C;
+}
+
+double ts_gpt_train_bytes(const ts_gpt_config *c, int64_t B, int64_t T, int moments)
+{
+    double N = (double)B * (double)T, C = (double)c->n_embd, L = (double)c->n_layer;
+    double att = (double)B * (double)c->n_head * (double)T * (double)T;
+    double params = (double)c->vocab_size * C + (double)c->max_seq_len * C + L * (12.0 * C * C + 13.0 * C);
+    /* per layer (ts_gpt_acts_alloc): 19 N*C and the T x T attention; then
+     * the head's logits, a few N*C buffers and the backward scratch */
+    double acts = L * (19.0 * N * C + att) + N * (double)c->vocab_size + 4.0 * N * C + 14.0 * N * C + att;
+    return 4.0 * ((2.0 + moments) * params + acts);
 }
 
 double ts_gpt_flops_per_token(const ts_gpt_config *c, int64_t T)

@@ -355,3 +355,69 @@ void ts_json_write_member(FILE *f, const char *key, const char *value, const cha
     ts_json_write_string(f, value ? value : "");
     fputs(after ? after : "", f);
 }
+
+/* The value of a member as comparable text: strings as is, numbers by
+ * value, the rest by type. */
+static void member_text(const ts_json *v, char *out, size_t n)
+{
+    if (!v) snprintf(out, n, "(absent)");
+    else if (v->type == TS_JSON_STRING) snprintf(out, n, "\"%s\"", v->string);
+    else if (v->type == TS_JSON_NUMBER && v->is_integer) snprintf(out, n, "%lld", (long long)v->integer);
+    else if (v->type == TS_JSON_NUMBER) snprintf(out, n, "%.6g", v->number); /* floats saved as %.9g */
+    else if (v->type == TS_JSON_BOOL) snprintf(out, n, "%s", v->boolean ? "true" : "false");
+    else if (v->type == TS_JSON_NULL) snprintf(out, n, "null");
+    else snprintf(out, n, "(%s of %zu)", v->type == TS_JSON_ARRAY ? "array" : "object", v->count);
+}
+
+static int listed(const char *key, const char *const *only)
+{
+    if (!only) return 1;
+    for (; *only; only++)
+        if (!strcmp(*only, key)) return 1;
+    return 0;
+}
+
+int ts_json_object_diff(const char *a, const char *b, const char *const *only, char *out, size_t n)
+{
+    ts_json *ja = NULL, *jb = NULL;
+    if (n) out[0] = '\0';
+    if (ts_json_parse(a, strlen(a), &ja) || ts_json_parse(b, strlen(b), &jb) || ja->type != TS_JSON_OBJECT ||
+        jb->type != TS_JSON_OBJECT) {
+        ts_json_free(ja), ts_json_free(jb);
+        ts_clear_error();
+        return -1;
+    }
+    int diffs = 0;
+    size_t k = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        const ts_json *x = pass ? jb : ja, *y = pass ? ja : jb;
+        for (size_t i = 0; i < x->count; i++) {
+            const char *key = x->keys[i];
+            if (!listed(key, only)) continue;
+            if (pass && ts_json_get(y, key)) continue; /* compared in the first pass */
+            char va[512], vb[512];
+            member_text(ts_json_get(ja, key), va, sizeof va);
+            member_text(ts_json_get(jb, key), vb, sizeof vb);
+            if (!strcmp(va, vb)) continue;
+            diffs++;
+            if (k < n)
+                k += (size_t)snprintf(out + k, n - k, "%s%s (%s vs %s)", diffs > 1 ? ", " : "", key, va, vb);
+        }
+    }
+    ts_json_free(ja), ts_json_free(jb);
+    return diffs;
+}
+
+const char *ts_json_float(char *buf, size_t n, double v)
+{
+    if (!isfinite(v)) {
+        snprintf(buf, n, "null");
+        return buf;
+    }
+    float f = (float)v;
+    for (int digits = 6; digits <= 9; digits++) {
+        snprintf(buf, n, "%.*g", digits, (double)f);
+        if (strtof(buf, NULL) == f) break;
+    }
+    return buf;
+}

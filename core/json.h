@@ -36,6 +36,16 @@ int64_t ts_json_get_int(const ts_json *obj, const char *key, int64_t dflt);
 double ts_json_get_num(const ts_json *obj, const char *key, double dflt);
 const char *ts_json_get_str(const ts_json *obj, const char *key, const char *dflt);
 
+/* Members of two JSON objects (given as text) whose values differ, or that
+ * one of them lacks, as "key (a vs b), ..." in out; only the keys listed in
+ * `only` (NULL-terminated) or, if NULL, all. Returns how many differ, or -1
+ * when either text is not a JSON object. */
+int ts_json_object_diff(const char *a, const char *b, const char *const *only, char *out, size_t n);
+
+/* The shortest text that reads back as the same float (JSON null for
+ * NaN and infinities): "0.001", not "0.00100000005". Returns buf. */
+const char *ts_json_float(char *buf, size_t n, double v);
+
 /* Write s as a JSON string literal (with quotes) to f. */
 void ts_json_write_string(FILE *f, const char *s);
 /* `"key": "value"` (value escaped), then `after` (such as ", "). */

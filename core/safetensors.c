@@ -68,8 +68,10 @@ static ts_status parse_entry(ts_safetensors *st, const char *name, const ts_json
         if (d->type != TS_JSON_NUMBER || !d->is_integer || d->integer < 0 || d->integer > (1ll << 40))
             return BAD("%s: tensor '%s' has a bad dimension", path, name);
         e->shape[i] = d->integer;
+        /* checked before multiplying: a product past 2^64 wraps (to 0) */
+        if (d->integer > 0 && numel > (1ull << 48) / (uint64_t)d->integer)
+            return BAD("%s: tensor '%s' is implausibly large (over 2^48 elements)", path, name);
         numel *= (uint64_t)d->integer;
-        if (numel > (1ull << 48)) return BAD("%s: tensor '%s' is implausibly large", path, name);
     }
     const ts_json *off = ts_json_get(v, "data_offsets");
     if (!off || off->type != TS_JSON_ARRAY || off->count != 2 || !off->items[0].is_integer ||

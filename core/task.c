@@ -45,12 +45,18 @@ static ts_status task_batch(ts_dataset *ds, ts_split split, uint64_t seed, int64
     if (T < need)
         return ts_error(TS_ERR_INVALID_ARG, "the sorting task needs sequences of at least %lld tokens",
                         (long long)need);
+    /* a row is a stream of problems; inputs[t] = stream[t], targets[t] =
+     * stream[t+1]; the last problem may run up to one problem past T + 1 */
+    int64_t cap = T + 1 + need;
+    int32_t *stream = malloc((size_t)cap * sizeof *stream);
+    char *scored = malloc((size_t)cap);
+    if (!stream || !scored) {
+        free(stream), free(scored);
+        return ts_error(TS_ERR_OOM, "no memory for a task row of %lld tokens", (long long)T);
+    }
     for (int64_t r = 0; r < B; r++) {
-        /* a row is a stream of problems; inputs[t] = stream[t], targets[t] = stream[t+1] */
-        int32_t stream[4096 + 64];
-        int scored[4096 + 64];
         int64_t len = 0;
-        for (int64_t j = 0; len < T + 1 && len < 4096; j++) {
+        for (int64_t j = 0; len < T + 1; j++) {
             char in[TS_TASK_MAX_LEN], out[TS_TASK_MAX_LEN];
             int n = problem(problem_id(split, seed, first + r, j), in, out);
             for (int i = 0; i < n; i++) scored[len] = 0, stream[len++] = in[i];
@@ -63,6 +69,7 @@ static ts_status task_batch(ts_dataset *ds, ts_split split, uint64_t seed, int64
             targets[r * T + t] = scored[t + 1] ? stream[t + 1] : -1;
         }
     }
+    free(stream), free(scored);
     return TS_OK;
 }
 

@@ -1,5 +1,6 @@
 #include "tessera/tokenizer.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,6 +91,12 @@ void ts_tokenizer_free(ts_tokenizer *t)
     memset(t, 0, sizeof *t);
 }
 
+/* Tokens are at most this long: chunks are cut there, and a tokenizer file
+ * whose merges build longer tokens is refused (else merges that double a
+ * token's length each time would make a few hundred bytes of file ask for
+ * gigabytes). */
+enum { MAX_TOKEN_BYTES = 256 };
+
 /* Token byte strings, the merge table and the fingerprint from merges. */
 static ts_status finish(ts_tokenizer *t)
 {
@@ -110,6 +117,9 @@ static ts_status finish(ts_tokenizer *t)
         int32_t a = t->merges[i][0], b = t->merges[i][1], id = 256 + i;
         if (a < 0 || b < 0 || a >= id || b >= id)
             return ts_error(TS_ERR_FORMAT, "merge %d refers to token %d/%d that does not exist yet", i, a, b);
+        if (t->len[a] + t->len[b] > MAX_TOKEN_BYTES)
+            return ts_error(TS_ERR_FORMAT, "merge %d makes a token of %d bytes (at most %d)", i, t->len[a] + t->len[b],
+                            MAX_TOKEN_BYTES);
         t->len[id] = t->len[a] + t->len[b];
         t->bytes[id] = malloc((size_t)t->len[id]);
         if (!t->bytes[id]) return ts_error(TS_ERR_OOM, "no memory for a tokenizer");
@@ -148,6 +158,7 @@ static int cls(uint8_t c)
 /* Length of the chunk starting at text[i]. */
 static size_t chunk_len(const uint8_t *s, size_t n, size_t i)
 {
+    if (n - i > MAX_TOKEN_BYTES) n = i + MAX_TOKEN_BYTES;
     size_t j = i;
     if (s[j] == ' ' && j + 1 < n && cls(s[j + 1]) != CLS_SPACE) j++; /* " word" */
     int c = cls(s[j]);
@@ -329,17 +340,29 @@ ts_status ts_tokenizer_load(ts_tokenizer *t, const char *path)
         free(text);
         return ts_error(TS_ERR_OOM, "no memory");
     }
-    const char *p = text + used;
+    /* "a b\n" per merge, parsed in one pass (sscanf would measure the rest of
+     * the text at every call: quadratic in the file) */
+    const char *p = text + used, *end = text + n;
     for (int i = 0; i < merges; i++) {
-        int a, b, k = 0;
-        if (sscanf(p, "%d %d\n%n", &a, &b, &k) != 2 || k == 0) {
+        long v[2];
+        int ok = 1;
+        for (int k = 0; k < 2 && ok; k++) {
+            while (p < end && *p == ' ') p++;
+            char *q;
+            errno = 0;
+            v[k] = p < end && *p >= '0' && *p <= '9' ? strtol(p, &q, 10) : -1;
+            ok = v[k] >= 0 && v[k] < (1 << 21) && errno == 0;
+            if (ok) p = q;
+        }
+        if (ok && p < end && *p == '\n') p++;
+        else ok = 0;
+        if (!ok) {
             free(text);
             ts_tokenizer_free(t);
             return ts_error(TS_ERR_FORMAT, "%s: merge %d of %d is missing or malformed (truncated?)",
                             path, i, merges);
         }
-        t->merges[i][0] = a, t->merges[i][1] = b;
-        p += k;
+        t->merges[i][0] = (int32_t)v[0], t->merges[i][1] = (int32_t)v[1];
     }
     t->n_merges = merges;
     while (*p == ' ' || *p == '\n') p++;

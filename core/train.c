@@ -1,6 +1,8 @@
 #include "tessera/train.h"
 
+#include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -56,11 +58,18 @@ void ts_train_defaults(ts_train_config *c)
     c->bind = 1;
 }
 
+/* Every setting of a run, as one flat JSON object: what state.json keeps,
+ * what a resumed run reads back, and what every MPI rank must agree on.
+ * Settings that may differ between ranks (threads, device, binding, bucket
+ * size, progress output) are not in it. */
 void ts_train_settings_json(const ts_train_config *c, char *buf, size_t n)
 {
-    char data[2100], tok[2100];
+    char data[2100], tok[2100], out[2100], logp[2100], trace[2100];
     ts_json_escape(data, sizeof data, c->data);
     ts_json_escape(tok, sizeof tok, c->tokenizer);
+    ts_json_escape(out, sizeof out, c->out_dir);
+    ts_json_escape(logp, sizeof logp, c->log_path);
+    ts_json_escape(trace, sizeof trace, c->trace_path);
     snprintf(buf, n,
              "{\"data\": %s, \"tokenizer\": %s, \"val_fraction\": %.9g, \"vocab_size\": %lld, "
              "\"max_seq_len\": %lld, \"n_layer\": %lld, \"n_head\": %lld, \"n_embd\": %lld, "
@@ -68,35 +77,145 @@ void ts_train_settings_json(const ts_train_config *c, char *buf, size_t n)
              "\"optim\": \"%s\", \"lr\": %.9g, \"min_lr\": %.9g, \"beta1\": %.9g, \"beta2\": %.9g, "
              "\"eps\": %.9g, \"weight_decay\": %.9g, \"grad_clip\": %.9g, \"warmup\": %lld, "
              "\"schedule\": \"%s\", \"seed\": %llu, \"tp\": %d, \"pp\": %d, \"strategy\": \"%s\", "
-             "\"zero\": %d, \"pipeline\": \"%s\"}",
+             "\"zero\": %d, \"pipeline\": \"%s\", \"overlap\": %d, \"out\": %s, \"log\": %s, "
+             "\"trace\": %s, \"ckpt_every\": %lld, \"keep\": %d, \"eval_every\": %lld, "
+             "\"eval_batches\": %lld, \"sample_tokens\": %lld}",
              data, tok, c->val_fraction, (long long)c->model.vocab_size, (long long)c->model.max_seq_len,
              (long long)c->model.n_layer, (long long)c->model.n_head, (long long)c->model.n_embd,
              (long long)c->batch, (long long)c->seq_len, (long long)c->grad_accum, (long long)c->steps,
              ts_optim_kind_name(c->optim), c->lr, c->min_lr, c->beta1, c->beta2, c->eps,
              c->weight_decay, c->grad_clip, (long long)c->warmup, c->cosine ? "cosine" : "constant",
              (unsigned long long)c->seed, c->tp, c->pp, ts_strategy_name(c->strategy), c->zero,
-             c->schedule == TS_SCHEDULE_GPIPE ? "gpipe" : "1f1b");
+             c->schedule == TS_SCHEDULE_GPIPE ? "gpipe" : "1f1b", c->overlap, out, logp, trace,
+             (long long)c->ckpt_every, c->keep, (long long)c->eval_every, (long long)c->eval_batches,
+             (long long)c->sample_tokens);
 }
+
+/* Read one setting: a number member into an integer or float, a string
+ * member into a buffer. Absent members keep the value; a member of the
+ * wrong type or out of range is an error naming it. */
+static ts_status get_i64(const ts_json *j, const char *key, int64_t lo, int64_t hi, int64_t *v)
+{
+    const ts_json *m = ts_json_get(j, key);
+    if (!m) return TS_OK;
+    if (m->type != TS_JSON_NUMBER || !m->is_integer || m->integer < lo || m->integer > hi)
+        return ts_error(TS_ERR_FORMAT, "setting \"%s\" must be an integer from %lld to %lld", key, (long long)lo,
+                        (long long)hi);
+    *v = m->integer;
+    return TS_OK;
+}
+
+static ts_status get_int(const ts_json *j, const char *key, int lo, int hi, int *v)
+{
+    int64_t x = *v;
+    TRY(get_i64(j, key, lo, hi, &x));
+    *v = (int)x;
+    return TS_OK;
+}
+
+static ts_status get_f32(const ts_json *j, const char *key, double lo, double hi, float *v)
+{
+    const ts_json *m = ts_json_get(j, key);
+    if (!m) return TS_OK;
+    if (m->type != TS_JSON_NUMBER || !(m->number >= lo && m->number <= hi))
+        return ts_error(TS_ERR_FORMAT, "setting \"%s\" must be a number from %g to %g", key, lo, hi);
+    *v = (float)m->number;
+    return TS_OK;
+}
+
+static ts_status get_str(const ts_json *j, const char *key, char *out, size_t n)
+{
+    const ts_json *m = ts_json_get(j, key);
+    if (!m) return TS_OK;
+    if (m->type != TS_JSON_STRING || strlen(m->string) >= n)
+        return ts_error(TS_ERR_FORMAT, "setting \"%s\" must be a string of at most %zu bytes", key, n - 1);
+    memcpy(out, m->string, strlen(m->string) + 1);
+    return TS_OK;
+}
+
+ts_status ts_train_settings_parse(const char *json, ts_train_config *c)
+{
+    ts_json *j = NULL;
+    TRY(ts_json_parse(json, strlen(json), &j));
+    ts_status st = j->type == TS_JSON_OBJECT ? TS_OK : ts_error(TS_ERR_FORMAT, "settings are not a JSON object");
+    char optim[32] = "", schedule[32] = "", strategy[32] = "", pipeline[32] = "";
+    const ts_json *seed = ts_json_get(j, "seed");
+    if (!st && seed && (seed->type != TS_JSON_NUMBER || !seed->is_integer || seed->integer < 0))
+        st = ts_error(TS_ERR_FORMAT, "setting \"seed\" must be a non-negative integer");
+    if (!st && seed) c->seed = (uint64_t)seed->integer;
+    const ts_json *vf = ts_json_get(j, "val_fraction");
+    if (!st && vf && (vf->type != TS_JSON_NUMBER || !(vf->number >= 0 && vf->number < 1)))
+        st = ts_error(TS_ERR_FORMAT, "setting \"val_fraction\" must be in [0, 1)");
+    if (!st && vf) c->val_fraction = vf->number;
+    if (!st) st = get_str(j, "data", c->data, sizeof c->data);
+    if (!st) st = get_str(j, "tokenizer", c->tokenizer, sizeof c->tokenizer);
+    if (!st) st = get_i64(j, "vocab_size", 0, 1 << 30, &c->model.vocab_size);
+    if (!st) st = get_i64(j, "max_seq_len", 1, 1 << 20, &c->model.max_seq_len);
+    if (!st) st = get_i64(j, "n_layer", 1, 1024, &c->model.n_layer);
+    if (!st) st = get_i64(j, "n_head", 1, 1 << 16, &c->model.n_head);
+    if (!st) st = get_i64(j, "n_embd", 1, 1 << 16, &c->model.n_embd);
+    if (!st) st = get_i64(j, "batch", 1, 1 << 24, &c->batch);
+    if (!st) st = get_i64(j, "seq_len", 1, 1 << 20, &c->seq_len);
+    if (!st) st = get_i64(j, "grad_accum", 1, 1 << 20, &c->grad_accum);
+    if (!st) st = get_i64(j, "steps", 0, (int64_t)1 << 50, &c->steps);
+    if (!st) st = get_str(j, "optim", optim, sizeof optim);
+    if (!st) st = get_f32(j, "lr", 1e-30, 1e6, &c->lr);
+    if (!st) st = get_f32(j, "min_lr", 0, 1e6, &c->min_lr);
+    if (!st) st = get_f32(j, "beta1", 0, 1, &c->beta1);
+    if (!st) st = get_f32(j, "beta2", 0, 1, &c->beta2);
+    if (!st) st = get_f32(j, "eps", 0, 1, &c->eps);
+    if (!st) st = get_f32(j, "weight_decay", 0, 1e6, &c->weight_decay);
+    if (!st) st = get_f32(j, "grad_clip", 0, 1e30, &c->grad_clip);
+    if (!st) st = get_i64(j, "warmup", 0, (int64_t)1 << 50, &c->warmup);
+    if (!st) st = get_str(j, "schedule", schedule, sizeof schedule);
+    if (!st) st = get_int(j, "tp", 1, 1 << 16, &c->tp);
+    if (!st) st = get_int(j, "pp", 1, 1 << 16, &c->pp);
+    if (!st) st = get_str(j, "strategy", strategy, sizeof strategy);
+    if (!st) st = get_int(j, "zero", 0, 1, &c->zero);
+    if (!st) st = get_str(j, "pipeline", pipeline, sizeof pipeline);
+    if (!st) st = get_int(j, "overlap", 0, 1, &c->overlap);
+    if (!st) st = get_str(j, "out", c->out_dir, sizeof c->out_dir);
+    if (!st) st = get_str(j, "log", c->log_path, sizeof c->log_path);
+    if (!st) st = get_str(j, "trace", c->trace_path, sizeof c->trace_path);
+    if (!st) st = get_i64(j, "ckpt_every", 0, (int64_t)1 << 50, &c->ckpt_every);
+    if (!st) st = get_int(j, "keep", 0, 1 << 30, &c->keep);
+    if (!st) st = get_i64(j, "eval_every", 0, (int64_t)1 << 50, &c->eval_every);
+    if (!st) st = get_i64(j, "eval_batches", 0, 1 << 20, &c->eval_batches);
+    if (!st) st = get_i64(j, "sample_tokens", 0, 1 << 24, &c->sample_tokens);
+    if (!st && optim[0]) {
+        int k = ts_optim_kind_parse(optim);
+        if (k < 0) st = ts_error(TS_ERR_FORMAT, "setting \"optim\": unknown optimizer '%s'", optim);
+        else c->optim = (ts_optim_kind)k;
+    }
+    if (!st && schedule[0]) {
+        if (strcmp(schedule, "cosine") && strcmp(schedule, "constant"))
+            st = ts_error(TS_ERR_FORMAT, "setting \"schedule\" must be cosine or constant");
+        else c->cosine = !strcmp(schedule, "cosine");
+    }
+    if (!st && strategy[0]) {
+        int k = ts_strategy_parse(strategy);
+        if (k < 0) st = ts_error(TS_ERR_FORMAT, "setting \"strategy\": unknown strategy '%s'", strategy);
+        else c->strategy = (ts_reduce_strategy)k;
+    }
+    if (!st && pipeline[0]) {
+        if (strcmp(pipeline, "1f1b") && strcmp(pipeline, "gpipe"))
+            st = ts_error(TS_ERR_FORMAT, "setting \"pipeline\" must be 1f1b or gpipe");
+        else c->schedule = strcmp(pipeline, "gpipe") ? TS_SCHEDULE_1F1B : TS_SCHEDULE_GPIPE;
+    }
+    ts_json_free(j);
+    return st;
+}
+
 
 /* ---- data and tokenizer ---- */
 
-static void data_cache_dir(char *out, size_t n)
+/* Tokenizer for the run: a checkpoint's (when resuming or starting from
+ * one), a file, byte, or BPE trained on the text. */
+static ts_status setup_tokenizer(const ts_train_config *c, const char *ckpt, ts_tokenizer *tok)
 {
-    const char *env = getenv("TESSERA_DATA_CACHE");
-    if (env && *env) snprintf(out, n, "%s", env);
-    else if (getenv("XDG_CACHE_HOME") && *getenv("XDG_CACHE_HOME"))
-        snprintf(out, n, "%s/tessera/tokens", getenv("XDG_CACHE_HOME"));
-    else if (getenv("HOME") && *getenv("HOME")) snprintf(out, n, "%s/.cache/tessera/tokens", getenv("HOME"));
-    else snprintf(out, n, "/tmp/tessera-tokens");
-}
-
-/* Tokenizer for the run: from the checkpoint when resuming, a file, byte,
- * or BPE trained on the text (then saved to out_dir). */
-static ts_status setup_tokenizer(const ts_train_config *c, const char *resume_ckpt, int writer, ts_tokenizer *tok)
-{
-    if (resume_ckpt) {
-        char f[4300];
-        snprintf(f, sizeof f, "%s/tokenizer.txt", resume_ckpt);
+    if (ckpt) {
+        char f[4400];
+        snprintf(f, sizeof f, "%s/tokenizer.txt", ckpt);
         return ts_tokenizer_load(tok, f);
     }
     if (!c->data[0] || !strcmp(c->tokenizer, "byte")) return ts_tokenizer_init_byte(tok);
@@ -108,15 +227,10 @@ static ts_status setup_tokenizer(const ts_train_config *c, const char *resume_ck
     char *text;
     size_t n;
     TRY(ts_read_file(c->data, &text, &n));
-    ts_status st = ts_tokenizer_train_bpe(tok, (const uint8_t *)text, n, vocab);
+    ts_status st = ts_check_text((const uint8_t *)text, n, c->data);
+    if (!st) st = ts_tokenizer_train_bpe(tok, (const uint8_t *)text, n, vocab);
     free(text);
     if (st) return ts_error_context(st, "training a BPE tokenizer on %s", c->data);
-    if (c->out_dir[0] && writer) {
-        char f[4300];
-        TRY(ts_mkdir_p(c->out_dir));
-        snprintf(f, sizeof f, "%s/tokenizer.txt", c->out_dir);
-        TRY(ts_tokenizer_save(tok, f));
-    }
     return TS_OK;
 }
 
@@ -125,17 +239,21 @@ static ts_status setup_data(const ts_train_config *c, const ts_tokenizer *tok, t
     if (!c->data[0]) return ts_dataset_open_sort_task(ds);
     if (ts_is_token_file(c->data)) {
         TRY(ts_dataset_open_tokens(ds, c->data, c->val_fraction));
-        if (ds->vocab_size > tok->vocab_size) {
+        /* a tessera token file names its tokenizer; llm.c's do not (their
+         * tokens are GPT-2's or LLaMA 3's: the model takes that vocabulary) */
+        if (ds->tokenizer_fingerprint && ds->tokenizer_fingerprint != tok->fingerprint) {
             ts_status st = ts_error(TS_ERR_INVALID_ARG,
-                                    "%s holds tokens of a %lld-token vocabulary; the tokenizer has %d",
-                                    c->data, (long long)ds->vocab_size, tok->vocab_size);
+                                    "%s was made by another tokenizer (fingerprint %016llx; this run's is %016llx): "
+                                    "pass the tokenizer file it was made with (--tokenizer)",
+                                    c->data, (unsigned long long)ds->tokenizer_fingerprint,
+                                    (unsigned long long)tok->fingerprint);
             ts_dataset_close(ds);
             return st;
         }
         return TS_OK;
     }
     char cache[4096];
-    data_cache_dir(cache, sizeof cache);
+    ts_data_cache_dir(cache, sizeof cache);
     return ts_dataset_open_text(ds, c->data, tok, cache, c->val_fraction);
 }
 
@@ -200,18 +318,6 @@ static void fmt_rate(double r, char *buf, size_t n)
 
 /* ---- evaluation ---- */
 
-/* Validation loss: eval_batches batches of `batch` sequences, each
- * replica scoring its rows, through the pipeline. */
-static ts_status eval_loss(ts_engine *e, const ts_grid *g, ts_dataset *ds, const ts_train_config *c,
-                           int32_t *in, int32_t *tg, double *loss)
-{
-    int64_t bl = c->batch / g->dp, n = bl * c->seq_len;
-    for (int64_t i = 0; i < c->eval_batches; i++)
-        TRY(ts_dataset_batch(ds, TS_SPLIT_VAL, c->seed, i * c->batch + g->dp_rank * bl, bl, c->seq_len,
-                             in + i * n, tg + i * n));
-    return ts_engine_eval(e, (int)c->eval_batches, bl, c->seq_len, in, tg, loss);
-}
-
 /* What the model learned: task accuracy, or a sample of text. */
 static ts_status show_learning(ts_gpt *m, ts_dataset *ds, const ts_tokenizer *tok,
                                const ts_train_config *c, FILE *out, double *task_accuracy)
@@ -224,6 +330,11 @@ static ts_status show_learning(ts_gpt *m, ts_dataset *ds, const ts_tokenizer *to
         return TS_OK;
     }
     if (c->sample_tokens <= 0 || !out) return TS_OK;
+    if (ds->vocab_size > tok->vocab_size) {
+        fprintf(out, "\n(no text sample: the data's tokens come from a %lld-token vocabulary this run's tokenizer "
+                "cannot decode)\n", (long long)ds->vocab_size);
+        return TS_OK;
+    }
     int64_t cap = c->sample_tokens + 64, n = 0;
     int32_t *toks = malloc((size_t)cap * sizeof *toks), *in = malloc((size_t)c->seq_len * sizeof *in),
             *tg = malloc((size_t)c->seq_len * sizeof *tg);
@@ -293,29 +404,6 @@ static ts_status place_process(const ts_train_config *c, const ts_grid *g, ts_de
     return TS_OK;
 }
 
-/* A checkpoint that every process takes part in: world rank 0 prepares
- * the directory and writes the files that the engine assembles. */
-static ts_status save_checkpoint(ts_engine *e, const ts_grid *g, const ts_train_config *c,
-                                 const ts_train_state *state, const ts_tokenizer *tok)
-{
-    char tmp[4200] = "", f[4300], fp[32];
-    const char *meta[4];
-    int root = g->rank == 0;
-    ts_status st = root ? ts_checkpoint_begin(c->out_dir, state->step, tmp, sizeof tmp) : TS_OK;
-    st = ts_comm_agree(g->world, st, "preparing a checkpoint");
-    if (st) return st;
-    ts_checkpoint_model_meta(tok, fp, meta);
-    snprintf(f, sizeof f, "%s/model.safetensors", tmp);
-    st = ts_engine_save_model(e, f, meta);
-    snprintf(f, sizeof f, "%s/optim.safetensors", tmp);
-    if (!st) st = ts_engine_save_optimizer(e, f);
-    if (root) {
-        if (st) ts_checkpoint_abandon(tmp);
-        else st = ts_checkpoint_finish(c->out_dir, tmp, state, tok, c->keep);
-    }
-    return ts_comm_agree(g->world, st, "saving a checkpoint");
-}
-
 static void fmt_layout(const ts_grid *g, const ts_train_config *c, char *buf, size_t n)
 {
     if (g->size == 1) {
@@ -331,12 +419,24 @@ static void fmt_layout(const ts_grid *g, const ts_train_config *c, char *buf, si
                  (long long)c->grad_accum);
 }
 
-/* ---- the loop ---- */
+/* ---- stopping on a signal ---- */
+
+static volatile sig_atomic_t g_stop_signal;
+
+void ts_train_request_stop(int sig) { g_stop_signal = sig > 0 ? sig : 1; }
+int ts_train_stop_requested(void) { return g_stop_signal; }
+
+/* ---- a run, step by step ---- */
 
 typedef struct run {
+    ts_train_config c;       /* the settings in force (a resumed run's come from state.json) */
+    ts_train_result *res;
     ts_grid g;
     int have_grid;
+    int root, verbose, tty;
+    FILE *out;
     ts_device *dev;
+    ts_binding bind;
     ts_tokenizer tok;
     int have_tok;
     ts_dataset ds;
@@ -346,6 +446,14 @@ typedef struct run {
     ts_engine *e;
     FILE *log;
     int32_t *in, *tg;
+    char ckpt[4300];         /* the checkpoint this run resumes from, or "" */
+    ts_train_state state;
+    char settings[8192];
+    double peak;             /* the processes' summed GEMM rate, for MFU */
+    int made_out_dir;        /* this run created --out (removed again if it fails before training) */
+    int64_t saved_step;      /* the step of the last checkpoint written, -1 */
+    double last_val;         /* validation loss at the last evaluation, NAN */
+    int64_t last_val_step;
 } run;
 
 static void run_free(run *r)
@@ -359,309 +467,531 @@ static void run_free(run *r)
     if (r->have_grid) ts_grid_free(&r->g);
 }
 
-static ts_status train_run(run *r, ts_train_config c, ts_train_result *res)
+/* The settings a run must never change once it has begun (a resumed run
+ * keeps them); the rest (steps, output, evaluation, checkpoints, the
+ * parallel layout) may change. */
+static const char *const fixed_settings[] = {
+    "data", "tokenizer", "val_fraction", "vocab_size", "max_seq_len", "n_layer", "n_head", "n_embd", "batch",
+    "seq_len", "grad_accum", "optim", "lr", "min_lr", "beta1", "beta2", "eps", "weight_decay", "grad_clip",
+    "warmup", "schedule", "seed", NULL};
+
+const char *const *ts_train_fixed_settings(void) { return fixed_settings; }
+
+/* 1. Values in range, before anything touches a device or a file. */
+static ts_status check_config(const ts_train_config *c)
 {
-    if (c.batch < 1 || c.seq_len < 1 || c.grad_accum < 1 || c.steps < 0)
-        return ts_error(TS_ERR_INVALID_ARG, "batch, seq_len and grad_accum must be >= 1, steps >= 0");
-    if (!(c.lr > 0) || c.val_fraction < 0 || c.val_fraction >= 1)
-        return ts_error(TS_ERR_INVALID_ARG, "lr must be > 0 and val_fraction in [0, 1)");
-    if (c.resume && !c.out_dir[0])
+    if (c->batch < 1 || c->batch > (1 << 24) || c->seq_len < 1 || c->seq_len > (1 << 20) || c->grad_accum < 1 ||
+        c->grad_accum > (1 << 20) || c->steps < 0 || c->steps > ((int64_t)1 << 50))
+        return ts_error(TS_ERR_INVALID_ARG, "batch (1..2^24), seq_len (1..2^20), grad_accum (1..2^20) and steps "
+                        "(0..2^50) are out of range: %lld, %lld, %lld, %lld", (long long)c->batch,
+                        (long long)c->seq_len, (long long)c->grad_accum, (long long)c->steps);
+    if (!(c->lr > 0) || !(c->min_lr >= 0) || c->val_fraction < 0 || c->val_fraction >= 1 || c->warmup < 0 ||
+        !(c->beta1 >= 0 && c->beta1 < 1) || !(c->beta2 >= 0 && c->beta2 < 1) || !(c->eps > 0) ||
+        !(c->weight_decay >= 0) || !(c->grad_clip >= 0))
+        return ts_error(TS_ERR_INVALID_ARG, "lr must be > 0, min_lr and warmup >= 0, val_fraction in [0, 1), betas in "
+                        "[0, 1), eps > 0, weight decay and grad clip >= 0");
+    if (c->keep < 0 || c->ckpt_every < 0 || c->eval_every < 0 || c->eval_batches < 0 || c->sample_tokens < 0 ||
+        c->tp < 1 || c->pp < 1 || !(c->bucket_mb > 0))
+        return ts_error(TS_ERR_INVALID_ARG, "keep, ckpt_every, eval_every, eval_batches and sample_tokens must be "
+                        ">= 0, tp and pp >= 1, bucket_mb > 0");
+    if (c->resume && !c->out_dir[0])
         return ts_error(TS_ERR_INVALID_ARG, "resuming needs the run's output directory (--out)");
-    if (c.threads > 0) TRY(ts_set_threads(c.threads));
-    if (c.trace_path[0]) ts_trace_enable(1);
+    if (c->resume && c->init[0])
+        return ts_error(TS_ERR_INVALID_ARG, "a run either resumes (--resume) or starts from a checkpoint's weights "
+                        "(--init), not both");
+    return TS_OK;
+}
 
-    /* the process grid: every rank reports the same error */
-    TRY(ts_grid_create(&r->g, c.tp, c.pp));
+/* 2. Threads, the trace, the process grid. */
+static ts_status setup_processes(run *r)
+{
+    ts_train_config *c = &r->c;
+    if (c->threads > 0) TRY(ts_set_threads(c->threads));
+    if (c->trace_path[0]) ts_trace_enable(1);
+    TRY(ts_grid_create(&r->g, c->tp, c->pp));
     r->have_grid = 1;
-    ts_grid *g = &r->g;
-    int root = g->rank == 0;
-    FILE *out = stdout;
-    int verbose = c.progress && root;
-    if (c.batch % g->dp != 0)
-        return ts_comm_agree(g->world, ts_error(TS_ERR_INVALID_ARG,
-                                                "--batch %lld does not divide among %d data-parallel replicas",
-                                                (long long)c.batch, g->dp),
+    r->root = r->g.rank == 0;
+    r->out = stdout;
+    r->verbose = c->progress && r->root;
+    r->tty = isatty(fileno(r->out));
+    if (c->batch % r->g.dp != 0)
+        return ts_comm_agree(r->g.world, ts_error(TS_ERR_INVALID_ARG,
+                                                  "--batch %lld does not divide among %d data-parallel replicas",
+                                                  (long long)c->batch, r->g.dp),
                              "checking the batch");
+    return TS_OK;
+}
 
-    /* resume point (every rank reads the same directory) */
-    char ckpt[4300] = "";
-    ts_train_state state;
-    memset(&state, 0, sizeof state);
-    state.best_val_loss = INFINITY;
+/* 3. The run directory: resume from it, start over in it (force), or
+ * refuse to write a new run over an old one. Rank 0 looks, every rank
+ * learns the outcome. */
+static ts_status prepare_run_dir(run *r)
+{
+    ts_train_config *c = &r->c;
     ts_status st = TS_OK;
-    if (c.resume) {
-        if (ts_checkpoint_latest(c.out_dir, ckpt, sizeof ckpt) == TS_OK) {
-            char mf[4400];
-            snprintf(mf, sizeof mf, "%s/model.safetensors", ckpt);
-            st = ts_checkpoint_read_state(ckpt, &state);
-            ts_gpt_config saved;
-            if (!st) st = ts_gpt_read_config(mf, &saved);
-            if (!st) c.model = saved;
-            if (!st && verbose) fprintf(out, "resuming from %s (step %lld)\n", ckpt, (long long)state.step);
-        } else {
-            ckpt[0] = '\0';
-            ts_clear_error();
-            if (verbose) fprintf(out, "no checkpoint in %s: starting from scratch\n", c.out_dir);
-        }
+    if (r->root && c->out_dir[0]) {
+        ts_run_dir_info info;
+        st = ts_run_dir_inspect(c->out_dir, &info);
+        if (!st && c->resume) ts_run_dir_clean(c->out_dir);
+        else if (!st && info.exists && (info.checkpoints || info.has_log || info.latest[0]) && !c->force)
+            st = ts_error(TS_ERR_INVALID_ARG,
+                          "%s already holds a run (%d checkpoint%s%s%s): pass --resume to continue it, or --force "
+                          "to start a new run there (its checkpoints and log are deleted)",
+                          c->out_dir, info.checkpoints, info.checkpoints == 1 ? "" : "s",
+                          info.latest[0] ? ", latest " : "", info.latest);
+        else if (!st && info.exists && c->force) st = ts_run_dir_reset(c->out_dir);
+        if (!st && !info.exists && !c->resume) r->made_out_dir = 1;
     }
-    TRY(ts_comm_agree(g->world, st, "reading the checkpoint"));
+    return ts_comm_agree(r->g.world, st, "preparing the run directory");
+}
 
-    /* device (dealt out by node-local rank) and placement near it */
-    st = ts_device_open_local(c.device, g->local_rank, &r->dev);
-    ts_binding bind;
-    memset(&bind, 0, sizeof bind);
-    if (!st) st = place_process(&c, g, r->dev, &bind);
-    TRY(ts_comm_agree(g->world, st, "opening the device"));
+/* 4. Where a resumed run starts: its checkpoint, state and settings. Every
+ * rank reads the same files. */
+static ts_status read_resume_point(run *r)
+{
+    ts_train_config *c = &r->c;
+    memset(&r->state, 0, sizeof r->state);
+    r->state.best_val_loss = INFINITY;
+    r->state.loss = r->state.val_loss = NAN;
+    if (!c->resume) return TS_OK;
+    ts_status st = ts_checkpoint_latest(c->out_dir, r->ckpt, sizeof r->ckpt);
+    if (!st) st = ts_checkpoint_read_state(r->ckpt, &r->state);
+    /* the settings that shaped the run must be the ones it continues with */
+    char mine[8192], diff[2048];
+    ts_train_settings_json(c, mine, sizeof mine);
+    int n = st ? 0 : ts_json_object_diff(r->state.settings, mine, fixed_settings, diff, sizeof diff);
+    if (!st && n < 0) st = ts_error(TS_ERR_FORMAT, "%s/state.json: its settings are not a JSON object", r->ckpt);
+    else if (!st && n > 0)
+        st = ts_error(TS_ERR_INVALID_ARG, "resuming %s: these settings differ from the run's (saved vs now): %s. A "
+                      "resumed run keeps its settings; start a new run from its weights with --init to change them",
+                      r->ckpt, diff);
+    ts_gpt_config saved;
+    char mf[4400];
+    snprintf(mf, sizeof mf, "%s/model.safetensors", r->ckpt);
+    if (!st) st = ts_gpt_read_config(mf, &saved);
+    if (!st && (saved.n_layer != c->model.n_layer || saved.n_head != c->model.n_head ||
+                saved.n_embd != c->model.n_embd || saved.max_seq_len != c->model.max_seq_len ||
+                (c->model.vocab_size && saved.vocab_size != c->model.vocab_size)))
+        st = ts_error(TS_ERR_FORMAT, "%s: the model in model.safetensors (L=%lld H=%lld C=%lld T=%lld) is not the one "
+                      "state.json describes (L=%lld H=%lld C=%lld T=%lld)", r->ckpt, (long long)saved.n_layer,
+                      (long long)saved.n_head, (long long)saved.n_embd, (long long)saved.max_seq_len,
+                      (long long)c->model.n_layer, (long long)c->model.n_head, (long long)c->model.n_embd,
+                      (long long)c->model.max_seq_len);
+    if (!st) c->model = saved;
+    if (st) r->ckpt[0] = '\0';
+    return ts_comm_agree(r->g.world, st, "reading the checkpoint to resume");
+}
 
-    /* tokenizer and data */
-    st = setup_tokenizer(&c, ckpt[0] ? ckpt : NULL, root, &r->tok);
+/* 5. The device (dealt out by node-local rank) and placement near it. */
+static ts_status open_device(run *r)
+{
+    ts_status st = ts_device_open_local(r->c.device, r->g.local_rank, &r->dev);
+    memset(&r->bind, 0, sizeof r->bind);
+    if (!st) st = place_process(&r->c, &r->g, r->dev, &r->bind);
+    return ts_comm_agree(r->g.world, st, "opening the device");
+}
+
+/* 6. Tokenizer and data (the tokenizer of --init's or the resumed
+ * checkpoint when there is one). */
+static ts_status open_data(run *r)
+{
+    ts_train_config *c = &r->c;
+    const char *from = r->ckpt[0] ? r->ckpt : c->init[0] ? c->init : NULL;
+    ts_status st = setup_tokenizer(c, from, &r->tok);
     r->have_tok = !st;
     if (!st) {
-        st = setup_data(&c, &r->tok, &r->ds);
+        st = setup_data(c, &r->tok, &r->ds);
         r->have_ds = !st;
     }
-    if (!st && ckpt[0] && state.data_fingerprint != r->ds.fingerprint)
+    if (!st && r->ckpt[0] && r->state.data_fingerprint != r->ds.fingerprint)
         st = ts_error(TS_ERR_INVALID_ARG,
-                      "the data differs from the data of checkpoint %s (fingerprint %016llx, now %016llx)", ckpt,
-                      (unsigned long long)state.data_fingerprint, (unsigned long long)r->ds.fingerprint);
-    if (!st && !ckpt[0]) {
-        c.model.vocab_size = r->tok.vocab_size;
-        if (c.model.max_seq_len < c.seq_len) c.model.max_seq_len = c.seq_len;
+                      "the data differs from the data of checkpoint %s (fingerprint %016llx, now %016llx)", r->ckpt,
+                      (unsigned long long)r->state.data_fingerprint, (unsigned long long)r->ds.fingerprint);
+    if (!st && !r->ckpt[0] && !c->init[0]) {
+        c->model.vocab_size = r->tok.vocab_size > r->ds.vocab_size ? r->tok.vocab_size : r->ds.vocab_size;
+        if (c->model.max_seq_len < c->seq_len) c->model.max_seq_len = c->seq_len;
     }
-    if (!st && c.seq_len > c.model.max_seq_len)
-        st = ts_error(TS_ERR_INVALID_ARG, "seq_len %lld exceeds the model's context %lld", (long long)c.seq_len,
-                      (long long)c.model.max_seq_len);
-    TRY(ts_comm_agree(g->world, st, "preparing the data"));
+    if (!st && r->ds.vocab_size > c->model.vocab_size)
+        st = ts_error(TS_ERR_INVALID_ARG, "the data holds tokens of a %lld-token vocabulary; the model has %lld",
+                      (long long)r->ds.vocab_size, (long long)c->model.vocab_size);
+    if (!st && c->seq_len > c->model.max_seq_len)
+        st = ts_error(TS_ERR_INVALID_ARG, "seq_len %lld exceeds the model's context %lld", (long long)c->seq_len,
+                      (long long)c->model.max_seq_len);
+    return ts_comm_agree(r->g.world, st, "preparing the data");
+}
 
-    /* every rank must train the same thing: settings, data, checkpoint */
-    char settings[8192], check[8192 + 512];
-    ts_train_settings_json(&c, settings, sizeof settings);
-    snprintf(check, sizeof check, "%s data %016llx resume %s step %lld processes %d", settings,
-             (unsigned long long)r->ds.fingerprint, ckpt, (long long)state.step, g->size);
+/* 7. Every rank trains the same thing; then this rank's part of the model
+ * (if it fits the device) and the engine that trains it, from the resumed
+ * checkpoint or --init's weights. */
+static ts_status build_model(run *r)
+{
+    ts_train_config *c = &r->c;
+    ts_grid *g = &r->g;
+    ts_train_settings_json(c, r->settings, sizeof r->settings);
+    char check[8192 + 512];
+    size_t k = strlen(r->settings);
+    snprintf(check, sizeof check, "%.*s, \"data_fingerprint\": \"%016llx\", \"resume_from\": \"%s\", "
+             "\"resume_step\": %lld, \"processes\": %d}", (int)(k ? k - 1 : 0), r->settings,
+             (unsigned long long)r->ds.fingerprint, r->ckpt, (long long)r->state.step, g->size);
     TRY(ts_grid_check_settings(g, check));
 
-    /* this rank's part of the model, and the engine that trains it */
     ts_gpt_layout lay;
-    st = ts_gpt_config_check(&c.model);
-    if (!st) st = ts_grid_layout(g, c.model.n_layer, &lay.tp_size, &lay.tp_rank, &lay.layer_begin, &lay.layer_end,
-                                 &lay.embedding, &lay.head);
-    if (!st) st = ts_gpt_layout_check(&c.model, &lay);
+    ts_status st = ts_gpt_config_check(&c->model);
     if (!st) {
-        st = ts_gpt_create_layout(&r->m, r->dev, &c.model, &lay, g->tp_comm);
+        int moments = c->optim == TS_OPTIM_SGD ? 0 : c->optim == TS_OPTIM_SGD_MOMENTUM ? 1 : 2;
+        double need = ts_gpt_train_bytes(&c->model, c->batch / g->dp, c->seq_len, moments) / (double)(g->tp * g->pp);
+        double have = (double)ts_device_get_info(r->dev)->global_mem_bytes;
+        if (have > 0 && need > have)
+            st = ts_error(TS_ERR_OOM, "training L=%lld C=%lld on %lld x %lld tokens needs about %.1f GiB on %s, which "
+                          "has %.1f GiB: use a smaller --batch, --seq-len or model, or more pipeline stages",
+                          (long long)c->model.n_layer, (long long)c->model.n_embd, (long long)(c->batch / g->dp),
+                          (long long)c->seq_len, need / 1073741824.0, ts_device_get_info(r->dev)->id,
+                          have / 1073741824.0);
+    }
+    if (!st) st = ts_grid_layout(g, c->model.n_layer, &lay.tp_size, &lay.tp_rank, &lay.layer_begin, &lay.layer_end,
+                                 &lay.embedding, &lay.head);
+    if (!st) st = ts_gpt_layout_check(&c->model, &lay);
+    if (!st) {
+        st = ts_gpt_create_layout(&r->m, r->dev, &c->model, &lay, g->tp_comm);
         r->have_model = !st;
     }
-    if (!st) st = ts_gpt_init_weights(&r->m, c.seed);
+    if (!st) st = ts_gpt_init_weights(&r->m, c->seed);
     TRY(ts_comm_agree(g->world, st, "creating the model"));
-    ts_engine_config ec = {.strategy = c.strategy, .zero = c.zero, .bucket_mb = c.bucket_mb, .overlap = c.overlap,
-                           .schedule = c.schedule, .optim = c.optim, .beta1 = c.beta1, .beta2 = c.beta2,
-                           .eps = c.eps, .weight_decay = c.weight_decay};
+    ts_engine_config ec = {.strategy = c->strategy, .zero = c->zero, .bucket_mb = c->bucket_mb,
+                           .overlap = c->overlap, .schedule = c->schedule, .optim = c->optim, .beta1 = c->beta1,
+                           .beta2 = c->beta2, .eps = c->eps, .weight_decay = c->weight_decay};
     st = ts_engine_create(&r->e, g, &r->m, &ec);
     TRY(ts_comm_agree(g->world, st, "setting up training"));
     TRY(ts_engine_broadcast_params(r->e));
-    if (ckpt[0]) {
-        char mf[4400], of[4400];
-        snprintf(mf, sizeof mf, "%s/model.safetensors", ckpt);
-        snprintf(of, sizeof of, "%s/optim.safetensors", ckpt);
+    char mf[4400], of[4400];
+    if (r->ckpt[0]) {
+        snprintf(mf, sizeof mf, "%s/model.safetensors", r->ckpt);
+        snprintf(of, sizeof of, "%s/optim.safetensors", r->ckpt);
         TRY(ts_engine_load(r->e, mf, of));
+    } else if (c->init[0]) {
+        snprintf(mf, sizeof mf, "%s/model.safetensors", c->init);
+        TRY(ts_engine_load(r->e, mf, NULL));
     }
-    res->num_params = ts_gpt_num_params(&c.model);
-    res->first_step = state.step;
+    r->res->num_params = ts_gpt_num_params(&c->model);
+    r->res->first_step = r->state.step;
+    return TS_OK;
+}
 
-    /* log (world rank 0) */
-    char log_path[4300];
-    st = TS_OK;
-    if (root && strcmp(c.log_path, "-") != 0 && (c.log_path[0] || c.out_dir[0])) {
-        if (c.log_path[0]) snprintf(log_path, sizeof log_path, "%s", c.log_path);
-        else {
-            st = ts_mkdir_p(c.out_dir);
-            snprintf(log_path, sizeof log_path, "%s/log.jsonl", c.out_dir);
-        }
-        if (!st && !(r->log = fopen(log_path, ckpt[0] ? "a" : "w")))
-            st = ts_error(TS_ERR_IO, "cannot write the log %s", log_path);
+/* 8. Files of the run, once everything checked out (world rank 0): the
+ * tokenizer, the log (a resumed run's without the steps it will redo). */
+static ts_status open_outputs(run *r)
+{
+    ts_train_config *c = &r->c;
+    ts_status st = TS_OK;
+    if (r->root && c->out_dir[0] && !r->ckpt[0]) {
+        char f[4300];
+        st = ts_mkdir_p(c->out_dir);
+        snprintf(f, sizeof f, "%s/tokenizer.txt", c->out_dir);
+        if (!st) st = ts_tokenizer_save(&r->tok, f);
     }
-    TRY(ts_comm_agree(g->world, st, "opening the log"));
+    if (!st && r->root && strcmp(c->log_path, "-") != 0 && (c->log_path[0] || c->out_dir[0])) {
+        char path[4300];
+        if (c->log_path[0]) snprintf(path, sizeof path, "%s", c->log_path);
+        else snprintf(path, sizeof path, "%s/log.jsonl", c->out_dir);
+        if (r->ckpt[0]) st = ts_run_log_truncate(path, r->state.step);
+        if (!st && !(r->log = fopen(path, r->ckpt[0] ? "a" : "w")))
+            st = ts_error(TS_ERR_IO, "cannot write the log %s: %s", path, strerror(errno));
+    }
+    return ts_comm_agree(r->g.world, st, "opening the log");
+}
 
-    /* the yardstick for MFU: every process's GEMM rate, measured at once */
-    int64_t bl = c.batch / g->dp, tokens_per_step = c.batch * c.seq_len * c.grad_accum;
-    double flops_per_token = ts_gpt_flops_per_token(&c.model, c.seq_len);
-    TRY(ts_comm_barrier(g->world, "measuring the GEMM rate"));
-    double peak = measure_peak(r->dev, &c.model, bl * c.seq_len);
-    TRY(ts_comm_allreduce_f64(g->world, &peak, 1, TS_REDUCE_SUM, "GEMM rates"));
-
-    /* where every process runs */
+/* 9. The yardstick for MFU, and the header: where every process runs and
+ * what it trains. */
+static ts_status report_start(run *r)
+{
+    ts_train_config *c = &r->c;
+    ts_grid *g = &r->g;
+    TRY(ts_comm_barrier(g->world, "before measuring the GEMM rate"));
+    int64_t t0 = ts_trace_begin();
+    r->peak = measure_peak(r->dev, &c->model, c->batch / g->dp * c->seq_len);
+    ts_trace_end(t0, "setup", "measuring the GEMM rate", 2);
+    TRY(ts_comm_allreduce_f64(g->world, &r->peak, 1, TS_REDUCE_SUM, "GEMM rates"));
     char(*places)[640] = calloc((size_t)g->size, sizeof *places);
     if (!places) return ts_error(TS_ERR_OOM, "no memory");
     char mine[640];
-    snprintf(mine, sizeof mine, "%s: %s", ts_device_get_info(r->dev)->id, bind.report);
-    st = ts_comm_allgather(g->world, mine, places, sizeof mine, "placement report");
-    if (st) {
-        free(places);
-        return st;
-    }
+    snprintf(mine, sizeof mine, "%s: %s", ts_device_get_info(r->dev)->id, r->bind.report);
+    ts_status st = ts_comm_allgather(g->world, mine, places, sizeof mine, "placement report");
     char layout[256];
-    fmt_layout(g, &c, layout, sizeof layout);
-    if (verbose) {
+    fmt_layout(g, c, layout, sizeof layout);
+    if (!st && r->verbose) {
         const ts_device_info *di = ts_device_get_info(r->dev);
+        FILE *out = r->out;
+        if (r->ckpt[0]) fprintf(out, "resuming %s (step %lld of %lld)\n", r->ckpt, (long long)r->state.step,
+                                (long long)c->steps);
+        if (c->init[0]) fprintf(out, "weights  from %s\n", c->init);
         fprintf(out, "device   %s (%s)\n", di->id, di->name);
-        fprintf(out, "data     %s: %lld training tokens, vocabulary %d\n", r->ds.name,
-                (long long)(r->ds.train_tokens > ((int64_t)1 << 40) ? -1 : r->ds.train_tokens), r->tok.vocab_size);
-        fprintf(out, "model    L=%lld H=%lld C=%lld T=%lld: %.2fM parameters\n", (long long)c.model.n_layer,
-                (long long)c.model.n_head, (long long)c.model.n_embd, (long long)c.seq_len,
-                (double)res->num_params / 1e6);
-        fprintf(out, "training %lld steps of %lld x %lld x %lld tokens, %s lr %.2g%s\n", (long long)c.steps,
-                (long long)c.batch, (long long)c.grad_accum, (long long)c.seq_len, ts_optim_kind_name(c.optim), c.lr,
-                c.cosine ? " cosine" : "");
+        if (r->ds.train_tokens > ((int64_t)1 << 40))
+            fprintf(out, "data     %s: generated without end, vocabulary %d\n", r->ds.name, r->tok.vocab_size);
+        else
+            fprintf(out, "data     %s: %lld training tokens, vocabulary %d\n", r->ds.name,
+                    (long long)r->ds.train_tokens, r->tok.vocab_size);
+        fprintf(out, "model    L=%lld H=%lld C=%lld T=%lld: %.2fM parameters\n", (long long)c->model.n_layer,
+                (long long)c->model.n_head, (long long)c->model.n_embd, (long long)c->seq_len,
+                (double)r->res->num_params / 1e6);
+        fprintf(out, "training %lld steps of %lld x %lld x %lld tokens, %s lr %.2g%s\n", (long long)c->steps,
+                (long long)c->batch, (long long)c->grad_accum, (long long)c->seq_len, ts_optim_kind_name(c->optim),
+                c->lr, c->cosine ? " cosine" : "");
         fprintf(out, "layout   %s\n", layout);
         for (int i = 0; i < g->size; i++)
-            if (g->size > 1 || bind.bound) fprintf(out, "rank %-3d %s\n", i, places[i]);
-        if (peak > 0)
+            if (g->size > 1 || r->bind.bound) fprintf(out, "rank %-3d %s\n", i, places[i]);
+        if (r->peak > 0)
             fprintf(out, "MFU is measured against %s GEMM rate: %.1f GFLOP/s\n",
-                    g->size > 1 ? "the processes' summed" : "this device's", peak / 1e9);
+                    g->size > 1 ? "the processes' summed" : "this device's", r->peak / 1e9);
+        fflush(out); /* before the first step, also when stdout is a pipe */
     }
-    if (r->log) {
-        fprintf(r->log, "{\"event\": \"start\", \"step\": %lld, \"device\": ", (long long)state.step);
+    if (!st && r->log) {
+        fprintf(r->log, "{\"event\": \"start\", \"step\": %lld, \"device\": ", (long long)r->state.step);
         ts_json_write_string(r->log, ts_device_get_info(r->dev)->id);
         fprintf(r->log, ", \"params\": %lld, \"peak_gflops\": %.1f, \"processes\": %d, \"layout\": ",
-                (long long)res->num_params, peak / 1e9, g->size);
+                (long long)r->res->num_params, r->peak / 1e9, g->size);
         ts_json_write_string(r->log, layout);
         fprintf(r->log, ", \"placement\": [");
         for (int i = 0; i < g->size; i++) {
             if (i) fprintf(r->log, ", ");
             ts_json_write_string(r->log, places[i]);
         }
-        fprintf(r->log, "], \"settings\": %s}\n", settings);
+        fprintf(r->log, "], \"settings\": %s}\n", r->settings);
         fflush(r->log);
     }
     free(places);
+    return st;
+}
 
-    /* a step's micro-batches for this replica (evaluation uses the same room) */
-    int64_t rows = c.grad_accum > c.eval_batches ? c.grad_accum : c.eval_batches;
-    r->in = malloc((size_t)(rows * bl * c.seq_len) * sizeof *r->in);
-    r->tg = malloc((size_t)(rows * bl * c.seq_len) * sizeof *r->tg);
+/* A checkpoint that every process takes part in: world rank 0 prepares
+ * the directory and writes the files that the engine assembles. */
+static ts_status save_checkpoint(run *r)
+{
+    ts_train_config *c = &r->c;
+    ts_grid *g = &r->g;
+    if (!c->out_dir[0] || r->saved_step == r->state.step) return TS_OK;
+    char tmp[4200] = "", f[4300], fp[32];
+    const char *meta[4];
+    r->state.val_loss = r->last_val_step == r->state.step ? r->last_val : NAN;
+    ts_status st = r->root ? ts_checkpoint_begin(c->out_dir, r->state.step, tmp, sizeof tmp) : TS_OK;
+    st = ts_comm_agree(g->world, st, "preparing a checkpoint");
+    if (st) return st;
+    ts_checkpoint_model_meta(&r->tok, fp, meta);
+    snprintf(f, sizeof f, "%s/model.safetensors", tmp);
+    st = ts_engine_save_model(r->e, f, meta);
+    snprintf(f, sizeof f, "%s/optim.safetensors", tmp);
+    if (!st) st = ts_engine_save_optimizer(r->e, f);
+    if (r->root) {
+        if (!st && c->on_checkpoint) c->on_checkpoint(c->on_step_ctx, tmp, r->state.step);
+        if (st) ts_checkpoint_abandon(tmp);
+        else st = ts_checkpoint_finish(c->out_dir, tmp, &r->state, &r->tok, c->keep);
+    }
+    TRY(ts_comm_agree(g->world, st, "saving a checkpoint"));
+    r->saved_step = r->state.step;
+    return TS_OK;
+}
+
+/* Validation loss: eval_batches batches of `batch` sequences, each replica
+ * scoring its rows, through the pipeline; logged and shown. */
+static ts_status evaluate(run *r)
+{
+    ts_train_config *c = &r->c;
+    int64_t bl = c->batch / r->g.dp, n = bl * c->seq_len;
+    for (int64_t i = 0; i < c->eval_batches; i++)
+        TRY(ts_dataset_batch(&r->ds, TS_SPLIT_VAL, c->seed, i * c->batch + r->g.dp_rank * bl, bl, c->seq_len,
+                             r->in + i * n, r->tg + i * n));
+    double vl;
+    TRY(ts_engine_eval(r->e, (int)c->eval_batches, bl, c->seq_len, r->in, r->tg, &vl));
+    r->res->val_loss = vl;
+    r->last_val = vl;
+    r->last_val_step = r->state.step;
+    if (vl < r->state.best_val_loss) r->state.best_val_loss = vl;
+    if (r->log) {
+        char v[32];
+        fprintf(r->log, "{\"step\": %lld, \"val_loss\": %s}\n", (long long)r->state.step, ts_json_float(v, sizeof v, vl));
+        fflush(r->log);
+    }
+    if (r->verbose) {
+        fprintf(r->out, "%sstep %lld: validation loss %.4f\n", r->tty ? "\n" : "", (long long)r->state.step, vl);
+        fflush(r->out);
+    }
+    return TS_OK;
+}
+
+/* The progress line and the step's log entry. */
+static void report_step(run *r, int64_t step, float loss, float lr, double norm, double rate, double mfu,
+                        double elapsed)
+{
+    ts_train_config *c = &r->c;
+    if (r->log) {
+        char l[32], a[32], g[32];
+        fprintf(r->log,
+                "{\"step\": %lld, \"loss\": %s, \"lr\": %s, \"grad_norm\": %s, \"tokens_per_s\": %.1f, "
+                "\"mfu\": %.4f, \"elapsed_s\": %.3f}\n",
+                (long long)(step + 1), ts_json_float(l, sizeof l, loss), ts_json_float(a, sizeof a, lr),
+                ts_json_float(g, sizeof g, norm), rate, mfu, elapsed);
+        fflush(r->log);
+    }
+    int64_t line_every = c->steps >= 20 ? c->steps / 20 : 1;
+    if (!r->verbose || !(r->tty || (step + 1) % line_every == 0 || step + 1 == c->steps)) return;
+    double eta = elapsed / (double)(step + 1 - r->res->first_step) * (double)(c->steps - step - 1);
+    char rt[32], et[32], bar[32];
+    fmt_rate(rate, rt, sizeof rt);
+    fmt_duration(eta, et, sizeof et);
+    int w = 20, filled = (int)((double)w * (double)(step + 1) / (double)c->steps);
+    for (int i = 0; i < w; i++) bar[i] = i < filled ? '#' : '.';
+    bar[w] = '\0';
+    fprintf(r->out, "%s[%s] step %lld/%lld | loss %.4f | %s tok/s | MFU %.1f%% | ETA %s%s", r->tty ? "\r" : "", bar,
+            (long long)(step + 1), (long long)c->steps, loss, rt, 100.0 * mfu, et, r->tty ? "   " : "\n");
+    fflush(r->out);
+}
+
+/* 10. The loop: a step, its report, evaluation and checkpoints; a signal
+ * (ts_train_request_stop) ends it after the step in flight, on every rank
+ * at the same step. */
+static ts_status train_loop(run *r)
+{
+    ts_train_config *c = &r->c;
+    ts_grid *g = &r->g;
+    int64_t bl = c->batch / g->dp, n = bl * c->seq_len, tokens_per_step = c->batch * c->seq_len * c->grad_accum;
+    int64_t rows = c->grad_accum > c->eval_batches ? c->grad_accum : c->eval_batches;
+    r->in = malloc((size_t)(rows * n) * sizeof *r->in);
+    r->tg = malloc((size_t)(rows * n) * sizeof *r->tg);
     if (!r->in || !r->tg) return ts_error(TS_ERR_OOM, "no memory for batches");
-    ts_lr_schedule sched = {.lr = c.lr, .min_lr = c.min_lr, .warmup_steps = c.warmup, .total_steps = c.steps,
-                            .cosine = c.cosine};
-    const char *fault = getenv("TESSERA_FAULT_EXIT_AT_STEP");
-    int64_t fault_step = fault && *fault ? atoll(fault) : -1;
-    /* test hook: a rank that stays away from its collectives for a while */
-    const char *absent = getenv("TESSERA_FAULT_ABSENT_RANK");
-    int absent_rank = absent && *absent ? atoi(absent) : -1;
-    double absent_s = getenv("TESSERA_FAULT_ABSENT_SECONDS") ? atof(getenv("TESSERA_FAULT_ABSENT_SECONDS")) : 5.0;
-    int tty = isatty(fileno(out));
-    int64_t line_every = c.steps >= 20 ? c.steps / 20 : 1;
-    double t_start = now_s(), t_window = t_start;
-    int64_t window_steps = 0;
-    double rate = 0, mfu = 0;
-    state.seed = c.seed;
-    state.data_fingerprint = r->ds.fingerprint;
-    snprintf(state.settings, sizeof state.settings, "%s", settings);
-    int64_t step = state.step, n = bl * c.seq_len;
-    float loss = NAN;
-
-    for (; step < c.steps; step++) {
-        if (step == fault_step) _exit(85); /* test hook: a crash between steps */
-        if (g->rank == absent_rank && step == state.step) {
-            struct timespec pause = {(time_t)absent_s, (long)((absent_s - (double)(time_t)absent_s) * 1e9)};
-            nanosleep(&pause, NULL);
-        }
-        /* this replica's rows of each micro-batch: together the replicas
-         * see exactly the batch one process would */
-        st = TS_OK;
-        for (int64_t k = 0; k < c.grad_accum && !st; k++) {
-            int64_t first = (step * c.grad_accum + k) * c.batch + g->dp_rank * bl;
-            st = ts_dataset_batch(&r->ds, TS_SPLIT_TRAIN, c.seed, first, bl, c.seq_len, r->in + k * n, r->tg + k * n);
+    ts_lr_schedule sched = {.lr = c->lr, .min_lr = c->min_lr, .warmup_steps = c->warmup, .total_steps = c->steps,
+                            .cosine = c->cosine};
+    double flops_per_token = ts_gpt_flops_per_token(&c->model, c->seq_len), t_start = now_s();
+    /* tokens/s over the last few seconds of steps, honest from the first */
+    double window_t[8];
+    int64_t window_step[8];
+    int wn = 0;
+    window_t[0] = t_start, window_step[0] = r->state.step, wn = 1;
+    r->state.seed = c->seed;
+    r->state.data_fingerprint = r->ds.fingerprint;
+    snprintf(r->state.settings, sizeof r->state.settings, "%s", r->settings);
+    /* checkpoints: every ckpt_every steps, else at every evaluation (with
+     * --out), and at the end */
+    int64_t save_every = c->ckpt_every > 0 ? c->ckpt_every : c->eval_every;
+    for (int64_t step = r->state.step; step < c->steps; step++) {
+        ts_status st = TS_OK;
+        for (int64_t k = 0; k < c->grad_accum && !st; k++) {
+            int64_t first = (step * c->grad_accum + k) * c->batch + g->dp_rank * bl;
+            st = ts_dataset_batch(&r->ds, TS_SPLIT_TRAIN, c->seed, first, bl, c->seq_len, r->in + k * n, r->tg + k * n);
         }
         TRY(ts_comm_agree(g->world, st, "reading a batch"));
-        float lr = ts_lr_at(&sched, step);
+        float lr = ts_lr_at(&sched, step), loss;
         double norm;
-        st = ts_engine_step(r->e, (int)c.grad_accum, bl, c.seq_len, r->in, r->tg, lr, c.grad_clip, &loss, &norm);
+        st = ts_engine_step(r->e, (int)c->grad_accum, bl, c->seq_len, r->in, r->tg, lr, c->grad_clip, &loss, &norm);
         if (st) return ts_error_context(st, "step %lld", (long long)step);
-        state.step = step + 1;
-        state.next_sample = state.step * c.grad_accum * c.batch;
-        state.tokens_seen += (double)tokens_per_step;
-        if (c.on_step) c.on_step(c.on_step_ctx, step, loss, lr, norm);
-
-        /* throughput over the steps since the last report */
-        window_steps++;
+        r->state.step = step + 1;
+        r->state.next_sample = r->state.step * c->grad_accum * c->batch;
+        r->state.tokens_seen += (double)tokens_per_step;
+        r->state.loss = loss;
+        r->res->last_loss = loss;
+        if (c->on_step) c->on_step(c->on_step_ctx, step, loss, lr, norm);
         double now = now_s();
-        if (now - t_window > 0.5 || step + 1 == c.steps) {
-            rate = (double)(window_steps * tokens_per_step) / (now - t_window);
-            mfu = peak > 0 ? rate * flops_per_token / peak : 0;
-            t_window = now;
-            window_steps = 0;
+        if (wn == 8) {
+            memmove(window_t, window_t + 1, 7 * sizeof *window_t);
+            memmove(window_step, window_step + 1, 7 * sizeof *window_step);
+            wn = 7;
         }
-        if (r->log) {
-            fprintf(r->log,
-                    "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens_per_s\": %.1f, "
-                    "\"mfu\": %.4f, \"elapsed_s\": %.3f}\n",
-                    (long long)(step + 1), loss, lr, norm, rate, mfu, now - t_start);
-            fflush(r->log);
+        window_t[wn] = now, window_step[wn] = step + 1, wn++;
+        double rate = (double)((window_step[wn - 1] - window_step[0]) * tokens_per_step) / (now - window_t[0]);
+        double mfu = r->peak > 0 ? rate * flops_per_token / r->peak : 0;
+        report_step(r, step, loss, lr, norm, rate, mfu, now - t_start);
+        int last = step + 1 == c->steps;
+        if ((c->eval_every > 0 && (step + 1) % c->eval_every == 0) || (last && c->eval_batches > 0))
+            TRY(evaluate(r));
+        if ((save_every > 0 && (step + 1) % save_every == 0) || last) TRY(save_checkpoint(r));
+        /* a signal on any rank stops every rank after this step */
+        double stop = (double)g_stop_signal;
+        if (g->size > 1) TRY(ts_comm_allreduce_f64(g->world, &stop, 1, TS_REDUCE_MAX, "stop request"));
+        if (stop > 0 && !last) {
+            r->res->interrupted = (int)stop;
+            TRY(save_checkpoint(r));
+            break;
         }
-        double eta = (now - t_start) / (double)(step + 1 - res->first_step) * (double)(c.steps - step - 1);
-        if (verbose && (tty || (step + 1) % line_every == 0 || step + 1 == c.steps)) {
-            char rt[32], et[32], bar[32];
-            fmt_rate(rate, rt, sizeof rt);
-            fmt_duration(eta, et, sizeof et);
-            int w = 20, filled = (int)((double)w * (double)(step + 1) / (double)c.steps);
-            for (int i = 0; i < w; i++) bar[i] = i < filled ? '#' : '.';
-            bar[w] = '\0';
-            fprintf(out, "%s[%s] step %lld/%lld | loss %.4f | %s tok/s | MFU %.1f%% | ETA %s%s", tty ? "\r" : "", bar,
-                    (long long)(step + 1), (long long)c.steps, loss, rt, 100.0 * mfu, et, tty ? "   " : "\n");
-            fflush(out);
-        }
-        int last = step + 1 == c.steps;
-        if ((c.eval_every > 0 && (step + 1) % c.eval_every == 0) || (last && c.eval_batches > 0)) {
-            double vl;
-            TRY(eval_loss(r->e, g, &r->ds, &c, r->in, r->tg, &vl));
-            res->val_loss = vl;
-            if (vl < state.best_val_loss) state.best_val_loss = vl;
-            if (r->log) {
-                fprintf(r->log, "{\"step\": %lld, \"val_loss\": %.9g}\n", (long long)(step + 1), vl);
-                fflush(r->log);
-            }
-            if (verbose) fprintf(out, "%sstep %lld: validation loss %.4f\n", tty ? "\n" : "", (long long)(step + 1), vl);
-        }
-        if (c.out_dir[0] && ((c.ckpt_every > 0 && (step + 1) % c.ckpt_every == 0) || last))
-            TRY(save_checkpoint(r->e, g, &c, &state, &r->tok));
     }
-    if (verbose && tty) fprintf(out, "\n");
+    /* --steps 0: the untrained model is the run's checkpoint */
+    if (c->steps == 0 && !r->ckpt[0]) TRY(save_checkpoint(r));
+    if (r->verbose && r->tty) fprintf(r->out, "\n");
+    r->res->seconds = now_s() - t_start;
+    return TS_OK;
+}
+
+/* 11. The summary line, the trace, and what the model learned. */
+static ts_status finish_run(run *r)
+{
+    ts_train_config *c = &r->c;
+    ts_grid *g = &r->g;
+    ts_train_result *res = r->res;
+    int64_t tokens_per_step = c->batch * c->seq_len * c->grad_accum, done = r->state.step - res->first_step;
     const ts_pipeline_stats *ps = ts_engine_pipeline_stats(r->e);
     res->bubble = ps->schedule_s > 0 ? 1.0 - ps->busy_s / ps->schedule_s : 0;
-    res->steps_done = state.step;
-    res->last_loss = loss;
-    res->seconds = now_s() - t_start;
-    res->tokens_per_second =
-        res->seconds > 0 ? (double)((state.step - res->first_step) * tokens_per_step) / res->seconds : 0;
-    res->mfu = peak > 0 ? res->tokens_per_second * flops_per_token / peak : 0;
-    if (verbose) {
+    res->steps_done = r->state.step;
+    res->last_loss = (float)r->state.loss;
+    res->tokens_per_second = res->seconds > 0 ? (double)(done * tokens_per_step) / res->seconds : 0;
+    res->mfu = r->peak > 0 ? res->tokens_per_second * ts_gpt_flops_per_token(&c->model, c->seq_len) / r->peak : 0;
+    if (r->verbose) {
         char d[32], rt[32];
         fmt_duration(res->seconds, d, sizeof d);
         fmt_rate(res->tokens_per_second, rt, sizeof rt);
-        fprintf(out, "trained %lld steps in %s: %s tokens/s, MFU %.1f%%, final loss %.4f\n",
-                (long long)(state.step - res->first_step), d, rt, 100.0 * res->mfu, loss);
+        if (done == 0 && r->ckpt[0])
+            fprintf(r->out, "the run in %s is complete: step %lld of %lld, last loss %.4f\n", c->out_dir,
+                    (long long)r->state.step, (long long)c->steps, r->state.loss);
+        else if (done == 0)
+            fprintf(r->out, "trained 0 steps: the untrained model is in %s\n", c->out_dir[0] ? c->out_dir : "memory");
+        else
+            fprintf(r->out, "trained %lld steps in %s: %s tokens/s, MFU %.1f%%, final loss %.4f\n", (long long)done, d,
+                    rt, 100.0 * res->mfu, r->state.loss);
+        if (res->interrupted)
+            fprintf(r->out, "stopped by %s after step %lld%s%s%s\n", res->interrupted == SIGINT ? "SIGINT" :
+                    res->interrupted == SIGTERM ? "SIGTERM" : "a stop request", (long long)r->state.step,
+                    c->out_dir[0] ? ": checkpoint written; continue with --resume --out " : "",
+                    c->out_dir[0] ? c->out_dir : "", "");
+        fflush(r->out);
     }
-    if (c.trace_path[0]) {
-        TRY(ts_trace_write(c.trace_path));
-        if (verbose) fprintf(out, "timeline of every rank in %s (open it in Perfetto or chrome://tracing)\n", c.trace_path);
+    if (c->trace_path[0]) {
+        TRY(ts_trace_write(c->trace_path));
+        if (r->verbose) fprintf(r->out, "timeline of every rank in %s (open it in Perfetto or chrome://tracing)\n",
+                                c->trace_path);
     }
-
-    /* what the model learned, on world rank 0 with the whole model */
-    if (verbose || !c.data[0]) {
+    if (!res->interrupted && done > 0 && (r->verbose || !c->data[0])) {
         ts_gpt whole, *shown = &r->m;
         int gathered = g->tp > 1 || g->pp > 1;
         if (gathered) {
             TRY(ts_engine_gather_model(r->e, &whole));
             shown = &whole;
         }
-        st = root ? show_learning(shown, &r->ds, &r->tok, &c, verbose ? out : NULL, &res->task_accuracy) : TS_OK;
-        if (gathered && root) ts_gpt_free(&whole);
+        ts_status st = r->root ? show_learning(shown, &r->ds, &r->tok, c, r->verbose ? r->out : NULL,
+                                               &res->task_accuracy)
+                               : TS_OK;
+        if (gathered && r->root) ts_gpt_free(&whole);
         TRY(ts_comm_agree(g->world, st, "showing what the model learned"));
         TRY(ts_comm_bcast(g->world, &res->task_accuracy, sizeof res->task_accuracy, 0, "task accuracy"));
     }
-    if (r->log)
-        fprintf(r->log, "{\"event\": \"end\", \"step\": %lld, \"seconds\": %.3f, \"tokens_per_s\": %.1f, \"mfu\": %.4f}\n",
-                (long long)state.step, res->seconds, res->tokens_per_second, res->mfu);
+    if (r->log) {
+        fprintf(r->log, "{\"event\": \"%s\", \"step\": %lld, \"seconds\": %.3f, \"tokens_per_s\": %.1f, \"mfu\": %.4f}\n",
+                res->interrupted ? "stopped" : "end", (long long)r->state.step, res->seconds, res->tokens_per_second,
+                res->mfu);
+        fflush(r->log);
+    }
     return TS_OK;
+}
+
+static ts_status train_run(run *r)
+{
+    TRY(check_config(&r->c));
+    TRY(setup_processes(r));
+    TRY(prepare_run_dir(r));
+    TRY(read_resume_point(r));
+    TRY(open_device(r));
+    TRY(open_data(r));
+    TRY(build_model(r));
+    TRY(open_outputs(r));
+    TRY(report_start(r));
+    r->made_out_dir = 0; /* from here on the run directory is the run's */
+    TRY(train_loop(r));
+    return finish_run(r);
 }
 
 ts_status ts_train(const ts_train_config *cfg, ts_train_result *res)
@@ -669,13 +999,22 @@ ts_status ts_train(const ts_train_config *cfg, ts_train_result *res)
     memset(res, 0, sizeof *res);
     res->val_loss = NAN;
     res->task_accuracy = NAN;
-    run r;
-    memset(&r, 0, sizeof r);
-    ts_status st = train_run(&r, *cfg, res);
+    res->last_loss = NAN;
+    run *r = calloc(1, sizeof *r);
+    if (!r) return ts_error(TS_ERR_OOM, "no memory");
+    r->c = *cfg;
+    r->res = res;
+    r->saved_step = -1;
+    r->last_val = NAN;
+    r->last_val_step = -1;
+    ts_status st = train_run(r);
     /* keep the message: freeing may call into MPI */
     char msg[2048];
     snprintf(msg, sizeof msg, "%s", st ? ts_last_error() : "");
-    run_free(&r);
+    /* a run that failed before it began leaves no directory behind */
+    if (st && r->made_out_dir && r->root) rmdir(r->c.out_dir);
+    run_free(r);
+    free(r);
     if (st) ts_error(st, "%s", msg);
     return st;
 }

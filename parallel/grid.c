@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../core/json.h"
 #include "comm_internal.h"
 
 ts_status ts_grid_create(ts_grid *g, int tp, int pp)
@@ -74,46 +75,44 @@ ts_status ts_grid_layout(const ts_grid *g, int64_t n_layer, int *tp_size, int *t
     return TS_OK;
 }
 
-static uint64_t text_hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
 ts_status ts_grid_check_settings(const ts_grid *g, const char *settings)
 {
-    enum { KEEP = 240 };
-    struct {
-        uint64_t hash;
-        char text[KEEP];
-    } mine, *all;
-    memset(&mine, 0, sizeof mine);
-    mine.hash = text_hash(settings);
-    snprintf(mine.text, KEEP, "%s", settings);
-    all = calloc((size_t)g->size, sizeof *all);
-    if (!all) return ts_error(TS_ERR_OOM, "no memory");
-    ts_status st = ts_comm_allgather(g->world, &mine, all, sizeof mine, "settings check");
+    enum { KEEP = 16384 };
+    size_t len = strlen(settings);
+    if (len >= KEEP) return ts_error(TS_ERR_INVALID_ARG, "settings of %zu bytes are too long to compare", len);
+    char *all = calloc((size_t)g->size, KEEP);
+    char *mine = calloc(1, KEEP);
+    if (!all || !mine) {
+        free(all), free(mine);
+        return ts_error(TS_ERR_OOM, "no memory");
+    }
+    memcpy(mine, settings, len);
+    ts_status st = ts_comm_allgather(g->world, mine, all, KEEP, "settings check");
+    free(mine);
     if (st) {
         free(all);
         return st;
     }
-    char odd[512] = "";
-    size_t k = 0;
-    for (int r = 1; r < g->size; r++)
-        if (all[r].hash != all[0].hash && k < sizeof odd)
-            k += (size_t)snprintf(odd + k, sizeof odd - k, "%s%d", k ? ", " : "", r);
-    if (k) {
-        /* show where the first differing rank departs from rank 0 */
-        int r = atoi(odd);
-        size_t at = 0;
-        while (all[0].text[at] && all[0].text[at] == all[r].text[at]) at++;
-        size_t from = at > 40 ? at - 40 : 0;
-        st = ts_error(TS_ERR_INVALID_ARG,
-                      "settings differ between ranks: ranks %s disagree with rank 0. rank 0: ...%.80s... "
-                      "rank %d: ...%.80s...",
-                      odd, all[0].text + from, r, all[r].text + from);
+    /* name every setting in which a rank departs from rank 0, with both
+     * values (JSON settings), or show where its text departs */
+    char ranks[512] = "", msg[4096] = "";
+    size_t kr = 0, k = 0;
+    for (int r = 1; r < g->size; r++) {
+        const char *other = all + (size_t)r * KEEP;
+        if (!strcmp(all, other)) continue;
+        if (kr < sizeof ranks) kr += (size_t)snprintf(ranks + kr, sizeof ranks - kr, "%s%d", kr ? ", " : "", r);
+        char diff[2048];
+        if (ts_json_object_diff(all, other, NULL, diff, sizeof diff) <= 0) {
+            size_t at = 0;
+            while (all[at] && all[at] == other[at]) at++;
+            size_t from = at > 40 ? at - 40 : 0;
+            snprintf(diff, sizeof diff, "rank 0: ...%.80s... rank %d: ...%.80s...", all + from, r, other + from);
+        }
+        if (k < sizeof msg) k += (size_t)snprintf(msg + k, sizeof msg - k, "; rank %d: %s", r, diff);
     }
+    if (kr)
+        st = ts_error(TS_ERR_INVALID_ARG, "settings differ between ranks: ranks %s disagree with rank 0 (values as rank "
+                      "0's vs theirs)%s", ranks, msg);
     free(all);
     return st;
 }

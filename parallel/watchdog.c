@@ -15,7 +15,9 @@
 
 #include "comm_internal.h"
 
-static double g_timeout = 300.0, g_hard = 0.0;
+/* Defaults: name the missing ranks after 300 s, end the job after twice
+ * that; g_hard < 0 means "twice the timeout". */
+static double g_timeout = 300.0, g_hard = -1.0;
 static int g_timeout_read;
 static char g_last[4096];
 
@@ -45,7 +47,7 @@ double ts_watchdog_timeout(void)
 double ts_watchdog_hard_timeout(void)
 {
     read_env();
-    return g_hard;
+    return g_hard < 0 ? 2.0 * g_timeout : g_hard;
 }
 
 const char *ts_watchdog_last_report(void) { return g_last; }

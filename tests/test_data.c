@@ -150,6 +150,11 @@ TEST(tokenizer_files_round_trip_and_damage_is_rejected)
         "tessera-tokenizer 1\ntype bpe\nvocab_size 300\nmerges 1\n1 2\n",            /* count mismatch */
         "tessera-tokenizer 1\ntype wordpiece\nvocab_size 256\nmerges 0\n",
         "tessera-tokenizer 1\ntype bpe\nvocab_size 257\nmerges 1\n1 2\ngarbage\n",
+        "tessera-tokenizer 1\ntype bpe\nvocab_size 257\nmerges 1\n-1 2\n",           /* negative id */
+        "tessera-tokenizer 1\ntype bpe\nvocab_size 257\nmerges 1\n99999999999999999999 2\n",
+        /* merges that double a token each time: 2^k bytes after k merges */
+        "tessera-tokenizer 1\ntype bpe\nvocab_size 268\nmerges 12\n97 97\n256 256\n257 257\n258 258\n"
+        "259 259\n260 260\n261 261\n262 262\n263 263\n264 264\n265 265\n266 266\n",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         write_bytes(path, bad[i], strlen(bad[i]));
@@ -304,6 +309,8 @@ TEST(safetensors_round_trip_with_metadata_and_validation)
         {"{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 4},
         {"{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 12},
         {"[1,2]", 0},
+        /* 2^40 x 2^24 elements: a product that wraps to 0 in 64 bits */
+        {"{\"x\":{\"dtype\":\"F32\",\"shape\":[1099511627776,16777216],\"data_offsets\":[0,0]}}", 0},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         size_t hl = strlen(bad[i].header);
@@ -319,6 +326,62 @@ TEST(safetensors_round_trip_with_metadata_and_validation)
     free(path);
 }
 
+TEST(llmc_token_files_are_read_and_their_damage_rejected)
+{
+    char *path = tmpfile_path("llmc");
+    enum { N = 300 };
+    unsigned char buf[1024 + 2 * N];
+    memset(buf, 0, sizeof buf);
+    int32_t head[3] = {20240520, 1, N};
+    memcpy(buf, head, sizeof head); /* little-endian hosts, as llm.c writes it */
+    for (int i = 0; i < N; i++) {
+        uint16_t t = (uint16_t)(i * 167 % 50257);
+        memcpy(buf + 1024 + 2 * i, &t, 2);
+    }
+    write_bytes(path, buf, sizeof buf);
+    EXPECT(ts_is_token_file(path));
+    ts_dataset ds;
+    REQUIRE_OK(ts_dataset_open_tokens(&ds, path, 0.1));
+    EXPECT(ds.vocab_size == 50257 && ds.train_tokens + ds.val_tokens == N && ds.tokenizer_fingerprint == 0);
+    int32_t in[8], tg[8];
+    REQUIRE_OK(ts_dataset_batch(&ds, TS_SPLIT_VAL, 0, 0, 1, 8, in, tg));
+    EXPECT(in[0] == (int32_t)((N - ds.val_tokens) * 167 % 50257) && tg[0] == in[1]);
+    ts_dataset_close(&ds);
+    /* the whole file as validation: the first token is scored too */
+    REQUIRE_OK(ts_dataset_open_tokens(&ds, path, 1.0));
+    REQUIRE_OK(ts_dataset_batch(&ds, TS_SPLIT_VAL, 0, 0, 1, 8, in, tg));
+    EXPECT(ds.val_tokens == N && in[0] == 0 && tg[0] == 167);
+    ts_dataset_close(&ds);
+    write_bytes(path, buf, sizeof buf - 7); /* truncated */
+    EXPECT_STATUS(ts_dataset_open_tokens(&ds, path, 0.1), TS_ERR_FORMAT);
+    head[1] = 7; /* unknown version */
+    memcpy(buf, head, sizeof head);
+    write_bytes(path, buf, sizeof buf);
+    EXPECT_STATUS(ts_dataset_open_tokens(&ds, path, 0.1), TS_ERR_FORMAT);
+    unlink(path);
+    free(path);
+}
+
+TEST(text_must_be_utf8_without_nul_bytes)
+{
+    EXPECT_STATUS(ts_check_text((const uint8_t *)"caf\xc3\xa9 ok \xe2\x82\xac \xf0\x9f\x98\x80", 17, "t"), TS_OK);
+    static const struct {
+        const char *bytes;
+        size_t n, offset;
+    } bad[] = {
+        {"ab\0cd", 5, 2},         {"ab\xff", 3, 2},         {"\xc3", 1, 0},
+        {"x\xc0\x80", 3, 1},      {"\xed\xa0\x80", 3, 0},  {"\xf4\x90\x80\x80", 4, 0},
+        {"ok\xe2\x82", 4, 2},     {"\x80", 1, 0},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        ts_status st = ts_check_text((const uint8_t *)bad[i].bytes, bad[i].n, "t");
+        char want[32];
+        snprintf(want, sizeof want, "offset %zu", bad[i].offset);
+        EXPECTF(st == TS_ERR_FORMAT && strstr(ts_last_error(), want), "case %zu: %s: %s", i, ts_status_name(st),
+                ts_last_error());
+    }
+}
+
 int main(int argc, char **argv)
 {
     TH_ADD(byte_tokenizer_round_trips_every_byte);
@@ -330,5 +393,7 @@ int main(int argc, char **argv)
     TH_ADD(text_is_tokenized_once_and_cached);
     TH_ADD(json_parses_documents_and_rejects_malformed_ones);
     TH_ADD(safetensors_round_trip_with_metadata_and_validation);
+    TH_ADD(llmc_token_files_are_read_and_their_damage_rejected);
+    TH_ADD(text_must_be_utf8_without_nul_bytes);
     return th_run(argc, argv);
 }

@@ -313,19 +313,19 @@ static int bench_kernels(int argc, char **argv)
     int quick = 0, no_reference = 0;
     int64_t min_reps = 0, warm_starts = 3;
     double min_time = 0.25;
-    const cli_option opts[] = {
-        {"--device", OPT_STRING, device, sizeof device, "devices, comma-separated (default: every device)"},
+    cli_option opts[] = {
+        {"--device", OPT_STRING, device, sizeof device, "devices, comma-separated (default: every device)", NULL, 0, 0, 0},
         {"--suite", OPT_STRING, suites, sizeof suites,
-         "suites: limits,gemm,memory,attention,transfer,startup (default: all)"},
-        {"--quick", OPT_FLAG, &quick, 0, "small shapes: a first look in seconds"},
-        {"--min-time", OPT_DOUBLE, &min_time, 0, "seconds of timed calls per measurement (0.25)"},
-        {"--min-reps", OPT_INT, &min_reps, 0, "at least this many timed samples (5)"},
-        {"--warm-starts", OPT_INT, &warm_starts, 0, "warm start-up runs to time (3)"},
-        {"--no-reference", OPT_FLAG, &no_reference, 0, "skip the reference library's GEMMs"},
-        {"--json", OPT_STRING, json, sizeof json, "write every result as JSON"},
-        {"--csv", OPT_STRING, csv, sizeof csv, "write every result as CSV"},
-        {"--markdown", OPT_STRING, markdown, sizeof markdown, "write a markdown table (- for stdout)"},
-        {"--report", OPT_STRING, report, sizeof report, "write an HTML report (and its JSON) into this directory"},
+         "suites: limits,gemm,memory,attention,transfer,startup (default: all)", NULL, 0, 0, 0},
+        {"--quick", OPT_FLAG, &quick, 0, "small shapes: a first look in seconds", NULL, 0, 0, 0},
+        {"--min-time", OPT_DOUBLE, &min_time, 0, "seconds of timed calls per measurement (0.25)", NULL, 0, 0, 0},
+        {"--min-reps", OPT_INT, &min_reps, 0, "at least this many timed samples (5)", NULL, 0, 0, 0},
+        {"--warm-starts", OPT_INT, &warm_starts, 0, "warm start-up runs to time (3)", NULL, 0, 0, 0},
+        {"--no-reference", OPT_FLAG, &no_reference, 0, "skip the reference library's GEMMs", NULL, 0, 0, 0},
+        {"--json", OPT_STRING, json, sizeof json, "write every result as JSON", NULL, 0, 0, 0},
+        {"--csv", OPT_STRING, csv, sizeof csv, "write every result as CSV", NULL, 0, 0, 0},
+        {"--markdown", OPT_STRING, markdown, sizeof markdown, "write a markdown table (- for stdout)", NULL, 0, 0, 0},
+        {"--report", OPT_STRING, report, sizeof report, "write an HTML report (and its JSON) into this directory", NULL, 0, 0, 0},
     };
     int rc = cli_parse("bench",
                        "tessera bench [options]         kernels on every device\n"
@@ -439,8 +439,11 @@ static int find_torch_python(char *out, size_t n)
     return 0;
 }
 
+/* torch_device: "cpu" or "cuda"; *ran_on says where PyTorch ran ("cpu"
+ * when it has no CUDA). */
 static ts_status torch_step(const char *py, const ts_gpt_config *c, int64_t B, int64_t T, int steps, int warmup,
-                            int threads, double *med, double *mn, double *mx, char *version, size_t vn)
+                            int threads, const char *torch_device, double *med, double *mn, double *mx,
+                            char *version, size_t vn, char *ran_on, size_t rn)
 {
     char script[] = "/tmp/tessera-torch-XXXXXX";
     int fd = mkstemp(script);
@@ -455,9 +458,9 @@ static ts_status torch_step(const char *py, const ts_gpt_config *c, int64_t B, i
     char cmd[1200];
     snprintf(cmd, sizeof cmd,
              "OMP_NUM_THREADS=%d '%s' '%s' --layers %lld --heads %lld --width %lld --vocab %lld --batch %lld "
-             "--seq-len %lld --steps %d --warmup %d --threads %d",
+             "--seq-len %lld --steps %d --warmup %d --threads %d --device %s",
              threads, py, script, (long long)c->n_layer, (long long)c->n_head, (long long)c->n_embd,
-             (long long)c->vocab_size, (long long)B, (long long)T, steps, warmup, threads);
+             (long long)c->vocab_size, (long long)B, (long long)T, steps, warmup, threads, torch_device);
     FILE *p = popen(cmd, "r");
     char line[2048] = "";
     ts_status st = TS_OK;
@@ -468,6 +471,8 @@ static ts_status torch_step(const char *py, const ts_gpt_config *c, int64_t B, i
         int rc = pclose(p);
         const char *m = strstr(line, "\"median_s\": "), *a = strstr(line, "\"min_s\": "), *b = strstr(line, "\"max_s\": ");
         const char *v = strstr(line, "\"torch\": \"");
+        const char *where = strstr(line, "\"device\": \"pytorch-");
+        snprintf(ran_on, rn, "%s", where && !strncmp(where + 19, "cuda", 4) ? "cuda" : "cpu");
         if (rc != 0 || !m || !a || !b) st = ts_error(TS_ERR_BACKEND, "bench train: PyTorch run failed: %s", line);
         else {
             *med = atof(m + 12), *mn = atof(a + 9), *mx = atof(b + 9);
@@ -508,21 +513,21 @@ static int bench_train(int argc, char **argv)
     int64_t vocab = 50257, B = 4, T = 64, layers = 0, heads = 0, width = 0;
     int64_t steps64 = 5, warmup64 = 2;
     int vs_pytorch = 0;
-    const cli_option opts[] = {
-        {"--device", OPT_STRING, device, sizeof device, "devices, comma-separated (default: every device)"},
-        {"--model", OPT_STRING, model, sizeof model, "preset: d6, d12 (GPT-2 124M), ... (d12)"},
-        {"--layers", OPT_INT, &layers, 0, "override the preset's layers"},
-        {"--heads", OPT_INT, &heads, 0, "override the preset's heads"},
-        {"--width", OPT_INT, &width, 0, "override the preset's width"},
-        {"--vocab", OPT_INT, &vocab, 0, "vocabulary size (50257)"},
-        {"--batch", OPT_INT, &B, 0, "sequences per step (4)"},
-        {"--seq-len", OPT_INT, &T, 0, "context length (64)"},
-        {"--steps", OPT_INT, &steps64, 0, "timed steps (5)"},
-        {"--warmup", OPT_INT, &warmup64, 0, "untimed steps first (2)"},
-        {"--vs-pytorch", OPT_FLAG, &vs_pytorch, 0, "also run the same step in PyTorch (python3-torch) and compare"},
-        {"--json", OPT_STRING, json, sizeof json, "write the results as JSON"},
-        {"--csv", OPT_STRING, csv, sizeof csv, "write the results as CSV"},
-        {"--report", OPT_STRING, report, sizeof report, "write an HTML report into this directory"},
+    cli_option opts[] = {
+        {"--device", OPT_STRING, device, sizeof device, "devices, comma-separated (default: every device)", NULL, 0, 0, 0},
+        {"--model", OPT_STRING, model, sizeof model, "preset: d6, d12 (GPT-2 124M), ... (d12)", NULL, 0, 0, 0},
+        {"--layers", OPT_INT, &layers, 0, "override the preset's layers", NULL, 0, 0, 0},
+        {"--heads", OPT_INT, &heads, 0, "override the preset's heads", NULL, 0, 0, 0},
+        {"--width", OPT_INT, &width, 0, "override the preset's width", NULL, 0, 0, 0},
+        {"--vocab", OPT_INT, &vocab, 0, "vocabulary size (50257)", NULL, 0, 0, 0},
+        {"--batch", OPT_INT, &B, 0, "sequences per step (4)", NULL, 0, 0, 0},
+        {"--seq-len", OPT_INT, &T, 0, "context length (64)", NULL, 0, 0, 0},
+        {"--steps", OPT_INT, &steps64, 0, "timed steps (5)", NULL, 0, 0, 0},
+        {"--warmup", OPT_INT, &warmup64, 0, "untimed steps first (2)", NULL, 0, 0, 0},
+        {"--vs-pytorch", OPT_FLAG, &vs_pytorch, 0, "also run the same step in PyTorch (python3-torch) and compare", NULL, 0, 0, 0},
+        {"--json", OPT_STRING, json, sizeof json, "write the results as JSON", NULL, 0, 0, 0},
+        {"--csv", OPT_STRING, csv, sizeof csv, "write the results as CSV", NULL, 0, 0, 0},
+        {"--report", OPT_STRING, report, sizeof report, "write an HTML report into this directory", NULL, 0, 0, 0},
     };
     int rc = cli_parse("bench train", "tessera bench train [options]", opts, (int)(sizeof opts / sizeof *opts), argc,
                        argv);
@@ -548,7 +553,7 @@ static int bench_train(int argc, char **argv)
     double peaks[32] = {0}, triads[32] = {0};
     printf("training step of %s (%lld parameters), B=%lld T=%lld, fp32, AdamW; median of %d steps after %d\n", model,
            (long long)ts_gpt_num_params(&c), (long long)B, (long long)T, steps, warmup);
-    double tessera_cpu = 0;
+    double tessera_cpu = 0, gpu_times[32] = {0};
     for (int d = 0; d < nd; d++) {
         /* the device's peak, for MFU: the FMA kernel, quickly */
         ts_bench_options lo = {.suites = TS_BENCH_LIMITS, .min_time = 0.1, .min_reps = 3};
@@ -562,6 +567,7 @@ static int bench_train(int argc, char **argv)
         const ts_device_info *info = ts_device_get_info(devs[d]);
         train_result(&b, info->id, "tessera", model, &c, B, T, med, mn, mx, steps, peaks[d]);
         if (info->type == TS_DEVICE_CPU && !strcmp(info->backend, "cpu")) tessera_cpu = med;
+        if (info->type == TS_DEVICE_GPU) gpu_times[d] = med;
     }
     char extra[1024] = "";
     if (vs_pytorch) {
@@ -572,20 +578,30 @@ static int bench_train(int argc, char **argv)
             free(b.r);
             return 1;
         }
-        double med = 0, mn = 0, mx = 0;
+        double med = 0, mn = 0, mx = 0, tessera_gpu = 0, gpu_peak = 0;
         int threads = ts_get_threads();
-        if (torch_step(py, &c, B, T, steps, warmup, threads, &med, &mn, &mx, version, sizeof version) != TS_OK) {
+        /* PyTorch on CUDA when a GPU is measured (and PyTorch has CUDA) */
+        for (int d = 0; d < nd; d++)
+            if (ts_device_get_info(devs[d])->type == TS_DEVICE_GPU) {
+                tessera_gpu = gpu_times[d];
+                gpu_peak = peaks[d];
+            }
+        char ran_on[8] = "cpu";
+        if (torch_step(py, &c, B, T, steps, warmup, threads, tessera_gpu > 0 ? "cuda" : "cpu", &med, &mn, &mx,
+                       version, sizeof version, ran_on, sizeof ran_on) != TS_OK) {
             free(b.r);
             return cli_fail("PyTorch");
         }
-        /* PyTorch runs on the host CPU: its peak is the CPU backend's */
-        double peak = 0;
-        for (int d = 0; d < nd; d++)
-            if (!strcmp(ts_device_get_info(devs[d])->id, "cpu")) peak = peaks[d];
-        train_result(&b, "cpu", version, model, &c, B, T, med, mn, mx, steps, peak);
-        if (tessera_cpu > 0)
-            printf("  tessera's CPU backend takes %.2fx less time per step than %s (%d threads each)\n", med / tessera_cpu,
-                   version, threads);
+        /* on the host CPU PyTorch's yardstick is the CPU backend's peak */
+        double peak = gpu_peak;
+        if (!strcmp(ran_on, "cpu"))
+            for (int d = 0; d < nd; d++)
+                if (!strcmp(ts_device_get_info(devs[d])->id, "cpu")) peak = peaks[d];
+        train_result(&b, ran_on, version, model, &c, B, T, med, mn, mx, steps, peak);
+        double mine = !strcmp(ran_on, "cuda") ? tessera_gpu : tessera_cpu;
+        if (mine > 0)
+            printf("  tessera (%s) takes %.2fx less time per step than %s on %s\n",
+                   !strcmp(ran_on, "cuda") ? "GPU" : "CPU backend", med / mine, version, ran_on);
         snprintf(extra, sizeof extra, "\"pytorch\": {\"python\": \"%.400s\", \"version\": \"%.60s\"}", py, version);
     }
     rc = finish_outputs(&b, devs, peaks, triads, nd, json, csv, "", report, extra[0] ? extra : NULL);
@@ -600,12 +616,12 @@ static int bench_collectives(int argc, char **argv)
     double min_time = 0.3;
     int64_t max_bytes = 64ll << 20;
     char json[4096] = "", csv[4096] = "", report[4096] = "";
-    const cli_option opts[] = {
-        {"--min-time", OPT_DOUBLE, &min_time, 0, "seconds per size and strategy (0.3)"},
-        {"--max-bytes", OPT_INT, &max_bytes, 0, "largest message (64 MiB)"},
-        {"--json", OPT_STRING, json, sizeof json, "write the results as JSON"},
-        {"--csv", OPT_STRING, csv, sizeof csv, "write the results as CSV"},
-        {"--report", OPT_STRING, report, sizeof report, "write an HTML report into this directory"},
+    cli_option opts[] = {
+        {"--min-time", OPT_DOUBLE, &min_time, 0, "seconds per size and strategy (0.3)", NULL, 0, 0, 0},
+        {"--max-bytes", OPT_INT, &max_bytes, 0, "largest message (64 MiB)", NULL, 0, 0, 0},
+        {"--json", OPT_STRING, json, sizeof json, "write the results as JSON", NULL, 0, 0, 0},
+        {"--csv", OPT_STRING, csv, sizeof csv, "write the results as CSV", NULL, 0, 0, 0},
+        {"--report", OPT_STRING, report, sizeof report, "write an HTML report into this directory", NULL, 0, 0, 0},
     };
     int rc = cli_parse("bench collectives", "mpirun -np N tessera bench collectives [options]", opts,
                        (int)(sizeof opts / sizeof *opts), argc, argv);

@@ -9,8 +9,11 @@
  *   tokenizer.txt       the tokenizer (tessera/tokenizer.h)
  * It is written as <dir>/.tmp-step_NNNNNNNN, every file fsync'ed, then
  * renamed into place; <dir>/latest (naming the newest checkpoint) is
- * replaced last, atomically. A crash at any point leaves the previous
- * checkpoint intact and `latest` pointing at it. */
+ * replaced last, atomically, and <dir>/best names the checkpoint of the
+ * lowest validation loss. A crash at any point leaves the previous
+ * checkpoint intact and `latest` pointing at it. Pruning keeps the
+ * checkpoints of the highest steps and never the ones `latest` and `best`
+ * name. */
 #ifndef TESSERA_CHECKPOINT_H
 #define TESSERA_CHECKPOINT_H
 
@@ -32,6 +35,8 @@ typedef struct ts_train_state {
     uint64_t data_fingerprint;
     double tokens_seen;
     double best_val_loss;      /* +inf if never evaluated */
+    double loss;               /* training loss of the last step; NAN if none */
+    double val_loss;           /* validation loss at this step; NAN if not evaluated */
     char settings[8192];       /* the run's settings as a JSON object */
 } ts_train_state;
 
@@ -51,8 +56,29 @@ void ts_checkpoint_abandon(const char *tmp);
  * pairs in meta, pointing into the caller's buffers). */
 void ts_checkpoint_model_meta(const ts_tokenizer *tok, char fp[32], const char *meta[4]);
 void ts_checkpoint_optim_meta(const ts_optimizer *o, char step[32], char hyper[256], const char *meta[8]);
-/* The directory of the newest complete checkpoint in dir (via `latest`). */
+/* The directory of the newest complete checkpoint in dir (via `latest`);
+ * an error naming what is wrong when there is none, `latest` names
+ * something else than a step_N directory of dir, or its files are missing. */
 ts_status ts_checkpoint_latest(const char *dir, char *path, size_t n);
+
+/* A run directory at a glance. */
+typedef struct ts_run_dir_info {
+    int exists;
+    int entries;               /* anything in it */
+    int checkpoints;           /* step_* directories */
+    int has_log;
+    int temporaries;           /* .tmp-* left by a crash */
+    char latest[64];           /* what `latest` names, "" if nothing valid */
+} ts_run_dir_info;
+ts_status ts_run_dir_inspect(const char *dir, ts_run_dir_info *info);
+/* Remove what a crash can leave: .tmp-step_N directories, .tmp-tessera-*
+ * files of atomic writes. */
+void ts_run_dir_clean(const char *dir);
+/* Start a run directory over: checkpoints, latest, best, log, tokenizer. */
+ts_status ts_run_dir_reset(const char *dir);
+/* Keep the lines of a JSON-lines log whose "step" is at most `step` (the
+ * ones a resumed run will not write again); atomic. */
+ts_status ts_run_log_truncate(const char *path, int64_t step);
 /* Read state.json of a checkpoint directory. */
 ts_status ts_checkpoint_read_state(const char *ckpt, ts_train_state *state);
 /* Load weights and optimizer state of a checkpoint directory into a model

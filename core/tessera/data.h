@@ -32,6 +32,7 @@ struct ts_dataset {
     int64_t vocab_size;
     int64_t train_tokens, val_tokens;
     uint64_t fingerprint;  /* identifies the data (file contents and tokenizer) */
+    uint64_t tokenizer_fingerprint; /* of the tokenizer that made a token file; 0 if unknown (llm.c) */
     /* Fill inputs and targets ([B, T] each, targets < 0 are ignored). */
     ts_status (*batch)(ts_dataset *ds, ts_split split, uint64_t seed, int64_t first_sample,
                        int64_t B, int64_t T, int32_t *inputs, int32_t *targets);
@@ -46,14 +47,22 @@ void ts_dataset_close(ts_dataset *ds);
 /* Write a token file atomically. */
 ts_status ts_tokens_write(const char *path, const int32_t *ids, size_t count, int64_t vocab_size,
                           uint64_t tokenizer_fingerprint);
-/* Open a token file; the last val_fraction of it is the validation split. */
+/* Open a token file (tessera's, or llm.c's dev/data .bin with its
+ * 20240520 header: GPT-2 or LLaMA 3 tokens); the last val_fraction of it
+ * (0 to 1: 1 = all of it) is the validation split. */
 ts_status ts_dataset_open_tokens(ts_dataset *ds, const char *path, double val_fraction);
 /* Open a text corpus: tokenized once with tok into cache_dir (reused while
  * the text and the tokenizer are unchanged), then as above. */
 ts_status ts_dataset_open_text(ts_dataset *ds, const char *path, const ts_tokenizer *tok,
                                const char *cache_dir, double val_fraction);
-/* Is this a token file (by its magic)? */
+/* Is this a token file, tessera's or llm.c's (by its magic)? */
 int ts_is_token_file(const char *path);
+/* Text must be UTF-8 without NUL bytes; else an error naming the file and
+ * the byte offset. */
+ts_status ts_check_text(const uint8_t *s, size_t n, const char *name);
+/* Where text is tokenized once and kept: TESSERA_DATA_CACHE,
+ * $XDG_CACHE_HOME/tessera/tokens, ~/.cache/tessera/tokens. */
+void ts_data_cache_dir(char *out, size_t n);
 
 #ifdef __cplusplus
 }

@@ -1,5 +1,5 @@
-/* Text generation from a trained model: temperature and top-k sampling
- * (greedy at temperature 0), reproducible from a seed. */
+/* Text generation from a trained model: temperature, top-k and top-p
+ * (nucleus) sampling, greedy at temperature 0, reproducible from a seed. */
 #ifndef TESSERA_GENERATE_H
 #define TESSERA_GENERATE_H
 
@@ -18,6 +18,7 @@ typedef struct ts_sample_options {
     uint64_t seed;
     int32_t stop_token;  /* stop after emitting it; -1: never */
     int64_t context;     /* positions the model sees per step (<= max_seq_len); 0: max_seq_len */
+    float top_p;         /* keep the most likely tokens whose probabilities sum to top_p; 0 or 1: all */
 } ts_sample_options;
 
 /* Append up to max_new tokens to tokens[0..*n) (capacity cap). */

@@ -139,6 +139,11 @@ int64_t ts_gpt_num_params(const ts_gpt_config *cfg);
 /* Model FLOPs per token of one forward + backward at context T (6N plus
  * attention, as in the PaLM appendix), for throughput and MFU. */
 double ts_gpt_flops_per_token(const ts_gpt_config *cfg, int64_t T);
+/* Bytes one process needs to train the whole model on B x T tokens with
+ * `moments` optimizer moments per parameter (AdamW 2, momentum 1, SGD 0):
+ * parameters, gradients, moments, activations and scratch, in float32. An
+ * estimate for refusing runs that cannot fit, not an allocation plan. */
+double ts_gpt_train_bytes(const ts_gpt_config *cfg, int64_t B, int64_t T, int moments);
 
 /* The whole model on one process. */
 void ts_gpt_layout_single(const ts_gpt_config *cfg, ts_gpt_layout *lay);

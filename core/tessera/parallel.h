@@ -66,8 +66,9 @@ void ts_grid_free(ts_grid *g);
 ts_status ts_grid_layout(const ts_grid *g, int64_t n_layer, int *tp_size, int *tp_rank,
                          int64_t *layer_begin, int64_t *layer_end, int *embedding, int *head);
 /* Settings that must agree on every rank (model, seed, grid, batch...):
- * each rank passes its own text; a difference fails on every rank with the
- * ranks and settings that differ. */
+ * each rank passes its own flat JSON object (any text works; JSON gets a
+ * per-key report); a difference fails on every rank, naming each setting
+ * that differs with rank 0's value and the other rank's. */
 ts_status ts_grid_check_settings(const ts_grid *g, const char *settings);
 
 /* ---- gradient reduction strategies ---- */
@@ -180,7 +181,9 @@ ts_status ts_engine_gather_model(ts_engine *e, ts_gpt *whole);
  * is doing (through a helper thread on each process) and reports, on
  * stderr and in ts_watchdog_last_report(), the ranks that have not joined.
  * TESSERA_WATCHDOG=<seconds> (default 300, 0 = off). After hard_timeout
- * seconds (0 = never) the collective fails with TS_ERR_TIMEOUT. */
+ * seconds (default twice the timeout, TESSERA_WATCHDOG_HARD; 0 = never; a
+ * negative value: the default) the collective fails with TS_ERR_TIMEOUT,
+ * and `tessera train` ends the whole job. */
 void ts_watchdog_set(double timeout_s, double hard_timeout_s);
 const char *ts_watchdog_last_report(void);
 

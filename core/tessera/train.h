@@ -47,15 +47,21 @@ typedef struct ts_train_config {
     int threads;            /* 0: default */
     uint64_t seed;
     char out_dir[1024];     /* checkpoints, log, tokenizer; "" = none */
-    int64_t ckpt_every;     /* 0: only at the end */
-    int keep;               /* checkpoints kept (0: all) */
-    int resume;             /* continue from out_dir/latest */
+    int64_t ckpt_every;     /* 0: at every evaluation and at the end */
+    int keep;               /* checkpoints kept besides latest and best (0: all) */
+    int resume;             /* continue from out_dir/latest (an error if there is none) */
+    int force;              /* a new run into an out_dir that holds one: delete the old */
+    char init[1024];        /* start from this checkpoint's weights and tokenizer ("" = none) */
     int64_t eval_every, eval_batches;
     char log_path[1024];    /* JSON lines; "" = out_dir/log.jsonl, "-" = none */
     int progress;           /* 1: live bar on a terminal, lines otherwise; 0: quiet */
     int64_t sample_tokens;  /* text to show at the end (text data) */
-    /* test hook: called after every step with the mean training loss */
+    /* observers (tests use them to crash a run at chosen moments): after
+     * every step, with the mean training loss; and on world rank 0 when a
+     * checkpoint's weights are in its temporary directory, before it is
+     * completed and published */
     void (*on_step)(void *ctx, int64_t step, float loss, float lr, double grad_norm);
+    void (*on_checkpoint)(void *ctx, const char *tmp_dir, int64_t step);
     void *on_step_ctx;
 } ts_train_config;
 
@@ -70,13 +76,27 @@ typedef struct ts_train_result {
     double task_accuracy;   /* built-in task only, else NAN */
     int64_t num_params;     /* of the whole model */
     double bubble;          /* pipeline: share of the last step stage 0 spent idle */
+    int interrupted;        /* the signal that stopped the run early (ts_train_request_stop), or 0 */
 } ts_train_result;
 
 /* Defaults: byte tokenizer, d6-like small model, AdamW 3e-4 with cosine. */
 void ts_train_defaults(ts_train_config *cfg);
 ts_status ts_train(const ts_train_config *cfg, ts_train_result *res);
-/* The run's settings as a JSON object (stored in checkpoints and logs). */
+/* The run's settings as a flat JSON object (stored in checkpoints and
+ * logs, compared across MPI ranks); parse reads such an object back into a
+ * config (members it lacks keep their values; wrong types and ranges are
+ * errors naming the setting). */
 void ts_train_settings_json(const ts_train_config *cfg, char *buf, size_t n);
+ts_status ts_train_settings_parse(const char *json, ts_train_config *cfg);
+/* The settings a resumed run must keep (NULL-terminated names). */
+const char *const *ts_train_fixed_settings(void);
+
+/* Ask a running ts_train to stop after the step in flight: it writes a
+ * checkpoint (with out_dir), prints its summary and returns with
+ * result.interrupted = sig. Async-signal-safe: call it from a signal
+ * handler. Under MPI every rank stops at the same step. */
+void ts_train_request_stop(int sig);
+int ts_train_stop_requested(void);
 
 #ifdef __cplusplus
 }
