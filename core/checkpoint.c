@@ -394,25 +394,12 @@ ts_status ts_checkpoint_read_state(const char *ckpt, ts_train_state *s)
         ts_json_free(j);
         return ts_error(TS_ERR_FORMAT, "%s: \"settings\" must be an object", f);
     }
-    /* keep the settings object as text: find its span in the file */
-    ts_json_free(j);
-    TRY(ts_read_file(f, &text, &n));
-    const char *p = strstr(text, "\"settings\":");
-    if (p) {
-        p += strlen("\"settings\":");
-        while (*p == ' ') p++;
-        const char *end = strrchr(text, '}');
-        if (end && end > p) {
-            end--;
-            while (end > p && (*end == '\n' || *end == ' ')) end--;
-            size_t len = (size_t)(end - p + 1);
-            if (len < sizeof s->settings) {
-                memcpy(s->settings, p, len);
-                s->settings[len] = '\0';
-            }
-        }
+    /* keep the settings object as text (flat: written again from the parse) */
+    if (set && ts_json_serialize(set, s->settings, sizeof s->settings) >= sizeof s->settings) {
+        ts_json_free(j);
+        return ts_error(TS_ERR_FORMAT, "%s: \"settings\" is larger than %d bytes", f, TS_SETTINGS_MAX);
     }
-    free(text);
+    ts_json_free(j);
     return TS_OK;
 }
 

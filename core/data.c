@@ -258,7 +258,11 @@ ts_status ts_dataset_open_tokens(ts_dataset *ds, const char *path, double val_fr
     ds->train_tokens = f->split;
     ds->val_tokens = f->count - f->split;
     ds->tokenizer_fingerprint = tok_fp;
-    ds->fingerprint = llmc ? mix64(0x11c0ull ^ mix64(count) ^ mix64(get64(map + header))) : mix64(tok_fp ^ mix64(count));
+    /* an llm.c file names no tokenizer: its first tokens stand in (a file of
+     * fewer than 8 bytes of tokens uses what it has) */
+    uint64_t first = 0;
+    for (size_t b = 0; b < 8 && header + b < size; b++) first |= (uint64_t)map[header + b] << (8 * b);
+    ds->fingerprint = llmc ? mix64(0x11c0ull ^ mix64(count) ^ mix64(first)) : mix64(tok_fp ^ mix64(count));
     ds->batch = tokfile_batch;
     ds->close = tokfile_close;
     ds->ctx = f;

@@ -1,5 +1,6 @@
 #include "json.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,10 +150,12 @@ static ts_status parse_number(parser *p, ts_json *out)
     out->type = TS_JSON_NUMBER;
     out->number = strtod(buf, NULL);
     if (integral) {
+        /* an integer beyond 64 bits is a number, not a clamped integer */
         char *endp;
+        errno = 0;
         long long v = strtoll(buf, &endp, 10);
-        out->is_integer = 1;
-        out->integer = v;
+        out->is_integer = errno != ERANGE;
+        out->integer = out->is_integer ? v : 0;
     }
     return TS_OK;
 }
@@ -420,4 +423,64 @@ const char *ts_json_float(char *buf, size_t n, double v)
         if (strtof(buf, NULL) == f) break;
     }
     return buf;
+}
+
+/* Appends to buf[*k..n), counting past n, so the caller learns the length. */
+static void put(char *buf, size_t n, size_t *k, const char *s, size_t len)
+{
+    if (*k < n) memcpy(buf + *k, s, *k + len < n ? len : n - *k);
+    *k += len;
+}
+
+static void serialize(const ts_json *j, char *buf, size_t n, size_t *k, int depth)
+{
+    char tmp[64];
+    if (depth > 64) { /* the parser bounds nesting; a hand-made tree is cut */
+        put(buf, n, k, "null", 4);
+        return;
+    }
+    switch (j->type) {
+    case TS_JSON_NULL: put(buf, n, k, "null", 4); break;
+    case TS_JSON_BOOL: put(buf, n, k, j->boolean ? "true" : "false", j->boolean ? 4 : 5); break;
+    case TS_JSON_NUMBER: {
+        int m = j->is_integer ? snprintf(tmp, sizeof tmp, "%lld", (long long)j->integer)
+                              : isfinite(j->number) ? snprintf(tmp, sizeof tmp, "%.17g", j->number)
+                                                    : snprintf(tmp, sizeof tmp, "null");
+        put(buf, n, k, tmp, (size_t)m);
+        break;
+    }
+    case TS_JSON_STRING: {
+        size_t m = ts_json_escape(NULL, 0, j->string);
+        char *e = malloc(m + 1);
+        if (e) {
+            ts_json_escape(e, m + 1, j->string);
+            put(buf, n, k, e, m);
+            free(e);
+        }
+        break;
+    }
+    case TS_JSON_ARRAY:
+    case TS_JSON_OBJECT: {
+        int obj = j->type == TS_JSON_OBJECT;
+        put(buf, n, k, obj ? "{" : "[", 1);
+        for (size_t i = 0; i < j->count; i++) {
+            if (i) put(buf, n, k, ", ", 2);
+            if (obj) {
+                serialize(&(ts_json){.type = TS_JSON_STRING, .string = j->keys[i]}, buf, n, k, depth + 1);
+                put(buf, n, k, ": ", 2);
+            }
+            serialize(&j->items[i], buf, n, k, depth + 1);
+        }
+        put(buf, n, k, obj ? "}" : "]", 1);
+        break;
+    }
+    }
+}
+
+size_t ts_json_serialize(const ts_json *j, char *buf, size_t n)
+{
+    size_t k = 0;
+    serialize(j, buf, n, &k, 0);
+    if (n) buf[k < n ? k : n - 1] = '\0';
+    return k;
 }

@@ -46,6 +46,10 @@ int ts_json_object_diff(const char *a, const char *b, const char *const *only, c
  * NaN and infinities): "0.001", not "0.00100000005". Returns buf. */
 const char *ts_json_float(char *buf, size_t n, double v);
 
+/* A value as JSON text into buf (NUL-terminated when n > 0); returns the
+ * length it needs, so a result >= n means it did not fit. */
+size_t ts_json_serialize(const ts_json *j, char *buf, size_t n);
+
 /* Write s as a JSON string literal (with quotes) to f. */
 void ts_json_write_string(FILE *f, const char *s);
 /* `"key": "value"` (value escaped), then `after` (such as ", "). */

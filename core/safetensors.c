@@ -40,6 +40,11 @@ void ts_safetensors_close(ts_safetensors *st)
     memset(st, 0, sizeof *st);
 }
 
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp((*(const ts_st_entry *const *)a)->name, (*(const ts_st_entry *const *)b)->name);
+}
+
 static int cmp_begin(const void *a, const void *b)
 {
     const ts_st_entry *x = *(const ts_st_entry *const *)a, *y = *(const ts_st_entry *const *)b;
@@ -144,14 +149,25 @@ ts_status ts_safetensors_open(const char *path, ts_safetensors *st)
                 rc = BAD("%s: __metadata__ is not an object", path);
                 break;
             }
+            if (st->meta_keys) {
+                rc = BAD("%s: the header has more than one __metadata__", path);
+                break;
+            }
             st->meta_keys = calloc(v->count + 1, sizeof(char *));
             st->meta_values = calloc(v->count + 1, sizeof(char *));
-            for (size_t j = 0; j < v->count; j++) {
+            if (!st->meta_keys || !st->meta_values) {
+                rc = ts_error(TS_ERR_OOM, "no memory for the metadata of %s", path);
+                break;
+            }
+            for (size_t j = 0; j < v->count && !rc; j++) {
                 if (v->items[j].type != TS_JSON_STRING) continue;
                 st->meta_keys[st->meta_count] = strdup(v->keys[j]);
                 st->meta_values[st->meta_count] = strdup(v->items[j].string);
+                if (!st->meta_keys[st->meta_count] || !st->meta_values[st->meta_count])
+                    rc = ts_error(TS_ERR_OOM, "no memory for the metadata of %s", path);
                 st->meta_count++;
             }
+            if (rc) break;
             continue;
         }
         if ((rc = parse_entry(st, key, v, data_size, &st->entries[st->count]))) break;
@@ -167,6 +183,11 @@ ts_status ts_safetensors_open(const char *path, ts_safetensors *st)
             goto fail;
         }
         for (size_t i = 0; i < st->count; i++) order[i] = &st->entries[i];
+        /* names are unique (sorted, so the check is not quadratic) */
+        qsort(order, st->count, sizeof *order, cmp_name);
+        for (size_t i = 1; i < st->count && !rc; i++)
+            if (!strcmp(order[i - 1]->name, order[i]->name))
+                rc = BAD("%s: tensor '%s' appears twice in the header", path, order[i]->name);
         qsort(order, st->count, sizeof *order, cmp_begin);
         uint64_t pos = 0;
         for (size_t i = 0; i < st->count && !rc; i++) {

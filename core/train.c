@@ -62,15 +62,16 @@ void ts_train_defaults(ts_train_config *c)
  * what a resumed run reads back, and what every MPI rank must agree on.
  * Settings that may differ between ranks (threads, device, binding, bucket
  * size, progress output) are not in it. */
-void ts_train_settings_json(const ts_train_config *c, char *buf, size_t n)
+size_t ts_train_settings_json(const ts_train_config *c, char *buf, size_t n)
 {
-    char data[2100], tok[2100], out[2100], logp[2100], trace[2100];
+    enum { ESC = 6 * 1024 + 3 }; /* a 1023-byte string, every byte escaped as \u00XX */
+    char data[ESC], tok[ESC], out[ESC], logp[ESC], trace[ESC];
     ts_json_escape(data, sizeof data, c->data);
     ts_json_escape(tok, sizeof tok, c->tokenizer);
     ts_json_escape(out, sizeof out, c->out_dir);
     ts_json_escape(logp, sizeof logp, c->log_path);
     ts_json_escape(trace, sizeof trace, c->trace_path);
-    snprintf(buf, n,
+    int k = snprintf(buf, n,
              "{\"data\": %s, \"tokenizer\": %s, \"val_fraction\": %.9g, \"vocab_size\": %lld, "
              "\"max_seq_len\": %lld, \"n_layer\": %lld, \"n_head\": %lld, \"n_embd\": %lld, "
              "\"batch\": %lld, \"seq_len\": %lld, \"grad_accum\": %lld, \"steps\": %lld, "
@@ -89,6 +90,7 @@ void ts_train_settings_json(const ts_train_config *c, char *buf, size_t n)
              c->schedule == TS_SCHEDULE_GPIPE ? "gpipe" : "1f1b", c->overlap, out, logp, trace,
              (long long)c->ckpt_every, c->keep, (long long)c->eval_every, (long long)c->eval_batches,
              (long long)c->sample_tokens);
+    return k < 0 ? 0 : (size_t)k;
 }
 
 /* Read one setting: a number member into an integer or float, a string
@@ -448,7 +450,7 @@ typedef struct run {
     int32_t *in, *tg;
     char ckpt[4300];         /* the checkpoint this run resumes from, or "" */
     ts_train_state state;
-    char settings[8192];
+    char settings[TS_SETTINGS_MAX];
     double peak;             /* the processes' summed GEMM rate, for MFU */
     int made_out_dir;        /* this run created --out (removed again if it fails before training) */
     int64_t saved_step;      /* the step of the last checkpoint written, -1 */
@@ -557,14 +559,16 @@ static ts_status read_resume_point(run *r)
     ts_status st = ts_checkpoint_latest(c->out_dir, r->ckpt, sizeof r->ckpt);
     if (!st) st = ts_checkpoint_read_state(r->ckpt, &r->state);
     /* the settings that shaped the run must be the ones it continues with */
-    char mine[8192], diff[2048];
-    ts_train_settings_json(c, mine, sizeof mine);
+    char *mine = malloc(TS_SETTINGS_MAX), diff[2048];
+    if (!mine) return ts_error(TS_ERR_OOM, "no memory");
+    ts_train_settings_json(c, mine, TS_SETTINGS_MAX);
     int n = st ? 0 : ts_json_object_diff(r->state.settings, mine, fixed_settings, diff, sizeof diff);
     if (!st && n < 0) st = ts_error(TS_ERR_FORMAT, "%s/state.json: its settings are not a JSON object", r->ckpt);
     else if (!st && n > 0)
         st = ts_error(TS_ERR_INVALID_ARG, "resuming %s: these settings differ from the run's (saved vs now): %s. A "
                       "resumed run keeps its settings; start a new run from its weights with --init to change them",
                       r->ckpt, diff);
+    free(mine);
     ts_gpt_config saved;
     char mf[4400];
     snprintf(mf, sizeof mf, "%s/model.safetensors", r->ckpt);
@@ -627,13 +631,17 @@ static ts_status build_model(run *r)
 {
     ts_train_config *c = &r->c;
     ts_grid *g = &r->g;
-    ts_train_settings_json(c, r->settings, sizeof r->settings);
-    char check[8192 + 512];
-    size_t k = strlen(r->settings);
-    snprintf(check, sizeof check, "%.*s, \"data_fingerprint\": \"%016llx\", \"resume_from\": \"%s\", "
+    size_t k = ts_train_settings_json(c, r->settings, sizeof r->settings);
+    if (k >= sizeof r->settings) return ts_error(TS_ERR_INVALID_ARG, "the run's settings exceed %zu bytes", k);
+    char *check = malloc(TS_SETTINGS_MAX + 8192), ckpt[6 * 4300];
+    if (!check) return ts_error(TS_ERR_OOM, "no memory");
+    ts_json_escape(ckpt, sizeof ckpt, r->ckpt);
+    snprintf(check, TS_SETTINGS_MAX + 8192, "%.*s, \"data_fingerprint\": \"%016llx\", \"resume_from\": %s, "
              "\"resume_step\": %lld, \"processes\": %d}", (int)(k ? k - 1 : 0), r->settings,
-             (unsigned long long)r->ds.fingerprint, r->ckpt, (long long)r->state.step, g->size);
-    TRY(ts_grid_check_settings(g, check));
+             (unsigned long long)r->ds.fingerprint, ckpt, (long long)r->state.step, g->size);
+    ts_status cs = ts_grid_check_settings(g, check);
+    free(check);
+    TRY(cs);
 
     ts_gpt_layout lay;
     ts_status st = ts_gpt_config_check(&c->model);

@@ -77,7 +77,7 @@ ts_status ts_grid_layout(const ts_grid *g, int64_t n_layer, int *tp_size, int *t
 
 ts_status ts_grid_check_settings(const ts_grid *g, const char *settings)
 {
-    enum { KEEP = 16384 };
+    enum { KEEP = 40960 };
     size_t len = strlen(settings);
     if (len >= KEEP) return ts_error(TS_ERR_INVALID_ARG, "settings of %zu bytes are too long to compare", len);
     char *all = calloc((size_t)g->size, KEEP);

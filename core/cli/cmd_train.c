@@ -94,7 +94,8 @@ static int merge_resume(ts_train_config *c, const cli_option *opts, int n)
                 for (int q = 0; q < 4 && sets[j].keys[q] && k < 79; q++) only[k++] = sets[j].keys[q];
     }
     only[k] = NULL;
-    char a[8192], b[8192], diff[2048];
+    static char a[TS_SETTINGS_MAX], b[TS_SETTINGS_MAX];
+    char diff[2048];
     ts_train_settings_json(&saved, a, sizeof a);
     ts_train_settings_json(given, b, sizeof b);
     if (k > 0 && ts_json_object_diff(a, b, only, diff, sizeof diff) > 0) {

@@ -28,6 +28,10 @@
 extern "C" {
 #endif
 
+/* Room for a run's settings as JSON: five paths of up to 1023 bytes, each
+ * escaped at up to 6 bytes a byte, and the numbers. */
+#define TS_SETTINGS_MAX 32768
+
 typedef struct ts_train_state {
     int64_t step;              /* optimizer steps completed */
     uint64_t seed;
@@ -37,7 +41,7 @@ typedef struct ts_train_state {
     double best_val_loss;      /* +inf if never evaluated */
     double loss;               /* training loss of the last step; NAN if none */
     double val_loss;           /* validation loss at this step; NAN if not evaluated */
-    char settings[8192];       /* the run's settings as a JSON object */
+    char settings[TS_SETTINGS_MAX]; /* the run's settings as a JSON object */
 } ts_train_state;
 
 /* Save a checkpoint for state->step; keep the newest `keep` (0 = all). */

@@ -86,7 +86,7 @@ ts_status ts_train(const ts_train_config *cfg, ts_train_result *res);
  * logs, compared across MPI ranks); parse reads such an object back into a
  * config (members it lacks keep their values; wrong types and ranges are
  * errors naming the setting). */
-void ts_train_settings_json(const ts_train_config *cfg, char *buf, size_t n);
+size_t ts_train_settings_json(const ts_train_config *cfg, char *buf, size_t n); /* length needed */
 ts_status ts_train_settings_parse(const char *json, ts_train_config *cfg);
 /* The settings a resumed run must keep (NULL-terminated names). */
 const char *const *ts_train_fixed_settings(void);
