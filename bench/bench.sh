@@ -7,7 +7,7 @@
 set -euo pipefail
 build=${1:-build}
 min_time=${2:-0.5}
-tessera=$build/core/cli/tessera
+tessera=$build/tessera
 out=$(cd "$(dirname "$0")" && pwd)/results
 date=$(date -u +%Y-%m-%d)
 mkdir -p "$out"

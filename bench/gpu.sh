@@ -84,11 +84,11 @@ ls "$vendors" >>"$log"
 command -v nvidia-smi >/dev/null && nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 
 # 3. build
-if [ ! -x "$build/tessera" ] && [ ! -x "$build/core/cli/tessera" ]; then
+if [ ! -x "$build/tessera" ]; then
     step "configure" 120 meson setup "$build" "$root" -Dmpi=disabled || { say "configure failed"; exit 1; }
 fi
 step "build" 240 meson compile -C "$build" || { say "build failed"; exit 1; }
-tessera=$build/tessera; [ -x "$tessera" ] || tessera=$build/core/cli/tessera
+tessera=$build/tessera
 export TESSERA_CACHE_DIR=$out/kernel-cache POCL_CACHE_DIR=$out/pocl-cache
 
 # 4. devices: the GPUs (or, with --allow-cpu and none, CPU-type OpenCL devices)

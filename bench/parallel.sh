@@ -18,7 +18,7 @@ echo "tessera parallel benchmarks, $(date -u +%Y-%m-%d), $(nproc) cores: $(sed -
 echo "Open MPI $(mpirun --version 2>&1 | sed -n 's/.*Open MPI) //p' | head -1)"
 
 echo; echo "== 1. allreduce"
-for np in 2 4; do mpi "$np" "$build/core/cli/tessera" bench collectives --min-time 0.3; echo; done
+for np in 2 4; do mpi "$np" "$build/tessera" bench collectives --min-time 0.3; echo; done
 
 echo "== 2. data-parallel weak scaling (L=4 C=256 T=64, batch 8 per process, 4.2M parameters)"
 for s in mpi ring hier ps; do

@@ -12,7 +12,7 @@
 
 #include <stddef.h>
 
-#include "tessera/backend.h"
+#include "backend.h"
 
 typedef struct ts_allocator ts_allocator;
 

@@ -7,9 +7,9 @@
 #include <string.h>
 
 #include "allocator.h"
-#include "backends.h"
+#include "registry.h"
 #include "json.h"
-#include "tessera/backend.h"
+#include "backend.h"
 
 #define TS_MAX_DEVICES 64
 
@@ -22,6 +22,11 @@ static int thread_count; /* 0: all cores */
 ts_status ts_device_register(const ts_backend_iface *iface, void *context,
                              const ts_device_info *info, ts_device **out)
 {
+    if (!iface || iface->version != TS_BACKEND_INTERFACE_VERSION || !iface->alloc || !iface->free ||
+        !iface->write || !iface->read || !iface->run_op)
+        return ts_error(TS_ERR_DEVICE, "backend '%s' for %s: interface version %d (this core: %d) or a required "
+                        "entry missing", iface && iface->name ? iface->name : "?", info->name,
+                        iface ? iface->version : -1, TS_BACKEND_INTERFACE_VERSION);
     if (n_devices >= TS_MAX_DEVICES)
         return ts_error(TS_ERR_DEVICE, "more than %d devices; %s not registered", TS_MAX_DEVICES,
                         info->name);
@@ -57,13 +62,7 @@ static void ensure_registry(void)
     if (!registry_ready) {
         registry_ready = 1;
         read_thread_env();
-        ts_status st = ts_cpu_backend_register(thread_count);
-        if (st) ts_log(TS_LOG_WARN, "CPU backend unavailable: %s", ts_last_error());
-#ifdef TS_HAVE_OPENCL
-        st = ts_opencl_backend_register(thread_count);
-        if (st) ts_log(TS_LOG_WARN, "OpenCL backend unavailable: %s", ts_last_error());
-#endif
-        ts_clear_error();
+        ts_registry_load(thread_count);
     }
     pthread_mutex_unlock(&registry_lock);
 }
@@ -207,7 +206,7 @@ ts_status ts_device_open_local(const char *spec, int local_rank, ts_device **out
 ts_status ts_device_synchronize(ts_device *device)
 {
     if (!device) return ts_error(TS_ERR_DEVICE, "ts_device_synchronize: device is NULL");
-    ts_status st = device->iface->synchronize(device);
+    ts_status st = device->iface->synchronize ? device->iface->synchronize(device) : TS_OK;
     if (st) return ts_error_context(st, "synchronizing %s", device->info.id);
     return TS_OK;
 }
@@ -242,14 +241,14 @@ ts_status ts_set_threads(int threads)
 {
     if (threads < 0) return ts_error(TS_ERR_INVALID_ARG, "thread count %d is negative", threads);
     thread_count = threads;
-    ts_cpu_backend_set_threads(threads);
+    ts_registry_set_threads(threads);
     return TS_OK;
 }
 
 int ts_get_threads(void)
 {
     ensure_registry();
-    return ts_cpu_backend_get_threads();
+    return ts_registry_get_threads();
 }
 
 const char *ts_build_features(void)
@@ -287,9 +286,7 @@ void ts_shutdown(void)
         devices[i] = NULL;
     }
     n_devices = 0;
-#ifdef TS_HAVE_OPENCL
-    ts_opencl_backend_shutdown();
-#endif
+    ts_registry_shutdown();
     registry_ready = 0;
     pthread_mutex_unlock(&registry_lock);
 }

@@ -5,12 +5,14 @@
  * hands it to the device's backend. Failures carry the op name, the operand
  * shapes and the device. */
 #include "tessera/ops.h"
+#include "internal.h"
+#include "profile.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "tessera/backend.h"
+#include "backend.h"
 
 const char *ts_op_kind_name(ts_op_kind kind)
 {
@@ -72,66 +74,6 @@ static ts_status need_numel(const char *op, const char *name, const ts_tensor *t
 
 static int64_t last_dim(const ts_tensor *t) { return t->shape[t->ndim - 1]; }
 
-#define TRY(expr)                                                                                  \
-    do {                                                                                           \
-        ts_status st_ = (expr);                                                                    \
-        if (st_ != TS_OK) return st_;                                                              \
-    } while (0)
-
-/* ---- profiling (TESSERA_PROFILE=1): synchronous, per op kind ---- */
-
-#include <pthread.h>
-#include <stdlib.h>
-#include <time.h>
-
-static int g_profile = -1;
-static double g_prof_seconds[TS_OP_COUNT];
-static double g_prof_flops[TS_OP_COUNT];
-static uint64_t g_prof_calls[TS_OP_COUNT];
-static pthread_mutex_t g_prof_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-int ts_profile_enabled(void)
-{
-    if (g_profile < 0) {
-        const char *e = getenv("TESSERA_PROFILE");
-        g_profile = e && *e && strcmp(e, "0") != 0;
-    }
-    return g_profile;
-}
-
-void ts_profile_enable(int on) { g_profile = on; }
-
-void ts_profile_reset(void)
-{
-    pthread_mutex_lock(&g_prof_lock);
-    memset(g_prof_seconds, 0, sizeof g_prof_seconds);
-    memset(g_prof_flops, 0, sizeof g_prof_flops);
-    memset(g_prof_calls, 0, sizeof g_prof_calls);
-    pthread_mutex_unlock(&g_prof_lock);
-}
-
-void ts_profile_report(FILE *f)
-{
-    double total = 0;
-    for (int k = 0; k < TS_OP_COUNT; k++) total += g_prof_seconds[k];
-    fprintf(f, "%-26s %8s %10s %7s %10s\n", "op", "calls", "seconds", "share", "GFLOP/s");
-    for (int k = 0; k < TS_OP_COUNT; k++) {
-        if (!g_prof_calls[k]) continue;
-        fprintf(f, "%-26s %8llu %10.4f %6.1f%%", ts_op_kind_name((ts_op_kind)k),
-                (unsigned long long)g_prof_calls[k], g_prof_seconds[k],
-                total > 0 ? 100.0 * g_prof_seconds[k] / total : 0.0);
-        if (g_prof_flops[k] > 0) fprintf(f, " %10.1f", g_prof_flops[k] / g_prof_seconds[k] / 1e9);
-        fprintf(f, "\n");
-    }
-    fprintf(f, "%-26s %8s %10.4f\n", "total", "", total);
-}
 
 /* Send a validated op to its device. */
 static ts_status dispatch(const char *name, ts_op *op)
@@ -153,24 +95,10 @@ static ts_status dispatch(const char *name, ts_op *op)
     if (dev->iface->supports_op && !dev->iface->supports_op(dev, op))
         return ts_error(TS_ERR_UNSUPPORTED, "%s is not supported on device %s (%s)", name,
                         dev->info.id, dev->info.name);
-    double t0 = 0;
     int prof = ts_profile_enabled();
-    if (prof) {
-        dev->iface->synchronize(dev);
-        t0 = now_s();
-    }
+    double t0 = prof ? ts_profile_begin(dev) : 0;
     ts_status st = dev->iface->run_op(dev, op);
-    if (prof) {
-        dev->iface->synchronize(dev);
-        double dt = now_s() - t0;
-        pthread_mutex_lock(&g_prof_lock);
-        g_prof_seconds[op->kind] += dt;
-        g_prof_calls[op->kind]++;
-        if (op->kind == TS_OP_GEMM)
-            g_prof_flops[op->kind] += 2.0 * (double)op->p.gemm.M * (double)op->p.gemm.N *
-                                      (double)op->p.gemm.K * (double)op->p.gemm.batch;
-        pthread_mutex_unlock(&g_prof_lock);
-    }
+    if (prof) ts_profile_end(dev, op, t0);
     if (st) {
         char shapes[512];
         size_t k = 0;

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "allocator.h"
-#include "tessera/backend.h"
+#include "backend.h"
 #include "tessera/ops.h"
 
 size_t ts_dtype_size(ts_dtype dtype)
@@ -236,14 +236,14 @@ ts_status ts_tensor_copy(ts_tensor *dst, const ts_tensor *src)
     }
     size_t n = ts_tensor_nbytes(src);
     if (n == 0) return TS_OK;
-    if (dst->device == src->device) {
+    if (dst->device == src->device && dst->device->iface->copy) {
         ts_device *d = dst->device;
         ts_status st = d->iface->copy(d, dst->block->handle, dst->offset, src->block->handle,
                                       src->offset, n);
         if (st) return ts_error_context(st, "copying %zu bytes on %s", n, d->info.id);
         return TS_OK;
     }
-    /* Across devices: stage through host memory. */
+    /* Across devices, or a backend without copy: stage through host memory. */
     void *host = malloc(n);
     if (!host) return ts_error(TS_ERR_OOM, "ts_tensor_copy: no host memory for %zu bytes", n);
     ts_status st = ts_tensor_read(src, host, n);

@@ -9,13 +9,6 @@
 
 #include "comm_internal.h"
 
-double ts_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static ts_comm g_world_single = {.size = 1, .rank = 0, .name = "world"};
 #ifdef TS_HAVE_MPI
 static ts_comm *g_world, *g_node;

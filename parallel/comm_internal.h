@@ -9,6 +9,7 @@
 #include <mpi.h>
 #endif
 
+#include "internal.h"
 #include "tessera/parallel.h"
 
 struct ts_comm {
@@ -29,7 +30,6 @@ struct ts_comm {
     void *hier;             /* the hierarchical strategy's groups and windows */
 };
 
-double ts_now(void);
 
 #ifdef TS_HAVE_MPI
 /* A ts_comm over an MPI communicator it then owns. */

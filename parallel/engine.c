@@ -7,16 +7,12 @@
 #include <string.h>
 
 #include "comm_internal.h"
-#include "tessera/backend.h"
+#include "internal.h"
+#include "backend.h"
 #include "tessera/checkpoint.h"
 #include "tessera/device.h"
 #include "tessera/safetensors.h"
 
-#define TRY(expr)                                                                                  \
-    do {                                                                                           \
-        ts_status st_ = (expr);                                                                    \
-        if (st_ != TS_OK) return st_;                                                              \
-    } while (0)
 
 typedef struct bucket {
     int64_t begin, end;

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../core/json.h"
+#include "json.h"
 #include "comm_internal.h"
 
 ts_status ts_grid_create(ts_grid *g, int tp, int pp)

@@ -2,16 +2,12 @@
  * devices kept, so a GPU's PCI bus id leads to the cores and NUMA nodes of
  * its package. */
 #include "tessera/placement.h"
+#include "internal.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
-#define TRY_LOC(expr)                                                                              \
-    do {                                                                                           \
-        ts_status st_ = (expr);                                                                    \
-        if (st_ != TS_OK) return st_;                                                              \
-    } while (0)
 
 #ifdef TS_HAVE_HWLOC
 #include <hwloc.h>
@@ -84,7 +80,7 @@ ts_status ts_placement_bind(const ts_device *device, int share_rank, int share_c
 {
     memset(out, 0, sizeof *out);
     ts_locality loc;
-    TRY_LOC(ts_device_locality(device, &loc));
+    TRY(ts_device_locality(device, &loc));
     if (!loc.known) {
         snprintf(out->report, sizeof out->report, "not bound: hwloc could not read the topology");
         return TS_OK;

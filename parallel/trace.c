@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../core/fileio.h"
-#include "../core/json.h"
+#include "fileio.h"
+#include "json.h"
 #include "comm_internal.h"
 
 typedef struct event {

@@ -6,7 +6,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "tessera/optim.h"
+#include "tessera/update.h"
 
 void ref_gelu_forward(double *out, const double *x, int64_t n);
 void ref_gelu_backward(double *dx, const double *x, const double *dout, int64_t n);

@@ -7,14 +7,7 @@
 set -u
 tessera=$1
 mpirun=${2:-}
-n=0
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-not_ok() { n=$((n + 1)); echo "not ok $n - $1"; shift; printf '%s\n' "$@" | sed 's/^/# /'; }
-skip() { n=$((n + 1)); echo "ok $n - $1 # SKIP $2"; }
-check() { # name, result (0 = pass), diagnostics...
-    local name=$1 rc=$2; shift 2
-    if [ "$rc" -eq 0 ]; then ok "$name"; else not_ok "$name" "$@"; fi
-}
+. "$(dirname "$0")/tap.sh"
 py=""
 for p in /usr/bin/python3 python3; do command -v "$p" >/dev/null && { py=$p; break; }; done
 tmp=$(mktemp -d)

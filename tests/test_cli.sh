@@ -4,14 +4,7 @@
 set -u
 tessera=$1
 broken_icd=${2:-}
-n=0
-fails=0
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-not_ok() { n=$((n + 1)); fails=$((fails + 1)); echo "not ok $n - $1"; shift; printf '%s\n' "$@" | sed 's/^/# /'; }
-check() { # name, condition-result (0 = pass), diagnostics...
-    local name=$1 rc=$2; shift 2
-    if [ "$rc" -eq 0 ]; then ok "$name"; else not_ok "$name" "$@"; fi
-}
+. "$(dirname "$0")/tap.sh"
 pyjson() { # a python that can parse JSON (any python3 will do)
     for p in /usr/bin/python3 python3; do command -v "$p" >/dev/null && { echo "$p"; return; }; done
 }

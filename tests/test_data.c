@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../core/json.h"
+#include "json.h"
 #include "testutil.h"
 
 static const char *sample_text =

@@ -8,13 +8,7 @@ set -u
 tessera=$1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-n=0
-check() { # name, status (0 = pass), diagnostics...
-    local name=$1 rc=$2; shift 2
-    n=$((n + 1))
-    if [ "$rc" -eq 0 ]; then echo "ok $n - $name"; else
-        echo "not ok $n - $name"; printf '%s\n' "$@" | sed 's/^/# /'; fi
-}
+. "$(dirname "$0")/tap.sh"
 # oclgrind's reports: indented "Kernel:" lines of a diagnostic block, API
 # errors and fatal errors (it stops a kernel it cannot simulate)
 diagnostics() { grep -c -E '^[[:space:]]*Kernel:|Oclgrind - OpenCL runtime error|OCLGRIND FATAL' "$1"; }

@@ -8,14 +8,7 @@ tessera=$1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export TESSERA_DATA_CACHE=$work/token-cache
-n=0
-fails=0
-check() { # name, status (0 = pass), diagnostics...
-    local name=$1 rc=$2; shift 2
-    n=$((n + 1))
-    if [ "$rc" -eq 0 ]; then echo "ok $n - $name"; else
-        fails=$((fails + 1)); echo "not ok $n - $name"; printf '%s\n' "$@" | sed 's/^/# /'; fi
-}
+. "$(dirname "$0")/tap.sh"
 loud=(--device cpu --layers 1 --heads 2 --width 32 --seq-len 32 --batch 4 --lr 0.003 --warmup 2)
 small=("${loud[@]}" --quiet)
 run() { "$tessera" train "${small[@]}" "$@"; }

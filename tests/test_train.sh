@@ -10,19 +10,8 @@ root=${TESSERA_SOURCE_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export TESSERA_DATA_CACHE=$work/token-cache
-n=0
-fails=0
-check() { # name, status (0 = pass), diagnostics...
-    local name=$1 rc=$2; shift 2
-    n=$((n + 1))
-    if [ "$rc" -eq 0 ]; then echo "ok $n - $name"; else
-        fails=$((fails + 1)); echo "not ok $n - $name"; printf '%s\n' "$@" | sed 's/^/# /'; fi
-}
-skip() { n=$((n + 1)); echo "ok $n - $1 # SKIP $2"; }
-# "step loss" for every step line of a JSON-lines log; the last entry of a
-# step wins (a resumed run logs some steps again)
-losses() { sed -n 's/^{"step": \([0-9]*\), "loss": \([^,]*\),.*/\1 \2/p' "$1" | awk '{l[$1]=$2} END {for (s in l) print s, l[s]}' | sort -n; }
-val_loss() { sed -n 's/.*"val_loss": \([0-9.eE+-]*\)}.*/\1/p' "$1" | tail -1; }
+
+. "$(dirname "$0")/tap.sh"
 
 echo "TAP version 13"
 echo "1..14"

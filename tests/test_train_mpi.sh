@@ -15,14 +15,7 @@ export TESSERA_DATA_CACHE=$work/token-cache
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export TESSERA_THREADS=1 POCL_MAX_PTHREAD_COUNT=1
 mpi() { local np=$1; shift; timeout 300 "$mpirun" --allow-run-as-root --oversubscribe -np "$np" "$@"; }
-n=0
-check() { # name, status (0 = pass), diagnostics...
-    local name=$1 rc=$2; shift 2
-    n=$((n + 1))
-    if [ "$rc" -eq 0 ]; then echo "ok $n - $name"; else
-        echo "not ok $n - $name"; printf '%s\n' "$@" | sed 's/^/# /'; fi
-}
-losses() { sed -n 's/^{"step": \([0-9]*\), "loss": \([^,]*\),.*/\1 \2/p' "$1" | awk '{l[$1]=$2} END {for (s in l) print s, l[s]}' | sort -n; }
+. "$(dirname "$0")/tap.sh"
 # largest relative difference between two "step loss" lists over common steps
 maxrel() {
     awk 'NR == FNR {ref[$1] = $2; next} ($1 in ref) {d = ($2 - ref[$1]) / ref[$1]; if (d < 0) d = -d; if (d > m) m = d; k++}

@@ -9,10 +9,10 @@
 #include <omp.h>
 #endif
 
-#include "../../core/backends.h"
+#include "registry.h"
 #include "../blas/blas.h"
 #include "cpu_ops.h"
-#include "tessera/backend.h"
+#include "backend.h"
 
 enum { CPU_ALIGN = 64 };
 
@@ -187,6 +187,7 @@ static void cpu_release(ts_device *dev)
 }
 
 static const ts_backend_iface cpu_iface = {
+    .version = TS_BACKEND_INTERFACE_VERSION,
     .name = "cpu",
     .alloc = cpu_alloc,
     .free = cpu_free,

@@ -9,7 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "tessera/optim.h"
+#include "tessera/update.h"
 
 extern int ts_cpu_threads; /* OpenMP threads for every parallel loop */
 

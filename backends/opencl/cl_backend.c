@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../core/backends.h"
+#include "registry.h"
 #include "cl_internal.h"
 
 /* Vendor queries not in every cl_ext.h. */
@@ -327,6 +327,7 @@ ts_status ts_cl_scratch(ts_cl_device *d, size_t bytes, cl_mem *out)
 }
 
 static const ts_backend_iface cl_iface = {
+    .version = TS_BACKEND_INTERFACE_VERSION,
     .name = "opencl",
     .alloc = cl_alloc,
     .free = cl_free,

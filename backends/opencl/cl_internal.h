@@ -6,7 +6,7 @@
 #include <CL/cl.h>
 #include <stdint.h>
 
-#include "tessera/backend.h"
+#include "backend.h"
 
 /* How GEMM runs on a device (TESSERA_GEMM=auto|blas|clblast|kernel). */
 typedef enum ts_gemm_route {

@@ -23,16 +23,10 @@
 #include <unistd.h>
 
 #include "cl_internal.h"
+#include "internal.h"
 #include "cl_kernels.h"
 
 #define CACHE_MAGIC "TSCLBIN1"
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static uint64_t fnv1a(const void *data, size_t n, uint64_t h)
 {
@@ -257,7 +251,7 @@ static ts_status build_program(ts_cl_device *d, const char *file, cl_program *ou
     ts_status st = TS_OK;
     char *src = program_source(file, &st);
     if (!src) return st;
-    double t0 = now_seconds();
+    double t0 = ts_now();
     char dir[4096], path[4300];
     char *key = NULL;
     int use_cache = cache_dir(dir, sizeof dir);
@@ -280,7 +274,7 @@ static ts_status build_program(ts_cl_device *d, const char *file, cl_program *ou
             if (err == CL_SUCCESS && bin_status == CL_SUCCESS &&
                 clBuildProgram(prog, 1, &d->device, d->options, NULL, NULL) == CL_SUCCESS) {
                 d->stats.loaded_from_disk++;
-                d->stats.build_seconds += now_seconds() - t0;
+                d->stats.build_seconds += ts_now() - t0;
                 ts_log(TS_LOG_DEBUG, "kernels/%s for %s: loaded from %s", file, d->info_id, path);
                 free(key);
                 free(src);
@@ -324,7 +318,7 @@ static ts_status build_program(ts_cl_device *d, const char *file, cl_program *ou
             free(bin);
         }
     }
-    d->stats.build_seconds += now_seconds() - t0;
+    d->stats.build_seconds += ts_now() - t0;
     free(key);
     free(src);
     *out = prog;

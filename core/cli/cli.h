@@ -7,9 +7,6 @@ int cmd_train(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
-int cmd_bench(int argc, char **argv);
 
-/* Print "tessera: <what>: <last error>" to stderr and return 1. */
-int cli_fail(const char *what);
 
 #endif

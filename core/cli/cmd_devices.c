@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "options.h"
 #include "json.h"
 #include "tessera/tessera.h"
 

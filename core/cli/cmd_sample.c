@@ -6,7 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../fileio.h"
+#include "fileio.h"
 #include "cli.h"
 #include "options.h"
 #include "tessera/checkpoint.h"

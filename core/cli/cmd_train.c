@@ -5,7 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../json.h"
+#include "json.h"
 #include "cli.h"
 #include "options.h"
 #include "tessera/checkpoint.h"

@@ -4,16 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench.h"
 #include "cli.h"
+#include "options.h"
 #include "tessera/tessera.h"
-
-int cli_fail(const char *what)
-{
-    ts_comm *w = ts_comm_world();
-    if (ts_comm_size(w) > 1) fprintf(stderr, "tessera [rank %d]: %s: %s\n", ts_comm_rank(w), what, ts_last_error());
-    else fprintf(stderr, "tessera: %s: %s\n", what, ts_last_error());
-    return 1;
-}
 
 /* Started by an MPI launcher (or asked to be): then join the world. */
 static int under_mpi(void)
@@ -71,7 +65,7 @@ int main(int argc, char **argv)
     else if (!strcmp(cmd, "sample")) rc = cmd_sample(argc - 1, argv + 1);
     else if (!strcmp(cmd, "eval")) rc = cmd_eval(argc - 1, argv + 1);
     else if (!strcmp(cmd, "tokenize")) rc = cmd_tokenize(argc - 1, argv + 1);
-    else if (!strcmp(cmd, "bench")) rc = cmd_bench(argc - 1, argv + 1);
+    else if (!strcmp(cmd, "bench")) rc = ts_bench_command(argc - 1, argv + 1);
     else if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
         usage(stdout);
         rc = 0;

@@ -22,6 +22,11 @@ typedef struct ts_comm ts_comm;
 
 typedef enum ts_reduce_op { TS_REDUCE_SUM = 0, TS_REDUCE_MAX = 1 } ts_reduce_op;
 
+/* Every process of the job (one process: size 1), and the processes
+ * sharing this node (memory: MPI_COMM_TYPE_SHARED). */
+ts_comm *ts_comm_world(void);
+ts_comm *ts_comm_node(void);
+
 int ts_comm_size(const ts_comm *c);
 int ts_comm_rank(const ts_comm *c);
 /* The world rank of member `rank` (for messages). */

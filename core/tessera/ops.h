@@ -17,8 +17,9 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "tessera/optim.h"
+#include "tessera/update.h"
 #include "tessera/status.h"
+#include "tessera/profile.h"
 #include "tessera/tensor.h"
 
 #ifdef __cplusplus
@@ -164,14 +165,6 @@ ts_status ts_fma_loop(ts_tensor *x, int64_t iterations, float a, float b);
 ts_status ts_matmul_reference(ts_tensor *c, const ts_tensor *a, const ts_tensor *b,
                               bool trans_a, bool trans_b, float alpha, float beta);
 
-/* ---- profiling ----
- * With TESSERA_PROFILE=1 (or ts_profile_enable(1)) every op is timed
- * synchronously (the device is drained before and after it), per op kind,
- * with GFLOP/s for matrix products. Slows execution; for finding hot spots. */
-int ts_profile_enabled(void);
-void ts_profile_enable(int on);
-void ts_profile_reset(void);
-void ts_profile_report(FILE *f);
 
 #ifdef __cplusplus
 }

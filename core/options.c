@@ -1,5 +1,8 @@
 #include "options.h"
 
+#include "tessera/comm.h"
+#include "tessera/status.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -115,4 +118,12 @@ int cli_parse(const char *command, const char *usage, cli_option *opts, int n, i
         return 2;
     }
     return 0;
+}
+
+int cli_fail(const char *what)
+{
+    ts_comm *w = ts_comm_world();
+    if (ts_comm_size(w) > 1) fprintf(stderr, "tessera [rank %d]: %s: %s\n", ts_comm_rank(w), what, ts_last_error());
+    else fprintf(stderr, "tessera: %s: %s\n", what, ts_last_error());
+    return 1;
 }

@@ -18,6 +18,7 @@
 #include <stdio.h>
 
 #include "tessera/device.h"
+#include "tessera/parallel.h"
 #include "tessera/status.h"
 
 #ifdef __cplusplus
@@ -96,6 +97,23 @@ ts_status ts_bench_write_csv(const char *path, const ts_bench_result *results, i
  * every file). The directory is created if needed; the page is written
  * atomically. */
 ts_status ts_bench_report(const char *dir, const char *const *json_files, int nfiles);
+
+/* ---- collectives (bench/collectives.c) ---- */
+/* Allreduce bus bandwidth (nccl-tests: algbw x 2(n-1)/n) of every
+ * strategy for each message size, beside one process's memcpy rate
+ * measured in the same run (collective; every member gets the rows). */
+typedef struct ts_comm_bench_row {
+    int64_t bytes;
+    double memcpy_gbs;
+    double seconds[TS_NUM_STRATEGIES];
+    double algbw_gbs[TS_NUM_STRATEGIES];
+    double busbw_gbs[TS_NUM_STRATEGIES];
+} ts_comm_bench_row;
+ts_status ts_comm_bench_allreduce(ts_comm *c, const int64_t *bytes, int nsizes, double min_time,
+                                  ts_comm_bench_row *rows);
+
+/* `tessera bench ...`: the whole command (bench/cmd_bench.c); the CLI calls it. */
+int ts_bench_command(int argc, char **argv);
 
 #ifdef __cplusplus
 }

@@ -1,4 +1,5 @@
 #include "tessera/checkpoint.h"
+#include "internal.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -13,11 +14,6 @@
 #include "json.h"
 #include "tessera/safetensors.h"
 
-#define TRY(expr)                                                                                  \
-    do {                                                                                           \
-        ts_status st_ = (expr);                                                                    \
-        if (st_ != TS_OK) return st_;                                                              \
-    } while (0)
 
 /* Remove a directory and its files (one level: checkpoints have no subdirs). */
 static void remove_dir(const char *path)
@@ -257,20 +253,25 @@ ts_status ts_checkpoint_begin(const char *dir, int64_t step, char *tmp, size_t n
     return TS_OK;
 }
 
-void ts_checkpoint_model_meta(const ts_tokenizer *tok, char fp[32], const char *meta[4])
+void ts_checkpoint_model_meta(uint64_t tokenizer_fingerprint, char fp[32], const char *meta[4])
 {
-    snprintf(fp, 32, "%016llx", (unsigned long long)tok->fingerprint);
+    snprintf(fp, 32, "%016llx", (unsigned long long)tokenizer_fingerprint);
     meta[0] = "tokenizer_fingerprint", meta[1] = fp, meta[2] = NULL;
 }
 
 ts_status ts_checkpoint_finish(const char *dir, const char *tmp, const ts_train_state *state,
-                               const ts_tokenizer *tok, int keep)
+                               const ts_checkpoint_file *files, int nfiles, int keep)
 {
     char name[64], final[4200], f[4300];
     snprintf(name, sizeof name, "step_%08lld", (long long)state->step);
     snprintf(final, sizeof final, "%s/%s", dir, name);
-    snprintf(f, sizeof f, "%s/tokenizer.txt", tmp);
-    ts_status st = ts_tokenizer_save(tok, f);
+    ts_status st = TS_OK;
+    for (int i = 0; i < nfiles && !st; i++) {
+        if (strchr(files[i].name, '/') || !strcmp(files[i].name, "state.json"))
+            st = ts_error(TS_ERR_INVALID_ARG, "a checkpoint file may not be called '%s'", files[i].name);
+        snprintf(f, sizeof f, "%s/%s", tmp, files[i].name);
+        if (!st) st = ts_write_file_atomic(f, files[i].data, files[i].size);
+    }
     if (!st) {
         snprintf(f, sizeof f, "%s/state.json", tmp);
         st = write_state(f, state);
@@ -304,12 +305,13 @@ ts_status ts_checkpoint_finish(const char *dir, const char *tmp, const ts_train_
 void ts_checkpoint_abandon(const char *tmp) { remove_dir(tmp); }
 
 ts_status ts_checkpoint_save(const char *dir, const ts_gpt *model, const ts_optimizer *opt,
-                             const ts_train_state *state, const ts_tokenizer *tok, int keep)
+                             const ts_train_state *state, uint64_t tokenizer_fingerprint,
+                             const ts_checkpoint_file *files, int nfiles, int keep)
 {
     char tmp[4200], f[4300], fp[32];
     const char *meta[4];
     TRY(ts_checkpoint_begin(dir, state->step, tmp, sizeof tmp));
-    ts_checkpoint_model_meta(tok, fp, meta);
+    ts_checkpoint_model_meta(tokenizer_fingerprint, fp, meta);
     snprintf(f, sizeof f, "%s/model.safetensors", tmp);
     ts_status st = ts_gpt_save(model, f, meta);
     if (!st) {
@@ -320,7 +322,7 @@ ts_status ts_checkpoint_save(const char *dir, const ts_gpt *model, const ts_opti
         ts_checkpoint_abandon(tmp);
         return ts_error_context(st, "saving checkpoint step %lld in %s", (long long)state->step, dir);
     }
-    return ts_checkpoint_finish(dir, tmp, state, tok, keep);
+    return ts_checkpoint_finish(dir, tmp, state, files, nfiles, keep);
 }
 
 ts_status ts_checkpoint_latest(const char *dir, char *path, size_t n)

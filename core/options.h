@@ -1,4 +1,6 @@
-/* Table-driven command-line options for the tessera subcommands. */
+/* Table-driven command-line options for the tessera subcommands and the
+ * modules they call (bench). Part of the runtime so every layer above can
+ * parse its own options. */
 #ifndef TESSERA_CLI_OPTIONS_H
 #define TESSERA_CLI_OPTIONS_H
 
@@ -24,5 +26,8 @@ typedef struct cli_option {
 int cli_parse(const char *command, const char *usage, cli_option *opts, int n, int argc, char **argv);
 /* Was the option called `name` given? */
 int cli_given(const cli_option *opts, int n, const char *name);
+/* Print "tessera: <what>: <last error>" (with the rank under MPI) to stderr
+ * and return 1, a command's exit code for a failure. */
+int cli_fail(const char *what);
 
 #endif

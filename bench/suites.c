@@ -1,7 +1,8 @@
 /* The kernel benchmark suites (see tessera/bench.h). Every measurement
  * goes through ts_bench_time; flop and byte counts are the model counts an
  * op needs at least (for a roofline), stated beside each suite. */
-#include "tessera/bench.h"
+#include "bench.h"
+#include "internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -22,11 +23,6 @@
 #include <hwloc.h>
 #endif
 
-#define TRY(x)                                                                                     \
-    do {                                                                                           \
-        ts_status st_ = (x);                                                                       \
-        if (st_ != TS_OK) return st_;                                                              \
-    } while (0)
 
 static const char *suite_names[] = {"limits", "gemm", "memory", "attention", "transfer"};
 
@@ -54,13 +50,6 @@ int ts_bench_parse_suites(const char *list)
     return bits;
 }
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -84,10 +73,10 @@ ts_status ts_bench_time(ts_device *dev, ts_status (*fn)(void *ctx), void *ctx, d
      * second call's time sizes the samples */
     TRY(fn(ctx));
     TRY(ts_device_synchronize(dev));
-    double t0 = now_s();
+    double t0 = ts_now();
     TRY(fn(ctx));
     TRY(ts_device_synchronize(dev));
-    double one = now_s() - t0;
+    double one = ts_now() - t0;
     if (one <= 0) one = 1e-7;
     int batch = one >= 1e-3 ? 1 : (int)ceil(1e-3 / one);
     if (batch > 10000) batch = 10000;
@@ -96,15 +85,15 @@ ts_status ts_bench_time(ts_device *dev, ts_status (*fn)(void *ctx), void *ctx, d
     double *samples = malloc(MAX_SAMPLES * sizeof *samples);
     if (!samples) return ts_error(TS_ERR_OOM, "bench: no memory for samples");
     int n = 0;
-    double start = now_s(), elapsed = 0;
+    double start = ts_now(), elapsed = 0;
     ts_status st = TS_OK;
     while (n < MAX_SAMPLES) {
-        double s0 = now_s();
+        double s0 = ts_now();
         for (int k = 0; k < batch && !st; k++) st = fn(ctx);
         if (!st) st = ts_device_synchronize(dev);
         if (st) break;
-        samples[n++] = (now_s() - s0) / batch;
-        elapsed = now_s() - start;
+        samples[n++] = (ts_now() - s0) / batch;
+        elapsed = ts_now() - start;
         if (elapsed >= min_time && n >= min_reps) break;
         if (elapsed >= 4 * min_time && n >= 3) break;
     }
@@ -647,7 +636,7 @@ ts_status ts_bench_write_json(const char *path, const char *command, ts_device *
         ts_json_write_member(f, "shape", r->shape, ", ");
         fprintf(f,
                 "\"flops\": %.6g, \"bytes\": %.6g, \"min_s\": %.9g, \"median_s\": %.9g, \"max_s\": %.9g, "
-                "\"reps\": %d, \"gflops\": %.4f, \"gbs\": %.4f, \"fraction\": %.4f}",
+                "\"reps\": %d, \"gflops\": %.6g, \"gbs\": %.6g, \"fraction\": %.4g}",
                 json_num(r->flops), json_num(r->bytes), json_num(r->min_s), json_num(r->median_s), json_num(r->max_s),
                 r->reps, json_num(r->gflops), json_num(r->gbs), json_num(r->fraction));
     }

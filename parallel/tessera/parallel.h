@@ -1,5 +1,9 @@
-/* Processes and communication: MPI start-up, communicators, gradient
- * reduction strategies, the collective watchdog and the trace timeline.
+/* The parallel layer (parallel/): processes and communication. MPI
+ * start-up, the process grid, communicators and gradient reduction
+ * strategies, the engine that trains a model with data, tensor and pipeline
+ * parallelism (one process included), the collective watchdog and the
+ * trace timeline; hwloc placement in tessera/placement.h. Sits on the model
+ * layer (tessera/model.h) and the runtime; the training layer drives it.
  * Built without MPI, everything still works as one process. */
 #ifndef TESSERA_PARALLEL_H
 #define TESSERA_PARALLEL_H
@@ -28,9 +32,6 @@ void ts_parallel_finalize(void);
  * with MPI_Abort. For programs, not for the library's own use. */
 void ts_parallel_finalize_failed(double wait_s);
 int ts_parallel_have_mpi(void);
-ts_comm *ts_comm_world(void);
-/* Processes sharing this node (memory): MPI_COMM_TYPE_SHARED. */
-ts_comm *ts_comm_node(void);
 
 /* Split `parent` like MPI_Comm_split; `name` labels the group in traces and
  * watchdog reports ("tp", "dp", "pp"). Collective over parent. */
@@ -102,19 +103,6 @@ int64_t ts_comm_part_start(int64_t n, int size, int part);
  * window on the node's communicator); NULL without MPI. Collective over
  * the node communicator; freed at finalize. */
 float *ts_comm_shared_alloc(ts_comm *c, int64_t n);
-
-/* Allreduce bus bandwidth (nccl-tests: algbw x 2(n-1)/n) of every
- * strategy for each message size, beside one process's memcpy rate
- * measured in the same run (collective; every member gets the rows). */
-typedef struct ts_comm_bench_row {
-    int64_t bytes;
-    double memcpy_gbs;
-    double seconds[TS_NUM_STRATEGIES];
-    double algbw_gbs[TS_NUM_STRATEGIES];
-    double busbw_gbs[TS_NUM_STRATEGIES];
-} ts_comm_bench_row;
-ts_status ts_comm_bench_allreduce(ts_comm *c, const int64_t *bytes, int nsizes, double min_time,
-                                  ts_comm_bench_row *rows);
 
 /* ---- the training engine ----
  * One optimizer step of a model laid out on a grid, for any mix of tensor,

@@ -11,7 +11,7 @@
 
 #include "fileio.h"
 #include "json.h"
-#include "tessera/bench.h"
+#include "bench.h"
 
 typedef struct rdev {
     char key[200];            /* "host / id": unique across files */

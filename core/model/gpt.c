@@ -1,4 +1,5 @@
 #include "tessera/gpt.h"
+#include "internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -9,11 +10,6 @@
 #include "tessera/device.h"
 #include "tessera/safetensors.h"
 
-#define TRY(expr)                                                                                  \
-    do {                                                                                           \
-        ts_status st_ = (expr);                                                                    \
-        if (st_ != TS_OK) return st_;                                                              \
-    } while (0)
 
 /* ---- configuration ---- */
 

@@ -39,6 +39,8 @@ ts_status ts_tokenizer_init_byte(ts_tokenizer *t);
 /* Train a BPE tokenizer with vocab_size >= 256 tokens on text. Stops early
  * (fewer tokens) when no pair occurs twice. */
 ts_status ts_tokenizer_train_bpe(ts_tokenizer *t, const uint8_t *text, size_t n, int32_t vocab_size);
+/* The tokenizer file's text (ts_tokenizer_save writes it); caller frees. */
+ts_status ts_tokenizer_serialize(const ts_tokenizer *t, char **text, size_t *len);
 ts_status ts_tokenizer_save(const ts_tokenizer *t, const char *path);
 ts_status ts_tokenizer_load(ts_tokenizer *t, const char *path);
 /* "byte", "bpe:N" (train on the corpus), or a tokenizer file path. */

@@ -3,13 +3,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench.h"
 #include "comm_internal.h"
+#include "internal.h"
 
-#define TRY_COMM(expr)                                                                             \
-    do {                                                                                           \
-        ts_status st_ = (expr);                                                                    \
-        if (st_ != TS_OK) return st_;                                                              \
-    } while (0)
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -23,22 +20,22 @@ typedef ts_status (*bench_fn)(void *ctx);
 
 static ts_status time_calls(ts_comm *c, bench_fn fn, void *ctx, double min_time, double *out)
 {
-    TRY_COMM(fn(ctx)); /* warm-up: windows, connections */
+    TRY(fn(ctx)); /* warm-up: windows, connections */
     /* calls per batch: enough for min_time / 5, agreed by all */
     double t0 = ts_now();
-    TRY_COMM(fn(ctx));
+    TRY(fn(ctx));
     double once = ts_now() - t0;
-    TRY_COMM(ts_comm_allreduce_f64(c, &once, 1, TS_REDUCE_MAX, "benchmark calibration"));
+    TRY(ts_comm_allreduce_f64(c, &once, 1, TS_REDUCE_MAX, "benchmark calibration"));
     int64_t calls = once > 0 ? (int64_t)(min_time / 5.0 / once) : 1000;
     if (calls < 1) calls = 1;
     if (calls > 100000) calls = 100000;
     double batch[5];
     for (int b = 0; b < 5; b++) {
-        TRY_COMM(ts_comm_barrier(c, "benchmark batch"));
+        TRY(ts_comm_barrier(c, "benchmark batch"));
         t0 = ts_now();
-        for (int64_t i = 0; i < calls; i++) TRY_COMM(fn(ctx));
+        for (int64_t i = 0; i < calls; i++) TRY(fn(ctx));
         double t = (ts_now() - t0) / (double)calls;
-        TRY_COMM(ts_comm_allreduce_f64(c, &t, 1, TS_REDUCE_MAX, "benchmark time"));
+        TRY(ts_comm_allreduce_f64(c, &t, 1, TS_REDUCE_MAX, "benchmark time"));
         batch[b] = t;
     }
     qsort(batch, 5, sizeof *batch, cmp_double);

@@ -9,7 +9,7 @@
 
 #include <stdint.h>
 
-#include "tessera/optim.h"
+#include "tessera/update.h"
 #include "tessera/status.h"
 #include "tessera/tensor.h"
 

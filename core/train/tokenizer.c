@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "fileio.h"
+#include "internal.h"
 
 /* ---- a hash map from 64-bit keys to 64-bit values (open addressing) ---- */
 
@@ -296,15 +297,25 @@ ts_status ts_tokenizer_train_bpe(ts_tokenizer *t, const uint8_t *text, size_t n,
 
 /* ---- files ---- */
 
-ts_status ts_tokenizer_save(const ts_tokenizer *t, const char *path)
+ts_status ts_tokenizer_serialize(const ts_tokenizer *t, char **text, size_t *len)
 {
     size_t cap = 128 + (size_t)t->n_merges * 24, n = 0;
     char *buf = malloc(cap);
+    *text = NULL, *len = 0;
     if (!buf) return ts_error(TS_ERR_OOM, "no memory");
     n += (size_t)snprintf(buf + n, cap - n, "tessera-tokenizer 1\ntype %s\nvocab_size %d\nmerges %d\n",
                           t->kind == TS_TOKENIZER_BPE ? "bpe" : "byte", t->vocab_size, t->n_merges);
     for (int32_t i = 0; i < t->n_merges; i++)
         n += (size_t)snprintf(buf + n, cap - n, "%d %d\n", t->merges[i][0], t->merges[i][1]);
+    *text = buf, *len = n;
+    return TS_OK;
+}
+
+ts_status ts_tokenizer_save(const ts_tokenizer *t, const char *path)
+{
+    char *buf;
+    size_t n;
+    TRY(ts_tokenizer_serialize(t, &buf, &n));
     ts_status st = ts_write_file_atomic(path, buf, n);
     free(buf);
     return st;

@@ -22,7 +22,6 @@
 #include "tessera/gpt.h"
 #include "tessera/optimizer.h"
 #include "tessera/status.h"
-#include "tessera/tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -44,21 +43,32 @@ typedef struct ts_train_state {
     char settings[TS_SETTINGS_MAX]; /* the run's settings as a JSON object */
 } ts_train_state;
 
-/* Save a checkpoint for state->step; keep the newest `keep` (0 = all). */
+/* A file the training layer adds to a checkpoint (its tokenizer.txt, say):
+ * the model layer knows nothing of what it holds. */
+typedef struct ts_checkpoint_file {
+    const char *name;          /* a plain name, no '/' */
+    const void *data;
+    size_t size;
+} ts_checkpoint_file;
+
+/* Save a checkpoint for state->step with the model (its metadata naming
+ * the tokenizer's fingerprint), the optimizer and `files`; keep the newest
+ * `keep` (0 = all). */
 ts_status ts_checkpoint_save(const char *dir, const ts_gpt *model, const ts_optimizer *opt,
-                             const ts_train_state *state, const ts_tokenizer *tok, int keep);
+                             const ts_train_state *state, uint64_t tokenizer_fingerprint,
+                             const ts_checkpoint_file *files, int nfiles, int keep);
 /* The same in steps, for a save that several processes take part in:
  * begin makes <dir>/.tmp-step_N (its path in tmp); the caller writes
- * model.safetensors and optim.safetensors there; finish adds the tokenizer
- * and state, then renames, points `latest` at it and prunes. abandon
+ * model.safetensors and optim.safetensors there; finish adds `files` and
+ * the state, then renames, points `latest` at it and prunes. abandon
  * removes a failed attempt. */
 ts_status ts_checkpoint_begin(const char *dir, int64_t step, char *tmp, size_t n);
 ts_status ts_checkpoint_finish(const char *dir, const char *tmp, const ts_train_state *state,
-                               const ts_tokenizer *tok, int keep);
+                               const ts_checkpoint_file *files, int nfiles, int keep);
 void ts_checkpoint_abandon(const char *tmp);
 /* Metadata of the model and optimizer files (NULL-terminated key, value
  * pairs in meta, pointing into the caller's buffers). */
-void ts_checkpoint_model_meta(const ts_tokenizer *tok, char fp[32], const char *meta[4]);
+void ts_checkpoint_model_meta(uint64_t tokenizer_fingerprint, char fp[32], const char *meta[4]);
 void ts_checkpoint_optim_meta(const ts_optimizer *o, char step[32], char hyper[256], const char *meta[8]);
 /* The directory of the newest complete checkpoint in dir (via `latest`);
  * an error naming what is wrong when there is none, `latest` names

@@ -1,4 +1,5 @@
 #include "tessera/train.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <math.h>
@@ -20,18 +21,6 @@
 #include "tessera/task.h"
 #include "tessera/tokenizer.h"
 
-#define TRY(expr)                                                                                  \
-    do {                                                                                           \
-        ts_status st_ = (expr);                                                                    \
-        if (st_ != TS_OK) return st_;                                                              \
-    } while (0)
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 void ts_train_defaults(ts_train_config *c)
 {
@@ -135,6 +124,15 @@ static ts_status get_str(const ts_json *j, const char *key, char *out, size_t n)
     return TS_OK;
 }
 
+/* A setting of two values: *which = 0 for a, 1 for b. */
+static ts_status one_of(const char *key, const char *value, const char *a, const char *b, int *which)
+{
+    if (strcmp(value, a) && strcmp(value, b))
+        return ts_error(TS_ERR_FORMAT, "setting \"%s\" must be %s or %s, not '%s'", key, a, b, value);
+    *which = !strcmp(value, b);
+    return TS_OK;
+}
+
 ts_status ts_train_settings_parse(const char *json, ts_train_config *c)
 {
     ts_json *j = NULL;
@@ -189,21 +187,15 @@ ts_status ts_train_settings_parse(const char *json, ts_train_config *c)
         if (k < 0) st = ts_error(TS_ERR_FORMAT, "setting \"optim\": unknown optimizer '%s'", optim);
         else c->optim = (ts_optim_kind)k;
     }
-    if (!st && schedule[0]) {
-        if (strcmp(schedule, "cosine") && strcmp(schedule, "constant"))
-            st = ts_error(TS_ERR_FORMAT, "setting \"schedule\" must be cosine or constant");
-        else c->cosine = !strcmp(schedule, "cosine");
-    }
+    if (!st && schedule[0]) st = one_of("schedule", schedule, "constant", "cosine", &c->cosine);
     if (!st && strategy[0]) {
         int k = ts_strategy_parse(strategy);
         if (k < 0) st = ts_error(TS_ERR_FORMAT, "setting \"strategy\": unknown strategy '%s'", strategy);
         else c->strategy = (ts_reduce_strategy)k;
     }
-    if (!st && pipeline[0]) {
-        if (strcmp(pipeline, "1f1b") && strcmp(pipeline, "gpipe"))
-            st = ts_error(TS_ERR_FORMAT, "setting \"pipeline\" must be 1f1b or gpipe");
-        else c->schedule = strcmp(pipeline, "gpipe") ? TS_SCHEDULE_1F1B : TS_SCHEDULE_GPIPE;
-    }
+    int gpipe = c->schedule == TS_SCHEDULE_GPIPE;
+    if (!st && pipeline[0] && !(st = one_of("pipeline", pipeline, "1f1b", "gpipe", &gpipe)))
+        c->schedule = gpipe ? TS_SCHEDULE_GPIPE : TS_SCHEDULE_1F1B;
     ts_json_free(j);
     return st;
 }
@@ -275,10 +267,10 @@ static double gemm_rate(ts_device *dev, int64_t M, int64_t N, int64_t K)
         ts_fill(&a, 0.01f), ts_fill(&b, 0.02f);
         for (int r = 0; r < 6; r++) {
             ts_device_synchronize(dev);
-            double t0 = now_s();
+            double t0 = ts_now();
             if (ts_linear_forward(&o, &a, &b, NULL) != TS_OK) break;
             ts_device_synchronize(dev);
-            double rate = 2.0 * (double)M * (double)N * (double)K / (now_s() - t0);
+            double rate = 2.0 * (double)M * (double)N * (double)K / (ts_now() - t0);
             if (r > 0 && rate > best) best = rate;
         }
         ts_tensor_free(&o);
@@ -783,15 +775,20 @@ static ts_status save_checkpoint(run *r)
     ts_status st = r->root ? ts_checkpoint_begin(c->out_dir, r->state.step, tmp, sizeof tmp) : TS_OK;
     st = ts_comm_agree(g->world, st, "preparing a checkpoint");
     if (st) return st;
-    ts_checkpoint_model_meta(&r->tok, fp, meta);
+    ts_checkpoint_model_meta(r->tok.fingerprint, fp, meta);
     snprintf(f, sizeof f, "%s/model.safetensors", tmp);
     st = ts_engine_save_model(r->e, f, meta);
     snprintf(f, sizeof f, "%s/optim.safetensors", tmp);
     if (!st) st = ts_engine_save_optimizer(r->e, f);
     if (r->root) {
         if (!st && c->on_checkpoint) c->on_checkpoint(c->on_step_ctx, tmp, r->state.step);
+        char *tok_text = NULL;
+        size_t tok_len = 0;
+        if (!st) st = ts_tokenizer_serialize(&r->tok, &tok_text, &tok_len);
+        ts_checkpoint_file files[] = {{"tokenizer.txt", tok_text, tok_len}};
         if (st) ts_checkpoint_abandon(tmp);
-        else st = ts_checkpoint_finish(c->out_dir, tmp, &r->state, &r->tok, c->keep);
+        else st = ts_checkpoint_finish(c->out_dir, tmp, &r->state, files, 1, c->keep);
+        free(tok_text);
     }
     TRY(ts_comm_agree(g->world, st, "saving a checkpoint"));
     r->saved_step = r->state.step;
@@ -867,7 +864,7 @@ static ts_status train_loop(run *r)
     if (!r->in || !r->tg) return ts_error(TS_ERR_OOM, "no memory for batches");
     ts_lr_schedule sched = {.lr = c->lr, .min_lr = c->min_lr, .warmup_steps = c->warmup, .total_steps = c->steps,
                             .cosine = c->cosine};
-    double flops_per_token = ts_gpt_flops_per_token(&c->model, c->seq_len), t_start = now_s();
+    double flops_per_token = ts_gpt_flops_per_token(&c->model, c->seq_len), t_start = ts_now();
     /* tokens/s over the last few seconds of steps, honest from the first */
     double window_t[8];
     int64_t window_step[8];
@@ -896,7 +893,7 @@ static ts_status train_loop(run *r)
         r->state.loss = loss;
         r->res->last_loss = loss;
         if (c->on_step) c->on_step(c->on_step_ctx, step, loss, lr, norm);
-        double now = now_s();
+        double now = ts_now();
         if (wn == 8) {
             memmove(window_t, window_t + 1, 7 * sizeof *window_t);
             memmove(window_step, window_step + 1, 7 * sizeof *window_step);
@@ -922,7 +919,7 @@ static ts_status train_loop(run *r)
     /* --steps 0: the untrained model is the run's checkpoint */
     if (c->steps == 0 && !r->ckpt[0]) TRY(save_checkpoint(r));
     if (r->verbose && r->tty) fprintf(r->out, "\n");
-    r->res->seconds = now_s() - t_start;
+    r->res->seconds = ts_now() - t_start;
     return TS_OK;
 }
 

@@ -8,7 +8,7 @@
 #include <stdio.h>
 
 #include "tessera/gpt.h"
-#include "tessera/optim.h"
+#include "tessera/update.h"
 #include "tessera/parallel.h"
 #include "tessera/status.h"
 

@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 #include "tessera/device.h"
-#include "tessera/optim.h"
+#include "tessera/update.h"
 #include "tessera/status.h"
 #include "tessera/tensor.h"
 
@@ -141,7 +141,16 @@ typedef struct ts_op {
     } p;
 } ts_op;
 
+/* The interface version a backend was written against; registration
+ * refuses any other, so a backend cannot run against a core whose structs
+ * it does not know. */
+#define TS_BACKEND_INTERFACE_VERSION 1
+
+/* Required: alloc, free, write, read, run_op. The others may be NULL and
+ * the core then does without: copy goes through host memory, synchronize
+ * and prepare do nothing, every op is supported, there are no build stats. */
 typedef struct ts_backend_iface {
+    int version;                                          /* TS_BACKEND_INTERFACE_VERSION */
     const char *name;
     ts_status (*alloc)(ts_device *dev, size_t size, void **handle);
     void (*free)(ts_device *dev, void *handle);
@@ -150,8 +159,8 @@ typedef struct ts_backend_iface {
     ts_status (*read)(ts_device *dev, void *handle, size_t offset, void *dst,
                       size_t size);
     ts_status (*copy)(ts_device *dev, void *dst, size_t dst_offset, void *src,
-                      size_t src_offset, size_t size);
-    ts_status (*synchronize)(ts_device *dev);
+                      size_t src_offset, size_t size);     /* may be NULL */
+    ts_status (*synchronize)(ts_device *dev);            /* may be NULL */
     bool (*supports_op)(ts_device *dev, const ts_op *op); /* may be NULL */
     ts_status (*run_op)(ts_device *dev, const ts_op *op);
     void (*release)(ts_device *dev);                     /* may be NULL */

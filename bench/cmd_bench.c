@@ -19,8 +19,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli.h"
+#include "bench.h"
 #include "fileio.h"
+#include "internal.h"
 #include "options.h"
 #include "tessera/tessera.h"
 
@@ -379,13 +380,6 @@ static int bench_kernels(int argc, char **argv)
 
 /* ---- tessera bench train ---- */
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 /* Seconds per training step (forward, backward, clip, AdamW) of cfg on dev. */
 static ts_status time_train_steps(ts_device *dev, const ts_gpt_config *cfg, int64_t B, int64_t T, int steps,
                                   int warmup, double *med, double *mn, double *mx)
@@ -407,13 +401,13 @@ static ts_status time_train_steps(ts_device *dev, const ts_gpt_config *cfg, int6
         tok[i] = (int32_t)((i * 7919) % cfg->vocab_size), tgt[i] = (int32_t)((i * 104729 + 1) % cfg->vocab_size);
     for (int s = 0; !st && s < warmup + steps; s++) {
         float loss;
-        double sq, t0 = now_s();
+        double sq, t0 = ts_now();
         st = ts_gpt_zero_grad(&m);
         if (!st) st = ts_gpt_forward_backward(&m, tok, tgt, B, T, 1.0f, &loss);
         if (!st) st = ts_grad_sqnorm(&m.grads, &sq);
         if (!st) st = ts_gpt_optimizer_step(&m, &o, 1e-4f, ts_clip_scale(sqrt(sq), 1.0f));
         if (!st) st = ts_device_synchronize(dev);
-        if (!st && s >= warmup) t[s - warmup] = now_s() - t0;
+        if (!st && s >= warmup) t[s - warmup] = ts_now() - t0;
     }
     if (!st) ts_bench_summarize(t, steps, mn, med, mx);
     free(tok), free(tgt), free(t);
@@ -682,7 +676,7 @@ static int bench_collectives(int argc, char **argv)
     return rc;
 }
 
-int cmd_bench(int argc, char **argv)
+int ts_bench_command(int argc, char **argv)
 {
     if (argc >= 3 && !strcmp(argv[1], "--startup-child")) return startup_child(argv[2]);
     if (argc >= 2 && !strcmp(argv[1], "train")) return bench_train(argc - 1, argv + 1);

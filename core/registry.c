@@ -1,0 +1,24 @@
+/* The registry of backends: the one place that names them (see registry.h). */
+#include "registry.h"
+
+void ts_registry_load(int threads)
+{
+    ts_status st = ts_cpu_backend_register(threads);
+    if (st) ts_log(TS_LOG_WARN, "CPU backend unavailable: %s", ts_last_error());
+#ifdef TS_HAVE_OPENCL
+    st = ts_opencl_backend_register(threads);
+    if (st) ts_log(TS_LOG_WARN, "OpenCL backend unavailable: %s", ts_last_error());
+#endif
+    ts_clear_error();
+}
+
+void ts_registry_set_threads(int threads) { ts_cpu_backend_set_threads(threads); }
+
+int ts_registry_get_threads(void) { return ts_cpu_backend_get_threads(); }
+
+void ts_registry_shutdown(void)
+{
+#ifdef TS_HAVE_OPENCL
+    ts_opencl_backend_shutdown();
+#endif
+}

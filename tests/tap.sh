@@ -1,0 +1,16 @@
+# TAP helpers for the shell tests (sourced): numbered results, a failure
+# count, diagnostics as comments; and the log readers several tests share.
+n=0
+fails=0
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+not_ok() { n=$((n + 1)); fails=$((fails + 1)); echo "not ok $n - $1"; shift; printf '%s\n' "$@" | sed 's/^/# /'; }
+skip() { n=$((n + 1)); echo "ok $n - $1 # SKIP $2"; }
+check() { # name, status (0 = pass), diagnostics...
+    local name=$1 rc=$2
+    shift 2
+    if [ "$rc" -eq 0 ]; then ok "$name"; else not_ok "$name" "$@"; fi
+}
+# "step loss" for every step line of a JSON-lines log; the last entry of a
+# step wins (a resumed run logs some steps again)
+losses() { sed -n 's/^{"step": \([0-9]*\), "loss": \([^,]*\),.*/\1 \2/p' "$1" | awk '{l[$1]=$2} END {for (s in l) print s, l[s]}' | sort -n; }
+val_loss() { sed -n 's/.*"val_loss": \([0-9.eE+-]*\)}.*/\1/p' "$1" | tail -1; }
