@@ -98,6 +98,9 @@ ts_status ts_bench_write_csv(const char *path, const ts_bench_result *results, i
  * atomically. */
 ts_status ts_bench_report(const char *dir, const char *const *json_files, int nfiles);
 
+/* A duration in a fitting unit: "742 ns", "12.3 us", "4.56 ms", "1.23 s". */
+const char *ts_bench_fmt_time(double seconds, char *buf, size_t n);
+
 /* ---- collectives (bench/collectives.c) ---- */
 /* Allreduce bus bandwidth (nccl-tests: algbw x 2(n-1)/n) of every
  * strategy for each message size, beside one process's memcpy rate

@@ -40,7 +40,7 @@ typedef struct bench_run {
 static void print_header(FILE *f)
 {
     fprintf(f, "%-9s %-9s %-24s %-16s %-34s %10s %10s %10s %9s %8s %6s\n", "device", "suite", "kernel",
-            "impl", "shape", "median ms", "min ms", "max ms", "GFLOP/s", "GB/s", "limit");
+            "impl", "shape", "median", "min", "max", "GFLOP/s", "GB/s", "limit");
 }
 
 static void print_row(FILE *f, const ts_bench_result *r)
@@ -49,8 +49,10 @@ static void print_row(FILE *f, const ts_bench_result *r)
     if (r->gflops > 0) snprintf(g, sizeof g, "%.1f", r->gflops);
     if (r->gbs > 0) snprintf(b, sizeof b, "%.2f", r->gbs);
     if (r->fraction > 0) snprintf(fr, sizeof fr, "%.0f%%", 100 * r->fraction);
-    fprintf(f, "%-9s %-9s %-24s %-16.16s %-34.34s %10.4g %10.4g %10.4g %9s %8s %6s\n", r->device, r->suite, r->name,
-            r->impl, r->shape, 1e3 * r->median_s, 1e3 * r->min_s, 1e3 * r->max_s, g, b, fr);
+    char t0[32], t1[32], t2[32];
+    fprintf(f, "%-9s %-9s %-24s %-16.16s %-34.34s %10s %10s %10s %9s %8s %6s\n", r->device, r->suite, r->name,
+            r->impl, r->shape, ts_bench_fmt_time(r->median_s, t0, sizeof t0), ts_bench_fmt_time(r->min_s, t1, sizeof t1),
+            ts_bench_fmt_time(r->max_s, t2, sizeof t2), g, b, fr);
     fflush(f);
 }
 
@@ -329,10 +331,10 @@ static int bench_kernels(int argc, char **argv)
         {"--report", OPT_STRING, report, sizeof report, "write an HTML report (and its JSON) into this directory", NULL, 0, 0, 0},
     };
     int rc = cli_parse("bench",
-                       "tessera bench [options]         kernels on every device\n"
-                       "       tessera bench train [options]   training throughput (--vs-pytorch)\n"
-                       "       tessera bench collectives       allreduce bandwidth (under mpirun)\n"
-                       "       tessera bench report DIR RUN.json...",
+                       "[options]              kernels on every device\n"
+                       "       tessera bench train [options]        training throughput (--vs-pytorch)\n"
+                       "       tessera bench collectives [options]  allreduce bandwidth (under mpirun)\n"
+                       "       tessera bench report DIR RUN.json...  one HTML page of several runs",
                        opts, (int)(sizeof opts / sizeof *opts), argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
     int want_startup = 1, bits = TS_BENCH_ALL;
@@ -354,7 +356,8 @@ static int bench_kernels(int argc, char **argv)
     ts_device *devs[32];
     int nd = open_devices(device, devs, 32);
     if (nd < 0) return cli_fail("choosing the device");
-    bench_run b = {.tty = stdout};
+    /* the table goes to stderr when the markdown goes to stdout */
+    bench_run b = {.tty = strcmp(markdown, "-") ? stdout : stderr};
     join_command(b.command, sizeof b.command, argc, argv);
     double peaks[32] = {0}, triads[32] = {0};
     ts_bench_options o = {.suites = bits, .min_time = min_time, .min_reps = (int)min_reps, .quick = quick,
@@ -369,10 +372,16 @@ static int bench_kernels(int argc, char **argv)
             return cli_fail("kernel start-up");
         }
     }
-    if (!b.n) printf("nothing measured\n");
-    for (int d = 0; d < nd; d++)
-        printf("%s%s: peak %.1f GFLOP/s, triad %.2f GB/s (%s)\n", d ? "" : "\n", ts_device_get_info(devs[d])->id,
-               peaks[d], triads[d], ts_device_get_info(devs[d])->name);
+    if (!b.n) fprintf(b.tty, "nothing measured\n");
+    for (int d = 0; d < nd; d++) {
+        const ts_device_info *di = ts_device_get_info(devs[d]);
+        if (peaks[d] > 0)
+            fprintf(b.tty, "%s%s: peak %.1f GFLOP/s, triad %.2f GB/s (%s)\n", d ? "" : "\n", di->id, peaks[d],
+                    triads[d], di->name);
+        else
+            fprintf(b.tty, "%s%s (%s): limits not measured (add the limits suite for the peak and triad)\n",
+                    d ? "" : "\n", di->id, di->name);
+    }
     rc = finish_outputs(&b, devs, peaks, triads, nd, json, csv, markdown, report, NULL);
     free(b.r);
     return rc;
@@ -523,7 +532,7 @@ static int bench_train(int argc, char **argv)
         {"--csv", OPT_STRING, csv, sizeof csv, "write the results as CSV", NULL, 0, 0, 0},
         {"--report", OPT_STRING, report, sizeof report, "write an HTML report into this directory", NULL, 0, 0, 0},
     };
-    int rc = cli_parse("bench train", "tessera bench train [options]", opts, (int)(sizeof opts / sizeof *opts), argc,
+    int rc = cli_parse("bench train", "[options]", opts, (int)(sizeof opts / sizeof *opts), argc,
                        argv);
     if (rc) return rc == 1 ? 0 : rc;
     if (steps64 < 1 || steps64 > 100000 || warmup64 < 0 || warmup64 > 100000 || B < 1 || T < 1) {
@@ -617,7 +626,7 @@ static int bench_collectives(int argc, char **argv)
         {"--csv", OPT_STRING, csv, sizeof csv, "write the results as CSV", NULL, 0, 0, 0},
         {"--report", OPT_STRING, report, sizeof report, "write an HTML report into this directory", NULL, 0, 0, 0},
     };
-    int rc = cli_parse("bench collectives", "mpirun -np N tessera bench collectives [options]", opts,
+    int rc = cli_parse("bench collectives", "[options]   (under mpirun -np N)", opts,
                        (int)(sizeof opts / sizeof *opts), argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
     ts_comm *w = ts_comm_world();
@@ -682,8 +691,15 @@ int ts_bench_command(int argc, char **argv)
     if (argc >= 2 && !strcmp(argv[1], "train")) return bench_train(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "collectives")) return bench_collectives(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "report")) {
+        static const char usage[] = "usage: tessera bench report DIR RUN.json [RUN.json...]\n\n"
+                                    "Renders the JSON files of `tessera bench --json` (and bench train/collectives)\n"
+                                    "from one machine or several into DIR/index.html, a self-contained page.\n";
+        if (argc == 3 && (!strcmp(argv[2], "--help") || !strcmp(argv[2], "-h"))) {
+            fputs(usage, stdout);
+            return 0;
+        }
         if (argc < 4) {
-            fprintf(stderr, "usage: tessera bench report DIR RUN.json [RUN.json...]\n");
+            fputs(usage, stderr);
             return 2;
         }
         if (ts_bench_report(argv[2], (const char *const *)(argv + 3), argc - 3) != TS_OK)

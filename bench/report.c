@@ -12,6 +12,7 @@
 #include "fileio.h"
 #include "json.h"
 #include "bench.h"
+#include "svg.h"
 
 typedef struct rdev {
     char key[200];            /* "host / id": unique across files */
@@ -22,55 +23,13 @@ typedef struct rdev {
 } rdev;
 
 typedef struct report {
+    html_page page;           /* the page being written */
     ts_json *files[64];
     const char *paths[64];
     int nfiles;
     rdev devs[256];
     int ndevs;
-    char *html;               /* growing buffer */
-    size_t len, cap;
-    int oom;
 } report;
-
-static void out(report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void out(report *r, const char *fmt, ...)
-{
-    va_list ap;
-    for (;;) {
-        va_start(ap, fmt);
-        int n = vsnprintf(r->html + r->len, r->cap - r->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) return;
-        if ((size_t)n < r->cap - r->len) {
-            r->len += (size_t)n;
-            return;
-        }
-        size_t cap = r->cap * 2 + (size_t)n + 4096;
-        char *p = realloc(r->html, cap);
-        if (!p) {
-            r->oom = 1;
-            return;
-        }
-        r->html = p, r->cap = cap;
-    }
-}
-
-static void esc(report *r, const char *s)
-{
-    for (; s && *s; s++) {
-        switch (*s) {
-        case '<': out(r, "&lt;"); break;
-        case '>': out(r, "&gt;"); break;
-        case '&': out(r, "&amp;"); break;
-        case '"': out(r, "&quot;"); break;
-        default: out(r, "%c", *s);
-        }
-    }
-}
-
-static const char *palette[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
-                                "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"};
-#define COLOR(i) palette[(i) % 10]
 
 static const char *str(const ts_json *o, const char *k) { return ts_json_get_str(o, k, ""); }
 static double num(const ts_json *o, const char *k) { return ts_json_get_num(o, k, 0); }
@@ -96,81 +55,6 @@ static void each_result(report *r, result_fn fn, void *user)
     }
 }
 
-/* ---- SVG plotting: a frame with log or linear axes ---- */
-
-typedef struct plot {
-    double x0, x1, y0, y1; /* data range */
-    int logx, logy;        /* 1: log10 axis; 2 (x only): log axis with ticks at powers of two */
-    int W, H, L, R, T, B;  /* size and margins */
-} plot;
-
-static double px(const plot *p, double x)
-{
-    double a = p->logx ? log10(x / p->x0) / log10(p->x1 / p->x0) : (x - p->x0) / (p->x1 - p->x0);
-    return p->L + a * (p->W - p->L - p->R);
-}
-
-static double py(const plot *p, double y)
-{
-    double a = p->logy ? log10(y / p->y0) / log10(p->y1 / p->y0) : (y - p->y0) / (p->y1 - p->y0);
-    return p->H - p->B - a * (p->H - p->T - p->B);
-}
-
-static void fmt_tick(char *buf, size_t n, double v, int binary)
-{
-    if (binary && v >= 1e4 && v >= 1048576) snprintf(buf, n, "%gM", v / 1048576);
-    else if (binary && v >= 1e4) snprintf(buf, n, "%gK", v / 1024);
-    else if (binary) snprintf(buf, n, "%g", v);
-    else if (v >= 1e6) snprintf(buf, n, "%gM", v / 1e6);
-    else if (v >= 1e3) snprintf(buf, n, "%gk", v / 1e3);
-    else snprintf(buf, n, "%g", v);
-}
-
-static void axes(report *r, const plot *p, const char *xlabel, const char *ylabel)
-{
-    out(r, "<svg xmlns='http://www.w3.org/2000/svg' width='%d' height='%d' font-family='sans-serif' font-size='11'>\n",
-        p->W, p->H);
-    out(r, "<rect x='%d' y='%d' width='%d' height='%d' fill='#fff' stroke='#999'/>\n", p->L, p->T, p->W - p->L - p->R,
-        p->H - p->T - p->B);
-    char t[32];
-    for (int axis = 0; axis < 2; axis++) {
-        int lg = axis ? p->logy : p->logx;
-        double a = axis ? p->y0 : p->x0, b = axis ? p->y1 : p->x1;
-        double step = lg == 2 ? 2 : lg ? 10 : pow(10, floor(log10((b - a) / 2)));
-        if (!lg && (b - a) / step > 8) step *= 2;
-        if (!lg && (b - a) / step > 8) step *= 2.5;
-        if (lg == 2 && log2(b / a) > 12) step = 4;
-        double v = lg == 2 ? pow(2, ceil(log2(a) - 1e-9)) : lg ? pow(10, ceil(log10(a) - 1e-9)) : ceil(a / step) * step;
-        for (int k = 0; v <= b * (1 + 1e-9) && k < 40; k++, v = lg ? v * step : v + step) {
-            fmt_tick(t, sizeof t, v, lg == 2);
-            if (axis) {
-                double y = py(p, v);
-                out(r, "<line x1='%d' x2='%d' y1='%.1f' y2='%.1f' stroke='#eee'/>", p->L, p->W - p->R, y, y);
-                out(r, "<text x='%d' y='%.1f' text-anchor='end'>%s</text>\n", p->L - 4, y + 4, t);
-            } else {
-                double x = px(p, v);
-                out(r, "<line x1='%.1f' x2='%.1f' y1='%d' y2='%d' stroke='#eee'/>", x, x, p->T, p->H - p->B);
-                out(r, "<text x='%.1f' y='%d' text-anchor='middle'>%s</text>\n", x, p->H - p->B + 14, t);
-            }
-        }
-    }
-    out(r, "<text x='%d' y='%d' text-anchor='middle'>", (p->L + p->W - p->R) / 2, p->H - 6);
-    esc(r, xlabel);
-    out(r, "</text><text transform='translate(14,%d) rotate(-90)' text-anchor='middle'>", (p->T + p->H - p->B) / 2);
-    esc(r, ylabel);
-    out(r, "</text>\n");
-}
-
-static void legend(report *r, const plot *p, int i, const char *color, const char *label, int dashed)
-{
-    int x = p->L + 10, y = p->T + 14 + 15 * i;
-    out(r, "<line x1='%d' x2='%d' y1='%d' y2='%d' stroke='%s' stroke-width='3'%s/>", x, x + 18, y - 4, y - 4, color,
-        dashed ? " stroke-dasharray='4 3'" : "");
-    out(r, "<text x='%d' y='%d'>", x + 24, y);
-    esc(r, label);
-    out(r, "</text>\n");
-}
-
 /* ---- roofline ---- */
 
 typedef struct roof_ctx {
@@ -178,18 +62,26 @@ typedef struct roof_ctx {
     const plot *p;
     int count;
     double lo_ai, hi_ai, lo_g, hi_g; /* ranges (first pass) */
+    int seen[6];                     /* points of each category */
     int pass;
 } roof_ctx;
 
-static const char *suite_color(const ts_json *res)
+/* Categories of roofline points: legend entry and colour. */
+static const char *const roof_names[] = {"GEMM, tessera", "GEMM, reference", "memory-bound ops", "attention",
+                                         "training step", "other"};
+static const int roof_colors[] = {0, 3, 2, 4, 1, 8};
+
+static int roof_category(const ts_json *res)
 {
     const char *s = str(res, "suite");
-    if (!strcmp(s, "gemm")) return strcmp(str(res, "impl"), "tessera") ? palette[3] : palette[0];
-    if (!strcmp(s, "memory")) return palette[2];
-    if (!strcmp(s, "attention")) return palette[4];
-    if (!strcmp(s, "train")) return palette[1];
-    return palette[8];
+    if (!strcmp(s, "gemm")) return strcmp(str(res, "impl"), "tessera") ? 1 : 0;
+    if (!strcmp(s, "memory")) return 2;
+    if (!strcmp(s, "attention")) return 3;
+    if (!strcmp(s, "train")) return 4;
+    return 5;
 }
+
+static const char *suite_color(const ts_json *res) { return svg_palette[roof_colors[roof_category(res)]]; }
 
 static void roof_point(report *r, int dev, const ts_json *res, void *user)
 {
@@ -198,20 +90,21 @@ static void roof_point(report *r, int dev, const ts_json *res, void *user)
     if (dev != c->dev || f <= 0 || b <= 0 || g <= 0 || !strcmp(str(res, "suite"), "limits")) return;
     double ai = f / b;
     if (c->pass == 0) {
+        c->seen[roof_category(res)]++;
         if (ai < c->lo_ai) c->lo_ai = ai;
         if (ai > c->hi_ai) c->hi_ai = ai;
         if (g < c->lo_g) c->lo_g = g;
         if (g > c->hi_g) c->hi_g = g;
         return;
     }
-    out(r, "<circle cx='%.1f' cy='%.1f' r='4' fill='%s' fill-opacity='0.75'><title>", px(c->p, ai), py(c->p, g),
+    html_out(&r->page, "<circle cx='%.1f' cy='%.1f' r='4' fill='%s' fill-opacity='0.75'><title>", px(c->p, ai), py(c->p, g),
         suite_color(res));
-    esc(r, str(res, "name"));
-    out(r, " (");
-    esc(r, str(res, "impl"));
-    out(r, ") ");
-    esc(r, str(res, "shape"));
-    out(r, ": %.3g GFLOP/s at %.3g flop/byte, %.0f%% of the device's limit</title></circle>\n", g, ai,
+    html_esc(&r->page, str(res, "name"));
+    html_out(&r->page, " (");
+    html_esc(&r->page, str(res, "impl"));
+    html_out(&r->page, ") ");
+    html_esc(&r->page, str(res, "shape"));
+    html_out(&r->page, ": %.3g GFLOP/s at %.3g flop/byte, %.0f%% of the device's limit</title></circle>\n", g, ai,
         100 * num(res, "fraction"));
     c->count++;
 }
@@ -222,37 +115,38 @@ static void roofline(report *r, int d)
     roof_ctx c = {.dev = d, .lo_ai = 1e30, .hi_ai = 0, .lo_g = 1e30, .hi_g = 0};
     each_result(r, roof_point, &c);
     if (c.hi_ai <= 0) {
-        out(r, "<p>No kernels with flop and byte counts were measured on this device.</p>\n");
+        html_out(&r->page, "<p>No kernels with flop and byte counts were measured on this device.</p>\n");
         return;
     }
     double top = fmax(dv->peak, c.hi_g);
     plot p = {.logx = 1, .logy = 1, .W = 560, .H = 360, .L = 60, .R = 20, .T = 20, .B = 40};
+    for (int i = 0; i < 6; i++) p.legend += c.seen[i] > 0;
     p.x0 = pow(10, floor(log10(fmin(c.lo_ai, dv->peak > 0 && dv->triad > 0 ? dv->peak / dv->triad : 1) / 2)));
     p.x1 = pow(10, ceil(log10(fmax(c.hi_ai * 2, 10))));
     p.y1 = pow(10, ceil(log10(top * 1.5)));
     p.y0 = pow(10, floor(log10(fmin(c.lo_g / 2, dv->triad > 0 ? dv->triad * p.x0 : c.lo_g / 2))));
-    axes(r, &p, "arithmetic intensity (flop/byte)", "GFLOP/s");
+    svg_axes(&r->page, &p, "arithmetic intensity (flop/byte)", "GFLOP/s");
     if (dv->peak > 0 && dv->triad > 0) { /* the roof: min(peak, triad x intensity) */
         double knee = dv->peak / dv->triad;
         double xa = p.x0 > knee ? knee : p.x0;
-        out(r, "<polyline fill='none' stroke='#000' stroke-width='2' points='%.1f,%.1f %.1f,%.1f %.1f,%.1f'/>\n",
+        html_out(&r->page, "<polyline fill='none' stroke='#000' stroke-width='2' points='%.1f,%.1f %.1f,%.1f %.1f,%.1f'/>\n",
             px(&p, xa), py(&p, dv->triad * xa), px(&p, knee), py(&p, dv->peak), px(&p, p.x1), py(&p, dv->peak));
-        out(r, "<text x='%.1f' y='%.1f' text-anchor='end'>peak %.1f GFLOP/s (FMA kernel)</text>\n", px(&p, p.x1) - 4,
+        html_out(&r->page, "<text x='%.1f' y='%.1f' text-anchor='end'>peak %.1f GFLOP/s (FMA kernel)</text>\n", px(&p, p.x1) - 4,
             py(&p, dv->peak) - 5, dv->peak);
-        out(r, "<text x='%.1f' y='%.1f'>triad %.1f GB/s</text>\n", px(&p, knee) + 6, py(&p, dv->peak) + 28,
+        html_out(&r->page, "<text x='%.1f' y='%.1f'>triad %.1f GB/s</text>\n", px(&p, knee) + 6, py(&p, dv->peak) + 28,
             dv->triad);
     }
     c.pass = 1;
     c.p = &p;
     each_result(r, roof_point, &c);
-    static const char *names[] = {"GEMM, tessera", "GEMM, reference", "memory-bound ops", "attention", "training step"};
-    static const int colors[] = {0, 3, 2, 4, 1};
-    for (int i = 0; i < 5; i++) {
-        int x = p.W - p.R - 150, y = p.H - p.B - 80 + 14 * i;
-        out(r, "<circle cx='%d' cy='%d' r='4' fill='%s'/><text x='%d' y='%d'>%s</text>\n", x, y - 4,
-            palette[colors[i]], x + 8, y, names[i]);
+    /* the legend below the chart, only for what was measured */
+    for (int i = 0, row = 0; i < 6; i++) {
+        if (!c.seen[i]) continue;
+        int x = p.L, y = p.H + 12 + SVG_LEGEND_ROW * row++;
+        html_out(&r->page, "<circle cx='%d' cy='%d' r='4' fill='%s'/><text x='%d' y='%d'>%s (%d)</text>\n", x + 9, y - 4,
+            svg_palette[roof_colors[i]], x + 24, y, roof_names[i], c.seen[i]);
     }
-    out(r, "</svg>\n");
+    html_out(&r->page, "</svg>\n");
 }
 
 /* ---- a line chart of one quantity against a size, one series per (device, impl) ---- */
@@ -303,11 +197,11 @@ static void series_point(report *r, int dev, const ts_json *res, void *user)
     }
     int dashed = c->name && strcmp(str(res, "impl"), "tessera") != 0;
     if (c->have_last[k])
-        out(r, "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='%s' stroke-width='2'%s/>\n", px(c->p, c->lastx[k]),
-            py(c->p, c->lasty[k]), px(c->p, x), py(c->p, y), COLOR(k), dashed ? " stroke-dasharray='5 3'" : "");
-    out(r, "<circle cx='%.1f' cy='%.1f' r='3' fill='%s'><title>", px(c->p, x), py(c->p, y), COLOR(k));
-    esc(r, key);
-    out(r, ": %.4g at %.0f</title></circle>\n", y, x);
+        html_out(&r->page, "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='%s' stroke-width='2'%s/>\n", px(c->p, c->lastx[k]),
+            py(c->p, c->lasty[k]), px(c->p, x), py(c->p, y), SVG_COLOR(k), dashed ? " stroke-dasharray='5 3'" : "");
+    html_out(&r->page, "<circle cx='%.1f' cy='%.1f' r='3' fill='%s'><title>", px(c->p, x), py(c->p, y), SVG_COLOR(k));
+    html_esc(&r->page, key);
+    html_out(&r->page, ": %.4g at %.0f</title></circle>\n", y, x);
     c->lastx[k] = x, c->lasty[k] = y, c->have_last[k] = 1;
 }
 
@@ -315,21 +209,21 @@ static int line_chart(report *r, const char *title, const char *suite, const cha
                       const char *xlabel, const char *ylabel)
 {
     series_ctx c = {.suite = suite, .name = name, .use_gbs = use_gbs, .x0 = 1e30};
-    size_t mark = r->len;
+    size_t mark = r->page.len;
     each_result(r, series_point, &c); /* first pass writes nothing */
-    r->len = mark;
+    r->page.len = mark;
     if (c.nkeys == 0 || c.x1 <= 0) return 0;
-    out(r, "<h2>%s</h2>\n", title);
-    plot p = {.logx = 2, .W = 560, .H = 340, .L = 60, .R = 20, .T = 20, .B = 40};
+    html_out(&r->page, "<h2>%s</h2>\n", title);
+    plot p = {.logx = 2, .W = 560, .H = 340, .L = 60, .R = 20, .T = 20, .B = 40, .legend = c.nkeys};
     p.x0 = pow(2, floor(log2(c.x0))), p.x1 = pow(2, ceil(log2(c.x1)));
     if (p.x1 <= p.x0) p.x1 = p.x0 * 2;
     p.y0 = 0, p.y1 = c.y1 > 0 ? c.y1 * 1.15 : 1;
-    axes(r, &p, xlabel, ylabel);
+    svg_axes(&r->page, &p, xlabel, ylabel);
     c.pass = 1, c.p = &p;
     memset(c.have_last, 0, sizeof c.have_last);
     each_result(r, series_point, &c);
-    for (int k = 0; k < c.nkeys; k++) legend(r, &p, k, COLOR(k), c.keys[k], name && !strstr(c.keys[k], " tessera"));
-    out(r, "</svg>\n");
+    for (int k = 0; k < c.nkeys; k++) svg_legend(&r->page, &p, k, SVG_COLOR(k), c.keys[k], name && !strstr(c.keys[k], " tessera"));
+    html_out(&r->page, "</svg>\n");
     return 1;
 }
 
@@ -344,23 +238,25 @@ static void table_row(report *r, int dev, const ts_json *res, void *user)
 {
     table_ctx *t = user;
     if (dev != t->dev || (t->suite && strcmp(str(res, "suite"), t->suite))) return;
-    out(r, "<tr><td>");
-    esc(r, str(res, "suite"));
-    out(r, "</td><td>");
-    esc(r, str(res, "name"));
-    out(r, "</td><td>");
-    esc(r, str(res, "impl"));
-    out(r, "</td><td>");
-    esc(r, str(res, "shape"));
+    html_out(&r->page, "<tr><td>");
+    html_esc(&r->page, str(res, "suite"));
+    html_out(&r->page, "</td><td>");
+    html_esc(&r->page, str(res, "name"));
+    html_out(&r->page, "</td><td>");
+    html_esc(&r->page, str(res, "impl"));
+    html_out(&r->page, "</td><td>");
+    html_esc(&r->page, str(res, "shape"));
     double g = num(res, "gflops"), b = num(res, "gbs"), fr = num(res, "fraction");
-    out(r, "</td><td class=n>%.4g</td><td class=n>%.4g</td><td class=n>%.4g</td><td class=n>", 1e3 * num(res, "min_s"),
-        1e3 * num(res, "median_s"), 1e3 * num(res, "max_s"));
-    if (g > 0) out(r, "%.1f", g);
-    out(r, "</td><td class=n>");
-    if (b > 0) out(r, "%.2f", b);
-    out(r, "</td><td class=n>");
-    if (fr > 0) out(r, "%.0f%%", 100 * fr);
-    out(r, "</td></tr>\n");
+    char t0[32], t1[32], t2[32];
+    html_out(&r->page, "</td><td class=n>%s</td><td class=n>%s</td><td class=n>%s</td><td class=n>",
+        ts_bench_fmt_time(num(res, "min_s"), t0, sizeof t0), ts_bench_fmt_time(num(res, "median_s"), t1, sizeof t1),
+        ts_bench_fmt_time(num(res, "max_s"), t2, sizeof t2));
+    if (g > 0) html_out(&r->page, "%.1f", g);
+    html_out(&r->page, "</td><td class=n>");
+    if (b > 0) html_out(&r->page, "%.2f", b);
+    html_out(&r->page, "</td><td class=n>");
+    if (fr > 0) html_out(&r->page, "%.0f%%", 100 * fr);
+    html_out(&r->page, "</td></tr>\n");
 }
 
 /* Kernels across devices: tessera's result per (suite, name, shape) and device. */
@@ -396,20 +292,20 @@ static void cross_device(report *r)
 {
     cross_ctx *c = calloc(1, sizeof *c);
     if (!c) {
-        r->oom = 1;
+        r->page.oom = 1;
         return;
     }
     each_result(r, cross_collect, c);
-    out(r, "<h2>Across devices</h2>\n<p>tessera's figure for every kernel on every device; the bar shows each device "
+    html_out(&r->page, "<h2>Across devices</h2>\n<p>tessera's figure for every kernel on every device; the bar shows each device "
            "against the best device for that kernel (for times, lower is better).</p>\n<table><tr><th>kernel</th>"
            "<th>unit</th>");
     int nd = r->ndevs < 64 ? r->ndevs : 64;
     for (int d = 0; d < nd; d++) {
-        out(r, "<th>");
-        esc(r, r->devs[d].key);
-        out(r, "</th>");
+        html_out(&r->page, "<th>");
+        html_esc(&r->page, r->devs[d].key);
+        html_out(&r->page, "</th>");
     }
-    out(r, "</tr>\n");
+    html_out(&r->page, "</tr>\n");
     for (int k = 0; k < c->nrows; k++) {
         double best = 0;
         for (int d = 0; d < nd; d++) {
@@ -417,22 +313,22 @@ static void cross_device(report *r)
             if (v < 0) v = v != 0 ? 1.0 / -v : 0; /* lower time is better */
             if (v > best) best = v;
         }
-        out(r, "<tr><td>");
-        esc(r, c->rows[k]);
-        out(r, "</td><td>%s</td>", c->unit[k]);
+        html_out(&r->page, "<tr><td>");
+        html_esc(&r->page, c->rows[k]);
+        html_out(&r->page, "</td><td>%s</td>", c->unit[k]);
         for (int d = 0; d < nd; d++) {
             double v = c->val[k][d];
             if (v == 0) {
-                out(r, "<td></td>");
+                html_out(&r->page, "<td></td>");
                 continue;
             }
             double rel = (v < 0 ? 1.0 / -v : v) / (best > 0 ? best : 1);
-            out(r, "<td class=n><svg width='60' height='10'><rect width='%.0f' height='10' fill='%s'/></svg> %.4g</td>",
-                60 * rel, COLOR(d), v < 0 ? -v : v);
+            html_out(&r->page, "<td class=n><svg width='60' height='10'><rect width='%.0f' height='10' fill='%s'/></svg> %.4g</td>",
+                60 * rel, SVG_COLOR(d), v < 0 ? -v : v);
         }
-        out(r, "</tr>\n");
+        html_out(&r->page, "</tr>\n");
     }
-    out(r, "</table>\n");
+    html_out(&r->page, "</table>\n");
     free(c);
 }
 
@@ -471,22 +367,22 @@ static void vs_reference(report *r)
         int any = 0;
         for (int k = 0; k < c.n; k++) any |= c.ref[k] && c.mine[k];
         if (!any) continue;
-        out(r, "<h3>");
-        esc(r, r->devs[d].label);
-        out(r, ": tessera against ");
-        esc(r, str(r->devs[d].info, "reference_blas"));
-        out(r, "</h3>\n<table><tr><th>kernel</th><th>shape</th><th>tessera GFLOP/s</th><th>reference GFLOP/s</th>"
+        html_out(&r->page, "<h3>");
+        html_esc(&r->page, r->devs[d].label);
+        html_out(&r->page, ": tessera against ");
+        html_esc(&r->page, str(r->devs[d].info, "reference_blas"));
+        html_out(&r->page, "</h3>\n<table><tr><th>kernel</th><th>shape</th><th>tessera GFLOP/s</th><th>reference GFLOP/s</th>"
                "<th>tessera / reference</th></tr>\n");
         for (int k = 0; k < c.n; k++) {
             if (!c.ref[k] || !c.mine[k]) continue;
             double a = num(c.mine[k], "gflops"), b = num(c.ref[k], "gflops");
-            out(r, "<tr><td>");
-            esc(r, str(c.mine[k], "name"));
-            out(r, "</td><td>");
-            esc(r, str(c.mine[k], "shape"));
-            out(r, "</td><td class=n>%.1f</td><td class=n>%.1f</td><td class=n>%.2f</td></tr>\n", a, b, b > 0 ? a / b : 0);
+            html_out(&r->page, "<tr><td>");
+            html_esc(&r->page, str(c.mine[k], "name"));
+            html_out(&r->page, "</td><td>");
+            html_esc(&r->page, str(c.mine[k], "shape"));
+            html_out(&r->page, "</td><td class=n>%.1f</td><td class=n>%.1f</td><td class=n>%.2f</td></tr>\n", a, b, b > 0 ? a / b : 0);
         }
-        out(r, "</table>\n");
+        html_out(&r->page, "</table>\n");
     }
 }
 
@@ -511,11 +407,18 @@ static ts_status load(report *r, const char *path)
     const ts_json *devs = ts_json_get(j, "devices");
     for (size_t i = 0; devs && devs->type == TS_JSON_ARRAY && i < devs->count && r->ndevs < 256; i++) {
         const ts_json *info = &devs->items[i];
-        int same = -1; /* the same device in an earlier file of the same host: one device */
+        /* one device of one run: files of the same host and day (bench.sh
+         * writes kernels, train and collectives files of one run) whose
+         * device has the same id, name and details. Two machines that share
+         * a host name differ in their details (CPU features, BLAS kernels)
+         * or their day; points of different runs never join one line. */
+        int same = -1;
         for (int k = 0; k < r->ndevs && same < 0; k++) {
             const ts_json *fk = r->files[__builtin_ctzll(r->devs[k].files)];
-            if (!strcmp(str(fk, "host"), str(j, "host")) && !strcmp(str(r->devs[k].info, "id"), str(info, "id")) &&
-                !strcmp(str(r->devs[k].info, "name"), str(info, "name")))
+            if (!strcmp(str(fk, "host"), str(j, "host")) && !strncmp(str(fk, "date"), str(j, "date"), 10) &&
+                !strcmp(str(r->devs[k].info, "id"), str(info, "id")) &&
+                !strcmp(str(r->devs[k].info, "name"), str(info, "name")) &&
+                !strcmp(str(r->devs[k].info, "details"), str(info, "details")))
                 same = k;
         }
         if (same >= 0) {
@@ -530,8 +433,31 @@ static ts_status load(report *r, const char *path)
         d->info = info;
         d->peak = num(d->info, "peak_gflops");
         d->triad = num(d->info, "triad_gbs");
-        snprintf(d->key, sizeof d->key, "%s/%s", str(j, "host"), str(d->info, "id"));
-        snprintf(d->label, sizeof d->label, "%s/%s: %s", str(j, "host"), str(d->info, "id"), str(d->info, "name"));
+        /* the run in the key when the host has runs of other days or machines */
+        int runs_of_host = 0;
+        for (int k = 0; k < r->ndevs - 1; k++)
+            if (!strcmp(str(r->files[__builtin_ctzll(r->devs[k].files)], "host"), str(j, "host")) &&
+                !strcmp(str(r->devs[k].info, "id"), str(info, "id")))
+                runs_of_host++;
+        if (runs_of_host) {
+            snprintf(d->key, sizeof d->key, "%s/%s #%d (%.10s)", str(j, "host"), str(d->info, "id"), runs_of_host + 1,
+                     str(j, "date"));
+            /* the first run of this host and id gets its date too */
+            for (int k = 0; k < r->ndevs - 1; k++) {
+                const ts_json *fk = r->files[__builtin_ctzll(r->devs[k].files)];
+                if (!strcmp(str(fk, "host"), str(j, "host")) && !strcmp(str(r->devs[k].info, "id"), str(info, "id")) &&
+                    !strchr(r->devs[k].key, '#')) {
+                    char old[160];
+                    snprintf(old, sizeof old, "%s", r->devs[k].key);
+                    snprintf(r->devs[k].key, sizeof r->devs[k].key, "%.160s #1 (%.10s)", old, str(fk, "date"));
+                    snprintf(r->devs[k].label, sizeof r->devs[k].label, "%s: %s", r->devs[k].key,
+                             str(r->devs[k].info, "name"));
+                }
+            }
+        } else {
+            snprintf(d->key, sizeof d->key, "%s/%s", str(j, "host"), str(d->info, "id"));
+        }
+        snprintf(d->label, sizeof d->label, "%s: %s", d->key, str(d->info, "name"));
     }
     return TS_OK;
 }
@@ -545,88 +471,88 @@ ts_status ts_bench_report(const char *dir, const char *const *json_files, int nf
     ts_status st = TS_OK;
     for (int i = 0; i < nfiles && !st; i++) st = load(r, json_files[i]);
     if (!st) {
-        out(r, "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>tessera bench</title>\n<style>"
+        html_out(&r->page, "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>tessera bench</title>\n<style>"
                "body{font-family:sans-serif;margin:24px;max-width:1200px;color:#222}"
                "table{border-collapse:collapse;font-size:12px;margin:8px 0}"
                "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}td.n{text-align:right;"
                "font-variant-numeric:tabular-nums}th{background:#f3f3f3}code{background:#f3f3f3;padding:1px 3px}"
                ".charts{display:flex;flex-wrap:wrap;gap:16px}h3{margin-bottom:4px}</style></head><body>\n");
-        out(r, "<h1>tessera bench</h1>\n<h2>Runs</h2>\n<table><tr><th>file</th><th>date</th><th>host</th><th>command"
+        html_out(&r->page, "<h1>tessera bench</h1>\n<h2>Runs</h2>\n<table><tr><th>file</th><th>date</th><th>host</th><th>command"
                "</th><th>versions</th></tr>\n");
         for (int f = 0; f < r->nfiles; f++) {
-            out(r, "<tr><td>");
-            esc(r, r->paths[f]);
-            out(r, "</td><td>");
-            esc(r, str(r->files[f], "date"));
-            out(r, "</td><td>");
-            esc(r, str(r->files[f], "host"));
-            out(r, " (");
-            esc(r, str(r->files[f], "os"));
-            out(r, ", %lld CPUs)</td><td><code>", (long long)ts_json_get_int(r->files[f], "host_cpus", 0));
-            esc(r, str(r->files[f], "command"));
-            out(r, "</code></td><td>");
+            html_out(&r->page, "<tr><td>");
+            html_esc(&r->page, r->paths[f]);
+            html_out(&r->page, "</td><td>");
+            html_esc(&r->page, str(r->files[f], "date"));
+            html_out(&r->page, "</td><td>");
+            html_esc(&r->page, str(r->files[f], "host"));
+            html_out(&r->page, " (");
+            html_esc(&r->page, str(r->files[f], "os"));
+            html_out(&r->page, ", %lld CPUs)</td><td><code>", (long long)ts_json_get_int(r->files[f], "host_cpus", 0));
+            html_esc(&r->page, str(r->files[f], "command"));
+            html_out(&r->page, "</code></td><td>");
             const ts_json *v = ts_json_get(r->files[f], "versions");
             for (size_t i = 0; v && v->type == TS_JSON_OBJECT && i < v->count; i++) {
-                esc(r, v->keys[i]);
-                out(r, ": ");
-                if (v->items[i].type == TS_JSON_STRING) esc(r, v->items[i].string);
-                out(r, "<br>");
+                html_esc(&r->page, v->keys[i]);
+                html_out(&r->page, ": ");
+                if (v->items[i].type == TS_JSON_STRING) html_esc(&r->page, v->items[i].string);
+                html_out(&r->page, "<br>");
             }
-            out(r, "</td></tr>\n");
+            html_out(&r->page, "</td></tr>\n");
         }
-        out(r, "</table>\n<h2>Devices</h2>\n<table><tr><th>device</th><th>type</th><th>driver</th><th>peak GFLOP/s "
+        html_out(&r->page, "</table>\n<h2>Devices</h2>\n<table><tr><th>device</th><th>type</th><th>driver</th><th>peak GFLOP/s "
                "(FMA kernel)</th><th>triad GB/s</th><th>reference BLAS</th><th>details</th></tr>\n");
         for (int d = 0; d < r->ndevs; d++) {
-            out(r, "<tr><td><span style='color:%s'>&#9632;</span> ", COLOR(d));
-            esc(r, r->devs[d].label);
-            out(r, "</td><td>");
-            esc(r, str(r->devs[d].info, "type"));
-            out(r, "</td><td>");
-            esc(r, str(r->devs[d].info, "driver"));
-            out(r, "</td><td class=n>%.1f</td><td class=n>%.2f</td><td>", r->devs[d].peak, r->devs[d].triad);
-            esc(r, str(r->devs[d].info, "reference_blas"));
-            out(r, "</td><td>");
-            esc(r, str(r->devs[d].info, "details"));
-            out(r, "</td></tr>\n");
+            html_out(&r->page, "<tr><td><span style='color:%s'>&#9632;</span> ", SVG_COLOR(d));
+            html_esc(&r->page, r->devs[d].label);
+            html_out(&r->page, "</td><td>");
+            html_esc(&r->page, str(r->devs[d].info, "type"));
+            html_out(&r->page, "</td><td>");
+            html_esc(&r->page, str(r->devs[d].info, "driver"));
+            html_out(&r->page, "</td><td class=n>%.1f</td><td class=n>%.2f</td><td>", r->devs[d].peak, r->devs[d].triad);
+            html_esc(&r->page, str(r->devs[d].info, "reference_blas"));
+            html_out(&r->page, "</td><td>");
+            html_esc(&r->page, str(r->devs[d].info, "details"));
+            html_out(&r->page, "</td></tr>\n");
         }
-        out(r, "</table>\n<h2>Rooflines</h2>\n<p>Each kernel at its arithmetic intensity (model flop and byte counts) "
+        html_out(&r->page, "</table>\n<h2>Rooflines</h2>\n<p>Each kernel at its arithmetic intensity (model flop and byte counts) "
                "under the device's own measured limits: the FMA kernel's peak and the triad's bandwidth. Hover a "
                "point for its name.</p>\n<div class=charts>\n");
         for (int d = 0; d < r->ndevs; d++) {
-            out(r, "<div><h3>");
-            esc(r, r->devs[d].label);
-            out(r, "</h3>\n");
+            html_out(&r->page, "<div><h3>");
+            html_esc(&r->page, r->devs[d].label);
+            html_out(&r->page, "</h3>\n");
             roofline(r, d);
-            out(r, "</div>\n");
+            html_out(&r->page, "</div>\n");
         }
-        out(r, "</div>\n");
+        html_out(&r->page, "</div>\n");
         if (line_chart(r, "GEMM rate against size", "gemm", "square", 0, "M = N = K", "GFLOP/s"))
-            out(r, "<p>Square products (M=N=K), tessera solid, the device's reference library dashed.</p>\n");
+            html_out(&r->page, "<p>Square products (M=N=K), tessera solid, the device's reference library dashed.</p>\n");
         vs_reference(r);
         line_chart(r, "Attention against context length", "attention", NULL, 0, "context length T", "GFLOP/s");
         if (line_chart(r, "Allreduce bus bandwidth", "collectives", NULL, 1, "message bytes", "bus bandwidth GB/s"))
-            out(r, "<p>Allreduce bus bandwidth (algbw x 2(n-1)/n) per strategy, one process's memcpy for scale.</p>\n");
+            html_out(&r->page, "<p>Allreduce bus bandwidth (algbw x 2(n-1)/n) per strategy, one process's memcpy for scale.</p>\n");
         cross_device(r);
         for (int d = 0; d < r->ndevs; d++) {
-            out(r, "<h2>All results: ");
-            esc(r, r->devs[d].label);
-            out(r, "</h2>\n<table><tr><th>suite</th><th>kernel</th><th>implementation</th><th>shape</th><th>min ms</th>"
-                   "<th>median ms</th><th>max ms</th><th>GFLOP/s</th><th>GB/s</th><th>of limit</th></tr>\n");
+            html_out(&r->page, "<h2>All results: ");
+            html_esc(&r->page, r->devs[d].label);
+            html_out(&r->page, "</h2>\n<table><tr><th>suite</th><th>kernel</th><th>implementation</th><th>shape</th><th>min</th>"
+                   "<th>median</th><th>max</th><th>GFLOP/s</th><th>GB/s</th><th>of limit</th></tr>\n");
             table_ctx t = {.dev = d};
             each_result(r, table_row, &t);
-            out(r, "</table>\n");
+            html_out(&r->page, "</table>\n");
         }
-        out(r, "</body></html>\n");
-        if (r->oom) st = ts_error(TS_ERR_OOM, "bench report: no memory for the page");
+        html_out(&r->page, "</body></html>\n");
+        if (r->page.oom) st = ts_error(TS_ERR_OOM, "bench report: no memory for the page");
     }
     if (!st) st = ts_mkdir_p(dir);
     if (!st) {
         char path[4096];
         snprintf(path, sizeof path, "%s/index.html", dir);
-        st = ts_write_file_atomic(path, r->html, r->len);
+        st = ts_write_file_atomic(path, r->page.s, r->page.len);
     }
     for (int f = 0; f < r->nfiles; f++) ts_json_free(r->files[f]);
-    free(r->html);
+    free(r->page.s);
     free(r);
     return st;
 }

@@ -681,3 +681,13 @@ ts_status ts_bench_write_csv(const char *path, const ts_bench_result *results, i
     }
     return ts_atomic_commit(&af);
 }
+
+const char *ts_bench_fmt_time(double s, char *buf, size_t n)
+{
+    if (!(s >= 0)) snprintf(buf, n, "-");
+    else if (s < 1e-6) snprintf(buf, n, "%.0f ns", s * 1e9);
+    else if (s < 1e-3) snprintf(buf, n, "%.3g us", s * 1e6);
+    else if (s < 1.0) snprintf(buf, n, "%.3g ms", s * 1e3);
+    else snprintf(buf, n, "%.3g s", s);
+    return buf;
+}

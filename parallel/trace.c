@@ -1,7 +1,9 @@
 /* The trace timeline: spans of compute and communication per rank, written
  * as one Chrome trace JSON file (chrome://tracing, ui.perfetto.dev) with a
- * process per rank, a thread for compute and one for communication. Clocks
- * are aligned at a barrier when tracing starts. */
+ * process per rank and three tracks: compute, communication, and set-up
+ * (everything before the first training step, communication included).
+ * Every span carries the training step it belongs to. Clocks are aligned
+ * at a barrier when tracing starts. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +15,7 @@
 
 typedef struct event {
     int64_t ts, dur;   /* microseconds */
+    int64_t step;      /* the training step, -1 before the first */
     int tid;
     char cat[24];
     char name[56];
@@ -23,6 +26,9 @@ static event *g_events;
 static size_t g_n, g_cap;
 static int g_on;
 static double g_origin;
+static int64_t g_step = -1;
+
+void ts_trace_step(int64_t step) { __atomic_store_n(&g_step, step, __ATOMIC_RELAXED); }
 
 void ts_trace_enable(int on)
 {
@@ -59,7 +65,8 @@ void ts_trace_end(int64_t start_us, const char *cat, const char *name, int tid)
     event *e = &g_events[g_n++];
     e->ts = start_us;
     e->dur = end - start_us;
-    e->tid = tid;
+    e->step = __atomic_load_n(&g_step, __ATOMIC_RELAXED);
+    e->tid = e->step < 0 && tid == 1 ? 2 : tid; /* set-up collectives on the set-up track */
     snprintf(e->cat, sizeof e->cat, "%s", cat);
     snprintf(e->name, sizeof e->name, "%s", name);
     pthread_mutex_unlock(&g_lock);
@@ -69,7 +76,7 @@ void ts_trace_end(int64_t start_us, const char *cat, const char *name, int tid)
 static char *local_json(int rank, size_t *len)
 {
     pthread_mutex_lock(&g_lock);
-    size_t cap = 512 + g_n * 200, k = 0;
+    size_t cap = 640 + g_n * 230, k = 0;
     char *buf = malloc(cap);
     if (!buf) {
         pthread_mutex_unlock(&g_lock);
@@ -78,16 +85,18 @@ static char *local_json(int rank, size_t *len)
     k += (size_t)snprintf(buf + k, cap - k,
                           "{\"name\": \"process_name\", \"ph\": \"M\", \"pid\": %d, \"args\": {\"name\": \"rank %d\"}},\n"
                           "{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": %d, \"tid\": 0, \"args\": {\"name\": \"compute\"}},\n"
-                          "{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": %d, \"tid\": 1, \"args\": {\"name\": \"communication\"}}",
-                          rank, rank, rank, rank);
+                          "{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": %d, \"tid\": 1, \"args\": {\"name\": \"communication\"}},\n"
+                          "{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": %d, \"tid\": 2, \"args\": {\"name\": \"set-up\"}}",
+                          rank, rank, rank, rank, rank);
     for (size_t i = 0; i < g_n && k < cap; i++) {
         char name[128], cat[64];
         ts_json_escape(name, sizeof name, g_events[i].name);
         ts_json_escape(cat, sizeof cat, g_events[i].cat);
         k += (size_t)snprintf(buf + k, cap - k,
-                              ",\n{\"name\": %s, \"cat\": %s, \"ph\": \"X\", \"ts\": %lld, \"dur\": %lld, \"pid\": %d, \"tid\": %d}",
+                              ",\n{\"name\": %s, \"cat\": %s, \"ph\": \"X\", \"ts\": %lld, \"dur\": %lld, \"pid\": %d, "
+                              "\"tid\": %d, \"args\": {\"step\": %lld}}",
                               name, cat, (long long)g_events[i].ts, (long long)g_events[i].dur, rank,
-                              g_events[i].tid);
+                              g_events[i].tid, (long long)g_events[i].step);
     }
     pthread_mutex_unlock(&g_lock);
     *len = k < cap ? k : cap - 1;

@@ -14,7 +14,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 echo "TAP version 13"
-echo "1..13"
+echo "1..14"
 
 # ---- the kernel suites on the CPU backend ----
 out=$("$tessera" bench --quick --min-time 0.01 --min-reps 3 --device cpu \
@@ -140,6 +140,34 @@ print("ok")
 PY
 )
 check "the report has a roofline per device of every JSON file given" $([ "$res" = ok ]; echo $?) "$res"
+
+# two machines that share a host name (two VMs called "vm") stay two
+# devices, and their points never join one line; legends sit below charts
+"$py" - "$tmp/cpu.json" "$tmp/other.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["date"] = "2020-01-02T03:04:05Z"
+for dev in d["devices"]:
+    dev["details"] += "; another machine"
+json.dump(d, open(sys.argv[2], "w"))
+PY
+out=$("$tessera" bench report "$tmp/two" "$tmp/cpu.json" "$tmp/other.json" 2>&1); rc=$?
+res=$("$py" - "$tmp/two/index.html" <<'PY' 2>&1
+import re, sys
+html = open(sys.argv[1]).read()
+heads = re.findall(r"<h3>([^<]*)</h3>", html)
+cpu = [h for h in heads if "/cpu" in h and "against" not in h]
+assert len(cpu) == 2 and any("#1" in h for h in cpu) and any("#2" in h for h in cpu), heads
+# every legend entry sits below its chart's plot area (y > the axis label)
+for svg in re.findall(r"<svg.*?</svg>", html, re.S):
+    h = int(re.search(r"height='(\d+)'", svg).group(1))
+    for y in re.findall(r"<text x='\d+' y='(\d+)'>[^<]*\((?:\d+)\)</text>", svg):
+        assert int(y) > 340, (y, h)
+print("ok")
+PY
+)
+[ $rc -eq 0 ] && [ "$res" = ok ]
+check "two machines sharing a host name stay apart in the report, legends below the charts" $? "exit $rc: $out" "$res"
 
 # ---- errors ----
 out=$("$tessera" bench --suite frobnicate 2>&1); rc=$?

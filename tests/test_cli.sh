@@ -10,7 +10,7 @@ pyjson() { # a python that can parse JSON (any python3 will do)
 }
 
 echo "TAP version 13"
-echo "1..11"
+echo "1..14"
 
 out=$("$tessera" devices 2>&1); rc=$?
 echo "$out" | grep -q '^cpu ' ; check "devices lists the CPU backend" $(( rc != 0 || $? != 0 )) "$out"
@@ -84,5 +84,32 @@ out=$(OCL_ICD_VENDORS=$vendors "$tessera" devices 2>&1); rc=$?
 [ $rc -eq 0 ] && echo "$out" | grep -q '^cpu ' && ! echo "$out" | grep -q '^opencl'
 check "no OpenCL platform at all leaves the CPU backend working" $? "exit $rc" "$out"
 rmdir "$vendors"
+
+# tessera plot: a run's curves on one page.
+work=$(mktemp -d)
+out=$(TESSERA_DEVICE=cpu "$tessera" train --steps 6 --eval-every 2 --sample-tokens 0 --quiet --out "$work/a" 2>&1) \
+    && out=$("$tessera" plot "$work/p.html" "$work/a" 2>&1); rc=$?
+vals=$(grep -c '"val_loss"' "$work/a/log.jsonl" 2>/dev/null)
+[ $rc -eq 0 ] && [ "$(grep -o '<svg ' "$work/p.html" | wc -l)" -eq 4 ] \
+    && [ "$(grep -o "<title>$work/a step [0-9]*: val_loss" "$work/p.html" | wc -l)" -eq "$vals" ] \
+    && grep -q "$work/a (validation)" "$work/p.html"
+check "plot draws loss, lr, throughput and norm, a marker per evaluation" $? "exit $rc: $out" "$vals evaluations"
+
+# a second run as a log file with a torn last line (a killed run)
+cp "$work/a/log.jsonl" "$work/b.jsonl"
+printf '{"step": 7, "loss": 2.' >> "$work/b.jsonl"
+out=$("$tessera" plot "$work/p.html" "$work/a" "$work/b.jsonl" 2>&1); rc=$?
+[ $rc -eq 0 ] && grep -q "$work/b.jsonl (train)" "$work/p.html" \
+    && grep -q "b.jsonl: 1 of [0-9]* lines were not JSON objects" "$work/p.html"
+check "plot overlays runs and reports a torn log line instead of failing" $? "exit $rc: $out"
+
+# swapped arguments must not write over a log; a file that is not a log is named
+before=$(md5sum < "$work/a/log.jsonl")
+err1=$("$tessera" plot "$work/a/log.jsonl" "$work/a" 2>&1); rc1=$?
+err2=$("$tessera" plot "$work/q.html" /etc/hostname 2>&1); rc2=$?
+[ $rc1 -eq 2 ] && [ "$before" = "$(md5sum < "$work/a/log.jsonl")" ] && echo "$err1" | grep -q 'must end in .html' \
+    && [ $rc2 -eq 1 ] && echo "$err2" | grep -q '/etc/hostname has no training steps' && [ ! -e "$work/q.html" ]
+check "plot refuses an output that is not .html and a file that is not a log" $? "exit $rc1: $err1" "exit $rc2: $err2"
+rm -rf "$work"
 
 exit $(( fails > 0 ))

@@ -51,13 +51,12 @@ static void print_json(int i, int n, const ts_device_info *d, const ts_locality 
 int cmd_devices(int argc, char **argv)
 {
     int json = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) json = 1;
-        else {
-            fprintf(stderr, "tessera devices: unknown option '%s'\n", argv[i]);
-            return 2;
-        }
-    }
+    cli_option opts[] = {
+        {"--json", OPT_FLAG, &json, 0, "one JSON array of every device instead of text", NULL, 0, 0, 0},
+    };
+    int rc = cli_parse("devices", "[--json]   every device tessera can compute on", opts,
+                       (int)(sizeof opts / sizeof *opts), argc, argv);
+    if (rc) return rc == 1 ? 0 : rc;
     int n = ts_device_count();
     /* where this process may run (under mpirun: each rank's binding) */
     char where[256];

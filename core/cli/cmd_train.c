@@ -288,6 +288,25 @@ int cmd_train(int argc, char **argv)
         return 2;
     }
     if (resume && (rc = merge_resume(&c, opts, n))) return rc;
+    if (c.init[0]) {
+        static const char *const shape[] = {"--model", "--layers", "--heads", "--width", "--context", NULL};
+        for (const char *const *s = shape; *s; s++)
+            if (cli_given(opts, n, *s)) {
+                fprintf(stderr, "tessera train: %s: with --init the model's shape is the checkpoint's\n", *s);
+                return 2;
+            }
+        /* without --seq-len: the default, or the checkpoint's context if shorter */
+        char ckpt[4300], mf[4400];
+        ts_gpt_config cfg;
+        snprintf(mf, sizeof mf, "%s/model.safetensors", c.init);
+        if (ts_gpt_read_config(mf, &cfg) != TS_OK) {
+            ts_clear_error();
+            if (ts_checkpoint_latest(c.init, ckpt, sizeof ckpt) != TS_OK) return cli_fail("--init");
+            snprintf(mf, sizeof mf, "%s/model.safetensors", ckpt);
+            if (ts_gpt_read_config(mf, &cfg) != TS_OK) return cli_fail("--init");
+        }
+        if (!cli_given(opts, n, "--seq-len") && c.seq_len > cfg.max_seq_len) c.seq_len = cfg.max_seq_len;
+    }
     /* a stuck collective names the missing ranks after `watchdog` seconds
      * and ends the job after twice that (TESSERA_WATCHDOG otherwise) */
     if (cli_given(opts, n, "--watchdog")) ts_watchdog_set(watchdog, 2 * watchdog);

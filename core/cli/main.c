@@ -31,6 +31,8 @@ static void usage(FILE *f)
             "  sample [options]     generate text from a checkpoint\n"
             "  eval [options]       loss of a checkpoint on a data file\n"
             "  tokenize [options]   turn text into a token file (byte or BPE)\n"
+            "  convert --to F IN OUT  a model to/from Hugging Face GPT-2 (hf) or llm.c (llmc)\n"
+            "  plot OUT.html RUN... training curves of runs on one HTML page\n"
             "  devices [--json]     list every device with its capabilities and locality\n"
             "  bench [options]      benchmark kernels per device; bench train, bench collectives,\n"
             "                       bench report (see bench --help)\n"
@@ -65,6 +67,8 @@ int main(int argc, char **argv)
     else if (!strcmp(cmd, "sample")) rc = cmd_sample(argc - 1, argv + 1);
     else if (!strcmp(cmd, "eval")) rc = cmd_eval(argc - 1, argv + 1);
     else if (!strcmp(cmd, "tokenize")) rc = cmd_tokenize(argc - 1, argv + 1);
+    else if (!strcmp(cmd, "convert")) rc = cmd_convert(argc - 1, argv + 1);
+    else if (!strcmp(cmd, "plot")) rc = cmd_plot(argc - 1, argv + 1);
     else if (!strcmp(cmd, "bench")) rc = ts_bench_command(argc - 1, argv + 1);
     else if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
         usage(stdout);

@@ -121,9 +121,10 @@ ts_status ts_sort_task_evaluate(ts_gpt *m, int n, uint64_t seed, int show, FILE 
         correct += ok;
         if (out && k < show) {
             fprintf(out, "  %.*s -> ", pl, in);
-            for (int64_t i = start; i < len; i++)
-                fputc(tok[i] == '\n' ? ' ' : (tok[i] >= 32 && tok[i] < 127 ? tok[i] : '?'), out);
-            fprintf(out, "%s\n", ok ? " ok" : "(wrong)");
+            for (int64_t i = start; i < len && tok[i] != '\n'; i++)
+                fputc(tok[i] >= 32 && tok[i] < 127 ? tok[i] : '?', out);
+            if (ok) fprintf(out, "  ok\n");
+            else fprintf(out, "  wrong (want %.*s)\n", pl, want);
         }
     }
     free(tok);

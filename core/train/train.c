@@ -447,6 +447,7 @@ typedef struct run {
     int made_out_dir;        /* this run created --out (removed again if it fails before training) */
     int64_t saved_step;      /* the step of the last checkpoint written, -1 */
     double last_val;         /* validation loss at the last evaluation, NAN */
+    int node_cores;          /* cores of this node (for the MFU line) */
     int64_t last_val_step;
 } run;
 
@@ -539,6 +540,30 @@ static ts_status prepare_run_dir(run *r)
     return ts_comm_agree(r->g.world, st, "preparing the run directory");
 }
 
+/* --init: a checkpoint (or a run directory's latest) whose weights and
+ * tokenizer a new run starts from; the model's shape is the checkpoint's. */
+static ts_status read_init_point(run *r)
+{
+    ts_train_config *c = &r->c;
+    char mf[4400], ckpt[4300];
+    snprintf(mf, sizeof mf, "%s/model.safetensors", c->init);
+    struct stat sb;
+    ts_status st = TS_OK;
+    if (stat(mf, &sb) != 0) {
+        st = ts_checkpoint_latest(c->init, ckpt, sizeof ckpt);
+        if (!st && strlen(ckpt) >= sizeof c->init) st = ts_error(TS_ERR_INVALID_ARG, "the path %s is too long", ckpt);
+        if (!st) memcpy(c->init, ckpt, strlen(ckpt) + 1);
+        snprintf(mf, sizeof mf, "%s/model.safetensors", c->init);
+    }
+    ts_gpt_config saved;
+    if (!st) st = ts_gpt_read_config(mf, &saved);
+    if (!st) c->model = saved;
+    if (!st && c->seq_len > saved.max_seq_len)
+        st = ts_error(TS_ERR_INVALID_ARG, "--seq-len %lld exceeds the context %lld of the model in %s",
+                      (long long)c->seq_len, (long long)saved.max_seq_len, c->init);
+    return ts_comm_agree(r->g.world, st, "reading the checkpoint to start from");
+}
+
 /* 4. Where a resumed run starts: its checkpoint, state and settings. Every
  * rank reads the same files. */
 static ts_status read_resume_point(run *r)
@@ -547,6 +572,7 @@ static ts_status read_resume_point(run *r)
     memset(&r->state, 0, sizeof r->state);
     r->state.best_val_loss = INFINITY;
     r->state.loss = r->state.val_loss = NAN;
+    if (c->init[0]) return read_init_point(r);
     if (!c->resume) return TS_OK;
     ts_status st = ts_checkpoint_latest(c->out_dir, r->ckpt, sizeof r->ckpt);
     if (!st) st = ts_checkpoint_read_state(r->ckpt, &r->state);
@@ -700,17 +726,42 @@ static ts_status open_outputs(run *r)
     return ts_comm_agree(r->g.world, st, "opening the log");
 }
 
+/* The yardstick for MFU: each process's GEMM rate measured while the
+ * other processes of its node wait, so none measures with cores another is
+ * using; a node's rate is their sum, capped at its cores times the best
+ * rate per thread (processes that share cores cannot add up past them). */
+static ts_status measure_job_peak(run *r)
+{
+    ts_grid *g = &r->g;
+    ts_comm *node = ts_comm_node();
+    int n = ts_comm_size(node), me = ts_comm_rank(node);
+    double mine = 0;
+    int64_t t0 = ts_trace_begin();
+    for (int k = 0; k < n; k++) {
+        TRY(ts_comm_barrier(node, "measuring the GEMM rate"));
+        if (k == me) mine = measure_peak(r->dev, &r->c.model, r->c.batch / g->dp * r->c.seq_len);
+    }
+    ts_trace_end(t0, "setup", "measuring the GEMM rate", 2);
+    int threads = ts_get_threads() > 0 ? ts_get_threads() : 1;
+    double node_stats[2] = {mine, mine / threads};
+    TRY(ts_comm_allreduce_f64(node, &node_stats[0], 1, TS_REDUCE_SUM, "GEMM rates"));
+    TRY(ts_comm_allreduce_f64(node, &node_stats[1], 1, TS_REDUCE_MAX, "GEMM rates"));
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    double node_peak = node_stats[0];
+    if (cores > 0 && node_stats[1] * (double)cores < node_peak) node_peak = node_stats[1] * (double)cores;
+    /* the job's rate: every node's once */
+    r->peak = me == 0 ? node_peak : 0;
+    r->node_cores = (int)cores;
+    return ts_comm_allreduce_f64(g->world, &r->peak, 1, TS_REDUCE_SUM, "GEMM rates");
+}
+
 /* 9. The yardstick for MFU, and the header: where every process runs and
  * what it trains. */
 static ts_status report_start(run *r)
 {
     ts_train_config *c = &r->c;
     ts_grid *g = &r->g;
-    TRY(ts_comm_barrier(g->world, "before measuring the GEMM rate"));
-    int64_t t0 = ts_trace_begin();
-    r->peak = measure_peak(r->dev, &c->model, c->batch / g->dp * c->seq_len);
-    ts_trace_end(t0, "setup", "measuring the GEMM rate", 2);
-    TRY(ts_comm_allreduce_f64(g->world, &r->peak, 1, TS_REDUCE_SUM, "GEMM rates"));
+    TRY(measure_job_peak(r));
     char(*places)[640] = calloc((size_t)g->size, sizeof *places);
     if (!places) return ts_error(TS_ERR_OOM, "no memory");
     char mine[640];
@@ -739,9 +790,11 @@ static ts_status report_start(run *r)
         fprintf(out, "layout   %s\n", layout);
         for (int i = 0; i < g->size; i++)
             if (g->size > 1 || r->bind.bound) fprintf(out, "rank %-3d %s\n", i, places[i]);
-        if (r->peak > 0)
-            fprintf(out, "MFU is measured against %s GEMM rate: %.1f GFLOP/s\n",
-                    g->size > 1 ? "the processes' summed" : "this device's", r->peak / 1e9);
+        if (r->peak > 0 && g->size > 1)
+            fprintf(out, "MFU is measured against the nodes' GEMM rate: %.1f GFLOP/s (each process measured alone on "
+                    "its cores, a node's sum capped at its %d cores)\n", r->peak / 1e9, r->node_cores);
+        else if (r->peak > 0)
+            fprintf(out, "MFU is measured against this device's GEMM rate: %.1f GFLOP/s\n", r->peak / 1e9);
         fflush(out); /* before the first step, also when stdout is a pipe */
     }
     if (!st && r->log) {
@@ -877,6 +930,7 @@ static ts_status train_loop(run *r)
      * --out), and at the end */
     int64_t save_every = c->ckpt_every > 0 ? c->ckpt_every : c->eval_every;
     for (int64_t step = r->state.step; step < c->steps; step++) {
+        ts_trace_step(step + 1);
         ts_status st = TS_OK;
         for (int64_t k = 0; k < c->grad_accum && !st; k++) {
             int64_t first = (step * c->grad_accum + k) * c->batch + g->dp_rank * bl;

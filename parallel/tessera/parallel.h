@@ -178,9 +178,12 @@ const char *ts_watchdog_last_report(void);
 /* ---- trace timeline (Chrome trace JSON, opens in Perfetto) ---- */
 void ts_trace_enable(int on);
 int ts_trace_enabled(void);
-/* Spans on this process's timeline; tid 0 compute, 1 communication. */
+/* Spans on this process's timeline; tid 0 compute, 1 communication, 2
+ * set-up (communication before the first step goes there too). */
 int64_t ts_trace_begin(void);
 void ts_trace_end(int64_t start_us, const char *cat, const char *name, int tid);
+/* The training step the spans that follow belong to (-1: set-up). */
+void ts_trace_step(int64_t step);
 /* Gather every rank's events to world rank 0 and write one file there. */
 ts_status ts_trace_write(const char *path);
 

@@ -11,5 +11,6 @@
 #include "tessera/optimizer.h"
 #include "tessera/checkpoint.h"
 #include "tessera/generate.h"
+#include "tessera/convert.h"
 
 #endif
