@@ -447,17 +447,21 @@ static ts_status load(report *r, const char *path)
                 const ts_json *fk = r->files[__builtin_ctzll(r->devs[k].files)];
                 if (!strcmp(str(fk, "host"), str(j, "host")) && !strcmp(str(r->devs[k].info, "id"), str(info, "id")) &&
                     !strchr(r->devs[k].key, '#')) {
-                    char old[160];
+                    char old[sizeof r->devs[k].key];
                     snprintf(old, sizeof old, "%s", r->devs[k].key);
                     snprintf(r->devs[k].key, sizeof r->devs[k].key, "%.160s #1 (%.10s)", old, str(fk, "date"));
-                    snprintf(r->devs[k].label, sizeof r->devs[k].label, "%s: %s", r->devs[k].key,
-                             str(r->devs[k].info, "name"));
+                    memcpy(old, r->devs[k].key, sizeof old);
+                    old[sizeof old - 1] = 0;
+                    snprintf(r->devs[k].label, sizeof r->devs[k].label, "%s: %s", old, str(r->devs[k].info, "name"));
                 }
             }
         } else {
             snprintf(d->key, sizeof d->key, "%s/%s", str(j, "host"), str(d->info, "id"));
         }
-        snprintf(d->label, sizeof d->label, "%s: %s", d->key, str(d->info, "name"));
+        /* through a copy: GCC cannot tell that the name is not inside *d */
+        char key[sizeof d->key];
+        memcpy(key, d->key, sizeof key);
+        snprintf(d->label, sizeof d->label, "%s: %s", key, str(d->info, "name"));
     }
     return TS_OK;
 }

@@ -1014,7 +1014,8 @@ static ts_status finish_run(run *r)
         if (r->verbose) fprintf(r->out, "timeline of every rank in %s (open it in Perfetto or chrome://tracing)\n",
                                 c->trace_path);
     }
-    if (!res->interrupted && done > 0 && (r->verbose || !c->data[0])) {
+    /* the same choice on every rank: gathering the model is collective */
+    if (!res->interrupted && done > 0 && (c->progress || !c->data[0])) {
         ts_gpt whole, *shown = &r->m;
         int gathered = g->tp > 1 || g->pp > 1;
         if (gathered) {
