@@ -50,6 +50,8 @@ struct ts_block {
  *  MERGE_HEADS           out[B,T,K*NH*HS]                      inp[K,B,NH,T,HS]
  *  SOFTMAX_CAUSAL_FWD    att[BH,T,T]                           preatt
  *  SOFTMAX_CAUSAL_BWD    dpreatt                               att       datt
+ *  SOFTMAX_MASKED_FWD    att[BH,T,T]                           preatt    lengths[BH/NH] (i32)
+ *  SOFTMAX_MASKED_BWD    dpreatt (whole rows)                  att       datt
  *  CROSS_ENTROPY         losses|NULL   probs|NULL  dlogits|NULL logits[N,V] targets[N]|NULL
  *  CE_SHARD phase 0      rowmax[N]     tgt[N]                  logits[N,Vl] targets
  *  CE_SHARD phase 1      sumexp[N]                             logits    rowmax
@@ -61,9 +63,9 @@ struct ts_block {
  *  FMA_LOOP              x (in place: x = x*a + b, repeated)
  *
  * Aliasing allowed: ADD out with a or b; SCALE, GELU_FWD, GELU_BWD (dinp with dout),
- * SOFTMAX_CAUSAL_BWD (dpreatt with datt), CROSS_ENTROPY (probs or dlogits
- * with logits), CE_SHARD phase 3 (dlogits with logits). Nothing else
- * aliases. */
+ * SOFTMAX_CAUSAL_BWD and SOFTMAX_MASKED_BWD (dpreatt with datt), SOFTMAX_MASKED_FWD
+ * (att with preatt), CROSS_ENTROPY (probs or dlogits with logits), CE_SHARD
+ * phase 3 (dlogits with logits). Nothing else aliases. */
 typedef enum ts_op_kind {
     TS_OP_FILL = 0,
     TS_OP_ADD,
@@ -87,6 +89,8 @@ typedef enum ts_op_kind {
     TS_OP_OPTIM_UPDATE,
     TS_OP_TRIAD,
     TS_OP_FMA_LOOP,
+    TS_OP_SOFTMAX_MASKED_FWD,
+    TS_OP_SOFTMAX_MASKED_BWD,
     TS_OP_COUNT
 } ts_op_kind;
 
@@ -117,7 +121,12 @@ typedef struct ts_op {
         } gemm;
         struct { int64_t N, C; bool accumulate; } sum_rows;
         struct { int64_t B, T, K, NH, HS; } heads;
-        struct { int64_t BH, T; float scale; } softmax;
+        struct {
+            int64_t BH, T;
+            float scale;
+            int64_t NH;            /* MASKED_FWD: row block bh reads lengths[bh / NH] */
+            bool causal;           /* MASKED_FWD: also keys s <= t only */
+        } softmax;
         struct {
             int64_t N, V;
             float scale;           /* dlogits = scale * (softmax - onehot) */

@@ -39,6 +39,8 @@ const char *ts_op_kind_name(ts_op_kind kind)
         [TS_OP_OPTIM_UPDATE] = "optimizer_update",
         [TS_OP_TRIAD] = "triad",
         [TS_OP_FMA_LOOP] = "fma_loop",
+        [TS_OP_SOFTMAX_MASKED_FWD] = "softmax_masked_forward",
+        [TS_OP_SOFTMAX_MASKED_BWD] = "softmax_masked_backward",
     };
     if ((int)kind < 0 || kind >= TS_OP_COUNT) return "?";
     return names[kind];
@@ -573,10 +575,11 @@ ts_status ts_softmax_causal_forward(ts_tensor *att, const ts_tensor *preatt, flo
     return dispatch(name, &op);
 }
 
-ts_status ts_softmax_causal_backward(ts_tensor *dpreatt, const ts_tensor *att,
-                                     const ts_tensor *datt, float scale)
+/* The softmax backward is the same for every mask: masked-out entries have
+ * att = 0 and so get no gradient. */
+static ts_status softmax_backward(const char *name, ts_op_kind kind, ts_tensor *dpreatt, const ts_tensor *att,
+                                  const ts_tensor *datt, float scale)
 {
-    const char *name = "ts_softmax_causal_backward";
     TRY(need(name, "dpreatt", dpreatt, TS_F32));
     TRY(need(name, "att", att, TS_F32));
     TRY(need(name, "datt", datt, TS_F32));
@@ -585,7 +588,7 @@ ts_status ts_softmax_causal_backward(ts_tensor *dpreatt, const ts_tensor *att,
     TRY(need_numel(name, "datt", datt, BH * T * T));
     TRY(need_numel(name, "dpreatt", dpreatt, BH * T * T));
     if (BH * T == 0) return TS_OK;
-    ts_op op = op_new(TS_OP_SOFTMAX_CAUSAL_BWD);
+    ts_op op = op_new(kind);
     op.out[0] = dpreatt;
     op.in[0] = att;
     op.in[1] = datt;
@@ -593,6 +596,44 @@ ts_status ts_softmax_causal_backward(ts_tensor *dpreatt, const ts_tensor *att,
     op.p.softmax.T = T;
     op.p.softmax.scale = scale;
     return dispatch(name, &op);
+}
+
+ts_status ts_softmax_causal_backward(ts_tensor *dpreatt, const ts_tensor *att,
+                                     const ts_tensor *datt, float scale)
+{
+    return softmax_backward("ts_softmax_causal_backward", TS_OP_SOFTMAX_CAUSAL_BWD, dpreatt, att, datt, scale);
+}
+
+ts_status ts_softmax_masked_forward(ts_tensor *att, const ts_tensor *preatt, const ts_tensor *lengths,
+                                    int64_t NH, float scale, bool causal)
+{
+    const char *name = "ts_softmax_masked_forward";
+    TRY(need(name, "att", att, TS_F32));
+    TRY(need(name, "preatt", preatt, TS_F32));
+    TRY(need(name, "lengths", lengths, TS_I32));
+    int64_t BH = 0, T = 0;
+    TRY(softmax_shape(name, preatt, &BH, &T));
+    TRY(need_numel(name, "att", att, BH * T * T));
+    if (NH < 1 || BH % NH != 0)
+        return ts_error(TS_ERR_SHAPE, "%s: %lld score blocks are not a whole number of batches of %lld heads", name,
+                        (long long)BH, (long long)NH);
+    TRY(need_numel(name, "lengths", lengths, BH / NH));
+    if (BH * T == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_SOFTMAX_MASKED_FWD);
+    op.out[0] = att;
+    op.in[0] = preatt;
+    op.in[1] = lengths;
+    op.p.softmax.BH = BH;
+    op.p.softmax.T = T;
+    op.p.softmax.scale = scale;
+    op.p.softmax.NH = NH;
+    op.p.softmax.causal = causal;
+    return dispatch(name, &op);
+}
+
+ts_status ts_softmax_masked_backward(ts_tensor *dpreatt, const ts_tensor *att, const ts_tensor *datt, float scale)
+{
+    return softmax_backward("ts_softmax_masked_backward", TS_OP_SOFTMAX_MASKED_BWD, dpreatt, att, datt, scale);
 }
 
 ts_status ts_attention_ws_alloc(ts_attention_ws *ws, ts_device *dev, int64_t B, int64_t T,
@@ -640,7 +681,11 @@ ts_status ts_attention_forward(ts_tensor *out, const ts_tensor *qkv, ts_attentio
     TRY(ts_split_heads(&ws->qkvh, qkv, B, T, 3, NH));
     TRY(qkv_views(&ws->qkvh, ws, h));
     TRY(ts_matmul(&ws->att, &h[0], &h[1], false, true, 1.0f, 0.0f));
-    TRY(ts_softmax_causal_forward(&ws->att, &ws->att, 1.0f / sqrtf((float)HS)));
+    if (ws->key_len || ws->bidirectional) {
+        if (!ws->key_len) return ts_error(TS_ERR_INVALID_ARG, "bidirectional attention needs the sequence lengths");
+        TRY(ts_softmax_masked_forward(&ws->att, &ws->att, ws->key_len, NH, 1.0f / sqrtf((float)HS), !ws->bidirectional));
+    } else
+        TRY(ts_softmax_causal_forward(&ws->att, &ws->att, 1.0f / sqrtf((float)HS)));
     TRY(ts_matmul(&ws->y, &ws->att, &h[2], false, false, 1.0f, 0.0f));
     return ts_merge_heads(out, &ws->y, B, T, 1, NH);
 }
@@ -655,7 +700,8 @@ ts_status ts_attention_backward(ts_tensor *dqkv, const ts_tensor *dout, ts_atten
     TRY(ts_split_heads(dy, dout, B, T, 1, NH));
     TRY(ts_matmul(&ws->scratch, dy, &h[2], false, true, 1.0f, 0.0f));    /* datt */
     TRY(ts_matmul(&dh[2], &ws->att, dy, true, false, 1.0f, 0.0f));       /* dv */
-    TRY(ts_softmax_causal_backward(&ws->scratch, &ws->att, &ws->scratch, 1.0f / sqrtf((float)HS)));
+    if (ws->key_len) TRY(ts_softmax_masked_backward(&ws->scratch, &ws->att, &ws->scratch, 1.0f / sqrtf((float)HS)));
+    else TRY(ts_softmax_causal_backward(&ws->scratch, &ws->att, &ws->scratch, 1.0f / sqrtf((float)HS)));
     TRY(ts_matmul(&dh[0], &ws->scratch, &h[1], false, false, 1.0f, 0.0f)); /* dq */
     TRY(ts_matmul(&dh[1], &ws->scratch, &h[0], true, false, 1.0f, 0.0f));  /* dk */
     return ts_merge_heads(dqkv, &ws->dqkvh, B, T, 3, NH);

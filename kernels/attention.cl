@@ -1,4 +1,5 @@
-/* Attention helpers: head permutes and the causal softmax. */
+/* Attention helpers: head permutes, the causal softmax and the softmax over
+ * a padded batch's keys (masked, causal or not). */
 
 /* packed [B,T,K,NH,HS] <-> heads [K,B,NH,T,HS]. Item (d, r) moves element d
  * of head-row r; groups span a row (contiguous on every device). Index
@@ -57,4 +58,50 @@ __kernel void softmax_causal_backward(__global float *dpre, ulong dpo, __global 
     ROW_FOR(s, t + 1) dot += a[s] * d[s];
     dot = wg_sum(dot, scratch);
     ROW_FOR(s, T) o[s] = s <= t ? scale * a[s] * (d[s] - dot) : 0.0f;
+}
+
+/* One group per row (bh, t): softmax of scale*x over the keys s < the
+ * sequence's length (lengths[bh / NH], clamped to [0, T]) and, if causal,
+ * s <= t; zeros elsewhere. att may be preatt. The key count is the same for
+ * every item of the group, so the loops stay uniform. */
+__kernel void softmax_masked_forward(__global float *att, ulong ao, __global const float *preatt, ulong po,
+                                     __global const int *lengths, ulong lo, long rows, long T, long NH,
+                                     float scale, int causal)
+{
+    __local float scratch[ROW_WG];
+    long row = get_group_id(0);
+    int lid = (int)get_local_id(0);
+    if (row >= rows) return;
+    /* row = bh * T + t, as a quotient and a product: with both row / T and
+     * row % T, LLVM pairs them through a `freeze`, which oclgrind cannot run */
+    long bh = row / T, t = row - bh * T, len = lengths[lo + bh / NH];
+    long end = len < 0 ? 0 : len > T ? T : len;
+    if (causal && end > t + 1) end = t + 1;
+    __global const float *x = preatt + po + row * T;
+    __global float *o = att + ao + row * T;
+    float m = -INFINITY;
+    ROW_FOR(s, end) m = fmax(m, scale * x[s]);
+    m = wg_max(m, scratch);
+    float sum = 0.0f;
+    ROW_FOR(s, end) sum += exp(scale * x[s] - m);
+    sum = wg_sum(sum, scratch);
+    float inv = end > 0 ? 1.0f / sum : 0.0f;
+    ROW_FOR(s, T) o[s] = s < end ? exp(scale * x[s] - m) * inv : 0.0f;
+}
+
+/* The softmax backward over whole rows: dpreatt = scale * att * (datt -
+ * sum_s att*datt); masked keys have att = 0. dpreatt may be datt. */
+__kernel void softmax_masked_backward(__global float *dpre, ulong dpo, __global const float *att, ulong ao,
+                                      __global const float *datt, ulong dao, long rows, long T, float scale)
+{
+    __local float scratch[ROW_WG];
+    long row = get_group_id(0);
+    int lid = (int)get_local_id(0);
+    if (row >= rows) return;
+    __global const float *a = att + ao + row * T, *d = datt + dao + row * T;
+    __global float *o = dpre + dpo + row * T;
+    float dot = 0.0f;
+    ROW_FOR(s, T) dot += a[s] * d[s];
+    dot = wg_sum(dot, scratch);
+    ROW_FOR(s, T) o[s] = scale * a[s] * (d[s] - dot);
 }

@@ -178,6 +178,12 @@ void ref_softmax_causal_backward(double *dpre, const double *att, const double *
 void ref_attention_forward(double *out, const double *qkv, int64_t B, int64_t T, int64_t C,
                            int64_t NH)
 {
+    ref_attention_masked_forward(out, qkv, B, T, C, NH, NULL, true);
+}
+
+void ref_attention_masked_forward(double *out, const double *qkv, int64_t B, int64_t T, int64_t C,
+                                  int64_t NH, const int32_t *lengths, bool causal)
+{
     int64_t HS = C / NH;
     double scale = 1.0 / sqrt((double)HS);
     double *w = malloc((size_t)T * sizeof *w);
@@ -185,23 +191,49 @@ void ref_attention_forward(double *out, const double *qkv, int64_t B, int64_t T,
         for (int64_t t = 0; t < T; t++)
             for (int64_t h = 0; h < NH; h++) {
                 const double *q = qkv + (b * T + t) * 3 * C + h * HS;
+                int64_t end = lengths ? (lengths[b] < 0 ? 0 : lengths[b] > T ? T : lengths[b]) : T;
+                if (causal && end > t + 1) end = t + 1;
                 double m = -INFINITY, s = 0.0;
-                for (int64_t u = 0; u <= t; u++) {
+                for (int64_t u = 0; u < end; u++) {
                     const double *k = qkv + (b * T + u) * 3 * C + C + h * HS;
                     double dot = 0.0;
                     for (int64_t d = 0; d < HS; d++) dot += q[d] * k[d];
                     w[u] = dot * scale;
                     m = fmax(m, w[u]);
                 }
-                for (int64_t u = 0; u <= t; u++) s += (w[u] = exp(w[u] - m));
+                for (int64_t u = 0; u < end; u++) s += (w[u] = exp(w[u] - m));
                 double *o = out + (b * T + t) * C + h * HS;
                 for (int64_t d = 0; d < HS; d++) o[d] = 0.0;
-                for (int64_t u = 0; u <= t; u++) {
+                for (int64_t u = 0; u < end; u++) {
                     const double *v = qkv + (b * T + u) * 3 * C + 2 * C + h * HS;
                     for (int64_t d = 0; d < HS; d++) o[d] += w[u] / s * v[d];
                 }
             }
     free(w);
+}
+
+void ref_softmax_masked_forward(double *att, const double *pre, const int32_t *lengths, int64_t BH, int64_t NH,
+                                int64_t T, double scale, bool causal)
+{
+    for (int64_t r = 0; r < BH * T; r++) {
+        int64_t t = r % T, len = lengths[r / T / NH];
+        int64_t end = len < 0 ? 0 : len > T ? T : len;
+        if (causal && end > t + 1) end = t + 1;
+        double m = -INFINITY, s = 0.0;
+        for (int64_t j = 0; j < end; j++) m = fmax(m, scale * pre[r * T + j]);
+        for (int64_t j = 0; j < end; j++) s += exp(scale * pre[r * T + j] - m);
+        for (int64_t j = 0; j < T; j++) att[r * T + j] = j < end ? exp(scale * pre[r * T + j] - m) / s : 0.0;
+    }
+}
+
+void ref_softmax_masked_backward(double *dpre, const double *att, const double *datt, int64_t BH, int64_t T,
+                                 double scale)
+{
+    for (int64_t r = 0; r < BH * T; r++) {
+        double dot = 0.0;
+        for (int64_t j = 0; j < T; j++) dot += att[r * T + j] * datt[r * T + j];
+        for (int64_t j = 0; j < T; j++) dpre[r * T + j] = scale * att[r * T + j] * (datt[r * T + j] - dot);
+    }
 }
 
 void ref_cross_entropy(double *losses, double *probs, double *dlogits, const double *logits,

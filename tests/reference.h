@@ -43,6 +43,16 @@ void ref_softmax_causal_backward(double *dpre, const double *att, const double *
 /* Whole causal attention: out[B,T,C] from qkv[B,T,3C]. */
 void ref_attention_forward(double *out, const double *qkv, int64_t B, int64_t T, int64_t C,
                            int64_t NH);
+/* Attention over the keys of a padded batch: s < lengths[b] (lengths NULL:
+ * all T), and s <= t when causal. */
+void ref_attention_masked_forward(double *out, const double *qkv, int64_t B, int64_t T, int64_t C,
+                                  int64_t NH, const int32_t *lengths, bool causal);
+/* Softmax over keys s < lengths[bh / NH] (and s <= t when causal); its
+ * backward over whole rows. */
+void ref_softmax_masked_forward(double *att, const double *pre, const int32_t *lengths, int64_t BH, int64_t NH,
+                                int64_t T, double scale, bool causal);
+void ref_softmax_masked_backward(double *dpre, const double *att, const double *datt, int64_t BH, int64_t T,
+                                 double scale);
 
 void ref_cross_entropy(double *losses, double *probs, double *dlogits, const double *logits,
                        const int32_t *targets, int64_t N, int64_t V, double scale);

@@ -480,6 +480,49 @@ static void conf_softmax(void *argp)
     free(x), free(d), free(dx), free(dd), free(ref), free(att);
 }
 
+/* ---- masked softmax: p = B, NH, T, causal, in_place, backward; lengths
+ * from 0 to T+1 (clamped) ---- */
+
+static void conf_softmax_masked(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t B = a->p[0], NH = a->p[1], T = a->p[2], BH = B * NH, n = BH * T * T;
+    int causal = (int)a->p[3], in_place = (int)a->p[4], backward = (int)a->p[5];
+    float scale = 0.35f;
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = rand_floats(&r, n, -4, 4), *d = rand_floats(&r, n, -1, 1);
+    int32_t *len = rand_ints(&r, B, 0, (int32_t)T + 2);
+    len[0] = (int32_t)T; /* one full sequence */
+    if (B > 2) len[1] = 0; /* one without keys */
+    double *dx = to_double(x, n), *dd = to_double(d, n), *ref = malloc((size_t)n * sizeof *ref);
+    double *att = malloc((size_t)n * sizeof *att);
+    ref_softmax_masked_forward(att, dx, len, BH, NH, T, scale, causal);
+    ts_tensor tin, td, tl;
+    guarded g;
+    REQUIRE_OK(upload(&tl, a->dev, TS_I32, TS_SHAPE(B), len));
+    if (!backward) {
+        REQUIRE_OK(upload(&tin, a->dev, TS_F32, TS_SHAPE(BH, T, T), x));
+        REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(BH, T, T), in_place ? x : NULL));
+        REQUIRE_OK(ts_softmax_masked_forward(&g.t, in_place ? &g.t : &tin, &tl, NH, scale, causal));
+        expect_output("softmax_masked_forward", &g, att, TOL_REDUCE);
+    } else {
+        float *fatt = malloc((size_t)n * sizeof *fatt);
+        for (int64_t i = 0; i < n; i++) fatt[i] = (float)att[i], att[i] = fatt[i];
+        REQUIRE_OK(upload(&tin, a->dev, TS_F32, TS_SHAPE(BH, T, T), fatt));
+        REQUIRE_OK(upload(&td, a->dev, TS_F32, TS_SHAPE(BH, T, T), d));
+        REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(BH, T, T), in_place ? d : NULL));
+        REQUIRE_OK(ts_softmax_masked_backward(&g.t, &tin, in_place ? &g.t : &td, scale));
+        ref_softmax_masked_backward(ref, att, dd, BH, T, scale);
+        expect_output("softmax_masked_backward", &g, ref, TOL_REDUCE);
+        ts_tensor_free(&td);
+        free(fatt);
+    }
+    guarded_free(&g);
+    ts_tensor_free(&tin), ts_tensor_free(&tl);
+    free(x), free(d), free(len), free(dx), free(dd), free(ref), free(att);
+}
+
 /* ---- attention (composite): p = B, T, C, NH ---- */
 
 static void conf_attention_fwd(void *argp)
@@ -503,6 +546,35 @@ static void conf_attention_fwd(void *argp)
     ts_attention_ws_free(&ws);
     guarded_free(&g);
     ts_tensor_free(&tq);
+}
+
+/* masked attention: lengths 1..T, causal or bidirectional */
+static void conf_attention_masked_fwd(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t B = a->p[0], T = a->p[1], C = a->p[2], NH = a->p[3];
+    int bidir = (int)a->p[4];
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *qkv = rand_floats(&r, B * T * 3 * C, -1, 1);
+    int32_t *len = rand_ints(&r, B, 1, (int32_t)T + 1);
+    ts_tensor tq, tl;
+    guarded g;
+    ts_attention_ws ws;
+    REQUIRE_OK(upload(&tq, a->dev, TS_F32, TS_SHAPE(B, T, 3 * C), qkv));
+    REQUIRE_OK(upload(&tl, a->dev, TS_I32, TS_SHAPE(B), len));
+    REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(B, T, C), NULL));
+    REQUIRE_OK(ts_attention_ws_alloc(&ws, a->dev, B, T, C, NH));
+    ws.key_len = &tl;
+    ws.bidirectional = bidir;
+    REQUIRE_OK(ts_attention_forward(&g.t, &tq, &ws));
+    double *dq = to_double(qkv, B * T * 3 * C), *ref = malloc((size_t)(B * T * C) * sizeof *ref);
+    ref_attention_masked_forward(ref, dq, B, T, C, NH, len, !bidir);
+    expect_output("attention_forward masked", &g, ref, TOL_GEMM);
+    free(qkv), free(len), free(dq), free(ref);
+    ts_attention_ws_free(&ws);
+    guarded_free(&g);
+    ts_tensor_free(&tq), ts_tensor_free(&tl);
 }
 
 /* ---- cross-entropy: p = N, V, outputs (1 losses 2 probs 4 dlogits), in_place ---- */
@@ -784,8 +856,14 @@ static const case_def cases[] = {
      {{1, 1, 0, 0}, {3, 17, 0, 0}, {8, 64, 1, 0}, {2, 130, 0, 0}}, 4},
     {"softmax_causal_backward", conf_softmax, "BH=%lld T=%lld in_place=%lld backward=%lld", 4,
      {{1, 1, 0, 1}, {3, 17, 0, 1}, {8, 64, 1, 1}, {2, 130, 0, 1}}, 4},
+    {"softmax_masked_forward", conf_softmax_masked, "B=%lld NH=%lld T=%lld causal=%lld in_place=%lld backward=%lld",
+     6, {{1, 1, 1, 0, 0, 0}, {3, 2, 17, 0, 0, 0}, {4, 2, 64, 1, 1, 0}, {2, 1, 130, 0, 1, 0}, {5, 3, 9, 1, 0, 0}}, 5},
+    {"softmax_masked_backward", conf_softmax_masked, "B=%lld NH=%lld T=%lld causal=%lld in_place=%lld backward=%lld",
+     6, {{1, 1, 1, 0, 0, 1}, {3, 2, 17, 0, 0, 1}, {4, 2, 64, 1, 1, 1}, {2, 1, 130, 0, 1, 1}}, 4},
     {"attention_forward", conf_attention_fwd, "B=%lld T=%lld C=%lld NH=%lld", 4,
      {{1, 1, 4, 1}, {2, 9, 12, 3}, {2, 32, 64, 4}}, 3},
+    {"attention_forward masked", conf_attention_masked_fwd, "B=%lld T=%lld C=%lld NH=%lld bidirectional=%lld", 5,
+     {{1, 1, 4, 1, 1}, {3, 9, 12, 3, 1}, {3, 9, 12, 3, 0}, {2, 32, 64, 4, 1}}, 4},
     {"cross_entropy", conf_cross_entropy, "N=%lld V=%lld outputs=%lld in_place=%lld", 4,
      {{1, 1, 7, 0}, {5, 33, 7, 0}, {9, 1000, 5, 0}, {4, 50257, 5, 0}, {6, 301, 1, 0},
       {6, 301, 5, 1}, {3, 77, 3, 1}},

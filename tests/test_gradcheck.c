@@ -239,6 +239,76 @@ static void grad_attention(void *arg)
     free(c.qkv), free(g), free(fd);
 }
 
+/* ---- masked softmax and attention over a padded batch ---- */
+
+typedef struct { double *x; const int32_t *len; int64_t BH, NH, T; double scale; int causal; } msm_ctx;
+static void msm_f(void *p, double *out)
+{
+    msm_ctx *c = p;
+    ref_softmax_masked_forward(out, c->x, c->len, c->BH, c->NH, c->T, c->scale, c->causal);
+}
+
+static void grad_softmax_masked(void *arg)
+{
+    ts_device *dev = arg;
+    int64_t B = 3, NH = 2, BH = B * NH, T = 6, n = BH * T * T;
+    int32_t len[3] = {6, 2, 4};
+    rng_t r;
+    rng_seed(&r, 19);
+    for (int causal = 0; causal < 2; causal++) {
+        msm_ctx c = {rand_doubles(&r, n, -3, 3), len, BH, NH, T, 0.5, causal};
+        double *g = rand_doubles(&r, n, -1, 1), *fd = malloc((size_t)n * sizeof *fd);
+        finite_diff(msm_f, &c, c.x, n, g, n, fd);
+        ts_tensor tx, tg, tl, tatt, tdx;
+        REQUIRE_OK(upload_d(&tx, dev, TS_SHAPE(BH, T, T), c.x));
+        REQUIRE_OK(upload_d(&tg, dev, TS_SHAPE(BH, T, T), g));
+        REQUIRE_OK(upload(&tl, dev, TS_I32, TS_SHAPE(B), len));
+        REQUIRE_OK(ts_tensor_alloc(&tatt, dev, TS_F32, TS_SHAPE(BH, T, T)));
+        REQUIRE_OK(ts_tensor_alloc(&tdx, dev, TS_F32, TS_SHAPE(BH, T, T)));
+        REQUIRE_OK(ts_softmax_masked_forward(&tatt, &tx, &tl, NH, 0.5f, causal));
+        REQUIRE_OK(ts_softmax_masked_backward(&tdx, &tatt, &tg, 0.5f));
+        expect_grad(causal ? "softmax_masked (causal) dpreatt" : "softmax_masked dpreatt", &tdx, fd);
+        ts_tensor_free(&tx), ts_tensor_free(&tg), ts_tensor_free(&tl), ts_tensor_free(&tatt), ts_tensor_free(&tdx);
+        free(c.x), free(g), free(fd);
+    }
+}
+
+typedef struct { double *qkv; const int32_t *len; int64_t B, T, C, NH; } matt_ctx;
+static void matt_f(void *p, double *out)
+{
+    matt_ctx *c = p;
+    ref_attention_masked_forward(out, c->qkv, c->B, c->T, c->C, c->NH, c->len, false);
+}
+
+static void grad_attention_bidirectional(void *arg)
+{
+    ts_device *dev = arg;
+    int64_t B = 2, T = 5, C = 8, NH = 2;
+    int32_t len[2] = {3, 5};
+    rng_t r;
+    rng_seed(&r, 20);
+    matt_ctx c = {rand_doubles(&r, B * T * 3 * C, -1, 1), len, B, T, C, NH};
+    double *g = rand_doubles(&r, B * T * C, -1, 1);
+    double *fd = malloc((size_t)(B * T * 3 * C) * sizeof *fd);
+    finite_diff(matt_f, &c, c.qkv, B * T * 3 * C, g, B * T * C, fd);
+    ts_tensor tq, tg, tl, to, tdq;
+    ts_attention_ws ws;
+    REQUIRE_OK(upload_d(&tq, dev, TS_SHAPE(B, T, 3 * C), c.qkv));
+    REQUIRE_OK(upload_d(&tg, dev, TS_SHAPE(B, T, C), g));
+    REQUIRE_OK(upload(&tl, dev, TS_I32, TS_SHAPE(B), len));
+    REQUIRE_OK(ts_tensor_alloc(&to, dev, TS_F32, TS_SHAPE(B, T, C)));
+    REQUIRE_OK(ts_tensor_alloc(&tdq, dev, TS_F32, TS_SHAPE(B, T, 3 * C)));
+    REQUIRE_OK(ts_attention_ws_alloc(&ws, dev, B, T, C, NH));
+    ws.key_len = &tl;
+    ws.bidirectional = true;
+    REQUIRE_OK(ts_attention_forward(&to, &tq, &ws));
+    REQUIRE_OK(ts_attention_backward(&tdq, &tg, &ws));
+    expect_grad("bidirectional attention dqkv", &tdq, fd);
+    ts_attention_ws_free(&ws);
+    ts_tensor_free(&tq), ts_tensor_free(&tg), ts_tensor_free(&tl), ts_tensor_free(&to), ts_tensor_free(&tdq);
+    free(c.qkv), free(g), free(fd);
+}
+
 /* ---- embedding ---- */
 
 typedef struct { double *wte, *wpe; int32_t *tok; int64_t N, T, C, V; } emb_ctx;
@@ -341,6 +411,8 @@ int main(int argc, char **argv)
         {"linear backward matches finite differences", grad_linear},
         {"causal softmax backward matches finite differences", grad_softmax},
         {"attention backward matches finite differences", grad_attention},
+        {"masked softmax backward matches finite differences", grad_softmax_masked},
+        {"bidirectional attention over a padded batch matches finite differences", grad_attention_bidirectional},
         {"embedding backward matches finite differences", grad_embedding},
         {"cross-entropy gradient matches finite differences", grad_cross_entropy},
         {"merge_heads is split_heads' gradient", grad_split_heads},

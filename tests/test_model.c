@@ -1,7 +1,9 @@
 /* The GPT model: whole-model gradients against finite differences of a
  * double-precision host model, agreement between devices, gradient
  * accumulation, weight files and their validation, optimizer decay and the
- * learning-rate schedule. */
+ * learning-rate schedule. Then the sequence classifier on its trunk: its
+ * loss and every gradient against the double-precision classifier, and
+ * padding that changes nothing. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +11,7 @@
 #include <unistd.h>
 
 #include "reference_model.h"
+#include "tessera/classifier.h"
 #include "testutil.h"
 
 static const ts_gpt_config tiny = {.vocab_size = 13, .max_seq_len = 8, .n_layer = 2, .n_head = 2, .n_embd = 8};
@@ -376,17 +379,136 @@ TEST(learning_rate_warms_up_then_follows_a_cosine)
     EXPECT(ts_clip_scale(2.0, 1.0f) == 0.5f && ts_clip_scale(0.5, 1.0f) == 1.0f && ts_clip_scale(9, 0) == 1.0f);
 }
 
+/* ---- the classifier: the trunk, pooling over real tokens, the head ---- */
+
+typedef struct cls_case {
+    ts_device *dev;
+    ts_pool pool;
+    int bidirectional;
+} cls_case;
+
+/* A classifier with random parameters (also in *host, malloc'ed). */
+static ts_status classifier_create_random(ts_classifier *c, const cls_case *k, uint64_t seed, float **hostp)
+{
+    ts_classifier_config cfg = {.gpt = tiny, .n_classes = 3, .pool = k->pool, .bidirectional = k->bidirectional};
+    ts_status st = ts_classifier_create(c, k->dev, &cfg);
+    if (st) return st;
+    float *host = *hostp = malloc((size_t)c->num_params * sizeof *host);
+    rng_t r;
+    rng_seed(&r, seed);
+    for (int i = 0; i < c->trunk.ntensors; i++) {
+        const ts_gpt_tensor *p = &c->trunk.tensors[i];
+        int gain = p->kind == TS_GPT_LN1W || p->kind == TS_GPT_LN2W || p->kind == TS_GPT_LNFW;
+        for (int64_t e = 0; e < p->rows * p->cols; e++)
+            host[p->offset + e] = gain ? rng_uniform(&r, 0.7f, 1.3f) : rng_uniform(&r, -0.4f, 0.4f);
+    }
+    for (int64_t e = c->head_offset; e < c->num_params; e++) host[e] = rng_uniform(&r, -1.0f, 1.0f);
+    return ts_tensor_write(&c->params, host, (size_t)c->num_params * sizeof *host);
+}
+
+/* The loss of ts_classifier (forward, the class-weighted cross-entropy,
+ * backward) and every parameter's gradient against the double-precision
+ * classifier and its central differences, on a padded batch of three
+ * sequences of different lengths (padding with random tokens). */
+static void classifier_grads_match_finite_differences(void *arg)
+{
+    const cls_case *k = arg;
+    enum { B = 3, T = 6, K = 3 };
+    ts_classifier c;
+    float *hp;
+    REQUIRE_OK(classifier_create_random(&c, k, 31, &hp));
+    int64_t n = c.num_params;
+    float *hg = malloc((size_t)n * sizeof *hg);
+    int32_t tok[B * T], len[B] = {6, 2, 4}, labels[B] = {2, 0, 1};
+    float w[B] = {0.5f, 2.0f, 1.0f};
+    double wd[B] = {0.5, 2.0, 1.0}, W = 3.5;
+    rng_t r;
+    rng_seed(&r, 32);
+    for (int i = 0; i < B * T; i++) tok[i] = (int32_t)(rng_next(&r) % (uint64_t)tiny.vocab_size);
+    float logits[B * K], dlogits[B * K];
+    double lsum;
+    REQUIRE_OK(ts_classifier_forward(&c, tok, len, B, T, logits));
+    ts_classifier_cross_entropy(logits, B, K, labels, w, 1.0 / W, &lsum, dlogits, NULL);
+    REQUIRE_OK(ts_classifier_backward(&c, dlogits));
+    REQUIRE_OK(ts_tensor_read(&c.grads, hg, (size_t)n * sizeof *hg));
+    double *dp = to_double(hp, n), *fd = malloc((size_t)n * sizeof *fd), ref_logits[B * K];
+    double loss = lsum / W, ref_loss = ref_classifier_loss(&c, dp, tok, len, labels, wd, B, T, ref_logits);
+    check_close("logits", logits, ref_logits, B * K, 1e-10);
+    EXPECTF(fabs(loss - ref_loss) < 1e-5 * fabs(ref_loss), "loss %.9g vs double %.9g", loss, ref_loss);
+    const double h = 1e-6;
+    for (int64_t i = 0; i < n; i++) {
+        double keep = dp[i];
+        dp[i] = keep + h;
+        double lp = ref_classifier_loss(&c, dp, tok, len, labels, wd, B, T, NULL);
+        dp[i] = keep - h;
+        double lm = ref_classifier_loss(&c, dp, tok, len, labels, wd, B, T, NULL);
+        dp[i] = keep;
+        fd[i] = (lp - lm) / (2 * h);
+    }
+    for (int i = 0; i < c.trunk.ntensors; i++) {
+        const ts_gpt_tensor *p = &c.trunk.tensors[i];
+        char what[160], name[96];
+        snprintf(what, sizeof what, "gradient of %s", ts_gpt_tensor_name(p->kind, p->layer, name, sizeof name));
+        check_close(what, hg + p->offset, fd + p->offset, p->rows * p->cols, 1e-10);
+    }
+    check_close("gradient of score.weight", hg + c.head_offset, fd + c.head_offset, K * tiny.n_embd, 1e-10);
+    check_close("gradient of score.bias", hg + c.head_offset + K * tiny.n_embd, fd + c.head_offset + K * tiny.n_embd,
+                K, 1e-10);
+    th_note("loss %.9g (double %.9g); gradient NMSE against finite differences %.2e over %lld parameters", loss,
+            ref_loss, nmse(hg, fd, n), (long long)n);
+    free(hp), free(hg), free(dp), free(fd);
+    ts_classifier_free(&c);
+}
+
+/* Each sequence of a padded batch gets the logits it gets alone, whatever
+ * the padding tokens. */
+static void classifier_padding_changes_nothing(void *arg)
+{
+    const cls_case *k = arg;
+    enum { B = 3, T = 7, K = 3 };
+    ts_classifier c;
+    float *hp;
+    REQUIRE_OK(classifier_create_random(&c, k, 41, &hp));
+    int32_t tok[B * T], len[B] = {3, 7, 1};
+    rng_t r;
+    rng_seed(&r, 42);
+    for (int i = 0; i < B * T; i++) tok[i] = (int32_t)(rng_next(&r) % (uint64_t)tiny.vocab_size);
+    float batch[B * K], alone[B * K];
+    REQUIRE_OK(ts_classifier_forward(&c, tok, len, B, T, batch));
+    for (int b = 0; b < B; b++) REQUIRE_OK(ts_classifier_forward(&c, tok + b * T, &len[b], 1, len[b], alone + b * K));
+    double *ref = to_double(alone, B * K);
+    check_close("padded batch's logits against each sequence alone", batch, ref, B * K, 1e-12);
+    for (int i = 0; i < B * T; i++) /* other padding tokens */
+        if (i % T >= len[i / T]) tok[i] = (tok[i] + 5) % (int32_t)tiny.vocab_size;
+    REQUIRE_OK(ts_classifier_forward(&c, tok, len, B, T, alone));
+    check_close("logits with other padding tokens", alone, ref, B * K, 1e-12);
+    free(ref), free(hp);
+    ts_classifier_free(&c);
+}
+
 int main(int argc, char **argv)
 {
     th_header_devices();
     for (int d = 0; d < ts_device_count(); d++) {
-        char name[128];
+        char name[256];
         snprintf(name, sizeof name, "whole-model gradients match finite differences on %s",
                  ts_device_get_info(ts_device_at(d))->id);
         th_add(name, grads_match_finite_differences, ts_device_at(d));
         snprintf(name, sizeof name, "fused forward_backward equals forward then backward on %s",
                  ts_device_get_info(ts_device_at(d))->id);
         th_add(name, fused_forward_backward_matches, ts_device_at(d));
+        for (int v = 0; v < 4; v++) {
+            cls_case *k = malloc(sizeof *k), *k2 = malloc(sizeof *k2);
+            *k = (cls_case){ts_device_at(d), v & 1 ? TS_POOL_MEAN : TS_POOL_LAST, v >> 1};
+            *k2 = *k;
+            const char *how = v >> 1 ? "bidirectional" : "causal";
+            snprintf(name, sizeof name, "classifier gradients (%s pooling, %s attention, padded batch, class weights) "
+                     "match finite differences on %s", ts_pool_name(k->pool), how, ts_device_get_info(ts_device_at(d))->id);
+            th_add_owned(name, classifier_grads_match_finite_differences, k);
+            snprintf(name, sizeof name, "classifier logits (%s pooling, %s attention) ignore padding on %s",
+                     ts_pool_name(k->pool), how, ts_device_get_info(ts_device_at(d))->id);
+            th_add_owned(name, classifier_padding_changes_nothing, k2);
+        }
     }
     TH_ADD(initial_loss_is_near_log_vocabulary);
     TH_ADD(gradient_accumulation_equals_one_big_batch);

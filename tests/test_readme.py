@@ -147,6 +147,19 @@ def check_convert(body, work, ctx):
     sh("build/tessera eval --checkpoint from-hf --data ../shared/data/debian-packages-train.jsonl", work)
 
 
+def check_classify(body, work, ctx):
+    body = shorten(body, [("--width 128", "--width 32"), ("--steps 800", "--steps 6"), ("--epochs 4", "--epochs 1"),
+                          ("--max-len 48", "--max-len 16")])
+    out = sh(body, work)
+    assert re.search(r"^accuracy\s+[0-9.]+\s+588", out, re.M), out
+    assert re.search(r"^macro avg", out, re.M), out
+    rows = [json.loads(l) for l in open(os.path.join(work, "predictions.jsonl"))]
+    assert len(rows) == 588, len(rows)
+    for r in rows[:20]:
+        assert r["label"] in ("games", "graphics", "net", "science", "sound"), r
+        assert abs(sum(r["probabilities"].values()) - 1) < 1e-4, r
+
+
 def check_transformers(body, work, ctx):
     try:
         import torch  # noqa: F401
@@ -239,6 +252,7 @@ BLOCKS = [
     ("train --init runs/shakespeare", "data", check_finetune),
     ("convert --to hf runs/debian", "data", check_convert),
     ("from transformers import GPT2LMHeadModel", "data", check_transformers),
+    ("classify train --train", "data", check_classify),
     ("#include <tessera/tessera.h>", "", check_c_api),
     ("liboclgrind-rt-icd.so", "", check_oclgrind),
     ("mpirun -np 4", "data", check_mpirun),

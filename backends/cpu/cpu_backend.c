@@ -144,6 +144,14 @@ static ts_status cpu_run_op(ts_device *dev, const ts_op *op)
         cpu_softmax_causal_backward(F(o[0]), F(in[0]), F(in[1]), op->p.softmax.BH,
                                     op->p.softmax.T, op->p.softmax.scale);
         break;
+    case TS_OP_SOFTMAX_MASKED_FWD:
+        cpu_softmax_masked_forward(F(o[0]), F(in[0]), I(in[1]), op->p.softmax.BH, op->p.softmax.NH,
+                                   op->p.softmax.T, op->p.softmax.scale, op->p.softmax.causal);
+        break;
+    case TS_OP_SOFTMAX_MASKED_BWD:
+        cpu_softmax_masked_backward(F(o[0]), F(in[0]), F(in[1]), op->p.softmax.BH, op->p.softmax.T,
+                                    op->p.softmax.scale);
+        break;
     case TS_OP_CROSS_ENTROPY:
         cpu_cross_entropy(F(o[0]), F(o[1]), F(o[2]), F(in[0]), I(in[1]), op->p.cross_entropy.N,
                           op->p.cross_entropy.V, op->p.cross_entropy.scale);

@@ -281,6 +281,50 @@ TS_CLONES void cpu_softmax_causal_backward(float *dpreatt, const float *att, con
     }
 }
 
+/* Keys s < lengths[bh / NH] (and s <= t when causal); see ts_softmax_masked_forward. */
+TS_CLONES void cpu_softmax_masked_forward(float *att, const float *preatt, const int32_t *lengths, int64_t BH,
+                                          int64_t NH, int64_t T, float scale, bool causal)
+{
+    int64_t rows = BH * T;
+    PFOR(rows * T > SMALL)
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t t = r % T, len = lengths[r / T / NH];
+        int64_t end = len < 0 ? 0 : len > T ? T : len;
+        if (causal && end > t + 1) end = t + 1;
+        const float *x = preatt + r * T;
+        float *o = att + r * T;
+        float m = -INFINITY;
+        for (int64_t s = 0; s < end; s++) m = fmaxf(m, scale * x[s]);
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t s = 0; s < end; s++) {
+            float e = ts_expf(scale * x[s] - m);
+            o[s] = e;
+            sum += e;
+        }
+        float inv = end > 0 ? 1.0f / sum : 0.0f;
+#pragma omp simd
+        for (int64_t s = 0; s < end; s++) o[s] *= inv;
+        for (int64_t s = end; s < T; s++) o[s] = 0.0f;
+    }
+}
+
+TS_CLONES void cpu_softmax_masked_backward(float *dpreatt, const float *att, const float *datt, int64_t BH,
+                                           int64_t T, float scale)
+{
+    int64_t rows = BH * T;
+    PFOR(rows * T > SMALL)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *a = att + r * T, *d = datt + r * T;
+        float *o = dpreatt + r * T;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t s = 0; s < T; s++) dot += a[s] * d[s];
+#pragma omp simd
+        for (int64_t s = 0; s < T; s++) o[s] = scale * a[s] * (d[s] - dot);
+    }
+}
+
 /* ---- fused softmax + cross-entropy ---- */
 
 TS_CLONES void cpu_cross_entropy(float *losses, float *probs, float *dlogits, const float *logits,

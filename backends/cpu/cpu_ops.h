@@ -40,6 +40,10 @@ void cpu_softmax_causal_forward(float *att, const float *preatt, int64_t BH, int
                                 float scale);
 void cpu_softmax_causal_backward(float *dpreatt, const float *att, const float *datt, int64_t BH,
                                  int64_t T, float scale);
+void cpu_softmax_masked_forward(float *att, const float *preatt, const int32_t *lengths, int64_t BH,
+                                int64_t NH, int64_t T, float scale, bool causal);
+void cpu_softmax_masked_backward(float *dpreatt, const float *att, const float *datt, int64_t BH,
+                                 int64_t T, float scale);
 
 void cpu_cross_entropy(float *losses, float *probs, float *dlogits, const float *logits,
                        const int32_t *targets, int64_t N, int64_t V, float scale);

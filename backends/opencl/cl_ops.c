@@ -329,6 +329,26 @@ static ts_status op_softmax(ts_cl_device *d, const ts_op *op)
                        rows, &a);
 }
 
+static ts_status op_softmax_masked(ts_cl_device *d, const ts_op *op)
+{
+    ts_cl_args a;
+    args_init(&a);
+    int64_t rows = op->p.softmax.BH * op->p.softmax.T;
+    ts_cl_arg_tensor(&a, op->out[0]);
+    ts_cl_arg_tensor(&a, op->in[0]);
+    ts_cl_arg_tensor(&a, op->in[1]);
+    ts_cl_arg_long(&a, rows);
+    ts_cl_arg_long(&a, op->p.softmax.T);
+    if (op->kind == TS_OP_SOFTMAX_MASKED_BWD) {
+        ts_cl_arg_float(&a, op->p.softmax.scale);
+        return launch_rows(d, "attention.cl", "softmax_masked_backward", rows, &a);
+    }
+    ts_cl_arg_long(&a, op->p.softmax.NH);
+    ts_cl_arg_float(&a, op->p.softmax.scale);
+    arg_int(&a, op->p.softmax.causal);
+    return launch_rows(d, "attention.cl", "softmax_masked_forward", rows, &a);
+}
+
 static ts_status op_cross_entropy(ts_cl_device *d, const ts_op *op)
 {
     ts_cl_args a;
@@ -509,6 +529,8 @@ ts_status ts_cl_run_op(ts_device *dev, const ts_op *op)
     case TS_OP_MERGE_HEADS: return op_heads(d, op);
     case TS_OP_SOFTMAX_CAUSAL_FWD:
     case TS_OP_SOFTMAX_CAUSAL_BWD: return op_softmax(d, op);
+    case TS_OP_SOFTMAX_MASKED_FWD:
+    case TS_OP_SOFTMAX_MASKED_BWD: return op_softmax_masked(d, op);
     case TS_OP_CROSS_ENTROPY: return op_cross_entropy(d, op);
     case TS_OP_CE_SHARD: return op_ce_shard(d, op);
     case TS_OP_SUM:

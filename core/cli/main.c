@@ -30,6 +30,7 @@ static void usage(FILE *f)
             "  train [options]      train a GPT model (no --data: the built-in sorting task)\n"
             "  sample [options]     generate text from a checkpoint\n"
             "  eval [options]       loss of a checkpoint on a data file\n"
+            "  classify <train|eval|predict>  fine-tune a text classifier, measure it, use it\n"
             "  tokenize [options]   turn text into a token file (byte or BPE)\n"
             "  convert --to F IN OUT  a model to/from Hugging Face GPT-2 (hf) or llm.c (llmc)\n"
             "  plot OUT.html RUN... training curves of runs on one HTML page\n"
@@ -60,13 +61,15 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
-    int rc, mpi = ts_parallel_have_mpi() && under_mpi() && (!strcmp(cmd, "train") || !strcmp(cmd, "devices") || !strcmp(cmd, "bench"));
+    int rc, mpi = ts_parallel_have_mpi() && under_mpi() && (!strcmp(cmd, "train") || !strcmp(cmd, "devices") || !strcmp(cmd, "bench") ||
+                                                           !strcmp(cmd, "classify"));
     if (mpi && ts_parallel_init(&argc, &argv) != TS_OK) return cli_fail("starting MPI");
     if (!strcmp(cmd, "devices")) rc = cmd_devices(argc - 1, argv + 1);
     else if (!strcmp(cmd, "train")) rc = cmd_train(argc - 1, argv + 1);
     else if (!strcmp(cmd, "sample")) rc = cmd_sample(argc - 1, argv + 1);
     else if (!strcmp(cmd, "eval")) rc = cmd_eval(argc - 1, argv + 1);
     else if (!strcmp(cmd, "tokenize")) rc = cmd_tokenize(argc - 1, argv + 1);
+    else if (!strcmp(cmd, "classify")) rc = cmd_classify(argc - 1, argv + 1);
     else if (!strcmp(cmd, "convert")) rc = cmd_convert(argc - 1, argv + 1);
     else if (!strcmp(cmd, "plot")) rc = cmd_plot(argc - 1, argv + 1);
     else if (!strcmp(cmd, "bench")) rc = ts_bench_command(argc - 1, argv + 1);

@@ -343,6 +343,7 @@ void ts_gpt_acts_free(ts_gpt_acts *a)
     ts_tensor_free(&a->block);
     ts_tensor_free(&a->tokens);
     ts_tensor_free(&a->targets);
+    ts_tensor_free(&a->key_len);
     free(a->ws);
     memset(a, 0, sizeof *a);
 }
@@ -465,7 +466,7 @@ static ts_status ensure_scratch(ts_gpt *m, int64_t B, int64_t T)
     return TS_OK;
 }
 
-ts_status ts_gpt_acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T)
+static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int logits)
 {
     memset(a, 0, sizeof *a);
     if (B < 1 || T < 1 || T > m->cfg.max_seq_len)
@@ -494,7 +495,7 @@ ts_status ts_gpt_acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T)
         {&a->lnf, 2, {head ? N : 1, C}},
         {&a->lnf_mean, 1, {head ? N : 1}},
         {&a->lnf_rstd, 1, {head ? N : 1}},
-        {&a->logits, 2, {head ? N : 1, head ? m->V_local : 1}},
+        {&a->logits, 2, {head && logits ? N : 1, head && logits ? m->V_local : 1}},
         {&a->losses, 1, {N}},
         {&a->loss_sum, 1, {1}},
         {&a->ce_max, 1, {N}},
@@ -505,6 +506,7 @@ ts_status ts_gpt_acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T)
     if (st) return ts_error_context(st, "activations for B=%lld T=%lld", (long long)B, (long long)T);
     if (!st) st = ts_tensor_alloc(&a->tokens, m->device, TS_I32, TS_SHAPE(B, T));
     if (!st) st = ts_tensor_alloc(&a->targets, m->device, TS_I32, TS_SHAPE(B, T));
+    if (!st) st = ts_tensor_alloc(&a->key_len, m->device, TS_I32, TS_SHAPE(B));
     if (!st) st = ensure_scratch(m, B, T);
     a->ws = calloc((size_t)L, sizeof *a->ws);
     if (!a->ws && !st) st = ts_error(TS_ERR_OOM, "no memory for attention workspaces");
@@ -523,6 +525,16 @@ ts_status ts_gpt_acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T)
     }
     a->B = B, a->T = T;
     return TS_OK;
+}
+
+ts_status ts_gpt_acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T)
+{
+    return acts_alloc(m, a, B, T, 1);
+}
+
+ts_status ts_gpt_acts_alloc_features(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T)
+{
+    return acts_alloc(m, a, B, T, 0);
 }
 
 /* The slice of a stacked [L, ...] activation for local layer l. */
@@ -579,9 +591,9 @@ static ts_status vocab_parallel_ce(ts_gpt *m, ts_gpt_acts *a, float grad_weight)
     return TS_OK;
 }
 
-ts_status ts_gpt_stage_forward(ts_gpt *m, ts_gpt_acts *a, const int32_t *tokens,
-                               const int32_t *targets, float grad_weight, double *loss_sum,
-                               int64_t *valid)
+/* Embedding, this process's layers and (head stage) the final layernorm
+ * into a->lnf, with the attention masks set in a->ws. */
+static ts_status forward_blocks(ts_gpt *m, ts_gpt_acts *a, const int32_t *tokens)
 {
     const ts_gpt_config *c = &m->cfg;
     int64_t B = a->B, T = a->T, N = B * T;
@@ -635,8 +647,27 @@ ts_status ts_gpt_stage_forward(ts_gpt *m, ts_gpt_acts *a, const int32_t *tokens,
     }
     if (!m->lay.head) return TS_OK;
     ts_tensor last = layer_of(&a->residual3, L - 1), lnfw = P(m, TS_GPT_LNFW, -1, 0), lnfb = P(m, TS_GPT_LNFB, -1, 0);
+    return ts_layernorm_forward(&a->lnf, &a->lnf_mean, &a->lnf_rstd, &last, &lnfw, &lnfb, eps);
+}
+
+static void set_attention_mask(ts_gpt *m, ts_gpt_acts *a, const ts_tensor *key_len, bool bidirectional)
+{
+    for (int64_t l = 0; l < m->lay.layer_end - m->lay.layer_begin; l++) {
+        a->ws[l].key_len = key_len;
+        a->ws[l].bidirectional = bidirectional;
+    }
+}
+
+ts_status ts_gpt_stage_forward(ts_gpt *m, ts_gpt_acts *a, const int32_t *tokens,
+                               const int32_t *targets, float grad_weight, double *loss_sum,
+                               int64_t *valid)
+{
+    const ts_gpt_config *c = &m->cfg;
+    int64_t N = a->B * a->T;
+    set_attention_mask(m, a, NULL, false);
+    TRY(forward_blocks(m, a, tokens));
+    if (!m->lay.head) return TS_OK;
     ts_tensor wte = P(m, TS_GPT_WTE, -1, 0);
-    TRY(ts_layernorm_forward(&a->lnf, &a->lnf_mean, &a->lnf_rstd, &last, &lnfw, &lnfb, eps));
     TRY(ts_linear_forward(&a->logits, &a->lnf, &wte, NULL));
     if (!targets) return TS_OK;
     for (int64_t i = 0; i < N; i++) a->valid_targets += targets[i] >= 0 && targets[i] < c->vocab_size;
@@ -662,23 +693,16 @@ static void signal_ready(ts_gpt *m, int64_t offset)
     if (m->grads_ready) m->grads_ready(m->grads_ready_ctx, offset);
 }
 
-ts_status ts_gpt_stage_backward(ts_gpt *m, ts_gpt_acts *a)
+/* Backward from d(a->lnf) (head stage) or from a->dres (other stages)
+ * through the final layernorm, the layers and the embedding. */
+static ts_status backward_blocks(ts_gpt *m, ts_gpt_acts *a, const ts_tensor *dlnf)
 {
-    if (!a->B) return ts_error(TS_ERR_INVALID_ARG, "backward: no forward pass to differentiate");
     int64_t L = m->lay.layer_end - m->lay.layer_begin;
-    TRY(ensure_scratch(m, a->B, a->T));
     if (m->lay.head) {
-        if (!a->dlogits_ready)
-            return ts_error(TS_ERR_INVALID_ARG, "backward: the forward pass computed no loss gradient");
-        a->dlogits_ready = 0;
-        ts_tensor wte = P(m, TS_GPT_WTE, -1, 0), dwte = P(m, TS_GPT_WTE, -1, 1);
         ts_tensor lnfw = P(m, TS_GPT_LNFW, -1, 0), dlnfw = P(m, TS_GPT_LNFW, -1, 1), dlnfb = P(m, TS_GPT_LNFB, -1, 1);
         ts_tensor last = layer_of(&a->residual3, L - 1);
-        /* output head, tied to wte: dlnf = dlogits @ wte; dwte += dlogits^T @ lnf */
-        TRY(ts_linear_backward(&m->dC, &dwte, NULL, &a->logits, &a->lnf, &wte));
-        TRY(tp_allreduce(m, &m->dC, "head input gradient"));
         TRY(ts_fill(&a->dres, 0.0f));
-        TRY(ts_layernorm_backward(&a->dres, &dlnfw, &dlnfb, &m->dC, &last, &lnfw, &a->lnf_mean, &a->lnf_rstd));
+        TRY(ts_layernorm_backward(&a->dres, &dlnfw, &dlnfb, dlnf, &last, &lnfw, &a->lnf_mean, &a->lnf_rstd));
         signal_ready(m, ts_gpt_find(m, TS_GPT_LNFW, -1)->offset);
     }
     for (int64_t l = L - 1; l >= 0; l--) {
@@ -718,6 +742,21 @@ ts_status ts_gpt_stage_backward(ts_gpt *m, ts_gpt_acts *a)
         signal_ready(m, 0);
     }
     return TS_OK;
+}
+
+ts_status ts_gpt_stage_backward(ts_gpt *m, ts_gpt_acts *a)
+{
+    if (!a->B) return ts_error(TS_ERR_INVALID_ARG, "backward: no forward pass to differentiate");
+    TRY(ensure_scratch(m, a->B, a->T));
+    if (!m->lay.head) return backward_blocks(m, a, NULL);
+    if (!a->dlogits_ready)
+        return ts_error(TS_ERR_INVALID_ARG, "backward: the forward pass computed no loss gradient");
+    a->dlogits_ready = 0;
+    ts_tensor wte = P(m, TS_GPT_WTE, -1, 0), dwte = P(m, TS_GPT_WTE, -1, 1);
+    /* output head, tied to wte: dlnf = dlogits @ wte; dwte += dlogits^T @ lnf */
+    TRY(ts_linear_backward(&m->dC, &dwte, NULL, &a->logits, &a->lnf, &wte));
+    TRY(tp_allreduce(m, &m->dC, "head input gradient"));
+    return backward_blocks(m, a, &m->dC);
 }
 
 /* ---- one process, one micro-batch ---- */
@@ -788,6 +827,37 @@ ts_status ts_gpt_read_logits(ts_gpt *m, int64_t b, int64_t t, float *out)
     return ts_tensor_read(&row, out, (size_t)m->cfg.vocab_size * sizeof *out);
 }
 
+/* ---- features: the trunk without the output head ---- */
+
+ts_status ts_gpt_features_forward(ts_gpt *m, ts_gpt_acts *a, const int32_t *tokens, const int32_t *lengths,
+                                  int bidirectional)
+{
+    TRY(whole_model(m, "ts_gpt_features_forward"));
+    if (m->lay.tp_size != 1) return ts_error(TS_ERR_INVALID_ARG, "ts_gpt_features_forward needs an unsharded model");
+    if (!a->B) return ts_error(TS_ERR_INVALID_ARG, "ts_gpt_features_forward: no activations allocated");
+    if (bidirectional && !lengths)
+        return ts_error(TS_ERR_INVALID_ARG, "bidirectional attention needs the sequence lengths");
+    for (int64_t b = 0; lengths && b < a->B; b++)
+        if (lengths[b] < 1 || lengths[b] > a->T)
+            return ts_error(TS_ERR_INVALID_ARG, "features: sequence %lld has length %d, outside 1..%lld", (long long)b,
+                            lengths[b], (long long)a->T);
+    /* causal attention needs no mask: no real position sees a later one */
+    if (bidirectional) TRY(ts_tensor_write(&a->key_len, lengths, (size_t)a->B * sizeof *lengths));
+    set_attention_mask(m, a, bidirectional ? &a->key_len : NULL, bidirectional);
+    return forward_blocks(m, a, tokens);
+}
+
+ts_status ts_gpt_features_backward(ts_gpt *m, ts_gpt_acts *a, const ts_tensor *dfeatures)
+{
+    TRY(whole_model(m, "ts_gpt_features_backward"));
+    if (!a->B) return ts_error(TS_ERR_INVALID_ARG, "backward: no forward pass to differentiate");
+    if (ts_tensor_numel(dfeatures) != a->B * a->T * m->cfg.n_embd)
+        return ts_error(TS_ERR_SHAPE, "features backward: the gradient has %lld elements, the features %lld",
+                        (long long)ts_tensor_numel(dfeatures), (long long)(a->B * a->T * m->cfg.n_embd));
+    TRY(ensure_scratch(m, a->B, a->T));
+    return backward_blocks(m, a, dfeatures);
+}
+
 /* ---- files ---- */
 
 void ts_gpt_config_json(const ts_gpt_config *c, char *buf, size_t n)
@@ -831,23 +901,28 @@ ts_status ts_gpt_save_blobs(const ts_gpt *m, const ts_tensor *const *blobs,
     for (int i = 0; !st && extra_meta && extra_meta[i]; i += 2) st = ts_st_writer_meta(w, extra_meta[i], extra_meta[i + 1]);
     ts_tensor *views = calloc((size_t)(m->ntensors * n), sizeof *views);
     if (!views && !st) st = ts_error(TS_ERR_OOM, "no memory");
-    for (int b = 0; b < n && !st; b++) {
-        for (int i = 0; i < m->ntensors && !st; i++) {
-            const ts_gpt_tensor *t = &m->tensors[i];
-            char base[96], name[128];
-            ts_gpt_tensor_name(t->kind, t->layer, base, sizeof base);
-            snprintf(name, sizeof name, "%s%s", prefixes[b], base);
-            ts_tensor *v = &views[b * m->ntensors + i];
-            st = ts_tensor_view(v, blobs[b], t->offset, TS_SHAPE(t->rows * t->cols));
-            if (!st) {
-                if (t->cols > 1) st = ts_st_writer_add(w, name, v, TS_SHAPE(t->rows, t->cols));
-                else st = ts_st_writer_add(w, name, v, TS_SHAPE(t->rows));
-            }
-        }
-    }
+    for (int b = 0; b < n && !st; b++) st = ts_gpt_writer_add(m, w, blobs[b], prefixes[b], views + b * m->ntensors);
     if (!st) st = ts_st_writer_write(w, path);
     free(views);
     ts_st_writer_free(w);
+    return st;
+}
+
+ts_status ts_gpt_writer_add(const ts_gpt *m, ts_st_writer *w, const ts_tensor *blob, const char *prefix,
+                           ts_tensor *views)
+{
+    ts_status st = TS_OK;
+    for (int i = 0; i < m->ntensors && !st; i++) {
+        const ts_gpt_tensor *t = &m->tensors[i];
+        char base[96], name[128];
+        ts_gpt_tensor_name(t->kind, t->layer, base, sizeof base);
+        snprintf(name, sizeof name, "%s%s", prefix, base);
+        st = ts_tensor_view(&views[i], blob, t->offset, TS_SHAPE(t->rows * t->cols));
+        if (!st) {
+            if (t->cols > 1) st = ts_st_writer_add(w, name, &views[i], TS_SHAPE(t->rows, t->cols));
+            else st = ts_st_writer_add(w, name, &views[i], TS_SHAPE(t->rows));
+        }
+    }
     return st;
 }
 

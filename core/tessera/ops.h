@@ -94,8 +94,22 @@ ts_status ts_softmax_causal_forward(ts_tensor *att, const ts_tensor *preatt, flo
 ts_status ts_softmax_causal_backward(ts_tensor *dpreatt, const ts_tensor *att,
                                      const ts_tensor *datt, float scale);
 
-/* Causal multi-head self-attention as one call, built from the ops above:
- * out[B,T,C] from qkv[B,T,3C]. The workspace keeps what backward needs. */
+/* Softmax over the keys a padded batch holds: preatt and att are [BH,T,T]
+ * with BH = B*NH, lengths is i32 [B]; row (bh, t) takes keys s <
+ * lengths[bh / NH] (and s <= t when causal), zeros elsewhere. Lengths are
+ * clamped to [0, T]; a row without keys is all zeros. att may be preatt. */
+ts_status ts_softmax_masked_forward(ts_tensor *att, const ts_tensor *preatt, const ts_tensor *lengths,
+                                    int64_t NH, float scale, bool causal);
+/* Its backward over whole rows (att is zero at masked keys, so they get
+ * zero): dpreatt = scale * att * (datt - sum_s att*datt); dpreatt may be datt. */
+ts_status ts_softmax_masked_backward(ts_tensor *dpreatt, const ts_tensor *att,
+                                     const ts_tensor *datt, float scale);
+
+/* Multi-head self-attention as one call, built from the ops above:
+ * out[B,T,C] from qkv[B,T,3C]. The workspace keeps what backward needs.
+ * Causal unless told otherwise: with key_len set, keys at or past a
+ * sequence's length are masked (padding), and `bidirectional` lets every
+ * position attend to every unmasked key (encoder style). */
 typedef struct ts_attention_ws {
     ts_tensor qkvh;   /* [3,B,NH,T,HS] */
     ts_tensor att;    /* [B*NH,T,T] softmax probabilities */
@@ -103,6 +117,8 @@ typedef struct ts_attention_ws {
     ts_tensor scratch;/* [B*NH,T,T] gradients of scores (backward) */
     ts_tensor dqkvh;  /* [3,B,NH,T,HS] (backward) */
     int64_t B, T, C, NH;
+    const ts_tensor *key_len; /* i32 [B] real tokens per sequence, or NULL (all T) */
+    bool bidirectional;
 } ts_attention_ws;
 ts_status ts_attention_ws_alloc(ts_attention_ws *ws, ts_device *dev,
                                 int64_t B, int64_t T, int64_t C, int64_t NH);

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "fileio.h"
+#include "tessera/classify.h"
 
 #define TOKENS_MAGIC "TSTOKENS"
 enum { HEADER_BYTES = 64 };
@@ -275,7 +276,8 @@ ts_status ts_dataset_open_text(ts_dataset *ds, const char *path, const ts_tokeni
     memset(ds, 0, sizeof *ds);
     char *text;
     size_t n;
-    ts_status st = ts_read_file(path, &text, &n);
+    /* labeled files (JSON lines, CSV, TSV): their texts, one a line */
+    ts_status st = ts_labeled_corpus(path, &text, &n);
     if (st) return st;
     if (n < 2) {
         free(text);

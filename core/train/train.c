@@ -13,6 +13,7 @@
 #include "fileio.h"
 #include "json.h"
 #include "tessera/checkpoint.h"
+#include "tessera/classify.h"
 #include "tessera/data.h"
 #include "tessera/device.h"
 #include "tessera/generate.h"
@@ -220,7 +221,7 @@ static ts_status setup_tokenizer(const ts_train_config *c, const char *ckpt, ts_
                         c->data, c->tokenizer);
     char *text;
     size_t n;
-    TRY(ts_read_file(c->data, &text, &n));
+    TRY(ts_labeled_corpus(c->data, &text, &n)); /* a labeled file's texts */
     ts_status st = ts_check_text((const uint8_t *)text, n, c->data);
     if (!st) st = ts_tokenizer_train_bpe(tok, (const uint8_t *)text, n, vocab);
     free(text);

@@ -25,6 +25,7 @@
 #include "tessera/comm.h"
 #include "tessera/ops.h"
 #include "tessera/optimizer.h"
+#include "tessera/safetensors.h"
 #include "tessera/status.h"
 #include "tessera/tensor.h"
 
@@ -101,6 +102,7 @@ typedef struct ts_gpt_acts {
     ts_tensor dres;                   /* [B,T,C] residual-stream gradient; d(input) after backward */
     ts_attention_ws *ws;              /* per local layer */
     ts_tensor tokens, targets;        /* i32 [B, T] */
+    ts_tensor key_len;                /* i32 [B]: real tokens per sequence (features, bidirectional) */
     int64_t valid_targets;
     int dlogits_ready;
 } ts_gpt_acts;
@@ -216,6 +218,21 @@ ts_status ts_gpt_backward(ts_gpt *m, float loss_scale);
 /* Logits of position (b, t) of the last forward, V floats (single layout). */
 ts_status ts_gpt_read_logits(ts_gpt *m, int64_t b, int64_t t, float *out);
 
+/* ---- features: the trunk without its output head (classifiers) ----
+ * One process, the whole unsharded model. Activations without the
+ * logits; then forward on tokens (host i32 [B, T]) up to the final
+ * layernorm: a->lnf holds the features [B*T, C]. lengths (host i32 [B],
+ * each 1..T; may be NULL when causal) are the real tokens of right-padded
+ * sequences: with `bidirectional` every position attends to every real one
+ * and padded keys are masked; causal attention needs no mask, since no real
+ * position sees a later one. Padding never changes a real position's
+ * features. Backward starts from dfeatures [B*T, C] = d(loss)/d(a->lnf)
+ * and accumulates into m->grads (the tied embedding gets its input share). */
+ts_status ts_gpt_acts_alloc_features(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T);
+ts_status ts_gpt_features_forward(ts_gpt *m, ts_gpt_acts *a, const int32_t *tokens, const int32_t *lengths,
+                                  int bidirectional);
+ts_status ts_gpt_features_backward(ts_gpt *m, ts_gpt_acts *a, const ts_tensor *dfeatures);
+
 /* ---- files (whole-model layout) ----
  * Weights as safetensors, one tensor per layer and kind ("h.3.mlp.c_fc.weight",
  * Linear layout [out, in]); the config is stored in the metadata.
@@ -229,6 +246,11 @@ ts_status ts_gpt_save_blob(const ts_gpt *m, const ts_tensor *blob, const char *p
 ts_status ts_gpt_save_blobs(const ts_gpt *m, const ts_tensor *const *blobs,
                             const char *const *prefixes, int n, const char *path,
                             const char *const *extra_meta);
+/* Add a blob laid out like the parameters to a safetensors writer, each
+ * tensor named behind `prefix`, through views[m->ntensors] that must live
+ * until the file is written (for files that hold more than the model). */
+ts_status ts_gpt_writer_add(const ts_gpt *m, ts_st_writer *w, const ts_tensor *blob, const char *prefix,
+                           ts_tensor *views);
 /* The config as the JSON object stored in files' metadata "config". */
 void ts_gpt_config_json(const ts_gpt_config *cfg, char *buf, size_t n);
 /* Read a file's config (metadata "config"). */

@@ -1,0 +1,360 @@
+#include "tessera/classifier.h"
+#include "internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+#include "tessera/device.h"
+#include "tessera/safetensors.h"
+
+/* ---- configuration ---- */
+
+const char *ts_pool_name(ts_pool pool) { return pool == TS_POOL_MEAN ? "mean" : "last"; }
+
+int ts_pool_parse(const char *name)
+{
+    if (!strcmp(name, "last")) return TS_POOL_LAST;
+    if (!strcmp(name, "mean")) return TS_POOL_MEAN;
+    return -1;
+}
+
+ts_status ts_classifier_config_check(const ts_classifier_config *cfg)
+{
+    TRY(ts_gpt_config_check(&cfg->gpt));
+    if (cfg->n_classes < 2 || cfg->n_classes > 65536)
+        return ts_error(TS_ERR_INVALID_ARG, "a classifier needs 2 to 65536 classes, not %lld", (long long)cfg->n_classes);
+    if (cfg->pool != TS_POOL_LAST && cfg->pool != TS_POOL_MEAN)
+        return ts_error(TS_ERR_INVALID_ARG, "unknown pooling %d", (int)cfg->pool);
+    return TS_OK;
+}
+
+/* ---- lifecycle ---- */
+
+static void free_shape(ts_classifier *c)
+{
+    ts_gpt_acts_free(&c->acts);
+    ts_tensor_free(&c->pool);
+    ts_tensor_free(&c->pooled);
+    ts_tensor_free(&c->logits);
+    ts_tensor_free(&c->dpooled);
+    ts_tensor_free(&c->dfeatures);
+    free(c->host_pool);
+    c->host_pool = NULL;
+    c->B = c->T = 0;
+}
+
+void ts_classifier_free(ts_classifier *c)
+{
+    free_shape(c);
+    ts_gpt_free(&c->trunk);
+    ts_tensor_free(&c->params);
+    ts_tensor_free(&c->grads);
+    memset(c, 0, sizeof *c);
+}
+
+ts_status ts_classifier_create(ts_classifier *c, ts_device *dev, const ts_classifier_config *cfg)
+{
+    memset(c, 0, sizeof *c);
+    TRY(ts_classifier_config_check(cfg));
+    c->cfg = *cfg;
+    c->device = dev;
+    ts_gpt_layout lay;
+    ts_gpt_layout_single(&cfg->gpt, &lay);
+    /* the trunk's table without its own storage: it lives in our blobs */
+    TRY(ts_gpt_plan(&c->trunk, &cfg->gpt, &lay));
+    int64_t C = cfg->gpt.n_embd, K = cfg->n_classes;
+    c->head_offset = c->trunk.num_params;
+    c->num_params = c->head_offset + K * C + K;
+    ts_status st = ts_tensor_alloc(&c->params, dev, TS_F32, TS_SHAPE(c->num_params));
+    if (!st) st = ts_tensor_zeros(&c->grads, dev, TS_F32, TS_SHAPE(c->num_params));
+    if (!st) st = ts_tensor_view(&c->trunk.params, &c->params, 0, TS_SHAPE(c->head_offset));
+    if (!st) st = ts_tensor_view(&c->trunk.grads, &c->grads, 0, TS_SHAPE(c->head_offset));
+    if (!st) st = ts_tensor_view(&c->head_w, &c->params, c->head_offset, TS_SHAPE(K, C));
+    if (!st) st = ts_tensor_view(&c->head_b, &c->params, c->head_offset + K * C, TS_SHAPE(K));
+    if (!st) st = ts_tensor_view(&c->head_dw, &c->grads, c->head_offset, TS_SHAPE(K, C));
+    if (!st) st = ts_tensor_view(&c->head_db, &c->grads, c->head_offset + K * C, TS_SHAPE(K));
+    c->trunk.device = dev;
+    if (st) {
+        ts_classifier_free(c);
+        return ts_error_context(st, "creating a classifier of %lld parameters", (long long)(c->num_params));
+    }
+    return TS_OK;
+}
+
+ts_status ts_classifier_zero_grad(ts_classifier *c) { return ts_fill(&c->grads, 0.0f); }
+
+ts_status ts_classifier_init_weights(ts_classifier *c, uint64_t seed)
+{
+    TRY(ts_gpt_init_weights(&c->trunk, seed));
+    TRY(ts_fill(&c->head_w, 0.0f));
+    TRY(ts_fill(&c->head_b, 0.0f));
+    return ts_classifier_zero_grad(c);
+}
+
+int ts_classifier_decay_ranges(const ts_classifier *c, int64_t (*ranges)[2], int max)
+{
+    int n = ts_gpt_decay_ranges(&c->trunk, ranges, max);
+    int64_t a = c->head_offset, b = a + c->cfg.n_classes * c->cfg.gpt.n_embd;
+    if (n > 0 && ranges[n - 1][1] == a) ranges[n - 1][1] = b;
+    else if (n < max) ranges[n][0] = a, ranges[n][1] = b, n++;
+    return n;
+}
+
+/* Update blob elements [a, b) as a shard of o at the given step. */
+static ts_status step_range(ts_classifier *c, const ts_optimizer *o, int64_t a, int64_t b,
+                            const int64_t (*ranges)[2], int n, float lr, float grad_scale)
+{
+    ts_optimizer part = *o;
+    ts_tensor pv, gv;
+    part.n = b - a;
+    TRY(ts_tensor_view(&pv, &c->params, a, TS_SHAPE(b - a)));
+    TRY(ts_tensor_view(&gv, &c->grads, a, TS_SHAPE(b - a)));
+    if (o->m.block) TRY(ts_tensor_view(&part.m, &o->m, a, TS_SHAPE(b - a)));
+    if (o->v.block) TRY(ts_tensor_view(&part.v, &o->v, a, TS_SHAPE(b - a)));
+    return ts_optimizer_step(&part, &pv, &gv, a, ranges, n, lr, grad_scale);
+}
+
+ts_status ts_classifier_optimizer_step(ts_classifier *c, ts_optimizer *o, float trunk_lr, float head_lr,
+                                       float grad_scale)
+{
+    if (o->n != c->num_params)
+        return ts_error(TS_ERR_SHAPE, "an optimizer of %lld elements for a classifier of %lld parameters",
+                        (long long)o->n, (long long)c->num_params);
+    int max = c->trunk.ntensors + 2;
+    int64_t(*ranges)[2] = malloc((size_t)max * sizeof *ranges);
+    if (!ranges) return ts_error(TS_ERR_OOM, "no memory");
+    int n = ts_classifier_decay_ranges(c, ranges, max);
+    const int64_t(*r)[2] = (const int64_t(*)[2])ranges;
+    ts_status st = TS_OK;
+    if (trunk_lr == head_lr) st = step_range(c, o, 0, c->num_params, r, n, head_lr, grad_scale);
+    else {
+        if (trunk_lr > 0.0f) st = step_range(c, o, 0, c->head_offset, r, n, trunk_lr, grad_scale);
+        if (!st) st = step_range(c, o, c->head_offset, c->num_params, r, n, head_lr, grad_scale);
+    }
+    if (!st) o->step++;
+    free(ranges);
+    return st;
+}
+
+/* ---- forward and backward ---- */
+
+/* Activations and pooling tensors for a batch of B x T. */
+static ts_status ensure_shape(ts_classifier *c, int64_t B, int64_t T)
+{
+    if (c->B == B && c->T == T) return TS_OK;
+    free_shape(c);
+    int64_t C = c->cfg.gpt.n_embd, K = c->cfg.n_classes;
+    ts_status st = ts_gpt_acts_alloc_features(&c->trunk, &c->acts, B, T);
+    if (!st) st = ts_tensor_alloc(&c->pool, c->device, TS_F32, TS_SHAPE(B, 1, T));
+    if (!st) st = ts_tensor_alloc(&c->pooled, c->device, TS_F32, TS_SHAPE(B, C));
+    if (!st) st = ts_tensor_alloc(&c->logits, c->device, TS_F32, TS_SHAPE(B, K));
+    if (!st) st = ts_tensor_alloc(&c->dpooled, c->device, TS_F32, TS_SHAPE(B, C));
+    if (!st) st = ts_tensor_alloc(&c->dfeatures, c->device, TS_F32, TS_SHAPE(B * T, C));
+    if (!st && !(c->host_pool = malloc((size_t)(B * T) * sizeof *c->host_pool)))
+        st = ts_error(TS_ERR_OOM, "no memory");
+    if (st) {
+        free_shape(c);
+        return ts_error_context(st, "classifier activations for %lld x %lld tokens", (long long)B, (long long)T);
+    }
+    c->B = B, c->T = T;
+    return TS_OK;
+}
+
+ts_status ts_classifier_forward(ts_classifier *c, const int32_t *tokens, const int32_t *lengths, int64_t B,
+                                int64_t T, float *logits)
+{
+    if (B < 1 || T < 1 || T > c->cfg.gpt.max_seq_len)
+        return ts_error(TS_ERR_SHAPE, "classifier: a batch of %lld x %lld tokens (T must be 1..%lld)", (long long)B,
+                        (long long)T, (long long)c->cfg.gpt.max_seq_len);
+    for (int64_t b = 0; b < B; b++)
+        if (lengths[b] < 1 || lengths[b] > T)
+            return ts_error(TS_ERR_INVALID_ARG, "classifier: sequence %lld has %d tokens, outside 1..%lld",
+                            (long long)b, lengths[b], (long long)T);
+    TRY(ensure_shape(c, B, T));
+    int64_t C = c->cfg.gpt.n_embd;
+    TRY(ts_gpt_features_forward(&c->trunk, &c->acts, tokens, lengths, c->cfg.bidirectional));
+    /* pooled[b] = sum_t pool[b, t] * features[b, t]: the last real token,
+     * or the mean of the real ones */
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++)
+            c->host_pool[b * T + t] = c->cfg.pool == TS_POOL_LAST ? (t == lengths[b] - 1 ? 1.0f : 0.0f)
+                                      : t < lengths[b]            ? 1.0f / (float)lengths[b]
+                                                                  : 0.0f;
+    TRY(ts_tensor_write(&c->pool, c->host_pool, (size_t)(B * T) * sizeof *c->host_pool));
+    ts_tensor feats, pooled3;
+    TRY(ts_tensor_reshape(&feats, &c->acts.lnf, TS_SHAPE(B, T, C)));
+    TRY(ts_tensor_reshape(&pooled3, &c->pooled, TS_SHAPE(B, 1, C)));
+    TRY(ts_matmul(&pooled3, &c->pool, &feats, false, false, 1.0f, 0.0f));
+    TRY(ts_linear_forward(&c->logits, &c->pooled, &c->head_w, &c->head_b));
+    return ts_tensor_read(&c->logits, logits, (size_t)(B * c->cfg.n_classes) * sizeof *logits);
+}
+
+ts_status ts_classifier_backward(ts_classifier *c, const float *dlogits)
+{
+    if (!c->B) return ts_error(TS_ERR_INVALID_ARG, "classifier backward: no forward pass to differentiate");
+    int64_t B = c->B, T = c->T, C = c->cfg.gpt.n_embd;
+    TRY(ts_tensor_write(&c->logits, dlogits, (size_t)(B * c->cfg.n_classes) * sizeof *dlogits));
+    TRY(ts_linear_backward(&c->dpooled, &c->head_dw, &c->head_db, &c->logits, &c->pooled, &c->head_w));
+    ts_tensor dfeats, dpooled3;
+    TRY(ts_tensor_reshape(&dfeats, &c->dfeatures, TS_SHAPE(B, T, C)));
+    TRY(ts_tensor_reshape(&dpooled3, &c->dpooled, TS_SHAPE(B, 1, C)));
+    TRY(ts_matmul(&dfeats, &c->pool, &dpooled3, true, false, 1.0f, 0.0f));
+    return ts_gpt_features_backward(&c->trunk, &c->acts, &c->dfeatures);
+}
+
+void ts_classifier_cross_entropy(const float *logits, int64_t B, int64_t K, const int32_t *labels,
+                                 const float *weights, double scale, double *loss_sum, float *dlogits,
+                                 float *probs)
+{
+    double sum = 0.0;
+    for (int64_t b = 0; b < B; b++) {
+        const float *x = logits + b * K;
+        double m = -INFINITY, z = 0.0;
+        for (int64_t k = 0; k < K; k++) m = fmax(m, (double)x[k]);
+        for (int64_t k = 0; k < K; k++) z += exp((double)x[k] - m);
+        int32_t y = labels ? labels[b] : -1;
+        int valid = y >= 0 && y < K;
+        double w = valid ? (weights ? (double)weights[b] : 1.0) : 0.0;
+        if (valid) sum += w * (m + log(z) - (double)x[y]);
+        for (int64_t k = 0; k < K; k++) {
+            double p = exp((double)x[k] - m) / z;
+            if (probs) probs[b * K + k] = (float)p;
+            if (dlogits) dlogits[b * K + k] = (float)(scale * w * (p - (k == y ? 1.0 : 0.0)));
+        }
+    }
+    if (loss_sum) *loss_sum = sum;
+}
+
+/* ---- files ---- */
+
+static void classifier_meta_json(const ts_classifier_config *cfg, char *buf, size_t n)
+{
+    snprintf(buf, n, "{\"n_classes\": %lld, \"pool\": \"%s\", \"attention\": \"%s\"}", (long long)cfg->n_classes,
+             ts_pool_name(cfg->pool), cfg->bidirectional ? "bidirectional" : "causal");
+}
+
+ts_status ts_classifier_save_blobs(const ts_classifier *c, const ts_tensor *const *blobs,
+                                   const char *const *prefixes, int n, const char *path,
+                                   const char *const *extra_meta)
+{
+    for (int b = 0; b < n; b++)
+        if (ts_tensor_numel(blobs[b]) != c->num_params)
+            return ts_error(TS_ERR_SHAPE, "saving a blob of %lld elements for a classifier of %lld parameters",
+                            (long long)ts_tensor_numel(blobs[b]), (long long)c->num_params);
+    int per = c->trunk.ntensors + 3; /* trunk view, its tensors, the head's two */
+    ts_tensor *views = calloc((size_t)(per * (n > 0 ? n : 1)), sizeof *views);
+    if (!views) return ts_error(TS_ERR_OOM, "no memory");
+    ts_st_writer *w;
+    ts_status st = ts_st_writer_new(&w);
+    if (st) {
+        free(views);
+        return st;
+    }
+    char cfg[512], cls[256];
+    ts_gpt_config_json(&c->cfg.gpt, cfg, sizeof cfg);
+    classifier_meta_json(&c->cfg, cls, sizeof cls);
+    st = ts_st_writer_meta(w, "format", "tessera-classifier");
+    if (!st) st = ts_st_writer_meta(w, "config", cfg);
+    if (!st) st = ts_st_writer_meta(w, "classifier", cls);
+    if (!st) st = ts_st_writer_meta(w, "linear_layout", "out,in");
+    for (int i = 0; !st && extra_meta && extra_meta[i]; i += 2) st = ts_st_writer_meta(w, extra_meta[i], extra_meta[i + 1]);
+    int64_t K = c->cfg.n_classes, C = c->cfg.gpt.n_embd;
+    for (int b = 0; b < n && !st; b++) {
+        ts_tensor *v = views + b * per;
+        char wname[64], bname[64];
+        snprintf(wname, sizeof wname, "%sscore.weight", prefixes[b]);
+        snprintf(bname, sizeof bname, "%sscore.bias", prefixes[b]);
+        st = ts_tensor_view(&v[0], blobs[b], 0, TS_SHAPE(c->head_offset));
+        if (!st) st = ts_gpt_writer_add(&c->trunk, w, &v[0], prefixes[b], v + 3);
+        if (!st) st = ts_tensor_view(&v[1], blobs[b], c->head_offset, TS_SHAPE(K * C));
+        if (!st) st = ts_tensor_view(&v[2], blobs[b], c->head_offset + K * C, TS_SHAPE(K));
+        if (!st) st = ts_st_writer_add(w, wname, &v[1], TS_SHAPE(K, C));
+        if (!st) st = ts_st_writer_add(w, bname, &v[2], TS_SHAPE(K));
+    }
+    if (!st) st = ts_st_writer_write(w, path);
+    ts_st_writer_free(w);
+    free(views);
+    return st;
+}
+
+ts_status ts_classifier_save(const ts_classifier *c, const char *path, const char *const *extra_meta)
+{
+    const ts_tensor *blob = &c->params;
+    const char *prefix = "";
+    return ts_classifier_save_blobs(c, &blob, &prefix, 1, path, extra_meta);
+}
+
+ts_status ts_classifier_read_config(const char *path, ts_classifier_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    TRY(ts_gpt_read_config(path, &cfg->gpt));
+    ts_safetensors f;
+    TRY(ts_safetensors_open(path, &f));
+    const char *js = ts_safetensors_meta(&f, "classifier");
+    ts_json *j = NULL;
+    ts_status st = TS_OK;
+    if (!js)
+        st = ts_error(TS_ERR_FORMAT, "%s is a language model, not a classifier (no \"classifier\" in its metadata)",
+                      path);
+    else if (ts_json_parse(js, strlen(js), &j) != TS_OK)
+        st = ts_error_context(TS_ERR_FORMAT, "%s: classifier metadata", path);
+    if (!st) {
+        cfg->n_classes = ts_json_get_int(j, "n_classes", -1);
+        int pool = ts_pool_parse(ts_json_get_str(j, "pool", ""));
+        const char *att = ts_json_get_str(j, "attention", "");
+        cfg->pool = pool < 0 ? TS_POOL_LAST : (ts_pool)pool;
+        cfg->bidirectional = !strcmp(att, "bidirectional");
+        if (pool < 0 || (strcmp(att, "causal") && strcmp(att, "bidirectional")))
+            st = ts_error(TS_ERR_FORMAT, "%s: classifier metadata names an unknown pooling or attention: %s", path, js);
+        if (!st) st = ts_classifier_config_check(cfg);
+        if (st) st = ts_error_context(st, "%s", path);
+    }
+    ts_json_free(j);
+    ts_safetensors_close(&f);
+    return st;
+}
+
+static ts_status load_head(const ts_classifier *c, ts_tensor *blob, const char *path, const char *prefix)
+{
+    ts_safetensors f;
+    TRY(ts_safetensors_open(path, &f));
+    int64_t K = c->cfg.n_classes, C = c->cfg.gpt.n_embd;
+    char wname[64], bname[64];
+    snprintf(wname, sizeof wname, "%sscore.weight", prefix);
+    snprintf(bname, sizeof bname, "%sscore.bias", prefix);
+    ts_tensor w, b;
+    ts_status st = ts_tensor_view(&w, blob, c->head_offset, TS_SHAPE(K, C));
+    if (!st) st = ts_tensor_view(&b, blob, c->head_offset + K * C, TS_SHAPE(K));
+    if (!st) st = ts_safetensors_load(&f, wname, &w, 1);
+    if (!st) st = ts_safetensors_load(&f, bname, &b, 1);
+    ts_safetensors_close(&f);
+    return st;
+}
+
+ts_status ts_classifier_load_blob(const ts_classifier *c, ts_tensor *blob, const char *path, const char *prefix)
+{
+    ts_tensor trunk;
+    TRY(ts_tensor_view(&trunk, blob, 0, TS_SHAPE(c->head_offset)));
+    TRY(ts_gpt_load_blob(&c->trunk, &trunk, path, prefix));
+    return load_head(c, blob, path, prefix);
+}
+
+ts_status ts_classifier_load(ts_classifier *c, const char *path)
+{
+    ts_classifier_config cfg;
+    TRY(ts_classifier_read_config(path, &cfg));
+    if (memcmp(&cfg.gpt, &c->cfg.gpt, sizeof cfg.gpt) != 0 || cfg.n_classes != c->cfg.n_classes ||
+        cfg.pool != c->cfg.pool || cfg.bidirectional != c->cfg.bidirectional)
+        return ts_error(TS_ERR_SHAPE, "%s holds another classifier than this one (%lld classes, L=%lld C=%lld)", path,
+                        (long long)cfg.n_classes, (long long)cfg.gpt.n_layer, (long long)cfg.gpt.n_embd);
+    return ts_classifier_load_blob(c, &c->params, path, "");
+}
+
+ts_status ts_classifier_load_trunk(ts_classifier *c, const char *path)
+{
+    /* the trunk's params are its part of our blob */
+    return ts_gpt_load(&c->trunk, path);
+}

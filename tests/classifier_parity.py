@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""tessera's sequence classifier against PyTorch on the same weights (TAP).
+
+usage: classifier_parity.py CLASSIFIER_DUMP DEVICE [DEVICE...]
+
+For each device and each of last/mean pooling with causal/bidirectional
+attention, classifier_dump (tests/classifier_dump.c) writes the classifier's
+weights, a right-padded batch of four sequences of different lengths with
+labels and class weights, the class-weighted mean cross-entropy, the logits
+and every parameter's gradient. This script rebuilds the classifier in
+PyTorch float64 (the GPT trunk of torch_parity.py with attention over the
+real keys only, pooling over the real tokens, a linear head) and checks the
+loss and logits (relative difference under 1e-5) and each parameter's
+gradient (NMSE under 1e-9).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# reports the skip (and exits) where torch is missing
+from torch_parity import GRAD_NMSE, LOSS_TOL, Tap, load_safetensors, nmse  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+CASES = [("last", "causal"), ("mean", "causal"), ("last", "bidirectional"), ("mean", "bidirectional")]
+
+
+def classifier(p, cfg, cls, tok, lengths, labels, weights):
+    """Class-weighted mean cross-entropy and the logits."""
+    B, T = tok.shape
+    C, NH, L = cfg["n_embd"], cfg["n_head"], cfg["n_layer"]
+    hs = C // NH
+    real = torch.arange(T)[None, :] < lengths[:, None]           # [B, T]: real tokens
+    mask = real[:, None, None, :]                                 # keys: the real ones
+    if cls["attention"] == "causal":
+        mask = mask & torch.ones(T, T, dtype=torch.bool).tril()
+    x = p["wte.weight"][tok] + p["wpe.weight"][:T]
+    for l in range(L):
+        h = F.layer_norm(x, (C,), p[f"h.{l}.ln_1.weight"], p[f"h.{l}.ln_1.bias"], 1e-5)
+        qkv = h @ p[f"h.{l}.attn.c_attn.weight"].T + p[f"h.{l}.attn.c_attn.bias"]
+        q, k, v = (t.view(B, T, NH, hs).transpose(1, 2) for t in qkv.split(C, dim=-1))
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
+        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, C)
+        x = x + y @ p[f"h.{l}.attn.c_proj.weight"].T + p[f"h.{l}.attn.c_proj.bias"]
+        h = F.layer_norm(x, (C,), p[f"h.{l}.ln_2.weight"], p[f"h.{l}.ln_2.bias"], 1e-5)
+        h = F.gelu(h @ p[f"h.{l}.mlp.c_fc.weight"].T + p[f"h.{l}.mlp.c_fc.bias"], approximate="tanh")
+        x = x + h @ p[f"h.{l}.mlp.c_proj.weight"].T + p[f"h.{l}.mlp.c_proj.bias"]
+    x = F.layer_norm(x, (C,), p["ln_f.weight"], p["ln_f.bias"], 1e-5)
+    if cls["pool"] == "last":
+        pooled = x[torch.arange(B), lengths - 1]
+    else:
+        pooled = (x * real[:, :, None].to(x.dtype)).sum(dim=1) / lengths[:, None].to(x.dtype)
+    logits = pooled @ p["score.weight"].T + p["score.bias"]
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    return (weights * losses).sum() / weights.sum(), logits
+
+
+def check_case(tap, dump, device, pool, attention):
+    what = f"{pool} pooling, {attention} attention, on {device}"
+    with tempfile.TemporaryDirectory() as d:
+        r = subprocess.run([dump, d, device, pool, attention], capture_output=True, text=True)
+        if r.returncode != 0:
+            tap.check(False, f"classifier_dump ran ({what})", r.stderr)
+            tap.check(False, f"gradients ({what})", "no dump")
+            return
+        init, meta = load_safetensors(os.path.join(d, "init.safetensors"))
+        batch, _ = load_safetensors(os.path.join(d, "batch.safetensors"))
+        grads, _ = load_safetensors(os.path.join(d, "grads.safetensors"))
+        with open(os.path.join(d, "results.json")) as f:
+            res = json.load(f)
+    cfg, cls = json.loads(meta["config"]), json.loads(meta["classifier"])
+    assert cls["pool"] == pool and cls["attention"] == attention, cls
+    tok = torch.from_numpy(batch["tokens"].astype(np.int64))
+    lengths = torch.from_numpy(batch["lengths"].astype(np.int64))
+    labels = torch.from_numpy(batch["labels"].astype(np.int64))
+    weights = torch.from_numpy(batch["weights"].astype(np.float64))
+    p = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in init.items()}
+    loss, logits = classifier(p, cfg, cls, tok, lengths, labels, weights)
+    loss.backward()
+    rel = abs(res["loss"] - loss.item()) / abs(loss.item())
+    ref = logits.detach().numpy().reshape(-1)
+    lrel = float(np.max(np.abs(np.array(res["logits"]) - ref)) / np.max(np.abs(ref)))
+    tap.check(rel < LOSS_TOL and lrel < LOSS_TOL, f"loss and logits match PyTorch (float64), {what}",
+              f"loss: tessera {res['loss']:.9g}, torch {loss.item():.9g}, relative {rel:.2e}; "
+              f"logits: largest difference {lrel:.2e} of the largest logit")
+    bad, worst, worst_name = [], 0.0, ""
+    for name in sorted(p):
+        if name not in grads:
+            bad.append(f"{name}: no gradient in the dump")
+            continue
+        e = nmse(grads[name], p[name].grad.numpy())
+        if e > worst:
+            worst, worst_name = e, name
+        if not e < GRAD_NMSE:
+            bad.append(f"{name}: nmse {e:.2e}")
+    tap.check(not bad and len(grads) == len(p), f"all {len(p)} parameter gradients match PyTorch (float64), {what}",
+              "\n".join(bad + [f"largest NMSE {worst:.2e} ({worst_name})"]))
+
+
+def main():
+    dump, devices = sys.argv[1], sys.argv[2:]
+    print("TAP version 13")
+    print(f"1..{2 * len(CASES) * len(devices)}")
+    tap = Tap()
+    for dev in devices:
+        for pool, attention in CASES:
+            check_case(tap, dump, dev, pool, attention)
+    sys.exit(1 if tap.failed else 0)
+
+
+if __name__ == "__main__":
+    main()
