@@ -21,6 +21,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$out"
 tessera=$build/tessera
+# Debian's python3 has scikit-learn (python3-sklearn); PYTHON overrides
+py=${PYTHON:-$( [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3 )}
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", b - a }'; }
 now() { date +%s.%N; }
 
@@ -29,7 +31,7 @@ lm=(--tokenizer bpe:2048 --layers 2 --heads 4 --width 128 --seq-len 64 --batch 3
     --eval-every 200)
 cls=(--epochs 4 --max-len 48 --pool mean)
 
-python3 "$here/classify_anchor.py" "$train" "$test" --json "$work/anchor.json"
+"$py" "$here/classify_anchor.py" "$train" "$test" --json "$work/anchor.json"
 
 t0=$(now)
 "$tessera" train --data "$train" "${lm[@]}" --out "$work/lm" --quiet
@@ -44,14 +46,14 @@ t3=$(now)
 t4=$(now)
 "$tessera" classify eval --checkpoint "$work/scratch" --data "$test" --out "$work/scratch.json" --quiet
 
-python3 - "$work" "$out/classify-$date" "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")" "$(secs "$t2" "$t3")" \
+"$py" - "$work" "$out/classify-$date" "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")" "$(secs "$t2" "$t3")" \
     "$(secs "$t3" "$t4")" "$(uname -n)" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
     "$(grep -o -m1 avx512f /proc/cpuinfo || echo avx2)" <<'PY'
 import json, sys
 work, base, pre, fine, ev, scratch, host, cpu, isa = sys.argv[1:]
 a = json.load(open(f"{work}/anchor.json"))
-f = json.load(open(f"{work}/fine.json"))
-s = json.load(open(f"{work}/scratch.json"))
+f = json.load(open(f"{work}/fine.json"))["metrics"]
+s = json.load(open(f"{work}/scratch.json"))["metrics"]
 def row(name, m, seconds):
     return (f"| {name} | {100 * m['accuracy']:.2f}% | {m['macro_precision']:.3f} | {m['macro_recall']:.3f} | "
             f"{m['macro_f1']:.3f} | {seconds} |")
