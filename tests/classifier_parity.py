@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # reports the skip (and exits) where torch is missing
-from torch_parity import GRAD_NMSE, LOSS_TOL, Tap, load_safetensors, nmse  # noqa: E402
+from torch_parity import GRAD_NMSE, LOSS_TOL, Tap, load_safetensors, nmse, trunk  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -35,25 +35,11 @@ CASES = [("last", "causal"), ("mean", "causal"), ("last", "bidirectional"), ("me
 def classifier(p, cfg, cls, tok, lengths, labels, weights):
     """Class-weighted mean cross-entropy and the logits."""
     B, T = tok.shape
-    C, NH, L = cfg["n_embd"], cfg["n_head"], cfg["n_layer"]
-    hs = C // NH
     real = torch.arange(T)[None, :] < lengths[:, None]           # [B, T]: real tokens
     mask = real[:, None, None, :]                                 # keys: the real ones
     if cls["attention"] == "causal":
         mask = mask & torch.ones(T, T, dtype=torch.bool).tril()
-    x = p["wte.weight"][tok] + p["wpe.weight"][:T]
-    for l in range(L):
-        h = F.layer_norm(x, (C,), p[f"h.{l}.ln_1.weight"], p[f"h.{l}.ln_1.bias"], 1e-5)
-        qkv = h @ p[f"h.{l}.attn.c_attn.weight"].T + p[f"h.{l}.attn.c_attn.bias"]
-        q, k, v = (t.view(B, T, NH, hs).transpose(1, 2) for t in qkv.split(C, dim=-1))
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
-        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-        y = (att @ v).transpose(1, 2).reshape(B, T, C)
-        x = x + y @ p[f"h.{l}.attn.c_proj.weight"].T + p[f"h.{l}.attn.c_proj.bias"]
-        h = F.layer_norm(x, (C,), p[f"h.{l}.ln_2.weight"], p[f"h.{l}.ln_2.bias"], 1e-5)
-        h = F.gelu(h @ p[f"h.{l}.mlp.c_fc.weight"].T + p[f"h.{l}.mlp.c_fc.bias"], approximate="tanh")
-        x = x + h @ p[f"h.{l}.mlp.c_proj.weight"].T + p[f"h.{l}.mlp.c_proj.bias"]
-    x = F.layer_norm(x, (C,), p["ln_f.weight"], p["ln_f.bias"], 1e-5)
+    x = trunk(p, cfg, tok, mask)
     if cls["pool"] == "last":
         pooled = x[torch.arange(B), lengths - 1]
     else:

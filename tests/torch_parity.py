@@ -53,13 +53,13 @@ def load_safetensors(path):
     return out, meta
 
 
-def forward(p, cfg, tok, tgt):
-    """The GPT of tessera/gpt.h: pre-norm blocks, tanh GELU, tied head."""
+def trunk(p, cfg, tok, mask):
+    """The GPT of tessera/gpt.h up to the final layer norm: pre-norm blocks,
+    tanh GELU; mask [.., T, T] says which keys each query sees."""
     B, T = tok.shape
     C, NH, L = cfg["n_embd"], cfg["n_head"], cfg["n_layer"]
     hs = C // NH
     x = p["wte.weight"][tok] + p["wpe.weight"][:T]
-    mask = torch.ones(T, T, dtype=torch.bool).tril()
     for l in range(L):
         h = F.layer_norm(x, (C,), p[f"h.{l}.ln_1.weight"], p[f"h.{l}.ln_1.bias"], 1e-5)
         qkv = h @ p[f"h.{l}.attn.c_attn.weight"].T + p[f"h.{l}.attn.c_attn.bias"]
@@ -71,7 +71,13 @@ def forward(p, cfg, tok, tgt):
         h = F.layer_norm(x, (C,), p[f"h.{l}.ln_2.weight"], p[f"h.{l}.ln_2.bias"], 1e-5)
         h = F.gelu(h @ p[f"h.{l}.mlp.c_fc.weight"].T + p[f"h.{l}.mlp.c_fc.bias"], approximate="tanh")
         x = x + h @ p[f"h.{l}.mlp.c_proj.weight"].T + p[f"h.{l}.mlp.c_proj.bias"]
-    x = F.layer_norm(x, (C,), p["ln_f.weight"], p["ln_f.bias"], 1e-5)
+    return F.layer_norm(x, (C,), p["ln_f.weight"], p["ln_f.bias"], 1e-5)
+
+
+def forward(p, cfg, tok, tgt):
+    """The GPT of tessera/gpt.h: the trunk, causal, and the tied head."""
+    T = tok.shape[1]
+    x = trunk(p, cfg, tok, torch.ones(T, T, dtype=torch.bool).tril())
     logits = x @ p["wte.weight"].T
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-1)
 

@@ -161,7 +161,10 @@ static int classify_train(int argc, char **argv)
         fprintf(stderr, "tessera classify train: --train is required\n");
         return 2;
     }
-    if (!cli_given(opts, n, "--min-lr")) c.min_lr = c.lr / 10.0f;
+    if (!cli_given(opts, n, "--min-lr")) { /* a tenth of lr as typed: 1e-3 gives 1e-4, not 1.00000005e-4 */
+        char typed[32];
+        c.min_lr = (float)(strtod(ts_json_float(typed, sizeof typed, c.lr), NULL) / 10.0);
+    }
     if (!cli_given(opts, n, "--trunk-lr")) c.trunk_lr = -1.0f;
     if (!cli_given(opts, n, "--warmup")) c.warmup = -1;
     c.threads = (int)threads, c.keep = (int)keep, c.progress = !quiet;
