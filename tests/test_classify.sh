@@ -54,7 +54,7 @@ named_error() { # rc, output file, expected text
 }
 
 echo "TAP version 13"
-echo "1..20"
+echo "1..21"
 
 # 1-3. the task learned from each format, every held-out text right
 "$tessera" classify train "${small[@]}" --train "$work/train.jsonl" --epochs 4 --out "$work/j" >"$work/j.out" 2>&1
@@ -252,9 +252,10 @@ erc=$?; acc=$(accuracy "$work/init.eval")
 check "fine-tuned from --init it gets every held-out text right (accuracy ${acc:-?})" $? "exit $rc, eval exit $erc" \
     "$(tail -5 "$work/init.out")" "$(cat "$work/init.eval")"
 
-# 17-18. stopped by SIGTERM in the middle of an epoch, resumed: the losses
-# and final weights of the uninterrupted run, bit for bit
-run=("$tessera" classify train "${small[@]}" --train "$work/train.jsonl" --epochs 12)
+# 17-19. stopped by SIGTERM in the middle of an epoch, resumed: the losses
+# and final weights of the uninterrupted run, bit for bit, with word
+# dropout on (its draws depend on the step, not on how the run got there)
+run=("$tessera" classify train "${small[@]}" --train "$work/train.jsonl" --epochs 12 --token-dropout 0.25)
 "${run[@]}" --out "$work/whole" >/dev/null 2>&1
 "${run[@]}" --out "$work/part" >/dev/null 2>&1 &
 job=$!
@@ -276,10 +277,15 @@ check "stopped by SIGTERM at $stopped and resumed, the run logs each of its $tot
 last=$(cat "$work/whole/latest" 2>/dev/null)
 cmp -s "$work/whole/$last/model.safetensors" "$work/part/$last/model.safetensors"
 check "and its final weights are identical ($last)" $?
+"$tessera" classify train "${small[@]}" --train "$work/train.jsonl" --epochs 1 --out "$work/nodrop" >/dev/null 2>&1
+first=$(losses "$work/nodrop/log.jsonl" | wc -l)
+differ=$(diff <(losses "$work/nodrop/log.jsonl") <(losses "$work/whole/log.jsonl" | head -n "$first") | grep -c '^>')
+[ "$first" -gt 5 ] && [ "$differ" -gt $((first / 2)) ]
+check "--token-dropout 0.25 changes the training losses ($differ of the first $first steps differ from a run without it)" $?
 
-# 19-20. two processes under mpirun, each a share of every batch (uneven
-# shares, a last batch of one example, balanced class weights): the losses
-# of one process
+# 20-21. two processes under mpirun, each a share of every batch (uneven
+# shares, a last batch of one example, balanced class weights, word
+# dropout): the losses of one process
 maxrel() { # largest relative difference between the step losses of two logs
     awk 'NR == FNR {ref[$1] = $2; next} ($1 in ref) {d = ($2 - ref[$1]) / ref[$1]; if (d < 0) d = -d; if (d > m) m = d; k++}
          END {if (k == 0) print "none"; else printf "%.3g\n", m}' <(losses "$2") <(losses "$1")
@@ -291,7 +297,7 @@ if [ -z "$mpirun" ] || ! "$tessera" --version | grep -qw mpi; then
 else
     gen 271 11 jsonl >"$work/train271.jsonl"
     dp=("$tessera" classify train "${small[@]}" --train "$work/train271.jsonl" --val "$work/test.jsonl" --batch 15 --epochs 2
-        --class-weights balanced --pool mean --attention bidirectional)
+        --class-weights balanced --pool mean --attention bidirectional --token-dropout 0.2)
     "${dp[@]}" --out "$work/one" >"$work/one.out" 2>&1
     orc=$?
     ASAN_OPTIONS=detect_leaks=0 timeout 300 "$mpirun" --allow-run-as-root --oversubscribe -np 2 "${dp[@]}" --out "$work/two" \

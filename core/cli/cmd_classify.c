@@ -134,6 +134,8 @@ static int classify_train(int argc, char **argv)
         {"--eps", OPT_FLOAT, &c.eps, 0, "Adam epsilon", "1e-8", 1e-30, 1, 0},
         {"--weight-decay", OPT_FLOAT, &c.weight_decay, 0, "decoupled (AdamW) weight decay on matrices", "0.01", 0, 100,
          0},
+        {"--token-dropout", OPT_DOUBLE, &c.token_dropout, 0, "share of a training text's tokens left out each "
+         "time it is seen (word dropout, a regulariser)", "0", 0, 0.9, 0},
         {"--grad-clip", OPT_FLOAT, &c.grad_clip, 0, "global gradient norm limit, 0 = off", "1.0", 0, 1e30, 0},
         {"--best-by", OPT_STRING, c.best_by, sizeof c.best_by, "held-out score that picks `best`: accuracy | "
          "macro_f1 | loss", "accuracy", 0, 0, 0},

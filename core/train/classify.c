@@ -623,6 +623,7 @@ static const setting settings_table[] = {
     {"eps", 'f', CF(eps), 1e-30, 1},
     {"weight_decay", 'f', CF(weight_decay), 0, 100},
     {"grad_clip", 'f', CF(grad_clip), 0, 1e30},
+    {"token_dropout", 'd', CF(token_dropout), 0, 0.9},
     {"schedule", 's', CF(schedule), 0, 0},
     {"best_by", 's', CF(best_by), 0, 0},
     {"seed", 'u', CF(seed), 0, 9223372036854775807.0},
@@ -835,6 +836,27 @@ static void fill_batch(const exset *e, const int64_t *rows, int64_t n, int64_t T
         for (int64_t t = len; t < T; t++) b->tokens[i * T + t] = 0;
         b->lengths[i] = len;
         b->labels[i] = e->label[r];
+    }
+}
+
+/* Word dropout as regularisation: each token of a training text is left out
+ * with probability p, the rest closed up (at least one kept). The draw
+ * hashes (seed, step, the row's place in the global batch, position), so
+ * any layout and a resumed run leave out the same tokens. */
+static void drop_tokens(batchbuf *b, int64_t n, int64_t T, double p, uint64_t seed, int64_t step, int64_t row0)
+{
+    if (!(p > 0)) return;
+    uint64_t cut = (uint64_t)(p * 18446744073709551615.0);
+    for (int64_t i = 0; i < n; i++) {
+        int32_t *t = b->tokens + i * T, len = b->lengths[i], kept = 0;
+        for (int32_t k = 0; k < len; k++) {
+            uint64_t h = seed * 0x9E3779B97F4A7C15ull ^ (uint64_t)step * 0xD1B54A32D192ED03ull ^
+                         (uint64_t)(row0 + i) * 0x94D049BB133111EBull ^ (uint64_t)k * 0xBF58476D1CE4E5B9ull;
+            h ^= h >> 31, h *= 0xBF58476D1CE4E5B9ull, h ^= h >> 29, h *= 0x94D049BB133111EBull, h ^= h >> 32;
+            if (h >= cut || (kept == 0 && k == len - 1)) t[kept++] = t[k];
+        }
+        for (int32_t k = kept; k < len; k++) t[k] = 0;
+        b->lengths[i] = kept;
     }
 }
 
@@ -1381,9 +1403,11 @@ static void report_start(crun *r, const char *init_ckpt)
                 init_ckpt ? "trunk of " : "new, ", init_ckpt ? init_ckpt : "", (long long)mc->gpt.n_layer,
                 (long long)mc->gpt.n_head, (long long)mc->gpt.n_embd, (long long)mc->gpt.vocab_size,
                 (double)r->m.num_params / 1e6, ts_pool_name(mc->pool), mc->bidirectional ? "bidirectional" : "causal");
-        fprintf(o, "training %lld epochs of %lld steps of %lld examples, %s lr %.3g%s, %s\n", (long long)c->epochs,
+        char drop[48] = "";
+        if (c->token_dropout > 0) snprintf(drop, sizeof drop, ", %.0f%% of tokens dropped", 100 * c->token_dropout);
+        fprintf(o, "training %lld epochs of %lld steps of %lld examples, %s lr %.3g%s%s, %s\n", (long long)c->epochs,
                 (long long)r->spe, (long long)c->batch, c->optim, c->lr, c->trunk_lr >= 0 ? " (trunk lr set apart)" : "",
-                r->g.size > 1 ? "data parallel over the processes" : "one process");
+                drop, r->g.size > 1 ? "data parallel over the processes" : "one process");
         if (r->g.size > 1) fprintf(o, "layout   %d processes, each a share of every batch\n", r->g.size);
         fflush(o);
     }
@@ -1430,6 +1454,7 @@ static ts_status train_step(crun *r, int64_t step, float lr, float *loss, double
     ts_status st = ts_classifier_zero_grad(&r->m);
     if (!st && hi > lo) {
         fill_batch(&r->train, rows + lo, hi - lo, T, &r->bb);
+        drop_tokens(&r->bb, hi - lo, T, c->token_dropout, c->seed, step, lo);
         for (int64_t i = 0; i < hi - lo; i++) r->bb.weights[i] = r->class_w[r->bb.labels[i]];
         st = ts_classifier_forward(&r->m, r->bb.tokens, r->bb.lengths, hi - lo, T, r->bb.logits);
         if (!st) ts_classifier_cross_entropy(r->bb.logits, hi - lo, K, r->bb.labels, r->bb.weights, 1.0 / W, &lsum,

@@ -136,6 +136,7 @@ typedef struct ts_classify_config {
     char optim[16];
     float lr, trunk_lr;       /* trunk_lr < 0: lr */
     float min_lr, beta1, beta2, eps, weight_decay, grad_clip;
+    double token_dropout;     /* share of a training text's tokens left out each time it is seen */
     char schedule[16];        /* cosine | constant */
     char best_by[16];         /* accuracy | macro_f1 | loss */
     uint64_t seed;
