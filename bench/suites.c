@@ -438,33 +438,43 @@ static ts_status bench_attention(run *r)
     static const int64_t full_T[] = {64, 256, 1024}, quick_T[] = {16, 64};
     const int64_t *Ts = q ? quick_T : full_T;
     int nT = q ? 2 : 3;
-    for (int i = 0; i < nT; i++) {
-        int64_t T = Ts[i];
-        att_ctx a;
-        memset(&a, 0, sizeof a);
-        ts_status st = ts_attention_ws_alloc(&a.ws, r->dev, B, T, C, NH);
-        if (!st) st = alloc_random(&a.qkv, r->dev, TS_SHAPE(B, T, 3 * C), -1, 1, 61);
-        if (!st) st = ts_tensor_alloc(&a.out, r->dev, TS_F32, TS_SHAPE(B, T, C));
-        if (!st) st = alloc_random(&a.dout, r->dev, TS_SHAPE(B, T, C), -1, 1, 62);
-        if (!st) st = ts_tensor_alloc(&a.dqkv, r->dev, TS_F32, TS_SHAPE(B, T, 3 * C));
-        if (!st) st = ts_attention_forward(&a.out, &a.qkv, &a.ws);
-        char shape[64];
-        snprintf(shape, sizeof shape, "B=%lld T=%lld NH=%lld HS=%lld", (long long)B, (long long)T, (long long)NH,
-                 (long long)HS);
-        /* scores and weighted sum over the full T x T (tessera computes the
-         * masked half too), softmax ~5 flops a score; backward twice the
-         * products. Bytes: qkv in, out, and the T x T probabilities. */
-        double mm = 4.0 * B * NH * (double)T * T * HS, sm = 5.0 * B * NH * (double)T * T;
-        double io = 4.0 * (4.0 * B * T * C), probs = 4.0 * B * NH * (double)T * T;
-        if (!st) st = measure(r, "attention", "attention forward", "tessera", shape, mm + sm, io + 2 * probs, 'c',
-                              run_attention, &a);
-        a.backward = 1;
-        if (!st) st = measure(r, "attention", "attention backward", "tessera", shape, 2 * mm + 2 * sm,
-                              2 * io + 3 * probs, 'c', run_attention, &a);
-        ts_attention_ws_free(&a.ws);
-        ts_tensor_free(&a.qkv), ts_tensor_free(&a.out), ts_tensor_free(&a.dout), ts_tensor_free(&a.dqkv);
-        TRY(st);
-    }
+    bool has_fused;
+    TRY(ts_attention_route_fused(r->dev, TS_ATTENTION_AUTO, &has_fused));
+    if (!has_fused && ts_attention_route_fused(r->dev, TS_ATTENTION_FUSED, &has_fused) != TS_OK) ts_clear_error();
+    /* both routes where the device has the fused one, side by side */
+    for (int i = 0; i < nT; i++)
+        for (int route = has_fused ? 0 : 1; route < 2; route++) {
+            int64_t T = Ts[i];
+            att_ctx a;
+            memset(&a, 0, sizeof a);
+            ts_status st = ts_attention_ws_alloc_route(&a.ws, r->dev, B, T, C, NH,
+                                                       route ? TS_ATTENTION_COMPOSITE : TS_ATTENTION_FUSED);
+            if (!st) st = alloc_random(&a.qkv, r->dev, TS_SHAPE(B, T, 3 * C), -1, 1, 61);
+            if (!st) st = ts_tensor_alloc(&a.out, r->dev, TS_F32, TS_SHAPE(B, T, C));
+            if (!st) st = alloc_random(&a.dout, r->dev, TS_SHAPE(B, T, C), -1, 1, 62);
+            if (!st) st = ts_tensor_alloc(&a.dqkv, r->dev, TS_F32, TS_SHAPE(B, T, 3 * C));
+            if (!st) st = ts_attention_forward(&a.out, &a.qkv, &a.ws);
+            char shape[64];
+            snprintf(shape, sizeof shape, "B=%lld T=%lld NH=%lld HS=%lld", (long long)B, (long long)T,
+                     (long long)NH, (long long)HS);
+            /* the same nominal work for both routes, so rates compare as
+             * times: scores and weighted sum over the full T x T (the
+             * composite route computes the masked half too, the fused one
+             * skips it), softmax ~5 flops a score; backward twice the
+             * products. Bytes: qkv in, out, and the T x T probabilities the
+             * composite route stores. */
+            double mm = 4.0 * B * NH * (double)T * T * HS, sm = 5.0 * B * NH * (double)T * T;
+            double io = 4.0 * (4.0 * B * T * C), probs = 4.0 * B * NH * (double)T * T;
+            const char *impl = route ? (has_fused ? "tessera composite" : "tessera") : "tessera fused";
+            if (!st) st = measure(r, "attention", "attention forward", impl, shape, mm + sm, io + 2 * probs, 'c',
+                                  run_attention, &a);
+            a.backward = 1;
+            if (!st) st = measure(r, "attention", "attention backward", impl, shape, 2 * mm + 2 * sm,
+                                  2 * io + 3 * probs, 'c', run_attention, &a);
+            ts_attention_ws_free(&a.ws);
+            ts_tensor_free(&a.qkv), ts_tensor_free(&a.out), ts_tensor_free(&a.dout), ts_tensor_free(&a.dqkv);
+            TRY(st);
+        }
     return TS_OK;
 }
 

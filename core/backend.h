@@ -52,6 +52,12 @@ struct ts_block {
  *  SOFTMAX_CAUSAL_BWD    dpreatt                               att       datt
  *  SOFTMAX_MASKED_FWD    att[BH,T,T]                           preatt    lengths[BH/NH] (i32)
  *  SOFTMAX_MASKED_BWD    dpreatt (whole rows)                  att       datt
+ *  ATTENTION_FWD         out[B,T,C]    lse[B*NH,T]             qkv[B,T,3C] key_len[B]|NULL
+ *  ATTENTION_BWD         dqkv[B,T,3C]                          dout[B,T,C] qkv out lse key_len|NULL
+ *    (fused attention: scores, mask, softmax and the weighted sum without a
+ *    [T,T] matrix in memory; lse is each row's log-sum-exp of the scaled
+ *    scores, -inf for a row without keys; optional: where supports_op says
+ *    no, the core composes GEMM and SOFTMAX ops instead)
  *  CROSS_ENTROPY         losses|NULL   probs|NULL  dlogits|NULL logits[N,V] targets[N]|NULL
  *  CE_SHARD phase 0      rowmax[N]     tgt[N]                  logits[N,Vl] targets
  *  CE_SHARD phase 1      sumexp[N]                             logits    rowmax
@@ -91,6 +97,8 @@ typedef enum ts_op_kind {
     TS_OP_FMA_LOOP,
     TS_OP_SOFTMAX_MASKED_FWD,
     TS_OP_SOFTMAX_MASKED_BWD,
+    TS_OP_ATTENTION_FWD,
+    TS_OP_ATTENTION_BWD,
     TS_OP_COUNT
 } ts_op_kind;
 
@@ -127,6 +135,10 @@ typedef struct ts_op {
             int64_t NH;            /* MASKED_FWD: row block bh reads lengths[bh / NH] */
             bool causal;           /* MASKED_FWD: also keys s <= t only */
         } softmax;
+        struct {
+            int64_t B, T, C, NH;   /* qkv [B,T,3C], heads of C/NH */
+            bool causal;           /* keys s <= t only (and s < key_len[b] when given) */
+        } attention;
         struct {
             int64_t N, V;
             float scale;           /* dlogits = scale * (softmax - onehot) */

@@ -9,6 +9,7 @@
 #include "profile.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -41,6 +42,8 @@ const char *ts_op_kind_name(ts_op_kind kind)
         [TS_OP_FMA_LOOP] = "fma_loop",
         [TS_OP_SOFTMAX_MASKED_FWD] = "softmax_masked_forward",
         [TS_OP_SOFTMAX_MASKED_BWD] = "softmax_masked_backward",
+        [TS_OP_ATTENTION_FWD] = "attention_forward",
+        [TS_OP_ATTENTION_BWD] = "attention_backward",
     };
     if ((int)kind < 0 || kind >= TS_OP_COUNT) return "?";
     return names[kind];
@@ -636,25 +639,60 @@ ts_status ts_softmax_masked_backward(ts_tensor *dpreatt, const ts_tensor *att, c
     return softmax_backward("ts_softmax_masked_backward", TS_OP_SOFTMAX_MASKED_BWD, dpreatt, att, datt, scale);
 }
 
-ts_status ts_attention_ws_alloc(ts_attention_ws *ws, ts_device *dev, int64_t B, int64_t T,
-                                int64_t C, int64_t NH)
+/* The fused op's probe: whether dev runs TS_OP_ATTENTION_FWD/BWD. */
+static bool device_has_fused_attention(ts_device *dev)
+{
+    if (!dev->iface->supports_op) return false; /* says nothing: do not guess */
+    ts_op op = op_new(TS_OP_ATTENTION_FWD);
+    ts_op bw = op_new(TS_OP_ATTENTION_BWD);
+    return dev->iface->supports_op(dev, &op) && dev->iface->supports_op(dev, &bw);
+}
+
+ts_status ts_attention_route_fused(ts_device *dev, ts_attention_route route, bool *fused)
+{
+    if (!dev) return ts_error(TS_ERR_INVALID_ARG, "attention: no device");
+    bool has = device_has_fused_attention(dev);
+    if (route == TS_ATTENTION_AUTO) {
+        const char *env = getenv("TESSERA_ATTENTION");
+        if (env && *env && strcmp(env, "fused") && strcmp(env, "composite") && strcmp(env, "auto"))
+            return ts_error(TS_ERR_INVALID_ARG, "TESSERA_ATTENTION=%s: expected fused, composite or auto", env);
+        route = env && !strcmp(env, "composite") ? TS_ATTENTION_COMPOSITE : TS_ATTENTION_AUTO;
+        *fused = route == TS_ATTENTION_AUTO && has;
+        return TS_OK;
+    }
+    if (route == TS_ATTENTION_FUSED && !has)
+        return ts_error(TS_ERR_UNSUPPORTED, "fused attention is not available on device %s (%s)", dev->info.id,
+                        dev->info.name);
+    *fused = route == TS_ATTENTION_FUSED;
+    return TS_OK;
+}
+
+ts_status ts_attention_ws_alloc_route(ts_attention_ws *ws, ts_device *dev, int64_t B, int64_t T, int64_t C,
+                                      int64_t NH, ts_attention_route route)
 {
     memset(ws, 0, sizeof *ws);
     if (B <= 0 || T <= 0 || NH <= 0 || C <= 0 || C % NH)
         return ts_error(TS_ERR_SHAPE, "attention: C=%lld must be a positive multiple of NH=%lld",
                         (long long)C, (long long)NH);
+    TRY(ts_attention_route_fused(dev, route, &ws->fused));
     int64_t HS = C / NH;
     ws->B = B, ws->T = T, ws->C = C, ws->NH = NH;
     ts_status st;
-    if ((st = ts_tensor_alloc(&ws->qkvh, dev, TS_F32, TS_SHAPE(3, B * NH, T, HS))) ||
-        (st = ts_tensor_alloc(&ws->att, dev, TS_F32, TS_SHAPE(B * NH, T, T))) ||
-        (st = ts_tensor_alloc(&ws->y, dev, TS_F32, TS_SHAPE(B * NH, T, HS))) ||
-        (st = ts_tensor_alloc(&ws->scratch, dev, TS_F32, TS_SHAPE(B * NH, T, T))) ||
-        (st = ts_tensor_alloc(&ws->dqkvh, dev, TS_F32, TS_SHAPE(3, B * NH, T, HS)))) {
-        ts_attention_ws_free(ws);
-        return st;
-    }
-    return TS_OK;
+    if (ws->fused)
+        st = ts_tensor_alloc(&ws->lse, dev, TS_F32, TS_SHAPE(B * NH, T));
+    else if (!(st = ts_tensor_alloc(&ws->qkvh, dev, TS_F32, TS_SHAPE(3, B * NH, T, HS))) &&
+             !(st = ts_tensor_alloc(&ws->att, dev, TS_F32, TS_SHAPE(B * NH, T, T))) &&
+             !(st = ts_tensor_alloc(&ws->y, dev, TS_F32, TS_SHAPE(B * NH, T, HS))) &&
+             !(st = ts_tensor_alloc(&ws->scratch, dev, TS_F32, TS_SHAPE(B * NH, T, T))))
+        st = ts_tensor_alloc(&ws->dqkvh, dev, TS_F32, TS_SHAPE(3, B * NH, T, HS));
+    if (!st && ws->fused) st = ts_tensor_alloc(&ws->o, dev, TS_F32, TS_SHAPE(B, T, C));
+    if (st) ts_attention_ws_free(ws);
+    return st;
+}
+
+ts_status ts_attention_ws_alloc(ts_attention_ws *ws, ts_device *dev, int64_t B, int64_t T, int64_t C, int64_t NH)
+{
+    return ts_attention_ws_alloc_route(ws, dev, B, T, C, NH, TS_ATTENTION_AUTO);
 }
 
 void ts_attention_ws_free(ts_attention_ws *ws)
@@ -664,6 +702,8 @@ void ts_attention_ws_free(ts_attention_ws *ws)
     ts_tensor_free(&ws->y);
     ts_tensor_free(&ws->scratch);
     ts_tensor_free(&ws->dqkvh);
+    ts_tensor_free(&ws->lse);
+    ts_tensor_free(&ws->o);
 }
 
 /* q, k, v (or their gradients) as [BH, T, HS] views of a [3, BH, T, HS] tensor. */
@@ -674,9 +714,53 @@ static ts_status qkv_views(const ts_tensor *qkvh, ts_attention_ws *ws, ts_tensor
     return TS_OK;
 }
 
+static bool same_storage(const ts_tensor *a, const ts_tensor *b)
+{
+    return a->block == b->block && a->offset == b->offset;
+}
+
+/* Shapes the fused ops share: qkv [B,T,3C] and out-like [B,T,C] tensors. */
+static ts_status fused_operands(const char *name, ts_attention_ws *ws, const ts_tensor *qkv, const ts_tensor *o,
+                                const char *oname)
+{
+    int64_t B = ws->B, T = ws->T, C = ws->C;
+    TRY(need(name, "qkv", qkv, TS_F32));
+    TRY(need_numel(name, "qkv", qkv, B * T * 3 * C));
+    TRY(need(name, oname, o, TS_F32));
+    TRY(need_numel(name, oname, o, B * T * C));
+    if (ws->key_len) {
+        TRY(need(name, "key_len", ws->key_len, TS_I32));
+        TRY(need_numel(name, "key_len", ws->key_len, B));
+    }
+    if (!ws->lse.block || !ws->o.block)
+        return ts_error(TS_ERR_INVALID_ARG, "%s: the workspace was not set up for the fused route", name);
+    if (ws->bidirectional && !ws->key_len)
+        return ts_error(TS_ERR_INVALID_ARG, "bidirectional attention needs the sequence lengths");
+    return TS_OK;
+}
+
+static ts_op fused_op(ts_op_kind kind, const ts_attention_ws *ws)
+{
+    ts_op op = op_new(kind);
+    op.p.attention.B = ws->B, op.p.attention.T = ws->T, op.p.attention.C = ws->C, op.p.attention.NH = ws->NH;
+    op.p.attention.causal = !ws->bidirectional;
+    return op;
+}
+
 ts_status ts_attention_forward(ts_tensor *out, const ts_tensor *qkv, ts_attention_ws *ws)
 {
     int64_t B = ws->B, T = ws->T, NH = ws->NH, HS = ws->C / ws->NH;
+    if (ws->fused) {
+        const char *name = "ts_attention_forward (fused)";
+        TRY(fused_operands(name, ws, qkv, out, "out"));
+        ts_op op = fused_op(TS_OP_ATTENTION_FWD, ws);
+        op.out[0] = out, op.out[1] = &ws->lse;
+        op.in[0] = qkv, op.in[1] = ws->key_len;
+        TRY(dispatch(name, &op));
+        ws->qkv_in = *qkv; /* a view: backward reads the scores' inputs again */
+        ws->qkv_in.owner = 0;
+        return same_storage(out, &ws->o) ? TS_OK : ts_tensor_copy(&ws->o, out);
+    }
     ts_tensor h[3];
     TRY(ts_split_heads(&ws->qkvh, qkv, B, T, 3, NH));
     TRY(qkv_views(&ws->qkvh, ws, h));
@@ -693,6 +777,18 @@ ts_status ts_attention_forward(ts_tensor *out, const ts_tensor *qkv, ts_attentio
 ts_status ts_attention_backward(ts_tensor *dqkv, const ts_tensor *dout, ts_attention_ws *ws)
 {
     int64_t B = ws->B, T = ws->T, NH = ws->NH, HS = ws->C / ws->NH;
+    if (ws->fused) {
+        const char *name = "ts_attention_backward (fused)";
+        const ts_tensor *qkv = &ws->qkv_in;
+        if (!qkv->block) return ts_error(TS_ERR_INVALID_ARG, "%s: no forward to go back through", name);
+        TRY(fused_operands(name, ws, qkv, dout, "dout"));
+        TRY(need(name, "dqkv", dqkv, TS_F32));
+        TRY(need_numel(name, "dqkv", dqkv, B * T * 3 * ws->C));
+        ts_op op = fused_op(TS_OP_ATTENTION_BWD, ws);
+        op.out[0] = dqkv;
+        op.in[0] = dout, op.in[1] = qkv, op.in[2] = &ws->o, op.in[3] = &ws->lse, op.in[4] = ws->key_len;
+        return dispatch(name, &op);
+    }
     ts_tensor h[3], dh[3];
     TRY(qkv_views(&ws->qkvh, ws, h));
     TRY(qkv_views(&ws->dqkvh, ws, dh));

@@ -212,6 +212,45 @@ void ref_attention_masked_forward(double *out, const double *qkv, int64_t B, int
     free(w);
 }
 
+void ref_attention_masked_backward(double *dqkv, const double *dout, const double *qkv, int64_t B, int64_t T,
+                                   int64_t C, int64_t NH, const int32_t *lengths, bool causal)
+{
+    int64_t HS = C / NH;
+    double scale = 1.0 / sqrt((double)HS);
+    double *p = malloc((size_t)T * sizeof *p), *dp = malloc((size_t)T * sizeof *dp);
+    for (int64_t i = 0; i < B * T * 3 * C; i++) dqkv[i] = 0.0;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < NH; h++) {
+                const double *q = qkv + (b * T + t) * 3 * C + h * HS, *dy = dout + (b * T + t) * C + h * HS;
+                double *dq = dqkv + (b * T + t) * 3 * C + h * HS;
+                int64_t end = lengths ? (lengths[b] < 0 ? 0 : lengths[b] > T ? T : lengths[b]) : T;
+                if (causal && end > t + 1) end = t + 1;
+                double m = -INFINITY, s = 0.0, D = 0.0;
+                for (int64_t u = 0; u < end; u++) {
+                    const double *k = qkv + (b * T + u) * 3 * C + C + h * HS;
+                    const double *v = k + C;
+                    double dot = 0.0, dv = 0.0;
+                    for (int64_t d = 0; d < HS; d++) dot += q[d] * k[d], dv += dy[d] * v[d];
+                    p[u] = dot * scale, dp[u] = dv;
+                    m = fmax(m, p[u]);
+                }
+                for (int64_t u = 0; u < end; u++) s += (p[u] = exp(p[u] - m));
+                for (int64_t u = 0; u < end; u++) p[u] /= s, D += p[u] * dp[u];
+                for (int64_t u = 0; u < end; u++) {
+                    double *dk = dqkv + (b * T + u) * 3 * C + C + h * HS, *dv = dk + C;
+                    const double *k = qkv + (b * T + u) * 3 * C + C + h * HS;
+                    double ds = p[u] * (dp[u] - D) * scale;
+                    for (int64_t d = 0; d < HS; d++) {
+                        dq[d] += ds * k[d];
+                        dk[d] += ds * q[d];
+                        dv[d] += p[u] * dy[d];
+                    }
+                }
+            }
+    free(p), free(dp);
+}
+
 void ref_softmax_masked_forward(double *att, const double *pre, const int32_t *lengths, int64_t BH, int64_t NH,
                                 int64_t T, double scale, bool causal)
 {

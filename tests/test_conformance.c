@@ -19,6 +19,7 @@
 #define TOL_ELEM 1e-11    /* elementwise with transcendentals */
 #define TOL_REDUCE 1e-10  /* sums over rows, layernorm, softmax, cross-entropy */
 #define TOL_GEMM 1e-10    /* products with K up to a few hundred */
+#define ATTENTION_FMT "B=%lld T=%lld C=%lld NH=%lld mask=%lld route=%lld backward=%lld"
 
 typedef struct conf_arg {
     ts_device *dev;
@@ -523,58 +524,60 @@ static void conf_softmax_masked(void *argp)
     free(x), free(d), free(len), free(dx), free(dd), free(ref), free(att);
 }
 
-/* ---- attention (composite): p = B, T, C, NH ---- */
+/* ---- attention: p = B, T, C, NH, mask, route, backward ----
+ * mask 0: causal over all T keys; 1: causal over lengths 1..T; 2:
+ * bidirectional over lengths 1..T. route 1: composite (GEMM + softmax ops),
+ * 2: fused (skipped where the device has no fused op). */
 
-static void conf_attention_fwd(void *argp)
+static void conf_attention(void *argp)
 {
     conf_arg *a = argp;
-    int64_t B = a->p[0], T = a->p[1], C = a->p[2], NH = a->p[3];
+    int64_t B = a->p[0], T = a->p[1], C = a->p[2], NH = a->p[3], mask = a->p[4];
+    ts_attention_route route = a->p[5] == 2 ? TS_ATTENTION_FUSED : TS_ATTENTION_COMPOSITE;
+    int backward = (int)a->p[6];
+    bool fused;
+    if (ts_attention_route_fused(a->dev, TS_ATTENTION_FUSED, &fused) != TS_OK && route == TS_ATTENTION_FUSED) {
+        ts_clear_error();
+        SKIP("no fused attention on this device");
+    }
     rng_t r;
     rng_seed(&r, a->seed);
-    float *qkv = rand_floats(&r, B * T * 3 * C, -1, 1);
-    ts_tensor tq;
-    guarded g;
-    ts_attention_ws ws;
-    REQUIRE_OK(upload(&tq, a->dev, TS_F32, TS_SHAPE(B, T, 3 * C), qkv));
-    REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(B, T, C), NULL));
-    REQUIRE_OK(ts_attention_ws_alloc(&ws, a->dev, B, T, C, NH));
-    REQUIRE_OK(ts_attention_forward(&g.t, &tq, &ws));
-    double *dq = to_double(qkv, B * T * 3 * C), *ref = malloc((size_t)(B * T * C) * sizeof *ref);
-    ref_attention_forward(ref, dq, B, T, C, NH);
-    expect_output("attention_forward", &g, ref, TOL_GEMM);
-    free(qkv), free(dq), free(ref);
-    ts_attention_ws_free(&ws);
-    guarded_free(&g);
-    ts_tensor_free(&tq);
-}
-
-/* masked attention: lengths 1..T, causal or bidirectional */
-static void conf_attention_masked_fwd(void *argp)
-{
-    conf_arg *a = argp;
-    int64_t B = a->p[0], T = a->p[1], C = a->p[2], NH = a->p[3];
-    int bidir = (int)a->p[4];
-    rng_t r;
-    rng_seed(&r, a->seed);
-    float *qkv = rand_floats(&r, B * T * 3 * C, -1, 1);
+    float *qkv = rand_floats(&r, B * T * 3 * C, -1, 1), *dout = rand_floats(&r, B * T * C, -1, 1);
     int32_t *len = rand_ints(&r, B, 1, (int32_t)T + 1);
-    ts_tensor tq, tl;
+    ts_tensor tq, tl, tout, tdout;
     guarded g;
     ts_attention_ws ws;
     REQUIRE_OK(upload(&tq, a->dev, TS_F32, TS_SHAPE(B, T, 3 * C), qkv));
     REQUIRE_OK(upload(&tl, a->dev, TS_I32, TS_SHAPE(B), len));
-    REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(B, T, C), NULL));
-    REQUIRE_OK(ts_attention_ws_alloc(&ws, a->dev, B, T, C, NH));
-    ws.key_len = &tl;
-    ws.bidirectional = bidir;
-    REQUIRE_OK(ts_attention_forward(&g.t, &tq, &ws));
-    double *dq = to_double(qkv, B * T * 3 * C), *ref = malloc((size_t)(B * T * C) * sizeof *ref);
-    ref_attention_masked_forward(ref, dq, B, T, C, NH, len, !bidir);
-    expect_output("attention_forward masked", &g, ref, TOL_GEMM);
-    free(qkv), free(len), free(dq), free(ref);
+    REQUIRE_OK(upload(&tdout, a->dev, TS_F32, TS_SHAPE(B, T, C), dout));
+    REQUIRE_OK(ts_attention_ws_alloc_route(&ws, a->dev, B, T, C, NH, route));
+    EXPECTF(ws.fused == (route == TS_ATTENTION_FUSED), "the workspace took the %s route",
+            ws.fused ? "fused" : "composite");
+    if (mask) ws.key_len = &tl;
+    ws.bidirectional = mask == 2;
+    double *dq = to_double(qkv, B * T * 3 * C), *ddout = to_double(dout, B * T * C);
+    if (!backward) {
+        REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(B, T, C), NULL));
+        REQUIRE_OK(ts_attention_forward(&g.t, &tq, &ws));
+        double *ref = malloc((size_t)(B * T * C) * sizeof *ref);
+        ref_attention_masked_forward(ref, dq, B, T, C, NH, mask ? len : NULL, mask != 2);
+        expect_output("attention_forward", &g, ref, TOL_GEMM);
+        free(ref);
+    } else {
+        REQUIRE_OK(ts_tensor_alloc(&tout, a->dev, TS_F32, TS_SHAPE(B, T, C)));
+        REQUIRE_OK(ts_attention_forward(&tout, &tq, &ws));
+        REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(B, T, 3 * C), NULL));
+        REQUIRE_OK(ts_attention_backward(&g.t, &tdout, &ws));
+        double *ref = malloc((size_t)(B * T * 3 * C) * sizeof *ref);
+        ref_attention_masked_backward(ref, ddout, dq, B, T, C, NH, mask ? len : NULL, mask != 2);
+        expect_output("attention_backward", &g, ref, TOL_GEMM);
+        free(ref);
+        ts_tensor_free(&tout);
+    }
+    free(qkv), free(dout), free(len), free(dq), free(ddout);
     ts_attention_ws_free(&ws);
     guarded_free(&g);
-    ts_tensor_free(&tq), ts_tensor_free(&tl);
+    ts_tensor_free(&tq), ts_tensor_free(&tl), ts_tensor_free(&tdout);
 }
 
 /* ---- cross-entropy: p = N, V, outputs (1 losses 2 probs 4 dlogits), in_place ---- */
@@ -860,10 +863,20 @@ static const case_def cases[] = {
      6, {{1, 1, 1, 0, 0, 0}, {3, 2, 17, 0, 0, 0}, {4, 2, 64, 1, 1, 0}, {2, 1, 130, 0, 1, 0}, {5, 3, 9, 1, 0, 0}}, 5},
     {"softmax_masked_backward", conf_softmax_masked, "B=%lld NH=%lld T=%lld causal=%lld in_place=%lld backward=%lld",
      6, {{1, 1, 1, 0, 0, 1}, {3, 2, 17, 0, 0, 1}, {4, 2, 64, 1, 1, 1}, {2, 1, 130, 0, 1, 1}}, 4},
-    {"attention_forward", conf_attention_fwd, "B=%lld T=%lld C=%lld NH=%lld", 4,
-     {{1, 1, 4, 1}, {2, 9, 12, 3}, {2, 32, 64, 4}}, 3},
-    {"attention_forward masked", conf_attention_masked_fwd, "B=%lld T=%lld C=%lld NH=%lld bidirectional=%lld", 5,
-     {{1, 1, 4, 1, 1}, {3, 9, 12, 3, 1}, {3, 9, 12, 3, 0}, {2, 32, 64, 4, 1}}, 4},
+/* fused blocks hold 64 query rows: T=130 and 150 cross block edges. The
+ * composite route's kernels are the softmax and GEMM ops checked above, so
+ * it keeps to small shapes (oclgrind runs these too, slowly). */
+#define ATTENTION_SMALL(route, bw)                                                                 \
+    {1, 1, 4, 1, 0, route, bw}, {2, 9, 12, 3, 0, route, bw}, {1, 1, 4, 1, 2, route, bw},                \
+        {3, 9, 12, 3, 2, route, bw}, {3, 9, 12, 3, 1, route, bw}
+#define ATTENTION_LARGE(route, bw)                                                                 \
+    {2, 32, 64, 4, 0, route, bw}, {2, 32, 64, 4, 2, route, bw}, {2, 130, 32, 2, 1, route, bw},         \
+        {1, 150, 16, 1, 0, route, bw}, {2, 200, 16, 2, 2, route, bw}
+    {"attention_forward composite", conf_attention, ATTENTION_FMT, 7,
+     {ATTENTION_SMALL(1, 0), {2, 32, 64, 4, 0, 1, 0}, {2, 32, 64, 4, 2, 1, 0}}, 7},
+    {"attention_forward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 0), ATTENTION_LARGE(2, 0)}, 10},
+    {"attention_backward composite", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(1, 1)}, 5},
+    {"attention_backward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 1), ATTENTION_LARGE(2, 1)}, 10},
     {"cross_entropy", conf_cross_entropy, "N=%lld V=%lld outputs=%lld in_place=%lld", 4,
      {{1, 1, 7, 0}, {5, 33, 7, 0}, {9, 1000, 5, 0}, {4, 50257, 5, 0}, {6, 301, 1, 0},
       {6, 301, 5, 1}, {3, 77, 3, 1}},

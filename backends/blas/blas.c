@@ -180,6 +180,14 @@ static void sgemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, floa
     ts_blas_sgemm_builtin_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+void ts_blas_sgemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                          int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
+{
+    pthread_once(&g_once, blas_init);
+    if (M == 0 || N == 0) return;
+    sgemm_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 /* Split the larger of M and N into one block per thread (multiples of 16
  * so kernels keep full register tiles). */
 void ts_blas_sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,

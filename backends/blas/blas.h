@@ -34,6 +34,12 @@ void ts_blas_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, 
                    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                    int64_t ldc);
 /* Strided batch of products; small ones run one per thread. */
+/* The same product on the calling thread only (for callers that split the
+ * work among their own threads). */
+void ts_blas_sgemm_serial(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                          const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                          int64_t ldc);
+
 void ts_blas_sgemm_batched(bool trans_a, bool trans_b, int64_t batch, int64_t M, int64_t N,
                            int64_t K, float alpha, const float *A, int64_t stride_a, int64_t lda,
                            const float *B, int64_t stride_b, int64_t ldb, float beta, float *C,

@@ -11,6 +11,7 @@
 
 #include "registry.h"
 #include "../blas/blas.h"
+#include "cpu_attention.h"
 #include "cpu_ops.h"
 #include "backend.h"
 
@@ -175,6 +176,17 @@ static ts_status cpu_run_op(ts_device *dev, const ts_op *op)
                          op->p.optim.weight_decay, op->p.optim.grad_scale,
                          op->p.optim.bias_correction1, op->p.optim.bias_correction2);
         break;
+    case TS_OP_ATTENTION_FWD:
+    case TS_OP_ATTENTION_BWD: {
+        const __typeof__(op->p.attention) *a = &op->p.attention;
+        int rc = op->kind == TS_OP_ATTENTION_FWD
+                     ? cpu_attention_forward(F(o[0]), F(o[1]), F(in[0]), I(in[1]), a->B, a->T, a->C, a->NH, a->causal)
+                     : cpu_attention_backward(F(o[0]), F(in[0]), F(in[1]), F(in[2]), F(in[3]), I(in[4]), a->B, a->T,
+                                              a->C, a->NH, a->causal);
+        if (rc) return ts_error(TS_ERR_OOM, "no host memory for the attention buffers (%d threads x %lld keys)",
+                                ts_cpu_threads, (long long)a->T);
+        break;
+    }
     case TS_OP_TRIAD:
         cpu_triad(F(o[0]), F(in[0]), F(in[1]), op->p.triad.s, op->p.triad.n);
         break;
@@ -194,6 +206,13 @@ static void cpu_release(ts_device *dev)
     if (dev == g_cpu_device) g_cpu_device = NULL;
 }
 
+/* Every op, fused attention included (the core asks before it takes that route). */
+static bool cpu_supports_op(ts_device *dev, const ts_op *op)
+{
+    (void)dev;
+    return op->kind >= 0 && op->kind < TS_OP_COUNT;
+}
+
 static const ts_backend_iface cpu_iface = {
     .version = TS_BACKEND_INTERFACE_VERSION,
     .name = "cpu",
@@ -203,7 +222,7 @@ static const ts_backend_iface cpu_iface = {
     .read = cpu_read,
     .copy = cpu_copy,
     .synchronize = cpu_synchronize,
-    .supports_op = NULL,
+    .supports_op = cpu_supports_op,
     .run_op = cpu_run_op,
     .release = cpu_release,
 };

@@ -45,6 +45,16 @@ static inline __attribute__((always_inline)) float ts_tanhf(float x)
     return x < 0.0f ? -t : t;
 }
 
+/* Loops heavy in arithmetic (exp, tanh, divisions) get AVX2 and AVX-512
+ * clones chosen at load time (ifunc), since the library itself targets
+ * baseline x86-64. The clones are named by CPU feature: "arch=" clones
+ * dispatch on the CPU model and never fire on, say, AMD parts. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define TS_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
+#else
+#define TS_CLONES
+#endif
+
 #define TS_GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
 
 #endif

@@ -18,16 +18,6 @@ int ts_cpu_threads = 1;
 #define PFOR_SIMD(cond)                                                                            \
     TS_PRAGMA(omp parallel for simd schedule(static) num_threads(ts_cpu_threads) if (cond))
 
-/* Loops heavy in arithmetic (exp, tanh, divisions) get AVX2 and AVX-512
- * clones chosen at load time (ifunc), since the library itself targets
- * baseline x86-64. The clones are named by CPU feature: "arch=" clones
- * dispatch on the CPU model and never fire on, say, AMD parts. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define TS_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
-#else
-#define TS_CLONES
-#endif
-
 enum { SMALL = 1 << 14 };   /* elements below which loops stay serial */
 enum { REDUCE_CHUNKS = 64 }; /* fixed: results do not depend on thread count */
 enum { COL_BLOCK = 64 };     /* columns per task in row reductions */

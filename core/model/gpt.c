@@ -455,9 +455,12 @@ static ts_status ensure_scratch(ts_gpt *m, int64_t B, int64_t T)
     if (m->scratch_B == B && m->scratch_T == T) return TS_OK;
     free_scratch(m);
     int64_t N = B * T, C = m->cfg.n_embd, BH = B * m->NH_local, HS = C / m->cfg.n_head;
+    bool fused;
+    TRY(ts_attention_route_fused(m->device, TS_ATTENTION_AUTO, &fused));
+    int64_t k = fused ? 0 : 1; /* the composite route's buffers; the fused one needs none */
     plan_item plan[] = {
-        {&m->y, 3, {BH, T, HS}},          {&m->att_scratch, 3, {BH, T, T}},
-        {&m->dqkvh, 4, {3, BH, T, HS}},   {&m->proj, 2, {N, C}},
+        {&m->y, 3, {k * BH, T, HS}},      {&m->att_scratch, 3, {k * BH, T, T}},
+        {&m->dqkvh, 4, {3, k * BH, T, HS}}, {&m->proj, 2, {N, C}},
         {&m->dC, 2, {N, C}},              {&m->dCatt, 2, {N, m->C_att}},
         {&m->d3C, 2, {N, 3 * m->C_att}},  {&m->d4C, 2, {N, m->F_local}},
     };
@@ -475,14 +478,19 @@ static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int
     int64_t L = m->lay.layer_end - m->lay.layer_begin, C = m->cfg.n_embd, N = B * T;
     int64_t BH = B * m->NH_local, HS = C / m->cfg.n_head, Ca = m->C_att;
     int head = m->lay.head;
+    bool fused;
+    TRY(ts_attention_route_fused(m->device, TS_ATTENTION_AUTO, &fused));
+    /* fused: att holds each row's log-sum-exp, not its probabilities, and
+     * the heads are read in place from qkv */
+    int64_t keys = fused ? 1 : T, k = fused ? 0 : 1;
     plan_item plan[] = {
         {&a->input, 2, {N, C}},
         {&a->ln1, 3, {L, N, C}},
         {&a->ln1_mean, 2, {L, N}},
         {&a->ln1_rstd, 2, {L, N}},
         {&a->qkv, 3, {L, N, 3 * Ca}},
-        {&a->qkvh, 4, {L, 3, BH * T, HS}},
-        {&a->att, 4, {L, BH, T, T}},
+        {&a->qkvh, 4, {L, 3, k * BH * T, HS}},
+        {&a->att, 4, {L, BH, T, keys}},
         {&a->atty, 3, {L, N, Ca}},
         {&a->residual2, 3, {L, N, C}},
         {&a->ln2, 3, {L, N, C}},
@@ -513,6 +521,12 @@ static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int
     for (int64_t l = 0; l < L && !st; l++) {
         ts_attention_ws *w = &a->ws[l];
         w->B = B, w->T = T, w->C = Ca, w->NH = m->NH_local;
+        if (fused) {
+            w->fused = true;
+            st = ts_tensor_view(&w->lse, &a->att, l * BH * T, TS_SHAPE(BH, T));
+            if (!st) st = ts_tensor_view(&w->o, &a->atty, l * N * Ca, TS_SHAPE(B, T, Ca));
+            continue;
+        }
         st = ts_tensor_view(&w->qkvh, &a->qkvh, l * 3 * N * Ca, TS_SHAPE(3, BH, T, HS));
         if (!st) st = ts_tensor_view(&w->att, &a->att, l * BH * T * T, TS_SHAPE(BH, T, T));
         w->y = m->y;

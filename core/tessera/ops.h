@@ -105,23 +105,47 @@ ts_status ts_softmax_masked_forward(ts_tensor *att, const ts_tensor *preatt, con
 ts_status ts_softmax_masked_backward(ts_tensor *dpreatt, const ts_tensor *att,
                                      const ts_tensor *datt, float scale);
 
-/* Multi-head self-attention as one call, built from the ops above:
- * out[B,T,C] from qkv[B,T,3C]. The workspace keeps what backward needs.
- * Causal unless told otherwise: with key_len set, keys at or past a
- * sequence's length are masked (padding), and `bidirectional` lets every
- * position attend to every unmasked key (encoder style). */
+/* Multi-head self-attention as one call: out[B,T,C] from qkv[B,T,3C]. The
+ * workspace keeps what backward needs. Causal unless told otherwise: with
+ * key_len set, keys at or past a sequence's length are masked (padding),
+ * and `bidirectional` lets every position attend to every unmasked key
+ * (encoder style).
+ *
+ * Two routes. Fused, where the device has the fused op (the CPU backend):
+ * one pass per block of query rows computes scores, mask, softmax and the
+ * weighted sum, keeping only each row's log-sum-exp; backward recomputes
+ * the scores (FlashAttention's plan), so no [T,T] matrix is ever stored and
+ * causal attention skips the masked half. Composite, elsewhere: batched
+ * GEMMs and a softmax op over stored [B*NH,T,T] probabilities.
+ * TESSERA_ATTENTION=composite|fused chooses for a run (fused falls back to
+ * composite on a device without it). The fused route reads the forward's
+ * qkv again in backward, so it must stay unchanged until then (the models
+ * keep it as an activation). */
 typedef struct ts_attention_ws {
+    bool fused;       /* which route; the tensors below that it needs are set */
+    /* composite */
     ts_tensor qkvh;   /* [3,B,NH,T,HS] */
     ts_tensor att;    /* [B*NH,T,T] softmax probabilities */
     ts_tensor y;      /* [B,NH,T,HS] */
     ts_tensor scratch;/* [B*NH,T,T] gradients of scores (backward) */
     ts_tensor dqkvh;  /* [3,B,NH,T,HS] (backward) */
+    /* fused */
+    ts_tensor lse;    /* [B*NH,T] log-sum-exp of each row's scaled scores */
+    ts_tensor o;      /* [B,T,C] the forward's output, kept for backward (may be out itself) */
+    ts_tensor qkv_in; /* a view of the forward's qkv: keep that unchanged until backward */
     int64_t B, T, C, NH;
     const ts_tensor *key_len; /* i32 [B] real tokens per sequence, or NULL (all T) */
     bool bidirectional;
 } ts_attention_ws;
+typedef enum { TS_ATTENTION_AUTO = 0, TS_ATTENTION_COMPOSITE, TS_ATTENTION_FUSED } ts_attention_route;
+/* Whether ws on dev takes the fused route when asked for `route` (AUTO:
+ * TESSERA_ATTENTION, else fused where the device has it). FUSED on a
+ * device without it is an error. */
+ts_status ts_attention_route_fused(ts_device *dev, ts_attention_route route, bool *fused);
 ts_status ts_attention_ws_alloc(ts_attention_ws *ws, ts_device *dev,
                                 int64_t B, int64_t T, int64_t C, int64_t NH);
+ts_status ts_attention_ws_alloc_route(ts_attention_ws *ws, ts_device *dev, int64_t B, int64_t T, int64_t C,
+                                      int64_t NH, ts_attention_route route);
 void ts_attention_ws_free(ts_attention_ws *ws);
 ts_status ts_attention_forward(ts_tensor *out, const ts_tensor *qkv, ts_attention_ws *ws);
 /* dqkv = (written) gradient of qkv; uses ws from the matching forward. */
