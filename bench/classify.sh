@@ -29,7 +29,7 @@ now() { date +%s.%N; }
 # the recipe (README "Text classification")
 lm=(--tokenizer bpe:2048 --layers 2 --heads 4 --width 128 --seq-len 64 --batch 32 --steps 800 --lr 2e-3
     --eval-every 200)
-cls=(--epochs 4 --max-len 48 --pool mean)
+cls=(--epochs 8 --max-len 48 --pool last --token-dropout 0.2)
 
 "$py" "$here/classify_anchor.py" "$train" "$test" --json "$work/anchor.json"
 

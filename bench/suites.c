@@ -438,11 +438,13 @@ static ts_status bench_attention(run *r)
     static const int64_t full_T[] = {64, 256, 1024}, quick_T[] = {16, 64};
     const int64_t *Ts = q ? quick_T : full_T;
     int nT = q ? 2 : 3;
-    bool has_fused;
-    TRY(ts_attention_route_fused(r->dev, TS_ATTENTION_AUTO, &has_fused));
-    if (!has_fused && ts_attention_route_fused(r->dev, TS_ATTENTION_FUSED, &has_fused) != TS_OK) ts_clear_error();
     /* both routes where the device has the fused one, side by side */
-    for (int i = 0; i < nT; i++)
+    for (int i = 0; i < nT; i++) {
+        bool has_fused;
+        if (ts_attention_route_fused(r->dev, TS_ATTENTION_FUSED, B, Ts[i], C, NH, &has_fused) != TS_OK) {
+            ts_clear_error();
+            has_fused = false;
+        }
         for (int route = has_fused ? 0 : 1; route < 2; route++) {
             int64_t T = Ts[i];
             att_ctx a;
@@ -475,6 +477,7 @@ static ts_status bench_attention(run *r)
             ts_tensor_free(&a.qkv), ts_tensor_free(&a.out), ts_tensor_free(&a.dout), ts_tensor_free(&a.dqkv);
             TRY(st);
         }
+    }
     return TS_OK;
 }
 

@@ -138,6 +138,7 @@ typedef struct ts_op {
         struct {
             int64_t B, T, C, NH;   /* qkv [B,T,3C], heads of C/NH */
             bool causal;           /* keys s <= t only (and s < key_len[b] when given) */
+            bool by_default;       /* supports_op probe: also faster than the composite route here? */
         } attention;
         struct {
             int64_t N, V;

@@ -639,30 +639,38 @@ ts_status ts_softmax_masked_backward(ts_tensor *dpreatt, const ts_tensor *att, c
     return softmax_backward("ts_softmax_masked_backward", TS_OP_SOFTMAX_MASKED_BWD, dpreatt, att, datt, scale);
 }
 
-/* The fused op's probe: whether dev runs TS_OP_ATTENTION_FWD/BWD. */
-static bool device_has_fused_attention(ts_device *dev)
+/* The fused op's probe: whether dev runs TS_OP_ATTENTION_FWD/BWD at this
+ * shape (by_default: and takes it without being asked). */
+static bool device_has_fused_attention(ts_device *dev, int64_t B, int64_t T, int64_t C, int64_t NH, bool by_default)
 {
     if (!dev->iface->supports_op) return false; /* says nothing: do not guess */
-    ts_op op = op_new(TS_OP_ATTENTION_FWD);
-    ts_op bw = op_new(TS_OP_ATTENTION_BWD);
+    ts_op op = op_new(TS_OP_ATTENTION_FWD), bw = op_new(TS_OP_ATTENTION_BWD);
+    op.p.attention.B = B, op.p.attention.T = T, op.p.attention.C = C, op.p.attention.NH = NH;
+    op.p.attention.by_default = by_default;
+    bw.p.attention = op.p.attention;
     return dev->iface->supports_op(dev, &op) && dev->iface->supports_op(dev, &bw);
 }
 
-ts_status ts_attention_route_fused(ts_device *dev, ts_attention_route route, bool *fused)
+ts_status ts_attention_route_fused(ts_device *dev, ts_attention_route route, int64_t B, int64_t T, int64_t C,
+                                   int64_t NH, bool *fused)
 {
     if (!dev) return ts_error(TS_ERR_INVALID_ARG, "attention: no device");
-    bool has = device_has_fused_attention(dev);
     if (route == TS_ATTENTION_AUTO) {
         const char *env = getenv("TESSERA_ATTENTION");
         if (env && *env && strcmp(env, "fused") && strcmp(env, "composite") && strcmp(env, "auto"))
             return ts_error(TS_ERR_INVALID_ARG, "TESSERA_ATTENTION=%s: expected fused, composite or auto", env);
-        route = env && !strcmp(env, "composite") ? TS_ATTENTION_COMPOSITE : TS_ATTENTION_AUTO;
-        *fused = route == TS_ATTENTION_AUTO && has;
-        return TS_OK;
+        if (env && !strcmp(env, "composite")) route = TS_ATTENTION_COMPOSITE;
+        else if (env && !strcmp(env, "fused")) { /* asked for: wherever the device can */
+            *fused = device_has_fused_attention(dev, B, T, C, NH, false);
+            return TS_OK;
+        } else {
+            *fused = device_has_fused_attention(dev, B, T, C, NH, true);
+            return TS_OK;
+        }
     }
-    if (route == TS_ATTENTION_FUSED && !has)
-        return ts_error(TS_ERR_UNSUPPORTED, "fused attention is not available on device %s (%s)", dev->info.id,
-                        dev->info.name);
+    if (route == TS_ATTENTION_FUSED && !device_has_fused_attention(dev, B, T, C, NH, false))
+        return ts_error(TS_ERR_UNSUPPORTED, "fused attention (T=%lld, head size %lld) is not available on device %s (%s)",
+                        (long long)T, (long long)(NH > 0 ? C / NH : 0), dev->info.id, dev->info.name);
     *fused = route == TS_ATTENTION_FUSED;
     return TS_OK;
 }
@@ -674,7 +682,7 @@ ts_status ts_attention_ws_alloc_route(ts_attention_ws *ws, ts_device *dev, int64
     if (B <= 0 || T <= 0 || NH <= 0 || C <= 0 || C % NH)
         return ts_error(TS_ERR_SHAPE, "attention: C=%lld must be a positive multiple of NH=%lld",
                         (long long)C, (long long)NH);
-    TRY(ts_attention_route_fused(dev, route, &ws->fused));
+    TRY(ts_attention_route_fused(dev, route, B, T, C, NH, &ws->fused));
     int64_t HS = C / NH;
     ws->B = B, ws->T = T, ws->C = C, ws->NH = NH;
     ts_status st;

@@ -536,7 +536,8 @@ static void conf_attention(void *argp)
     ts_attention_route route = a->p[5] == 2 ? TS_ATTENTION_FUSED : TS_ATTENTION_COMPOSITE;
     int backward = (int)a->p[6];
     bool fused;
-    if (ts_attention_route_fused(a->dev, TS_ATTENTION_FUSED, &fused) != TS_OK && route == TS_ATTENTION_FUSED) {
+    if (ts_attention_route_fused(a->dev, TS_ATTENTION_FUSED, B, T, C, NH, &fused) != TS_OK &&
+        route == TS_ATTENTION_FUSED) {
         ts_clear_error();
         SKIP("no fused attention on this device");
     }

@@ -206,7 +206,8 @@ static void cpu_release(ts_device *dev)
     if (dev == g_cpu_device) g_cpu_device = NULL;
 }
 
-/* Every op, fused attention included (the core asks before it takes that route). */
+/* Every op, fused attention included and taken by default (the core asks
+ * before it takes that route). */
 static bool cpu_supports_op(ts_device *dev, const ts_op *op)
 {
     (void)dev;

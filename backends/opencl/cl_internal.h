@@ -112,6 +112,7 @@ void ts_cl_arg_local(ts_cl_args *a, size_t bytes);
 ts_status ts_cl_launch(ts_cl_device *d, const char *file, const char *kernel, cl_uint dims,
                        const size_t *global, const size_t *local, const ts_cl_args *args);
 ts_status ts_cl_run_op(ts_device *dev, const ts_op *op);
+bool ts_cl_supports_op(ts_device *dev, const ts_op *op);
 /* A device buffer of at least `bytes` for partial results. */
 ts_status ts_cl_scratch(ts_cl_device *d, size_t bytes, cl_mem *out);
 

@@ -1,6 +1,7 @@
 /* The OpenCL backend's ops: argument packing, launches, and the op switch.
  * Nothing here waits for the device: every op is enqueued on the device's one
  * in-order queue and returns. */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -508,6 +509,85 @@ static ts_status op_fma_loop(ts_cl_device *d, const ts_op *op)
                      &a);
 }
 
+/* ---- fused attention (attention_fused.cl) ---- */
+
+/* Local memory a row group of the fused kernels needs: k, v (or q, dout)
+ * rows and two rows of T scores. */
+static uint64_t attention_local_bytes(const ts_cl_device *d, int64_t T, int64_t HS)
+{
+    return (uint64_t)(2 * HS + 2 * T + (int64_t)d->row_wg) * sizeof(float);
+}
+
+bool ts_cl_supports_op(ts_device *dev, const ts_op *op)
+{
+    if (op->kind != TS_OP_ATTENTION_FWD && op->kind != TS_OP_ATTENTION_BWD) return true;
+    const ts_cl_device *d = dev->context;
+    const __typeof__(op->p.attention) *a = &op->p.attention;
+    /* taken only when asked for: not yet measured faster than CLBlast or
+     * host BLAS + softmax on any device */
+    if (a->by_default || a->NH < 1 || a->C % a->NH) return false;
+    return attention_local_bytes(d, a->T, a->C / a->NH) <= dev->info.local_mem_bytes;
+}
+
+static void attention_args(ts_cl_args *a, const ts_op *op, const ts_tensor *key_len)
+{
+    const __typeof__(op->p.attention) *p = &op->p.attention;
+    ts_cl_arg_tensor(a, key_len);
+    arg_int(a, key_len != NULL);
+    ts_cl_arg_long(a, p->T);
+    ts_cl_arg_long(a, p->C);
+    ts_cl_arg_long(a, p->NH);
+    arg_int(a, p->causal);
+    ts_cl_arg_float(a, 1.0f / sqrtf((float)(p->C / p->NH)));
+}
+
+static ts_status op_attention(ts_cl_device *d, const ts_op *op)
+{
+    const __typeof__(op->p.attention) *p = &op->p.attention;
+    int64_t rows = p->B * p->NH * p->T, HS = p->C / p->NH;
+    size_t row = sizeof(float) * (size_t)HS, keys = sizeof(float) * (size_t)p->T;
+    ts_cl_args a;
+    args_init(&a);
+    if (op->kind == TS_OP_ATTENTION_FWD) { /* out, lse <- qkv, key_len */
+        ts_cl_arg_tensor(&a, op->out[0]);
+        ts_cl_arg_tensor(&a, op->out[1]);
+        ts_cl_arg_tensor(&a, op->in[0]);
+        attention_args(&a, op, op->in[1]);
+        ts_cl_arg_local(&a, row);
+        ts_cl_arg_local(&a, keys);
+        return launch_rows(d, "attention_fused.cl", "attention_fused_forward", rows, &a);
+    }
+    /* dqkv <- dout, qkv, out, lse, key_len; delta between the two passes */
+    cl_mem delta;
+    ts_status st = ts_cl_scratch(d, (size_t)rows * sizeof(float), &delta);
+    if (st) return st;
+    ts_cl_arg_tensor(&a, op->out[0]);
+    ts_cl_arg_mem(&a, delta);
+    ts_cl_arg_long(&a, 0);
+    ts_cl_arg_tensor(&a, op->in[0]);
+    ts_cl_arg_tensor(&a, op->in[1]);
+    ts_cl_arg_tensor(&a, op->in[2]);
+    ts_cl_arg_tensor(&a, op->in[3]);
+    attention_args(&a, op, op->in[4]);
+    ts_cl_arg_local(&a, row);
+    ts_cl_arg_local(&a, row);
+    ts_cl_arg_local(&a, keys);
+    if ((st = launch_rows(d, "attention_fused.cl", "attention_fused_backward_q", rows, &a))) return st;
+    args_init(&a);
+    ts_cl_arg_tensor(&a, op->out[0]);
+    ts_cl_arg_mem(&a, delta);
+    ts_cl_arg_long(&a, 0);
+    ts_cl_arg_tensor(&a, op->in[0]);
+    ts_cl_arg_tensor(&a, op->in[1]);
+    ts_cl_arg_tensor(&a, op->in[3]);
+    attention_args(&a, op, op->in[4]);
+    ts_cl_arg_local(&a, row);
+    ts_cl_arg_local(&a, row);
+    ts_cl_arg_local(&a, keys);
+    ts_cl_arg_local(&a, keys);
+    return launch_rows(d, "attention_fused.cl", "attention_fused_backward_kv", rows, &a);
+}
+
 ts_status ts_cl_run_op(ts_device *dev, const ts_op *op)
 {
     ts_cl_device *d = dev->context;
@@ -531,6 +611,8 @@ ts_status ts_cl_run_op(ts_device *dev, const ts_op *op)
     case TS_OP_SOFTMAX_CAUSAL_BWD: return op_softmax(d, op);
     case TS_OP_SOFTMAX_MASKED_FWD:
     case TS_OP_SOFTMAX_MASKED_BWD: return op_softmax_masked(d, op);
+    case TS_OP_ATTENTION_FWD:
+    case TS_OP_ATTENTION_BWD: return op_attention(d, op);
     case TS_OP_CROSS_ENTROPY: return op_cross_entropy(d, op);
     case TS_OP_CE_SHARD: return op_ce_shard(d, op);
     case TS_OP_SUM:

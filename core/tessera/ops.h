@@ -118,7 +118,10 @@ ts_status ts_softmax_masked_backward(ts_tensor *dpreatt, const ts_tensor *att,
  * causal attention skips the masked half. Composite, elsewhere: batched
  * GEMMs and a softmax op over stored [B*NH,T,T] probabilities.
  * TESSERA_ATTENTION=composite|fused chooses for a run (fused falls back to
- * composite on a device without it). The fused route reads the forward's
+ * composite on a device without it). OpenCL devices have the fused op
+ * (one work-group per query row, the row's scores in local memory) but
+ * take it only when asked, until it is measured faster than GEMM + softmax
+ * there. The fused route reads the forward's
  * qkv again in backward, so it must stay unchanged until then (the models
  * keep it as an activation). */
 typedef struct ts_attention_ws {
@@ -138,10 +141,11 @@ typedef struct ts_attention_ws {
     bool bidirectional;
 } ts_attention_ws;
 typedef enum { TS_ATTENTION_AUTO = 0, TS_ATTENTION_COMPOSITE, TS_ATTENTION_FUSED } ts_attention_route;
-/* Whether ws on dev takes the fused route when asked for `route` (AUTO:
- * TESSERA_ATTENTION, else fused where the device has it). FUSED on a
- * device without it is an error. */
-ts_status ts_attention_route_fused(ts_device *dev, ts_attention_route route, bool *fused);
+/* Whether attention of this shape on dev takes the fused route when asked
+ * for `route` (AUTO: TESSERA_ATTENTION, else fused where the device's
+ * backend takes it by default). FUSED where the device cannot is an error. */
+ts_status ts_attention_route_fused(ts_device *dev, ts_attention_route route, int64_t B, int64_t T, int64_t C,
+                                   int64_t NH, bool *fused);
 ts_status ts_attention_ws_alloc(ts_attention_ws *ws, ts_device *dev,
                                 int64_t B, int64_t T, int64_t C, int64_t NH);
 ts_status ts_attention_ws_alloc_route(ts_attention_ws *ws, ts_device *dev, int64_t B, int64_t T, int64_t C,
