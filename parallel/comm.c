@@ -2,6 +2,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,6 +152,10 @@ ts_status ts_parallel_init(int *argc, char ***argv)
                                 "gradient reduction are off");
     }
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    /* a peer on another node that dies leaves TCP sockets that raise
+     * SIGPIPE on the next write, which would kill this process before the
+     * watchdog could name the lost ranks: take the write's error instead */
+    signal(SIGPIPE, SIG_IGN);
     MPI_Comm dup;
     MPI_Comm_dup(MPI_COMM_WORLD, &dup);
     g_world = wrap(dup, "world", 1);
@@ -232,6 +237,11 @@ void ts_comm_free(ts_comm *c)
 
 /* MPI counts are ints: move large arrays in chunks. */
 #define CHUNK (1 << 28)
+/* Open MPI's non-blocking reduce and broadcast (libnbc) build a schedule
+ * per call that grows with the message; over TCP between nodes, tens of
+ * MiB in one call overflowed its stack. 1 MiB pieces cost nothing
+ * measurable and keep every schedule small. */
+#define NBC_CHUNK_BYTES ((int64_t)1 << 20)
 
 static ts_status allreduce(ts_comm *c, void *x, int64_t n, MPI_Datatype t, size_t esize, ts_reduce_op op,
                            const char *what)
@@ -268,8 +278,8 @@ ts_status ts_comm_bcast(ts_comm *c, void *data, size_t bytes, int root, const ch
     if (!c || c->size == 1 || bytes == 0) return TS_OK;
     int64_t t0 = ts_comm_enter(c, what);
     ts_status st = TS_OK;
-    for (size_t i = 0; i < bytes && !st; i += CHUNK) {
-        int cnt = (int)(bytes - i < CHUNK ? bytes - i : CHUNK);
+    for (size_t i = 0; i < bytes && !st; i += (size_t)NBC_CHUNK_BYTES) {
+        int cnt = (int)(bytes - i < (size_t)NBC_CHUNK_BYTES ? bytes - i : (size_t)NBC_CHUNK_BYTES);
         MPI_Request r;
         int err = MPI_Ibcast((char *)data + i, cnt, MPI_BYTE, root, c->comm, &r);
         st = err == MPI_SUCCESS ? ts_comm_wait(c, &r, what) : ts_mpi_fail(err, what, c);
@@ -310,8 +320,9 @@ ts_status ts_comm_reduce_mpi(ts_comm *c, void *x, int64_t n, MPI_Datatype t, siz
     if (!c || c->size == 1 || n == 0) return TS_OK;
     int64_t t0 = ts_comm_enter(c, what);
     ts_status st = TS_OK;
-    for (int64_t i = 0; i < n && !st; i += CHUNK) {
-        int cnt = (int)(n - i < CHUNK ? n - i : CHUNK);
+    int64_t chunk = NBC_CHUNK_BYTES / (int64_t)esize;
+    for (int64_t i = 0; i < n && !st; i += chunk) {
+        int cnt = (int)(n - i < chunk ? n - i : chunk);
         char *p = (char *)x + (size_t)i * esize;
         MPI_Request r;
         int err = MPI_Ireduce(c->rank == root ? MPI_IN_PLACE : p, p, cnt, t, op, root, c->comm, &r);
