@@ -14,6 +14,8 @@ static ts_comm g_world_single = {.size = 1, .rank = 0, .name = "world"};
 #ifdef TS_HAVE_MPI
 static ts_comm *g_world, *g_node;
 static int g_started_mpi;
+static char (*g_hosts)[64]; /* every world rank's node name, for reports */
+static int g_timed_out;     /* a collective gave up on lost ranks */
 #endif
 
 int ts_parallel_have_mpi(void)
@@ -91,11 +93,19 @@ ts_status ts_comm_waitall(ts_comm *c, int n, MPI_Request *reqs, const char *what
                 ts_watchdog_report(c, what, waited);
                 next *= 2;
             }
-            if (hard > 0 && waited > hard)
+            if (hard > 0 && waited > hard) {
+                g_timed_out = 1;
                 return ts_error(TS_ERR_TIMEOUT, "%s on %s waited %.0f s for the other ranks: %s", what, c->name,
                                 waited, ts_watchdog_last_report());
+            }
         }
     }
+}
+
+const char *ts_comm_host(int world_rank)
+{
+    if (!g_hosts || !g_world || world_rank < 0 || world_rank >= g_world->size) return "?";
+    return g_hosts[world_rank];
 }
 
 ts_status ts_comm_wait(ts_comm *c, MPI_Request *req, const char *what)
@@ -163,6 +173,14 @@ ts_status ts_parallel_init(int *argc, char ***argv)
     MPI_Comm_split_type(dup, MPI_COMM_TYPE_SHARED, g_world->rank, MPI_INFO_NULL, &nodec);
     g_node = wrap(nodec, "node", 1);
     if (!g_world || !g_node) return ts_error(TS_ERR_OOM, "no memory for communicators");
+    /* node names, so that reports can say which node a lost rank was on */
+    g_hosts = calloc((size_t)g_world->size, sizeof *g_hosts);
+    if (!g_hosts) return ts_error(TS_ERR_OOM, "no memory for node names");
+    char host[MPI_MAX_PROCESSOR_NAME + 1] = "", mine[64];
+    int hl = 0;
+    MPI_Get_processor_name(host, &hl);
+    snprintf(mine, sizeof mine, "%s", host);
+    MPI_Allgather(mine, sizeof mine, MPI_CHAR, g_hosts, sizeof mine, MPI_CHAR, dup);
     ts_watchdog_start();
     return TS_OK;
 }
@@ -173,6 +191,8 @@ void ts_parallel_finalize(void)
     if (g_node) ts_comm_free(g_node);
     if (g_world) ts_comm_free(g_world);
     g_node = g_world = NULL;
+    free(g_hosts);
+    g_hosts = NULL;
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (g_started_mpi && !finalized) MPI_Finalize();
@@ -187,6 +207,9 @@ void ts_parallel_finalize_failed(double wait_s)
         MPI_Request r;
         int done = 0;
         double t0 = ts_now();
+        /* when a collective already gave up on ranks that vanished (a node
+         * lost), they will not join this either: do not wait long */
+        if (g_timed_out && wait_s > 2.0) wait_s = 2.0;
         struct timespec pause = {0, 1000 * 1000};
         if (MPI_Ibarrier(g_world->comm, &r) == MPI_SUCCESS)
             while (!done && ts_now() - t0 < wait_s) {

@@ -192,6 +192,8 @@ void ts_watchdog_report(ts_comm *c, const char *what, double waited)
         nanosleep(&pause, NULL);
     }
     int joined = 0;
+    char lost[512] = "";
+    size_t lk = 0;
     k += (size_t)snprintf(g_last + k, sizeof g_last - k, " not joined:");
     for (int r = 0; r < c->size && k < sizeof g_last; r++) {
         if (r == c->rank) continue;
@@ -199,12 +201,18 @@ void ts_watchdog_report(ts_comm *c, const char *what, double waited)
         if (!answered[r]) {
             MPI_Cancel(&reqs[2 * r + 1]);
             MPI_Request_free(&reqs[2 * r + 1]);
-            k += (size_t)snprintf(g_last + k, sizeof g_last - k, "%s rank %d (world %d) not responding",
-                                  n++ ? ";" : "", r, w);
+            k += (size_t)snprintf(g_last + k, sizeof g_last - k, "%s rank %d (world %d on node %s) not responding",
+                                  n++ ? ";" : "", r, w, ts_comm_host(w));
+            /* the nodes of the silent ranks, each once: a lost node */
+            int seen = 0;
+            for (int p = 0; p < r && !seen; p++)
+                seen = p != c->rank && !answered[p] && !strcmp(ts_comm_host(ts_comm_world_rank(c, p)), ts_comm_host(w));
+            if (!seen && lk < sizeof lost)
+                lk += (size_t)snprintf(lost + lk, sizeof lost - lk, "%s%s", lk ? ", " : "", ts_comm_host(w));
         } else if (!replies[r].known || replies[r].entered < c->entered) {
             k += (size_t)snprintf(g_last + k, sizeof g_last - k,
-                                  "%s rank %d (world %d) at collective #%llu, %s for %.1f s", n++ ? ";" : "",
-                                  r, w, (unsigned long long)replies[r].entered,
+                                  "%s rank %d (world %d on node %s) at collective #%llu, %s for %.1f s",
+                                  n++ ? ";" : "", r, w, ts_comm_host(w), (unsigned long long)replies[r].entered,
                                   replies[r].current[0] ? replies[r].current : "computing", replies[r].age);
         } else {
             joined++;
@@ -220,6 +228,9 @@ void ts_watchdog_report(ts_comm *c, const char *what, double waited)
         }
     }
     if (!n) snprintf(g_last + k, sizeof g_last - k, " none (all %d other ranks are in it: a slow collective)", joined);
+    else if (lk && k < sizeof g_last)
+        snprintf(g_last + k, sizeof g_last - k, "; not responding from node%s %s (lost?)", strchr(lost, ',') ? "s" : "",
+                 lost);
     fprintf(stderr, "tessera [rank %d] %s\n", ts_comm_rank(ts_comm_world()), g_last);
     free(replies), free(reqs), free(answered);
 }

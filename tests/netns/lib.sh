@@ -125,7 +125,8 @@ netns_hostfile() {
 netns_mpi_options() {
     echo --allow-run-as-root --oversubscribe --mca plm_rsh_agent "$NETNS_DIR/agent.sh" \
         --mca plm_rsh_no_tree_spawn 1 --mca btl tcp,vader,self \
-        --mca btl_tcp_if_include "$NETNS_SUBNET.0/24" --mca oob_tcp_if_include "$NETNS_SUBNET.0/24"
+        --mca btl_tcp_if_include "$NETNS_SUBNET.0/24" --mca oob_tcp_if_include "$NETNS_SUBNET.0/24" \
+        --mca oob_tcp_keepalive_time 1 --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 3
 }
 
 # netns_mpirun LAYOUT [mpirun options and command...]: N processes laid out
