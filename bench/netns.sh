@@ -74,6 +74,7 @@ result = {
     "command": "bench/netns.sh: netns_mpirun 2x2 -x TESSERA_THREADS=1 tessera bench collectives --min-time 0.3 "
                "(OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset)",
     "cpu": model, "avx512f": avx512, "host_cpus": bench.get("host_cpus"),
+    "load_average_after": open("/proc/loadavg").read().split()[:3],
     "link_tcp_gbs": links, "link_tcp_gbs_median": link,
     "allreduce_bus_gbs": [{"bytes": b, **{s: rows[b].get(s) for s in strategies},
                            "efficiency": {s: (rows[b].get(s) or 0) / link for s in strategies}}
@@ -87,7 +88,8 @@ L = [f"# Collectives across two namespace nodes, {result['date'][:10]}", "",
      "(`tessera bench collectives` under `mpirun` through tests/netns/lib.sh), Open MPI's TCP transport over "
      "a veth pair and a bridge between the nodes, shared memory inside each. OPENBLAS_CORETYPE and "
      "OPENBLAS_L2_SIZE were unset in the bench command; 1 thread per rank; all four ranks share the "
-     "machine's cores, so every figure is bounded by CPU time as much as by the link.", "",
+     "machine's cores, so every figure is bounded by CPU time as much as by the link (load average "
+     f"{' '.join(result['load_average_after'])} at the end: the machine is shared).", "",
      f"The link itself, a plain TCP stream n1 -> n2 (Python sockets, 3 s, 3 runs, in the same run): "
      f"{', '.join(f'{x:.2f}' for x in links)} GB/s; median **{link:.2f} GB/s**.", "",
      "Allreduce bus bandwidth (GB/s, nccl-tests' algbw x 2(n-1)/n, n = 4) and, in brackets, its ratio to the link:", "",

@@ -89,14 +89,18 @@ ts_status ts_comm_waitall(ts_comm *c, int n, MPI_Request *reqs, const char *what
         if (++spins > 1000) sched_yield();
         if (timeout > 0 || hard > 0) {
             double waited = ts_now() - t0;
+            /* the hard limit first: a report asks every member and waits up
+             * to 2 s for answers, which lost ranks never give; at the
+             * limit the last report says who is missing */
+            if (hard > 0 && waited > hard) {
+                g_timed_out = 1;
+                if (!ts_watchdog_last_report()[0]) ts_watchdog_report(c, what, waited);
+                return ts_error(TS_ERR_TIMEOUT, "%s on %s waited %.0f s for the other ranks: %s", what, c->name,
+                                waited, ts_watchdog_last_report());
+            }
             if (timeout > 0 && waited > next) {
                 ts_watchdog_report(c, what, waited);
                 next *= 2;
-            }
-            if (hard > 0 && waited > hard) {
-                g_timed_out = 1;
-                return ts_error(TS_ERR_TIMEOUT, "%s on %s waited %.0f s for the other ranks: %s", what, c->name,
-                                waited, ts_watchdog_last_report());
             }
         }
     }

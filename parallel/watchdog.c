@@ -175,11 +175,15 @@ void ts_watchdog_report(ts_comm *c, const char *what, double waited)
         MPI_Irecv(&replies[r], (int)sizeof replies[r], MPI_BYTE, w, TAG_REPLY, g_ctl, &reqs[2 * r + 1]);
         MPI_Isend(&q, (int)sizeof q, MPI_BYTE, w, TAG_QUERY, g_ctl, &reqs[2 * r]);
     }
-    /* give the helpers two seconds to answer */
-    double t0 = ts_now();
+    /* give the helpers up to two seconds to answer (a quarter of the
+     * timeout when that is shorter: lost ranks never answer, and the
+     * report should come out before the job is ended) */
+    double t0 = ts_now(), window = ts_watchdog_timeout() / 4;
+    if (window > 2.0) window = 2.0;
+    if (window < 0.25) window = 0.25;
     int *answered = calloc((size_t)c->size, sizeof *answered);
     struct timespec pause = {0, 5 * 1000 * 1000};
-    while (ts_now() - t0 < 2.0) {
+    while (ts_now() - t0 < window) {
         int all = 1;
         for (int r = 0; r < c->size; r++) {
             if (r == c->rank || answered[r]) continue;

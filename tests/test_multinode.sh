@@ -36,7 +36,7 @@ run() { # layout, tessera arguments...: mpirun across the nodes, bounded
 }
 
 echo "TAP version 13"
-echo "1..29"
+echo "1..30"
 
 small=(--device cpu --layers 4 --heads 4 --width 64 --seq-len 32 --batch 12 --accum 2 --lr 0.003 --warmup 4
        --steps 12 --eval-batches 2)
@@ -126,7 +126,7 @@ steps=$(losses "$work/re3/log.jsonl" | awk '$1 > 6' | wc -l)
 check "the 2x2 tp 2 x pp 2 checkpoint at step 6 resumes on 3 nodes x 1 (dp 3) with the same losses (largest relative difference $d over $steps steps)" $? \
     "exit $rc" "$(grep -v '^\[' "$work/re3.out" | tail -5)"
 
-# 27-29. faults: a node lost mid-run. The survivors must end within the
+# 27-30. faults: a node lost mid-run. The survivors must end within the
 # watchdog's hard timeout (2 x --watchdog) plus the 2 s they wait for the
 # others to fail with them, and a few seconds for Open MPI to end the job;
 # the last checkpoint must load on the nodes that remain.
@@ -161,6 +161,27 @@ fault() {
     fault_dir=$dir
 }
 
+# resume_left WHAT: the last checkpoint of the lost run, resumed on the one
+# node left (2 ranks: data parallel 2 instead of 4), continues with the
+# losses the lost run logged after that checkpoint (the resumed run
+# rewrites the log from its checkpoint on: keep the lost run's)
+resume_left() {
+    local what=$1 saved at rc both d last
+    saved=$(cat "$fault_dir/latest" 2>/dev/null)
+    case $saved in step_[0-9]*) at=$((10#${saved#step_})) ;; *) saved="no checkpoint"; at=0 ;; esac
+    cp "$fault_dir/log.jsonl" "$work/lost.jsonl"
+    run 1x2 train "${small[@]}" "${fault_flags[@]}" --steps $((at + 8)) --out "$fault_dir" --resume \
+        >"$fault_dir.resume.out" 2>&1
+    rc=$?
+    both=$(losses "$work/lost.jsonl" | awk -v a="$at" -v b=$((at + 8)) '$1 > a && $1 <= b' | wc -l)
+    d=$(maxrel <(losses "$fault_dir/log.jsonl" | awk -v a="$at" '$1 > a {printf "{\"step\": %d, \"loss\": %s,\n", $1, $2}') \
+        "$work/lost.jsonl")
+    last=$(losses "$fault_dir/log.jsonl" | tail -1 | cut -d' ' -f1)
+    [ $rc -eq 0 ] && [ "${last:-0}" -eq $((at + 8)) ] && [ "$both" -ge 1 ] && within "$d" 1e-5
+    check "$what: the last checkpoint ($saved) resumes on the node left (1 x 2, dp 2) to step ${last:-?}; over the $both steps after it that the lost run logged, the losses match (largest relative difference $d)" $? \
+        "exit $rc" "$(grep -v '^\[' "$fault_dir.resume.out" | tail -5)"
+}
+
 netns_down; netns_up 2
 fault link link
 # the watchdog names both ranks of n2 and the node
@@ -168,6 +189,7 @@ named=$(grep -c "rank 2 (world 2 on node n2) not responding; rank 3 (world 3 on 
 [ "$fault_rc" -ne 0 ] && [ "$named" -ge 1 ] && awk -v g="$gone" -v e="$ended" 'BEGIN { exit !(g <= 12 && e <= 20) }'
 check "n2's link cut at step 12: the watchdog names ranks 2 and 3 on node n2; the survivors end after ${gone} s, mpirun after ${ended} s (exit $fault_rc)" $? \
     "$(grep 'tessera \[' "$fault_dir.out" | head -4 | cut -c1-300)" "$(grep -v '^\[' "$fault_dir.out" | tail -4)"
+resume_left "link cut"
 
 netns_down; netns_up 2
 fault kill kill
@@ -175,21 +197,7 @@ named=$(grep -cE "(process rank [23] .* on node n2 exited on signal 9|rank [23] 
 [ "$fault_rc" -ne 0 ] && [ "$named" -ge 1 ] && awk -v g="$gone" -v e="$ended" 'BEGIN { exit !(g <= 12 && e <= 20) }'
 check "n2's ranks killed at step 12: the lost rank and node are named; the survivors end after ${gone} s, mpirun after ${ended} s (exit $fault_rc)" $? \
     "$(grep -E 'tessera \[|on node n2' "$fault_dir.out" | head -4 | cut -c1-300)"
+resume_left "ranks killed"
 
-# the last checkpoint of the killed run, resumed on the one node left
-# (2 ranks: data parallel 2 instead of 4), continues with the losses the
-# lost run logged after that checkpoint (the resumed run rewrites the log
-# from its checkpoint on: keep the lost run's)
-saved=$(cat "$fault_dir/latest" 2>/dev/null)
-at=$((10#${saved#step_}))
-cp "$fault_dir/log.jsonl" "$work/lost.jsonl"
-run 1x2 train "${small[@]}" "${fault_flags[@]}" --steps $((at + 8)) --out "$fault_dir" --resume >"$fault_dir.resume.out" 2>&1
-rc=$?
-both=$(losses "$work/lost.jsonl" | awk -v a="$at" -v b=$((at + 8)) '$1 > a && $1 <= b' | wc -l)
-d=$(maxrel <(losses "$fault_dir/log.jsonl" | awk -v a="$at" '$1 > a {printf "{\"step\": %d, \"loss\": %s,\n", $1, $2}') "$work/lost.jsonl")
-last=$(losses "$fault_dir/log.jsonl" | tail -1 | cut -d' ' -f1)
-[ $rc -eq 0 ] && [ "${last:-0}" -eq $((at + 8)) ] && [ "$both" -ge 1 ] && within "$d" 1e-5
-check "the killed run's last checkpoint ($saved) resumes on the remaining node (1 x 2, dp 2) to step ${last:-?}; over the $both steps after it that the lost run logged, the losses match (largest relative difference $d)" $? \
-    "exit $rc" "$(grep -v '^\[' "$fault_dir.resume.out" | tail -5)"
 netns_down
 exit 0

@@ -122,6 +122,9 @@ netns_hostfile() {
 # The mpirun options that keep Open MPI on the namespaces' network: daemons
 # started through the agent, TCP between nodes (shared memory inside one),
 # and only the private subnet for both the MPI and the runtime's traffic.
+# TCP keepalives let mpirun notice a node that dropped off the network in
+# about 4 s (default: minutes) and end the job; without them a job that
+# lost a node's link hangs in mpirun (its abort waits on the lost daemon).
 netns_mpi_options() {
     echo --allow-run-as-root --oversubscribe --mca plm_rsh_agent "$NETNS_DIR/agent.sh" \
         --mca plm_rsh_no_tree_spawn 1 --mca btl tcp,vader,self \
