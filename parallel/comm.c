@@ -265,9 +265,10 @@ void ts_comm_free(ts_comm *c)
 /* MPI counts are ints: move large arrays in chunks. */
 #define CHUNK (1 << 28)
 /* Open MPI's non-blocking reduce and broadcast (libnbc) build a schedule
- * per call that grows with the message; over TCP between nodes, tens of
- * MiB in one call overflowed its stack. 1 MiB pieces cost nothing
- * measurable and keep every schedule small. */
+ * per call that grows with the message; an earlier multi-node run saw one
+ * of tens of MiB overflow its stack (not reproduced since: 100 MB through
+ * ps on 2 namespace nodes x 2 passes either way). 1 MiB pieces cost
+ * nothing measurable and keep every schedule small. */
 #define NBC_CHUNK_BYTES ((int64_t)1 << 20)
 
 static ts_status allreduce(ts_comm *c, void *x, int64_t n, MPI_Datatype t, size_t esize, ts_reduce_op op,
