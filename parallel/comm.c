@@ -79,7 +79,7 @@ ts_status ts_comm_waitall(ts_comm *c, int n, MPI_Request *reqs, const char *what
 {
     double t0 = ts_now(), timeout = ts_watchdog_timeout(), hard = ts_watchdog_hard_timeout();
     double next = timeout;
-    int spins = 0;
+    int spins = 0, reported = 0;
     for (;;) {
         int done = 0;
         int err = MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE);
@@ -94,12 +94,13 @@ ts_status ts_comm_waitall(ts_comm *c, int n, MPI_Request *reqs, const char *what
              * limit the last report says who is missing */
             if (hard > 0 && waited > hard) {
                 g_timed_out = 1;
-                if (!ts_watchdog_last_report()[0]) ts_watchdog_report(c, what, waited);
+                if (!reported) ts_watchdog_report(c, what, waited);
                 return ts_error(TS_ERR_TIMEOUT, "%s on %s waited %.0f s for the other ranks: %s", what, c->name,
                                 waited, ts_watchdog_last_report());
             }
             if (timeout > 0 && waited > next) {
                 ts_watchdog_report(c, what, waited);
+                reported = 1;
                 next *= 2;
             }
         }

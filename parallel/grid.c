@@ -52,10 +52,11 @@ ts_status ts_grid_create(ts_grid *g, int tp, int pp)
             for (int q = 0; q < g->size; q++) per += leads[q] == leads[first];
             ast = ts_error(TS_ERR_INVALID_ARG,
                            "--tp %d: the tensor-parallel group of world ranks %d..%d would span nodes (rank %d is "
-                           "on the node of rank %d, rank %d on the node of rank %d); tensor-parallel groups are kept "
-                           "inside one node: give every node a multiple of %d consecutive ranks (the node of rank %d "
-                           "holds %d), e.g. mpirun --map-by ppr:%d:node",
-                           tp, first, first + tp - 1, first, leads[first], r, leads[r], tp, first, per, tp);
+                           "on node %s, rank %d on node %s); tensor-parallel groups are kept inside one node: give "
+                           "every node a multiple of %d consecutive ranks (node %s holds %d), e.g. mpirun --map-by "
+                           "ppr:%d:node",
+                           tp, first, first + tp - 1, first, ts_comm_host(first), r, ts_comm_host(r), tp,
+                           ts_comm_host(first), per, tp);
         }
     }
     free(leads);

@@ -103,7 +103,7 @@ for layout in 2x1 1,2,1; do
     dir=$work/tpspan_${layout//,/_}
     run "$layout" train "${small[@]}" --tp 2 --out "$dir" >"$dir.out" 2>&1
     rc=$?
-    said=$(grep -c "tensor-parallel group of world ranks 0..1 would span nodes" "$dir.out")
+    said=$(grep -c "tensor-parallel group of world ranks 0..1 would span nodes (rank 0 is on node n1, rank 1 on node n2)" "$dir.out")
     [ $rc -ne 0 ] && [ "$said" -ge 1 ] && ! [ -e "$dir/log.jsonl" ]
     check "--tp 2 on layout $layout (a pair across two nodes) is refused before training, naming the group and the nodes" $? \
         "exit $rc" "$(head -4 "$dir.out")"
