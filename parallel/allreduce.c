@@ -120,6 +120,15 @@ typedef struct hier_state {
     shm_window scratch;/* staging for data that lives elsewhere */
 } hier_state;
 
+/* the inter-node phase's work so far (ts_comm_hier_stats) */
+static int64_t g_cross_calls, g_cross_bytes;
+
+void ts_comm_hier_stats(int64_t *calls, int64_t *bytes)
+{
+    *calls = __atomic_load_n(&g_cross_calls, __ATOMIC_RELAXED);
+    *bytes = __atomic_load_n(&g_cross_bytes, __ATOMIC_RELAXED);
+}
+
 static ts_status hier_setup(ts_comm *c, hier_state **out)
 {
     if (c->hier) {
@@ -140,8 +149,14 @@ static ts_status hier_setup(ts_comm *c, hier_state **out)
     MPI_Comm_rank(nodec, &lrank);
     MPI_Comm_size(nodec, &lsize);
     MPI_Comm_split(c->comm, lrank, c->rank, &crossc);
-    int range[2] = {-lsize, lsize};
-    MPI_Allreduce(MPI_IN_PLACE, range, 2, MPI_INT, MPI_MAX, c->comm);
+    int64_t range[2] = {-lsize, lsize};
+    ts_status st = ts_comm_allreduce_i64(c, range, 2, TS_REDUCE_MAX, "hier set-up");
+    if (st) {
+        MPI_Comm_free(&nodec);
+        MPI_Comm_free(&crossc);
+        free(h);
+        return st;
+    }
     h->uniform = -range[0] == range[1];
     char nn[48], cn[48];
     snprintf(nn, sizeof nn, "%s.node", c->name);
@@ -180,7 +195,8 @@ void ts_comm_hier_free(ts_comm *c)
 static ts_status shm_reserve(hier_state *h, shm_window *w, int64_t n)
 {
     int64_t need = n;
-    MPI_Allreduce(MPI_IN_PLACE, &need, 1, MPI_INT64_T, MPI_MAX, h->node->comm);
+    ts_status st = ts_comm_allreduce_i64(h->node, &need, 1, TS_REDUCE_MAX, "shared window size");
+    if (st) return st;
     if (need <= w->cap) return TS_OK;
     if (w->win != MPI_WIN_NULL) {
         MPI_Win_unlock_all(w->win);
@@ -225,7 +241,8 @@ static ts_status hier_allreduce(ts_comm *c, float *x, int64_t n, const char *wha
         if (x >= mine && x + n <= mine + h->user.cap) off = x - mine;
     }
     int64_t agree[2] = {off, -off};
-    MPI_Allreduce(MPI_IN_PLACE, agree, 2, MPI_INT64_T, MPI_MAX, h->node->comm);
+    /* through the watchdog like every phase: a node that vanished is named */
+    if ((st = ts_comm_allreduce_i64(h->node, agree, 2, TS_REDUCE_MAX, what))) return st;
     int in_place = off >= 0 && agree[0] == off && -agree[1] == off;
     shm_window *w = in_place ? &h->user : &h->scratch;
     if (!in_place) {
@@ -241,7 +258,11 @@ static ts_status hier_allreduce(ts_comm *c, float *x, int64_t n, const char *wha
         const float *y = w->base + (int64_t)k * w->cap + off + a;
         for (int64_t i = 0; i < b - a; i++) acc[i] += y[i];
     }
-    if (h->cross->size > 1 && (st = ts_comm_allreduce_f32(h->cross, acc, b - a, TS_REDUCE_SUM, what))) return st;
+    if (h->cross->size > 1) {
+        if ((st = ts_comm_allreduce_f32(h->cross, acc, b - a, TS_REDUCE_SUM, what))) return st;
+        __atomic_add_fetch(&g_cross_calls, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&g_cross_bytes, (b - a) * (int64_t)sizeof *acc, __ATOMIC_RELAXED);
+    }
     if ((st = shm_sync(h, w, what))) return st;
     if (in_place) {
         /* copy the other members' summed parts into my slot */
@@ -377,6 +398,8 @@ ts_status ts_comm_reduce_sum(ts_comm *c, float *x, int64_t n, int root, const ch
 }
 
 #else /* one process: every reduction is the identity */
+
+void ts_comm_hier_stats(int64_t *calls, int64_t *bytes) { *calls = *bytes = 0; }
 
 float *ts_comm_shared_alloc(ts_comm *c, int64_t n)
 {

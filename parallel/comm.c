@@ -2,6 +2,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,8 @@ static ts_comm g_world_single = {.size = 1, .rank = 0, .name = "world"};
 #ifdef TS_HAVE_MPI
 static ts_comm *g_world, *g_node;
 static int g_started_mpi;
+static char (*g_hosts)[64]; /* every world rank's node name, for reports */
+static int g_timed_out;     /* a collective gave up on lost ranks */
 #endif
 
 int ts_parallel_have_mpi(void)
@@ -76,7 +79,7 @@ ts_status ts_comm_waitall(ts_comm *c, int n, MPI_Request *reqs, const char *what
 {
     double t0 = ts_now(), timeout = ts_watchdog_timeout(), hard = ts_watchdog_hard_timeout();
     double next = timeout;
-    int spins = 0;
+    int spins = 0, reported = 0;
     for (;;) {
         int done = 0;
         int err = MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE);
@@ -86,15 +89,28 @@ ts_status ts_comm_waitall(ts_comm *c, int n, MPI_Request *reqs, const char *what
         if (++spins > 1000) sched_yield();
         if (timeout > 0 || hard > 0) {
             double waited = ts_now() - t0;
-            if (timeout > 0 && waited > next) {
-                ts_watchdog_report(c, what, waited);
-                next *= 2;
-            }
-            if (hard > 0 && waited > hard)
+            /* the hard limit first: a report asks every member and waits up
+             * to 2 s for answers, which lost ranks never give; at the
+             * limit the last report says who is missing */
+            if (hard > 0 && waited > hard) {
+                g_timed_out = 1;
+                if (!reported) ts_watchdog_report(c, what, waited);
                 return ts_error(TS_ERR_TIMEOUT, "%s on %s waited %.0f s for the other ranks: %s", what, c->name,
                                 waited, ts_watchdog_last_report());
+            }
+            if (timeout > 0 && waited > next) {
+                ts_watchdog_report(c, what, waited);
+                reported = 1;
+                next *= 2;
+            }
         }
     }
+}
+
+const char *ts_comm_host(int world_rank)
+{
+    if (!g_hosts || !g_world || world_rank < 0 || world_rank >= g_world->size) return "?";
+    return g_hosts[world_rank];
 }
 
 ts_status ts_comm_wait(ts_comm *c, MPI_Request *req, const char *what)
@@ -151,6 +167,10 @@ ts_status ts_parallel_init(int *argc, char ***argv)
                                 "gradient reduction are off");
     }
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    /* a peer on another node that dies leaves TCP sockets that raise
+     * SIGPIPE on the next write, which would kill this process before the
+     * watchdog could name the lost ranks: take the write's error instead */
+    signal(SIGPIPE, SIG_IGN);
     MPI_Comm dup;
     MPI_Comm_dup(MPI_COMM_WORLD, &dup);
     g_world = wrap(dup, "world", 1);
@@ -158,6 +178,14 @@ ts_status ts_parallel_init(int *argc, char ***argv)
     MPI_Comm_split_type(dup, MPI_COMM_TYPE_SHARED, g_world->rank, MPI_INFO_NULL, &nodec);
     g_node = wrap(nodec, "node", 1);
     if (!g_world || !g_node) return ts_error(TS_ERR_OOM, "no memory for communicators");
+    /* node names, so that reports can say which node a lost rank was on */
+    g_hosts = calloc((size_t)g_world->size, sizeof *g_hosts);
+    if (!g_hosts) return ts_error(TS_ERR_OOM, "no memory for node names");
+    char host[MPI_MAX_PROCESSOR_NAME + 1] = "", mine[64];
+    int hl = 0;
+    MPI_Get_processor_name(host, &hl);
+    snprintf(mine, sizeof mine, "%s", host);
+    MPI_Allgather(mine, sizeof mine, MPI_CHAR, g_hosts, sizeof mine, MPI_CHAR, dup);
     ts_watchdog_start();
     return TS_OK;
 }
@@ -168,6 +196,8 @@ void ts_parallel_finalize(void)
     if (g_node) ts_comm_free(g_node);
     if (g_world) ts_comm_free(g_world);
     g_node = g_world = NULL;
+    free(g_hosts);
+    g_hosts = NULL;
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (g_started_mpi && !finalized) MPI_Finalize();
@@ -182,6 +212,9 @@ void ts_parallel_finalize_failed(double wait_s)
         MPI_Request r;
         int done = 0;
         double t0 = ts_now();
+        /* when a collective already gave up on ranks that vanished (a node
+         * lost), they will not join this either: do not wait long */
+        if (g_timed_out && wait_s > 2.0) wait_s = 2.0;
         struct timespec pause = {0, 1000 * 1000};
         if (MPI_Ibarrier(g_world->comm, &r) == MPI_SUCCESS)
             while (!done && ts_now() - t0 < wait_s) {
@@ -232,6 +265,12 @@ void ts_comm_free(ts_comm *c)
 
 /* MPI counts are ints: move large arrays in chunks. */
 #define CHUNK (1 << 28)
+/* Open MPI's non-blocking reduce and broadcast (libnbc) build a schedule
+ * per call that grows with the message; an earlier multi-node run saw one
+ * of tens of MiB overflow its stack (not reproduced since: 100 MB through
+ * ps on 2 namespace nodes x 2 passes either way). 1 MiB pieces cost
+ * nothing measurable and keep every schedule small. */
+#define NBC_CHUNK_BYTES ((int64_t)1 << 20)
 
 static ts_status allreduce(ts_comm *c, void *x, int64_t n, MPI_Datatype t, size_t esize, ts_reduce_op op,
                            const char *what)
@@ -268,8 +307,8 @@ ts_status ts_comm_bcast(ts_comm *c, void *data, size_t bytes, int root, const ch
     if (!c || c->size == 1 || bytes == 0) return TS_OK;
     int64_t t0 = ts_comm_enter(c, what);
     ts_status st = TS_OK;
-    for (size_t i = 0; i < bytes && !st; i += CHUNK) {
-        int cnt = (int)(bytes - i < CHUNK ? bytes - i : CHUNK);
+    for (size_t i = 0; i < bytes && !st; i += (size_t)NBC_CHUNK_BYTES) {
+        int cnt = (int)(bytes - i < (size_t)NBC_CHUNK_BYTES ? bytes - i : (size_t)NBC_CHUNK_BYTES);
         MPI_Request r;
         int err = MPI_Ibcast((char *)data + i, cnt, MPI_BYTE, root, c->comm, &r);
         st = err == MPI_SUCCESS ? ts_comm_wait(c, &r, what) : ts_mpi_fail(err, what, c);
@@ -310,8 +349,9 @@ ts_status ts_comm_reduce_mpi(ts_comm *c, void *x, int64_t n, MPI_Datatype t, siz
     if (!c || c->size == 1 || n == 0) return TS_OK;
     int64_t t0 = ts_comm_enter(c, what);
     ts_status st = TS_OK;
-    for (int64_t i = 0; i < n && !st; i += CHUNK) {
-        int cnt = (int)(n - i < CHUNK ? n - i : CHUNK);
+    int64_t chunk = NBC_CHUNK_BYTES / (int64_t)esize;
+    for (int64_t i = 0; i < n && !st; i += chunk) {
+        int cnt = (int)(n - i < chunk ? n - i : chunk);
         char *p = (char *)x + (size_t)i * esize;
         MPI_Request r;
         int err = MPI_Ireduce(c->rank == root ? MPI_IN_PLACE : p, p, cnt, t, op, root, c->comm, &r);

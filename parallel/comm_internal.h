@@ -55,6 +55,9 @@ void ts_comm_hier_free(ts_comm *c);
 int64_t ts_comm_enter(ts_comm *c, const char *what);
 void ts_comm_leave(ts_comm *c, int64_t t0, const char *what);
 
+/* The node name (MPI_Get_processor_name) of a world rank; "?" unknown. */
+const char *ts_comm_host(int world_rank);
+
 /* Watchdog plumbing (watchdog.c). The board (entered, current, since) is
  * read by the helper thread: update it under the lock. */
 void ts_watchdog_lock(void);

@@ -35,6 +35,32 @@ ts_status ts_grid_create(ts_grid *g, int tp, int pp)
     g->pp_rank = g->rank / (tp * g->dp);
     ts_comm *node = ts_comm_node();
     g->local_rank = ts_comm_rank(node), g->local_size = ts_comm_size(node);
+    /* nodes, named by the world rank of their first process; a
+     * tensor-parallel group exchanges activations every layer, so it must
+     * not cross a node (the same verdict on every rank) */
+    int lead = ts_comm_world_rank(node, 0), *leads = calloc((size_t)g->size, sizeof *leads);
+    if (!leads) return ts_error(TS_ERR_OOM, "no memory");
+    ast = ts_comm_allgather(g->world, &lead, leads, sizeof lead, "grid nodes");
+    for (int r = 0; r < g->size && !ast; r++) {
+        if (leads[r] == r) {
+            if (r < lead) g->node++;
+            g->nodes++;
+        }
+        int first = r / tp * tp;
+        if (!ast && leads[r] != leads[first]) {
+            int per = 0;
+            for (int q = 0; q < g->size; q++) per += leads[q] == leads[first];
+            ast = ts_error(TS_ERR_INVALID_ARG,
+                           "--tp %d: the tensor-parallel group of world ranks %d..%d would span nodes (rank %d is "
+                           "on node %s, rank %d on node %s); tensor-parallel groups are kept inside one node: give "
+                           "every node a multiple of %d consecutive ranks (node %s holds %d), e.g. mpirun --map-by "
+                           "ppr:%d:node",
+                           tp, first, first + tp - 1, first, ts_comm_host(first), r, ts_comm_host(r), tp,
+                           ts_comm_host(first), per, tp);
+        }
+    }
+    free(leads);
+    if (ast) return ast;
     ts_status st = ts_comm_split(g->world, g->pp_rank * g->dp + g->dp_rank, g->tp_rank, "tp", &g->tp_comm);
     if (!st) st = ts_comm_split(g->world, g->pp_rank * tp + g->tp_rank, g->dp_rank, "dp", &g->dp_comm);
     if (!st) st = ts_comm_split(g->world, g->dp_rank * tp + g->tp_rank, g->pp_rank, "pp", &g->pp_comm);

@@ -175,11 +175,15 @@ void ts_watchdog_report(ts_comm *c, const char *what, double waited)
         MPI_Irecv(&replies[r], (int)sizeof replies[r], MPI_BYTE, w, TAG_REPLY, g_ctl, &reqs[2 * r + 1]);
         MPI_Isend(&q, (int)sizeof q, MPI_BYTE, w, TAG_QUERY, g_ctl, &reqs[2 * r]);
     }
-    /* give the helpers two seconds to answer */
-    double t0 = ts_now();
+    /* give the helpers up to two seconds to answer (a quarter of the
+     * timeout when that is shorter: lost ranks never answer, and the
+     * report should come out before the job is ended) */
+    double t0 = ts_now(), window = ts_watchdog_timeout() / 4;
+    if (window > 2.0) window = 2.0;
+    if (window < 0.25) window = 0.25;
     int *answered = calloc((size_t)c->size, sizeof *answered);
     struct timespec pause = {0, 5 * 1000 * 1000};
-    while (ts_now() - t0 < 2.0) {
+    while (ts_now() - t0 < window) {
         int all = 1;
         for (int r = 0; r < c->size; r++) {
             if (r == c->rank || answered[r]) continue;
@@ -192,6 +196,8 @@ void ts_watchdog_report(ts_comm *c, const char *what, double waited)
         nanosleep(&pause, NULL);
     }
     int joined = 0;
+    char lost[512] = "";
+    size_t lk = 0;
     k += (size_t)snprintf(g_last + k, sizeof g_last - k, " not joined:");
     for (int r = 0; r < c->size && k < sizeof g_last; r++) {
         if (r == c->rank) continue;
@@ -199,12 +205,18 @@ void ts_watchdog_report(ts_comm *c, const char *what, double waited)
         if (!answered[r]) {
             MPI_Cancel(&reqs[2 * r + 1]);
             MPI_Request_free(&reqs[2 * r + 1]);
-            k += (size_t)snprintf(g_last + k, sizeof g_last - k, "%s rank %d (world %d) not responding",
-                                  n++ ? ";" : "", r, w);
+            k += (size_t)snprintf(g_last + k, sizeof g_last - k, "%s rank %d (world %d on node %s) not responding",
+                                  n++ ? ";" : "", r, w, ts_comm_host(w));
+            /* the nodes of the silent ranks, each once: a lost node */
+            int seen = 0;
+            for (int p = 0; p < r && !seen; p++)
+                seen = p != c->rank && !answered[p] && !strcmp(ts_comm_host(ts_comm_world_rank(c, p)), ts_comm_host(w));
+            if (!seen && lk < sizeof lost)
+                lk += (size_t)snprintf(lost + lk, sizeof lost - lk, "%s%s", lk ? ", " : "", ts_comm_host(w));
         } else if (!replies[r].known || replies[r].entered < c->entered) {
             k += (size_t)snprintf(g_last + k, sizeof g_last - k,
-                                  "%s rank %d (world %d) at collective #%llu, %s for %.1f s", n++ ? ";" : "",
-                                  r, w, (unsigned long long)replies[r].entered,
+                                  "%s rank %d (world %d on node %s) at collective #%llu, %s for %.1f s",
+                                  n++ ? ";" : "", r, w, ts_comm_host(w), (unsigned long long)replies[r].entered,
                                   replies[r].current[0] ? replies[r].current : "computing", replies[r].age);
         } else {
             joined++;
@@ -220,6 +232,9 @@ void ts_watchdog_report(ts_comm *c, const char *what, double waited)
         }
     }
     if (!n) snprintf(g_last + k, sizeof g_last - k, " none (all %d other ranks are in it: a slow collective)", joined);
+    else if (lk && k < sizeof g_last)
+        snprintf(g_last + k, sizeof g_last - k, "; not responding from node%s %s (lost?)", strchr(lost, ',') ? "s" : "",
+                 lost);
     fprintf(stderr, "tessera [rank %d] %s\n", ts_comm_rank(ts_comm_world()), g_last);
     free(replies), free(reqs), free(answered);
 }

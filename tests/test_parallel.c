@@ -516,12 +516,12 @@ TEST(the_watchdog_names_the_rank_that_has_not_joined)
     ts_watchdog_set(300, 0);
     if (rank_ == 0) {
         char want[64];
-        snprintf(want, sizeof want, "(world %d)", size_ - 1);
+        snprintf(want, sizeof want, "(world %d on node ", size_ - 1);
         const char *rep = ts_watchdog_last_report();
         EXPECTF(strstr(rep, want) && strstr(rep, "not joined") && strstr(rep, "test barrier"),
                 "report does not name world rank %d: %s", size_ - 1, rep);
         for (int r = 1; r < size_ - 1; r++) {
-            snprintf(want, sizeof want, "(world %d)", r);
+            snprintf(want, sizeof want, "(world %d on node ", r);
             EXPECTF(!strstr(rep, want), "report names rank %d, which had joined: %s", r, rep);
         }
         th_note("%s", rep);

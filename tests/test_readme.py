@@ -234,6 +234,43 @@ def check_mpirun(body, work, ctx):
     assert out.count("trained 2 steps") == 2, out
 
 
+def netns_script(body, work):
+    """A script that makes namespace nodes (tests/netns/lib.sh) around body,
+    or a SKIP reason when this machine cannot (not root, no ip netns)."""
+    if not os.path.exists(os.path.join(work, "tests")):
+        os.symlink(os.path.join(SRC, "tests"), os.path.join(work, "tests"))
+    probe = subprocess.run(["bash", "-c", ". tests/netns/lib.sh; netns_usable || { echo \"$NETNS_WHY\"; exit 1; }"],
+                           cwd=work, capture_output=True, text=True)
+    if probe.returncode != 0 or not shutil.which("mpirun"):
+        return None, "SKIP " + (probe.stdout.strip() or "mpirun is not installed")
+    return body, None
+
+
+def check_multinode_cluster(body, work, ctx):
+    # the real-cluster line, on two namespace nodes: its hostfile, its
+    # network (the namespaces' subnet), as root
+    body, skip = netns_script(body, work)
+    if skip:
+        return skip
+    body = shorten(body, [
+        ("mpirun -np 8", 'netns_exec 1 env NETNS_HOSTS="$NETNS_WORK/hosts" mpirun --allow-run-as-root --oversubscribe '
+                         '--mca plm_rsh_agent "$NETNS_DIR/agent.sh" --mca plm_rsh_no_tree_spawn 1 -np 8'),
+        ("10.1.0.0/24", "10.213.0.0/24"), ("/shared/runs/two-nodes", "runs/cluster"),
+        ("--watchdog 60", "--watchdog 60 --steps 3")])
+    out = sh(". tests/netns/lib.sh; trap netns_down EXIT; netns_up 2\nprintf 'n1 slots=4\\nn2 slots=4\\n' > hosts\n"
+             + body, work)
+    assert "layout   8 processes on 2 nodes: tensor 2 x pipeline 1 x data 4" in out and "trained 3 steps" in out, out
+
+
+def check_multinode_netns(body, work, ctx):
+    body, skip = netns_script(body, work)
+    if skip:
+        return skip
+    out = sh(body, work)
+    assert "layout   4 processes on 2 nodes" in out and "trained 20 steps" in out, out
+    assert re.search(r"^hier .* then [1-9]\d* inter-node allreduces .* across 2 nodes$", out, re.M), out
+
+
 def check_layout(body, work, ctx):
     for line in body.splitlines():
         m = re.match(r"(\S+/)\s", line)
@@ -256,6 +293,8 @@ BLOCKS = [
     ("#include <tessera/tessera.h>", "", check_c_api),
     ("liboclgrind-rt-icd.so", "", check_oclgrind),
     ("mpirun -np 4", "data", check_mpirun),
+    ("mpirun -np 8 --hostfile hosts", "", check_multinode_cluster),
+    ("netns_mpirun 2x2", "", check_multinode_netns),
     ("core/cli/ ", "", check_layout),
 ]
 

@@ -405,7 +405,8 @@ static void fmt_layout(const ts_grid *g, const ts_train_config *c, char *buf, si
         snprintf(buf, n, "one process");
         return;
     }
-    size_t k = (size_t)snprintf(buf, n, "%d processes: tensor %d x pipeline %d x data %d", g->size, g->tp, g->pp, g->dp);
+    size_t k = (size_t)snprintf(buf, n, "%d processes on %d node%s: tensor %d x pipeline %d x data %d", g->size,
+                                g->nodes, g->nodes == 1 ? "" : "s", g->tp, g->pp, g->dp);
     if (g->dp > 1 && k < n)
         k += (size_t)snprintf(buf + k, n - k, ", gradients by %s%s%s", ts_strategy_name(c->strategy),
                               c->zero ? " with ZeRO-1" : "", c->overlap ? " overlapped with backward" : "");
@@ -765,8 +766,16 @@ static ts_status report_start(run *r)
     TRY(measure_job_peak(r));
     char(*places)[640] = calloc((size_t)g->size, sizeof *places);
     if (!places) return ts_error(TS_ERR_OOM, "no memory");
-    char mine[640];
-    snprintf(mine, sizeof mine, "%s: %s", ts_device_get_info(r->dev)->id, r->bind.report);
+    /* where each rank runs: its node (host name), its rank there (which
+     * chose its device and its cores), the device and the binding */
+    char mine[640], host[64] = "?";
+    if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "?");
+    host[sizeof host - 1] = '\0';
+    if (g->size > 1)
+        snprintf(mine, sizeof mine, "node %d %s, local rank %d of %d, %s: %s", g->node, host, g->local_rank,
+                 g->local_size, ts_device_get_info(r->dev)->id, r->bind.report);
+    else
+        snprintf(mine, sizeof mine, "%s: %s", ts_device_get_info(r->dev)->id, r->bind.report);
     ts_status st = ts_comm_allgather(g->world, mine, places, sizeof mine, "placement report");
     char layout[256];
     fmt_layout(g, c, layout, sizeof layout);
@@ -1003,6 +1012,12 @@ static ts_status finish_run(run *r)
         else
             fprintf(r->out, "trained %lld steps in %s: %s tokens/s, MFU %.1f%%, final loss %.4f\n", (long long)done, d,
                     rt, 100.0 * res->mfu, r->state.loss);
+        int64_t cross_calls, cross_bytes;
+        ts_comm_hier_stats(&cross_calls, &cross_bytes);
+        if (c->strategy == TS_STRATEGY_HIER && g->dp > 1)
+            fprintf(r->out, "hier     sums within each node in shared memory, then %lld inter-node allreduces "
+                    "(%.2f MB from rank 0) across %d node%s\n", (long long)cross_calls, (double)cross_bytes / 1e6,
+                    g->nodes, g->nodes == 1 ? "" : "s");
         if (res->interrupted)
             fprintf(r->out, "stopped by %s after step %lld%s%s%s\n", res->interrupted == SIGINT ? "SIGINT" :
                     res->interrupted == SIGTERM ? "SIGTERM" : "a stop request", (long long)r->state.step,

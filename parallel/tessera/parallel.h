@@ -56,6 +56,7 @@ typedef struct ts_grid {
     ts_comm *mp_comm;     /* same replica: the whole model (norms, losses) */
     ts_comm *embed_comm;  /* first and last stage of a pipeline (tied embedding); NULL elsewhere */
     int local_rank, local_size; /* on this node */
+    int node, nodes;            /* this node's number (0..nodes-1, in world-rank order) and how many */
 } ts_grid;
 
 /* Split the world into tp x dp x pp groups (dp = size / (tp * pp)). Every
@@ -103,6 +104,9 @@ int64_t ts_comm_part_start(int64_t n, int size, int part);
  * window on the node's communicator); NULL without MPI. Collective over
  * the node communicator; freed at finalize. */
 float *ts_comm_shared_alloc(ts_comm *c, int64_t n);
+/* The hierarchical strategy's inter-node phase in this process so far:
+ * allreduces across nodes and the bytes they summed (0 on one node). */
+void ts_comm_hier_stats(int64_t *calls, int64_t *bytes);
 
 /* ---- the training engine ----
  * One optimizer step of a model laid out on a grid, for any mix of tensor,
