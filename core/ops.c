@@ -727,6 +727,13 @@ static bool same_storage(const ts_tensor *a, const ts_tensor *b)
     return a->block == b->block && a->offset == b->offset;
 }
 
+static bool overlap(const ts_tensor *a, const ts_tensor *b)
+{
+    size_t ea = a->offset + (size_t)ts_tensor_numel(a) * ts_dtype_size(a->dtype);
+    size_t eb = b->offset + (size_t)ts_tensor_numel(b) * ts_dtype_size(b->dtype);
+    return a->block == b->block && a->offset < eb && b->offset < ea;
+}
+
 /* Shapes the fused ops share: qkv [B,T,3C] and out-like [B,T,C] tensors. */
 static ts_status fused_operands(const char *name, ts_attention_ws *ws, const ts_tensor *qkv, const ts_tensor *o,
                                 const char *oname)
@@ -761,6 +768,8 @@ ts_status ts_attention_forward(ts_tensor *out, const ts_tensor *qkv, ts_attentio
     if (ws->fused) {
         const char *name = "ts_attention_forward (fused)";
         TRY(fused_operands(name, ws, qkv, out, "out"));
+        if (overlap(out, qkv) || overlap(out, &ws->lse))
+            return ts_error(TS_ERR_INVALID_ARG, "%s: out shares memory with qkv or the workspace", name);
         ts_op op = fused_op(TS_OP_ATTENTION_FWD, ws);
         op.out[0] = out, op.out[1] = &ws->lse;
         op.in[0] = qkv, op.in[1] = ws->key_len;
@@ -792,6 +801,8 @@ ts_status ts_attention_backward(ts_tensor *dqkv, const ts_tensor *dout, ts_atten
         TRY(fused_operands(name, ws, qkv, dout, "dout"));
         TRY(need(name, "dqkv", dqkv, TS_F32));
         TRY(need_numel(name, "dqkv", dqkv, B * T * 3 * ws->C));
+        if (overlap(dqkv, qkv) || overlap(dqkv, dout) || overlap(dqkv, &ws->o) || overlap(dqkv, &ws->lse))
+            return ts_error(TS_ERR_INVALID_ARG, "%s: dqkv shares memory with qkv, dout or the workspace", name);
         ts_op op = fused_op(TS_OP_ATTENTION_BWD, ws);
         op.out[0] = dqkv;
         op.in[0] = dout, op.in[1] = qkv, op.in[2] = &ws->o, op.in[3] = &ws->lse, op.in[4] = ws->key_len;

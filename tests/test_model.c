@@ -160,6 +160,54 @@ static void fused_forward_backward_matches(void *arg)
     ts_gpt_free(&m);
 }
 
+/* Activations of another shape in between (as sampling at B=1 does in a
+ * training run) reallocate the model's attention scratch. The first
+ * activations' next forward and backward must use the new scratch, not
+ * the released one, which the allocator may meanwhile have handed to
+ * another tensor (here `bystander`, of the same size, which must come out
+ * untouched). The composite attention route keeps its buffers there. */
+static void other_shapes_in_between_change_nothing(void *arg)
+{
+    ts_device *dev = arg;
+    setenv("TESSERA_ATTENTION", "composite", 1); /* this case runs in a child of its own */
+    ts_gpt m;
+    REQUIRE_OK(ts_gpt_create(&m, dev, &tiny));
+    float *hp = malloc((size_t)m.num_params * sizeof *hp);
+    float *g1 = malloc((size_t)m.num_params * sizeof *g1), *g2 = malloc((size_t)m.num_params * sizeof *g2);
+    REQUIRE_OK(randomize(&m, 15, hp));
+    int32_t tok[16], tgt[16];
+    rng_t r;
+    rng_seed(&r, 16);
+    make_batch(&r, 16, tiny.vocab_size, tok, tgt);
+    float l1, l2;
+    REQUIRE_OK(ts_gpt_zero_grad(&m));
+    REQUIRE_OK(ts_gpt_forward_backward(&m, tok, tgt, 2, 8, 1.0f, &l1));
+    REQUIRE_OK(ts_tensor_read(&m.grads, g1, (size_t)m.num_params * sizeof *g1));
+    int64_t n = ts_tensor_numel(&m.scratch);
+    ts_gpt_acts other;
+    REQUIRE_OK(ts_gpt_acts_alloc(&m, &other, 1, 4));
+    REQUIRE_OK(ts_gpt_stage_forward(&m, &other, tok, NULL, 0.0f, NULL, NULL));
+    ts_gpt_acts_free(&other);
+    ts_tensor bystander;
+    REQUIRE_OK(ts_tensor_alloc(&bystander, dev, TS_F32, TS_SHAPE(n)));
+    REQUIRE_OK(ts_fill(&bystander, 7.0f));
+    REQUIRE_OK(ts_gpt_zero_grad(&m));
+    REQUIRE_OK(ts_gpt_forward_backward(&m, tok, tgt, 2, 8, 1.0f, &l2));
+    REQUIRE_OK(ts_tensor_read(&m.grads, g2, (size_t)m.num_params * sizeof *g2));
+    EXPECTF(l1 == l2, "loss %.9g, then %.9g", l1, l2);
+    double *d1 = to_double(g1, m.num_params);
+    check_close("gradient after another shape", g2, d1, m.num_params, 0.0);
+    float *by = malloc((size_t)n * sizeof *by);
+    REQUIRE_OK(ts_tensor_read(&bystander, by, (size_t)n * sizeof *by));
+    int64_t changed = 0;
+    for (int64_t i = 0; i < n; i++) changed += by[i] != 7.0f;
+    EXPECTF(changed == 0, "%lld of %lld elements of another tensor were overwritten", (long long)changed,
+            (long long)n);
+    free(hp), free(g1), free(g2), free(d1), free(by);
+    ts_tensor_free(&bystander);
+    ts_gpt_free(&m);
+}
+
 /* The same training run on the CPU backend and on an OpenCL device. */
 TEST(training_agrees_between_cpu_and_opencl)
 {
@@ -497,6 +545,9 @@ int main(int argc, char **argv)
         snprintf(name, sizeof name, "fused forward_backward equals forward then backward on %s",
                  ts_device_get_info(ts_device_at(d))->id);
         th_add(name, fused_forward_backward_matches, ts_device_at(d));
+        snprintf(name, sizeof name, "activations of another shape in between change no gradient (composite "
+                 "attention's scratch) on %s", ts_device_get_info(ts_device_at(d))->id);
+        th_add(name, other_shapes_in_between_change_nothing, ts_device_at(d));
         for (int v = 0; v < 4; v++) {
             cls_case *k = malloc(sizeof *k), *k2 = malloc(sizeof *k2);
             *k = (cls_case){ts_device_at(d), v & 1 ? TS_POOL_MEAN : TS_POOL_LAST, v >> 1};

@@ -113,7 +113,7 @@ run --steps 0 --out "$work/zero" >/dev/null 2>&1; rc=$?
 check "--steps 0 saves the untrained model as a checkpoint" $? "exit $rc" "$(ls "$work/zero" 2>&1)"
 
 # 12. a model or batch that cannot fit is refused before any allocation
-err=$("$tessera" train --device cpu --seq-len 65536 --steps 1 --out "$work/huge" 2>&1); rc=$?
+err=$(timeout 60 "$tessera" train --device cpu --seq-len 65536 --batch 512 --steps 1 --out "$work/huge" 2>&1); rc=$?
 [ $rc -eq 1 ] && echo "$err" | grep -q "needs about" && [ ! -e "$work/huge" ]
 check "a run too big for the device is refused, naming the memory it needs, and leaves no directory" $? \
     "exit $rc: $err"

@@ -61,14 +61,16 @@ int64_t ts_gpt_num_params(const ts_gpt_config *c)
     return c->vocab_size * C + c->max_seq_len * C + c->n_layer * (12 * C * C + 13 * C) + 2 * C;
 }
 
-double ts_gpt_train_bytes(const ts_gpt_config *c, int64_t B, int64_t T, int moments)
+double ts_gpt_train_bytes(const ts_gpt_config *c, int64_t B, int64_t T, int moments, bool fused_attention)
 {
     double N = (double)B * (double)T, C = (double)c->n_embd, L = (double)c->n_layer;
-    double att = (double)B * (double)c->n_head * (double)T * (double)T;
+    double att = (double)B * (double)c->n_head * (double)T * (fused_attention ? 1.0 : (double)T);
     double params = (double)c->vocab_size * C + (double)c->max_seq_len * C + L * (12.0 * C * C + 13.0 * C);
-    /* per layer (ts_gpt_acts_alloc): 19 N*C and the T x T attention; then
-     * the head's logits, a few N*C buffers and the backward scratch */
-    double acts = L * (19.0 * N * C + att) + N * (double)c->vocab_size + 4.0 * N * C + 14.0 * N * C + att;
+    /* per layer (ts_gpt_acts_alloc): 19 N*C and the attention's T x T
+     * probabilities (fused: a log-sum-exp a row); then the head's logits, a
+     * few N*C buffers and the backward scratch (fused: none for attention) */
+    double acts = L * (19.0 * N * C + att) + N * (double)c->vocab_size + 4.0 * N * C + 14.0 * N * C +
+                  (fused_attention ? 0.0 : att);
     return 4.0 * ((2.0 + moments) * params + acts);
 }
 
@@ -469,6 +471,18 @@ static ts_status ensure_scratch(ts_gpt *m, int64_t B, int64_t T)
     return TS_OK;
 }
 
+/* The scratch for a's shape, and a's attention workspaces pointed at it:
+ * another shape's activations (sampling at B=1, say) may have reallocated
+ * it since a was made. */
+static ts_status scratch_for(ts_gpt *m, ts_gpt_acts *a)
+{
+    TRY(ensure_scratch(m, a->B, a->T));
+    int64_t L = m->lay.layer_end - m->lay.layer_begin;
+    for (int64_t l = 0; l < L; l++)
+        if (!a->ws[l].fused) a->ws[l].y = m->y, a->ws[l].scratch = m->att_scratch, a->ws[l].dqkvh = m->dqkvh;
+    return TS_OK;
+}
+
 static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int logits)
 {
     memset(a, 0, sizeof *a);
@@ -614,7 +628,7 @@ static ts_status forward_blocks(ts_gpt *m, ts_gpt_acts *a, const int32_t *tokens
     const float eps = 1e-5f;
     a->dlogits_ready = 0;
     a->valid_targets = 0;
-    TRY(ensure_scratch(m, B, T));
+    TRY(scratch_for(m, a));
     if (m->lay.embedding) {
         if (!tokens) return ts_error(TS_ERR_INVALID_ARG, "the embedding stage needs tokens");
         for (int64_t i = 0; i < N; i++)
@@ -761,7 +775,7 @@ static ts_status backward_blocks(ts_gpt *m, ts_gpt_acts *a, const ts_tensor *dln
 ts_status ts_gpt_stage_backward(ts_gpt *m, ts_gpt_acts *a)
 {
     if (!a->B) return ts_error(TS_ERR_INVALID_ARG, "backward: no forward pass to differentiate");
-    TRY(ensure_scratch(m, a->B, a->T));
+    TRY(scratch_for(m, a));
     if (!m->lay.head) return backward_blocks(m, a, NULL);
     if (!a->dlogits_ready)
         return ts_error(TS_ERR_INVALID_ARG, "backward: the forward pass computed no loss gradient");
@@ -868,7 +882,7 @@ ts_status ts_gpt_features_backward(ts_gpt *m, ts_gpt_acts *a, const ts_tensor *d
     if (ts_tensor_numel(dfeatures) != a->B * a->T * m->cfg.n_embd)
         return ts_error(TS_ERR_SHAPE, "features backward: the gradient has %lld elements, the features %lld",
                         (long long)ts_tensor_numel(dfeatures), (long long)(a->B * a->T * m->cfg.n_embd));
-    TRY(ensure_scratch(m, a->B, a->T));
+    TRY(scratch_for(m, a));
     return backward_blocks(m, a, dfeatures);
 }
 

@@ -667,9 +667,13 @@ static ts_status build_model(run *r)
     ts_status st = ts_gpt_config_check(&c->model);
     if (!st) {
         int moments = c->optim == TS_OPTIM_SGD ? 0 : c->optim == TS_OPTIM_SGD_MOMENTUM ? 1 : 2;
-        double need = ts_gpt_train_bytes(&c->model, c->batch / g->dp, c->seq_len, moments) / (double)(g->tp * g->pp);
+        bool fused = false;
+        st = ts_attention_route_fused(r->dev, TS_ATTENTION_AUTO, c->batch / g->dp, c->seq_len,
+                                      c->model.n_embd / g->tp, c->model.n_head / g->tp, &fused);
+        double need =
+            ts_gpt_train_bytes(&c->model, c->batch / g->dp, c->seq_len, moments, fused) / (double)(g->tp * g->pp);
         double have = (double)ts_device_get_info(r->dev)->global_mem_bytes;
-        if (have > 0 && need > have)
+        if (!st && have > 0 && need > have)
             st = ts_error(TS_ERR_OOM, "training L=%lld C=%lld on %lld x %lld tokens needs about %.1f GiB on %s, which "
                           "has %.1f GiB: use a smaller --batch, --seq-len or model, or more pipeline stages",
                           (long long)c->model.n_layer, (long long)c->model.n_embd, (long long)(c->batch / g->dp),

@@ -144,8 +144,10 @@ double ts_gpt_flops_per_token(const ts_gpt_config *cfg, int64_t T);
 /* Bytes one process needs to train the whole model on B x T tokens with
  * `moments` optimizer moments per parameter (AdamW 2, momentum 1, SGD 0):
  * parameters, gradients, moments, activations and scratch, in float32. An
- * estimate for refusing runs that cannot fit, not an allocation plan. */
-double ts_gpt_train_bytes(const ts_gpt_config *cfg, int64_t B, int64_t T, int moments);
+ * estimate for refusing runs that cannot fit, not an allocation plan.
+ * fused_attention: the route that keeps a log-sum-exp a row instead of
+ * T x T probabilities (ts_attention_route_fused). */
+double ts_gpt_train_bytes(const ts_gpt_config *cfg, int64_t B, int64_t T, int moments, bool fused_attention);
 
 /* The whole model on one process. */
 void ts_gpt_layout_single(const ts_gpt_config *cfg, ts_gpt_layout *lay);
