@@ -150,7 +150,7 @@ ts_status ts_balance_parse(const char *spec, int n, const char *const *device_id
         if (!(isdigit((unsigned char)*p) || *p == '.' || *p == ',' || *p == ' ' || *p == 'e' || *p == 'E' ||
               *p == '+' || *p == '-'))
             list = 0;
-    if (list && strchr(spec, ',')) {
+    if (list) {
         char what[160];
         snprintf(what, sizeof what, "--balance %s", spec);
         return parse_numbers(spec, what, n, shares);

@@ -561,7 +561,12 @@ ts_status ts_engine_create(ts_engine **out, ts_grid *g, ts_gpt *m, const ts_engi
     if (!st && !e->decay) st = ts_error(TS_ERR_OOM, "no memory");
     if (!st) e->ndecay = ts_gpt_decay_ranges(m, e->decay, m->ntensors + 1);
     /* where the gradients live on the host */
-    if (!st && g->dp > 1 && c->strategy == TS_STRATEGY_HIER && ts_tensor_host_ptr(&m->grads)) {
+    /* the shared window is collective: every replica must take it, and a
+     * replica on a device without host memory (mixed devices) cannot */
+    int64_t not_host = ts_tensor_host_ptr(&m->grads) == NULL;
+    if (!st && g->dp > 1 && c->strategy == TS_STRATEGY_HIER)
+        st = ts_comm_allreduce_i64(g->dp_comm, &not_host, 1, TS_REDUCE_MAX, "gradient memory");
+    if (!st && g->dp > 1 && c->strategy == TS_STRATEGY_HIER && !not_host) {
         float *shm = ts_comm_shared_alloc(g->dp_comm, n);
         if (shm && ts_tensor_wrap_host(&e->shm_grads, &e->shm_block, m->device, shm, (size_t)n * sizeof(float),
                                        TS_F32, TS_SHAPE(n)) == TS_OK) {
