@@ -24,7 +24,7 @@ maxrel() {
 within() { [ "$1" != none ] && awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
 
 echo "TAP version 13"
-echo "1..20"
+echo "1..22"
 
 # a model that every layout can divide: 4 layers, 4 heads, vocabulary 256
 small=(--device cpu --layers 4 --heads 4 --width 64 --seq-len 32 --batch 8 --accum 2 --lr 0.003 --warmup 4 --steps 12 --eval-batches 2 --quiet)
@@ -188,3 +188,20 @@ if [ $have_ocl = 1 ]; then
 else
     skip "a tensor-parallel group of unequal devices is refused" "no OpenCL device"
 fi
+
+# pipeline stages of unequal size: as given (3 layers + 1), and as measured
+# on two devices; both follow one process, and the log holds the stage map
+dir=$work/stages31
+TESSERA_STAGES=3,1 mpi 4 "$tessera" train "${small[@]}" --pp 2 --balance 1,3 --zero --out "$dir" >"$dir.out" 2>&1
+rc=$?; d=$(maxrel "$dir/log.jsonl" "$work/one/log.jsonl")
+map=$(sed -n 's/.*"stage_map": "\([^"]*\)".*/\1/p' "$dir/log.jsonl" | head -1)
+[ $rc -eq 0 ] && within "$d" 1e-5 && [ "$map" = "0-2 | 3-3" ]
+check "pipeline stages of 3 and 1 layers (map '$map') x dp 2 with shares 1,3 and ZeRO-1 follow one process (largest relative difference $d)" $? \
+    "exit $rc" "$(tail -5 "$dir.out")"
+dir=$work/stagesauto
+mpi 2 "$tessera" train "${small[@]}" --pp 2 --balance auto --device "$mixed" --out "$dir" >"$dir.out" 2>&1
+rc=$?; d=$(maxrel "$dir/log.jsonl" "$work/one/log.jsonl")
+map=$(sed -n 's/.*"stage_map": "\([^"]*\)".*/\1/p' "$dir/log.jsonl" | head -1)
+[ $rc -eq 0 ] && within "$d" 1e-5 && [ -n "$map" ]
+check "pipeline stages by measured cost on $mixed (map '$map') follow one process (largest relative difference $d)" $? \
+    "exit $rc" "$(tail -5 "$dir.out")"

@@ -457,6 +457,8 @@ typedef struct run {
     double *rank_cost;       /* seconds per row of each world rank, last measured */
     void *dev_ids;           /* each world rank's device (dev_tag) */
     int64_t *prev_share;     /* the split before the last re-split */
+    int64_t stage_layers[2]; /* this rank's layers [begin, end) */
+    char stage_map[512];     /* "0-5 | 6-7" when measured */
 } run;
 
 static void run_free(run *r)
@@ -657,6 +659,112 @@ static ts_status open_data(run *r)
     return ts_comm_agree(r->g.world, st, "preparing the data");
 }
 
+/* This rank's part of the model on the grid (stages even, or bounds[0..pp]
+ * when given), its initial weights and the engine that trains it. */
+static ts_status make_model(run *r, const int64_t *bounds)
+{
+    ts_train_config *c = &r->c;
+    ts_grid *g = &r->g;
+    ts_gpt_layout lay;
+    ts_status st = ts_grid_layout(g, c->model.n_layer, &lay.tp_size, &lay.tp_rank, &lay.layer_begin, &lay.layer_end,
+                                  &lay.embedding, &lay.head);
+    if (!st && bounds) lay.layer_begin = bounds[g->pp_rank], lay.layer_end = bounds[g->pp_rank + 1];
+    r->stage_layers[0] = lay.layer_begin, r->stage_layers[1] = lay.layer_end;
+    if (!st) st = ts_gpt_layout_check(&c->model, &lay);
+    if (!st) {
+        st = ts_gpt_create_layout(&r->m, r->dev, &c->model, &lay, g->tp_comm);
+        r->have_model = !st;
+    }
+    if (!st) st = ts_gpt_init_weights(&r->m, c->seed);
+    TRY(ts_comm_agree(g->world, st, "creating the model"));
+    ts_engine_config ec = {.strategy = c->strategy, .zero = c->zero, .bucket_mb = c->bucket_mb,
+                           .overlap = c->overlap, .schedule = c->schedule, .optim = c->optim, .beta1 = c->beta1,
+                           .beta2 = c->beta2, .eps = c->eps, .weight_decay = c->weight_decay};
+    st = ts_engine_create(&r->e, g, &r->m, &ec);
+    TRY(ts_comm_agree(g->world, st, "setting up training"));
+    return ts_engine_broadcast_params(r->e);
+}
+
+static ts_status measure_rank(run *r, double *cost);
+
+/* Pipeline stages over devices of different speed: each stage's device
+ * speed from timing its part of the real model (per FLOP of its layers,
+ * embedding and head), the slowest replica's for each stage; then the
+ * stage map that minimises the slowest stage, and the model again on it. */
+static ts_status plan_stages(run *r)
+{
+    ts_train_config *c = &r->c;
+    ts_grid *g = &r->g;
+    double C = (double)c->model.n_embd, T = (double)c->seq_len, V = (double)c->model.vocab_size;
+    double layer_f = 24 * C * C + 2 * T * C, head_f = 2 * C * V, embed_f = 2 * C;
+    /* TESSERA_STAGES=3,1: layers per stage as given (tests, benchmarks) */
+    const char *given = getenv("TESSERA_STAGES");
+    if (given && *given) {
+        double *n = calloc((size_t)g->pp, sizeof *n);
+        int64_t *gb = calloc((size_t)g->pp + 1, sizeof *gb);
+        ts_balance_mode mode;
+        ts_status gs = n && gb ? ts_balance_parse(given, g->pp, NULL, &mode, n) : ts_error(TS_ERR_OOM, "no memory");
+        for (int s = 0; !gs && s < g->pp; s++) {
+            gb[s + 1] = gb[s] + (int64_t)n[s];
+            if (n[s] != floor(n[s])) gs = ts_error(TS_ERR_INVALID_ARG, "TESSERA_STAGES=%s: %g layers", given, n[s]);
+        }
+        if (!gs && gb[g->pp] != c->model.n_layer)
+            gs = ts_error(TS_ERR_INVALID_ARG, "TESSERA_STAGES=%s has %lld layers, the model %lld", given,
+                          (long long)gb[g->pp], (long long)c->model.n_layer);
+        gs = ts_comm_agree(g->world, gs, "reading TESSERA_STAGES");
+        if (!gs) {
+            ts_engine_free(r->e);
+            r->e = NULL;
+            ts_gpt_free(&r->m);
+            r->have_model = 0;
+            gs = make_model(r, gb);
+        }
+        if (!gs) {
+            size_t k = 0;
+            for (int s = 0; s < g->pp && k < sizeof r->stage_map; s++)
+                k += (size_t)snprintf(r->stage_map + k, sizeof r->stage_map - k, "%s%lld-%lld", s ? " | " : "",
+                                      (long long)gb[s], (long long)gb[s + 1] - 1);
+        }
+        free(n), free(gb);
+        return gs;
+    }
+    double cost = 0;
+    TRY(ts_comm_agree(g->world, measure_rank(r, &cost), "measuring stage speed"));
+    double mine = (double)(r->stage_layers[1] - r->stage_layers[0]) * layer_f + (g->pp_rank == 0 ? embed_f : 0) +
+                  (g->pp_rank == g->pp - 1 ? head_f : 0);
+    double v = cost / mine, *all = calloc((size_t)g->size, sizeof *all), *per = calloc((size_t)g->pp, sizeof *per);
+    int64_t *b = calloc((size_t)g->pp + 1, sizeof *b);
+    ts_status st = all && per && b ? TS_OK : ts_error(TS_ERR_OOM, "no memory");
+    if (!st) st = ts_comm_allgather(g->world, &v, all, sizeof v, "stage speeds");
+    if (!st) {
+        for (int i = 0; i < g->size; i++) {
+            int s = i / (g->tp * g->dp);
+            if (all[i] > per[s]) per[s] = all[i];
+        }
+        for (int s = 0; s < g->pp; s++) per[s] *= layer_f;
+        st = ts_balance_stages(c->model.n_layer, g->pp, per, per[0] / layer_f * embed_f,
+                               per[g->pp - 1] / layer_f * head_f, b);
+    }
+    int same = 1;
+    for (int s = 0; !st && s <= g->pp; s++) same &= b[s] == c->model.n_layer * s / g->pp;
+    if (!st && !same) {
+        ts_engine_free(r->e);
+        r->e = NULL;
+        ts_gpt_free(&r->m);
+        r->have_model = 0;
+        st = make_model(r, b);
+    }
+    if (!st) {
+        size_t k = 0;
+        r->stage_map[0] = '\0';
+        for (int s = 0; s < g->pp && k < sizeof r->stage_map; s++)
+            k += (size_t)snprintf(r->stage_map + k, sizeof r->stage_map - k, "%s%lld-%lld", s ? " | " : "",
+                                  (long long)b[s], (long long)b[s + 1] - 1);
+    }
+    free(all), free(per), free(b);
+    return st;
+}
+
 /* 7. Every rank trains the same thing; then this rank's part of the model
  * (if it fits the device) and the engine that trains it, from the resumed
  * checkpoint or --init's weights. */
@@ -676,7 +784,6 @@ static ts_status build_model(run *r)
     free(check);
     TRY(cs);
 
-    ts_gpt_layout lay;
     ts_status st = ts_gpt_config_check(&c->model);
     if (!st) {
         int moments = c->optim == TS_OPTIM_SGD ? 0 : c->optim == TS_OPTIM_SGD_MOMENTUM ? 1 : 2;
@@ -689,21 +796,12 @@ static ts_status build_model(run *r)
                           (long long)c->seq_len, need / 1073741824.0, ts_device_get_info(r->dev)->id,
                           have / 1073741824.0);
     }
-    if (!st) st = ts_grid_layout(g, c->model.n_layer, &lay.tp_size, &lay.tp_rank, &lay.layer_begin, &lay.layer_end,
-                                 &lay.embedding, &lay.head);
-    if (!st) st = ts_gpt_layout_check(&c->model, &lay);
-    if (!st) {
-        st = ts_gpt_create_layout(&r->m, r->dev, &c->model, &lay, g->tp_comm);
-        r->have_model = !st;
-    }
-    if (!st) st = ts_gpt_init_weights(&r->m, c->seed);
     TRY(ts_comm_agree(g->world, st, "creating the model"));
-    ts_engine_config ec = {.strategy = c->strategy, .zero = c->zero, .bucket_mb = c->bucket_mb,
-                           .overlap = c->overlap, .schedule = c->schedule, .optim = c->optim, .beta1 = c->beta1,
-                           .beta2 = c->beta2, .eps = c->eps, .weight_decay = c->weight_decay};
-    st = ts_engine_create(&r->e, g, &r->m, &ec);
-    TRY(ts_comm_agree(g->world, st, "setting up training"));
-    TRY(ts_engine_broadcast_params(r->e));
+    TRY(make_model(r, NULL));
+    /* devices of different speed: stages by measured cost (the checkpoint
+     * stays layout-free, so loading below works on any stage map) */
+    const char *stages = getenv("TESSERA_STAGES");
+    if (g->pp > 1 && (!strcmp(c->balance, "auto") || (stages && *stages))) TRY(plan_stages(r));
     char mf[4400], of[4400];
     if (r->ckpt[0]) {
         snprintf(mf, sizeof mf, "%s/model.safetensors", r->ckpt);
@@ -988,6 +1086,7 @@ static ts_status report_start(run *r)
             char rows[256];
             fmt_rows(r, rows, sizeof rows);
             fprintf(out, "balance  %s: rows %s of %lld per replica\n", c->balance, rows, (long long)c->batch);
+            if (r->stage_map[0]) fprintf(out, "stages   layers %s (by measured cost per stage)\n", r->stage_map);
             const dev_tag *tags = r->dev_ids;
             for (int i = 0; i < g->size; i++) {
                 fprintf(out, "rank %-3d device %s (%s)", i, tags[i].id, tags[i].name);
@@ -1029,6 +1128,7 @@ static ts_status report_start(run *r)
         fprintf(r->log, "], \"balance\": ");
         ts_json_write_string(r->log, c->balance);
         fprintf(r->log, ", \"rows\": \"%s\"", rows);
+        if (r->stage_map[0]) fprintf(r->log, ", \"stage_map\": \"%s\"", r->stage_map);
         fprintf(r->log, ", \"settings\": %s}\n", r->settings);
         fflush(r->log);
     }
