@@ -234,6 +234,18 @@ def check_mpirun(body, work, ctx):
     assert out.count("trained 2 steps") == 2, out
 
 
+def check_mixed_devices(body, work, ctx):
+    if not shutil.which("mpirun"):
+        return "SKIP mpirun is not installed"
+    devices = subprocess.run([os.path.join(BUILD, "tessera"), "devices"], capture_output=True, text=True).stdout
+    if not re.search(r"^opencl:0", devices, re.M):
+        return "SKIP no OpenCL device"
+    body = shorten(body, [("--out runs/mixed", "--steps 2 --out runs/mixed")])
+    out = sh(body, work)
+    assert out.count("trained 2 steps") == 2, out
+    assert "balance  auto: rows" in out and "stages   layers" in out, out
+
+
 def check_layout(body, work, ctx):
     for line in body.splitlines():
         m = re.match(r"(\S+/)\s", line)
@@ -256,6 +268,7 @@ BLOCKS = [
     ("#include <tessera/tessera.h>", "", check_c_api),
     ("liboclgrind-rt-icd.so", "", check_oclgrind),
     ("mpirun -np 4", "data", check_mpirun),
+    ("--balance auto --rebalance-every", "", check_mixed_devices),
     ("core/cli/ ", "", check_layout),
 ]
 
