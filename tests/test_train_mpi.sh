@@ -24,7 +24,7 @@ maxrel() {
 within() { [ "$1" != none ] && awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
 
 echo "TAP version 13"
-echo "1..22"
+echo "1..23"
 
 # a model that every layout can divide: 4 layers, 4 heads, vocabulary 256
 small=(--device cpu --layers 4 --heads 4 --width 64 --seq-len 32 --batch 8 --accum 2 --lr 0.003 --warmup 4 --steps 12 --eval-batches 2 --quiet)
@@ -129,7 +129,8 @@ have_ocl=0
 mixed=cpu; [ $have_ocl = 1 ] && mixed=cpu,opencl:0
 for layout in "shares 3,1|2|--balance 3,1" "shares 1,7, ZeRO-1, ring|2|--balance 1,7 --zero --strategy ring" \
               "measured (auto) on $mixed, hier|2|--balance auto --strategy hier --device $mixed" \
-              "shares 3,1 over dp 2 x pp 2, parameter server|4|--balance 3,1 --pp 2 --strategy ps"; do
+              "shares 3,1 over dp 2 x pp 2, parameter server|4|--balance 3,1 --pp 2 --strategy ps" \
+              "shares from a tessera bench train JSON on $mixed|2|--balance $(dirname "$0")/../bench/results/train-2026-11-22.json --device $mixed"; do
     name=${layout%%|*}; rest=${layout#*|}; np=${rest%%|*}; flags=${rest#*|}; dir=$work/bal_$(echo "$name" | tr -c 'a-z0-9' _)
     # shellcheck disable=SC2086
     mpi "$np" "$tessera" train "${small[@]}" $flags --out "$dir" >"$dir.out" 2>&1
