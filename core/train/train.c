@@ -896,8 +896,15 @@ static ts_status plan_balance(run *r)
         st = ts_balance_parse(c->balance, g->dp, ids, &mode, w);
     }
     st = ts_comm_agree(g->world, st, "planning the balance");
-    /* the same shares on every rank: rank 0's */
-    if (!st) st = ts_comm_bcast(g->world, w, (size_t)g->dp * sizeof *w, 0, "balance shares");
+    /* each replica's share as read on its own first rank: a bench file per
+     * node (same path, that node's devices) gives each replica its own
+     * device's rate; the same on every rank afterwards */
+    if (!st) {
+        double own = w[g->dp_rank], *all = calloc((size_t)g->size, sizeof *all);
+        st = all ? ts_comm_allgather(g->world, &own, all, sizeof own, "balance shares") : ts_error(TS_ERR_OOM, "no memory");
+        for (int d = 0; !st && d < g->dp; d++) w[d] = all[d * g->tp];
+        free(all);
+    }
     if (!st && (mode == TS_BALANCE_AUTO || c->rebalance_every > 0)) {
         double cost = 0;
         st = ts_comm_agree(g->world, measure_rank(r, &cost), "measuring speed");
