@@ -905,7 +905,9 @@ static ts_status plan_balance(run *r)
         for (int d = 0; !st && d < g->dp; d++) w[d] = all[d * g->tp];
         free(all);
     }
-    if (!st && (mode == TS_BALANCE_AUTO || c->rebalance_every > 0)) {
+    /* every multi-process run measures (a few micro-steps): the start-up
+     * lines and the log name each rank's speed, whatever the split */
+    if (!st && (mode == TS_BALANCE_AUTO || c->rebalance_every > 0 || g->size > 1)) {
         double cost = 0;
         st = ts_comm_agree(g->world, measure_rank(r, &cost), "measuring speed");
         if (!st) st = ts_comm_allgather(g->world, &cost, r->rank_cost, sizeof cost, "measured speeds");
