@@ -183,23 +183,73 @@ ts_status ts_device_open(const char *spec, ts_device **out)
     return unknown_device(spec);
 }
 
+/* "auto" inside a list: every GPU of every kind, fastest first (so mixed
+ * vendors and generations are all used), or the CPU backend if none. */
+static int expand_auto(ts_device **out, int cap)
+{
+    int n = 0;
+    for (int i = 0; i < n_devices && n < cap; i++)
+        if (devices[i]->info.type == TS_DEVICE_GPU) out[n++] = devices[i];
+    for (int i = 1; i < n; i++) /* insertion sort, stable: equal speeds keep discovery order */
+        for (int j = i; j > 0 && speed_rank(out[j]) > speed_rank(out[j - 1]); j--) {
+            ts_device *t = out[j];
+            out[j] = out[j - 1], out[j - 1] = t;
+        }
+    if (n == 0)
+        for (int i = 0; i < n_devices && n < cap; i++)
+            if (!strcmp(devices[i]->info.backend, "cpu")) out[n++] = devices[i];
+    return n;
+}
+
+ts_status ts_device_list(const char *spec, ts_device **out, int cap, int *count)
+{
+    if (!out || !count || cap < 1) return ts_error(TS_ERR_INVALID_ARG, "ts_device_list: no room for devices");
+    *count = 0;
+    ensure_registry();
+    if (!spec || !*spec) spec = "auto";
+    char item[256];
+    const char *p = spec;
+    int n = 0;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        while (len && isspace((unsigned char)*p)) p++, len--;
+        while (len && isspace((unsigned char)p[len - 1])) len--;
+        if (len == 0 || len >= sizeof item)
+            return ts_error(TS_ERR_DEVICE, "device list '%s': %s item", spec, len ? "an overlong" : "an empty");
+        memcpy(item, p, len);
+        item[len] = '\0';
+        if (!strcmp(item, "auto")) {
+            if (n >= cap) return ts_error(TS_ERR_DEVICE, "device list '%s' has more than %d devices", spec, cap);
+            int k = expand_auto(out + n, cap - n);
+            if (k == 0) return ts_error(TS_ERR_DEVICE, "device list '%s': no device is available", spec);
+            n += k;
+        } else {
+            if (n >= cap) return ts_error(TS_ERR_DEVICE, "device list '%s' has more than %d devices", spec, cap);
+            ts_status st = ts_device_open(item, &out[n]);
+            if (st) return ts_error_context(st, "device list '%s', item %d", spec, n + 1);
+            n++;
+        }
+        if (!comma) break;
+        p = comma + 1;
+    }
+    *count = n;
+    return TS_OK;
+}
+
 ts_status ts_device_open_local(const char *spec, int local_rank, ts_device **out)
 {
+    if (!out) return ts_error(TS_ERR_INVALID_ARG, "ts_device_open_local: out is NULL");
+    *out = NULL;
+    /* the environment wins: a wrapper or mpirun -x sets it per rank */
     const char *env = getenv("TESSERA_DEVICE");
-    int is_auto = (!spec || !*spec || !strcmp(spec, "auto")) && !(env && *env && strcmp(env, "auto") != 0);
-    if (!is_auto || local_rank <= 0) return ts_device_open(spec, out);
-    ensure_registry();
-    /* the GPUs of the fastest kind, dealt out to the node's processes */
-    ts_device *best = NULL;
-    for (int i = 0; i < n_devices; i++)
-        if (devices[i]->info.type == TS_DEVICE_GPU && (!best || speed_rank(devices[i]) > speed_rank(best)))
-            best = devices[i];
-    if (!best) return ts_device_open(spec, out);
-    ts_device *same[64];
+    int from_env = env && *env;
+    const char *use = from_env ? env : spec;
+    ts_device *list[TS_MAX_DEVICES];
     int n = 0;
-    for (int i = 0; i < n_devices && n < 64; i++)
-        if (devices[i]->info.type == TS_DEVICE_GPU && speed_rank(devices[i]) == speed_rank(best)) same[n++] = devices[i];
-    *out = same[local_rank % n];
+    ts_status st = ts_device_list(use, list, TS_MAX_DEVICES, &n);
+    if (st) return from_env ? ts_error_context(st, "TESSERA_DEVICE=%s", env) : st;
+    *out = list[(local_rank < 0 ? 0 : local_rank) % n];
     return TS_OK;
 }
 

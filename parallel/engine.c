@@ -38,6 +38,7 @@ struct ts_engine {
     /* the reduction helper thread */
     pthread_t thread;
     int thread_on, stop, armed, launched, done;
+    int measuring;         /* timing only: backward launches no reduction */
     pthread_mutex_t lock;
     pthread_cond_t cv;
     ts_status worker_status, launch_status;
@@ -374,7 +375,7 @@ static ts_status stage_bwd(ts_engine *e, int k, int last)
     ts_gpt_acts *a = &e->slots[k % e->nslots];
     int s = g->pp_rank, P = g->pp;
     if (s < P - 1) TRY(ts_comm_recv_tensor(g->pp_comm, &a->dres, s + 1, 2 * k + 1, "activation gradients"));
-    if (last) e->armed = 1;
+    if (last && !e->measuring) e->armed = 1;
     int64_t t0 = ts_trace_begin();
     double t = ts_now();
     TRY(ts_gpt_stage_backward(e->m, a));
@@ -481,6 +482,32 @@ ts_status ts_engine_step(ts_engine *e, int n_micro, int64_t B, int64_t T, const 
     return TS_OK;
 }
 
+ts_status ts_engine_measure(ts_engine *e, int n_micro, int64_t B, int64_t T, const int32_t *tokens,
+                            const int32_t *targets, int reps, double *busy_s)
+{
+    *busy_s = 0;
+    int64_t valid = 0;
+    for (int64_t i = 0; i < n_micro * B * T; i++) valid += targets[i] >= 0 && targets[i] < e->m->cfg.vocab_size;
+    float weight = 1.0f / (float)(valid > 0 ? valid : 1);
+    double best = INFINITY;
+    ts_status st = TS_OK;
+    e->measuring = 1;
+    for (int r = 0; r <= reps && !st; r++) { /* the first is a warm-up */
+        double lsum = 0;
+        e->stats.busy_s = 0;
+        st = ts_gpt_zero_grad(e->m);
+        if (!st) st = run_schedule(e, n_micro, B, T, tokens, targets, weight, &lsum);
+#ifdef TS_HAVE_MPI
+        for (int i = 0; i < e->nslots && !st; i++) st = wait_sends(e, i);
+#endif
+        if (!st && r > 0 && e->stats.busy_s < best) best = e->stats.busy_s;
+    }
+    e->measuring = 0;
+    if (!st) st = ts_gpt_zero_grad(e->m);
+    if (!st) *busy_s = reps > 0 ? best : e->stats.busy_s;
+    return st;
+}
+
 ts_status ts_engine_eval(ts_engine *e, int n_micro, int64_t B, int64_t T, const int32_t *tokens,
                          const int32_t *targets, double *loss)
 {
@@ -534,7 +561,12 @@ ts_status ts_engine_create(ts_engine **out, ts_grid *g, ts_gpt *m, const ts_engi
     if (!st && !e->decay) st = ts_error(TS_ERR_OOM, "no memory");
     if (!st) e->ndecay = ts_gpt_decay_ranges(m, e->decay, m->ntensors + 1);
     /* where the gradients live on the host */
-    if (!st && g->dp > 1 && c->strategy == TS_STRATEGY_HIER && ts_tensor_host_ptr(&m->grads)) {
+    /* the shared window is collective: every replica must take it, and a
+     * replica on a device without host memory (mixed devices) cannot */
+    int64_t not_host = ts_tensor_host_ptr(&m->grads) == NULL;
+    if (!st && g->dp > 1 && c->strategy == TS_STRATEGY_HIER)
+        st = ts_comm_allreduce_i64(g->dp_comm, &not_host, 1, TS_REDUCE_MAX, "gradient memory");
+    if (!st && g->dp > 1 && c->strategy == TS_STRATEGY_HIER && !not_host) {
         float *shm = ts_comm_shared_alloc(g->dp_comm, n);
         if (shm && ts_tensor_wrap_host(&e->shm_grads, &e->shm_block, m->device, shm, (size_t)n * sizeof(float),
                                        TS_F32, TS_SHAPE(n)) == TS_OK) {

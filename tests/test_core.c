@@ -246,9 +246,51 @@ TEST(synchronize_succeeds_on_every_device)
     EXPECT_STATUS(ts_device_synchronize(NULL), TS_ERR_DEVICE);
 }
 
+/* --device lists are dealt out by node-local rank; TESSERA_DEVICE (also a
+ * list) overrides the option */
+TEST(device_lists_are_dealt_out_by_local_rank_and_the_environment_overrides)
+{
+    unsetenv("TESSERA_DEVICE");
+    ts_device *list[8], *d = NULL, *cpu = NULL;
+    int n = 0;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    REQUIRE_OK(ts_device_list("cpu, cpu", list, 8, &n));
+    EXPECT(n == 2 && list[0] == cpu && list[1] == cpu);
+    /* auto: every GPU, or the CPU backend where there is none */
+    REQUIRE_OK(ts_device_list("auto", list, 8, &n));
+    EXPECT(n >= 1);
+    for (int i = 0; i < n; i++)
+        EXPECTF(ts_device_get_info(list[i])->type == TS_DEVICE_GPU || (n == 1 && list[0] == cpu),
+                "auto item %d is %s", i, ts_device_get_info(list[i])->id);
+    EXPECT_STATUS(ts_device_list("cpu,,cpu", list, 8, &n), TS_ERR_DEVICE);
+    EXPECTF(strstr(ts_last_error(), "empty item"), "message: %s", ts_last_error());
+    EXPECT_STATUS(ts_device_list("cpu,nonesuch", list, 8, &n), TS_ERR_DEVICE);
+    EXPECTF(strstr(ts_last_error(), "item 2") && strstr(ts_last_error(), "nonesuch"), "message: %s", ts_last_error());
+    EXPECT_STATUS(ts_device_list("cpu,cpu,cpu", list, 2, &n), TS_ERR_DEVICE);
+    int have_ocl = ts_device_open("opencl:0", &d) == TS_OK;
+    ts_clear_error();
+    if (have_ocl) {
+        ts_device *ocl = d;
+        REQUIRE_OK(ts_device_open_local("cpu,opencl:0", 0, &d));
+        EXPECT(d == cpu);
+        REQUIRE_OK(ts_device_open_local("cpu,opencl:0", 1, &d));
+        EXPECT(d == ocl);
+        REQUIRE_OK(ts_device_open_local("cpu,opencl:0", 2, &d));
+        EXPECT(d == cpu);
+        setenv("TESSERA_DEVICE", "opencl:0,cpu", 1);
+        REQUIRE_OK(ts_device_open_local("cpu,opencl:0", 0, &d));
+        EXPECT(d == ocl);
+    }
+    setenv("TESSERA_DEVICE", "cpu,nonesuch", 1);
+    EXPECT_STATUS(ts_device_open_local("cpu", 0, &d), TS_ERR_DEVICE);
+    EXPECTF(strstr(ts_last_error(), "TESSERA_DEVICE=cpu,nonesuch"), "message: %s", ts_last_error());
+    unsetenv("TESSERA_DEVICE");
+}
+
 int main(int argc, char **argv)
 {
     TH_ADD(alloc_sets_shape_dtype_and_size);
+    TH_ADD(device_lists_are_dealt_out_by_local_rank_and_the_environment_overrides);
     TH_ADD(dtype_sizes_allow_half_storage);
     TH_ADD(views_share_storage_and_stay_in_bounds);
     TH_ADD(write_read_round_trip_on_every_device);

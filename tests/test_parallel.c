@@ -528,6 +528,84 @@ TEST(the_watchdog_names_the_rank_that_has_not_joined)
     }
 }
 
+/* ---- heterogeneous balancing: the pure parts, on every rank ---- */
+
+TEST(batch_rows_split_in_proportion_to_speed_with_a_row_each)
+{
+    int64_t rows[4];
+    REQUIRE_OK(ts_balance_split(8, 2, (double[]){3, 1}, rows));
+    EXPECTF(rows[0] == 6 && rows[1] == 2, "3:1 of 8 gave %lld+%lld", (long long)rows[0], (long long)rows[1]);
+    /* a very slow replica still gets one row, the total is kept */
+    REQUIRE_OK(ts_balance_split(8, 3, (double[]){1000, 1, 1000}, rows));
+    EXPECTF(rows[1] == 1 && rows[0] + rows[1] + rows[2] == 8 && llabs(rows[0] - rows[2]) <= 1,
+            "1000:1:1000 of 8 gave %lld+%lld+%lld", (long long)rows[0], (long long)rows[1], (long long)rows[2]);
+    REQUIRE_OK(ts_balance_split(7, 3, (double[]){1, 1, 1}, rows));
+    EXPECTF(rows[0] == 3 && rows[1] == 2 && rows[2] == 2, "even 7/3 gave %lld+%lld+%lld", (long long)rows[0],
+            (long long)rows[1], (long long)rows[2]);
+    EXPECT_STATUS(ts_balance_split(1, 2, (double[]){1, 1}, rows), TS_ERR_INVALID_ARG);
+    EXPECT_STATUS(ts_balance_split(8, 2, (double[]){1, 0}, rows), TS_ERR_INVALID_ARG);
+    /* the slower split is predicted slower */
+    double cost[2] = {1.0, 3.0};
+    EXPECT(ts_balance_predict(2, cost, (int64_t[]){6, 2}) < ts_balance_predict(2, cost, (int64_t[]){4, 4}));
+}
+
+TEST(balance_specs_parse_lists_files_and_bench_json_and_name_what_is_wrong)
+{
+    double w[2];
+    ts_balance_mode mode;
+    REQUIRE_OK(ts_balance_parse("even", 2, NULL, &mode, w));
+    EXPECT(mode == TS_BALANCE_EVEN && w[0] == 1 && w[1] == 1);
+    REQUIRE_OK(ts_balance_parse("auto", 2, NULL, &mode, w));
+    EXPECT(mode == TS_BALANCE_AUTO);
+    REQUIRE_OK(ts_balance_parse("3,1.5", 2, NULL, &mode, w));
+    EXPECT(mode == TS_BALANCE_SHARES && w[0] == 3 && w[1] == 1.5);
+    EXPECT_STATUS(ts_balance_parse("3", 2, NULL, &mode, w), TS_ERR_INVALID_ARG);
+    EXPECTF(strstr(ts_last_error(), "has 1 share for 2"), "message: %s", ts_last_error());
+    EXPECT_STATUS(ts_balance_parse("3,-1", 2, NULL, &mode, w), TS_ERR_INVALID_ARG);
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/tessera-balance-%d-%d.txt", (int)getpid(), rank_);
+    FILE *f = fopen(path, "w");
+    REQUIRE(f);
+    fprintf(f, "# one share per replica\n2\n5\n");
+    fclose(f);
+    REQUIRE_OK(ts_balance_parse(path, 2, NULL, &mode, w));
+    EXPECT(w[0] == 2 && w[1] == 5);
+    /* tessera bench train --json: the rate of each replica's device */
+    f = fopen(path, "w");
+    REQUIRE(f);
+    fprintf(f, "{\"format\": \"tessera-bench-1\", \"results\": [\n"
+               "{\"device\": \"cpu\", \"suite\": \"train\", \"name\": \"step\", \"impl\": \"tessera\", \"median_s\": 0.5},\n"
+               "{\"device\": \"opencl:0\", \"suite\": \"train\", \"name\": \"step\", \"impl\": \"tessera\", \"median_s\": 2},\n"
+               "{\"device\": \"cpu\", \"suite\": \"gemm\", \"name\": \"x\", \"impl\": \"tessera\", \"median_s\": 9}]}\n");
+    fclose(f);
+    const char *ids[2] = {"opencl:0", "cpu"};
+    REQUIRE_OK(ts_balance_parse(path, 2, ids, &mode, w));
+    EXPECTF(fabs(w[0] - 0.5) < 1e-12 && fabs(w[1] - 2) < 1e-12, "bench shares %g, %g", w[0], w[1]);
+    const char *missing[2] = {"cpu", "opencl:7"};
+    EXPECT_STATUS(ts_balance_parse(path, 2, missing, &mode, w), TS_ERR_INVALID_ARG);
+    EXPECTF(strstr(ts_last_error(), "opencl:7"), "message: %s", ts_last_error());
+    unlink(path);
+    EXPECT(ts_balance_parse(path, 2, NULL, &mode, w) != TS_OK);
+    EXPECTF(strstr(ts_last_error(), path), "message: %s", ts_last_error());
+}
+
+TEST(pipeline_stages_follow_measured_layer_costs_with_embedding_and_head)
+{
+    int64_t b[4];
+    REQUIRE_OK(ts_balance_stages(8, 2, (double[]){1, 1}, 0, 0, b));
+    EXPECT(b[0] == 0 && b[1] == 4 && b[2] == 8);
+    /* stage 1 three times slower per layer: 6 layers to 2 */
+    REQUIRE_OK(ts_balance_stages(8, 2, (double[]){1, 3}, 0, 0, b));
+    EXPECTF(b[1] == 6, "split at %lld", (long long)b[1]);
+    /* a costly head on the last stage moves layers to the first */
+    REQUIRE_OK(ts_balance_stages(8, 2, (double[]){1, 1}, 0, 4, b));
+    EXPECTF(b[1] == 6, "split at %lld with the head", (long long)b[1]);
+    /* every stage keeps a layer */
+    REQUIRE_OK(ts_balance_stages(4, 3, (double[]){1, 100, 100}, 0, 0, b));
+    EXPECTF(b[1] == 2 && b[2] == 3 && b[3] == 4, "%lld %lld %lld", (long long)b[1], (long long)b[2], (long long)b[3]);
+    EXPECT_STATUS(ts_balance_stages(4, 2, (double[]){1, 0}, 0, 0, b), TS_ERR_INVALID_ARG);
+}
+
 int main(int argc, char **argv)
 {
     if (ts_parallel_init(&argc, &argv) != TS_OK) {
@@ -576,6 +654,9 @@ int main(int argc, char **argv)
     TH_ADD(mismatched_settings_fail_on_every_rank);
     TH_ADD(a_grid_that_does_not_fit_fails_on_every_rank);
     TH_ADD(the_watchdog_names_the_rank_that_has_not_joined);
+    TH_ADD(batch_rows_split_in_proportion_to_speed_with_a_row_each);
+    TH_ADD(balance_specs_parse_lists_files_and_bench_json_and_name_what_is_wrong);
+    TH_ADD(pipeline_stages_follow_measured_layer_costs_with_embedding_and_head);
     int rc = th_run(argc, argv);
     ts_parallel_finalize();
     return rc;

@@ -271,6 +271,18 @@ def check_multinode_netns(body, work, ctx):
     assert re.search(r"^hier .* then [1-9]\d* inter-node allreduces .* across 2 nodes$", out, re.M), out
 
 
+def check_mixed_devices(body, work, ctx):
+    if not shutil.which("mpirun"):
+        return "SKIP mpirun is not installed"
+    devices = subprocess.run([os.path.join(BUILD, "tessera"), "devices"], capture_output=True, text=True).stdout
+    if not re.search(r"^opencl:0", devices, re.M):
+        return "SKIP no OpenCL device"
+    body = shorten(body, [("--out runs/mixed", "--steps 2 --out runs/mixed")])
+    out = sh(body, work)
+    assert out.count("trained 2 steps") == 2, out
+    assert "balance  auto: rows" in out and "stages   layers" in out, out
+
+
 def check_layout(body, work, ctx):
     for line in body.splitlines():
         m = re.match(r"(\S+/)\s", line)
@@ -293,6 +305,7 @@ BLOCKS = [
     ("#include <tessera/tessera.h>", "", check_c_api),
     ("liboclgrind-rt-icd.so", "", check_oclgrind),
     ("mpirun -np 4", "data", check_mpirun),
+    ("--balance auto --rebalance-every", "", check_mixed_devices),
     ("mpirun -np 8 --hostfile hosts", "", check_multinode_cluster),
     ("netns_mpirun 2x2", "", check_multinode_netns),
     ("core/cli/ ", "", check_layout),

@@ -40,7 +40,8 @@ static void catch_signals(void)
 static const char *const resume_may_change[] = {
     "--steps", "--device", "--threads", "--out", "--ckpt-every", "--keep", "--resume", "--eval-every",
     "--eval-batches", "--log", "--sample-tokens", "--quiet", "--tp", "--pp", "--strategy", "--zero",
-    "--bucket-mb", "--no-overlap", "--pipeline", "--no-bind", "--trace", "--watchdog", NULL};
+    "--bucket-mb", "--no-overlap", "--pipeline", "--no-bind", "--trace", "--watchdog", "--balance", "--rebalance-every",
+    "--rebalance-gain", NULL};
 
 static int may_change(const char *name)
 {
@@ -112,6 +113,9 @@ static int merge_resume(ts_train_config *c, const cli_option *opts, int n)
     saved.progress = given->progress;
     saved.bucket_mb = given->bucket_mb;
     saved.bind = given->bind;
+    /* shares are how the run is started now: any split trains the same */
+    snprintf(saved.balance, sizeof saved.balance, "%s", given->balance);
+    saved.rebalance_every = given->rebalance_every, saved.rebalance_gain = given->rebalance_gain;
     saved.resume = 1;
     if (cli_given(opts, n, "--ckpt-every")) saved.ckpt_every = given->ckpt_every;
     if (cli_given(opts, n, "--keep")) saved.keep = given->keep;
@@ -143,7 +147,8 @@ int cmd_train(int argc, char **argv)
     double val_fraction = 0.1;
     int resume = 0, force = 0, quiet = 0, zero = 0, no_overlap = 0, no_bind = 0;
     int64_t tp = 1, pp = 1;
-    double bucket_mb = 25.0, watchdog = 300;
+    double bucket_mb = 25.0, watchdog = 300, rebalance_gain = 0.05;
+    int64_t rebalance_every = 0;
     char strategy[32] = "mpi", pipeline[32] = "1f1b";
     const double big = 1125899906842624.0; /* 2^50 */
     cli_option opts[] = {
@@ -173,7 +178,8 @@ int cmd_train(int argc, char **argv)
         {"--eps", OPT_FLOAT, &eps, 0, "Adam epsilon", "1e-8", 1e-30, 1, 0},
         {"--weight-decay", OPT_FLOAT, &wd, 0, "decoupled (AdamW) or L2 weight decay on matrices", "0.1", 0, 100, 0},
         {"--grad-clip", OPT_FLOAT, &clip, 0, "global gradient norm limit, 0 = off", "1.0", 0, 1e30, 0},
-        {"--device", OPT_STRING, c.device, sizeof c.device, "cpu | opencl | opencl:N | opencl:<name> | auto", "auto",
+        {"--device", OPT_STRING, c.device, sizeof c.device, "cpu | opencl | opencl:N | opencl:<name> | auto, or a comma list dealt out by node-local rank",
+         "auto",
          0, 0, 0},
         {"--threads", OPT_INT, &threads, 0, "CPU threads", "the cores this process owns", 1, 4096, 0},
         {"--seed", OPT_UINT, &seed, 0, "seed of weights and batches", "1337", 0, 9223372036854775807.0, 0},
@@ -202,6 +208,14 @@ int cmd_train(int argc, char **argv)
         {"--no-bind", OPT_FLAG, &no_bind, 0, "do not bind threads and memory near the device", NULL, 0, 0, 0},
         {"--trace", OPT_STRING, c.trace_path, sizeof c.trace_path, "write every rank's timeline (Chrome trace JSON)",
          NULL, 0, 0, 0},
+        {"--balance", OPT_STRING, c.balance, sizeof c.balance,
+         "rows of the batch per data-parallel replica: even | auto (by speed measured at start-up) | shares like "
+         "3,1 | a file (tessera bench train --json, or one share per replica)", "even", 0, 0, 0},
+        {"--rebalance-every", OPT_INT, &rebalance_every, 0,
+         "re-measure speeds from step times every N steps and re-split if worth it; 0 = never", "0", 0, big, 0},
+        {"--rebalance-gain", OPT_DOUBLE, &rebalance_gain, 0,
+         "re-split when the predicted step time falls by more than this fraction (negative: whenever it changes)",
+         "0.05", -1, 1, 0},
         {"--watchdog", OPT_DOUBLE, &watchdog, 0,
          "seconds a collective may wait: the missing ranks are named, and the job ends after 2x; 0 = never", "300", 0,
          1e9, 0},
@@ -277,6 +291,7 @@ int cmd_train(int argc, char **argv)
     }
     c.tp = (int)tp, c.pp = (int)pp;
     c.strategy = (ts_reduce_strategy)strat;
+    c.rebalance_every = rebalance_every, c.rebalance_gain = rebalance_gain;
     c.zero = zero, c.bucket_mb = bucket_mb, c.overlap = !no_overlap, c.bind = !no_bind;
     c.schedule = strcmp(pipeline, "gpipe") ? TS_SCHEDULE_1F1B : TS_SCHEDULE_GPIPE;
     if (resume && force) {

@@ -67,8 +67,13 @@ ts_device *ts_device_at(int index);
 /* Resolve a spec string (see above). Unknown specs fail with TS_ERR_DEVICE
  * and a message listing the devices that exist. */
 ts_status ts_device_open(const char *spec, ts_device **out);
-/* The same for one of several processes on a node: "auto" deals the
- * fastest GPUs out by node-local rank (rank r gets GPU r mod count). */
+/* A comma list of specs ("cpu,opencl:0"); "auto" in it stands for every
+ * GPU of every kind, fastest first (the CPU backend if there is none), so
+ * "auto,cpu" is every GPU, then the CPU. At most cap devices. */
+ts_status ts_device_list(const char *spec, ts_device **out, int cap, int *count);
+/* The device of one of several processes on a node: the list (spec, or
+ * $TESSERA_DEVICE if set, which overrides it) dealt out by node-local
+ * rank: rank r takes item r mod count. */
 ts_status ts_device_open_local(const char *spec, int local_rank, ts_device **out);
 const ts_device_info *ts_device_get_info(const ts_device *device);
 const char *ts_device_type_name(ts_device_type type);

@@ -46,6 +46,8 @@ void ts_train_defaults(ts_train_config *c)
     c->overlap = 1;
     c->schedule = TS_SCHEDULE_1F1B;
     c->bind = 1;
+    snprintf(c->balance, sizeof c->balance, "even");
+    c->rebalance_gain = 0.05;
 }
 
 /* Every setting of a run, as one flat JSON object: what state.json keeps,
@@ -451,11 +453,19 @@ typedef struct run {
     double last_val;         /* validation loss at the last evaluation, NAN */
     int node_cores;          /* cores of this node (for the MFU line) */
     int64_t last_val_step;
+    /* rows of the global batch per data-parallel replica (balance) */
+    int64_t *share, row0, my_rows;
+    double *rank_cost;       /* seconds per row of each world rank, last measured */
+    void *dev_ids;           /* each world rank's device (dev_tag) */
+    int64_t *prev_share;     /* the split before the last re-split */
+    int64_t stage_layers[2]; /* this rank's layers [begin, end) */
+    char stage_map[512];     /* "0-5 | 6-7" when measured */
 } run;
 
 static void run_free(run *r)
 {
     free(r->in), free(r->tg);
+    free(r->share), free(r->rank_cost), free(r->dev_ids), free(r->prev_share);
     if (r->log) fclose(r->log);
     ts_engine_free(r->e);
     if (r->have_model) ts_gpt_free(&r->m);
@@ -511,7 +521,13 @@ static ts_status setup_processes(run *r)
     r->out = stdout;
     r->verbose = c->progress && r->root;
     r->tty = isatty(fileno(r->out));
-    if (c->batch % r->g.dp != 0)
+    int even = !c->balance[0] || !strcmp(c->balance, "even");
+    if (!even && c->batch < r->g.dp)
+        return ts_comm_agree(r->g.world, ts_error(TS_ERR_INVALID_ARG,
+                                                  "--batch %lld gives no row to some of %d data-parallel replicas",
+                                                  (long long)c->batch, r->g.dp),
+                             "checking the batch");
+    if (even && c->batch % r->g.dp != 0)
         return ts_comm_agree(r->g.world, ts_error(TS_ERR_INVALID_ARG,
                                                   "--batch %lld does not divide among %d data-parallel replicas",
                                                   (long long)c->batch, r->g.dp),
@@ -644,6 +660,112 @@ static ts_status open_data(run *r)
     return ts_comm_agree(r->g.world, st, "preparing the data");
 }
 
+/* This rank's part of the model on the grid (stages even, or bounds[0..pp]
+ * when given), its initial weights and the engine that trains it. */
+static ts_status make_model(run *r, const int64_t *bounds)
+{
+    ts_train_config *c = &r->c;
+    ts_grid *g = &r->g;
+    ts_gpt_layout lay;
+    ts_status st = ts_grid_layout(g, c->model.n_layer, &lay.tp_size, &lay.tp_rank, &lay.layer_begin, &lay.layer_end,
+                                  &lay.embedding, &lay.head);
+    if (!st && bounds) lay.layer_begin = bounds[g->pp_rank], lay.layer_end = bounds[g->pp_rank + 1];
+    r->stage_layers[0] = lay.layer_begin, r->stage_layers[1] = lay.layer_end;
+    if (!st) st = ts_gpt_layout_check(&c->model, &lay);
+    if (!st) {
+        st = ts_gpt_create_layout(&r->m, r->dev, &c->model, &lay, g->tp_comm);
+        r->have_model = !st;
+    }
+    if (!st) st = ts_gpt_init_weights(&r->m, c->seed);
+    TRY(ts_comm_agree(g->world, st, "creating the model"));
+    ts_engine_config ec = {.strategy = c->strategy, .zero = c->zero, .bucket_mb = c->bucket_mb,
+                           .overlap = c->overlap, .schedule = c->schedule, .optim = c->optim, .beta1 = c->beta1,
+                           .beta2 = c->beta2, .eps = c->eps, .weight_decay = c->weight_decay};
+    st = ts_engine_create(&r->e, g, &r->m, &ec);
+    TRY(ts_comm_agree(g->world, st, "setting up training"));
+    return ts_engine_broadcast_params(r->e);
+}
+
+static ts_status measure_rank(run *r, double *cost);
+
+/* Pipeline stages over devices of different speed: each stage's device
+ * speed from timing its part of the real model (per FLOP of its layers,
+ * embedding and head), the slowest replica's for each stage; then the
+ * stage map that minimises the slowest stage, and the model again on it. */
+static ts_status plan_stages(run *r)
+{
+    ts_train_config *c = &r->c;
+    ts_grid *g = &r->g;
+    double C = (double)c->model.n_embd, T = (double)c->seq_len, V = (double)c->model.vocab_size;
+    double layer_f = 24 * C * C + 2 * T * C, head_f = 2 * C * V, embed_f = 2 * C;
+    /* TESSERA_STAGES=3,1: layers per stage as given (tests, benchmarks) */
+    const char *given = getenv("TESSERA_STAGES");
+    if (given && *given) {
+        double *n = calloc((size_t)g->pp, sizeof *n);
+        int64_t *gb = calloc((size_t)g->pp + 1, sizeof *gb);
+        ts_balance_mode mode;
+        ts_status gs = n && gb ? ts_balance_parse(given, g->pp, NULL, &mode, n) : ts_error(TS_ERR_OOM, "no memory");
+        for (int s = 0; !gs && s < g->pp; s++) {
+            gb[s + 1] = gb[s] + (int64_t)n[s];
+            if (n[s] != floor(n[s])) gs = ts_error(TS_ERR_INVALID_ARG, "TESSERA_STAGES=%s: %g layers", given, n[s]);
+        }
+        if (!gs && gb[g->pp] != c->model.n_layer)
+            gs = ts_error(TS_ERR_INVALID_ARG, "TESSERA_STAGES=%s has %lld layers, the model %lld", given,
+                          (long long)gb[g->pp], (long long)c->model.n_layer);
+        gs = ts_comm_agree(g->world, gs, "reading TESSERA_STAGES");
+        if (!gs) {
+            ts_engine_free(r->e);
+            r->e = NULL;
+            ts_gpt_free(&r->m);
+            r->have_model = 0;
+            gs = make_model(r, gb);
+        }
+        if (!gs) {
+            size_t k = 0;
+            for (int s = 0; s < g->pp && k < sizeof r->stage_map; s++)
+                k += (size_t)snprintf(r->stage_map + k, sizeof r->stage_map - k, "%s%lld-%lld", s ? " | " : "",
+                                      (long long)gb[s], (long long)gb[s + 1] - 1);
+        }
+        free(n), free(gb);
+        return gs;
+    }
+    double cost = 0;
+    TRY(ts_comm_agree(g->world, measure_rank(r, &cost), "measuring stage speed"));
+    double mine = (double)(r->stage_layers[1] - r->stage_layers[0]) * layer_f + (g->pp_rank == 0 ? embed_f : 0) +
+                  (g->pp_rank == g->pp - 1 ? head_f : 0);
+    double v = cost / mine, *all = calloc((size_t)g->size, sizeof *all), *per = calloc((size_t)g->pp, sizeof *per);
+    int64_t *b = calloc((size_t)g->pp + 1, sizeof *b);
+    ts_status st = all && per && b ? TS_OK : ts_error(TS_ERR_OOM, "no memory");
+    if (!st) st = ts_comm_allgather(g->world, &v, all, sizeof v, "stage speeds");
+    if (!st) {
+        for (int i = 0; i < g->size; i++) {
+            int s = i / (g->tp * g->dp);
+            if (all[i] > per[s]) per[s] = all[i];
+        }
+        for (int s = 0; s < g->pp; s++) per[s] *= layer_f;
+        st = ts_balance_stages(c->model.n_layer, g->pp, per, per[0] / layer_f * embed_f,
+                               per[g->pp - 1] / layer_f * head_f, b);
+    }
+    int same = 1;
+    for (int s = 0; !st && s <= g->pp; s++) same &= b[s] == c->model.n_layer * s / g->pp;
+    if (!st && !same) {
+        ts_engine_free(r->e);
+        r->e = NULL;
+        ts_gpt_free(&r->m);
+        r->have_model = 0;
+        st = make_model(r, b);
+    }
+    if (!st) {
+        size_t k = 0;
+        r->stage_map[0] = '\0';
+        for (int s = 0; s < g->pp && k < sizeof r->stage_map; s++)
+            k += (size_t)snprintf(r->stage_map + k, sizeof r->stage_map - k, "%s%lld-%lld", s ? " | " : "",
+                                  (long long)b[s], (long long)b[s + 1] - 1);
+    }
+    free(all), free(per), free(b);
+    return st;
+}
+
 /* 7. Every rank trains the same thing; then this rank's part of the model
  * (if it fits the device) and the engine that trains it, from the resumed
  * checkpoint or --init's weights. */
@@ -663,7 +785,6 @@ static ts_status build_model(run *r)
     free(check);
     TRY(cs);
 
-    ts_gpt_layout lay;
     ts_status st = ts_gpt_config_check(&c->model);
     if (!st) {
         int moments = c->optim == TS_OPTIM_SGD ? 0 : c->optim == TS_OPTIM_SGD_MOMENTUM ? 1 : 2;
@@ -680,21 +801,12 @@ static ts_status build_model(run *r)
                           (long long)c->seq_len, need / 1073741824.0, ts_device_get_info(r->dev)->id,
                           have / 1073741824.0);
     }
-    if (!st) st = ts_grid_layout(g, c->model.n_layer, &lay.tp_size, &lay.tp_rank, &lay.layer_begin, &lay.layer_end,
-                                 &lay.embedding, &lay.head);
-    if (!st) st = ts_gpt_layout_check(&c->model, &lay);
-    if (!st) {
-        st = ts_gpt_create_layout(&r->m, r->dev, &c->model, &lay, g->tp_comm);
-        r->have_model = !st;
-    }
-    if (!st) st = ts_gpt_init_weights(&r->m, c->seed);
     TRY(ts_comm_agree(g->world, st, "creating the model"));
-    ts_engine_config ec = {.strategy = c->strategy, .zero = c->zero, .bucket_mb = c->bucket_mb,
-                           .overlap = c->overlap, .schedule = c->schedule, .optim = c->optim, .beta1 = c->beta1,
-                           .beta2 = c->beta2, .eps = c->eps, .weight_decay = c->weight_decay};
-    st = ts_engine_create(&r->e, g, &r->m, &ec);
-    TRY(ts_comm_agree(g->world, st, "setting up training"));
-    TRY(ts_engine_broadcast_params(r->e));
+    TRY(make_model(r, NULL));
+    /* devices of different speed: stages by measured cost (the checkpoint
+     * stays layout-free, so loading below works on any stage map) */
+    const char *stages = getenv("TESSERA_STAGES");
+    if (g->pp > 1 && (!strcmp(c->balance, "auto") || (stages && *stages))) TRY(plan_stages(r));
     char mf[4400], of[4400];
     if (r->ckpt[0]) {
         snprintf(mf, sizeof mf, "%s/model.safetensors", r->ckpt);
@@ -707,6 +819,196 @@ static ts_status build_model(run *r)
     r->res->num_params = ts_gpt_num_params(&c->model);
     r->res->first_step = r->state.step;
     return TS_OK;
+}
+
+typedef struct dev_tag {
+    char id[32];
+    char name[128];
+} dev_tag;
+
+/* Each replica's seconds per row: its slowest rank's (the stages and
+ * tensor slices of a replica wait for each other). */
+static void replica_costs(const run *r, const double *rank_cost, double *rep)
+{
+    const ts_grid *g = &r->g;
+    for (int d = 0; d < g->dp; d++) rep[d] = 0;
+    for (int i = 0; i < g->size; i++) {
+        int d = (i / g->tp) % g->dp;
+        if (rank_cost[i] > rep[d]) rep[d] = rank_cost[i];
+    }
+}
+
+static void set_rows(run *r, const int64_t *rows)
+{
+    r->row0 = 0;
+    for (int d = 0; d < r->g.dp; d++) {
+        r->share[d] = rows[d];
+        if (d < r->g.dp_rank) r->row0 += rows[d];
+    }
+    r->my_rows = r->share[r->g.dp_rank];
+}
+
+/* This rank's seconds per row of its replica's share, timed on the real
+ * model and step shape (one micro-batch of the even share's rows). */
+static ts_status measure_rank(run *r, double *cost)
+{
+    ts_train_config *c = &r->c;
+    int64_t B = c->batch / r->g.dp > 0 ? c->batch / r->g.dp : 1, n = B * c->seq_len;
+    int32_t *tok = malloc((size_t)n * sizeof *tok), *tg = malloc((size_t)n * sizeof *tg);
+    ts_status st = tok && tg ? TS_OK : ts_error(TS_ERR_OOM, "no memory to measure speed");
+    if (!st) st = ts_dataset_batch(&r->ds, TS_SPLIT_TRAIN, c->seed, 0, B, c->seq_len, tok, tg);
+    double busy = 0;
+    int64_t t0 = ts_trace_begin();
+    if (!st) st = ts_engine_measure(r->e, 1, B, c->seq_len, tok, tg, 2, &busy);
+    ts_trace_end(t0, "setup", "measuring speed", 2);
+    free(tok), free(tg);
+    *cost = busy > 0 ? busy / (double)B : 1e-9;
+    return st;
+}
+
+/* 7b. Devices of different speed: tensor-parallel groups must be equal;
+ * each data-parallel replica's rows of the batch, even, from shares, or in
+ * proportion to speed measured here. */
+static ts_status plan_balance(run *r)
+{
+    ts_train_config *c = &r->c;
+    ts_grid *g = &r->g;
+    r->share = calloc((size_t)g->dp, sizeof *r->share);
+    r->prev_share = calloc((size_t)g->dp, sizeof *r->prev_share);
+    r->rank_cost = calloc((size_t)g->size, sizeof *r->rank_cost);
+    r->dev_ids = calloc((size_t)g->size, sizeof(dev_tag));
+    double *w = calloc((size_t)g->dp, sizeof *w);
+    const char **ids = calloc((size_t)g->dp, sizeof *ids);
+    ts_status st = r->share && r->prev_share && r->rank_cost && r->dev_ids && w && ids ? TS_OK : ts_error(TS_ERR_OOM, "no memory");
+    dev_tag mine = {0};
+    const ts_device_info *di = ts_device_get_info(r->dev);
+    snprintf(mine.id, sizeof mine.id, "%s", di->id);
+    snprintf(mine.name, sizeof mine.name, "%s", di->name);
+    dev_tag *tags = (dev_tag *)(void *)r->dev_ids;
+    if (!st) st = ts_comm_allgather(g->world, &mine, tags, sizeof mine, "devices");
+    /* tensor-parallel slices run in lockstep on equal shapes: unequal
+     * devices would leave the fast ones waiting every layer */
+    for (int i = 0; i < g->size && !st; i++) {
+        int lead = i - i % g->tp;
+        if (strcmp(tags[i].id, tags[lead].id) != 0 && strcmp(tags[i].name, tags[lead].name) != 0)
+            st = ts_error(TS_ERR_INVALID_ARG, "tensor-parallel groups need equal devices: rank %d has %s (%s) and "
+                          "rank %d %s (%s); give a --tp group devices of one kind (--device lists are dealt out by "
+                          "node-local rank)", lead, tags[lead].id, tags[lead].name, i, tags[i].id, tags[i].name);
+    }
+    ts_balance_mode mode = TS_BALANCE_EVEN;
+    if (!st) {
+        for (int d = 0; d < g->dp; d++) ids[d] = tags[d * g->tp].id;
+        st = ts_balance_parse(c->balance, g->dp, ids, &mode, w);
+    }
+    st = ts_comm_agree(g->world, st, "planning the balance");
+    /* each replica's share as read on its own first rank: a bench file per
+     * node (same path, that node's devices) gives each replica its own
+     * device's rate; the same on every rank afterwards */
+    if (!st) {
+        double own = w[g->dp_rank], *all = calloc((size_t)g->size, sizeof *all);
+        st = all ? ts_comm_allgather(g->world, &own, all, sizeof own, "balance shares") : ts_error(TS_ERR_OOM, "no memory");
+        for (int d = 0; !st && d < g->dp; d++) w[d] = all[d * g->tp];
+        free(all);
+    }
+    /* every multi-process run measures (a few micro-steps): the start-up
+     * lines and the log name each rank's speed, whatever the split */
+    if (!st && (mode == TS_BALANCE_AUTO || c->rebalance_every > 0 || g->size > 1)) {
+        double cost = 0;
+        st = ts_comm_agree(g->world, measure_rank(r, &cost), "measuring speed");
+        if (!st) st = ts_comm_allgather(g->world, &cost, r->rank_cost, sizeof cost, "measured speeds");
+        if (!st && mode == TS_BALANCE_AUTO) {
+            replica_costs(r, r->rank_cost, w);
+            for (int d = 0; d < g->dp; d++) w[d] = 1.0 / w[d];
+        }
+    }
+    int64_t *rows = calloc((size_t)g->dp, sizeof *rows);
+    if (!st && !rows) st = ts_error(TS_ERR_OOM, "no memory");
+    if (!st) st = ts_balance_split(c->batch, g->dp, w, rows);
+    if (!st) set_rows(r, rows);
+    free(rows), free(w), free(ids);
+    return ts_comm_agree(g->world, st, "splitting the batch");
+}
+
+/* Rows per replica as "6+2", for the log and the start-up lines. */
+static void fmt_rows(const run *r, char *buf, size_t n)
+{
+    size_t k = 0;
+    buf[0] = '\0';
+    for (int d = 0; d < r->g.dp && k < n; d++)
+        k += (size_t)snprintf(buf + k, n - k, "%s%lld", d ? "+" : "", (long long)r->share[d]);
+}
+
+/* Re-measuring during the run: each rank's compute seconds per row over a
+ * window of steps; a re-split when the predicted gain is worth it, undone
+ * if the window after it was slower. */
+typedef struct rebalancer {
+    double busy, wall;           /* this window's compute and step time */
+    int64_t steps, rows;
+    double last_window_step_s;   /* mean step time of the window before a re-split, 0 if none */
+    int64_t *prev;               /* the split before the last re-split */
+    int just_split;
+} rebalancer;
+
+static void log_balance(run *r, const char *event, int64_t step, double predicted_gain)
+{
+    if (!r->log) return;
+    char rows[256];
+    fmt_rows(r, rows, sizeof rows);
+    fprintf(r->log, "{\"event\": \"%s\", \"step\": %lld, \"rows\": \"%s\", \"predicted_gain\": %.4f, \"rank_tokens_per_s\": [",
+            event, (long long)step, rows, predicted_gain);
+    for (int i = 0; i < r->g.size; i++)
+        fprintf(r->log, "%s%.1f", i ? ", " : "", r->rank_cost[i] > 0 ? (double)r->c.seq_len / r->rank_cost[i] : 0);
+    fprintf(r->log, "]}\n");
+    fflush(r->log);
+}
+
+static ts_status rebalance(run *r, rebalancer *rb, int64_t step)
+{
+    ts_train_config *c = &r->c;
+    ts_grid *g = &r->g;
+    if (c->rebalance_every <= 0 || g->dp < 2) return TS_OK;
+    const ts_pipeline_stats *ps = ts_engine_pipeline_stats(r->e);
+    rb->busy += ps->busy_s, rb->wall += ps->step_s, rb->steps++, rb->rows += r->my_rows * c->grad_accum;
+    if (step % c->rebalance_every != 0) return TS_OK;
+    double cost = rb->busy / (double)(rb->rows > 0 ? rb->rows : 1), wall = rb->wall / (double)rb->steps;
+    rb->busy = rb->wall = 0, rb->steps = rb->rows = 0;
+    TRY(ts_comm_allgather(g->world, &cost, r->rank_cost, sizeof cost, "step times"));
+    TRY(ts_comm_allreduce_f64(g->world, &wall, 1, TS_REDUCE_MAX, "step times"));
+    int64_t *rows = calloc((size_t)g->dp, sizeof *rows);
+    double *rep = calloc((size_t)g->dp, sizeof *rep), *w = calloc((size_t)g->dp, sizeof *w);
+    rb->prev = r->prev_share;
+    ts_status st = rows && rep && w && rb->prev ? TS_OK : ts_error(TS_ERR_OOM, "no memory");
+    if (!st && rb->just_split && wall > rb->last_window_step_s) {
+        /* the new split was slower in practice: back to the old one */
+        rb->just_split = 0;
+        set_rows(r, rb->prev);
+        if (r->root) log_balance(r, "rebalance_reverted", step, 0);
+    } else if (!st) {
+        rb->just_split = 0;
+        replica_costs(r, r->rank_cost, rep);
+        for (int d = 0; d < g->dp; d++) w[d] = 1.0 / rep[d];
+        st = ts_balance_split(c->batch, g->dp, w, rows);
+        if (!st) {
+            double now = ts_balance_predict(g->dp, rep, r->share), then = ts_balance_predict(g->dp, rep, rows);
+            double gain = now > 0 ? (now - then) / now : 0;
+            int changed = memcmp(rows, r->share, (size_t)g->dp * sizeof *rows) != 0;
+            if (changed && (gain > c->rebalance_gain || c->rebalance_gain < 0)) {
+                memcpy(rb->prev, r->share, (size_t)g->dp * sizeof *rows);
+                rb->last_window_step_s = wall;
+                rb->just_split = 1;
+                set_rows(r, rows);
+                if (r->root) log_balance(r, "rebalance", step, gain);
+                if (r->verbose) {
+                    char b[256];
+                    fmt_rows(r, b, sizeof b);
+                    fprintf(r->out, "rebalance at step %lld: rows %s (predicted %.0f%% faster)\n", (long long)step,
+                            b, 100 * gain);
+                }
+            }
+        }
+    }
+    free(rows), free(rep), free(w);
+    return st;
 }
 
 /* 8. Files of the run, once everything checked out (world rank 0): the
@@ -802,6 +1104,18 @@ static ts_status report_start(run *r)
                 (long long)c->batch, (long long)c->grad_accum, (long long)c->seq_len, ts_optim_kind_name(c->optim),
                 c->lr, c->cosine ? " cosine" : "");
         fprintf(out, "layout   %s\n", layout);
+        if (g->size > 1) {
+            char rows[256];
+            fmt_rows(r, rows, sizeof rows);
+            fprintf(out, "balance  %s: rows %s of %lld per replica\n", c->balance, rows, (long long)c->batch);
+            if (r->stage_map[0]) fprintf(out, "stages   layers %s (by measured cost per stage)\n", r->stage_map);
+            const dev_tag *tags = r->dev_ids;
+            for (int i = 0; i < g->size; i++) {
+                fprintf(out, "rank %-3d device %s (%s)", i, tags[i].id, tags[i].name);
+                if (r->rank_cost[i] > 0) fprintf(out, ", measured %.0f tokens/s", (double)c->seq_len / r->rank_cost[i]);
+                fprintf(out, "\n");
+            }
+        }
         for (int i = 0; i < g->size; i++)
             if (g->size > 1 || r->bind.bound) fprintf(out, "rank %-3d %s\n", i, places[i]);
         if (r->peak > 0 && g->size > 1)
@@ -822,7 +1136,22 @@ static ts_status report_start(run *r)
             if (i) fprintf(r->log, ", ");
             ts_json_write_string(r->log, places[i]);
         }
-        fprintf(r->log, "], \"settings\": %s}\n", r->settings);
+        const dev_tag *tags = r->dev_ids;
+        char rows[256];
+        fmt_rows(r, rows, sizeof rows);
+        fprintf(r->log, "], \"devices\": [");
+        for (int i = 0; i < g->size; i++) {
+            fprintf(r->log, "%s{\"rank\": %d, \"device\": ", i ? ", " : "", i);
+            ts_json_write_string(r->log, tags[i].id);
+            fprintf(r->log, ", \"name\": ");
+            ts_json_write_string(r->log, tags[i].name);
+            fprintf(r->log, ", \"tokens_per_s\": %.1f}", r->rank_cost[i] > 0 ? (double)c->seq_len / r->rank_cost[i] : 0);
+        }
+        fprintf(r->log, "], \"balance\": ");
+        ts_json_write_string(r->log, c->balance);
+        fprintf(r->log, ", \"rows\": \"%s\"", rows);
+        if (r->stage_map[0]) fprintf(r->log, ", \"stage_map\": \"%s\"", r->stage_map);
+        fprintf(r->log, ", \"settings\": %s}\n", r->settings);
         fflush(r->log);
     }
     free(places);
@@ -867,9 +1196,9 @@ static ts_status save_checkpoint(run *r)
 static ts_status evaluate(run *r)
 {
     ts_train_config *c = &r->c;
-    int64_t bl = c->batch / r->g.dp, n = bl * c->seq_len;
+    int64_t bl = r->my_rows, n = bl * c->seq_len;
     for (int64_t i = 0; i < c->eval_batches; i++)
-        TRY(ts_dataset_batch(&r->ds, TS_SPLIT_VAL, c->seed, i * c->batch + r->g.dp_rank * bl, bl, c->seq_len,
+        TRY(ts_dataset_batch(&r->ds, TS_SPLIT_VAL, c->seed, i * c->batch + r->row0, bl, c->seq_len,
                              r->in + i * n, r->tg + i * n));
     double vl;
     TRY(ts_engine_eval(r->e, (int)c->eval_batches, bl, c->seq_len, r->in, r->tg, &vl));
@@ -924,10 +1253,12 @@ static ts_status train_loop(run *r)
 {
     ts_train_config *c = &r->c;
     ts_grid *g = &r->g;
-    int64_t bl = c->batch / g->dp, n = bl * c->seq_len, tokens_per_step = c->batch * c->seq_len * c->grad_accum;
+    /* room for the most rows a replica can be given (re-splits change them) */
+    int64_t most = (c->batch - g->dp + 1) * c->seq_len, tokens_per_step = c->batch * c->seq_len * c->grad_accum;
     int64_t rows = c->grad_accum > c->eval_batches ? c->grad_accum : c->eval_batches;
-    r->in = malloc((size_t)(rows * n) * sizeof *r->in);
-    r->tg = malloc((size_t)(rows * n) * sizeof *r->tg);
+    r->in = malloc((size_t)(rows * most) * sizeof *r->in);
+    r->tg = malloc((size_t)(rows * most) * sizeof *r->tg);
+    rebalancer rb = {0};
     if (!r->in || !r->tg) return ts_error(TS_ERR_OOM, "no memory for batches");
     ts_lr_schedule sched = {.lr = c->lr, .min_lr = c->min_lr, .warmup_steps = c->warmup, .total_steps = c->steps,
                             .cosine = c->cosine};
@@ -946,8 +1277,9 @@ static ts_status train_loop(run *r)
     for (int64_t step = r->state.step; step < c->steps; step++) {
         ts_trace_step(step + 1);
         ts_status st = TS_OK;
+        int64_t bl = r->my_rows, n = bl * c->seq_len;
         for (int64_t k = 0; k < c->grad_accum && !st; k++) {
-            int64_t first = (step * c->grad_accum + k) * c->batch + g->dp_rank * bl;
+            int64_t first = (step * c->grad_accum + k) * c->batch + r->row0;
             st = ts_dataset_batch(&r->ds, TS_SPLIT_TRAIN, c->seed, first, bl, c->seq_len, r->in + k * n, r->tg + k * n);
         }
         TRY(ts_comm_agree(g->world, st, "reading a batch"));
@@ -955,6 +1287,7 @@ static ts_status train_loop(run *r)
         double norm;
         st = ts_engine_step(r->e, (int)c->grad_accum, bl, c->seq_len, r->in, r->tg, lr, c->grad_clip, &loss, &norm);
         if (st) return ts_error_context(st, "step %lld", (long long)step);
+        TRY(rebalance(r, &rb, step + 1));
         r->state.step = step + 1;
         r->state.next_sample = r->state.step * c->grad_accum * c->batch;
         r->state.tokens_seen += (double)tokens_per_step;
@@ -1067,6 +1400,7 @@ static ts_status train_run(run *r)
     TRY(open_device(r));
     TRY(open_data(r));
     TRY(build_model(r));
+    TRY(plan_balance(r));
     TRY(open_outputs(r));
     TRY(report_start(r));
     r->made_out_dir = 0; /* from here on the run directory is the run's */

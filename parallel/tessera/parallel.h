@@ -157,6 +157,12 @@ ts_status ts_engine_step(ts_engine *e, int n_micro, int64_t B, int64_t T, const 
 /* Forward only: the global mean loss over the micro-batches. */
 ts_status ts_engine_eval(ts_engine *e, int n_micro, int64_t B, int64_t T, const int32_t *tokens,
                          const int32_t *targets, double *loss);
+/* Time forward and backward of this replica's share without changing the
+ * model or optimizer (no gradient reduction, gradients zeroed after): one
+ * warm-up, then reps timed runs; *busy_s = this rank's least stage compute
+ * time. Collective over the pipeline (stages pass activations). */
+ts_status ts_engine_measure(ts_engine *e, int n_micro, int64_t B, int64_t T, const int32_t *tokens,
+                            const int32_t *targets, int reps, double *busy_s);
 const ts_pipeline_stats *ts_engine_pipeline_stats(const ts_engine *e);
 ts_optimizer *ts_engine_optimizer(ts_engine *e);
 /* Checkpoint files in the global, layout-independent format, assembled on
@@ -167,6 +173,36 @@ ts_status ts_engine_load(ts_engine *e, const char *model_path, const char *optim
 /* The whole model on world rank 0 (created there; left empty elsewhere),
  * for generation and evaluation after a parallel run (collective). */
 ts_status ts_engine_gather_model(ts_engine *e, ts_gpt *whole);
+
+/* ---- heterogeneous balancing (parallel/balance.c) ----
+ * Data-parallel replicas on devices of different speed take different
+ * numbers of rows of the global batch; the update stays the one-process
+ * update of the whole batch (gradients are weighted by scored targets). */
+typedef enum ts_balance_mode {
+    TS_BALANCE_EVEN = 0,   /* equal rows (today's split) */
+    TS_BALANCE_AUTO,       /* from speeds measured at start-up */
+    TS_BALANCE_SHARES,     /* from a list or a file */
+} ts_balance_mode;
+
+/* spec: "even" | "auto" | "3,1" (one positive share per replica) | a file:
+ * `tessera bench train --json` output (each replica's share is its device's
+ * measured training rate; device_ids[i] names replica i's device) or
+ * numbers, one per replica. n = data-parallel replicas. Errors name the
+ * spec and what is wrong. */
+ts_status ts_balance_parse(const char *spec, int n, const char *const *device_ids, ts_balance_mode *mode,
+                           double *shares);
+/* Split total rows over n replicas in proportion to weights (> 0), at
+ * least one row each, the same on every rank. */
+ts_status ts_balance_split(int64_t total, int n, const double *weights, int64_t *rows);
+/* A step's predicted time: the slowest replica's seconds per row x rows. */
+double ts_balance_predict(int n, const double *sec_per_row, const int64_t *rows);
+/* Pipeline stages over devices of different speed: contiguous layers per
+ * stage (at least one each when n_layer >= P) that minimise the slowest
+ * stage, where stage s costs layer_s[s] per layer, plus embed_s on the
+ * first and head_s on the last. bounds[0..P]: stage s has layers
+ * [bounds[s], bounds[s+1]). */
+ts_status ts_balance_stages(int64_t n_layer, int P, const double *layer_s, double embed_s, double head_s,
+                            int64_t *bounds);
 
 /* ---- watchdog ----
  * A collective that waits longer than the timeout asks every member what it

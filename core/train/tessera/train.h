@@ -42,6 +42,15 @@ typedef struct ts_train_config {
     ts_schedule schedule;   /* pipeline: 1F1B or GPipe */
     int bind;               /* bind threads and memory near the device (hwloc) */
     char trace_path[1024];  /* Chrome trace JSON of every rank; "" = none */
+    /* devices of different speed: "even", "auto" (measured at start-up),
+     * "3,1" or a file (ts_balance_parse): each data-parallel replica's
+     * share of the batch rows; re-measured from step times every
+     * rebalance_every steps (0 = never) and re-split when the predicted
+     * gain exceeds rebalance_gain (a fraction; negative: whenever the split
+     * changes) */
+    char balance[1024];
+    int64_t rebalance_every;
+    double rebalance_gain;
     /* run */
     char device[128];
     int threads;            /* 0: default */
