@@ -23,7 +23,7 @@ d0=${devices%%,*} d1=${devices#*,}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 TESSERA_THREADS=1 OMP_NUM_THREADS=1 \
     OPENBLAS_NUM_THREADS=1 POCL_MAX_PTHREAD_COUNT=1 POCL_AFFINITY=0
 unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE
-L=${L:-4} C=${C:-192} T=${T:-128} B=${B:-16} STEPS=${STEPS:-14} WARM=${WARM:-4} ACCUM_PP=${ACCUM_PP:-8}
+L=${L:-4} C=${C:-192} T=${T:-128} B=${B:-32} STEPS=${STEPS:-14} WARM=${WARM:-4} ACCUM_PP=${ACCUM_PP:-16}
 model=(--layers "$L" --heads 4 --width "$C" --seq-len "$T" --lr 0.001 --warmup 2 --eval-batches 0 --sample-tokens 0
        --quiet --no-bind --steps "$STEPS" --log -)
 pair() { mpirun --allow-run-as-root --oversubscribe -np 2 --bind-to core --map-by core "$@"; }
