@@ -688,6 +688,30 @@ static ts_status make_model(run *r, const int64_t *bounds)
 
 static ts_status measure_rank(run *r, double *cost);
 
+/* The model rebuilt with layers split at bounds[0..pp] when `rebuild` (not
+ * when bounds are the even split it already has), and the map as the log
+ * prints it. */
+static ts_status use_stage_map(run *r, const int64_t *bounds, int rebuild)
+{
+    const ts_grid *g = &r->g;
+    ts_status st = TS_OK;
+    if (rebuild) {
+        ts_engine_free(r->e);
+        r->e = NULL;
+        ts_gpt_free(&r->m);
+        r->have_model = 0;
+        st = make_model(r, bounds);
+    }
+    if (!st) {
+        size_t k = 0;
+        r->stage_map[0] = '\0';
+        for (int s = 0; s < g->pp && k < sizeof r->stage_map; s++)
+            k += (size_t)snprintf(r->stage_map + k, sizeof r->stage_map - k, "%s%lld-%lld", s ? " | " : "",
+                                  (long long)bounds[s], (long long)bounds[s + 1] - 1);
+    }
+    return st;
+}
+
 /* Pipeline stages over devices of different speed: each stage's device
  * speed from timing its part of the real model (per FLOP of its layers,
  * embedding and head), the slowest replica's for each stage; then the
@@ -713,19 +737,7 @@ static ts_status plan_stages(run *r)
             gs = ts_error(TS_ERR_INVALID_ARG, "TESSERA_STAGES=%s has %lld layers, the model %lld", given,
                           (long long)gb[g->pp], (long long)c->model.n_layer);
         gs = ts_comm_agree(g->world, gs, "reading TESSERA_STAGES");
-        if (!gs) {
-            ts_engine_free(r->e);
-            r->e = NULL;
-            ts_gpt_free(&r->m);
-            r->have_model = 0;
-            gs = make_model(r, gb);
-        }
-        if (!gs) {
-            size_t k = 0;
-            for (int s = 0; s < g->pp && k < sizeof r->stage_map; s++)
-                k += (size_t)snprintf(r->stage_map + k, sizeof r->stage_map - k, "%s%lld-%lld", s ? " | " : "",
-                                      (long long)gb[s], (long long)gb[s + 1] - 1);
-        }
+        if (!gs) gs = use_stage_map(r, gb, 1);
         free(n), free(gb);
         return gs;
     }
@@ -748,20 +760,7 @@ static ts_status plan_stages(run *r)
     }
     int same = 1;
     for (int s = 0; !st && s <= g->pp; s++) same &= b[s] == c->model.n_layer * s / g->pp;
-    if (!st && !same) {
-        ts_engine_free(r->e);
-        r->e = NULL;
-        ts_gpt_free(&r->m);
-        r->have_model = 0;
-        st = make_model(r, b);
-    }
-    if (!st) {
-        size_t k = 0;
-        r->stage_map[0] = '\0';
-        for (int s = 0; s < g->pp && k < sizeof r->stage_map; s++)
-            k += (size_t)snprintf(r->stage_map + k, sizeof r->stage_map - k, "%s%lld-%lld", s ? " | " : "",
-                                  (long long)b[s], (long long)b[s + 1] - 1);
-    }
+    if (!st) st = use_stage_map(r, b, !same);
     free(all), free(per), free(b);
     return st;
 }
