@@ -24,10 +24,11 @@ done
 # the compiler and build tools; OpenCL (loader, headers, PoCL as a CPU
 # device, CLBlast); OpenBLAS; Open MPI; hwloc; for the tests PyTorch and
 # NumPy (the reference), oclgrind (a simulated GPU that checks kernels) and
-# iproute2 (`ip netns`: the multi-node test's namespace "nodes")
-packages="build-essential pkg-config meson ninja-build python3
+# iproute2 (`ip netns`: the multi-node test's namespace "nodes"); oneDNN
+# (bf16 matrix products on the CPU backend; meson finds it through cmake)
+packages="build-essential pkg-config meson ninja-build cmake python3
 ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo libclblast-dev
-libopenblas-dev libopenmpi-dev openmpi-bin libhwloc-dev iproute2
+libopenblas-dev libdnnl-dev libopenmpi-dev openmpi-bin libhwloc-dev iproute2
 python3-numpy python3-torch oclgrind"
 if [ $fuzz = 1 ]; then
     # Debian 12's clang 14 keeps libFuzzer and the sanitizers in libclang-rt-14-dev

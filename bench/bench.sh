@@ -13,7 +13,7 @@ date=$(date -u +%Y-%m-%d)
 mkdir -p "$out"
 "$tessera" bench --min-time "$min_time" --json "$out/kernels-$date.json" --csv "$out/kernels-$date.csv" \
     --markdown "$out/kernels-$date.md"
-"$tessera" bench train --model d12 --vocab 50257 --batch 4 --seq-len 64 --steps 5 --warmup 2 --vs-pytorch \
+"$tessera" bench train --model d12 --vocab 50257 --batch 4 --seq-len 64 --steps 5 --warmup 2 --vs-pytorch --dtype fp32,bf16 \
     --json "$out/train-$date.json" --csv "$out/train-$date.csv"
 if command -v mpirun >/dev/null && "$tessera" --version | grep -qw mpi; then
     OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 TESSERA_THREADS=1 \

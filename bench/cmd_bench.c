@@ -445,7 +445,7 @@ static int find_torch_python(char *out, size_t n)
 /* torch_device: "cpu" or "cuda"; *ran_on says where PyTorch ran ("cpu"
  * when it has no CUDA). */
 static ts_status torch_step(const char *py, const ts_gpt_config *c, int64_t B, int64_t T, int steps, int warmup,
-                            int threads, const char *torch_device, double *med, double *mn, double *mx,
+                            int threads, const char *torch_device, const char *dtype, double *med, double *mn, double *mx,
                             char *version, size_t vn, char *ran_on, size_t rn)
 {
     char script[] = "/tmp/tessera-torch-XXXXXX";
@@ -461,9 +461,9 @@ static ts_status torch_step(const char *py, const ts_gpt_config *c, int64_t B, i
     char cmd[1200];
     snprintf(cmd, sizeof cmd,
              "OMP_NUM_THREADS=%d '%s' '%s' --layers %lld --heads %lld --width %lld --vocab %lld --batch %lld "
-             "--seq-len %lld --steps %d --warmup %d --threads %d --device %s",
+             "--seq-len %lld --steps %d --warmup %d --threads %d --device %s --dtype %s",
              threads, py, script, (long long)c->n_layer, (long long)c->n_head, (long long)c->n_embd,
-             (long long)c->vocab_size, (long long)B, (long long)T, steps, warmup, threads, torch_device);
+             (long long)c->vocab_size, (long long)B, (long long)T, steps, warmup, threads, torch_device, dtype);
     FILE *p = popen(cmd, "r");
     char line[2048] = "";
     ts_status st = TS_OK;
@@ -506,7 +506,7 @@ static void train_result(bench_run *b, const char *device, const char *impl, con
     r.gflops = r.flops / med / 1e9;
     r.fraction = peak > 0 ? r.gflops / peak : 0;
     collect(&r, b);
-    printf("  %-10s %-16s %8.3f s/step  %9.1f tokens/s  MFU %5.1f%% of %.1f GFLOP/s measured peak\n", device, impl,
+    printf("  %-10s %-32s %8.3f s/step  %9.1f tokens/s  MFU %5.1f%% of %.1f GFLOP/s measured peak\n", device, impl,
            med, (double)(B * T) / med, 100 * r.fraction, peak);
 }
 
@@ -516,7 +516,11 @@ static int bench_train(int argc, char **argv)
     int64_t vocab = 50257, B = 4, T = 64, layers = 0, heads = 0, width = 0;
     int64_t steps64 = 5, warmup64 = 2;
     int vs_pytorch = 0;
+    char dtypes[64] = "fp32";
     cli_option opts[] = {
+        {"--dtype", OPT_STRING, dtypes, sizeof dtypes,
+         "matrix products in fp32, bf16 or fp16, or a comma list (fp32,bf16): each is timed, PyTorch too (autocast)",
+         "fp32", 0, 0, 0},
         {"--device", OPT_STRING, device, sizeof device, "devices, comma-separated (default: every device)", NULL, 0, 0, 0},
         {"--model", OPT_STRING, model, sizeof model, "preset: d6, d12 (GPT-2 124M), ... (d12)", NULL, 0, 0, 0},
         {"--layers", OPT_INT, &layers, 0, "override the preset's layers", NULL, 0, 0, 0},
@@ -554,7 +558,18 @@ static int bench_train(int argc, char **argv)
     bench_run b = {.tty = NULL};
     join_command(b.command, sizeof b.command, argc + 1, argv - 1);
     double peaks[32] = {0}, triads[32] = {0};
-    printf("training step of %s (%lld parameters), B=%lld T=%lld, fp32, AdamW; median of %d steps after %d\n", model,
+    /* the dtypes to time, in the order given */
+    ts_dtype dts[3];
+    int ndt = 0;
+    for (char *save = NULL, *tok = strtok_r(dtypes, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int k = ts_dtype_parse(tok);
+        if ((k != TS_F32 && k != TS_BF16 && k != TS_F16) || ndt == 3) {
+            fprintf(stderr, "tessera bench train: --dtype takes fp32, bf16 and fp16 (a comma list), not '%s'\n", tok);
+            return 2;
+        }
+        dts[ndt++] = (ts_dtype)k;
+    }
+    printf("training step of %s (%lld parameters), B=%lld T=%lld, AdamW; median of %d steps after %d\n", model,
            (long long)ts_gpt_num_params(&c), (long long)B, (long long)T, steps, warmup);
     double tessera_cpu = 0, gpu_times[32] = {0};
     for (int d = 0; d < nd; d++) {
@@ -562,15 +577,28 @@ static int bench_train(int argc, char **argv)
         ts_bench_options lo = {.suites = TS_BENCH_LIMITS, .min_time = 0.1, .min_reps = 3};
         if (ts_bench_device(devs[d], &lo, NULL, NULL, &peaks[d], &triads[d]) != TS_OK)
             return cli_fail("measuring the device's peak");
-        double med, mn, mx;
-        if (time_train_steps(devs[d], &c, B, T, steps, warmup, &med, &mn, &mx) != TS_OK) {
-            free(b.r);
-            return cli_fail("training step");
-        }
         const ts_device_info *info = ts_device_get_info(devs[d]);
-        train_result(&b, info->id, "tessera", model, &c, B, T, med, mn, mx, steps, peaks[d]);
-        if (info->type == TS_DEVICE_CPU && !strcmp(info->backend, "cpu")) tessera_cpu = med;
-        if (info->type == TS_DEVICE_GPU) gpu_times[d] = med;
+        for (int k = 0; k < ndt; k++) {
+            if (ts_device_set_matmul_dtype(devs[d], dts[k]) != TS_OK) {
+                printf("  %-10s %s: %s\n", info->id, ts_dtype_name(dts[k]), ts_last_error());
+                continue;
+            }
+            double med, mn, mx;
+            ts_status st = time_train_steps(devs[d], &c, B, T, steps, warmup, &med, &mn, &mx);
+            ts_device_set_matmul_dtype(devs[d], TS_F32);
+            if (st != TS_OK) {
+                free(b.r);
+                return cli_fail("training step");
+            }
+            char impl[64];
+            /* fp32 keeps the plain name that reports and --balance files know */
+            snprintf(impl, sizeof impl, "tessera%s", dts[k] == TS_F32 ? "" : dts[k] == TS_BF16 ? " bf16" : " fp16");
+            train_result(&b, info->id, impl, model, &c, B, T, med, mn, mx, steps, peaks[d]);
+            /* the best of the dtypes is what PyTorch is compared with */
+            if (info->type == TS_DEVICE_CPU && !strcmp(info->backend, "cpu") && (!tessera_cpu || med < tessera_cpu))
+                tessera_cpu = med;
+            if (info->type == TS_DEVICE_GPU && (!gpu_times[d] || med < gpu_times[d])) gpu_times[d] = med;
+        }
     }
     char extra[1024] = "";
     if (vs_pytorch) {
@@ -589,22 +617,33 @@ static int bench_train(int argc, char **argv)
                 tessera_gpu = gpu_times[d];
                 gpu_peak = peaks[d];
             }
-        char ran_on[8] = "cpu";
-        if (torch_step(py, &c, B, T, steps, warmup, threads, tessera_gpu > 0 ? "cuda" : "cpu", &med, &mn, &mx,
-                       version, sizeof version, ran_on, sizeof ran_on) != TS_OK) {
-            free(b.r);
-            return cli_fail("PyTorch");
+        char ran_on[8] = "cpu", best_cfg[96] = "";
+        double best = 0;
+        for (int k = 0; k < ndt; k++) {
+            const char *dn = dts[k] == TS_F32 ? "fp32" : dts[k] == TS_BF16 ? "bf16" : "fp16";
+            if (dts[k] == TS_F16 && tessera_gpu <= 0) { /* PyTorch's CPU autocast has no fp16 */
+                printf("  PyTorch fp16: autocast on the CPU takes bf16 only; not timed\n");
+                continue;
+            }
+            if (torch_step(py, &c, B, T, steps, warmup, threads, tessera_gpu > 0 ? "cuda" : "cpu", dn, &med, &mn,
+                           &mx, version, sizeof version, ran_on, sizeof ran_on) != TS_OK) {
+                free(b.r);
+                return cli_fail("PyTorch");
+            }
+            /* on the host CPU PyTorch's yardstick is the CPU backend's peak */
+            double peak = gpu_peak;
+            if (!strcmp(ran_on, "cpu"))
+                for (int d = 0; d < nd; d++)
+                    if (!strcmp(ts_device_get_info(devs[d])->id, "cpu")) peak = peaks[d];
+            char impl[96];
+            snprintf(impl, sizeof impl, "%s %s%s", version, dn, dts[k] == TS_F32 ? "" : " autocast");
+            train_result(&b, ran_on, impl, model, &c, B, T, med, mn, mx, steps, peak);
+            if (!best || med < best) best = med, snprintf(best_cfg, sizeof best_cfg, "%s", impl);
         }
-        /* on the host CPU PyTorch's yardstick is the CPU backend's peak */
-        double peak = gpu_peak;
-        if (!strcmp(ran_on, "cpu"))
-            for (int d = 0; d < nd; d++)
-                if (!strcmp(ts_device_get_info(devs[d])->id, "cpu")) peak = peaks[d];
-        train_result(&b, ran_on, version, model, &c, B, T, med, mn, mx, steps, peak);
         double mine = !strcmp(ran_on, "cuda") ? tessera_gpu : tessera_cpu;
-        if (mine > 0)
-            printf("  tessera (%s) takes %.2fx less time per step than %s on %s\n",
-                   !strcmp(ran_on, "cuda") ? "GPU" : "CPU backend", med / mine, version, ran_on);
+        if (mine > 0 && best > 0)
+            printf("  tessera's best (%s) takes %.2fx the time of PyTorch's best (%s) on %s (%.2fx less)\n",
+                   !strcmp(ran_on, "cuda") ? "GPU" : "CPU backend", mine / best, best_cfg, ran_on, best / mine);
         snprintf(extra, sizeof extra, "\"pytorch\": {\"python\": \"%.400s\", \"version\": \"%.60s\"}", py, version);
     }
     rc = finish_outputs(&b, devs, peaks, triads, nd, json, csv, "", report, extra[0] ? extra : NULL);

@@ -74,7 +74,7 @@ static const int roof_colors[] = {0, 3, 2, 4, 1, 8};
 static int roof_category(const ts_json *res)
 {
     const char *s = str(res, "suite");
-    if (!strcmp(s, "gemm")) return strcmp(str(res, "impl"), "tessera") ? 1 : 0;
+    if (!strcmp(s, "gemm")) return strncmp(str(res, "impl"), "tessera", 7) ? 1 : 0; /* "tessera bf16" too */
     if (!strcmp(s, "memory")) return 2;
     if (!strcmp(s, "attention")) return 3;
     if (!strcmp(s, "train")) return 4;
@@ -345,6 +345,7 @@ static void vs_collect(report *r, int dev, const ts_json *res, void *user)
     (void)r;
     vs_ctx *c = user;
     if (dev != c->dev || strcmp(str(res, "suite"), "gemm")) return;
+    if (!strncmp(str(res, "impl"), "tessera ", 8)) return; /* another dtype ("tessera bf16"): not the pair */
     int is_ref = strcmp(str(res, "impl"), "tessera") != 0;
     int k = 0;
     while (k < c->n && !(strcmp(str(c->mine[k] ? c->mine[k] : c->ref[k], "shape"), str(res, "shape")) == 0 &&

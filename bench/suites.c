@@ -234,7 +234,7 @@ typedef struct gemm_shape {
     bool ta, tb;
 } gemm_shape;
 
-static ts_status gemm_one(run *r, const gemm_shape *s, bool reference)
+static ts_status gemm_one(run *r, const gemm_shape *s, bool reference, ts_dtype dt)
 {
     gemm_ctx g = {.ta = s->ta, .tb = s->tb, .reference = reference};
     ts_status st = ts_tensor_alloc(&g.a, r->dev, TS_F32, TS_SHAPE(s->ta ? s->K : s->M, s->ta ? s->M : s->K));
@@ -247,8 +247,10 @@ static ts_status gemm_one(run *r, const gemm_shape *s, bool reference)
              s->ta ? 'T' : 'N', s->tb ? 'T' : 'N');
     double flops = 2.0 * (double)s->M * (double)s->N * (double)s->K;
     double bytes = 4.0 * ((double)s->M * (double)s->K + (double)s->K * (double)s->N + (double)s->M * (double)s->N);
-    const char *impl = reference ? ts_device_get_info(r->dev)->reference_blas : "tessera";
+    const char *impl = reference ? ts_device_get_info(r->dev)->reference_blas : dt == TS_BF16 ? "tessera bf16" : "tessera";
+    if (!st) st = ts_device_set_matmul_dtype(r->dev, dt);
     if (!st) st = measure(r, "gemm", s->name, impl, shape, flops, bytes, 'c', run_gemm, &g);
+    ts_device_set_matmul_dtype(r->dev, TS_F32);
     ts_tensor_free(&g.a), ts_tensor_free(&g.b), ts_tensor_free(&g.c);
     return st;
 }
@@ -273,11 +275,15 @@ static ts_status bench_gemm(run *r)
     const int64_t *sq = q ? quick_sq : full_sq;
     int nsq = q ? 3 : 5;
     for (int i = 0; i < nsq; i++) shapes[n++] = (gemm_shape){"square", sq[i], sq[i], sq[i], false, false};
-    for (int i = 0; i < n; i++) TRY(gemm_one(r, &shapes[i], false));
+    for (int i = 0; i < n; i++) TRY(gemm_one(r, &shapes[i], false, TS_F32));
+    /* bf16 products (--dtype bf16) where the device has them: the training
+     * shapes, as a fraction of the fp32 FMA peak */
+    if (ts_device_matmul_route(r->dev, TS_BF16)[0])
+        for (int i = 0; i < 8; i++) TRY(gemm_one(r, &shapes[i], false, TS_BF16));
     /* the reference after all of tessera's: OpenBLAS's own threads spin for
      * a while after each call and would slow whatever runs next */
     if (!r->o->no_reference && ts_device_get_info(r->dev)->reference_blas[0])
-        for (int i = 0; i < n; i++) TRY(gemm_one(r, &shapes[i], true));
+        for (int i = 0; i < n; i++) TRY(gemm_one(r, &shapes[i], true, TS_F32));
     return TS_OK;
 }
 

@@ -3,7 +3,8 @@
 (embedded in the tessera binary at build time).
 
 A nanoGPT-style GPT (nn.Linear layers, tied head, tanh GELU, causal
-attention written out: torch 1.13 has no fused attention), float32, AdamW
+attention written out: torch 1.13 has no fused attention), float32 or autocast
+bf16/fp16 (--dtype), AdamW
 with decay on matrices, gradients zeroed and clipped like tessera's step.
 Prints one JSON object: median, min and max seconds per step.
 usage: torch_step.py [--layers 12] [--heads 12] [--width 768] [--vocab 50257]
@@ -60,6 +61,8 @@ def main():
                           ("seq-len", 64), ("steps", 5), ("warmup", 2), ("threads", 2)]:
         a.add_argument("--" + name, type=int, default=default)
     a.add_argument("--device", default="cpu", help="cpu, or cuda (falls back to cpu without CUDA)")
+    a.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="bf16/fp16: autocast around forward and loss (fp32 master weights, as tessera's --dtype)")
     o = a.parse_args()
     dev = "cuda" if o.device == "cuda" and torch.cuda.is_available() else "cpu"
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
@@ -77,7 +80,11 @@ def main():
         sync()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=False)
-        loss = m(idx, tgt)
+        if o.dtype == "fp32":
+            loss = m(idx, tgt)
+        else:
+            with torch.autocast(device_type=dev, dtype=torch.bfloat16 if o.dtype == "bf16" else torch.float16):
+                loss = m(idx, tgt)
         sync()
         t1 = time.perf_counter()
         loss.backward()
@@ -94,7 +101,7 @@ def main():
     f, b, p = min(splits, key=lambda x: abs(sum(x) - med))
     n = sum(p.numel() for p in m.parameters())
     print(json.dumps({"device": "pytorch-" + dev, "torch": torch.__version__, "params": n, "batch": o.batch,
-                      "seq_len": o.seq_len, "threads": torch.get_num_threads(), "steps": o.steps,
+                      "seq_len": o.seq_len, "threads": torch.get_num_threads(), "steps": o.steps, "dtype": o.dtype,
                       "median_s": round(med, 4), "min_s": round(min(times), 4), "max_s": round(max(times), 4),
                       "fwd_bwd_s": round(f + b, 4), "optimizer_s": round(p, 4),
                       "tokens_per_s": round(o.batch * o.seq_len / med, 1)}))

@@ -126,6 +126,8 @@ typedef struct ts_op {
             int64_t lda, ldb, ldc; /* row strides in elements (row-major) */
             int64_t stride_a, stride_b, stride_c;
             bool reference;        /* through the device's reference BLAS library */
+            ts_dtype dtype;        /* TS_F32, or TS_BF16/TS_F16: a and b rounded to it first,
+                                    * products summed in fp32 (ts_device_set_matmul_dtype) */
         } gemm;
         struct { int64_t N, C; bool accumulate; } sum_rows;
         struct { int64_t B, T, K, NH, HS; } heads;
@@ -188,6 +190,9 @@ typedef struct ts_backend_iface {
     void (*release)(ts_device *dev);                     /* may be NULL */
     ts_status (*prepare)(ts_device *dev);                /* may be NULL */
     void (*build_stats)(ts_device *dev, ts_build_stats *stats); /* may be NULL */
+    /* how GEMM ops of a bf16/fp16 dtype run here; NULL (or the member NULL):
+     * not at all */
+    const char *(*matmul_route)(ts_device *dev, ts_dtype dtype);
 } ts_backend_iface;
 
 struct ts_allocator;
@@ -197,6 +202,7 @@ struct ts_device {
     void *context;
     ts_device_info info;
     struct ts_allocator *allocator;
+    ts_dtype matmul_dtype;  /* ts_device_set_matmul_dtype; TS_F32 when opened */
 };
 
 /* Backends call this from their registration function. The registry takes

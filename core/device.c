@@ -301,6 +301,32 @@ int ts_get_threads(void)
     return ts_registry_get_threads();
 }
 
+ts_status ts_device_set_matmul_dtype(ts_device *device, ts_dtype dtype)
+{
+    if (!device) return ts_error(TS_ERR_INVALID_ARG, "ts_device_set_matmul_dtype: no device");
+    if (dtype != TS_F32 && dtype != TS_BF16 && dtype != TS_F16)
+        return ts_error(TS_ERR_INVALID_ARG, "ts_device_set_matmul_dtype: %s is not a matmul dtype (fp32, bf16, fp16)",
+                        ts_dtype_name(dtype));
+    if (dtype != TS_F32 && !ts_device_matmul_route(device, dtype)[0])
+        return ts_error(TS_ERR_UNSUPPORTED, "device %s (%s) has no %s matrix products; use fp32 there",
+                        device->info.id, device->info.name, ts_dtype_name(dtype));
+    device->matmul_dtype = dtype;
+    return TS_OK;
+}
+
+ts_dtype ts_device_get_matmul_dtype(const ts_device *device)
+{
+    return device ? device->matmul_dtype : TS_F32;
+}
+
+const char *ts_device_matmul_route(ts_device *device, ts_dtype dtype)
+{
+    if (!device) return "";
+    if (dtype == TS_F32) return "fp32";
+    const char *r = device->iface->matmul_route ? device->iface->matmul_route(device, dtype) : NULL;
+    return r ? r : "";
+}
+
 const char *ts_build_features(void)
 {
     return ""
@@ -312,6 +338,9 @@ const char *ts_build_features(void)
 #endif
 #ifdef TS_HAVE_CBLAS
            "openblas "
+#endif
+#ifdef TS_HAVE_ONEDNN
+           "onednn "
 #endif
 #ifdef _OPENMP
            "openmp "

@@ -376,6 +376,7 @@ static ts_status gemm_op(const char *name, ts_tensor *c, const ts_tensor *a, con
                         c->device->info.id, c->device->info.name);
     ts_op op = op_new(TS_OP_GEMM);
     op.p.gemm.reference = reference;
+    op.p.gemm.dtype = reference ? TS_F32 : c->device->matmul_dtype;
     op.out[0] = c;
     op.in[0] = a;
     op.in[1] = b;

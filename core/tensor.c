@@ -30,6 +30,16 @@ const char *ts_dtype_name(ts_dtype dtype)
     return "?";
 }
 
+int ts_dtype_parse(const char *name)
+{
+    if (!name) return -1;
+    if (!strcmp(name, "fp32") || !strcmp(name, "f32") || !strcmp(name, "float32")) return TS_F32;
+    if (!strcmp(name, "bf16") || !strcmp(name, "bfloat16")) return TS_BF16;
+    if (!strcmp(name, "fp16") || !strcmp(name, "f16") || !strcmp(name, "float16")) return TS_F16;
+    if (!strcmp(name, "i32") || !strcmp(name, "int32")) return TS_I32;
+    return -1;
+}
+
 int64_t ts_tensor_numel(const ts_tensor *t)
 {
     if (!t || t->ndim <= 0) return 0;

@@ -52,10 +52,20 @@ struct ts_engine {
 #endif
     float **sbuf;             /* per slot and direction: staging for non-host tensors */
     ts_pipeline_stats stats;
+    ts_loss_scaler scaler;
 };
 
 const ts_pipeline_stats *ts_engine_pipeline_stats(const ts_engine *e) { return &e->stats; }
 ts_optimizer *ts_engine_optimizer(ts_engine *e) { return &e->opt; }
+const ts_loss_scaler *ts_engine_loss_scaler(const ts_engine *e) { return &e->scaler; }
+
+void ts_engine_set_loss_scale(ts_engine *e, double scale, int64_t good_steps)
+{
+    if (!e->scaler.enabled || !(scale > 0) || !isfinite(scale)) return;
+    e->scaler.scale = scale, e->scaler.good_steps = good_steps;
+}
+
+enum { SCALE_GROWTH_INTERVAL = 2000 };
 
 /* ---- gradient reduction ---- */
 
@@ -455,7 +465,9 @@ ts_status ts_engine_step(ts_engine *e, int n_micro, int64_t B, int64_t T, const 
     e->worker_status = e->launch_status = TS_OK;
     pthread_mutex_unlock(&e->lock);
     double lsum = 0, ts = ts_now();
-    float weight = 1.0f / (float)valid;
+    ts_loss_scaler *ls = &e->scaler;
+    double scale = ls->enabled ? ls->scale : 1.0;
+    float weight = (float)(scale / (double)valid);
     TRY(run_schedule(e, n_micro, B, T, tokens, targets, weight, &lsum));
     e->stats.schedule_s = ts_now() - ts;
     int64_t t1 = ts_trace_begin();
@@ -472,11 +484,26 @@ ts_status ts_engine_step(ts_engine *e, int n_micro, int64_t B, int64_t T, const 
     double l = m->lay.head && g->tp_rank == 0 ? lsum : 0.0;
     TRY(ts_comm_allreduce_f64(g->world, &l, 1, TS_REDUCE_SUM, "loss"));
     *loss = (float)(l / (double)valid);
+    ls->last_scale = scale;
+    ls->last_skipped = 0;
+    if (ls->enabled && isfinite(*loss)) {
+        /* every rank has the same norm, so every rank takes the same branch */
+        if (!isfinite(*norm)) { /* overflow in the scaled gradients: no update, a smaller scale */
+            ls->scale = scale * 0.5, ls->good_steps = 0, ls->last_skipped = 1, ls->skipped++;
+            if (ls->scale < 1e-30)
+                return ts_error(TS_ERR_INVALID_ARG, "training diverged: the fp16 loss scale fell below 1e-30 "
+                                "(gradients are not finite at any scale; try --dtype bf16 or a lower --lr)");
+            e->stats.step_s = ts_now() - t0;
+            return TS_OK;
+        }
+        *norm /= scale;
+        if (++ls->good_steps >= SCALE_GROWTH_INTERVAL && scale * 2 < 1e38) ls->scale = scale * 2, ls->good_steps = 0;
+    }
     if (!isfinite(*loss) || !isfinite(*norm))
         return ts_error(TS_ERR_INVALID_ARG, "training diverged: loss %g, gradient norm %g (try a lower --lr)",
                         *loss, *norm);
     int64_t t2 = ts_trace_begin();
-    TRY(update(e, lr, ts_clip_scale(*norm, grad_clip)));
+    TRY(update(e, lr, (float)(ts_clip_scale(*norm, grad_clip) / scale)));
     ts_trace_end(t2, "compute", "optimizer", 0);
     e->stats.step_s = ts_now() - t0;
     return TS_OK;
@@ -550,6 +577,8 @@ ts_status ts_engine_create(ts_engine **out, ts_grid *g, ts_gpt *m, const ts_engi
     ts_engine *e = calloc(1, sizeof *e);
     if (!e) return ts_error(TS_ERR_OOM, "no memory for the engine");
     e->g = g, e->m = m, e->c = *c, e->dev = m->device;
+    e->scaler.enabled = c->loss_scaling;
+    e->scaler.scale = e->scaler.last_scale = c->loss_scaling ? 65536.0 : 1.0;
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->cv, NULL);
     int64_t n = m->num_params;

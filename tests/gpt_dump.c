@@ -4,7 +4,9 @@
  *   grads.safetensors  gradients of the mean loss at the initial weights
  *   final.safetensors  weights after STEPS clipped AdamW steps on the batch
  *   results.json       loss, per-step losses and gradient norms, settings
- * usage: gpt_dump OUT_DIR DEVICE */
+ * usage: gpt_dump OUT_DIR DEVICE [DTYPE]
+ * DTYPE (bf16, fp16) sets the device's matrix products
+ * (ts_device_set_matmul_dtype); exit status 3 if the device has none. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,12 +25,20 @@ static int fail(const char *what)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s OUT_DIR DEVICE\n", argv[0]);
+        fprintf(stderr, "usage: %s OUT_DIR DEVICE [DTYPE]\n", argv[0]);
         return 2;
     }
     const char *dir = argv[1];
     ts_device *dev;
     if (ts_device_open(argv[2], &dev)) return fail("device");
+    if (argc > 3) {
+        ts_status st = ts_device_set_matmul_dtype(dev, (ts_dtype)ts_dtype_parse(argv[3]));
+        if (st == TS_ERR_UNSUPPORTED) {
+            fprintf(stderr, "gpt_dump: %s\n", ts_last_error());
+            return 3;
+        }
+        if (st) return fail("dtype");
+    }
     ts_gpt_config c = {.vocab_size = 67, .max_seq_len = 16, .n_layer = 2, .n_head = 4, .n_embd = 32};
     enum { B = 3, T = 16 };
     const float lr = 1e-2f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, clip = 1.0f;

@@ -14,7 +14,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 echo "TAP version 13"
-echo "1..14"
+echo "1..15"
 
 # ---- the kernel suites on the CPU backend ----
 out=$("$tessera" bench --quick --min-time 0.01 --min-reps 3 --device cpu \
@@ -201,11 +201,22 @@ if /usr/bin/python3 -c 'import torch' 2>/dev/null || python3 -c 'import torch' 2
 import json, sys
 d = json.load(open(sys.argv[1]))
 impls = sorted(r["impl"] for r in d["results"] if r["suite"] == "train")
-assert impls[0].startswith("PyTorch ") and impls[1] == "tessera", impls
+assert impls[0].startswith("PyTorch ") and impls[0].endswith(" fp32") and impls[1] == "tessera", impls
 assert d["pytorch"]["version"].startswith("PyTorch")
 print("ok")' "$tmp/train2.json" 2>&1)
-    [ $rc -eq 0 ] && [ "$res" = ok ] && echo "$out" | grep -q "less time per step than PyTorch"
+    [ $rc -eq 0 ] && [ "$res" = ok ] && echo "$out" | grep -q "the time of PyTorch's best"
     check "bench train --vs-pytorch runs the same shape in PyTorch and prints the ratio" $? "exit $rc" "$out" "$res"
+    out=$("$tessera" bench train "${tiny[@]}" --dtype fp32,bf16 --vs-pytorch --json "$tmp/train3.json" 2>&1); rc=$?
+    res=$("$py" -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+impls = sorted(r["impl"] for r in d["results"] if r["suite"] == "train")
+assert len(impls) == 4 and impls[2:] == ["tessera", "tessera bf16"], impls
+assert impls[0].endswith("bf16 autocast") and impls[1].endswith("fp32"), impls
+print("ok")' "$tmp/train3.json" 2>&1)
+    [ $rc -eq 0 ] && [ "$res" = ok ] && echo "$out" | grep -q "tessera's best"
+    check "bench train --dtype fp32,bf16 times both dtypes, in PyTorch too (autocast), and compares the best" $? \
+        "exit $rc" "$out" "$res"
 else
     skip "bench train --vs-pytorch runs the same shape in PyTorch and prints the ratio" "no python3 with torch"
 fi

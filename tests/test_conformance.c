@@ -328,6 +328,107 @@ static void matmul_case(conf_arg *a, bool reference)
 }
 
 static void conf_matmul(void *argp) { matmul_case(argp, false); }
+
+/* ---- matmul with bf16/fp16 inputs: p = dtype, batch, M, N, K, trans_a,
+ * trans_b, beta*4. The reference rounds the inputs to the dtype in double
+ * (frexp/ldexp: an implementation independent of the library's bit tricks)
+ * and multiplies exactly, so the bound is fp32 accumulation's, not the
+ * dtype's: wrong rounding fails it. A second check against the unrounded
+ * product holds the error to the dtype's size. ---- */
+
+static double round_to(double x, ts_dtype dt)
+{
+    if (!isfinite(x) || x == 0) return x;
+    int bits = dt == TS_BF16 ? 8 : 11, e;
+    if (dt == TS_F16 && fabs(x) < ldexp(1, -14)) /* half subnormals: steps of 2^-24 */
+        return nearbyint(ldexp(x, 24)) * ldexp(1, -24);
+    double m = frexp(x, &e); /* |m| in [0.5, 1) */
+    double r = ldexp(nearbyint(ldexp(m, bits)), e - bits);
+    if (dt == TS_F16 && fabs(r) > 65504) return copysign(INFINITY, x);
+    return r;
+}
+
+static void conf_matmul_lowp(void *argp)
+{
+    conf_arg *a = argp;
+    ts_dtype dt = (ts_dtype)a->p[0];
+    int64_t batch = a->p[1], M = a->p[2], N = a->p[3], K = a->p[4];
+    bool ta = a->p[5], tb = a->p[6];
+    float alpha = 0.75f, beta = (float)a->p[7] / 4.0f;
+    ts_status set = ts_device_set_matmul_dtype(a->dev, dt);
+    if (set == TS_ERR_UNSUPPORTED) SKIP("%s has no %s products", ts_device_get_info(a->dev)->id, ts_dtype_name(dt));
+    REQUIRE_OK(set);
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *A = rand_floats(&r, batch * M * K, -3, 3), *B = rand_floats(&r, batch * K * N, -3, 3);
+    float *C0 = rand_floats(&r, batch * M * N, -1, 1);
+    ts_tensor tA, tB;
+    guarded gC;
+    REQUIRE_OK(upload(&tA, a->dev, TS_F32, TS_SHAPE(batch, ta ? K : M, ta ? M : K), A));
+    REQUIRE_OK(upload(&tB, a->dev, TS_F32, TS_SHAPE(batch, tb ? N : K, tb ? K : N), B));
+    REQUIRE_OK(guarded_alloc(&gC, a->dev, TS_SHAPE(batch, M, N), beta != 0.0f ? C0 : NULL));
+    ts_status st = ts_matmul(&gC.t, &tA, &tB, ta, tb, alpha, beta);
+    REQUIRE_OK(ts_device_set_matmul_dtype(a->dev, TS_F32));
+    REQUIRE_OK(st);
+    double *dA = to_double(A, batch * M * K), *dB = to_double(B, batch * K * N);
+    double *exact = to_double(C0, batch * M * N), *ref = to_double(C0, batch * M * N);
+    ref_gemm(exact, dA, dB, NULL, batch, M, N, K, ta, tb, alpha, beta, K * N);
+    for (int64_t i = 0; i < batch * M * K; i++) dA[i] = round_to(dA[i], dt);
+    for (int64_t i = 0; i < batch * K * N; i++) dB[i] = round_to(dB[i], dt);
+    ref_gemm(ref, dA, dB, NULL, batch, M, N, K, ta, tb, alpha, beta, K * N);
+    expect_output(dt == TS_BF16 ? "matmul bf16 (rounded inputs)" : "matmul fp16 (rounded inputs)", &gC, ref,
+                  TOL_GEMM);
+    /* against the fp32 product: about the dtype's unit roundoff squared */
+    expect_output("matmul low precision vs exact", &gC, exact, dt == TS_BF16 ? 1e-4 : 2e-6);
+    free(A), free(B), free(C0), free(dA), free(dB), free(ref), free(exact);
+    guarded_free(&gC);
+    ts_tensor_free(&tA), ts_tensor_free(&tB);
+}
+
+/* The device setting reaches linear layers, forward and backward, with a
+ * bias and accumulation into dw: p = dtype, N, C, OC. */
+static void conf_linear_lowp(void *argp)
+{
+    conf_arg *a = argp;
+    ts_dtype dt = (ts_dtype)a->p[0];
+    int64_t N = a->p[1], C = a->p[2], OC = a->p[3];
+    ts_status set = ts_device_set_matmul_dtype(a->dev, dt);
+    if (set == TS_ERR_UNSUPPORTED) SKIP("%s has no %s products", ts_device_get_info(a->dev)->id, ts_dtype_name(dt));
+    REQUIRE_OK(set);
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = rand_floats(&r, N * C, -2, 2), *w = rand_floats(&r, OC * C, -1, 1), *b = rand_floats(&r, OC, -1, 1);
+    float *dout = rand_floats(&r, N * OC, -1, 1), *dw0 = rand_floats(&r, OC * C, -1, 1);
+    ts_tensor tx, tw, tb, tdout;
+    guarded go, gdx, gdw;
+    REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(N, C), x));
+    REQUIRE_OK(upload(&tw, a->dev, TS_F32, TS_SHAPE(OC, C), w));
+    REQUIRE_OK(upload(&tb, a->dev, TS_F32, TS_SHAPE(OC), b));
+    REQUIRE_OK(upload(&tdout, a->dev, TS_F32, TS_SHAPE(N, OC), dout));
+    REQUIRE_OK(guarded_alloc(&go, a->dev, TS_SHAPE(N, OC), NULL));
+    REQUIRE_OK(guarded_alloc(&gdx, a->dev, TS_SHAPE(N, C), NULL));
+    REQUIRE_OK(guarded_alloc(&gdw, a->dev, TS_SHAPE(OC, C), dw0));
+    ts_status st = ts_linear_forward(&go.t, &tx, &tw, &tb);
+    if (!st) st = ts_linear_backward(&gdx.t, &gdw.t, NULL, &tdout, &tx, &tw);
+    REQUIRE_OK(ts_device_set_matmul_dtype(a->dev, TS_F32));
+    REQUIRE_OK(st);
+    double *dx = to_double(x, N * C), *dw = to_double(w, OC * C), *db = to_double(b, OC);
+    double *dd = to_double(dout, N * OC), *ro = malloc((size_t)(N * OC) * sizeof *ro);
+    double *rdx = malloc((size_t)(N * C) * sizeof *rdx), *rdw = to_double(dw0, OC * C);
+    for (int64_t i = 0; i < N * C; i++) dx[i] = round_to(dx[i], dt);
+    for (int64_t i = 0; i < OC * C; i++) dw[i] = round_to(dw[i], dt);
+    for (int64_t i = 0; i < N * OC; i++) dd[i] = round_to(dd[i], dt);
+    ref_gemm(ro, dx, dw, db, 1, N, OC, C, false, true, 1.0, 0.0, 0);
+    ref_gemm(rdx, dd, dw, NULL, 1, N, C, OC, false, false, 1.0, 0.0, 0);
+    ref_gemm(rdw, dd, dx, NULL, 1, OC, C, N, true, false, 1.0, 1.0, 0);
+    expect_output("linear_forward low precision", &go, ro, TOL_GEMM);
+    expect_output("linear_backward dinp low precision", &gdx, rdx, TOL_GEMM);
+    expect_output("linear_backward dweight low precision", &gdw, rdw, TOL_GEMM);
+    free(x), free(w), free(b), free(dout), free(dw0);
+    free(dx), free(dw), free(db), free(dd), free(ro), free(rdx), free(rdw);
+    guarded_free(&go), guarded_free(&gdx), guarded_free(&gdw);
+    ts_tensor_free(&tx), ts_tensor_free(&tw), ts_tensor_free(&tb), ts_tensor_free(&tdout);
+}
 static void conf_matmul_reference(void *argp) { matmul_case(argp, true); }
 
 /* ---- linear: p = N, C, OC, bias ---- */
@@ -848,6 +949,22 @@ static const case_def cases[] = {
     {"matmul_reference", conf_matmul_reference,
      "batch=%lld M=%lld N=%lld K=%lld ta=%lld tb=%lld beta4=%lld shared=%lld", 8,
      {{1, 33, 65, 17, 1, 0, 2, 0}, {1, 128, 96, 257, 0, 1, 0, 0}}, 2},
+    /* small shapes take one thread; 64x300x130 and up are split over threads */
+    {"matmul bf16", conf_matmul_lowp, "dtype=%lld batch=%lld M=%lld N=%lld K=%lld ta=%lld tb=%lld beta4=%lld", 8,
+     {{TS_BF16, 1, 1, 1, 1, 0, 0, 0},
+      {TS_BF16, 1, 33, 65, 17, 1, 0, 2},
+      {TS_BF16, 1, 33, 65, 17, 0, 1, 0},
+      {TS_BF16, 1, 33, 65, 17, 1, 1, 4},
+      {TS_BF16, 1, 64, 300, 130, 0, 1, 0},
+      {TS_BF16, 1, 300, 64, 130, 1, 0, 4},
+      {TS_BF16, 1, 130, 257, 96, 0, 0, 2},
+      {TS_BF16, 4, 16, 9, 31, 1, 0, 2}},
+     8},
+    {"matmul fp16", conf_matmul_lowp, "dtype=%lld batch=%lld M=%lld N=%lld K=%lld ta=%lld tb=%lld beta4=%lld", 8,
+     {{TS_F16, 1, 33, 65, 17, 1, 0, 2}, {TS_F16, 1, 64, 300, 130, 0, 1, 0}, {TS_F16, 3, 16, 9, 31, 0, 0, 4}}, 3},
+    {"linear bf16", conf_linear_lowp, "dtype=%lld N=%lld C=%lld OC=%lld", 4,
+     {{TS_BF16, 7, 33, 65}, {TS_BF16, 64, 96, 288}, {TS_BF16, 256, 128, 384}}, 3},
+    {"linear fp16", conf_linear_lowp, "dtype=%lld N=%lld C=%lld OC=%lld", 4, {{TS_F16, 64, 96, 288}}, 1},
     {"linear_forward", conf_linear_fwd, "N=%lld C=%lld OC=%lld bias=%lld", 4,
      {{1, 1, 1, 1}, {7, 33, 65, 1}, {64, 96, 288, 1}, {9, 16, 5, 0}}, 4},
     {"linear_backward", conf_linear_bwd, "N=%lld C=%lld OC=%lld", 3,

@@ -303,6 +303,51 @@ static void add_layout(const char *name, int tp, int pp, int M, ts_reduce_strate
     th_add_owned(name, layout_test, c);
 }
 
+/* ---- fp16 products with dynamic loss scaling ---- */
+
+/* A scale so large that the scaled gradients overflow fp16: each such step
+ * leaves the weights alone and halves the scale, on every rank alike,
+ * until a step fits; then training goes on like the fp32 run. */
+TEST(fp16_loss_scaling_skips_overflowing_steps_and_then_trains_like_fp32)
+{
+    ts_engine_config ec = engine_config(TS_STRATEGY_MPI, 0);
+    ec.loss_scaling = 1;
+    prun p, f;
+    REQUIRE_OK(prun_create(&p, 1, 1, &ec, CPU));
+    const ts_loss_scaler *ls = ts_engine_loss_scaler(p.e);
+    EXPECTF(ls->enabled && ls->scale == 65536.0, "loss scaling starts at 65536, got %g", ls->scale);
+    ts_engine_set_loss_scale(p.e, 0x1p40, 0);
+    REQUIRE_OK(ts_device_set_matmul_dtype(CPU, TS_F16));
+    uint64_t before = blob_hash(&p.m.params);
+    ts_status st = prun_step(&p, 0, 1, 1.0f);
+    EXPECTF(!st && ls->last_skipped && ls->scale == 0x1p39 && ls->skipped == 1,
+            "an overflowing step is skipped and halves the scale (skipped %d, scale %g)", ls->last_skipped, ls->scale);
+    EXPECTF(blob_hash(&p.m.params) == before, "a skipped step leaves the weights alone");
+    int steps = 1;
+    while (!st && ls->last_skipped && steps < 40) st = prun_step(&p, 0, 1, 1.0f), steps++;
+    EXPECTF(!st && !ls->last_skipped && ls->scale < 0x1p40, "a smaller scale fits after %d steps (scale %g): %s",
+            steps, ls->scale, st ? ts_last_error() : "");
+    EXPECTF(blob_hash(&p.m.params) != before, "the first step that fits updates the weights");
+    /* from equal weights, three steps at a scale that fits track fp32 */
+    REQUIRE_OK(ts_device_set_matmul_dtype(CPU, TS_F32));
+    prun_free(&p);
+    REQUIRE_OK(prun_create(&p, 1, 1, &ec, CPU));
+    ts_engine_config ec32 = engine_config(TS_STRATEGY_MPI, 0);
+    REQUIRE_OK(prun_create(&f, 1, 1, &ec32, CPU));
+    for (int s = 0; s < 3 && !st; s++) {
+        REQUIRE_OK(ts_device_set_matmul_dtype(CPU, TS_F16));
+        st = prun_step(&p, s, 1, 1.0f);
+        REQUIRE_OK(ts_device_set_matmul_dtype(CPU, TS_F32));
+        if (!st) st = prun_step(&f, s, 1, 1.0f);
+    }
+    REQUIRE_OK(st);
+    for (int s = 0; s < 3; s++)
+        EXPECTF(fabs(p.loss[s] - f.loss[s]) < 2e-3 * fabs(f.loss[s]), "step %d: fp16 loss %.6f, fp32 %.6f", s,
+                p.loss[s], f.loss[s]);
+    EXPECTF(ts_engine_loss_scaler(p.e)->skipped == 0, "no step skipped at the starting scale");
+    prun_free(&p), prun_free(&f);
+}
+
 /* ---- tensor parallelism at the level of the layers ---- */
 
 TEST(tensor_parallel_forward_and_gradients_equal_one_rank)
@@ -650,6 +695,7 @@ int main(int argc, char **argv)
         snprintf(name, sizeof name, "pipeline %d stages on OpenCL equals one process on the CPU", N);
         add_layout(name, 1, N, 4, TS_STRATEGY_MPI, 0, TS_SCHEDULE_1F1B, "opencl");
     }
+    TH_ADD(fp16_loss_scaling_skips_overflowing_steps_and_then_trains_like_fp32);
     TH_ADD(checkpoint_from_tp_x_pp_resumes_data_parallel_and_on_one_process);
     TH_ADD(mismatched_settings_fail_on_every_rank);
     TH_ADD(a_grid_that_does_not_fit_fails_on_every_rank);

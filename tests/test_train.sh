@@ -14,7 +14,7 @@ export TESSERA_DATA_CACHE=$work/token-cache
 . "$(dirname "$0")/tap.sh"
 
 echo "TAP version 13"
-echo "1..14"
+echo "1..16"
 
 # A small run of the built-in task (the default run is longer).
 small=(--layers 2 --heads 4 --width 64 --seq-len 64 --batch 16 --lr 0.003 --warmup 20)
@@ -106,9 +106,35 @@ PY
     vl=$(val_loss "$work/shakes/log.jsonl")
     [ $rc -eq 0 ] && awk -v v="${vl:-99}" -v b="$baseline" 'BEGIN { exit !(v < b - 0.5) }'
     check "tinyshakespeare, 300 steps: validation loss ${vl:-?} vs unigram baseline $baseline (need 0.5 below)" $? "exit $rc" "$(echo "$out" | tail -5)"
+    # 11. the same run with bf16 and fp16 products ends within 2% of fp32
+    bad="" vals=""
+    for dt in bf16 fp16; do
+        out=$("$tessera" train --device cpu --data "$shakes" --layers 2 --heads 4 --width 128 --seq-len 64 --batch 16 \
+            --steps 300 --lr 0.003 --warmup 30 --eval-batches 32 --out "$work/shakes-$dt" --sample-tokens 0 \
+            --dtype $dt 2>&1); rc=$?
+        v=$(val_loss "$work/shakes-$dt/log.jsonl")
+        [ $rc -eq 0 ] && awk -v v="${v:-99}" -v f="${vl:-0}" 'BEGIN { d = (v - f) / f; exit !(d < 0.02 && d > -0.02) }' ||
+            bad="$bad $dt: exit $rc, validation loss ${v:-?};"
+        vals="$vals $dt ${v:-?}"
+    done
+    [ -z "$bad" ]
+    check "tinyshakespeare with --dtype bf16 and fp16: validation loss within 2% of fp32's ${vl:-?} ($vals)" $? "$bad"
 else
     skip "tinyshakespeare beats the unigram baseline" "$shakes is absent"
+    skip "tinyshakespeare with --dtype bf16 and fp16 within 2% of fp32" "$shakes is absent"
 fi
+
+# 12. fp16: a run resumed from its checkpoint (loss scale included) repeats
+# the uninterrupted run's losses bit for bit
+fp16=(--device cpu "${small[@]}" --dtype fp16 --schedule constant --quiet)
+"$tessera" train "${fp16[@]}" --steps 12 --out "$work/h1" >/dev/null 2>&1
+"$tessera" train "${fp16[@]}" --steps 6 --out "$work/h2" >/dev/null 2>&1
+"$tessera" train "${fp16[@]}" --steps 12 --out "$work/h2" --resume >/dev/null 2>&1; rc=$?
+scale=$(sed -n 's/.*"loss_scale": \([0-9.e+]*\).*/\1/p' "$work/h2/step_00000006/state.json")
+[ $rc -eq 0 ] && [ -n "$scale" ] && [ "$(losses "$work/h1/log.jsonl" | wc -l)" -eq 12 ] &&
+    diff <(losses "$work/h1/log.jsonl") <(losses "$work/h2/log.jsonl") >/dev/null
+check "fp16: a resumed run (loss scale ${scale:-?} from the checkpoint) repeats the uninterrupted run bit for bit" $? \
+    "exit $rc" "$(paste <(losses "$work/h1/log.jsonl") <(losses "$work/h2/log.jsonl"))"
 
 # 11. damaged checkpoints are rejected with the file named
 cp -r "$work/a/step_00000012" "$work/broken"

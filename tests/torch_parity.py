@@ -82,6 +82,32 @@ def forward(p, cfg, tok, tgt):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-1)
 
 
+def adamw_trajectory(init, res, loss_of):
+    """gpt_dump's clipped AdamW steps from init in float32 (decay on
+    matrices only): the losses before each step and after the last, and
+    the final parameters. loss_of(params) is the model's loss."""
+    p32 = {k: torch.tensor(v, dtype=torch.float32, requires_grad=True) for k, v in init.items()}
+    decay = [v for k, v in p32.items() if v.dim() == 2]
+    other = [v for k, v in p32.items() if v.dim() != 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": res["weight_decay"]},
+                             {"params": other, "weight_decay": 0.0}],
+                            lr=res["lr"], betas=(res["beta1"], res["beta2"]), eps=res["eps"])
+    losses = []
+    for step in range(len(res["losses"])):
+        opt.zero_grad()
+        loss = loss_of(p32)
+        losses.append(loss.item())
+        if step == len(res["losses"]) - 1:
+            break
+        loss.backward()
+        norm = torch.sqrt(sum((v.grad.double() ** 2).sum() for v in p32.values())).item()
+        scale = min(1.0, res["grad_clip"] / norm) if norm > res["grad_clip"] else 1.0
+        for v in p32.values():
+            v.grad.mul_(scale)
+        opt.step()
+    return losses, p32
+
+
 def nmse(a, b):
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -140,25 +166,7 @@ def check_device(tap, dump, device):
               "\n".join(bad) + f"\nlargest NMSE {worst:.2e} ({worst_name})")
 
     # ten clipped AdamW steps in float32, decay on matrices only
-    p32 = {k: torch.tensor(v, dtype=torch.float32, requires_grad=True) for k, v in init.items()}
-    decay = [v for k, v in p32.items() if v.dim() == 2]
-    other = [v for k, v in p32.items() if v.dim() != 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": res["weight_decay"]},
-                             {"params": other, "weight_decay": 0.0}],
-                            lr=res["lr"], betas=(res["beta1"], res["beta2"]), eps=res["eps"])
-    losses = []
-    for step in range(len(res["losses"])):
-        opt.zero_grad()
-        loss = forward(p32, cfg, tok, tgt)
-        losses.append(loss.item())
-        if step == len(res["losses"]) - 1:
-            break
-        loss.backward()
-        norm = torch.sqrt(sum((v.grad.double() ** 2).sum() for v in p32.values())).item()
-        scale = min(1.0, res["grad_clip"] / norm) if norm > res["grad_clip"] else 1.0
-        for v in p32.values():
-            v.grad.mul_(scale)
-        opt.step()
+    losses, p32 = adamw_trajectory(init, res, lambda p: forward(p, cfg, tok, tgt))
     rels = [abs(a - b) / abs(b) for a, b in zip(res["losses"], losses)]
     tap.check(max(rels) < STEP_TOL, f"losses of 10 AdamW steps match PyTorch on {device}",
               "tessera " + " ".join(f"{x:.6f}" for x in res["losses"]) +

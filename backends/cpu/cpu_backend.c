@@ -12,6 +12,7 @@
 #include "registry.h"
 #include "../blas/blas.h"
 #include "cpu_attention.h"
+#include "cpu_lowp_gemm.h"
 #include "cpu_ops.h"
 #include "backend.h"
 
@@ -77,7 +78,10 @@ static void cpu_gemm(const ts_op *op)
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
     const float *A = F(op->in[0]), *B = F(op->in[1]), *bias = F(op->in[2]);
     float *C = F(op->out[0]);
-    if (g->reference) /* no bias: ts_matmul_reference has none */
+    if (g->dtype != TS_F32)
+        ts_cpu_gemm_lowp(g->dtype, g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a,
+                         g->lda, B, g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc, bias);
+    else if (g->reference) /* no bias: ts_matmul_reference has none */
         ts_blas_sgemm_library(g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a,
                               g->lda, B, g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc);
     else
@@ -219,6 +223,12 @@ static bool cpu_supports_op(ts_device *dev, const ts_op *op)
     return op->kind >= 0 && op->kind < TS_OP_COUNT;
 }
 
+static const char *cpu_matmul_route(ts_device *dev, ts_dtype dtype)
+{
+    (void)dev;
+    return ts_cpu_lowp_route(dtype);
+}
+
 static const ts_backend_iface cpu_iface = {
     .version = TS_BACKEND_INTERFACE_VERSION,
     .name = "cpu",
@@ -231,6 +241,7 @@ static const ts_backend_iface cpu_iface = {
     .supports_op = cpu_supports_op,
     .run_op = cpu_run_op,
     .release = cpu_release,
+    .matmul_route = cpu_matmul_route,
 };
 
 /* "model name", "vendor_id" and "cpu MHz" from /proc/cpuinfo. */

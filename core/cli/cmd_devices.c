@@ -9,7 +9,13 @@
 
 static double gib(uint64_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
 
-static void print_text(int i, const ts_device_info *d, const ts_locality *loc)
+static const char *route_or_none(ts_device *dev, ts_dtype dt)
+{
+    const char *r = ts_device_matmul_route(dev, dt);
+    return r[0] ? r : "not available";
+}
+
+static void print_text(int i, ts_device *dev, const ts_device_info *d, const ts_locality *loc)
 {
     printf("%s%-10s %s\n", i ? "\n" : "", d->id, d->name);
     printf("  type      %s, %d compute units", ts_device_type_name(d->type), d->compute_units);
@@ -29,6 +35,7 @@ static void print_text(int i, const ts_device_info *d, const ts_locality *loc)
            d->fp16 ? "yes" : "no", d->subgroups ? "yes" : "no",
            d->host_memory ? ", host memory" : "");
     printf("  details   %s\n", d->details);
+    printf("  matmul    bf16: %s; fp16: %s (--dtype)\n", route_or_none(dev, TS_BF16), route_or_none(dev, TS_F16));
     if (loc->known)
         printf("  near      cores %s (%d cores, %d threads), NUMA node %s [%s]\n", loc->cpus,
                loc->cores, loc->pus, loc->numa_nodes[0] ? loc->numa_nodes : "-", loc->how);
@@ -36,10 +43,12 @@ static void print_text(int i, const ts_device_info *d, const ts_locality *loc)
         printf("  near      unknown (%s)\n", loc->how[0] ? loc->how : "hwloc found nothing");
 }
 
-static void print_json(int i, int n, const ts_device_info *d, const ts_locality *loc)
+static void print_json(int i, int n, ts_device *dev, const ts_device_info *d, const ts_locality *loc)
 {
     printf("  {");
     ts_device_info_write_json(stdout, d);
+    ts_json_write_member(stdout, "matmul_bf16", ts_device_matmul_route(dev, TS_BF16), ", ");
+    ts_json_write_member(stdout, "matmul_fp16", ts_device_matmul_route(dev, TS_F16), ", ");
     printf("\"locality\": {\"known\": %s, ", loc->known ? "true" : "false");
     ts_json_write_member(stdout, "cpus", loc->cpus, ", ");
     ts_json_write_member(stdout, "numa_nodes", loc->numa_nodes, ", ");
@@ -71,8 +80,8 @@ int cmd_devices(int argc, char **argv)
         ts_device *dev = ts_device_at(i);
         ts_locality loc;
         if (ts_device_locality(dev, &loc) != TS_OK) return cli_fail("locating device");
-        if (json) print_json(i, n, ts_device_get_info(dev), &loc);
-        else print_text(i, ts_device_get_info(dev), &loc);
+        if (json) print_json(i, n, dev, ts_device_get_info(dev), &loc);
+        else print_text(i, dev, ts_device_get_info(dev), &loc);
     }
     if (json) printf("]\n");
     return 0;

@@ -41,7 +41,7 @@ static const char *const resume_may_change[] = {
     "--steps", "--device", "--threads", "--out", "--ckpt-every", "--keep", "--resume", "--eval-every",
     "--eval-batches", "--log", "--sample-tokens", "--quiet", "--tp", "--pp", "--strategy", "--zero",
     "--bucket-mb", "--no-overlap", "--pipeline", "--no-bind", "--trace", "--watchdog", "--balance", "--rebalance-every",
-    "--rebalance-gain", NULL};
+    "--rebalance-gain", "--dtype", NULL};
 
 static int may_change(const char *name)
 {
@@ -110,6 +110,7 @@ static int merge_resume(ts_train_config *c, const cli_option *opts, int n)
     saved.steps = cli_given(opts, n, "--steps") ? given->steps : saved_steps;
     snprintf(saved.device, sizeof saved.device, "%s", given->device);
     saved.threads = given->threads;
+    saved.dtype = given->dtype; /* precision may change: the weights stay fp32 */
     saved.progress = given->progress;
     saved.bucket_mb = given->bucket_mb;
     saved.bind = given->bind;
@@ -149,7 +150,7 @@ int cmd_train(int argc, char **argv)
     int64_t tp = 1, pp = 1;
     double bucket_mb = 25.0, watchdog = 300, rebalance_gain = 0.05;
     int64_t rebalance_every = 0;
-    char strategy[32] = "mpi", pipeline[32] = "1f1b";
+    char strategy[32] = "mpi", pipeline[32] = "1f1b", dtype[16] = "fp32";
     const double big = 1125899906842624.0; /* 2^50 */
     cli_option opts[] = {
         {"--data", OPT_STRING, c.data, sizeof c.data, "UTF-8 text, a token file, or an llm.c .bin token file",
@@ -181,6 +182,9 @@ int cmd_train(int argc, char **argv)
         {"--device", OPT_STRING, c.device, sizeof c.device, "cpu | opencl | opencl:N | opencl:<name> | auto, or a comma list dealt out by node-local rank",
          "auto",
          0, 0, 0},
+        {"--dtype", OPT_STRING, dtype, sizeof dtype,
+         "matrix products in fp32 | bf16 | fp16 (inputs rounded, fp32 sums; weights, gradients and optimizer stay "
+         "fp32; fp16 adds dynamic loss scaling)", "fp32", 0, 0, 0},
         {"--threads", OPT_INT, &threads, 0, "CPU threads", "the cores this process owns", 1, 4096, 0},
         {"--seed", OPT_UINT, &seed, 0, "seed of weights and batches", "1337", 0, 9223372036854775807.0, 0},
         {"--out", OPT_STRING, c.out_dir, sizeof c.out_dir, "directory for checkpoints, log and tokenizer", NULL, 0, 0,
@@ -289,6 +293,12 @@ int cmd_train(int argc, char **argv)
         fprintf(stderr, "tessera train: --pipeline must be 1f1b or gpipe, not '%s'\n", pipeline);
         return 2;
     }
+    int dt = ts_dtype_parse(dtype);
+    if (dt != TS_F32 && dt != TS_BF16 && dt != TS_F16) {
+        fprintf(stderr, "tessera train: --dtype must be fp32, bf16 or fp16, not '%s'\n", dtype);
+        return 2;
+    }
+    c.dtype = (ts_dtype)dt;
     c.tp = (int)tp, c.pp = (int)pp;
     c.strategy = (ts_reduce_strategy)strat;
     c.rebalance_every = rebalance_every, c.rebalance_gain = rebalance_gain;

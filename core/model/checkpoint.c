@@ -46,10 +46,12 @@ static ts_status write_state(const char *path, const ts_train_state *s)
                      "{\n  \"format\": \"tessera-train-state\",\n  \"step\": %lld,\n  \"seed\": %llu,\n"
                      "  \"next_sample\": %lld,\n  \"data_fingerprint\": \"%016llx\",\n"
                      "  \"tokens_seen\": %.17g,\n  \"loss\": %s,\n  \"val_loss\": %s,\n"
-                     "  \"best_val_loss\": %s,\n  \"settings\": %s\n}\n",
+                     "  \"best_val_loss\": %s,\n  \"loss_scale\": %.9g,\n  \"loss_scale_good_steps\": %lld,\n"
+                     "  \"settings\": %s\n}\n",
                      (long long)s->step, (unsigned long long)s->seed, (long long)s->next_sample,
                      (unsigned long long)s->data_fingerprint, s->tokens_seen, loss, val, best,
-                     s->settings[0] ? s->settings : "{}");
+                     isfinite(s->loss_scale) && s->loss_scale > 0 ? s->loss_scale : 0.0,
+                     (long long)s->loss_scale_good_steps, s->settings[0] ? s->settings : "{}");
     if (n < 0 || n >= (int)sizeof buf) return ts_error(TS_ERR_INVALID_ARG, "training state too large");
     return ts_write_file_atomic(path, buf, (size_t)n);
 }
@@ -391,6 +393,12 @@ ts_status ts_checkpoint_read_state(const char *ckpt, ts_train_state *s)
     s->best_val_loss = best && best->type == TS_JSON_NUMBER ? best->number : INFINITY;
     s->loss = ts_json_get_num(j, "loss", NAN);
     s->val_loss = ts_json_get_num(j, "val_loss", NAN);
+    s->loss_scale = ts_json_get_num(j, "loss_scale", 0);
+    s->loss_scale_good_steps = ts_json_get_int(j, "loss_scale_good_steps", 0);
+    if (!(s->loss_scale >= 0 && s->loss_scale < 1e38) || s->loss_scale_good_steps < 0) {
+        ts_json_free(j);
+        return ts_error(TS_ERR_FORMAT, "%s: \"loss_scale\" must be a number >= 0 and \"loss_scale_good_steps\" >= 0", f);
+    }
     const ts_json *set = ts_json_get(j, "settings");
     if (set && set->type != TS_JSON_OBJECT) {
         ts_json_free(j);

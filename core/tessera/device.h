@@ -101,6 +101,20 @@ typedef struct ts_build_stats {
 ts_status ts_device_prepare(ts_device *device);
 void ts_device_build_stats(ts_device *device, ts_build_stats *stats);
 
+/* Mixed precision for matrix products, as PyTorch autocast does them: with
+ * TS_BF16 or TS_F16 every GEMM the device runs afterwards (linear layers,
+ * attention's products) rounds both inputs to that type, sums the products
+ * in fp32 and writes fp32; every other op, the weights, gradients and
+ * optimizer state stay fp32. TS_F32 (the default) turns it off. Fails with
+ * TS_ERR_UNSUPPORTED on a device without such products (OpenCL for now),
+ * TS_ERR_INVALID_ARG for another dtype. ts_matmul_reference stays fp32. */
+ts_status ts_device_set_matmul_dtype(ts_device *device, ts_dtype dtype);
+ts_dtype ts_device_get_matmul_dtype(const ts_device *device);
+/* How this device runs products of that dtype, e.g. "oneDNN 2.6.3
+ * brg:avx512_core_bf16" or "emulated (rounded inputs, fp32 GEMM)"; "" if
+ * it cannot. */
+const char *ts_device_matmul_route(ts_device *device, ts_dtype dtype);
+
 /* Threads used by the CPU backend and by host BLAS (OpenMP and OpenBLAS).
  * Also read from $TESSERA_THREADS at start; 0 means all cores. */
 ts_status ts_set_threads(int threads);

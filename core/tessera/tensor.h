@@ -43,6 +43,8 @@ typedef struct ts_tensor {
 
 size_t ts_dtype_size(ts_dtype dtype);
 const char *ts_dtype_name(ts_dtype dtype);
+/* "fp32"/"f32", "bf16", "fp16"/"f16" (and i32); -1 for anything else. */
+int ts_dtype_parse(const char *name);
 
 /* Allocate uninitialised storage from the device's caching allocator. */
 ts_status ts_tensor_alloc(ts_tensor *t, ts_device *device, ts_dtype dtype,

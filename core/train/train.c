@@ -72,7 +72,7 @@ size_t ts_train_settings_json(const ts_train_config *c, char *buf, size_t n)
              "\"schedule\": \"%s\", \"seed\": %llu, \"tp\": %d, \"pp\": %d, \"strategy\": \"%s\", "
              "\"zero\": %d, \"pipeline\": \"%s\", \"overlap\": %d, \"out\": %s, \"log\": %s, "
              "\"trace\": %s, \"ckpt_every\": %lld, \"keep\": %d, \"eval_every\": %lld, "
-             "\"eval_batches\": %lld, \"sample_tokens\": %lld}",
+             "\"eval_batches\": %lld, \"sample_tokens\": %lld, \"dtype\": \"%s\"}",
              data, tok, c->val_fraction, (long long)c->model.vocab_size, (long long)c->model.max_seq_len,
              (long long)c->model.n_layer, (long long)c->model.n_head, (long long)c->model.n_embd,
              (long long)c->batch, (long long)c->seq_len, (long long)c->grad_accum, (long long)c->steps,
@@ -81,7 +81,7 @@ size_t ts_train_settings_json(const ts_train_config *c, char *buf, size_t n)
              (unsigned long long)c->seed, c->tp, c->pp, ts_strategy_name(c->strategy), c->zero,
              c->schedule == TS_SCHEDULE_GPIPE ? "gpipe" : "1f1b", c->overlap, out, logp, trace,
              (long long)c->ckpt_every, c->keep, (long long)c->eval_every, (long long)c->eval_batches,
-             (long long)c->sample_tokens);
+             (long long)c->sample_tokens, c->dtype == TS_F32 ? "fp32" : c->dtype == TS_BF16 ? "bf16" : "fp16");
     return k < 0 ? 0 : (size_t)k;
 }
 
@@ -141,7 +141,7 @@ ts_status ts_train_settings_parse(const char *json, ts_train_config *c)
     ts_json *j = NULL;
     TRY(ts_json_parse(json, strlen(json), &j));
     ts_status st = j->type == TS_JSON_OBJECT ? TS_OK : ts_error(TS_ERR_FORMAT, "settings are not a JSON object");
-    char optim[32] = "", schedule[32] = "", strategy[32] = "", pipeline[32] = "";
+    char optim[32] = "", schedule[32] = "", strategy[32] = "", pipeline[32] = "", dtype[32] = "";
     const ts_json *seed = ts_json_get(j, "seed");
     if (!st && seed && (seed->type != TS_JSON_NUMBER || !seed->is_integer || seed->integer < 0))
         st = ts_error(TS_ERR_FORMAT, "setting \"seed\" must be a non-negative integer");
@@ -185,6 +185,13 @@ ts_status ts_train_settings_parse(const char *json, ts_train_config *c)
     if (!st) st = get_i64(j, "eval_every", 0, (int64_t)1 << 50, &c->eval_every);
     if (!st) st = get_i64(j, "eval_batches", 0, 1 << 20, &c->eval_batches);
     if (!st) st = get_i64(j, "sample_tokens", 0, 1 << 24, &c->sample_tokens);
+    if (!st) st = get_str(j, "dtype", dtype, sizeof dtype);
+    if (!st && dtype[0]) {
+        int k = ts_dtype_parse(dtype);
+        if (k != TS_F32 && k != TS_BF16 && k != TS_F16)
+            st = ts_error(TS_ERR_FORMAT, "setting \"dtype\" must be fp32, bf16 or fp16, not '%s'", dtype);
+        else c->dtype = (ts_dtype)k;
+    }
     if (!st && optim[0]) {
         int k = ts_optim_kind_parse(optim);
         if (k < 0) st = ts_error(TS_ERR_FORMAT, "setting \"optim\": unknown optimizer '%s'", optim);
@@ -628,6 +635,7 @@ static ts_status open_device(run *r)
     ts_status st = ts_device_open_local(r->c.device, r->g.local_rank, &r->dev);
     memset(&r->bind, 0, sizeof r->bind);
     if (!st) st = place_process(&r->c, &r->g, r->dev, &r->bind);
+    if (!st) st = ts_device_set_matmul_dtype(r->dev, r->c.dtype);
     return ts_comm_agree(r->g.world, st, "opening the device");
 }
 
@@ -680,7 +688,8 @@ static ts_status make_model(run *r, const int64_t *bounds)
     TRY(ts_comm_agree(g->world, st, "creating the model"));
     ts_engine_config ec = {.strategy = c->strategy, .zero = c->zero, .bucket_mb = c->bucket_mb,
                            .overlap = c->overlap, .schedule = c->schedule, .optim = c->optim, .beta1 = c->beta1,
-                           .beta2 = c->beta2, .eps = c->eps, .weight_decay = c->weight_decay};
+                           .beta2 = c->beta2, .eps = c->eps, .weight_decay = c->weight_decay,
+                           .loss_scaling = c->dtype == TS_F16};
     st = ts_engine_create(&r->e, g, &r->m, &ec);
     TRY(ts_comm_agree(g->world, st, "setting up training"));
     return ts_engine_broadcast_params(r->e);
@@ -811,6 +820,8 @@ static ts_status build_model(run *r)
         snprintf(mf, sizeof mf, "%s/model.safetensors", r->ckpt);
         snprintf(of, sizeof of, "%s/optim.safetensors", r->ckpt);
         TRY(ts_engine_load(r->e, mf, of));
+        /* an fp16 run continues with its loss scale */
+        if (r->state.loss_scale > 0) ts_engine_set_loss_scale(r->e, r->state.loss_scale, r->state.loss_scale_good_steps);
     } else if (c->init[0]) {
         snprintf(mf, sizeof mf, "%s/model.safetensors", c->init);
         TRY(ts_engine_load(r->e, mf, NULL));
@@ -1167,6 +1178,9 @@ static ts_status save_checkpoint(run *r)
     char tmp[4200] = "", f[4300], fp[32];
     const char *meta[4];
     r->state.val_loss = r->last_val_step == r->state.step ? r->last_val : NAN;
+    const ts_loss_scaler *ls = ts_engine_loss_scaler(r->e);
+    r->state.loss_scale = ls->enabled ? ls->scale : 0.0;
+    r->state.loss_scale_good_steps = ls->enabled ? ls->good_steps : 0;
     ts_status st = r->root ? ts_checkpoint_begin(c->out_dir, r->state.step, tmp, sizeof tmp) : TS_OK;
     st = ts_comm_agree(g->world, st, "preparing a checkpoint");
     if (st) return st;
@@ -1226,9 +1240,13 @@ static void report_step(run *r, int64_t step, float loss, float lr, double norm,
         char l[32], a[32], g[32];
         fprintf(r->log,
                 "{\"step\": %lld, \"loss\": %s, \"lr\": %s, \"grad_norm\": %s, \"tokens_per_s\": %.1f, "
-                "\"mfu\": %.4f, \"elapsed_s\": %.3f}\n",
+                "\"mfu\": %.4f, \"elapsed_s\": %.3f",
                 (long long)(step + 1), ts_json_float(l, sizeof l, loss), ts_json_float(a, sizeof a, lr),
                 ts_json_float(g, sizeof g, norm), rate, mfu, elapsed);
+        const ts_loss_scaler *ls = ts_engine_loss_scaler(r->e);
+        if (ls->enabled)
+            fprintf(r->log, ", \"loss_scale\": %.9g, \"skipped\": %s", ls->last_scale, ls->last_skipped ? "true" : "false");
+        fprintf(r->log, "}\n");
         fflush(r->log);
     }
     int64_t line_every = c->steps >= 20 ? c->steps / 20 : 1;

@@ -132,7 +132,21 @@ typedef struct ts_engine_config {
     ts_schedule schedule;
     ts_optim_kind optim;
     float beta1, beta2, eps, weight_decay;
+    /* dynamic loss scaling (for fp16 products): the loss is multiplied by
+     * a scale before backward and the gradients divided by it; a step with
+     * a non-finite gradient is skipped and halves the scale, 2000 finite
+     * steps in a row double it (PyTorch GradScaler's defaults) */
+    int loss_scaling;
 } ts_engine_config;
+
+typedef struct ts_loss_scaler {
+    int enabled;
+    double scale;          /* now (starts at 65536) */
+    int64_t good_steps;    /* finite steps since the scale last changed */
+    double last_scale;     /* the scale the last step ran with */
+    int last_skipped;      /* the last step's gradients overflowed: no update */
+    int64_t skipped;       /* steps skipped in all */
+} ts_loss_scaler;
 
 typedef struct ts_pipeline_stats {
     int max_in_flight;     /* micro-batches forwarded but not yet backwarded */
@@ -164,6 +178,9 @@ ts_status ts_engine_eval(ts_engine *e, int n_micro, int64_t B, int64_t T, const 
 ts_status ts_engine_measure(ts_engine *e, int n_micro, int64_t B, int64_t T, const int32_t *tokens,
                             const int32_t *targets, int reps, double *busy_s);
 const ts_pipeline_stats *ts_engine_pipeline_stats(const ts_engine *e);
+const ts_loss_scaler *ts_engine_loss_scaler(const ts_engine *e);
+/* A resumed run's scale (ignored when loss scaling is off). */
+void ts_engine_set_loss_scale(ts_engine *e, double scale, int64_t good_steps);
 ts_optimizer *ts_engine_optimizer(ts_engine *e);
 /* Checkpoint files in the global, layout-independent format, assembled on
  * world rank 0 (collective). */

@@ -40,6 +40,8 @@ typedef struct ts_train_state {
     double best_val_loss;      /* +inf if never evaluated */
     double loss;               /* training loss of the last step; NAN if none */
     double val_loss;           /* validation loss at this step; NAN if not evaluated */
+    double loss_scale;         /* fp16 dynamic loss scale; 0 if none */
+    int64_t loss_scale_good_steps; /* finite steps since it last changed */
     char settings[TS_SETTINGS_MAX]; /* the run's settings as a JSON object */
 } ts_train_state;
 

@@ -40,6 +40,9 @@ typedef struct ts_train_config {
     double bucket_mb;       /* gradient bucket size */
     int overlap;            /* reduce buckets during backward */
     ts_schedule schedule;   /* pipeline: 1F1B or GPipe */
+    /* matrix products in fp32, bf16 or fp16 (ts_device_set_matmul_dtype);
+     * fp16 adds dynamic loss scaling */
+    ts_dtype dtype;
     int bind;               /* bind threads and memory near the device (hwloc) */
     char trace_path[1024];  /* Chrome trace JSON of every rank; "" = none */
     /* devices of different speed: "even", "auto" (measured at start-up),

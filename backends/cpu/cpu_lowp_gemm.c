@@ -1,0 +1,353 @@
+/* bf16/fp16 matrix products for the CPU backend (see cpu_lowp_gemm.h). */
+#include "cpu_lowp_gemm.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#ifdef TS_HAVE_ONEDNN
+#include <oneapi/dnnl/dnnl.h>
+#endif
+
+#include "../blas/blas.h"
+#include "cpu_math.h"
+
+static inline float round_bf16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return x; /* NaN stays NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);               /* to nearest, ties to even */
+    u &= 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+static inline float round_f16(float x)
+{
+    float a = fabsf(x);
+    if (a != a) return x;
+    if (a >= 65520.0f) return copysignf(INFINITY, x); /* past the largest half (65504) */
+    if (a < 6.103515625e-05f) {                       /* half subnormals: steps of 2^-24 */
+        const float q = 5.9604644775390625e-08f;
+        volatile float v = a / q + 8388608.0f;         /* integer part rounds to even */
+        return copysignf((v - 8388608.0f) * q, x);
+    }
+    uint32_t u;
+    memcpy(&u, &a, 4);
+    u += 0x0fffu + ((u >> 13) & 1u); /* keep 10 fraction bits, ties to even */
+    u &= 0xffffe000u;
+    memcpy(&a, &u, 4);
+    return copysignf(a, x);
+}
+
+float ts_round_bf16(float x) { return round_bf16(x); }
+float ts_round_f16(float x) { return round_f16(x); }
+
+static inline uint16_t bf16_bits(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* Scratch for the rounded copies: grown on demand, one product at a time. */
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static void *g_buf[2];
+static size_t g_cap[2];
+
+static void *scratch(int i, size_t bytes)
+{
+    if (bytes > g_cap[i]) {
+        free(g_buf[i]);
+        g_buf[i] = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        g_cap[i] = g_buf[i] ? bytes : 0;
+    }
+    return g_buf[i];
+}
+
+/* dst[r, c] = round(src[r, c]) for an R x Cc block with row stride ld (or of
+ * its transpose when trans: dst[r, c] = round(src[c, r])), dst packed. */
+TS_CLONES static void round_f32(ts_dtype dt, float *dst, const float *src, int64_t R, int64_t Cc,
+                                int64_t ld, bool trans)
+{
+#pragma omp parallel for schedule(static) if (R * Cc > 65536)
+    for (int64_t r = 0; r < R; r++) {
+        float *d = dst + r * Cc;
+        if (dt == TS_BF16)
+            for (int64_t c = 0; c < Cc; c++) d[c] = round_bf16(trans ? src[c * ld + r] : src[r * ld + c]);
+        else
+            for (int64_t c = 0; c < Cc; c++) d[c] = round_f16(trans ? src[c * ld + r] : src[r * ld + c]);
+    }
+}
+
+/* The fallback: round both operands into fp32 copies, then the fp32 GEMM. */
+static void gemm_emulated(ts_dtype dt, bool ta, bool tb, int64_t batch, int64_t M, int64_t N, int64_t K,
+                          float alpha, const float *A, int64_t sa, int64_t lda, const float *B, int64_t sb,
+                          int64_t ldb, float beta, float *C, int64_t sc, int64_t ldc, const float *bias)
+{
+    /* rounded A as [batch][M][K], rounded B as [batch][K][N] */
+    float *a = scratch(0, (size_t)(batch * M * K) * sizeof(float));
+    float *b = scratch(1, (size_t)(batch * K * N) * sizeof(float));
+    if (!a || !b) { /* no memory for copies: round in place is not allowed; fall back to fp32 */
+        ts_blas_sgemm_bias(ta, tb, batch, M, N, K, alpha, A, sa, lda, B, sb, ldb, beta, C, sc, ldc, bias);
+        return;
+    }
+    for (int64_t i = 0; i < batch; i++) {
+        round_f32(dt, a + i * M * K, A + i * sa, M, K, lda, ta);
+        round_f32(dt, b + i * K * N, B + i * sb, K, N, ldb, tb);
+    }
+    ts_blas_sgemm_bias(false, false, batch, M, N, K, alpha, a, M * K, K, b, K * N, N, beta, C, sc, ldc, bias);
+}
+
+#ifdef TS_HAVE_ONEDNN
+/* oneDNN matmul primitives, one per part shape, made once and kept. */
+typedef struct prim_key {
+    int64_t M, N, K, lda, ldb, ldc;
+    int ta, tb, sum;
+    float alpha;
+} prim_key;
+
+enum { MAX_PRIMS = 256, MAX_THREADS = 256 };
+static struct { prim_key key; dnnl_primitive_t prim; } g_prims[MAX_PRIMS];
+static int g_nprims;
+static dnnl_engine_t g_engine;
+static dnnl_stream_t g_streams[MAX_THREADS];
+static int g_onednn_state; /* 0 untried, 1 usable, -1 not */
+static char g_impl[96];
+
+static dnnl_primitive_t make_prim(const prim_key *k, char *impl, size_t impl_size)
+{
+    dnnl_memory_desc_t a, b, c;
+    dnnl_dims_t ad = {k->M, k->K}, as = {k->lda, 1}, as_t = {1, k->lda};
+    dnnl_dims_t bd = {k->K, k->N}, bs_t = {1, k->ldb}, bs_n = {k->ldb, 1};
+    dnnl_dims_t cd = {k->M, k->N}, cs = {k->ldc, 1};
+    if (dnnl_memory_desc_init_by_strides(&a, 2, ad, dnnl_bf16, k->ta ? as_t : as) != dnnl_success ||
+        dnnl_memory_desc_init_by_strides(&b, 2, bd, dnnl_bf16, k->tb ? bs_t : bs_n) != dnnl_success ||
+        dnnl_memory_desc_init_by_strides(&c, 2, cd, dnnl_f32, cs) != dnnl_success)
+        return NULL;
+    dnnl_matmul_desc_t md;
+    if (dnnl_matmul_desc_init(&md, &a, &b, NULL, &c) != dnnl_success) return NULL;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t po = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL;
+    if (dnnl_primitive_attr_create(&attr) != dnnl_success) return NULL;
+    /* parts run at once on several threads: each brings its own scratchpad
+     * (the library's shared one is not safe for concurrent primitives) */
+    dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+    if (k->alpha != 1.0f) dnnl_primitive_attr_set_output_scales(attr, 1, 0, &k->alpha);
+    if (k->sum) {
+        dnnl_post_ops_create(&po);
+        dnnl_post_ops_append_sum(po, 1.0f);
+        dnnl_primitive_attr_set_post_ops(attr, po);
+    }
+    if (dnnl_primitive_desc_create(&pd, &md, attr, g_engine, NULL) == dnnl_success) {
+        const char *name = "";
+        dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &name);
+        /* oneDNN's reference kernels are far slower than the fallback */
+        if (strncmp(name, "ref", 3) != 0 && dnnl_primitive_create(&prim, pd) != dnnl_success) prim = NULL;
+        if (impl) snprintf(impl, impl_size, "%s", name);
+        dnnl_primitive_desc_destroy(pd);
+    }
+    if (po) dnnl_post_ops_destroy(po);
+    dnnl_primitive_attr_destroy(attr);
+    return prim;
+}
+
+/* Called with g_lock held. */
+static int onednn_ready(void)
+{
+    if (g_onednn_state) return g_onednn_state > 0;
+    g_onednn_state = -1;
+    if (dnnl_engine_create(&g_engine, dnnl_cpu, 0) != dnnl_success) return 0;
+    prim_key probe;
+    memset(&probe, 0, sizeof probe);
+    probe.M = probe.N = probe.K = probe.lda = probe.ldb = probe.ldc = 64, probe.tb = 1, probe.alpha = 1.0f;
+    dnnl_primitive_t p = make_prim(&probe, g_impl, sizeof g_impl);
+    if (!p) return 0;
+    dnnl_primitive_destroy(p);
+    g_onednn_state = 1;
+    return 1;
+}
+
+static dnnl_primitive_t get_prim(const prim_key *k)
+{
+    for (int i = 0; i < g_nprims; i++)
+        if (!memcmp(&g_prims[i].key, k, sizeof *k)) return g_prims[i].prim;
+    dnnl_primitive_t p = make_prim(k, NULL, 0);
+    if (!p) return NULL;
+    if (g_nprims == MAX_PRIMS) { /* a model with this many shapes: start over */
+        for (int i = 0; i < g_nprims; i++) dnnl_primitive_destroy(g_prims[i].prim);
+        g_nprims = 0;
+    }
+    g_prims[g_nprims].key = *k;
+    g_prims[g_nprims++].prim = p;
+    return p;
+}
+
+/* The memory objects of one part, made before any part runs so that a
+ * failure leaves C untouched. */
+typedef struct part { dnnl_primitive_t prim; dnnl_memory_t m[4]; } part;
+
+static void *g_pad[MAX_THREADS];
+static size_t g_pad_cap[MAX_THREADS];
+
+static int make_part(part *p, dnnl_primitive_t prim, const uint16_t *a, const uint16_t *b, float *c, int thread)
+{
+    const_dnnl_primitive_desc_t pd;
+    p->prim = prim;
+    p->m[0] = p->m[1] = p->m[2] = p->m[3] = NULL;
+    if (dnnl_primitive_get_primitive_desc(prim, &pd) != dnnl_success) return 0;
+    const dnnl_query_t q[3] = {dnnl_query_src_md, dnnl_query_weights_md, dnnl_query_dst_md};
+    void *h[3] = {(void *)a, (void *)b, c};
+    for (int i = 0; i < 3; i++)
+        if (dnnl_memory_create(&p->m[i], dnnl_primitive_desc_query_md(pd, q[i], 0), g_engine, h[i]) !=
+            dnnl_success)
+            return 0;
+    const dnnl_memory_desc_t *pad = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    size_t bytes = pad ? dnnl_memory_desc_get_size(pad) : 0;
+    if (bytes > g_pad_cap[thread]) {
+        free(g_pad[thread]);
+        g_pad[thread] = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        g_pad_cap[thread] = g_pad[thread] ? bytes : 0;
+        if (!g_pad[thread]) return 0;
+    }
+    if (bytes && dnnl_memory_create(&p->m[3], pad, g_engine, g_pad[thread]) != dnnl_success) return 0;
+    return 1;
+}
+
+static void free_part(part *p)
+{
+    for (int i = 0; i < 4; i++)
+        if (p->m[i]) dnnl_memory_destroy(p->m[i]);
+}
+
+static int run_part(const part *p, int thread)
+{
+    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, p->m[0]}, {DNNL_ARG_WEIGHTS, p->m[1]}, {DNNL_ARG_DST, p->m[2]},
+                               {DNNL_ARG_SCRATCHPAD, p->m[3]}};
+    return dnnl_primitive_execute(p->prim, g_streams[thread], p->m[3] ? 4 : 3, args) == dnnl_success &&
+           dnnl_stream_wait(g_streams[thread]) == dnnl_success;
+}
+
+/* dst = bf16(src) for an R x Cc block (row stride ld), packed. */
+TS_CLONES static void to_bf16(uint16_t *dst, const float *src, int64_t R, int64_t Cc, int64_t ld)
+{
+#pragma omp parallel for schedule(static) if (R * Cc > 65536)
+    for (int64_t r = 0; r < R; r++) {
+        uint16_t *d = dst + r * Cc;
+        const float *s = src + r * ld;
+#pragma omp simd
+        for (int64_t c = 0; c < Cc; c++) d[c] = bf16_bits(s[c]);
+    }
+}
+
+/* One product (batch 1) through oneDNN; 0 if a primitive could not be made. */
+static int gemm_onednn(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                       int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc,
+                       const float *bias)
+{
+    /* A and B keep their orientation (oneDNN reads either by strides):
+     * A is [M,K] rows, or [K,M] when ta; B [N,K] when tb (a linear's
+     * weights), else [K,N] */
+    uint16_t *a = scratch(0, (size_t)(M * K) * 2);
+    uint16_t *b = scratch(1, (size_t)(K * N) * 2);
+    if (!a || !b) return 0;
+    if (ta) to_bf16(a, A, K, M, lda);
+    else to_bf16(a, A, M, K, lda);
+    if (tb) to_bf16(b, B, N, K, ldb);
+    else to_bf16(b, B, K, N, ldb);
+    int64_t lda_packed = ta ? M : K, ldb_packed = tb ? K : N;
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (2.0 * (double)M * (double)N * (double)K < 4e6) threads = 1;
+    int split_n = N >= M;
+    int64_t dim = split_n ? N : M;
+    int64_t block = (dim + threads - 1) / threads;
+    block = (block + 31) / 32 * 32;
+    /* one primitive per distinct part shape (all parts but the last share
+     * one), and each part's memory objects, before C is touched */
+    part parts[MAX_THREADS];
+    int nparts = 0, ok = 1;
+    for (int t = 0; t < threads && ok; t++) {
+        int64_t lo = (int64_t)t * block, hi = lo + block < dim ? lo + block : dim;
+        if (lo >= hi) break;
+        prim_key k;
+        memset(&k, 0, sizeof k); /* the key is compared with memcmp: no stray padding */
+        k.M = split_n ? M : hi - lo, k.N = split_n ? hi - lo : N, k.K = K;
+        k.lda = lda_packed, k.ldb = ldb_packed, k.ldc = ldc;
+        k.ta = ta, k.tb = tb, k.sum = beta != 0.0f || bias != NULL, k.alpha = alpha;
+        dnnl_primitive_t prim = get_prim(&k);
+        if (!g_streams[t] &&
+            dnnl_stream_create(&g_streams[t], g_engine, dnnl_stream_default_flags) != dnnl_success)
+            prim = NULL;
+        if (!prim) { ok = 0; break; }
+        const uint16_t *ap = split_n ? a : ta ? a + lo : a + lo * K;
+        const uint16_t *bp = split_n ? (tb ? b + lo * K : b + lo) : b;
+        ok = make_part(&parts[nparts], prim, ap, bp, split_n ? C + lo : C + lo * ldc, nparts);
+        nparts++;
+    }
+    if (ok && (bias || (beta != 0.0f && beta != 1.0f))) { /* c = beta*c + bias, then accumulate */
+        for (int64_t i = 0; i < M; i++) {
+            float *row = C + i * ldc;
+            for (int64_t j = 0; j < N; j++)
+                row[j] = (beta == 0.0f ? 0.0f : beta * row[j]) + (bias ? bias[j] : 0.0f);
+        }
+    }
+    int failed = !ok;
+    if (ok && nparts == 1) { /* oneDNN may use the team itself (a team of one would nest a second team) */
+        failed = !run_part(&parts[0], 0);
+    } else if (ok) { /* inside our team, oneDNN runs each part on its own thread */
+#pragma omp parallel for schedule(static) num_threads(nparts) reduction(| : failed)
+        for (int t = 0; t < nparts; t++) failed |= !run_part(&parts[t], t);
+    }
+    for (int t = 0; t < nparts; t++) free_part(&parts[t]);
+    return !failed;
+}
+#endif
+
+void ts_cpu_gemm_lowp(ts_dtype dt, bool ta, bool tb, int64_t batch, int64_t M, int64_t N, int64_t K,
+                      float alpha, const float *A, int64_t sa, int64_t lda, const float *B, int64_t sb,
+                      int64_t ldb, float beta, float *C, int64_t sc, int64_t ldc, const float *bias)
+{
+    if (M == 0 || N == 0 || batch == 0) return;
+    pthread_mutex_lock(&g_lock);
+#ifdef TS_HAVE_ONEDNN
+    /* K == 0 and batched products (attention's small ones) take the fallback */
+    if (dt == TS_BF16 && batch == 1 && K > 0 && onednn_ready() &&
+        gemm_onednn(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias)) {
+        pthread_mutex_unlock(&g_lock);
+        return;
+    }
+#endif
+    gemm_emulated(dt, ta, tb, batch, M, N, K, alpha, A, sa, lda, B, sb, ldb, beta, C, sc, ldc, bias);
+    pthread_mutex_unlock(&g_lock);
+}
+
+const char *ts_cpu_lowp_route(ts_dtype dt)
+{
+#ifdef TS_HAVE_ONEDNN
+    static char route[160];
+    pthread_mutex_lock(&g_lock);
+    int ok = dt == TS_BF16 && onednn_ready();
+    if (ok) {
+        const dnnl_version_t *v = dnnl_version();
+        snprintf(route, sizeof route, "oneDNN %d.%d.%d %s", v->major, v->minor, v->patch, g_impl);
+    }
+    pthread_mutex_unlock(&g_lock);
+    if (ok) return route;
+#endif
+    (void)dt;
+    return "emulated (rounded inputs, fp32 GEMM)";
+}

@@ -1,0 +1,35 @@
+/* Matrix products with bf16 or fp16 inputs on the CPU backend: what PyTorch
+ * autocast does for a matmul. Both inputs are rounded to the low-precision
+ * type (round to nearest even; fp16 overflows to inf), products are summed in
+ * fp32 and written in fp32.
+ *
+ * Routes: with oneDNN (meson feature 'onednn') a bf16 product runs on
+ * oneDNN's bf16 kernels (AVX512_BF16 on Zen 4/5 and Sapphire Rapids, AMX
+ * where present), about twice the fp32 GEMM's speed. Where oneDNN is absent,
+ * or has only its reference kernels for this CPU and type (fp16 without
+ * AVX512-FP16, bf16 on AVX2-only CPUs), the inputs are rounded into fp32
+ * copies and the fp32 GEMM runs: the same values, without the speed. */
+#ifndef TESSERA_CPU_LOWP_GEMM_H
+#define TESSERA_CPU_LOWP_GEMM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "tessera/tensor.h"
+
+/* C = alpha*op(A)*op(B) + beta*C (+ bias[N] per row; bias only with
+ * batch == 1), A and B rounded to dtype (TS_BF16 or TS_F16) first. */
+void ts_cpu_gemm_lowp(ts_dtype dtype, bool trans_a, bool trans_b, int64_t batch, int64_t M, int64_t N,
+                      int64_t K, float alpha, const float *A, int64_t stride_a, int64_t lda, const float *B,
+                      int64_t stride_b, int64_t ldb, float beta, float *C, int64_t stride_c, int64_t ldc,
+                      const float *bias);
+
+/* The route a product of this dtype takes on this CPU: "oneDNN 2.6.3
+ * brg:avx512_core_bf16" or "emulated (rounded inputs, fp32 GEMM)". */
+const char *ts_cpu_lowp_route(ts_dtype dtype);
+
+/* Round one value as the products do (exposed for the tests' references). */
+float ts_round_bf16(float x);
+float ts_round_f16(float x);
+
+#endif
