@@ -193,6 +193,11 @@ typedef struct ts_backend_iface {
     /* how GEMM ops of a bf16/fp16 dtype run here; NULL (or the member NULL):
      * not at all */
     const char *(*matmul_route)(ts_device *dev, ts_dtype dtype);
+    /* the host writes [p, p + bytes) of this device's memory directly:
+     * a backend that keeps derived copies of memory must drop them there,
+     * and when kept (ts_tensor_host_ptr, ts_tensor_wrap_host: the address
+     * stays in the host's hands) never make them again; may be NULL */
+    void (*host_access)(ts_device *dev, const void *p, size_t bytes, int kept);
 } ts_backend_iface;
 
 struct ts_allocator;

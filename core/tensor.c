@@ -187,6 +187,7 @@ ts_status ts_tensor_wrap_host(ts_tensor *t, ts_block *block, ts_device *cpu, voi
     block->device = cpu;
     block->handle = ptr;
     block->size = bytes;
+    if (cpu->iface->host_access) cpu->iface->host_access(cpu, ptr, bytes, 1);
     t->device = cpu;
     t->block = block;
     t->dtype = dtype;
@@ -196,11 +197,16 @@ ts_status ts_tensor_wrap_host(ts_tensor *t, ts_block *block, ts_device *cpu, voi
     return TS_OK;
 }
 
-void *ts_tensor_host_ptr(const ts_tensor *t)
+static void *host_address(const ts_tensor *t, int kept)
 {
     if (!t || !t->block || !t->device || strcmp(t->device->info.backend, "cpu") != 0) return NULL;
-    return (char *)t->block->handle + t->offset;
+    void *p = (char *)t->block->handle + t->offset;
+    if (t->device->iface->host_access) t->device->iface->host_access(t->device, p, ts_tensor_nbytes(t), kept);
+    return p;
 }
+
+void *ts_tensor_host_ptr(const ts_tensor *t) { return host_address(t, 1); }
+void *ts_tensor_host_io(const ts_tensor *t) { return host_address(t, 0); }
 
 static ts_status check_transfer(const ts_tensor *t, size_t nbytes, const char *what)
 {

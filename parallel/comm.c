@@ -478,7 +478,7 @@ ts_status ts_comm_agree(ts_comm *c, ts_status st, const char *what)
 static ts_status stage_in(const ts_tensor *t, float **buf, int *staged)
 {
     *staged = 0;
-    *buf = ts_tensor_host_ptr(t);
+    *buf = ts_tensor_host_io(t);
     if (*buf) return TS_OK;
     *buf = malloc(ts_tensor_nbytes(t) ? ts_tensor_nbytes(t) : 1);
     if (!*buf) return ts_error(TS_ERR_OOM, "no host memory to stage %zu bytes", ts_tensor_nbytes(t));
@@ -531,7 +531,7 @@ ts_status ts_comm_send_tensor(ts_comm *c, const ts_tensor *t, int dest, int tag,
 
 ts_status ts_comm_recv_tensor(ts_comm *c, ts_tensor *t, int src, int tag, const char *what)
 {
-    void *host = ts_tensor_host_ptr(t);
+    void *host = ts_tensor_host_io(t);
     if (host) return p2p(c, host, ts_tensor_nbytes(t), src, tag, 0, what);
     void *buf = malloc(ts_tensor_nbytes(t) ? ts_tensor_nbytes(t) : 1);
     if (!buf) return ts_error(TS_ERR_OOM, "no host memory to stage %zu bytes", ts_tensor_nbytes(t));

@@ -242,7 +242,7 @@ static ts_status local_sqnorm(ts_engine *e, double *sq)
 static ts_status host_params(ts_engine *e, float **p, int *staged)
 {
     *staged = 0;
-    *p = ts_tensor_host_ptr(&e->m->params);
+    *p = ts_tensor_host_io(&e->m->params);
     if (*p) return TS_OK;
     *p = malloc((size_t)e->m->num_params * sizeof(float));
     if (!*p) return ts_error(TS_ERR_OOM, "no memory to stage parameters");
@@ -317,7 +317,7 @@ static ts_status isend(ts_engine *e, const ts_tensor *t, int dest, int tag, int 
     ts_comm *c = e->g->pp_comm;
     size_t bytes = ts_tensor_nbytes(t);
     if (bytes > (size_t)INT32_MAX) return ts_error(TS_ERR_UNSUPPORTED, "pipeline message of %zu bytes", bytes);
-    void *p = ts_tensor_host_ptr(t);
+    void *p = ts_tensor_host_io(t);
     if (!p) {
         if (!e->sbuf[k]) e->sbuf[k] = malloc(bytes);
         if (!e->sbuf[k]) return ts_error(TS_ERR_OOM, "no memory to stage a pipeline message");

@@ -385,6 +385,62 @@ static void conf_matmul_lowp(void *argp)
     ts_tensor_free(&tA), ts_tensor_free(&tB);
 }
 
+/* A device may keep low-precision copies of a product's operands (the CPU
+ * backend keeps its weights' bf16 copy between forward and backward): every
+ * way of changing the weights must show in the next product. p = dtype, N,
+ * C, OC. */
+static void conf_lowp_sees_writes(void *argp)
+{
+    conf_arg *a = argp;
+    ts_dtype dt = (ts_dtype)a->p[0];
+    int64_t N = a->p[1], C = a->p[2], OC = a->p[3];
+    ts_status set = ts_device_set_matmul_dtype(a->dev, dt);
+    if (set == TS_ERR_UNSUPPORTED) SKIP("%s has no %s products", ts_device_get_info(a->dev)->id, ts_dtype_name(dt));
+    REQUIRE_OK(set);
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = rand_floats(&r, N * C, -2, 2), *w = rand_floats(&r, OC * C, -1, 1);
+    ts_tensor tx, tw, tsrc;
+    guarded go;
+    REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(N, C), x));
+    REQUIRE_OK(upload(&tw, a->dev, TS_F32, TS_SHAPE(OC, C), w));
+    REQUIRE_OK(guarded_alloc(&go, a->dev, TS_SHAPE(N, OC), NULL));
+    double *dx = to_double(x, N * C), *dw = malloc((size_t)(OC * C) * sizeof *dw);
+    double *ref = malloc((size_t)(N * OC) * sizeof *ref);
+    for (int64_t i = 0; i < N * C; i++) dx[i] = round_to(dx[i], dt);
+    static const char *const how[] = {"first product", "ts_tensor_write", "an op (scale)", "ts_tensor_copy",
+                                      "a host pointer"};
+    ts_status st = TS_OK;
+    for (int k = 0; k < 5 && !st; k++) {
+        float *nw = rand_floats(&r, OC * C, -1, 1);
+        if (k == 1) st = ts_tensor_write(&tw, nw, (size_t)(OC * C) * sizeof *nw);
+        if (k == 2) { /* w = 0.5 * w */
+            st = ts_scale(&tw, &tw, 0.5f);
+            for (int64_t i = 0; i < OC * C; i++) w[i] *= 0.5f;
+        }
+        if (k == 3 && !(st = upload(&tsrc, a->dev, TS_F32, TS_SHAPE(OC, C), nw))) {
+            st = ts_tensor_copy(&tw, &tsrc);
+            ts_tensor_free(&tsrc);
+        }
+        float *hp = k == 4 ? ts_tensor_host_ptr(&tw) : NULL;
+        if (hp) memcpy(hp, nw, (size_t)(OC * C) * sizeof *nw);
+        if (k == 1 || k == 3 || (k == 4 && hp)) memcpy(w, nw, (size_t)(OC * C) * sizeof *nw);
+        free(nw);
+        if (!st) st = ts_linear_forward(&go.t, &tx, &tw, NULL);
+        if (st) break;
+        for (int64_t i = 0; i < OC * C; i++) dw[i] = round_to(w[i], dt);
+        ref_gemm(ref, dx, dw, NULL, 1, N, OC, C, false, true, 1.0, 0.0, 0);
+        char what[96];
+        snprintf(what, sizeof what, "product after %s", how[k]);
+        expect_output(what, &go, ref, TOL_GEMM);
+    }
+    REQUIRE_OK(ts_device_set_matmul_dtype(a->dev, TS_F32));
+    REQUIRE_OK(st);
+    free(x), free(w), free(dx), free(dw), free(ref);
+    guarded_free(&go);
+    ts_tensor_free(&tx), ts_tensor_free(&tw);
+}
+
 /* The device setting reaches linear layers, forward and backward, with a
  * bias and accumulation into dw: p = dtype, N, C, OC. */
 static void conf_linear_lowp(void *argp)
@@ -964,6 +1020,8 @@ static const case_def cases[] = {
      {{TS_F16, 1, 33, 65, 17, 1, 0, 2}, {TS_F16, 1, 64, 300, 130, 0, 1, 0}, {TS_F16, 3, 16, 9, 31, 0, 0, 4}}, 3},
     {"linear bf16", conf_linear_lowp, "dtype=%lld N=%lld C=%lld OC=%lld", 4,
      {{TS_BF16, 7, 33, 65}, {TS_BF16, 64, 96, 288}, {TS_BF16, 256, 128, 384}}, 3},
+    {"bf16 products see every write to their weights", conf_lowp_sees_writes, "dtype=%lld N=%lld C=%lld OC=%lld",
+     4, {{TS_BF16, 64, 96, 288}}, 1},
     {"linear fp16", conf_linear_lowp, "dtype=%lld N=%lld C=%lld OC=%lld", 4, {{TS_F16, 64, 96, 288}}, 1},
     {"linear_forward", conf_linear_fwd, "N=%lld C=%lld OC=%lld bias=%lld", 4,
      {{1, 1, 1, 1}, {7, 33, 65, 1}, {64, 96, 288, 1}, {9, 16, 5, 0}}, 4},

@@ -38,6 +38,7 @@ static void cpu_free(ts_device *dev, void *handle)
 static ts_status cpu_write(ts_device *dev, void *handle, size_t offset, const void *src, size_t size)
 {
     (void)dev;
+    ts_cpu_lowp_written((char *)handle + offset, size);
     memcpy((char *)handle + offset, src, size);
     return TS_OK;
 }
@@ -52,6 +53,7 @@ static ts_status cpu_read(ts_device *dev, void *handle, size_t offset, void *dst
 static ts_status cpu_copy(ts_device *dev, void *dst, size_t dst_offset, void *src,
                           size_t src_offset, size_t size)
 {
+    ts_cpu_lowp_written((char *)dst + dst_offset, size);
     (void)dev;
     memmove((char *)dst + dst_offset, (char *)src + src_offset, size);
     return TS_OK;
@@ -94,6 +96,9 @@ static ts_status cpu_run_op(ts_device *dev, const ts_op *op)
     (void)dev;
     ts_tensor *const *o = op->out;
     const ts_tensor *const *in = op->in;
+    /* bf16 copies of what the op writes are stale from now on */
+    for (int i = 0; i < 3; i++)
+        if (o[i] && o[i]->block) ts_cpu_lowp_written((char *)ts_block_handle(o[i]) + o[i]->offset, ts_tensor_nbytes(o[i]));
     switch (op->kind) {
     case TS_OP_FILL:
         cpu_fill(F(o[0]), ts_tensor_numel(o[0]), op->p.fill.value);
@@ -223,6 +228,13 @@ static bool cpu_supports_op(ts_device *dev, const ts_op *op)
     return op->kind >= 0 && op->kind < TS_OP_COUNT;
 }
 
+static void cpu_host_access(ts_device *dev, const void *p, size_t bytes, int kept)
+{
+    (void)dev;
+    if (kept) ts_cpu_lowp_host_access(p, bytes);
+    else ts_cpu_lowp_written(p, bytes);
+}
+
 static const char *cpu_matmul_route(ts_device *dev, ts_dtype dtype)
 {
     (void)dev;
@@ -242,6 +254,7 @@ static const ts_backend_iface cpu_iface = {
     .run_op = cpu_run_op,
     .release = cpu_release,
     .matmul_route = cpu_matmul_route,
+    .host_access = cpu_host_access,
 };
 
 /* "model name", "vendor_id" and "cpu MHz" from /proc/cpuinfo. */

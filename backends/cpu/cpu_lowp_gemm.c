@@ -107,7 +107,97 @@ static void gemm_emulated(ts_dtype dt, bool ta, bool tb, int64_t batch, int64_t 
     ts_blas_sgemm_bias(false, false, batch, M, N, K, alpha, a, M * K, K, b, K * N, N, beta, C, sc, ldc, bias);
 }
 
+/* ---- bf16 copies of B operands, valid until their memory is written ---- */
+
+typedef struct kept_b {
+    const char *lo, *hi;      /* the source bytes */
+    const float *src;
+    int64_t rows, cols, ld;
+    uint16_t *bf;             /* rows x cols, packed */
+    size_t cap;               /* elements bf holds */
+    int valid;
+} kept_b;
+
+enum { MAX_COPIES = 512, MAX_EXTERNAL = 64 };
+static kept_b g_copies[MAX_COPIES];
+static size_t g_copy_bytes;                       /* held by all copies */
+static const size_t COPY_BUDGET = (size_t)2 << 30;
+static struct { const char *lo, *hi; } g_external[MAX_EXTERNAL];
+static int g_nexternal, g_external_full;
+
+static int overlaps(const char *lo, const char *hi, const char *a, const char *b) { return lo < b && a < hi; }
+
+void ts_cpu_lowp_written(const void *p, size_t bytes)
+{
+    const char *a = p, *b = a + bytes;
+    pthread_mutex_lock(&g_lock);
+    for (int i = 0; i < MAX_COPIES; i++)
+        if (g_copies[i].valid && overlaps(g_copies[i].lo, g_copies[i].hi, a, b)) g_copies[i].valid = 0;
+    pthread_mutex_unlock(&g_lock);
+}
+
+void ts_cpu_lowp_host_access(const void *p, size_t bytes)
+{
+    const char *a = p, *b = a + bytes;
+    pthread_mutex_lock(&g_lock);
+    int known = 0;
+    for (int i = 0; i < g_nexternal && !known; i++) known = g_external[i].lo <= a && b <= g_external[i].hi;
+    if (!known) {
+        if (g_nexternal < MAX_EXTERNAL) g_external[g_nexternal].lo = a, g_external[g_nexternal++].hi = b;
+        else g_external_full = 1; /* too many to track: copy nothing from now on */
+    }
+    for (int i = 0; i < MAX_COPIES; i++)
+        if (g_copies[i].valid && overlaps(g_copies[i].lo, g_copies[i].hi, a, b)) g_copies[i].valid = 0;
+    pthread_mutex_unlock(&g_lock);
+}
+
 #ifdef TS_HAVE_ONEDNN
+/* dst = bf16(src) for an R x Cc block (row stride ld), packed. */
+TS_CLONES static void to_bf16(uint16_t *dst, const float *src, int64_t R, int64_t Cc, int64_t ld)
+{
+#pragma omp parallel for schedule(static) if (R * Cc > 65536)
+    for (int64_t r = 0; r < R; r++) {
+        uint16_t *d = dst + r * Cc;
+        const float *s = src + r * ld;
+#pragma omp simd
+        for (int64_t c = 0; c < Cc; c++) d[c] = bf16_bits(s[c]);
+    }
+}
+
+/* The bf16 copy of an R x Cc block of src (row stride ld), converted now
+ * unless a valid one is kept; NULL where none may be kept (the caller
+ * converts into scratch). Called with g_lock held. */
+static const uint16_t *kept_copy(const float *src, int64_t R, int64_t Cc, int64_t ld)
+{
+    const char *lo = (const char *)src, *hi = (const char *)(src + (R - 1) * ld + Cc);
+    if (g_external_full) return NULL;
+    for (int i = 0; i < g_nexternal; i++)
+        if (overlaps(lo, hi, g_external[i].lo, g_external[i].hi)) return NULL;
+    kept_b *slot = NULL;
+    for (int i = 0; i < MAX_COPIES; i++) {
+        kept_b *c = &g_copies[i];
+        if (c->src == src && c->rows == R && c->cols == Cc && c->ld == ld && c->bf) {
+            if (c->valid) return c->bf;
+            slot = c; /* the same block again: its buffer fits */
+            break;
+        }
+        if (!slot && !c->bf) slot = c;
+    }
+    if (!slot) return NULL;
+    size_t n = (size_t)(R * Cc);
+    if (slot->cap < n) {
+        if (g_copy_bytes + n * 2 > COPY_BUDGET) return NULL;
+        uint16_t *bf = aligned_alloc(64, (n * 2 + 63) / 64 * 64);
+        if (!bf) return NULL;
+        g_copy_bytes += n * 2 - slot->cap * 2;
+        free(slot->bf);
+        slot->bf = bf, slot->cap = n;
+    }
+    to_bf16(slot->bf, src, R, Cc, ld);
+    slot->lo = lo, slot->hi = hi, slot->src = src, slot->rows = R, slot->cols = Cc, slot->ld = ld, slot->valid = 1;
+    return slot->bf;
+}
+
 /* oneDNN matmul primitives, one per part shape, made once and kept. */
 typedef struct prim_key {
     int64_t M, N, K, lda, ldb, ldc;
@@ -238,18 +328,6 @@ static int run_part(const part *p, int thread)
            dnnl_stream_wait(g_streams[thread]) == dnnl_success;
 }
 
-/* dst = bf16(src) for an R x Cc block (row stride ld), packed. */
-TS_CLONES static void to_bf16(uint16_t *dst, const float *src, int64_t R, int64_t Cc, int64_t ld)
-{
-#pragma omp parallel for schedule(static) if (R * Cc > 65536)
-    for (int64_t r = 0; r < R; r++) {
-        uint16_t *d = dst + r * Cc;
-        const float *s = src + r * ld;
-#pragma omp simd
-        for (int64_t c = 0; c < Cc; c++) d[c] = bf16_bits(s[c]);
-    }
-}
-
 /* One product (batch 1) through oneDNN; 0 if a primitive could not be made. */
 static int gemm_onednn(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                        int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc,
@@ -259,12 +337,18 @@ static int gemm_onednn(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float 
      * A is [M,K] rows, or [K,M] when ta; B [N,K] when tb (a linear's
      * weights), else [K,N] */
     uint16_t *a = scratch(0, (size_t)(M * K) * 2);
-    uint16_t *b = scratch(1, (size_t)(K * N) * 2);
-    if (!a || !b) return 0;
+    if (!a) return 0;
     if (ta) to_bf16(a, A, K, M, lda);
     else to_bf16(a, A, M, K, lda);
-    if (tb) to_bf16(b, B, N, K, ldb);
-    else to_bf16(b, B, K, N, ldb);
+    /* B: kept between the forward and backward products of a layer */
+    const uint16_t *b = tb ? kept_copy(B, N, K, ldb) : kept_copy(B, K, N, ldb);
+    if (!b) {
+        uint16_t *s = scratch(1, (size_t)(K * N) * 2);
+        if (!s) return 0;
+        if (tb) to_bf16(s, B, N, K, ldb);
+        else to_bf16(s, B, K, N, ldb);
+        b = s;
+    }
     int64_t lda_packed = ta ? M : K, ldb_packed = tb ? K : N;
     int threads = 1;
 #ifdef _OPENMP

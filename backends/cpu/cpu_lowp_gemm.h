@@ -13,6 +13,7 @@
 #define TESSERA_CPU_LOWP_GEMM_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "tessera/tensor.h"
@@ -23,6 +24,14 @@ void ts_cpu_gemm_lowp(ts_dtype dtype, bool trans_a, bool trans_b, int64_t batch,
                       int64_t K, float alpha, const float *A, int64_t stride_a, int64_t lda, const float *B,
                       int64_t stride_b, int64_t ldb, float beta, float *C, int64_t stride_c, int64_t ldc,
                       const float *bias);
+
+/* bf16 copies of B operands (a linear layer's weights, read by its forward
+ * and its backward product) are kept until their memory is written: the
+ * backend reports every op output, write and copy here, and memory the host
+ * may write directly (a host pointer handed out, wrapped user memory) is
+ * never copied. */
+void ts_cpu_lowp_written(const void *p, size_t bytes);
+void ts_cpu_lowp_host_access(const void *p, size_t bytes);
 
 /* The route a product of this dtype takes on this CPU: "oneDNN 2.6.3
  * brg:avx512_core_bf16" or "emulated (rounded inputs, fp32 GEMM)". */

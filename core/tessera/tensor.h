@@ -76,8 +76,14 @@ ts_status ts_tensor_wrap_host(ts_tensor *t, ts_block *block, ts_device *cpu, voi
                               size_t bytes, ts_dtype dtype, int ndim, const int64_t *shape);
 
 /* The host address of element 0 when the tensor lives in the native CPU
- * backend's memory (no staging needed), else NULL. */
+ * backend's memory (no staging needed), else NULL. The caller may keep it
+ * and write through it at any time. */
 void *ts_tensor_host_ptr(const ts_tensor *t);
+/* The same address for I/O that is over before the next op on the device
+ * runs (an MPI send or receive): the device may keep derived copies of
+ * this memory again afterwards (bf16 copies of weights), which it may not
+ * for memory whose address ts_tensor_host_ptr handed out. */
+void *ts_tensor_host_io(const ts_tensor *t);
 
 /* Host <-> device transfers of the whole tensor (nbytes must match).
  * Reads wait for all work queued before them on the device. */
