@@ -445,7 +445,7 @@ static int find_torch_python(char *out, size_t n)
 /* torch_device: "cpu" or "cuda"; *ran_on says where PyTorch ran ("cpu"
  * when it has no CUDA). */
 static ts_status torch_step(const char *py, const ts_gpt_config *c, int64_t B, int64_t T, int steps, int warmup,
-                            int threads, const char *torch_device, const char *dtype, double *med, double *mn, double *mx,
+                            int threads, const char *torch_device, const char *dtype, int compile, double *med, double *mn, double *mx,
                             char *version, size_t vn, char *ran_on, size_t rn)
 {
     char script[] = "/tmp/tessera-torch-XXXXXX";
@@ -461,9 +461,10 @@ static ts_status torch_step(const char *py, const ts_gpt_config *c, int64_t B, i
     char cmd[1200];
     snprintf(cmd, sizeof cmd,
              "OMP_NUM_THREADS=%d '%s' '%s' --layers %lld --heads %lld --width %lld --vocab %lld --batch %lld "
-             "--seq-len %lld --steps %d --warmup %d --threads %d --device %s --dtype %s",
+             "--seq-len %lld --steps %d --warmup %d --threads %d --device %s --dtype %s%s",
              threads, py, script, (long long)c->n_layer, (long long)c->n_head, (long long)c->n_embd,
-             (long long)c->vocab_size, (long long)B, (long long)T, steps, warmup, threads, torch_device, dtype);
+             (long long)c->vocab_size, (long long)B, (long long)T, steps, warmup, threads, torch_device, dtype,
+             compile ? " --compile" : "");
     FILE *p = popen(cmd, "r");
     char line[2048] = "";
     ts_status st = TS_OK;
@@ -482,7 +483,10 @@ static ts_status torch_step(const char *py, const ts_gpt_config *c, int64_t B, i
             if (v) {
                 v += 10;
                 size_t k = strcspn(v, "\"");
-                snprintf(version, vn, "PyTorch %.*s", (int)k, v);
+                /* what this torch ran: fused attention and AdamW where it has them */
+                const char *att = strstr(line, "\"attention\": \"sdpa\""), *fused = strstr(line, "\"adamw\": \"fused\"");
+                snprintf(version, vn, "PyTorch %.*s%s%s%s", (int)k, v, att ? " sdpa" : "", fused ? " fused-adamw" : "",
+                         compile ? " compiled" : "");
             }
         }
     }
@@ -506,7 +510,7 @@ static void train_result(bench_run *b, const char *device, const char *impl, con
     r.gflops = r.flops / med / 1e9;
     r.fraction = peak > 0 ? r.gflops / peak : 0;
     collect(&r, b);
-    printf("  %-10s %-32s %8.3f s/step  %9.1f tokens/s  MFU %5.1f%% of %.1f GFLOP/s measured peak\n", device, impl,
+    printf("  %-10s %-44s %8.3f s/step  %9.1f tokens/s  MFU %5.1f%% of %.1f GFLOP/s measured peak\n", device, impl,
            med, (double)(B * T) / med, 100 * r.fraction, peak);
 }
 
@@ -515,7 +519,7 @@ static int bench_train(int argc, char **argv)
     char device[512] = "", model[32] = "d12", json[4096] = "", csv[4096] = "", report[4096] = "";
     int64_t vocab = 50257, B = 4, T = 64, layers = 0, heads = 0, width = 0;
     int64_t steps64 = 5, warmup64 = 2;
-    int vs_pytorch = 0;
+    int vs_pytorch = 0, torch_compile = 0;
     char dtypes[64] = "fp32";
     cli_option opts[] = {
         {"--dtype", OPT_STRING, dtypes, sizeof dtypes,
@@ -531,7 +535,10 @@ static int bench_train(int argc, char **argv)
         {"--seq-len", OPT_INT, &T, 0, "context length (64)", NULL, 0, 0, 0},
         {"--steps", OPT_INT, &steps64, 0, "timed steps (5)", NULL, 0, 0, 0},
         {"--warmup", OPT_INT, &warmup64, 0, "untimed steps first (2)", NULL, 0, 0, 0},
-        {"--vs-pytorch", OPT_FLAG, &vs_pytorch, 0, "also run the same step in PyTorch (python3-torch) and compare", NULL, 0, 0, 0},
+        {"--vs-pytorch", OPT_FLAG, &vs_pytorch, 0,
+         "also run the same step in PyTorch (python3-torch, or $TESSERA_PYTHON) and compare", NULL, 0, 0, 0},
+        {"--torch-compile", OPT_FLAG, &torch_compile, 0,
+         "with --vs-pytorch: also time PyTorch with torch.compile (torch >= 2)", NULL, 0, 0, 0},
         {"--json", OPT_STRING, json, sizeof json, "write the results as JSON", NULL, 0, 0, 0},
         {"--csv", OPT_STRING, csv, sizeof csv, "write the results as CSV", NULL, 0, 0, 0},
         {"--report", OPT_STRING, report, sizeof report, "write an HTML report into this directory", NULL, 0, 0, 0},
@@ -602,7 +609,7 @@ static int bench_train(int argc, char **argv)
     }
     char extra[1024] = "";
     if (vs_pytorch) {
-        char py[512], version[64] = "PyTorch";
+        char py[512], version[96] = "PyTorch";
         if (!find_torch_python(py, sizeof py)) {
             fprintf(stderr, "tessera bench train: --vs-pytorch needs a python3 with torch (python3-torch, or set "
                             "TESSERA_PYTHON)\n");
@@ -617,7 +624,7 @@ static int bench_train(int argc, char **argv)
                 tessera_gpu = gpu_times[d];
                 gpu_peak = peaks[d];
             }
-        char ran_on[8] = "cpu", best_cfg[96] = "";
+        char ran_on[8] = "cpu", best_cfg[128] = "";
         double best = 0;
         for (int k = 0; k < ndt; k++) {
             const char *dn = dts[k] == TS_F32 ? "fp32" : dts[k] == TS_BF16 ? "bf16" : "fp16";
@@ -625,20 +632,22 @@ static int bench_train(int argc, char **argv)
                 printf("  PyTorch fp16: autocast on the CPU takes bf16 only; not timed\n");
                 continue;
             }
-            if (torch_step(py, &c, B, T, steps, warmup, threads, tessera_gpu > 0 ? "cuda" : "cpu", dn, &med, &mn,
-                           &mx, version, sizeof version, ran_on, sizeof ran_on) != TS_OK) {
-                free(b.r);
-                return cli_fail("PyTorch");
+            for (int comp = 0; comp <= torch_compile; comp++) {
+                if (torch_step(py, &c, B, T, steps, warmup, threads, tessera_gpu > 0 ? "cuda" : "cpu", dn, comp,
+                               &med, &mn, &mx, version, sizeof version, ran_on, sizeof ran_on) != TS_OK) {
+                    free(b.r);
+                    return cli_fail("PyTorch");
+                }
+                /* on the host CPU PyTorch's yardstick is the CPU backend's peak */
+                double peak = gpu_peak;
+                if (!strcmp(ran_on, "cpu"))
+                    for (int d = 0; d < nd; d++)
+                        if (!strcmp(ts_device_get_info(devs[d])->id, "cpu")) peak = peaks[d];
+                char impl[128];
+                snprintf(impl, sizeof impl, "%s %s%s", version, dn, dts[k] == TS_F32 ? "" : " autocast");
+                train_result(&b, ran_on, impl, model, &c, B, T, med, mn, mx, steps, peak);
+                if (!best || med < best) best = med, snprintf(best_cfg, sizeof best_cfg, "%s", impl);
             }
-            /* on the host CPU PyTorch's yardstick is the CPU backend's peak */
-            double peak = gpu_peak;
-            if (!strcmp(ran_on, "cpu"))
-                for (int d = 0; d < nd; d++)
-                    if (!strcmp(ts_device_get_info(devs[d])->id, "cpu")) peak = peaks[d];
-            char impl[96];
-            snprintf(impl, sizeof impl, "%s %s%s", version, dn, dts[k] == TS_F32 ? "" : " autocast");
-            train_result(&b, ran_on, impl, model, &c, B, T, med, mn, mx, steps, peak);
-            if (!best || med < best) best = med, snprintf(best_cfg, sizeof best_cfg, "%s", impl);
         }
         double mine = !strcmp(ran_on, "cuda") ? tessera_gpu : tessera_cpu;
         if (mine > 0 && best > 0)
