@@ -59,8 +59,7 @@ TS_CLONES static float softmax_row(float *p, const float *s, int64_t n, int64_t 
         memset(p, 0, (size_t)kmax * sizeof *p);
         return -INFINITY;
     }
-    float m = -INFINITY;
-    for (int64_t k = 0; k < n; k++) m = fmaxf(m, scale * s[k]);
+    float m = ts_row_max(s, n, scale);
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t k = 0; k < n; k++) {

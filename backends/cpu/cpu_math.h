@@ -10,6 +10,7 @@
 #ifndef TESSERA_CPU_MATH_H
 #define TESSERA_CPU_MATH_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -56,5 +57,19 @@ static inline __attribute__((always_inline)) float ts_tanhf(float x)
 #endif
 
 #define TS_GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
+
+/* max over scale * x[0..n), -inf for n == 0, NaNs skipped (as fmaxf does).
+ * A max reduction GCC vectorizes: fmaxf in a loop is a libm call per
+ * element. */
+static inline __attribute__((always_inline)) float ts_row_max(const float *x, int64_t n, float scale)
+{
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int64_t k = 0; k < n; k++) {
+        float v = scale * x[k];
+        m = v > m ? v : m;
+    }
+    return m;
+}
 
 #endif

@@ -237,8 +237,7 @@ TS_CLONES void cpu_softmax_causal_forward(float *att, const float *preatt, int64
         int64_t t = r % T;
         const float *x = preatt + r * T;
         float *o = att + r * T;
-        float m = -INFINITY;
-        for (int64_t s = 0; s <= t; s++) m = fmaxf(m, scale * x[s]);
+        float m = ts_row_max(x, t + 1, scale);
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
         for (int64_t s = 0; s <= t; s++) {
@@ -283,8 +282,7 @@ TS_CLONES void cpu_softmax_masked_forward(float *att, const float *preatt, const
         if (causal && end > t + 1) end = t + 1;
         const float *x = preatt + r * T;
         float *o = att + r * T;
-        float m = -INFINITY;
-        for (int64_t s = 0; s < end; s++) m = fmaxf(m, scale * x[s]);
+        float m = ts_row_max(x, end, scale);
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
         for (int64_t s = 0; s < end; s++) {
@@ -328,8 +326,7 @@ TS_CLONES void cpu_cross_entropy(float *losses, float *probs, float *dlogits, co
         int64_t target = targets ? targets[n] : -1;
         int valid = target >= 0 && target < V;
         float xt = valid ? x[target] : 0.0f; /* read before any output overwrites it */
-        float m = -INFINITY;
-        for (int64_t j = 0; j < V; j++) m = fmaxf(m, x[j]);
+        float m = ts_row_max(x, V, 1.0f);
         float sum = 0.0f;
         if (d && !p) {
             /* training: one exp per element, kept in d, then scaled. Each
@@ -376,8 +373,7 @@ TS_CLONES void cpu_ce_shard(int phase, float *out0, float *out1, const float *in
         switch (phase) {
         case 0: { /* rowmax, target logit: in0 logits */
             const float *x = in0 + n * V;
-            float m = -INFINITY;
-            for (int64_t j = 0; j < V; j++) m = fmaxf(m, x[j]);
+            float m = ts_row_max(x, V, 1.0f);
             out0[n] = m;
             out1[n] = (t >= vocab_start && t < vocab_start + V) ? x[t - vocab_start] : 0.0f;
             break;
