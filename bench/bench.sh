@@ -3,6 +3,8 @@
 # the kernel suites on every device, a GPT-2 124M training step beside
 # PyTorch, and allreduce bandwidth under mpirun. Writes JSON, CSV and
 # markdown to bench/results/ and the HTML report to bench/results/report-DATE/.
+# PyTorch: Debian's python3-torch, or the python in $TESSERA_PYTHON (a venv
+# with torch >= 2 from PyPI: then also compiled with torch.compile).
 # usage: bench/bench.sh [BUILD_DIR] [MIN_TIME]
 set -euo pipefail
 build=${1:-build}
@@ -13,7 +15,11 @@ date=$(date -u +%Y-%m-%d)
 mkdir -p "$out"
 "$tessera" bench --min-time "$min_time" --json "$out/kernels-$date.json" --csv "$out/kernels-$date.csv" \
     --markdown "$out/kernels-$date.md"
+py=${TESSERA_PYTHON:-/usr/bin/python3}
+compile=()
+"$py" -c 'import sys, torch; sys.exit(int(torch.__version__.split(".")[0]) < 2)' 2>/dev/null && compile=(--torch-compile)
 "$tessera" bench train --model d12 --vocab 50257 --batch 4 --seq-len 64 --steps 5 --warmup 2 --vs-pytorch --dtype fp32,bf16 \
+    "${compile[@]}" \
     --json "$out/train-$date.json" --csv "$out/train-$date.csv"
 if command -v mpirun >/dev/null && "$tessera" --version | grep -qw mpi; then
     OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 TESSERA_THREADS=1 \

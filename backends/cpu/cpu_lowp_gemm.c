@@ -336,10 +336,15 @@ static int gemm_onednn(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float 
     /* A and B keep their orientation (oneDNN reads either by strides):
      * A is [M,K] rows, or [K,M] when ta; B [N,K] when tb (a linear's
      * weights), else [K,N] */
-    uint16_t *a = scratch(0, (size_t)(M * K) * 2);
-    if (!a) return 0;
-    if (ta) to_bf16(a, A, K, M, lda);
-    else to_bf16(a, A, M, K, lda);
+    /* kept too: a layer's output gradient is A of both its backward products */
+    const uint16_t *a = ta ? kept_copy(A, K, M, lda) : kept_copy(A, M, K, lda);
+    if (!a) {
+        uint16_t *s = scratch(0, (size_t)(M * K) * 2);
+        if (!s) return 0;
+        if (ta) to_bf16(s, A, K, M, lda);
+        else to_bf16(s, A, M, K, lda);
+        a = s;
+    }
     /* B: kept between the forward and backward products of a layer */
     const uint16_t *b = tb ? kept_copy(B, N, K, ldb) : kept_copy(B, K, N, ldb);
     if (!b) {
