@@ -405,7 +405,7 @@ TS_CLONES void cpu_ce_shard(int phase, float *out0, float *out1, const float *in
 
 /* ---- reductions ---- */
 
-static float reduce(const float *x, int64_t n, int squares)
+TS_CLONES static float reduce(const float *x, int64_t n, int squares)
 {
     double part[REDUCE_CHUNKS];
     int64_t chunk = (n + REDUCE_CHUNKS - 1) / REDUCE_CHUNKS;
