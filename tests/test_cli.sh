@@ -10,7 +10,7 @@ pyjson() { # a python that can parse JSON (any python3 will do)
 }
 
 echo "TAP version 13"
-echo "1..14"
+echo "1..16"
 
 out=$("$tessera" devices 2>&1); rc=$?
 echo "$out" | grep -q '^cpu ' ; check "devices lists the CPU backend" $(( rc != 0 || $? != 0 )) "$out"
@@ -47,6 +47,22 @@ check "an unknown command exits 2 with a message" $? "exit $rc: $err"
 out=$(TESSERA_THREADS=1 "$tessera" devices 2>&1)
 echo "$out" | grep -q 'threads 1 (OpenMP'
 check "TESSERA_THREADS sets the CPU thread count" $? "$out"
+
+# mixed precision: the route each device takes is named; a dtype a device
+# cannot do, or no dtype at all, is an error that says so
+echo "$("$tessera" devices 2>&1)" | grep -E '^  matmul +bf16: .*; fp16: ' | head -1 | grep -q 'matmul'
+check "devices names each device's bf16 and fp16 matrix-product route" $? "$("$tessera" devices 2>&1 | grep matmul)"
+err1=$("$tessera" train --dtype fp64 --steps 1 2>&1); rc1=$?
+err2=$("$tessera" bench train --dtype bf17 2>&1); rc2=$?
+ok=0
+[ $rc1 -eq 2 ] && echo "$err1" | grep -q "fp32, bf16 or fp16" && [ $rc2 -eq 2 ] && echo "$err2" | grep -q "bf17" || ok=1
+if [ $ok -eq 0 ] && "$tessera" devices 2>&1 | grep -q "bf16: not available"; then
+    dev=$("$tessera" devices 2>&1 | grep -B20 "bf16: not available" | grep -E '^opencl:[0-9]+ ' | tail -1 | cut -d' ' -f1)
+    err3=$("$tessera" train --device "$dev" --dtype bf16 --steps 1 --quiet 2>&1); rc3=$?
+    [ $rc3 -ne 0 ] && echo "$err3" | grep -q "has no bf16 matrix products" || ok=1
+fi
+check "an unknown --dtype, and bf16 on a device without bf16 products, are clear errors" $ok \
+    "train: exit $rc1: $err1" "bench train: exit $rc2: $err2" "${err3:-}"
 
 out=$(TESSERA_BLAS_CORE=Haswell "$tessera" devices 2>&1)
 if echo "$out" | grep -q 'GEMM: OpenBLAS'; then
