@@ -120,8 +120,6 @@ typedef struct kept_b {
 
 enum { MAX_COPIES = 512, MAX_EXTERNAL = 64 };
 static kept_b g_copies[MAX_COPIES];
-static size_t g_copy_bytes;                       /* held by all copies */
-static const size_t COPY_BUDGET = (size_t)2 << 30;
 static struct { const char *lo, *hi; } g_external[MAX_EXTERNAL];
 static int g_nexternal, g_external_full;
 
@@ -152,6 +150,9 @@ void ts_cpu_lowp_host_access(const void *p, size_t bytes)
 }
 
 #ifdef TS_HAVE_ONEDNN
+static size_t g_copy_bytes;                       /* held by all copies */
+static const size_t COPY_BUDGET = (size_t)2 << 30;
+
 /* dst = bf16(src) for an R x Cc block (row stride ld), packed. */
 TS_CLONES static void to_bf16(uint16_t *dst, const float *src, int64_t R, int64_t Cc, int64_t ld)
 {
