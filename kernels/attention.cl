@@ -21,6 +21,24 @@ __kernel void heads_permute(__global float *out, ulong oo, __global const float 
     }
 }
 
+/* The same permute for CPU-type devices: item r moves all of head-row r,
+ * its index arithmetic once per row (an item per element spent most of
+ * its time in four integer divisions). */
+__kernel void heads_permute_rows(__global float *out, ulong oo, __global const float *inp, ulong io,
+                                 int B, int T, int K, int NH, int HS, int split)
+{
+    int r = (int)get_global_id(0);
+    if (r >= K * B * NH * T) return;
+    int rt = r / T, t = r - rt * T;
+    int rh = rt / NH, h = rt - rh * NH;
+    int k = rh / B, b = rh - k * B;
+    int packed = (((b * T + t) * K + k) * NH + h) * HS, heads = r * HS;
+    if (split)
+        for (int d = 0; d < HS; d++) out[oo + heads + d] = inp[io + packed + d];
+    else
+        for (int d = 0; d < HS; d++) out[oo + packed + d] = inp[io + heads + d];
+}
+
 /* One group per row (bh, t): softmax of scale*x over s <= t, zeros after.
  * att may be preatt: every element is read before the same item writes it. */
 __kernel void softmax_causal_forward(__global float *att, ulong ao, __global const float *preatt,

@@ -307,6 +307,10 @@ static ts_status op_heads(ts_cl_device *d, const ts_op *op)
     arg_i32(&a, h->NH);
     arg_i32(&a, h->HS);
     arg_int(&a, op->kind == TS_OP_SPLIT_HEADS);
+    if (d->is_cpu) { /* an item per row, groups of row_wg rows */
+        size_t g1[1] = {((size_t)rows + d->row_wg - 1) / d->row_wg * d->row_wg}, l1[1] = {d->row_wg};
+        return ts_cl_launch(d, "attention.cl", "heads_permute_rows", 1, g1, l1, &a);
+    }
     /* a group spans one row's elements: contiguous on every device */
     size_t l0 = (size_t)h->HS < d->elem_wg ? (size_t)h->HS : d->elem_wg;
     size_t g[2] = {(size_t)h->HS, (size_t)rows}, l[2] = {l0, 1};
