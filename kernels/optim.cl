@@ -1,3 +1,14 @@
+/* CPU devices' sqrt and division are IEEE instructions; PoCL's OpenCL sqrt
+ * and / go through its own library routines and ran AdamW at 21 GB/s
+ * against 30 GB/s with the native forms. GPUs keep the precise builtins. */
+#if TS_CPU_DEVICE
+#define OPT_SQRT(x) native_sqrt(x)
+#define OPT_DIV(a, b) native_divide(a, b)
+#else
+#define OPT_SQRT(x) sqrt(x)
+#define OPT_DIV(a, b) ((a) / (b))
+#endif
+
 /* Optimizer updates, PyTorch's order of operations (see tessera/optim.h).
  * One branch-free kernel per rule: a per-element switch on the kind stops
  * PoCL from vectorising (measured 2x slower). Adam and AdamW share a kernel:
@@ -39,6 +50,6 @@ __kernel void optim_adam(__global float *param, ulong po, __global float *m, ulo
         float vi = beta2 * v[vo + i] + (1.0f - beta2) * g * g;
         m[mo + i] = mi;
         v[vo + i] = vi;
-        param[po + i] = p * (1.0f - lr * decay) - (lr / bc1) * (mi / (sqrt(vi) / sqrt(bc2) + eps));
+        param[po + i] = p * (1.0f - lr * decay) - (lr / bc1) * OPT_DIV(mi, OPT_SQRT(vi) / sqrt(bc2) + eps);
     }
 }
