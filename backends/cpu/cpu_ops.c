@@ -44,14 +44,9 @@ TS_CLONES void cpu_gelu_forward(float *out, const float *inp, int64_t n)
 {
     PFOR_SIMD(n > SMALL / 4)
     for (int64_t i = 0; i < n; i++) {
-        /* 0.5 x (1 + tanh u) = x sigmoid(2u): one exp and one division.
-         * sigmoid is exactly 0 where tanh is exactly -1 (ts_expf saturates
-         * instead of reaching inf), so -inf gives NaN as 0.5 x (1 + tanh u)
-         * does */
         float x = inp[i];
         float u = TS_GELU_SCALE * (x + 0.044715f * x * x * x);
-        float s = -2.0f * u > 88.0f ? 0.0f : 1.0f / (1.0f + ts_expf(-2.0f * u));
-        out[i] = x * s;
+        out[i] = 0.5f * x * (1.0f + ts_tanhf(u));
     }
 }
 
@@ -59,11 +54,12 @@ TS_CLONES void cpu_gelu_backward(float *dinp, const float *inp, const float *dou
 {
     PFOR_SIMD(n > SMALL / 4)
     for (int64_t i = 0; i < n; i++) {
-        /* with s = sigmoid(2u): 0.5 (1 + tanh u) = s, 0.5 sech^2 u = 2 s (1 - s) */
         float x = inp[i];
         float u = TS_GELU_SCALE * (x + 0.044715f * x * x * x);
-        float s = -2.0f * u > 88.0f ? 0.0f : 1.0f / (1.0f + ts_expf(-2.0f * u));
-        float local = s + x * 2.0f * s * (1.0f - s) * TS_GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
+        float t = ts_tanhf(u);
+        float sech2 = 1.0f - t * t;
+        float local = 0.5f * (1.0f + t) +
+                      x * 0.5f * sech2 * TS_GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
         dinp[i] = local * dout[i];
     }
 }
