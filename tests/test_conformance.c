@@ -336,6 +336,16 @@ static void conf_matmul(void *argp) { matmul_case(argp, false); }
  * dtype's: wrong rounding fails it. A second check against the unrounded
  * product holds the error to the dtype's size. ---- */
 
+/* Products of dtype on dev from here on, or skip the test where the device
+ * has none (the caller sets TS_F32 back). */
+#define USE_MATMUL_DTYPE(dev, dt)                                                                  \
+    do {                                                                                       \
+        ts_status set_ = ts_device_set_matmul_dtype(dev, dt);                                  \
+        if (set_ == TS_ERR_UNSUPPORTED)                                                        \
+            SKIP("%s has no %s products", ts_device_get_info(dev)->id, ts_dtype_name(dt));      \
+        REQUIRE_OK(set_);                                                                      \
+    } while (0)
+
 static double round_to(double x, ts_dtype dt)
 {
     if (!isfinite(x) || x == 0) return x;
@@ -355,9 +365,7 @@ static void conf_matmul_lowp(void *argp)
     int64_t batch = a->p[1], M = a->p[2], N = a->p[3], K = a->p[4];
     bool ta = a->p[5], tb = a->p[6];
     float alpha = 0.75f, beta = (float)a->p[7] / 4.0f;
-    ts_status set = ts_device_set_matmul_dtype(a->dev, dt);
-    if (set == TS_ERR_UNSUPPORTED) SKIP("%s has no %s products", ts_device_get_info(a->dev)->id, ts_dtype_name(dt));
-    REQUIRE_OK(set);
+    USE_MATMUL_DTYPE(a->dev, dt);
     rng_t r;
     rng_seed(&r, a->seed);
     float *A = rand_floats(&r, batch * M * K, -3, 3), *B = rand_floats(&r, batch * K * N, -3, 3);
@@ -394,9 +402,7 @@ static void conf_lowp_sees_writes(void *argp)
     conf_arg *a = argp;
     ts_dtype dt = (ts_dtype)a->p[0];
     int64_t N = a->p[1], C = a->p[2], OC = a->p[3];
-    ts_status set = ts_device_set_matmul_dtype(a->dev, dt);
-    if (set == TS_ERR_UNSUPPORTED) SKIP("%s has no %s products", ts_device_get_info(a->dev)->id, ts_dtype_name(dt));
-    REQUIRE_OK(set);
+    USE_MATMUL_DTYPE(a->dev, dt);
     rng_t r;
     rng_seed(&r, a->seed);
     float *x = rand_floats(&r, N * C, -2, 2), *w = rand_floats(&r, OC * C, -1, 1);
@@ -448,9 +454,7 @@ static void conf_linear_lowp(void *argp)
     conf_arg *a = argp;
     ts_dtype dt = (ts_dtype)a->p[0];
     int64_t N = a->p[1], C = a->p[2], OC = a->p[3];
-    ts_status set = ts_device_set_matmul_dtype(a->dev, dt);
-    if (set == TS_ERR_UNSUPPORTED) SKIP("%s has no %s products", ts_device_get_info(a->dev)->id, ts_dtype_name(dt));
-    REQUIRE_OK(set);
+    USE_MATMUL_DTYPE(a->dev, dt);
     rng_t r;
     rng_seed(&r, a->seed);
     float *x = rand_floats(&r, N * C, -2, 2), *w = rand_floats(&r, OC * C, -1, 1), *b = rand_floats(&r, OC, -1, 1);

@@ -46,9 +46,6 @@ static inline float round_f16(float x)
     return copysignf(a, x);
 }
 
-float ts_round_bf16(float x) { return round_bf16(x); }
-float ts_round_f16(float x) { return round_f16(x); }
-
 static inline uint16_t bf16_bits(float x)
 {
     uint32_t u;
@@ -120,6 +117,7 @@ typedef struct kept_b {
 
 enum { MAX_COPIES = 512, MAX_EXTERNAL = 64 };
 static kept_b g_copies[MAX_COPIES];
+static int g_used; /* slots holding a buffer: a prefix, filled in order and never emptied */
 static struct { const char *lo, *hi; } g_external[MAX_EXTERNAL];
 static int g_nexternal, g_external_full;
 
@@ -127,9 +125,12 @@ static int overlaps(const char *lo, const char *hi, const char *a, const char *b
 
 void ts_cpu_lowp_written(const void *p, size_t bytes)
 {
+    /* every op of every run calls this: nothing to do (and no lock) until
+     * a bf16 product has kept a copy */
+    if (!__atomic_load_n(&g_used, __ATOMIC_ACQUIRE)) return;
     const char *a = p, *b = a + bytes;
     pthread_mutex_lock(&g_lock);
-    for (int i = 0; i < MAX_COPIES; i++)
+    for (int i = 0; i < g_used; i++)
         if (g_copies[i].valid && overlaps(g_copies[i].lo, g_copies[i].hi, a, b)) g_copies[i].valid = 0;
     pthread_mutex_unlock(&g_lock);
 }
@@ -144,7 +145,7 @@ void ts_cpu_lowp_host_access(const void *p, size_t bytes)
         if (g_nexternal < MAX_EXTERNAL) g_external[g_nexternal].lo = a, g_external[g_nexternal++].hi = b;
         else g_external_full = 1; /* too many to track: copy nothing from now on */
     }
-    for (int i = 0; i < MAX_COPIES; i++)
+    for (int i = 0; i < g_used; i++)
         if (g_copies[i].valid && overlaps(g_copies[i].lo, g_copies[i].hi, a, b)) g_copies[i].valid = 0;
     pthread_mutex_unlock(&g_lock);
 }
@@ -175,15 +176,14 @@ static const uint16_t *kept_copy(const float *src, int64_t R, int64_t Cc, int64_
     for (int i = 0; i < g_nexternal; i++)
         if (overlaps(lo, hi, g_external[i].lo, g_external[i].hi)) return NULL;
     kept_b *slot = NULL;
-    for (int i = 0; i < MAX_COPIES; i++) {
+    for (int i = 0; i < g_used && !slot; i++) {
         kept_b *c = &g_copies[i];
-        if (c->src == src && c->rows == R && c->cols == Cc && c->ld == ld && c->bf) {
+        if (c->src == src && c->rows == R && c->cols == Cc && c->ld == ld) {
             if (c->valid) return c->bf;
             slot = c; /* the same block again: its buffer fits */
-            break;
         }
-        if (!slot && !c->bf) slot = c;
     }
+    if (!slot && g_used < MAX_COPIES) slot = &g_copies[g_used];
     if (!slot) return NULL;
     size_t n = (size_t)(R * Cc);
     if (slot->cap < n) {
@@ -193,10 +193,22 @@ static const uint16_t *kept_copy(const float *src, int64_t R, int64_t Cc, int64_
         g_copy_bytes += n * 2 - slot->cap * 2;
         free(slot->bf);
         slot->bf = bf, slot->cap = n;
+        if (slot == &g_copies[g_used]) __atomic_store_n(&g_used, g_used + 1, __ATOMIC_RELEASE);
     }
     to_bf16(slot->bf, src, R, Cc, ld);
     slot->lo = lo, slot->hi = hi, slot->src = src, slot->rows = R, slot->cols = Cc, slot->ld = ld, slot->valid = 1;
     return slot->bf;
+}
+
+/* An operand's bf16 form: the kept copy, else converted into scratch i;
+ * NULL without memory for either. */
+static const uint16_t *bf16_operand(const float *src, int64_t R, int64_t Cc, int64_t ld, int i)
+{
+    const uint16_t *kept = kept_copy(src, R, Cc, ld);
+    if (kept) return kept;
+    uint16_t *s = scratch(i, (size_t)(R * Cc) * 2);
+    if (s) to_bf16(s, src, R, Cc, ld);
+    return s;
 }
 
 /* oneDNN matmul primitives, one per part shape, made once and kept. */
@@ -337,24 +349,11 @@ static int gemm_onednn(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float 
     /* A and B keep their orientation (oneDNN reads either by strides):
      * A is [M,K] rows, or [K,M] when ta; B [N,K] when tb (a linear's
      * weights), else [K,N] */
-    /* kept too: a layer's output gradient is A of both its backward products */
-    const uint16_t *a = ta ? kept_copy(A, K, M, lda) : kept_copy(A, M, K, lda);
-    if (!a) {
-        uint16_t *s = scratch(0, (size_t)(M * K) * 2);
-        if (!s) return 0;
-        if (ta) to_bf16(s, A, K, M, lda);
-        else to_bf16(s, A, M, K, lda);
-        a = s;
-    }
-    /* B: kept between the forward and backward products of a layer */
-    const uint16_t *b = tb ? kept_copy(B, N, K, ldb) : kept_copy(B, K, N, ldb);
-    if (!b) {
-        uint16_t *s = scratch(1, (size_t)(K * N) * 2);
-        if (!s) return 0;
-        if (tb) to_bf16(s, B, N, K, ldb);
-        else to_bf16(s, B, K, N, ldb);
-        b = s;
-    }
+    /* kept: a layer's weights (B) serve its forward and input-gradient
+     * products, its output gradient (A) both backward products */
+    const uint16_t *a = ta ? bf16_operand(A, K, M, lda, 0) : bf16_operand(A, M, K, lda, 0);
+    const uint16_t *b = tb ? bf16_operand(B, N, K, ldb, 1) : bf16_operand(B, K, N, ldb, 1);
+    if (!a || !b) return 0;
     int64_t lda_packed = ta ? M : K, ldb_packed = tb ? K : N;
     int threads = 1;
 #ifdef _OPENMP

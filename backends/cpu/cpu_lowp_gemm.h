@@ -37,8 +37,4 @@ void ts_cpu_lowp_host_access(const void *p, size_t bytes);
  * brg:avx512_core_bf16" or "emulated (rounded inputs, fp32 GEMM)". */
 const char *ts_cpu_lowp_route(ts_dtype dtype);
 
-/* Round one value as the products do (exposed for the tests' references). */
-float ts_round_bf16(float x);
-float ts_round_f16(float x);
-
 #endif
