@@ -9,7 +9,9 @@
 # text right. Bad files must fail with a message that names the file and
 # the line, and never crash. --init takes a `tessera train` model's trunk
 # and tokenizer; a run stopped by SIGTERM resumes to the same losses; two
-# processes under mpirun follow one process's losses.
+# processes under mpirun follow one process's losses. An ensemble trains
+# its members with their own seeds and pools, and eval and predict average
+# their probabilities.
 set -u
 tessera=$1
 mpirun=${2:-}
@@ -54,7 +56,7 @@ named_error() { # rc, output file, expected text
 }
 
 echo "TAP version 13"
-echo "1..21"
+echo "1..25"
 
 # 1-3. the task learned from each format, every held-out text right
 "$tessera" classify train "${small[@]}" --train "$work/train.jsonl" --epochs 4 --out "$work/j" >"$work/j.out" 2>&1
@@ -313,4 +315,68 @@ else
     [ "$(wc -l <"$work/vals")" -eq 2 ] && awk '{ d = ($4 - $2) / $2; if (d < 0) d = -d; if ($1 != $3 || d > 1e-5) exit 1 }' "$work/vals"
     check "and their held-out accuracy and loss after each epoch" $? "$(cat "$work/vals")"
 fi
+# 22. a run fine-tuned from --init continues with more epochs (the trunk's
+# shape comes from the checkpoint, not from the from-scratch defaults)
+"$tessera" classify train --device cpu --out "$work/init" --resume --epochs 5 --quiet >"$work/more.out" 2>&1
+rc=$?
+steps5=$(losses "$work/init/log.jsonl" | wc -l)
+[ $rc -eq 0 ] && [ "$(cat "$work/init/latest")" = "step_$(printf %08d "$steps5")" ] && [ "$steps5" -gt 0 ]
+check "a fine-tune from --init resumed with --epochs 5 trains on to step $steps5" $? "exit $rc" "$(tail -3 "$work/more.out")"
+
+# 23-25. an ensemble of three from --init, pools mixed: member i has seed
+# 1337 + i and pool last, mean, last; eval and predict use the mean of the
+# members' probabilities
+ens=("$tessera" classify train "${small[@]}" --train "$work/train.jsonl" --init "$work/lm" --epochs 4 --ensemble 3 --pool mixed)
+"${ens[@]}" --out "$work/ens" >"$work/ens.out" 2>&1
+rc=$?
+"$tessera" classify eval --device cpu --checkpoint "$work/ens" --data "$work/test.jsonl" >"$work/ens.eval" 2>&1
+erc=$?; acc=$(accuracy "$work/ens.eval")
+members=""
+for i in 0 1 2; do
+    st=$work/ens/member-$i/$(cat "$work/ens/member-$i/latest" 2>/dev/null)/state.json
+    members="$members $(sed -n 's/.*"pool": "\([a-z]*\)".*"seed": \([0-9]*\),.*/\1:\2/p' "$st" 2>/dev/null)"
+done
+[ $rc -eq 0 ] && [ $erc -eq 0 ] && [ "$acc" = 1.000 ] && [ "$members" = " last:1337 mean:1338 last:1339" ] &&
+    grep -q '"members": \["member-0", "member-1", "member-2"\]' "$work/ens/ensemble.json"
+check "--ensemble 3 --pool mixed trains members ($members ) that eval scores together: every held-out text right (accuracy ${acc:-?})" $? \
+    "exit $rc, eval exit $erc" "$(tail -4 "$work/ens.out")" "$(cat "$work/ens.eval")"
+for i in ens ens/member-0 ens/member-1 ens/member-2; do
+    "$tessera" classify predict --device cpu --checkpoint "$work/$i" --data "$work/test.jsonl" --out "$work/${i//\//_}.pred" 2>&1
+done
+"$tessera" classify eval --device cpu --checkpoint "$work/ens" --data "$work/test.jsonl" --out "$work/ens.json" --quiet
+msg=$("$py" - "$work" <<'EOF' 2>&1
+import json, math, sys
+w = sys.argv[1]
+rows = lambda n: [json.loads(l) for l in open(f"{w}/{n}.pred")]
+ens, mem = rows("ens"), [rows(f"ens_member-{i}") for i in range(3)]
+assert len(ens) == 60 and all(len(m) == 60 for m in mem)
+worst, loss = 0.0, 0.0
+for i, r in enumerate(ens):
+    for k, p in r["probabilities"].items():
+        worst = max(worst, abs(p - sum(m[i]["probabilities"][k] for m in mem) / 3))
+    assert r["label"] == max(r["probabilities"], key=r["probabilities"].get)
+    loss -= math.log(r["probabilities"][r["true_label"]])
+m = json.load(open(f"{w}/ens.json"))
+assert m["ensemble"] == 3, m
+got = m["metrics"]["loss"]
+assert worst < 1e-6 and abs(got - loss / 60) < 1e-5 * loss / 60, (worst, got, loss / 60)
+print(f"largest difference {worst:.2g}, loss {got:.6g}")
+EOF
+)
+check "the ensemble's predicted probabilities are its members' mean and eval's loss is theirs ($msg)" $? "$msg"
+"${ens[@]}" --out "$work/ens" >"$work/again.out" 2>&1
+r1=$?
+"$tessera" classify train --device cpu --out "$work/ens" --resume --ensemble 4 --quiet >"$work/four.out" 2>&1
+r2=$?
+"$tessera" classify train "${small[@]}" --train "$work/train.jsonl" --pool mixed --out "$work/mixed1" >"$work/mixed1.out" 2>&1
+r3=$?
+"$tessera" classify train --device cpu --out "$work/ens" --resume --epochs 5 --quiet >"$work/ens5.out" 2>&1
+r4=$?
+named_error $r1 "$work/again.out" "already holds a run" && named_error $r2 "$work/four.out" "ensemble (3 vs 4)" &&
+    named_error $r3 "$work/mixed1.out" "--ensemble 2 or more" && [ $r4 -eq 0 ] &&
+    [ "$(cat "$work/ens/member-2/latest")" = "step_$(printf %08d "$steps5")" ]
+check "an ensemble is not written over, its size is fixed on --resume, mixed pools need one; --resume --epochs 5 extends every member" $? \
+    "exits $r1 $r2 $r3 $r4" "$(cat "$work/again.out" "$work/four.out" "$work/mixed1.out" "$work/ens5.out" | tail -8)"
+
 exit $(( fails > 0 ))
+

@@ -36,19 +36,14 @@ static void option_key(const char *option, char *key, size_t n)
  * a resumed run may not change must equal the saved setting. */
 static int merge_resume(ts_classify_config *c, const cli_option *opts, int n)
 {
-    char ckpt[4300];
-    ts_train_state *state = calloc(1, sizeof *state);
-    if (!state) return cli_fail("--resume");
-    if (ts_checkpoint_latest(c->out, ckpt, sizeof ckpt) || ts_checkpoint_read_state(ckpt, state)) {
-        free(state);
-        return cli_fail("--resume");
-    }
+    char *settings = NULL;
+    if (ts_classify_run_settings(c->out, &settings)) return cli_fail("--resume");
     ts_classify_config saved;
     ts_classify_defaults(&saved);
-    ts_status st = ts_classify_settings_parse(state->settings, &saved);
-    free(state);
+    ts_status st = ts_classify_settings_parse(settings, &saved);
+    free(settings);
     if (st) {
-        fprintf(stderr, "tessera classify train: --resume: %s/state.json: %s\n", ckpt, ts_last_error());
+        fprintf(stderr, "tessera classify train: --resume: the settings saved in %s: %s\n", c->out, ts_last_error());
         return 1;
     }
     static char keys[64][48];
@@ -69,7 +64,7 @@ static int merge_resume(ts_classify_config *c, const cli_option *opts, int n)
     ts_classify_settings_json(c, b, sizeof b);
     if (k > 0 && ts_json_object_diff(a, b, only, diff, sizeof diff) > 0) {
         fprintf(stderr, "tessera classify train: --resume continues %s with its own settings, and these given options "
-                "differ from them (saved vs given): %s\n", ckpt, diff);
+                "differ from them (saved vs given): %s\n", c->out, diff);
         return 2;
     }
     if (cli_given(opts, n, "--epochs")) saved.epochs = c->epochs;
@@ -113,8 +108,8 @@ static int classify_train(int argc, char **argv)
         {"--width", OPT_INT, &c.width, 0, "without --init: embedding width", "256", 1, 65536, 0},
         {"--max-len", OPT_INT, &c.max_len, 0, "tokens per text (longer ones are cut; batches are padded to "
          "their longest)", "128", 1, 1 << 20, 0},
-        {"--pool", OPT_STRING, c.pool, sizeof c.pool, "last (the last real token) | mean (of the real tokens)",
-         "last", 0, 0, 0},
+        {"--pool", OPT_STRING, c.pool, sizeof c.pool, "last (the last real token) | mean (of the real tokens) | "
+         "mixed (an ensemble's members alternate last and mean)", "last", 0, 0, 0},
         {"--attention", OPT_STRING, c.attention, sizeof c.attention, "causal | bidirectional (encoder style)",
          "causal", 0, 0, 0},
         {"--class-weights", OPT_STRING, c.class_weights, sizeof c.class_weights,
@@ -141,6 +136,8 @@ static int classify_train(int argc, char **argv)
          "macro_f1 | loss", "accuracy", 0, 0, 0},
         {"--seed", OPT_UINT, &c.seed, 0, "seed of the weights, the split and the order", "1337", 0,
          9223372036854775807.0, 0},
+        {"--ensemble", OPT_INT, &c.ensemble, 0, "train this many classifiers (seeds seed, seed+1, ...) into "
+         "<out>/member-i; eval and predict average their probabilities", "1", 1, 1024, 0},
         {"--device", OPT_STRING, c.device, sizeof c.device, "cpu | opencl | opencl:N | opencl:<name> | auto", "auto", 0,
          0, 0},
         {"--threads", OPT_INT, &threads, 0, "CPU threads", "all cores (their share under mpirun)", 1, 4096, 0},
@@ -197,7 +194,8 @@ static int use_options(const char *command, ts_classify_use *u, int argc, char *
     int64_t threads = 0;
     cli_option opts[] = {
         {"--checkpoint", OPT_STRING, u->checkpoint, sizeof u->checkpoint,
-         "a classifier run (its best checkpoint, else latest) or checkpoint (required)", NULL, 0, 0, 0},
+         "a classifier run (its best checkpoint, else latest), an ensemble's directory, or a checkpoint (required)",
+         NULL, 0, 0, 0},
         {"--data", OPT_STRING, u->data, sizeof u->data,
          eval ? "labeled file: JSON lines, CSV or TSV (required)" : "texts: JSON lines, CSV, TSV or lines (required)",
          NULL, 0, 0, 0},

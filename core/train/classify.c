@@ -627,6 +627,7 @@ static const setting settings_table[] = {
     {"schedule", 's', CF(schedule), 0, 0},
     {"best_by", 's', CF(best_by), 0, 0},
     {"seed", 'u', CF(seed), 0, 9223372036854775807.0},
+    {"ensemble", 'i', CF(ensemble), 1, 1024},
     {"out", 's', CF(out), 0, 0},
     {"keep", 'n', CF(keep), 0, 1 << 30},
     {"log", 's', CF(log), 0, 0},
@@ -655,6 +656,7 @@ void ts_classify_defaults(ts_classify_config *c)
     snprintf(c->schedule, sizeof c->schedule, "cosine");
     snprintf(c->best_by, sizeof c->best_by, "accuracy");
     c->seed = 1337;
+    c->ensemble = 1;
     snprintf(c->device, sizeof c->device, "auto");
     c->keep = 3;
     c->eval_batch = 64;
@@ -1051,7 +1053,16 @@ static ts_status check_config(const ts_classify_config *c)
     if (!c->train[0]) return ts_error(TS_ERR_INVALID_ARG, "no training file (--train)");
     if (ts_text_format_parse(c->format) < 0 || ts_text_format_parse(c->format) == TS_FORMAT_LINES)
         return ts_error(TS_ERR_INVALID_ARG, "--format must be auto, jsonl, csv or tsv, not '%s'", c->format);
-    TRY(one_of3("--pool", c->pool, "last", "mean", NULL));
+    if (c->ensemble < 1 || c->ensemble > 1024) return ts_error(TS_ERR_INVALID_ARG, "--ensemble must be 1 to 1024");
+    if (!strcmp(c->pool, "mixed") && c->ensemble == 1)
+        return ts_error(TS_ERR_INVALID_ARG, "--pool mixed alternates an ensemble's members between last and mean: "
+                        "it needs --ensemble 2 or more");
+    TRY(one_of3("--pool", c->pool, "last", "mean", c->ensemble > 1 ? "mixed" : NULL));
+    if (c->ensemble > 1 && !c->out[0])
+        return ts_error(TS_ERR_INVALID_ARG, "an ensemble needs a directory for its members (--out)");
+    if (c->ensemble > 1 && c->log[0] && strcmp(c->log, "-") != 0)
+        return ts_error(TS_ERR_INVALID_ARG, "an ensemble's members log into their own directories: --log must be "
+                        "left out or -");
     TRY(one_of3("--attention", c->attention, "causal", "bidirectional", NULL));
     TRY(one_of3("--schedule", c->schedule, "cosine", "constant", NULL));
     TRY(one_of3("--best-by", c->best_by, "accuracy", "macro_f1", "loss"));
@@ -1121,11 +1132,21 @@ static ts_status read_resume_point(crun *r)
             if (!may) fixed[k++] = settings_table[i].key;
         }
         fixed[k] = NULL;
-        char *mine = malloc(TS_SETTINGS_MAX), diff[2048];
-        if (!mine) return ts_error(TS_ERR_OOM, "no memory");
+        /* the saved settings as this version reads them: a member the run
+         * predates (such as ensemble) takes its default */
+        char *mine = malloc(TS_SETTINGS_MAX), *saved = malloc(TS_SETTINGS_MAX), diff[2048];
+        ts_classify_config sc;
+        ts_classify_defaults(&sc);
+        if (!mine || !saved) {
+            free(mine), free(saved);
+            return ts_error(TS_ERR_OOM, "no memory");
+        }
+        snprintf(saved, TS_SETTINGS_MAX, "%s", r->state.settings);
+        if (ts_classify_settings_parse(r->state.settings, &sc) == TS_OK) ts_classify_settings_json(&sc, saved, TS_SETTINGS_MAX);
+        ts_clear_error();
         ts_classify_settings_json(&r->c, mine, TS_SETTINGS_MAX);
-        int n = ts_json_object_diff(r->state.settings, mine, fixed, diff, sizeof diff);
-        free(mine);
+        int n = ts_json_object_diff(saved, mine, fixed, diff, sizeof diff);
+        free(mine), free(saved);
         if (n < 0) st = ts_error(TS_ERR_FORMAT, "%s/state.json: its settings are not a JSON object", r->ckpt);
         else if (n > 0)
             st = ts_error(TS_ERR_INVALID_ARG, "resuming %s: these settings differ from the run's (saved vs now): %s",
@@ -1273,7 +1294,12 @@ static ts_status build_model(crun *r, const char *init_ckpt)
     mc.bidirectional = !strcmp(c->attention, "bidirectional");
     char f[4400];
     ts_status st = TS_OK;
-    if (init_ckpt) {
+    if (r->ckpt[0]) { /* resumed: the trunk's shape is the checkpoint's (a run from --init has the LM's) */
+        ts_classifier_config saved;
+        snprintf(f, sizeof f, "%s/model.safetensors", r->ckpt);
+        st = ts_classifier_read_config(f, &saved);
+        mc.gpt = saved.gpt;
+    } else if (init_ckpt) {
         snprintf(f, sizeof f, "%s/model.safetensors", init_ckpt);
         st = ts_gpt_read_config(f, &mc.gpt);
     } else
@@ -1683,7 +1709,7 @@ static ts_status classify_run(crun *r)
     return TS_OK;
 }
 
-ts_status ts_classify_train(const ts_classify_config *cfg, ts_classify_result *res)
+static ts_status train_one(const ts_classify_config *cfg, ts_classify_result *res)
 {
     memset(res, 0, sizeof *res);
     res->best_step = -1;
@@ -1704,6 +1730,176 @@ ts_status ts_classify_train(const ts_classify_config *cfg, ts_classify_result *r
     free(r);
     if (st) ts_error(st, "%s", msg);
     return st;
+}
+
+/* ---- ensembles ----
+ * out/ensemble.json names the members (out/member-i, each a whole
+ * classifier run) and keeps the settings they were made from. */
+
+#define ENSEMBLE_FILE "ensemble.json"
+
+static int path_exists(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}
+
+/* Member i's settings: seed + i, and under pool "mixed" last, mean, last, ... */
+static void member_config(const ts_classify_config *c, int64_t i, ts_classify_config *m)
+{
+    *m = *c;
+    m->ensemble = 1;
+    m->seed = c->seed + (uint64_t)i;
+    if (!strcmp(c->pool, "mixed")) snprintf(m->pool, sizeof m->pool, "%s", i % 2 ? "mean" : "last");
+    snprintf(m->out, sizeof m->out, "%.990s/member-%lld", c->out, (long long)(i % 10000));
+    char latest[4300];
+    m->resume = c->resume && ts_checkpoint_latest(m->out, latest, sizeof latest) == TS_OK;
+    ts_clear_error();
+    m->force = !m->resume; /* a member not yet started begins in a clean directory */
+}
+
+/* The ensemble's directory: continue it (resume), start it over (force), or
+ * refuse to write over a run; then ensemble.json, written atomically. */
+static ts_status prepare_ensemble_dir(const ts_classify_config *c)
+{
+    char f[1100];
+    snprintf(f, sizeof f, "%.1000s/" ENSEMBLE_FILE, c->out);
+    int is_ensemble = path_exists(f);
+    ts_run_dir_info info;
+    TRY(ts_run_dir_inspect(c->out, &info));
+    int has_single = info.checkpoints || info.has_log || info.latest[0];
+    if (c->resume && !is_ensemble)
+        return ts_error(TS_ERR_INVALID_ARG, "%s holds no ensemble (%s) to resume", c->out, ENSEMBLE_FILE);
+    if (!c->resume && (is_ensemble || has_single)) {
+        if (!c->force)
+            return ts_error(TS_ERR_INVALID_ARG, "%s already holds a run: --resume continues it, --force starts a new "
+                            "one there (deleting its checkpoints and log)", c->out);
+        if (is_ensemble && unlink(f) != 0) return ts_error(TS_ERR_IO, "cannot remove %s: %s", f, strerror(errno));
+        if (has_single) TRY(ts_run_dir_reset(c->out));
+        for (int64_t i = 0; i < c->ensemble; i++) { /* members a run of other settings left */
+            ts_classify_config m;
+            member_config(c, i, &m);
+            if (path_exists(m.out)) TRY(ts_run_dir_reset(m.out));
+        }
+    }
+    TRY(ts_mkdir_p(c->out));
+    char *settings = malloc(TS_SETTINGS_MAX), *text = NULL;
+    size_t n = 0;
+    FILE *o = settings ? open_memstream(&text, &n) : NULL;
+    if (!o) {
+        free(settings);
+        return ts_error(TS_ERR_OOM, "no memory");
+    }
+    ts_classify_settings_json(c, settings, TS_SETTINGS_MAX);
+    fputs("{\"members\": [", o);
+    for (int64_t i = 0; i < c->ensemble; i++) fprintf(o, "%s\"member-%lld\"", i ? ", " : "", (long long)i);
+    fprintf(o, "], \"settings\": %s}\n", settings);
+    fclose(o);
+    free(settings);
+    ts_status st = text ? ts_write_file_atomic(f, text, n) : ts_error(TS_ERR_OOM, "no memory");
+    free(text);
+    return st;
+}
+
+/* An ensemble directory's ensemble.json, parsed (*j = NULL: path is not one). */
+static ts_status read_ensemble(const char *path, ts_json **j)
+{
+    char f[1100], *text = NULL;
+    size_t n = 0;
+    *j = NULL;
+    snprintf(f, sizeof f, "%.1000s/" ENSEMBLE_FILE, path);
+    if (!path_exists(f)) return TS_OK;
+    TRY(ts_read_file(f, &text, &n));
+    ts_status st = ts_json_parse(text, n, j);
+    free(text);
+    if (st) return ts_error_context(st, "%s", f);
+    const ts_json *m = ts_json_get(*j, "members");
+    int ok = m && m->type == TS_JSON_ARRAY && m->count > 0 && ts_json_get(*j, "settings") &&
+             ts_json_get(*j, "settings")->type == TS_JSON_OBJECT;
+    for (size_t i = 0; ok && i < m->count; i++)
+        ok = m->items[i].type == TS_JSON_STRING && m->items[i].string[0] && !strchr(m->items[i].string, '/') &&
+             strcmp(m->items[i].string, "..") != 0 && strlen(m->items[i].string) < 64;
+    if (!ok) {
+        ts_json_free(*j);
+        *j = NULL;
+        return ts_error(TS_ERR_FORMAT, "%s: expected {\"members\": [directory names], \"settings\": {...}}", f);
+    }
+    return TS_OK;
+}
+
+ts_status ts_classify_run_settings(const char *out, char **json)
+{
+    *json = NULL;
+    ts_json *e = NULL;
+    TRY(read_ensemble(out, &e));
+    if (e) {
+        size_t n = ts_json_serialize(ts_json_get(e, "settings"), NULL, 0);
+        *json = malloc(n + 1);
+        if (*json) ts_json_serialize(ts_json_get(e, "settings"), *json, n + 1);
+        ts_json_free(e);
+        return *json ? TS_OK : ts_error(TS_ERR_OOM, "no memory");
+    }
+    char ckpt[4300];
+    ts_train_state *state = calloc(1, sizeof *state);
+    if (!state) return ts_error(TS_ERR_OOM, "no memory");
+    ts_status st = ts_checkpoint_latest(out, ckpt, sizeof ckpt);
+    if (!st) st = ts_checkpoint_read_state(ckpt, state);
+    if (!st && !(*json = strdup(state->settings))) st = ts_error(TS_ERR_OOM, "no memory");
+    free(state);
+    return st;
+}
+
+/* The members one after another, every process together (each member is
+ * data-parallel over them as one classifier is). */
+static ts_status train_ensemble(const ts_classify_config *c, ts_classify_result *res)
+{
+    memset(res, 0, sizeof *res);
+    res->best_step = -1;
+    TRY(check_config(c));
+    ts_grid g;
+    TRY(ts_grid_create(&g, 1, 1));
+    ts_status st = g.rank == 0 ? prepare_ensemble_dir(c) : TS_OK;
+    st = ts_comm_agree(g.world, st, "preparing the ensemble's directory");
+    int verbose = c->progress && g.rank == 0;
+    double seconds = 0;
+    int64_t steps = 0;
+    for (int64_t i = 0; i < c->ensemble && !st; i++) {
+        ts_classify_config m;
+        member_config(c, i, &m);
+        /* every process must agree on resuming the member: rank 0 saw its directory */
+        int resume = m.resume;
+        st = ts_comm_bcast(g.world, &resume, sizeof resume, 0, "resuming a member");
+        m.resume = resume, m.force = !resume;
+        if (st) break;
+        if (verbose) {
+            printf("ensemble member %lld of %lld (seed %llu, pool %s): %s\n", (long long)i + 1, (long long)c->ensemble,
+                   (unsigned long long)m.seed, m.pool, m.out);
+            fflush(stdout);
+        }
+        st = train_one(&m, res);
+        if (st) {
+            st = ts_error_context(st, "ensemble member %lld (%s)", (long long)i, m.out);
+            break;
+        }
+        seconds += res->seconds, steps += res->steps_done - res->first_step;
+        if (res->interrupted) break;
+        res->members_done = i + 1;
+    }
+    if (!st) {
+        res->seconds = seconds;
+        res->steps_done = steps;
+        res->first_step = 0;
+        if (verbose && !res->interrupted)
+            printf("ensemble of %lld trained in %dm%02ds: tessera classify eval --checkpoint %s averages its members\n",
+                   (long long)c->ensemble, (int)seconds / 60, (int)seconds % 60, c->out);
+    }
+    ts_grid_free(&g);
+    return st;
+}
+
+ts_status ts_classify_train(const ts_classify_config *cfg, ts_classify_result *res)
+{
+    return cfg->ensemble > 1 ? train_ensemble(cfg, res) : train_one(cfg, res);
 }
 
 /* ---- using a trained classifier ---- */
@@ -1812,18 +2008,99 @@ static ts_status emit(const char *path, const char *text, size_t n)
     return ts_write_file_atomic(path, text, n);
 }
 
+/* Every example's class probabilities (in the file's order) into acc
+ * (t->e.n x K), on every process: t's classifier's alone (members NULL),
+ * or the mean of an ensemble's (t is its first member, opened). */
+static ts_status scored_probs(trained *t, const ts_classify_use *u, const ts_json *members, int need_labels,
+                              float *acc)
+{
+    int64_t K = t->labels.n, n = t->e.n, count = members ? (int64_t)members->count : 1;
+    float *p = calloc((size_t)(n * K), sizeof *p);
+    ts_status st = p ? TS_OK : ts_error(TS_ERR_OOM, "no memory for %lld probabilities", (long long)(n * K));
+    for (int64_t j = 0; j < count && !st; j++) {
+        trained *o = t;
+        ts_classify_use mu = *u;
+        if (j > 0) {
+            snprintf(mu.checkpoint, sizeof mu.checkpoint, "%.900s/%s", u->checkpoint, members->items[j].string);
+            if (!(o = calloc(1, sizeof *o))) st = ts_error(TS_ERR_OOM, "no memory");
+            if (!st) st = open_trained(o, &mu, need_labels);
+            if (o && o->have_grid) st = ts_comm_agree(o->g.world, st, "opening an ensemble member");
+            int same = !st && o->labels.n == K && o->e.n == n;
+            for (int64_t k = 0; same && k < K; k++) same = !strcmp(o->labels.names[k], t->labels.names[k]);
+            if (!st && !same)
+                st = ts_error(TS_ERR_FORMAT, "ensemble member %s has other labels than %s", o->ckpt, t->ckpt);
+        }
+        double lc[2] = {0, 0};
+        if (!st) memset(p, 0, (size_t)(n * K) * sizeof *p);
+        if (!st) st = score_share(&o->m, &o->e, o->max_len, u->batch, t->g.rank, t->g.size, NULL, lc, p);
+        st = ts_comm_agree(t->g.world, st, "scoring");
+        if (!st && t->g.size > 1) st = ts_comm_allreduce_f32(t->g.world, p, n * K, TS_REDUCE_SUM, "probabilities");
+        for (int64_t i = 0; !st && i < n * K; i++) acc[i] += p[i] / (float)count;
+        if (o && o != t) {
+            trained_free(o);
+            free(o);
+        }
+    }
+    free(p);
+    return st;
+}
+
+/* Metrics of averaged probabilities: the argmax against each example's label. */
+static ts_status metrics_of_probs(const trained *t, const float *probs, ts_class_metrics *m)
+{
+    int64_t K = t->labels.n, n = t->e.n, labeled = 0;
+    int64_t *confusion = calloc((size_t)((K + 1) * K), sizeof *confusion);
+    if (!confusion) return ts_error(TS_ERR_OOM, "no memory");
+    double loss = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const float *p = probs + i * K;
+        int64_t best = 0, id = t->d.ids[i];
+        for (int64_t k = 1; k < K; k++)
+            if (p[k] > p[best]) best = k;
+        confusion[(id >= 0 ? id : K) * K + best] += 1;
+        if (id >= 0) loss -= log(fmax((double)p[id], 1e-30)), labeled++;
+    }
+    ts_status st = ts_metrics_compute(m, (int)K, confusion, labeled ? loss / (double)labeled : NAN);
+    free(confusion);
+    return st;
+}
+
+/* The checkpoint's (or ensemble's first member's) classifier and the file;
+ * *members: an ensemble's names, or NULL. */
+static ts_status open_use(trained *t, const ts_classify_use *u, int need_labels, ts_json **ensemble)
+{
+    ts_status st = read_ensemble(u->checkpoint, ensemble);
+    ts_classify_use mu = *u;
+    if (!st && *ensemble)
+        snprintf(mu.checkpoint, sizeof mu.checkpoint, "%.900s/%s", u->checkpoint,
+                 ts_json_get(*ensemble, "members")->items[0].string);
+    if (!st) st = open_trained(t, &mu, need_labels);
+    if (t->have_grid) st = ts_comm_agree(t->g.world, st, "opening the classifier and the data");
+    return st;
+}
+
 ts_status ts_classify_evaluate(const ts_classify_use *u, ts_class_metrics *m, ts_label_set *labels)
 {
     memset(m, 0, sizeof *m);
     memset(labels, 0, sizeof *labels);
     trained *t = calloc(1, sizeof *t);
     if (!t) return ts_error(TS_ERR_OOM, "no memory");
-    ts_status st = open_trained(t, u, 1);
-    if (t->have_grid) st = ts_comm_agree(t->g.world, st, "opening the classifier and the data");
-    if (!st) st = evaluate_set(&t->m, &t->e, t->max_len, u->batch, t->g.world, m);
+    ts_json *ens = NULL;
+    const ts_json *members = NULL;
+    ts_status st = open_use(t, u, 1, &ens);
+    if (!st && ens) { /* an ensemble: metrics of its members' mean probabilities */
+        members = ts_json_get(ens, "members");
+        float *probs = calloc((size_t)(t->e.n * t->labels.n), sizeof *probs);
+        st = probs ? scored_probs(t, u, members, 1, probs) : ts_error(TS_ERR_OOM, "no memory");
+        if (!st) st = metrics_of_probs(t, probs, m);
+        free(probs);
+    } else if (!st)
+        st = evaluate_set(&t->m, &t->e, t->max_len, u->batch, t->g.world, m);
     int root = !t->have_grid || t->g.rank == 0;
     if (!st && root && !u->quiet && strcmp(u->out, "-") != 0) {
-        printf("%s on %s (%lld examples):\n\n", t->ckpt, u->data, (long long)m->total);
+        if (members) printf("ensemble %s (%zu members) on %s (%lld examples):\n\n", u->checkpoint, members->count,
+                            u->data, (long long)m->total);
+        else printf("%s on %s (%lld examples):\n\n", t->ckpt, u->data, (long long)m->total);
         ts_metrics_print(stdout, m, &t->labels);
         fflush(stdout);
     }
@@ -1834,7 +2111,8 @@ ts_status ts_classify_evaluate(const ts_classify_use *u, ts_class_metrics *m, ts
         if (!f) st = ts_error(TS_ERR_OOM, "no memory");
         else {
             fputs("{\"checkpoint\": ", f);
-            ts_json_write_string(f, t->ckpt);
+            ts_json_write_string(f, members ? u->checkpoint : t->ckpt);
+            if (members) fprintf(f, ", \"ensemble\": %zu", members->count);
             fputs(", \"data\": ", f);
             ts_json_write_string(f, u->data);
             fputs(", \"metrics\": ", f);
@@ -1851,6 +2129,7 @@ ts_status ts_classify_evaluate(const ts_classify_use *u, ts_class_metrics *m, ts
         memset(&t->labels, 0, sizeof t->labels);
     } else
         ts_metrics_free(m);
+    ts_json_free(ens);
     trained_free(t);
     free(t);
     return st;
@@ -1860,15 +2139,12 @@ ts_status ts_classify_predict(const ts_classify_use *u)
 {
     trained *t = calloc(1, sizeof *t);
     if (!t) return ts_error(TS_ERR_OOM, "no memory");
-    ts_status st = open_trained(t, u, 0);
-    if (t->have_grid) st = ts_comm_agree(t->g.world, st, "opening the classifier and the data");
+    ts_json *ens = NULL;
+    ts_status st = open_use(t, u, 0, &ens);
     int64_t K = t->labels.n, n = t->e.n;
     float *probs = st ? NULL : calloc((size_t)(n * K), sizeof *probs);
-    double lc[2] = {0, 0};
     if (!st && !probs) st = ts_error(TS_ERR_OOM, "no memory for %lld probabilities", (long long)(n * K));
-    if (!st) st = score_share(&t->m, &t->e, t->max_len, u->batch, t->g.rank, t->g.size, NULL, lc, probs);
-    if (t->have_grid) st = ts_comm_agree(t->g.world, st, "predicting");
-    if (!st && t->g.size > 1) st = ts_comm_allreduce_f32(t->g.world, probs, n * K, TS_REDUCE_SUM, "probabilities");
+    if (!st) st = scored_probs(t, u, ens ? ts_json_get(ens, "members") : NULL, 0, probs);
     if (!st && t->g.rank == 0) {
         char *text = NULL, v[32];
         size_t len = 0;
@@ -1903,6 +2179,7 @@ ts_status ts_classify_predict(const ts_classify_use *u)
     }
     if (t->have_grid) st = ts_comm_agree(t->g.world, st, "writing the predictions");
     free(probs);
+    ts_json_free(ens);
     trained_free(t);
     free(t);
     return st;

@@ -128,7 +128,7 @@ typedef struct ts_classify_config {
     char tokenizer[1024];     /* byte | bpe:N (trained on the training texts) | tokenizer file */
     int64_t layers, heads, width;
     int64_t max_len;          /* tokens per text (longer texts are cut) */
-    char pool[16];            /* last | mean */
+    char pool[16];            /* last | mean | mixed (an ensemble's members alternate last, mean) */
     char attention[16];       /* causal | bidirectional */
     char class_weights[1024]; /* "" (none) | balanced | w1,w2,... in label order */
     /* optimisation */
@@ -140,6 +140,10 @@ typedef struct ts_classify_config {
     char schedule[16];        /* cosine | constant */
     char best_by[16];         /* accuracy | macro_f1 | loss */
     uint64_t seed;
+    /* an ensemble: this many classifiers, member i trained with seed + i
+     * (its weights, order and held-out split) into out/member-i, their
+     * class probabilities averaged by eval and predict */
+    int64_t ensemble;         /* 1 = one classifier */
     /* run */
     char device[128];
     int threads;
@@ -162,10 +166,16 @@ typedef struct ts_classify_result {
     double val_accuracy, val_macro_f1, val_loss; /* the last evaluation */
     int64_t num_params;
     int interrupted;          /* the signal that stopped the run (ts_train_request_stop), or 0 */
+    int64_t members_done;     /* an ensemble's members trained to the end */
 } ts_classify_result;
 
 void ts_classify_defaults(ts_classify_config *c);
+/* One classifier, or an ensemble's members one after another (res then
+ * sums their steps and time; best_* are the last member's). */
 ts_status ts_classify_train(const ts_classify_config *c, ts_classify_result *res);
+/* The settings of the run in `out` (an ensemble's, or its latest
+ * checkpoint's) as JSON; caller frees. */
+ts_status ts_classify_run_settings(const char *out, char **json);
 /* The settings as a flat JSON object (state.json, MPI agreement) and back
  * (members absent keep their value; wrong types and ranges are errors). */
 size_t ts_classify_settings_json(const ts_classify_config *c, char *buf, size_t n);
@@ -176,7 +186,7 @@ const char *const *ts_classify_resumable_settings(void);
 /* ---- using a trained classifier ---- */
 
 typedef struct ts_classify_use {
-    char checkpoint[1024];    /* a checkpoint, or a run directory (its best, else latest) */
+    char checkpoint[1024];    /* a checkpoint, a run directory (its best, else latest), or an ensemble's */
     char data[1024];
     char format[16], text_field[128], label_field[128];
     char device[128];
@@ -189,7 +199,7 @@ typedef struct ts_classify_use {
 
 void ts_classify_use_defaults(ts_classify_use *u);
 /* Accuracy, macro and per-class metrics and the confusion matrix of a
- * checkpoint on a labeled file; printed (unless quiet) and written as JSON
+ * checkpoint (an ensemble: of its members' mean probabilities) on a labeled file; printed (unless quiet) and written as JSON
  * (out). m and labels are the caller's to free. */
 ts_status ts_classify_evaluate(const ts_classify_use *u, ts_class_metrics *m, ts_label_set *labels);
 /* One JSON line per text: the text, the predicted label and every class's
