@@ -58,7 +58,9 @@ typedef struct ts_bench_result {
     int reps;            /* timed calls */
     double gflops;       /* flops / median / 1e9 */
     double gbs;          /* bytes / median / 1e9 */
-    double fraction;     /* of the device's measured limit: peak for compute, triad for memory */
+    double fraction;     /* of the device's measured limit: peak for compute; for memory-bound ops
+                            the lower of the triad and the op's own rate on data in cache */
+    char bound[16];      /* memory-bound ops: "bandwidth", or what limits the op in cache ("tanh", "exp") */
 } ts_bench_result;
 
 typedef void (*ts_bench_sink)(const ts_bench_result *r, void *user);

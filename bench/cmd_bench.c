@@ -39,7 +39,7 @@ typedef struct bench_run {
 
 static void print_header(FILE *f)
 {
-    fprintf(f, "%-9s %-9s %-24s %-16s %-34s %10s %10s %10s %9s %8s %6s\n", "device", "suite", "kernel",
+    fprintf(f, "%-9s %-9s %-38s %-16s %-34s %10s %10s %10s %9s %8s %-9s\n", "device", "suite", "kernel",
             "impl", "shape", "median", "min", "max", "GFLOP/s", "GB/s", "limit");
 }
 
@@ -48,9 +48,11 @@ static void print_row(FILE *f, const ts_bench_result *r)
     char g[16] = "", b[16] = "", fr[16] = "";
     if (r->gflops > 0) snprintf(g, sizeof g, "%.1f", r->gflops);
     if (r->gbs > 0) snprintf(b, sizeof b, "%.2f", r->gbs);
-    if (r->fraction > 0) snprintf(fr, sizeof fr, "%.0f%%", 100 * r->fraction);
+    if (r->fraction > 0) /* memory-bound ops limited by their exp/tanh rather than the triad say so */
+        snprintf(fr, sizeof fr, "%.0f%%%s%.5s", 100 * r->fraction, r->bound[0] && strcmp(r->bound, "bandwidth") ? " " : "",
+                 strcmp(r->bound, "bandwidth") ? r->bound : "");
     char t0[32], t1[32], t2[32];
-    fprintf(f, "%-9s %-9s %-24s %-16.16s %-34.34s %10s %10s %10s %9s %8s %6s\n", r->device, r->suite, r->name,
+    fprintf(f, "%-9s %-9s %-38.38s %-16.16s %-34.34s %10s %10s %10s %9s %8s %-9s\n", r->device, r->suite, r->name,
             r->impl, r->shape, ts_bench_fmt_time(r->median_s, t0, sizeof t0), ts_bench_fmt_time(r->min_s, t1, sizeof t1),
             ts_bench_fmt_time(r->max_s, t2, sizeof t2), g, b, fr);
     fflush(f);
@@ -217,7 +219,8 @@ static void cell(char *buf, size_t n, const ts_bench_result *r)
         snprintf(buf, n, "%.1f GB/s", r->gbs);
     else snprintf(buf, n, "%.1f GFLOP/s", r->gflops);
     if (r->fraction > 0 && strcmp(r->suite, "limits") != 0)
-        snprintf(buf + strlen(buf), n - strlen(buf), " (%.0f%%)", 100 * r->fraction);
+        snprintf(buf + strlen(buf), n - strlen(buf), " (%.0f%%%s%s)", 100 * r->fraction,
+                 r->bound[0] && strcmp(r->bound, "bandwidth") ? " of " : "", strcmp(r->bound, "bandwidth") ? r->bound : "");
 }
 
 static ts_status write_markdown(const char *path, const bench_run *b, ts_device *const *devs, const double *peaks,
@@ -263,7 +266,8 @@ static ts_status write_markdown(const char *path, const bench_run *b, ts_device 
         if (peaks[d] > 0) fprintf(f, ", measured peak %.1f GFLOP/s and triad %.1f GB/s", peaks[d], triads[d]);
     }
     fprintf(f, ". Medians; in parentheses the fraction of the device's measured peak (compute) or triad "
-               "(memory-bound ops).\n\n| suite | kernel | shape |");
+               "(memory-bound ops), or \"of tanh\" / \"of exp\": of the op's own rate on data in cache, where that is "
+               "lower than the triad (the limits rows \"... in cache\").\n\n| suite | kernel | shape |");
     for (int c = 0; c < ncols; c++) fprintf(f, " %s |", cols[c]);
     fprintf(f, "\n|---|---|---|");
     for (int c = 0; c < ncols; c++) fprintf(f, "---:|");

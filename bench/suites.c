@@ -113,6 +113,11 @@ typedef struct run {
     ts_bench_sink sink;
     void *user;
     double peak_gflops, triad_gbs;
+    /* the next memory-bound op's rate on data in cache (its exp/tanh
+     * limit, as GB/s of its full-size traffic), and that function's name */
+    double op_limit_gbs;
+    const char *op_bound;
+    double last_gbs; /* of the last measure() */
 } run;
 
 /* Time fn and hand the result on. kind: 'c' compute-bound (fraction of
@@ -134,8 +139,13 @@ static ts_status measure(run *r, const char *suite, const char *name, const char
     if (st) return ts_error(st, "bench %s %s on %s: %s", suite, name, res.device, ts_last_error());
     res.gflops = flops / res.median_s / 1e9;
     res.gbs = bytes / res.median_s / 1e9;
+    r->last_gbs = res.gbs;
     if (kind == 'c' && r->peak_gflops > 0) res.fraction = res.gflops / r->peak_gflops;
-    if (kind == 'm' && r->triad_gbs > 0) res.fraction = res.gbs / r->triad_gbs;
+    if (kind == 'm' && r->triad_gbs > 0) {
+        int compute = r->op_limit_gbs > 0 && r->op_limit_gbs < r->triad_gbs;
+        res.fraction = res.gbs / (compute ? r->op_limit_gbs : r->triad_gbs);
+        snprintf(res.bound, sizeof res.bound, "%s", compute ? r->op_bound : "bandwidth");
+    }
     if (r->sink) r->sink(&res, r->user);
     return TS_OK;
 }
@@ -319,7 +329,9 @@ static void mem_free(mem_ctx *c)
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) ts_tensor_free(all[i]);
 }
 
-static ts_status mem_setup(run *r, mem_ctx *c, char *name, char *shape, double *flops, double *bytes)
+/* in_cache: the same op on data that fits the caches (a few hundred KB a
+ * core), which measures its arithmetic (exp, tanh) rather than memory */
+static ts_status mem_setup(run *r, mem_ctx *c, int in_cache, char *name, char *shape, double *flops, double *bytes)
 {
     ts_device *d = r->dev;
     int q = r->o->quick;
@@ -354,18 +366,20 @@ static ts_status mem_setup(run *r, mem_ctx *c, char *name, char *shape, double *
         return TS_OK;
     case M_GELU_FWD:
     case M_GELU_BWD: {
-        int64_t n = N * 4 * C;
+        int64_t n = in_cache ? 1 << 17 : N * 4 * C;
         TRY(alloc_random(&c->x, d, TS_SHAPE(n), -4, 4, 21));
         TRY(alloc_random(&c->y, d, TS_SHAPE(n), -1, 1, 22));
         TRY(ts_tensor_alloc(&c->z, d, TS_F32, TS_SHAPE(n)));
-        snprintf(shape, 64, "n=%lld (N=%lld x 4C=%lld)", (long long)n, (long long)N, (long long)(4 * C));
+        if (in_cache) snprintf(shape, 64, "n=%lld", (long long)n);
+        else snprintf(shape, 64, "n=%lld (N=%lld x 4C=%lld)", (long long)n, (long long)N, (long long)(4 * C));
         snprintf(name, 48, c->op == M_GELU_FWD ? "gelu forward" : "gelu backward");
         *bytes = f * (c->op == M_GELU_FWD ? 2.0 : 3.0) * n;
         *flops = (c->op == M_GELU_FWD ? 12.0 : 20.0) * n;
         return TS_OK;
     }
     case M_CE: {
-        int64_t rows = q ? 64 : 256;
+        int64_t rows = in_cache ? 4 : q ? 64 : 256;
+        if (in_cache && q) V = 16384;
         c->N = rows;
         TRY(alloc_random(&c->x, d, TS_SHAPE(rows, V), -4, 4, 31));
         TRY(ts_tensor_alloc(&c->y, d, TS_F32, TS_SHAPE(rows, V)));
@@ -406,6 +420,25 @@ static ts_status mem_setup(run *r, mem_ctx *c, char *name, char *shape, double *
     return ts_error(TS_ERR_INVALID_ARG, "bench: unknown memory op %d", c->op);
 }
 
+/* The rate of op on data in cache, in GB/s of the traffic the op counts
+ * (the same bytes per element at every size): a row of the limits suite,
+ * kept in r->op_limit_gbs for the full-size op after it. */
+static ts_status op_limit(run *r, int op, const char *fn)
+{
+    mem_ctx c;
+    memset(&c, 0, sizeof c);
+    c.op = op;
+    char name[48] = "", shape[64] = "", label[48];
+    double flops = 0, bytes = 0;
+    ts_status st = mem_setup(r, &c, 1, name, shape, &flops, &bytes);
+    snprintf(label, sizeof label, "%s in cache (%s)", name, fn);
+    r->last_gbs = 0;
+    if (!st) st = measure(r, "limits", label, "tessera", shape, flops, bytes, 't', run_mem, &c);
+    mem_free(&c);
+    r->op_limit_gbs = r->last_gbs;
+    return st;
+}
+
 static ts_status bench_memory(run *r)
 {
     for (int op = 0; op < M_COUNT; op++) {
@@ -414,8 +447,13 @@ static ts_status bench_memory(run *r)
         c.op = op;
         char name[48] = "", shape[64] = "";
         double flops = 0, bytes = 0;
-        ts_status st = mem_setup(r, &c, name, shape, &flops, &bytes);
+        ts_status st = mem_setup(r, &c, 0, name, shape, &flops, &bytes);
+        /* ops heavy in exp or tanh: their in-cache rate may be below the triad */
+        const char *fn = op == M_GELU_FWD || op == M_GELU_BWD ? "tanh" : op == M_CE ? "exp" : NULL;
+        r->op_limit_gbs = 0, r->op_bound = fn;
+        if (!st && fn) st = op_limit(r, op, fn);
         if (!st) st = measure(r, "memory", name, "tessera", shape, flops, bytes, 'm', run_mem, &c);
+        r->op_limit_gbs = 0;
         mem_free(&c);
         TRY(st);
     }
@@ -655,9 +693,10 @@ ts_status ts_bench_write_json(const char *path, const char *command, ts_device *
         ts_json_write_member(f, "shape", r->shape, ", ");
         fprintf(f,
                 "\"flops\": %.6g, \"bytes\": %.6g, \"min_s\": %.9g, \"median_s\": %.9g, \"max_s\": %.9g, "
-                "\"reps\": %d, \"gflops\": %.6g, \"gbs\": %.6g, \"fraction\": %.4g}",
+                "\"reps\": %d, \"gflops\": %.6g, \"gbs\": %.6g, \"fraction\": %.4g, ",
                 json_num(r->flops), json_num(r->bytes), json_num(r->min_s), json_num(r->median_s), json_num(r->max_s),
                 r->reps, json_num(r->gflops), json_num(r->gbs), json_num(r->fraction));
+        ts_json_write_member(f, "bound", r->bound, "}");
     }
     fprintf(f, "\n  ]\n}\n");
     if (ferror(f)) {
@@ -682,7 +721,7 @@ ts_status ts_bench_write_csv(const char *path, const ts_bench_result *results, i
     ts_atomic_file af;
     TRY(ts_atomic_open(&af, path));
     FILE *f = af.f;
-    fprintf(f, "device,suite,name,impl,shape,flops,bytes,min_s,median_s,max_s,reps,gflops,gbs,fraction\n");
+    fprintf(f, "device,suite,name,impl,shape,flops,bytes,min_s,median_s,max_s,reps,gflops,gbs,fraction,bound\n");
     for (int i = 0; i < n; i++) {
         const ts_bench_result *r = &results[i];
         const char *text[] = {r->device, r->suite, r->name, r->impl, r->shape};
@@ -690,9 +729,11 @@ ts_status ts_bench_write_csv(const char *path, const ts_bench_result *results, i
             csv_field(f, text[k]);
             fputc(',', f);
         }
-        fprintf(f, "%.6g,%.6g,%.9g,%.9g,%.9g,%d,%.4f,%.4f,%.4f\n", json_num(r->flops), json_num(r->bytes),
+        fprintf(f, "%.6g,%.6g,%.9g,%.9g,%.9g,%d,%.4f,%.4f,%.4f,", json_num(r->flops), json_num(r->bytes),
                 json_num(r->min_s), json_num(r->median_s), json_num(r->max_s), r->reps, json_num(r->gflops),
                 json_num(r->gbs), json_num(r->fraction));
+        csv_field(f, r->bound);
+        fputc('\n', f);
     }
     if (ferror(f)) {
         ts_atomic_abort(&af);
