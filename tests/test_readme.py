@@ -149,7 +149,7 @@ def check_convert(body, work, ctx):
 
 def check_classify(body, work, ctx):
     body = shorten(body, [("--width 128", "--width 32"), ("--steps 800", "--steps 6"), ("--epochs 8", "--epochs 1"),
-                          ("--max-len 48", "--max-len 16")])
+                          ("--max-len 48", "--max-len 16"), ("--ensemble 10", "--ensemble 2")])
     out = sh(body, work)
     assert re.search(r"^accuracy\s+[0-9.]+\s+588", out, re.M), out
     assert re.search(r"^macro avg", out, re.M), out
