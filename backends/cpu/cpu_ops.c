@@ -91,12 +91,24 @@ void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte, 
 void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
                             int64_t N, int64_t T, int64_t C, int64_t V, int64_t vocab_start)
 {
-    int64_t nblocks = (C + COL_BLOCK - 1) / COL_BLOCK;
+    /* each thread one contiguous share of the columns (rows are summed in
+     * order, so the result does not depend on the split): long runs of
+     * every row, which the prefetchers follow, where 64-column blocks
+     * jumped C floats a row */
+    int64_t threads = ts_cpu_threads > 0 ? ts_cpu_threads : 1;
+    int64_t width = ((C + threads - 1) / threads + 15) / 16 * 16;
+    width = width < COL_BLOCK ? COL_BLOCK : width;
+    int64_t nblocks = (C + width - 1) / width;
     PFOR(N * C > SMALL)
     for (int64_t cb = 0; cb < nblocks; cb++) {
-        int64_t c0 = cb * COL_BLOCK, c1 = c0 + COL_BLOCK < C ? c0 + COL_BLOCK : C;
+        int64_t c0 = cb * width, c1 = c0 + width < C ? c0 + width : C;
         for (int64_t n = 0; n < N; n++) {
             const float *d = dout + n * C;
+            if (dwte && n + 8 < N) { /* the rows are random: fetch a later one's share ahead */
+                int64_t ahead = (int64_t)tokens[n + 8] - vocab_start;
+                if (ahead >= 0 && ahead < V)
+                    for (int64_t c = c0; c < c1; c += 16) __builtin_prefetch(dwte + ahead * C + c, 1, 3);
+            }
             if (dwte) {
                 int64_t row = (int64_t)tokens[n] - vocab_start;
                 if (row >= 0 && row < V) {
