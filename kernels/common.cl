@@ -28,6 +28,24 @@
 /* The common case: the ROW_WG items of a row kernel striding over a row. */
 #define ROW_FOR(j, n) UNIFORM_FOR(j, n, get_local_id(0), ROW_WG)
 
+/* CPU-type devices: item i of a row kernel takes one contiguous run of the
+ * row, a multiple of 8 long, and walks it 8 at a time (float8), which PoCL
+ * compiles to vector loads; with ROW_FOR's strided items it emits scalar
+ * ones (the cross-entropy ran at 2.6 GB/s). The trip count is the same for
+ * every item (see UNIFORM_FOR); the body handles the 8 elements at k, all
+ * of them when k + 8 <= n, else the row's tail with a guarded loop of 8. */
+#define RUN8_FOR(k, n)                                                                    \
+    for (long k##_c = 0, k##_per = (((long)(n) + ROW_WG - 1) / ROW_WG + 7) / 8 * 8,      \
+              k = (long)get_local_id(0) * k##_per;                                        \
+         k##_c < k##_per; k##_c += 8, k += 8)                                             \
+        if (k < (long)(n))
+
+inline float hsum8(float8 v) { return ((v.s0 + v.s1) + (v.s2 + v.s3)) + ((v.s4 + v.s5) + (v.s6 + v.s7)); }
+inline float hmax8(float8 v)
+{
+    return fmax(fmax(fmax(v.s0, v.s1), fmax(v.s2, v.s3)), fmax(fmax(v.s4, v.s5), fmax(v.s6, v.s7)));
+}
+
 /* Sum of v over the work-group's ROW_WG items, returned to all of them. */
 inline float wg_sum(float v, __local float *scratch)
 {

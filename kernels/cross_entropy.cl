@@ -21,20 +21,58 @@ __kernel void cross_entropy(__global float *losses, ulong lo, __global float *pr
      * below (in place), and a local-memory barrier does not order that */
     barrier(CLK_GLOBAL_MEM_FENCE);
     float m = -INFINITY;
+#if TS_CPU_DEVICE
+    float8 m8 = (float8)(-INFINITY);
+    RUN8_FOR(k, V) {
+        if (k + 8 <= V) m8 = fmax(m8, vload8(0, x + k));
+        else
+            for (int t = 0; t < 8; t++)
+                if (k + t < V) m = fmax(m, x[k + t]);
+    }
+    m = fmax(m, hmax8(m8));
+#else
     ROW_FOR(j, V) m = fmax(m, x[j]);
+#endif
     m = wg_max(m, scratch);
     float s = 0.0f;
     if ((outputs & 6) == 4) {
         /* training: one exp per logit, kept in dlogits, then scaled */
         __global float *d = dlogits + dlo + n * V;
+#if TS_CPU_DEVICE
+        float8 s8 = (float8)(0.0f);
+        RUN8_FOR(k, V) {
+            if (k + 8 <= V) {
+                float8 e = exp(vload8(0, x + k) - m);
+                vstore8(e, 0, d + k);
+                s8 += e;
+            } else
+                for (int t = 0; t < 8; t++)
+                    if (k + t < V) {
+                        float e = exp(x[k + t] - m);
+                        d[k + t] = e;
+                        s += e;
+                    }
+        }
+        s += hsum8(s8);
+#else
         ROW_FOR(j, V) {
             float e = exp(x[j] - m);
             d[j] = e;
             s += e;
         }
+#endif
         float sum = wg_sum(s, scratch);
         float k = valid ? scale / sum : 0.0f;
+#if TS_CPU_DEVICE
+        RUN8_FOR(j, V) {
+            if (j + 8 <= V) vstore8(vload8(0, d + j) * k, 0, d + j);
+            else
+                for (int t = 0; t < 8; t++)
+                    if (j + t < V) d[j + t] *= k;
+        }
+#else
         ROW_FOR(j, V) d[j] *= k;
+#endif
         barrier(CLK_GLOBAL_MEM_FENCE);
         if (lid == 0 && valid) d[target] -= scale;
         if ((outputs & 1) && lid == 0) losses[lo + n] = valid ? m + log(sum) - xt : 0.0f;

@@ -36,10 +36,25 @@ __kernel void reduce_partial(__global float *partial, __global const float *x, u
     int lid = (int)get_local_id(0);
     long i0 = g * chunk, len = min(n, i0 + chunk) - i0;
     float acc = 0.0f;
+#if TS_CPU_DEVICE
+    __global const float *p = x + xo + i0;
+    float8 acc8 = (float8)(0.0f);
+    RUN8_FOR(k, len) {
+        if (k + 8 <= len) {
+            float8 v = vload8(0, p + k);
+            if (squares) acc8 += v * v;
+            else acc8 += v;
+        } else
+            for (int t = 0; t < 8; t++)
+                if (k + t < len) acc += squares ? p[k + t] * p[k + t] : p[k + t];
+    }
+    acc += hsum8(acc8);
+#else
     ROW_FOR(k, len) {
         float v = x[xo + i0 + k];
         acc += squares ? v * v : v;
     }
+#endif
     acc = wg_sum(acc, scratch);
     if (lid == 0) partial[g] = acc;
 }

@@ -480,6 +480,8 @@ static ts_status op_optim(ts_cl_device *d, const ts_op *op)
         ts_cl_arg_float(&a, o->grad_scale);
         ts_cl_arg_float(&a, o->bias_correction1);
         ts_cl_arg_float(&a, o->bias_correction2);
+        /* CPU devices: 8 elements an item (float8) */
+        if (d->is_cpu) return launch_1d(d, "optim.cl", "optim_adam8", (o->n + 7) / 8, &a);
         return launch_1d(d, "optim.cl", "optim_adam", o->n, &a);
     }
     return ts_error(TS_ERR_UNSUPPORTED, "OpenCL backend has no optimizer %d", (int)o->kind);
