@@ -34,14 +34,19 @@ __kernel void scale(__global float *out, ulong oo, __global const float *a, ulon
     if (i < (size_t)n) out[oo + i] = alpha * a[ao + i];
 }
 
+/* GELU (tanh form) and its derivative for x of type float or float8 */
+#define GELU_U(x) (GELU_SCALE * ((x) + 0.044715f * (x) * (x) * (x)))
+#define GELU_FWD(x, t) (0.5f * (x) * (1.0f + (t)))
+#define GELU_GRAD(x, t) \
+    (0.5f * (1.0f + (t)) + (x) * 0.5f * (1.0f - (t) * (t)) * GELU_SCALE * (1.0f + 3.0f * 0.044715f * (x) * (x)))
+
 __kernel void gelu_forward(__global float *out, ulong oo, __global const float *inp, ulong io,
                            long n)
 {
     size_t i = get_global_id(0);
     if (i < (size_t)n) {
         float x = inp[io + i];
-        float u = GELU_SCALE * (x + 0.044715f * x * x * x);
-        out[oo + i] = 0.5f * x * (1.0f + tanh_exp(u));
+        out[oo + i] = GELU_FWD(x, tanh_exp(GELU_U(x)));
     }
 }
 
@@ -51,14 +56,48 @@ __kernel void gelu_backward(__global float *dinp, ulong dio, __global const floa
     size_t i = get_global_id(0);
     if (i < (size_t)n) {
         float x = inp[io + i];
-        float u = GELU_SCALE * (x + 0.044715f * x * x * x);
-        float t = tanh_exp(u);
-        float sech2 = 1.0f - t * t;
-        float local_grad =
-            0.5f * (1.0f + t) + x * 0.5f * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
-        dinp[dio + i] = local_grad * dout[doo + i];
+        dinp[dio + i] = GELU_GRAD(x, tanh_exp(GELU_U(x))) * dout[doo + i];
     }
 }
+
+#if TS_CPU_DEVICE
+/* CPU devices: 8 elements an item, so that exp runs on float8 (PoCL's
+ * vector exp) and loads and stores are vectors */
+inline float8 tanh_exp8(float8 u)
+{
+    float8 e = exp(-2.0f * fabs(u));
+    return copysign((1.0f - e) / (1.0f + e), u);
+}
+
+__kernel void gelu_forward8(__global float *out, ulong oo, __global const float *inp, ulong io, long n)
+{
+    size_t i = get_global_id(0) * 8;
+    if (i + 8 <= (size_t)n) {
+        float8 x = vload8(0, inp + io + i);
+        vstore8(GELU_FWD(x, tanh_exp8(GELU_U(x))), 0, out + oo + i);
+    } else
+        for (int k = 0; k < 8; k++)
+            if (i + k < (size_t)n) {
+                float x = inp[io + i + k];
+                out[oo + i + k] = GELU_FWD(x, tanh_exp(GELU_U(x)));
+            }
+}
+
+__kernel void gelu_backward8(__global float *dinp, ulong dio, __global const float *inp, ulong io,
+                             __global const float *dout, ulong doo, long n)
+{
+    size_t i = get_global_id(0) * 8;
+    if (i + 8 <= (size_t)n) {
+        float8 x = vload8(0, inp + io + i);
+        vstore8(GELU_GRAD(x, tanh_exp8(GELU_U(x))) * vload8(0, dout + doo + i), 0, dinp + dio + i);
+    } else
+        for (int k = 0; k < 8; k++)
+            if (i + k < (size_t)n) {
+                float x = inp[io + i + k];
+                dinp[dio + i + k] = GELU_GRAD(x, tanh_exp(GELU_U(x))) * dout[doo + i + k];
+            }
+}
+#endif
 
 /* c[i,j] = beta*c[i,j] + bias[j] (beta == 0: c is not read). Runs before a
  * GEMM with beta = 1 when the GEMM library has no bias. */

@@ -157,11 +157,14 @@ static ts_status op_elementwise(ts_cl_device *d, const ts_op *op)
     case TS_OP_GELU_FWD:
         ts_cl_arg_tensor(&a, op->in[0]);
         ts_cl_arg_long(&a, n);
+        /* CPU devices: 8 elements an item (float8) */
+        if (d->is_cpu) return launch_1d(d, "elementwise.cl", "gelu_forward8", (n + 7) / 8, &a);
         return launch_1d(d, "elementwise.cl", "gelu_forward", n, &a);
     case TS_OP_GELU_BWD:
         ts_cl_arg_tensor(&a, op->in[0]);
         ts_cl_arg_tensor(&a, op->in[1]);
         ts_cl_arg_long(&a, n);
+        if (d->is_cpu) return launch_1d(d, "elementwise.cl", "gelu_backward8", (n + 7) / 8, &a);
         return launch_1d(d, "elementwise.cl", "gelu_backward", n, &a);
     default:
         return ts_error(TS_ERR_UNSUPPORTED, "not an elementwise op");
