@@ -12,18 +12,44 @@ __kernel void layernorm_forward(__global float *out, ulong oo, __global float *m
     int lid = (int)get_local_id(0);
     if (n >= N) return; /* whole groups only: every item of a group agrees */
     __global const float *x = inp + io + n * C;
-    float s = 0.0f;
+    __global float *o = out + oo + n * C;
+    float s = 0.0f, v = 0.0f;
+#if TS_CPU_DEVICE /* contiguous runs, 8 at a time (see RUN8_FOR) */
+    float8 s8 = (float8)(0.0f), v8 = (float8)(0.0f);
+    RUN8_FOR(c, C) {
+        if (c + 8 <= C) s8 += vload8(0, x + c);
+        else
+            for (int t = 0; t < 8; t++)
+                if (c + t < C) s += x[c + t];
+    }
+    float m = wg_sum(s + hsum8(s8), scratch) / (float)C;
+    RUN8_FOR(c, C) {
+        if (c + 8 <= C) {
+            float8 d = vload8(0, x + c) - m;
+            v8 += d * d;
+        } else
+            for (int t = 0; t < 8; t++)
+                if (c + t < C) v += (x[c + t] - m) * (x[c + t] - m);
+    }
+    float r = rsqrt(wg_sum(v + hsum8(v8), scratch) / (float)C + eps);
+    RUN8_FOR(c, C) {
+        if (c + 8 <= C)
+            vstore8((vload8(0, x + c) - m) * r * vload8(0, weight + wo + c) + vload8(0, bias + bo + c), 0, o + c);
+        else
+            for (int t = 0; t < 8; t++)
+                if (c + t < C) o[c + t] = (x[c + t] - m) * r * weight[wo + c + t] + bias[bo + c + t];
+    }
+#else
     ROW_FOR(c, C) s += x[c];
     float m = wg_sum(s, scratch) / (float)C;
-    float v = 0.0f;
     ROW_FOR(c, C) {
         float d = x[c] - m;
         v += d * d;
     }
     float r = rsqrt(wg_sum(v, scratch) / (float)C + eps);
-    __global float *o = out + oo + n * C;
     ROW_FOR(c, C)
         o[c] = (x[c] - m) * r * weight[wo + c] + bias[bo + c];
+#endif
     if (lid == 0 && (has_stats & 1)) mean[mo + n] = m;
     if (lid == 0 && (has_stats & 2)) rstd[ro + n] = r;
 }
@@ -43,6 +69,33 @@ __kernel void layernorm_backward_dinp(__global float *dinp, ulong dio, __global 
     __global const float *w = weight + wo;
     float m = mean[mo + n], r = rstd[ro + n];
     float a = 0.0f, b = 0.0f;
+    __global float *di = dinp + dio + n * C;
+#if TS_CPU_DEVICE /* contiguous runs, 8 at a time (see RUN8_FOR) */
+    float8 a8 = (float8)(0.0f), b8 = (float8)(0.0f);
+    RUN8_FOR(c, C) {
+        if (c + 8 <= C) {
+            float8 dn = vload8(0, w + c) * vload8(0, d + c);
+            a8 += dn;
+            b8 += dn * (vload8(0, x + c) - m) * r;
+        } else
+            for (int t = 0; t < 8; t++)
+                if (c + t < C) {
+                    float dn = w[c + t] * d[c + t];
+                    a += dn;
+                    b += dn * (x[c + t] - m) * r;
+                }
+    }
+    a = wg_sum(a + hsum8(a8), scratch) / (float)C;
+    b = wg_sum(b + hsum8(b8), scratch) / (float)C;
+    RUN8_FOR(c, C) {
+        if (c + 8 <= C) {
+            float8 norm = (vload8(0, x + c) - m) * r;
+            vstore8(vload8(0, di + c) + (vload8(0, w + c) * vload8(0, d + c) - a - norm * b) * r, 0, di + c);
+        } else
+            for (int t = 0; t < 8; t++)
+                if (c + t < C) di[c + t] += (w[c + t] * d[c + t] - a - (x[c + t] - m) * r * b) * r;
+    }
+#else
     ROW_FOR(c, C) {
         float dn = w[c] * d[c];
         a += dn;
@@ -50,11 +103,11 @@ __kernel void layernorm_backward_dinp(__global float *dinp, ulong dio, __global 
     }
     a = wg_sum(a, scratch) / (float)C;
     b = wg_sum(b, scratch) / (float)C;
-    __global float *di = dinp + dio + n * C;
     ROW_FOR(c, C) {
         float norm = (x[c] - m) * r;
         di[c] += (w[c] * d[c] - a - norm * b) * r;
     }
+#endif
 }
 
 /* Partial parameter gradients: item (c, r) sums rows [r*chunk, (r+1)*chunk)
@@ -79,3 +132,42 @@ __kernel void layernorm_backward_params(__global float *partial, __global const 
     partial[r * C + c] = aw;
     partial[(R + r) * C + c] = ab;
 }
+
+#if TS_CPU_DEVICE
+/* The same for 8 columns an item (float8 loads of each row; rows summed in
+ * the same order); the row's mean and rstd are read once for the 8. */
+__kernel void layernorm_backward_params8(__global float *partial, __global const float *dout,
+                                         ulong doo, __global const float *inp, ulong io,
+                                         __global const float *mean, ulong mo,
+                                         __global const float *rstd, ulong ro, long N, long C,
+                                         long chunk)
+{
+    long c = get_global_id(0) * 8, r = get_global_id(1), R = get_global_size(1);
+    if (c >= C) return;
+    if (c + 8 <= C) {
+        float8 aw = (float8)(0.0f), ab = (float8)(0.0f);
+        for (long k = 0; k < chunk; k++) {
+            long n = r * chunk + k;
+            if (n >= N) continue;
+            float8 d = vload8(0, dout + doo + n * C + c);
+            aw += (vload8(0, inp + io + n * C + c) - mean[mo + n]) * rstd[ro + n] * d;
+            ab += d;
+        }
+        vstore8(aw, 0, partial + r * C + c);
+        vstore8(ab, 0, partial + (R + r) * C + c);
+        return;
+    }
+    for (long j = c; j < c + 8 && j < C; j++) {
+        float aw = 0.0f, ab = 0.0f;
+        for (long k = 0; k < chunk; k++) {
+            long n = r * chunk + k;
+            if (n >= N) continue;
+            float d = dout[doo + n * C + j];
+            aw += (inp[io + n * C + j] - mean[mo + n]) * rstd[ro + n] * d;
+            ab += d;
+        }
+        partial[r * C + j] = aw;
+        partial[(R + r) * C + j] = ab;
+    }
+}
+#endif

@@ -265,8 +265,10 @@ static ts_status op_layernorm_backward(ts_cl_device *d, const ts_op *op)
     ts_cl_arg_long(&a, N);
     ts_cl_arg_long(&a, C);
     ts_cl_arg_long(&a, chunk);
-    size_t g[2] = {(size_t)C, (size_t)R};
-    if ((st = ts_cl_launch(d, "layernorm.cl", "layernorm_backward_params", 2, g, NULL, &a)))
+    /* CPU devices: 8 columns an item in groups of 4 (as op_sum_rows) */
+    size_t g[2] = {(size_t)(d->is_cpu ? (C + 7) / 8 : C), (size_t)R}, l[2] = {4, 1};
+    if ((st = ts_cl_launch(d, "layernorm.cl", d->is_cpu ? "layernorm_backward_params8" : "layernorm_backward_params",
+                           2, g, d->is_cpu ? l : NULL, &a)))
         return st;
     if ((st = finish_partials(d, op->out[1], partial, 0, R, C, 1))) return st;
     return finish_partials(d, op->out[2], partial, R * C, R, C, 1);
