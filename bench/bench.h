@@ -59,7 +59,8 @@ typedef struct ts_bench_result {
     double gflops;       /* flops / median / 1e9 */
     double gbs;          /* bytes / median / 1e9 */
     double fraction;     /* of the device's measured limit: peak for compute; for memory-bound ops
-                            the lower of the triad and the op's own rate on data in cache */
+                            the lower of the triad and the op's own rate on data in cache (unless
+                            the op beats that rate by over 10%: launch-bound, no limit) */
     char bound[16];      /* memory-bound ops: "bandwidth", or what limits the op in cache ("tanh", "exp") */
 } ts_bench_result;
 
