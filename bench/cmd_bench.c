@@ -267,7 +267,7 @@ static ts_status write_markdown(const char *path, const bench_run *b, ts_device 
     }
     fprintf(f, ". Medians; in parentheses the fraction of the device's measured peak (compute) or triad "
                "(memory-bound ops), or \"of tanh\" / \"of exp\": of the op's own rate on data in cache, where that is "
-               "lower than the triad and the op does not beat it by more than 10% (the limits rows \"... in cache\").\n\n| suite | kernel | shape |");
+               "lower than the triad and the op does not beat it by more than 10%% (the limits rows \"... in cache\").\n\n| suite | kernel | shape |");
     for (int c = 0; c < ncols; c++) fprintf(f, " %s |", cols[c]);
     fprintf(f, "\n|---|---|---|");
     for (int c = 0; c < ncols; c++) fprintf(f, "---:|");
