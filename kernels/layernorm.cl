@@ -134,8 +134,9 @@ __kernel void layernorm_backward_params(__global float *partial, __global const 
 }
 
 #if TS_CPU_DEVICE
-/* The same for 8 columns an item (float8 loads of each row; rows summed in
- * the same order); the row's mean and rstd are read once for the 8. */
+/* The same for 8 columns an item, C a multiple of 8 (float8 loads of each
+ * row; rows summed in the same order); a row's mean and rstd are read once
+ * for the 8. */
 __kernel void layernorm_backward_params8(__global float *partial, __global const float *dout,
                                          ulong doo, __global const float *inp, ulong io,
                                          __global const float *mean, ulong mo,
@@ -143,31 +144,16 @@ __kernel void layernorm_backward_params8(__global float *partial, __global const
                                          long chunk)
 {
     long c = get_global_id(0) * 8, r = get_global_id(1), R = get_global_size(1);
-    if (c >= C) return;
-    if (c + 8 <= C) {
-        float8 aw = (float8)(0.0f), ab = (float8)(0.0f);
-        for (long k = 0; k < chunk; k++) {
-            long n = r * chunk + k;
-            if (n >= N) continue;
-            float8 d = vload8(0, dout + doo + n * C + c);
-            aw += (vload8(0, inp + io + n * C + c) - mean[mo + n]) * rstd[ro + n] * d;
-            ab += d;
-        }
-        vstore8(aw, 0, partial + r * C + c);
-        vstore8(ab, 0, partial + (R + r) * C + c);
-        return;
+    if (c >= C) return; /* the launch rounds the items up to whole groups */
+    float8 aw = (float8)(0.0f), ab = (float8)(0.0f);
+    for (long k = 0; k < chunk; k++) {
+        long n = r * chunk + k;
+        if (n >= N) continue;
+        float8 d = vload8(0, dout + doo + n * C + c);
+        aw += (vload8(0, inp + io + n * C + c) - mean[mo + n]) * rstd[ro + n] * d;
+        ab += d;
     }
-    for (long j = c; j < c + 8 && j < C; j++) {
-        float aw = 0.0f, ab = 0.0f;
-        for (long k = 0; k < chunk; k++) {
-            long n = r * chunk + k;
-            if (n >= N) continue;
-            float d = dout[doo + n * C + j];
-            aw += (inp[io + n * C + j] - mean[mo + n]) * rstd[ro + n] * d;
-            ab += d;
-        }
-        partial[r * C + j] = aw;
-        partial[(R + r) * C + j] = ab;
-    }
+    vstore8(aw, 0, partial + r * C + c);
+    vstore8(ab, 0, partial + (R + r) * C + c);
 }
 #endif

@@ -16,31 +16,20 @@ __kernel void sum_rows_partial(__global float *partial, __global const float *x,
 }
 
 #if TS_CPU_DEVICE
-/* The same for 8 columns an item (float8 loads of each row; rows still
- * summed in order, so the same bits): one column an item reads the rows
- * with scalar loads on PoCL. */
+/* The same for 8 columns an item, C a multiple of 8 (float8 loads of each
+ * row; rows still summed in order, so the same bits): one column an item
+ * reads the rows with scalar loads on PoCL. */
 __kernel void sum_rows_partial8(__global float *partial, __global const float *x, ulong xo, long N,
                                 long C, long chunk)
 {
     long c = get_global_id(0) * 8, r = get_global_id(1);
-    if (c >= C) return;
-    if (c + 8 <= C) {
-        float8 acc = (float8)(0.0f);
-        for (long k = 0; k < chunk; k++) {
-            long n = r * chunk + k;
-            if (n < N) acc += vload8(0, x + xo + n * C + c);
-        }
-        vstore8(acc, 0, partial + r * C + c);
-        return;
+    if (c >= C) return; /* the launch rounds the items up to whole groups */
+    float8 acc = (float8)(0.0f);
+    for (long k = 0; k < chunk; k++) {
+        long n = r * chunk + k;
+        if (n < N) acc += vload8(0, x + xo + n * C + c);
     }
-    for (long j = c; j < c + 8; j++) {
-        float acc = 0.0f;
-        for (long k = 0; k < chunk; k++) {
-            long n = r * chunk + k;
-            if (n < N && j < C) acc += x[xo + n * C + j];
-        }
-        if (j < C) partial[r * C + j] = acc;
-    }
+    vstore8(acc, 0, partial + r * C + c);
 }
 #endif
 

@@ -1032,7 +1032,7 @@ static const case_def cases[] = {
     {"linear_backward", conf_linear_bwd, "N=%lld C=%lld OC=%lld", 3,
      {{1, 1, 1}, {7, 33, 65}, {64, 96, 288}}, 3},
     {"sum_rows", conf_sum_rows, "N=%lld C=%lld accumulate=%lld", 3,
-     {{1, 1, 0}, {7, 33, 1}, {300, 65, 0}, {1000, 129, 1}}, 4},
+     {{1, 1, 0}, {7, 33, 1}, {300, 65, 0}, {1000, 129, 1}, {70, 96, 1}}, 5},
     {"split_heads", conf_heads, "B=%lld T=%lld K=%lld NH=%lld HS=%lld merge=%lld", 6,
      {{1, 1, 1, 1, 1, 0}, {2, 5, 3, 4, 7, 0}, {3, 9, 1, 2, 16, 0}}, 3},
     {"merge_heads", conf_heads, "B=%lld T=%lld K=%lld NH=%lld HS=%lld merge=%lld", 6,

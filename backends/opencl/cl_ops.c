@@ -105,6 +105,20 @@ static ts_status launch_rows(ts_cl_device *d, const char *file, const char *name
     return ts_cl_launch(d, file, name, 1, &g, &l, a);
 }
 
+/* A column kernel over C columns and R row chunks: on CPU devices, when C
+ * is a multiple of 8, its `8` variant (8 columns an item as float8, in
+ * groups of 4 items so that every core gets some: left to itself PoCL made
+ * one group of them all). */
+static ts_status launch_columns(ts_cl_device *d, const char *file, const char *name, int64_t C, int64_t R,
+                                const ts_cl_args *a)
+{
+    int vec = d->is_cpu && C % 8 == 0;
+    char name8[64];
+    snprintf(name8, sizeof name8, "%s8", name);
+    size_t g[2] = {(size_t)(vec ? C / 8 : C), (size_t)R}, l[2] = {4, 1};
+    return ts_cl_launch(d, file, vec ? name8 : name, 2, g, vec ? l : NULL, a);
+}
+
 /* Column reductions split rows into R chunks: CPU devices use one (a
  * work-item per column is already enough parallelism); GPUs use up to 64. */
 static void row_chunks(const ts_cl_device *d, int64_t N, int64_t *R, int64_t *chunk)
@@ -265,11 +279,7 @@ static ts_status op_layernorm_backward(ts_cl_device *d, const ts_op *op)
     ts_cl_arg_long(&a, N);
     ts_cl_arg_long(&a, C);
     ts_cl_arg_long(&a, chunk);
-    /* CPU devices: 8 columns an item in groups of 4 (as op_sum_rows) */
-    size_t g[2] = {(size_t)(d->is_cpu ? (C + 7) / 8 : C), (size_t)R}, l[2] = {4, 1};
-    if ((st = ts_cl_launch(d, "layernorm.cl", d->is_cpu ? "layernorm_backward_params8" : "layernorm_backward_params",
-                           2, g, d->is_cpu ? l : NULL, &a)))
-        return st;
+    if ((st = launch_columns(d, "layernorm.cl", "layernorm_backward_params", C, R, &a))) return st;
     if ((st = finish_partials(d, op->out[1], partial, 0, R, C, 1))) return st;
     return finish_partials(d, op->out[2], partial, R * C, R, C, 1);
 }
@@ -288,12 +298,7 @@ static ts_status op_sum_rows(ts_cl_device *d, const ts_op *op)
     ts_cl_arg_long(&a, N);
     ts_cl_arg_long(&a, C);
     ts_cl_arg_long(&a, chunk);
-    /* CPU devices: 8 columns an item (float8), in groups of 4 items so that
-     * every core gets some (left to itself PoCL made one group of them all) */
-    size_t g[2] = {(size_t)(d->is_cpu ? (C + 7) / 8 : C), (size_t)R}, l[2] = {4, 1};
-    if ((st = ts_cl_launch(d, "reduce.cl", d->is_cpu ? "sum_rows_partial8" : "sum_rows_partial", 2, g,
-                           d->is_cpu ? l : NULL, &a)))
-        return st;
+    if ((st = launch_columns(d, "reduce.cl", "sum_rows_partial", C, R, &a))) return st;
     return finish_partials(d, op->out[0], partial, 0, R, C, op->p.sum_rows.accumulate);
 }
 
