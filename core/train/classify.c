@@ -1752,10 +1752,8 @@ static void member_config(const ts_classify_config *c, int64_t i, ts_classify_co
     m->seed = c->seed + (uint64_t)i;
     if (!strcmp(c->pool, "mixed")) snprintf(m->pool, sizeof m->pool, "%s", i % 2 ? "mean" : "last");
     snprintf(m->out, sizeof m->out, "%.990s/member-%lld", c->out, (long long)(i % 10000));
-    char latest[4300];
-    m->resume = c->resume && ts_checkpoint_latest(m->out, latest, sizeof latest) == TS_OK;
-    ts_clear_error();
-    m->force = !m->resume; /* a member not yet started begins in a clean directory */
+    m->resume = 0;
+    m->force = 1; /* a member not yet started begins in a clean directory */
 }
 
 /* The ensemble's directory: continue it (resume), start it over (force), or
@@ -1866,8 +1864,13 @@ static ts_status train_ensemble(const ts_classify_config *c, ts_classify_result 
     for (int64_t i = 0; i < c->ensemble && !st; i++) {
         ts_classify_config m;
         member_config(c, i, &m);
-        /* every process must agree on resuming the member: rank 0 saw its directory */
-        int resume = m.resume;
+        /* resumed where it has a checkpoint, as rank 0 sees its directory */
+        int resume = 0;
+        if (g.rank == 0 && c->resume) {
+            char latest[4300];
+            resume = ts_checkpoint_latest(m.out, latest, sizeof latest) == TS_OK;
+            ts_clear_error();
+        }
         st = ts_comm_bcast(g.world, &resume, sizeof resume, 0, "resuming a member");
         m.resume = resume, m.force = !resume;
         if (st) break;
@@ -1883,7 +1886,6 @@ static ts_status train_ensemble(const ts_classify_config *c, ts_classify_result 
         }
         seconds += res->seconds, steps += res->steps_done - res->first_step;
         if (res->interrupted) break;
-        res->members_done = i + 1;
     }
     if (!st) {
         res->seconds = seconds;

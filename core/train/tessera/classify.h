@@ -166,7 +166,6 @@ typedef struct ts_classify_result {
     double val_accuracy, val_macro_f1, val_loss; /* the last evaluation */
     int64_t num_params;
     int interrupted;          /* the signal that stopped the run (ts_train_request_stop), or 0 */
-    int64_t members_done;     /* an ensemble's members trained to the end */
 } ts_classify_result;
 
 void ts_classify_defaults(ts_classify_config *c);
