@@ -125,8 +125,8 @@ done
 # 6. kernel benchmarks with the HTML report, 7. a training step beside PyTorch
 step "kernel benchmarks" 180 "$tessera" bench --device "$device" --min-time 0.2 --json "$out/kernels.json" \
     --csv "$out/kernels.csv" --markdown "$out/kernels.md" --report "$out/report"
-step "training step" 150 "$tessera" bench train --device "$device" --model d12 --vocab 50257 --batch 4 \
-    --seq-len 64 --steps 5 --warmup 2 --vs-pytorch --json "$out/train.json" --csv "$out/train.csv" ||
-    step "training step (tessera only)" 120 "$tessera" bench train --device "$device" --model d12 \
-        --vocab 50257 --batch 4 --seq-len 64 --steps 5 --warmup 2 --json "$out/train.json"
+step "training step" 240 "$tessera" bench train --device "$device" --model d12 --vocab 50257 --batch 4 \
+    --seq-len 64 --steps 5 --warmup 2 --dtype fp32,bf16 --vs-pytorch --json "$out/train.json" --csv "$out/train.csv" ||
+    step "training step (tessera only)" 180 "$tessera" bench train --device "$device" --model d12 \
+        --vocab 50257 --batch 4 --seq-len 64 --steps 5 --warmup 2 --dtype fp32,bf16 --json "$out/train.json"
 say "done in $(( $(date +%s) - start )) s; results in $out"

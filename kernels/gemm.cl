@@ -1,6 +1,7 @@
-/* tessera's own GEMM: the fallback where CLBlast is absent or fails, and the
- * route for tiny shapes. Row-major, C = alpha*op(A)*op(B) + beta*C + bias,
- * batched over the third NDRange dimension.
+/* tessera's own GEMM: the fallback where CLBlast is absent or fails, the
+ * route for tiny shapes, and the one for bf16/fp16 products on GPUs.
+ * Row-major, C = alpha*op(A)*op(B) + beta*C + bias, batched over the third
+ * NDRange dimension.
  *
  * A TILE_WG x TILE_WG work-group computes a TS x TS tile of C, each item a
  * WPT x WPT block held in registers; A and B pass through local memory in
@@ -10,12 +11,44 @@
 #define TS (TILE_WG * WPT)
 #define TK 16
 
+/* Operand storage: fp32, or 16 bits (what to_lowp below writes) read back
+ * into fp32, so that products are summed in fp32 either way. */
+#define STORE_F32 0
+#define STORE_BF16 1
+#define STORE_F16 2
+
+inline float load_operand(__global const float *p, long i, int store)
+{
+    if (store == STORE_BF16) return as_float((uint)((__global const ushort *)p)[i] << 16);
+    if (store == STORE_F16) return vload_half((size_t)i, (__global const half *)p);
+    return p[i];
+}
+
+/* y[i] = x[i] rounded to bf16 or fp16 (to nearest, ties to even; fp16 past
+ * 65504 becomes inf), stored in 16 bits. */
+__kernel void to_lowp(__global const float *x, ulong xo, long n, __global ushort *y, int store)
+{
+    x += xo;
+    for (long i = get_global_id(0); i < n; i += get_global_size(0)) {
+        float v = x[i];
+        if (store == STORE_F16) {
+            vstore_half_rte(v, (size_t)i, (__global half *)y);
+        } else {
+            uint u = as_uint(v);
+            if ((u & 0x7fffffffu) > 0x7f800000u) y[i] = (ushort)((u >> 16) | 0x40u); /* NaN stays NaN */
+            else y[i] = (ushort)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        }
+    }
+}
+
+/* A and B are stored as `store` says; their offsets and strides count
+ * elements of that storage. C and bias are fp32. */
 __kernel __attribute__((reqd_work_group_size(TILE_WG, TILE_WG, 1)))
 void gemm_tiled(__global const float *A, ulong ao, long lda, long sa,
                 __global const float *B, ulong bo, long ldb, long sb,
                 __global float *C, ulong co, long ldc, long sc,
                 long M, long N, long K, int ta, int tb, float alpha, float beta,
-                __global const float *bias, ulong biaso, int has_bias)
+                __global const float *bias, ulong biaso, int has_bias, int store)
 {
     __local float As[TK][TS + 1];
     __local float Bs[TK][TS + 1];
@@ -23,8 +56,7 @@ void gemm_tiled(__global const float *A, ulong ao, long lda, long sa,
     int lid = ty * TILE_WG + tx;
     long j0 = (long)get_group_id(0) * TS, i0 = (long)get_group_id(1) * TS;
     long batch = get_global_id(2);
-    A += ao + batch * sa;
-    B += bo + batch * sb;
+    long ab = (long)ao + batch * sa, bb = (long)bo + batch * sb;
     C += co + batch * sc;
 
     float acc[WPT][WPT];
@@ -39,11 +71,11 @@ void gemm_tiled(__global const float *A, ulong ao, long lda, long sa,
             int kk, ii;
             if (ta) { kk = u / TS; ii = u & (TS - 1); } else { ii = u / TK; kk = u & (TK - 1); }
             long gi = i0 + ii, gk = k0 + kk;
-            As[kk][ii] = (gi < M && gk < K) ? (ta ? A[gk * lda + gi] : A[gi * lda + gk]) : 0.0f;
+            As[kk][ii] = (gi < M && gk < K) ? load_operand(A, ab + (ta ? gk * lda + gi : gi * lda + gk), store) : 0.0f;
             int jj, kb;
             if (tb) { jj = u / TK; kb = u & (TK - 1); } else { kb = u / TS; jj = u & (TS - 1); }
             long gj = j0 + jj, gkb = k0 + kb;
-            Bs[kb][jj] = (gj < N && gkb < K) ? (tb ? B[gj * ldb + gkb] : B[gkb * ldb + gj]) : 0.0f;
+            Bs[kb][jj] = (gj < N && gkb < K) ? load_operand(B, bb + (tb ? gj * ldb + gkb : gkb * ldb + gj), store) : 0.0f;
         }
         barrier(CLK_LOCAL_MEM_FENCE);
         for (int kk = 0; kk < TK; kk++) {

@@ -355,7 +355,47 @@ static double round_to(double x, ts_dtype dt)
     double m = frexp(x, &e); /* |m| in [0.5, 1) */
     double r = ldexp(nearbyint(ldexp(m, bits)), e - bits);
     if (dt == TS_F16 && fabs(r) > 65504) return copysign(INFINITY, x);
+    if (dt == TS_BF16 && fabs(r) >= ldexp(1, 128)) return copysign(INFINITY, x); /* past bf16's (and fp32's) largest */
     return r;
+}
+
+/* The rounding itself, value by value, where it is hardest: ties, fp16's
+ * subnormals and overflow, bf16's overflow, NaN and inf. A column of these
+ * times [1] (M x 1 by 1 x 1) must give each value rounded, exactly. */
+static void conf_lowp_rounding(void *argp)
+{
+    conf_arg *a = argp;
+    ts_dtype dt = (ts_dtype)a->p[0];
+    static const float v[] = {
+        0.0f, -0.0f, 1.0f, NAN, INFINITY, -INFINITY,
+        1.0f + 0x1p-11f, 1.0f + 0x3p-11f, 1.0f + 0x1p-8f, 1.0f + 0x3p-8f, 1.0f + 0x1p-8f + 0x1p-20f, /* ties */
+        257.0f, 2049.0f, 12345.678f, -0.1f, 1e-30f,
+        65504.0f, 65519.99f, 65520.0f, -65520.0f, 1e5f, 3e38f, 3.4028235e38f, /* overflow */
+        0x1p-14f, 0x1p-15f, 4e-5f, -7.5e-8f, 0x1p-24f, 0x1p-25f, 0x3p-26f, 4.5e-8f, 1e-8f, /* fp16 subnormals */
+    };
+    enum { M = sizeof v / sizeof v[0] };
+    USE_MATMUL_DTYPE(a->dev, dt);
+    const float one = 1.0f;
+    ts_tensor tA, tB;
+    guarded gC;
+    REQUIRE_OK(upload(&tA, a->dev, TS_F32, TS_SHAPE(M, 1), v));
+    REQUIRE_OK(upload(&tB, a->dev, TS_F32, TS_SHAPE(1, 1), &one));
+    REQUIRE_OK(guarded_alloc(&gC, a->dev, TS_SHAPE(M, 1), NULL));
+    ts_status st = ts_matmul(&gC.t, &tA, &tB, false, false, 1.0f, 0.0f);
+    REQUIRE_OK(ts_device_set_matmul_dtype(a->dev, TS_F32));
+    REQUIRE_OK(st);
+    float out[M];
+    int64_t bad = 0;
+    REQUIRE_OK(guarded_read(&gC, out, &bad));
+    EXPECTF(bad == 0, "%lld guard elements overwritten", (long long)bad);
+    for (int i = 0; i < M; i++) {
+        float want = (float)round_to(v[i], dt);
+        int same = isnan(want) ? isnan(out[i]) : want == out[i]; /* (-0 + 0 sums to +0) */
+        EXPECTF(same, "%s(%.9g) gave %.9g, want %.9g", ts_dtype_name(dt), (double)v[i], (double)out[i],
+                (double)want);
+    }
+    guarded_free(&gC);
+    ts_tensor_free(&tA), ts_tensor_free(&tB);
 }
 
 static void conf_matmul_lowp(void *argp)
@@ -1027,6 +1067,8 @@ static const case_def cases[] = {
     {"bf16 products see every write to their weights", conf_lowp_sees_writes, "dtype=%lld N=%lld C=%lld OC=%lld",
      4, {{TS_BF16, 64, 96, 288}}, 1},
     {"linear fp16", conf_linear_lowp, "dtype=%lld N=%lld C=%lld OC=%lld", 4, {{TS_F16, 64, 96, 288}}, 1},
+    {"bf16 and fp16 rounding of ties, subnormals, overflow and NaN", conf_lowp_rounding, "dtype=%lld", 1,
+     {{TS_BF16}, {TS_F16}}, 2},
     {"linear_forward", conf_linear_fwd, "N=%lld C=%lld OC=%lld bias=%lld", 4,
      {{1, 1, 1, 1}, {7, 33, 65, 1}, {64, 96, 288, 1}, {9, 16, 5, 0}}, 4},
     {"linear_backward", conf_linear_bwd, "N=%lld C=%lld OC=%lld", 3,

@@ -82,7 +82,7 @@ static void cpu_gemm(const ts_op *op)
     float *C = F(op->out[0]);
     if (g->dtype != TS_F32)
         ts_cpu_gemm_lowp(g->dtype, g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a,
-                         g->lda, B, g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc, bias);
+                         g->lda, B, g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc, bias, true);
     else if (g->reference) /* no bias: ts_matmul_reference has none */
         ts_blas_sgemm_library(g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a,
                               g->lda, B, g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc);

@@ -202,9 +202,9 @@ static const uint16_t *kept_copy(const float *src, int64_t R, int64_t Cc, int64_
 
 /* An operand's bf16 form: the kept copy, else converted into scratch i;
  * NULL without memory for either. */
-static const uint16_t *bf16_operand(const float *src, int64_t R, int64_t Cc, int64_t ld, int i)
+static const uint16_t *bf16_operand(const float *src, int64_t R, int64_t Cc, int64_t ld, int i, bool keep)
 {
-    const uint16_t *kept = kept_copy(src, R, Cc, ld);
+    const uint16_t *kept = keep ? kept_copy(src, R, Cc, ld) : NULL;
     if (kept) return kept;
     uint16_t *s = scratch(i, (size_t)(R * Cc) * 2);
     if (s) to_bf16(s, src, R, Cc, ld);
@@ -344,15 +344,15 @@ static int run_part(const part *p, int thread)
 /* One product (batch 1) through oneDNN; 0 if a primitive could not be made. */
 static int gemm_onednn(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                        int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc,
-                       const float *bias)
+                       const float *bias, bool keep)
 {
     /* A and B keep their orientation (oneDNN reads either by strides):
      * A is [M,K] rows, or [K,M] when ta; B [N,K] when tb (a linear's
      * weights), else [K,N] */
     /* kept: a layer's weights (B) serve its forward and input-gradient
      * products, its output gradient (A) both backward products */
-    const uint16_t *a = ta ? bf16_operand(A, K, M, lda, 0) : bf16_operand(A, M, K, lda, 0);
-    const uint16_t *b = tb ? bf16_operand(B, N, K, ldb, 1) : bf16_operand(B, K, N, ldb, 1);
+    const uint16_t *a = ta ? bf16_operand(A, K, M, lda, 0, keep) : bf16_operand(A, M, K, lda, 0, keep);
+    const uint16_t *b = tb ? bf16_operand(B, N, K, ldb, 1, keep) : bf16_operand(B, K, N, ldb, 1, keep);
     if (!a || !b) return 0;
     int64_t lda_packed = ta ? M : K, ldb_packed = tb ? K : N;
     int threads = 1;
@@ -408,18 +408,19 @@ static int gemm_onednn(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float 
 
 void ts_cpu_gemm_lowp(ts_dtype dt, bool ta, bool tb, int64_t batch, int64_t M, int64_t N, int64_t K,
                       float alpha, const float *A, int64_t sa, int64_t lda, const float *B, int64_t sb,
-                      int64_t ldb, float beta, float *C, int64_t sc, int64_t ldc, const float *bias)
+                      int64_t ldb, float beta, float *C, int64_t sc, int64_t ldc, const float *bias, bool keep)
 {
     if (M == 0 || N == 0 || batch == 0) return;
     pthread_mutex_lock(&g_lock);
 #ifdef TS_HAVE_ONEDNN
     /* K == 0 and batched products (attention's small ones) take the fallback */
     if (dt == TS_BF16 && batch == 1 && K > 0 && onednn_ready() &&
-        gemm_onednn(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias)) {
+        gemm_onednn(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, keep)) {
         pthread_mutex_unlock(&g_lock);
         return;
     }
 #endif
+    (void)keep;
     gemm_emulated(dt, ta, tb, batch, M, N, K, alpha, A, sa, lda, B, sb, ldb, beta, C, sc, ldc, bias);
     pthread_mutex_unlock(&g_lock);
 }

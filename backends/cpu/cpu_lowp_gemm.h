@@ -19,11 +19,14 @@
 #include "tessera/tensor.h"
 
 /* C = alpha*op(A)*op(B) + beta*C (+ bias[N] per row; bias only with
- * batch == 1), A and B rounded to dtype (TS_BF16 or TS_F16) first. */
+ * batch == 1), A and B rounded to dtype (TS_BF16 or TS_F16) first. With
+ * `keep`, bf16 copies of the operands may be kept for later products (below);
+ * callers whose memory is written unseen (the OpenCL backend's mapped
+ * buffers) pass false. */
 void ts_cpu_gemm_lowp(ts_dtype dtype, bool trans_a, bool trans_b, int64_t batch, int64_t M, int64_t N,
                       int64_t K, float alpha, const float *A, int64_t stride_a, int64_t lda, const float *B,
                       int64_t stride_b, int64_t ldb, float beta, float *C, int64_t stride_c, int64_t ldc,
-                      const float *bias);
+                      const float *bias, bool keep);
 
 /* bf16 copies of B operands (a linear layer's weights, read by its forward
  * and its backward product) are kept until their memory is written: the

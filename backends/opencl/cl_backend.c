@@ -326,6 +326,11 @@ ts_status ts_cl_scratch(ts_cl_device *d, size_t bytes, cl_mem *out)
     return TS_OK;
 }
 
+static const char *cl_matmul_route(ts_device *dev, ts_dtype dtype)
+{
+    return ts_cl_matmul_route(dev->context, dtype);
+}
+
 static const ts_backend_iface cl_iface = {
     .version = TS_BACKEND_INTERFACE_VERSION,
     .name = "opencl",
@@ -340,6 +345,7 @@ static const ts_backend_iface cl_iface = {
     .release = cl_release,
     .prepare = ts_cl_prepare,
     .build_stats = ts_cl_get_build_stats,
+    .matmul_route = cl_matmul_route,
 };
 
 /* ---- discovery ---- */

@@ -1,10 +1,16 @@
 /* GEMM on OpenCL devices, routed by device type:
  *   CPU-type devices (PoCL): host CBLAS on mapped buffers. Memory is host
  *     memory there, so mapping costs nothing, and OpenBLAS runs at the
- *     machine's peak where CLBlast on PoCL manages 10-18 GFLOP/s.
+ *     machine's peak where CLBlast on PoCL manages 10-18 GFLOP/s. bf16/fp16
+ *     products take the CPU backend's route on the mapped buffers (oneDNN's
+ *     bf16 kernels where present).
  *   GPUs: CLBlast (SgemmStridedBatched for batches, Sgemm with a
  *     pre-allocated temporary buffer otherwise); tessera's tiled kernel for
  *     tiny shapes and whenever CLBlast is missing or returns an error.
+ *     bf16/fp16 products: the operands are rounded into 16-bit buffers and
+ *     tessera's kernel reads them, summing in fp32. (CLBlast's HGEMM sums in
+ *     half precision, which a bf16/fp16 product here must not, and CLBlast
+ *     has no bf16.)
  * TESSERA_GEMM=blas|clblast|kernel overrides the choice (tests use it to
  * run every route on PoCL and oclgrind); a route chosen that way takes every
  * shape and reports its errors instead of falling back. */
@@ -13,6 +19,7 @@
 #include <string.h>
 
 #include "../blas/blas.h"
+#include "../cpu/cpu_lowp_gemm.h"
 #include "cl_internal.h"
 
 #ifdef TS_HAVE_CLBLAST
@@ -64,15 +71,33 @@ static size_t extent(int64_t rows, int64_t cols, int64_t ld, int64_t batch, int6
 
 /* ---- tessera's kernel ---- */
 
-static ts_status gemm_kernel(ts_cl_device *d, const ts_op *op, float beta, const ts_tensor *bias)
+/* The operands as gemm_tiled reads them: the tensors themselves (fp32), or
+ * their 16-bit copies in d->lowp from offset 0. */
+typedef struct operands {
+    const ts_tensor *a, *b;
+    cl_int store; /* gemm.cl's STORE_F32, STORE_BF16, STORE_F16 */
+} operands;
+
+static void arg_operand(ts_cl_args *a, ts_cl_device *d, const operands *o, int i)
+{
+    if (o->store) {
+        ts_cl_arg_mem(a, d->lowp[i]);
+        ts_cl_arg_long(a, 0);
+    } else {
+        ts_cl_arg_tensor(a, i ? o->b : o->a);
+    }
+}
+
+static ts_status gemm_kernel(ts_cl_device *d, const ts_op *op, float beta, const ts_tensor *bias,
+                             const operands *o)
 {
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
     ts_cl_args a;
     memset(&a, 0, sizeof a);
-    ts_cl_arg_tensor(&a, op->in[0]);
+    arg_operand(&a, d, o, 0);
     ts_cl_arg_long(&a, g->lda);
     ts_cl_arg_long(&a, g->stride_a);
-    ts_cl_arg_tensor(&a, op->in[1]);
+    arg_operand(&a, d, o, 1);
     ts_cl_arg_long(&a, g->ldb);
     ts_cl_arg_long(&a, g->stride_b);
     ts_cl_arg_tensor(&a, op->out[0]);
@@ -88,6 +113,7 @@ static ts_status gemm_kernel(ts_cl_device *d, const ts_op *op, float beta, const
     ts_cl_arg_float(&a, beta);
     ts_cl_arg_tensor(&a, bias);
     a.size[a.n] = sizeof(cl_int), a.value[a.n++] = &hb;
+    a.size[a.n] = sizeof(cl_int), a.value[a.n++] = &o->store;
     size_t ts = d->tile_wg * 4;
     size_t global[3] = {(g->N + ts - 1) / ts * d->tile_wg, (g->M + ts - 1) / ts * d->tile_wg,
                         (size_t)g->batch};
@@ -135,7 +161,10 @@ static ts_status gemm_host(ts_cl_device *d, const ts_op *op)
         st = map_region(d, op->out[0], extent(g->M, g->N, g->ldc, g->batch, g->stride_c),
                         CL_MAP_READ | CL_MAP_WRITE, &maps[2], &C);
     if (!st && op->in[2]) st = map_region(d, op->in[2], (size_t)g->N, CL_MAP_READ, &maps[3], &bias);
-    if (!st)
+    if (!st && g->dtype != TS_F32) /* the CPU backend's route; nothing kept: kernels write these unseen */
+        ts_cpu_gemm_lowp(g->dtype, g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a,
+                         g->lda, B, g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc, bias, false);
+    else if (!st)
         ts_blas_sgemm_bias(g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a, g->lda, B,
                            g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc, bias);
     for (int i = 3; i >= 0; i--) {
@@ -144,6 +173,58 @@ static ts_status gemm_host(ts_cl_device *d, const ts_op *op)
         if (err != CL_SUCCESS && !st) st = ts_cl_fail(err, "clEnqueueUnmapMemObject", d);
     }
     return st;
+}
+
+/* ---- bf16/fp16 products in tessera's kernel ---- */
+
+/* d->lowp[i] = the first n elements of t rounded to 16 bits. */
+static ts_status to_lowp(ts_cl_device *d, const ts_tensor *t, size_t n, int i, cl_int store)
+{
+    size_t bytes = (n ? n : 1) * sizeof(cl_ushort);
+    if (bytes > d->lowp_size[i]) {
+        ts_cl_release_mem(d, d->lowp[i]);
+        d->lowp_size[i] = 0;
+        cl_int err;
+        d->lowp[i] = clCreateBuffer(d->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
+        if (err != CL_SUCCESS) {
+            d->lowp[i] = NULL;
+            return ts_cl_fail(err, "clCreateBuffer (16-bit copies of GEMM operands)", d);
+        }
+        d->lowp_size[i] = bytes;
+    }
+    ts_cl_args a;
+    memset(&a, 0, sizeof a);
+    ts_cl_arg_tensor(&a, t);
+    ts_cl_arg_long(&a, (int64_t)n);
+    ts_cl_arg_mem(&a, d->lowp[i]);
+    a.size[a.n] = sizeof(cl_int), a.value[a.n++] = &store;
+    size_t local = d->elem_wg, global = n < ((size_t)1 << 20) ? n : (size_t)1 << 20;
+    return ts_cl_launch(d, "gemm.cl", "to_lowp", 1, &global, &local, &a);
+}
+
+static ts_status gemm_lowp(ts_cl_device *d, const ts_op *op)
+{
+    const __typeof__(op->p.gemm) *g = &op->p.gemm;
+    int64_t arows = g->trans_a ? g->K : g->M, acols = g->trans_a ? g->M : g->K;
+    int64_t brows = g->trans_b ? g->N : g->K, bcols = g->trans_b ? g->K : g->N;
+    operands o = {op->in[0], op->in[1], g->dtype == TS_BF16 ? 1 : 2};
+    /* the copies keep the operands' layout: offsets from 0, the same strides */
+    ts_status st = to_lowp(d, op->in[0], extent(arows, acols, g->lda, g->batch, g->stride_a), 0, o.store);
+    if (!st)
+        st = to_lowp(d, op->in[1], extent(brows, bcols, g->ldb, g->stride_b ? g->batch : 1, g->stride_b), 1,
+                     o.store);
+    return st ? st : gemm_kernel(d, op, g->beta, op->in[2], &o);
+}
+
+const char *ts_cl_matmul_route(ts_cl_device *d, ts_dtype dtype)
+{
+    if (dtype != TS_BF16 && dtype != TS_F16) return NULL;
+    char *r = d->lowp_route[dtype == TS_F16];
+    if (d->gemm_route == TS_GEMM_HOST_BLAS)
+        snprintf(r, sizeof d->lowp_route[0], "host: %s, on mapped buffers", ts_cpu_lowp_route(dtype));
+    else
+        snprintf(r, sizeof d->lowp_route[0], "tessera kernel (16-bit operands, fp32 sums)");
+    return r;
 }
 
 /* ---- CLBlast ---- */
@@ -222,7 +303,8 @@ static ts_status gemm_clblast(ts_cl_device *d, const ts_op *op)
                d->info_id, (int)s);
         d->clblast_warned = 1;
     }
-    return gemm_kernel(d, op, beta, NULL);
+    operands f32 = {op->in[0], op->in[1], 0};
+    return gemm_kernel(d, op, beta, NULL, &f32);
 }
 #endif
 
@@ -231,6 +313,11 @@ void ts_cl_gemm_release(ts_cl_device *d)
     if (d->clblast_temp) clReleaseMemObject(d->clblast_temp);
     d->clblast_temp = NULL;
     d->clblast_temp_size = 0;
+    for (int i = 0; i < 2; i++) {
+        if (d->lowp[i]) clReleaseMemObject(d->lowp[i]);
+        d->lowp[i] = NULL;
+        d->lowp_size[i] = 0;
+    }
 }
 
 ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op)
@@ -248,6 +335,7 @@ ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op)
         return ts_error(TS_ERR_UNSUPPORTED, "%s: tessera was built without CLBlast", d->info_id);
 #endif
     }
+    if (g->dtype != TS_F32 && d->gemm_route != TS_GEMM_HOST_BLAS) return gemm_lowp(d, op);
     switch (d->gemm_route) {
     case TS_GEMM_HOST_BLAS: return gemm_host(d, op);
 #ifdef TS_HAVE_CLBLAST
@@ -258,5 +346,6 @@ ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op)
 #endif
     default: break;
     }
-    return gemm_kernel(d, op, g->beta, op->in[2]);
+    operands f32 = {op->in[0], op->in[1], 0};
+    return gemm_kernel(d, op, g->beta, op->in[2], &f32);
 }

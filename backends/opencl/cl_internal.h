@@ -73,6 +73,9 @@ typedef struct ts_cl_device {
     size_t scratch_size;
     cl_mem clblast_temp;
     size_t clblast_temp_size;
+    cl_mem lowp[2];          /* 16-bit copies of a bf16/fp16 product's A and B */
+    size_t lowp_size[2];
+    char lowp_route[2][192]; /* ts_cl_matmul_route's answers: bf16, fp16 */
     ts_cl_build_stats stats;
 } ts_cl_device;
 
@@ -121,6 +124,8 @@ ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op);
 ts_gemm_route ts_cl_default_gemm_route(const ts_cl_device *d);
 const char *ts_cl_gemm_route_name(ts_gemm_route r);
 void ts_cl_gemm_release(ts_cl_device *d);
+/* How a bf16 or fp16 product runs on this device (backend.h matmul_route). */
+const char *ts_cl_matmul_route(ts_cl_device *d, ts_dtype dtype);
 
 static inline cl_mem ts_cl_mem(const ts_tensor *t) { return (cl_mem)t->block->handle; }
 
