@@ -39,6 +39,54 @@ __kernel void heads_permute_rows(__global float *out, ulong oo, __global const f
         for (int d = 0; d < HS; d++) out[oo + packed + d] = inp[io + heads + d];
 }
 
+/* Lanes k..k+7 that are keys s <= t (an int8 mask for select). */
+#define CAUSAL8(k, t) ((int8)((int)(k)) + lane <= (int8)((int)(t)))
+
+#if TS_CPU_DEVICE
+/* CPU-type devices: an item per row, the row 8 at a time with no barriers.
+ * Every item walks the whole row (a uniform trip count, see UNIFORM_FOR)
+ * and masks the keys past its t. Needs T % 8 == 0 (the host checks). */
+__kernel void softmax_causal_forward_row8(__global float *att, ulong ao, __global const float *preatt,
+                                          ulong po, long rows, long T, float scale)
+{
+    long row = get_global_id(0);
+    if (row >= rows) return;
+    long t = row % T;
+    __global const float *x = preatt + po + row * T;
+    __global float *o = att + ao + row * T;
+    const int8 lane = (int8)(0, 1, 2, 3, 4, 5, 6, 7);
+    float8 m8 = (float8)(-INFINITY);
+    for (long k = 0; k < T; k += 8)
+        m8 = fmax(m8, select((float8)(-INFINITY), scale * vload8(0, x + k), CAUSAL8(k, t)));
+    float m = hmax8(m8);
+    float8 s8 = (float8)(0.0f);
+    for (long k = 0; k < T; k += 8)
+        s8 += select((float8)(0.0f), exp(scale * vload8(0, x + k) - m), CAUSAL8(k, t));
+    float inv = 1.0f / hsum8(s8);
+    for (long k = 0; k < T; k += 8)
+        vstore8(select((float8)(0.0f), exp(scale * vload8(0, x + k) - m) * inv, CAUSAL8(k, t)), 0, o + k);
+}
+
+__kernel void softmax_causal_backward_row8(__global float *dpre, ulong dpo, __global const float *att,
+                                           ulong ao, __global const float *datt, ulong dao, long rows,
+                                           long T, float scale)
+{
+    long row = get_global_id(0);
+    if (row >= rows) return;
+    long t = row % T;
+    __global const float *a = att + ao + row * T, *d = datt + dao + row * T;
+    __global float *o = dpre + dpo + row * T;
+    const int8 lane = (int8)(0, 1, 2, 3, 4, 5, 6, 7);
+    float8 dot8 = (float8)(0.0f);
+    for (long k = 0; k < T; k += 8)
+        dot8 += select((float8)(0.0f), vload8(0, a + k) * vload8(0, d + k), CAUSAL8(k, t));
+    float dot = hsum8(dot8);
+    for (long k = 0; k < T; k += 8)
+        vstore8(select((float8)(0.0f), scale * vload8(0, a + k) * (vload8(0, d + k) - dot), CAUSAL8(k, t)), 0,
+                o + k);
+}
+#endif
+
 /* One group per row (bh, t): softmax of scale*x over s <= t, zeros after.
  * att may be preatt: every element is read before the same item writes it. */
 __kernel void softmax_causal_forward(__global float *att, ulong ao, __global const float *preatt,

@@ -342,10 +342,13 @@ static ts_status op_softmax(ts_cl_device *d, const ts_op *op)
     ts_cl_arg_long(&a, rows);
     ts_cl_arg_long(&a, op->p.softmax.T);
     ts_cl_arg_float(&a, op->p.softmax.scale);
-    return launch_rows(d, "attention.cl",
-                       op->kind == TS_OP_SOFTMAX_CAUSAL_FWD ? "softmax_causal_forward"
-                                                            : "softmax_causal_backward",
-                       rows, &a);
+    int fwd = op->kind == TS_OP_SOFTMAX_CAUSAL_FWD;
+    if (d->is_cpu && op->p.softmax.T % 8 == 0) { /* an item per row, groups of 8 rows */
+        size_t g = ((size_t)rows + 7) / 8 * 8, l = 8;
+        return ts_cl_launch(d, "attention.cl", fwd ? "softmax_causal_forward_row8" : "softmax_causal_backward_row8",
+                            1, &g, &l, &a);
+    }
+    return launch_rows(d, "attention.cl", fwd ? "softmax_causal_forward" : "softmax_causal_backward", rows, &a);
 }
 
 static ts_status op_softmax_masked(ts_cl_device *d, const ts_op *op)
