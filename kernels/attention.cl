@@ -39,50 +39,64 @@ __kernel void heads_permute_rows(__global float *out, ulong oo, __global const f
         for (int d = 0; d < HS; d++) out[oo + packed + d] = inp[io + heads + d];
 }
 
-/* Lanes k..k+7 that are keys s <= t (an int8 mask for select). */
-#define CAUSAL8(k, t) ((int8)((int)(k)) + lane <= (int8)((int)(t)))
-
 #if TS_CPU_DEVICE
-/* CPU-type devices: an item per row, the row 8 at a time with no barriers.
- * Every item walks the whole row (a uniform trip count, see UNIFORM_FOR)
- * and masks the keys past its t. Needs T % 8 == 0 (the host checks). */
-__kernel void softmax_causal_forward_row8(__global float *att, ulong ao, __global const float *preatt,
-                                          ulong po, long rows, long T, float scale)
+/* CPU-type devices: the causal and the masked softmax with an item per row,
+ * the row 8 at a time and no barriers. Every item walks the whole row (a
+ * uniform trip count, see UNIFORM_FOR) and masks the keys s >= end: end is
+ * the sequence's length (lengths[bh / NH] clamped to [0, T]; T without
+ * lengths), and at most t + 1 when causal. Needs T % 8 == 0 (the host
+ * checks). att may be preatt, dpreatt may be datt: an item reads each
+ * element of its row before writing it. */
+#define KEYS8(k, end) ((int8)((int)(k)) + (int8)(0, 1, 2, 3, 4, 5, 6, 7) < (int8)((int)(end)))
+
+inline long row_end(long row, long T, __global const int *lengths, ulong lo, int has_lengths, long NH, int causal)
+{
+    long bh = row / T, t = row - bh * T, end = T;
+    if (has_lengths) {
+        long len = lengths[lo + bh / NH];
+        end = len < 0 ? 0 : len > T ? T : len;
+    }
+    return causal && end > t + 1 ? t + 1 : end;
+}
+
+__kernel void softmax_forward_row8(__global float *att, ulong ao, __global const float *preatt, ulong po,
+                                   __global const int *lengths, ulong lo, int has_lengths, long rows, long T,
+                                   long NH, float scale, int causal)
 {
     long row = get_global_id(0);
     if (row >= rows) return;
-    long t = row % T;
+    long end = row_end(row, T, lengths, lo, has_lengths, NH, causal);
     __global const float *x = preatt + po + row * T;
     __global float *o = att + ao + row * T;
-    const int8 lane = (int8)(0, 1, 2, 3, 4, 5, 6, 7);
     float8 m8 = (float8)(-INFINITY);
     for (long k = 0; k < T; k += 8)
-        m8 = fmax(m8, select((float8)(-INFINITY), scale * vload8(0, x + k), CAUSAL8(k, t)));
+        m8 = fmax(m8, select((float8)(-INFINITY), scale * vload8(0, x + k), KEYS8(k, end)));
     float m = hmax8(m8);
     float8 s8 = (float8)(0.0f);
     for (long k = 0; k < T; k += 8)
-        s8 += select((float8)(0.0f), exp(scale * vload8(0, x + k) - m), CAUSAL8(k, t));
-    float inv = 1.0f / hsum8(s8);
+        s8 += select((float8)(0.0f), exp(scale * vload8(0, x + k) - m), KEYS8(k, end));
+    float inv = end > 0 ? 1.0f / hsum8(s8) : 0.0f;
     for (long k = 0; k < T; k += 8)
-        vstore8(select((float8)(0.0f), exp(scale * vload8(0, x + k) - m) * inv, CAUSAL8(k, t)), 0, o + k);
+        vstore8(select((float8)(0.0f), exp(scale * vload8(0, x + k) - m) * inv, KEYS8(k, end)), 0, o + k);
 }
 
-__kernel void softmax_causal_backward_row8(__global float *dpre, ulong dpo, __global const float *att,
-                                           ulong ao, __global const float *datt, ulong dao, long rows,
-                                           long T, float scale)
+/* dpreatt = scale * att * (datt - sum_s att*datt) over s < end (t + 1
+ * when causal, else T: masked keys have att = 0), zeros after. */
+__kernel void softmax_backward_row8(__global float *dpre, ulong dpo, __global const float *att, ulong ao,
+                                    __global const float *datt, ulong dao, long rows, long T, float scale,
+                                    int causal)
 {
     long row = get_global_id(0);
     if (row >= rows) return;
-    long t = row % T;
+    long end = causal ? row % T + 1 : T;
     __global const float *a = att + ao + row * T, *d = datt + dao + row * T;
     __global float *o = dpre + dpo + row * T;
-    const int8 lane = (int8)(0, 1, 2, 3, 4, 5, 6, 7);
     float8 dot8 = (float8)(0.0f);
     for (long k = 0; k < T; k += 8)
-        dot8 += select((float8)(0.0f), vload8(0, a + k) * vload8(0, d + k), CAUSAL8(k, t));
+        dot8 += select((float8)(0.0f), vload8(0, a + k) * vload8(0, d + k), KEYS8(k, end));
     float dot = hsum8(dot8);
     for (long k = 0; k < T; k += 8)
-        vstore8(select((float8)(0.0f), scale * vload8(0, a + k) * (vload8(0, d + k) - dot), CAUSAL8(k, t)), 0,
+        vstore8(select((float8)(0.0f), scale * vload8(0, a + k) * (vload8(0, d + k) - dot), KEYS8(k, end)), 0,
                 o + k);
 }
 #endif

@@ -1084,9 +1084,10 @@ static const case_def cases[] = {
     {"softmax_causal_backward", conf_softmax, "BH=%lld T=%lld in_place=%lld backward=%lld", 4,
      {{1, 1, 0, 1}, {3, 17, 0, 1}, {8, 64, 1, 1}, {2, 130, 0, 1}, {1, 8, 0, 1}, {5, 24, 0, 1}}, 6},
     {"softmax_masked_forward", conf_softmax_masked, "B=%lld NH=%lld T=%lld causal=%lld in_place=%lld backward=%lld",
-     6, {{1, 1, 1, 0, 0, 0}, {3, 2, 17, 0, 0, 0}, {4, 2, 64, 1, 1, 0}, {2, 1, 130, 0, 1, 0}, {5, 3, 9, 1, 0, 0}}, 5},
+     6, {{1, 1, 1, 0, 0, 0}, {3, 2, 17, 0, 0, 0}, {4, 2, 64, 1, 1, 0}, {2, 1, 130, 0, 1, 0}, {5, 3, 9, 1, 0, 0},
+         {5, 2, 24, 0, 0, 0}, {5, 2, 24, 1, 0, 0}}, 7},
     {"softmax_masked_backward", conf_softmax_masked, "B=%lld NH=%lld T=%lld causal=%lld in_place=%lld backward=%lld",
-     6, {{1, 1, 1, 0, 0, 1}, {3, 2, 17, 0, 0, 1}, {4, 2, 64, 1, 1, 1}, {2, 1, 130, 0, 1, 1}}, 4},
+     6, {{1, 1, 1, 0, 0, 1}, {3, 2, 17, 0, 0, 1}, {4, 2, 64, 1, 1, 1}, {2, 1, 130, 0, 1, 1}, {5, 2, 24, 0, 0, 1}}, 5},
 /* fused blocks hold 64 query rows: T=130 and 150 cross block edges. The
  * composite route's kernels are the softmax and GEMM ops checked above, so
  * it keeps to small shapes (oclgrind runs these too, slowly). */

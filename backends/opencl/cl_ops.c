@@ -331,28 +331,52 @@ static ts_status op_heads(ts_cl_device *d, const ts_op *op)
     return ts_cl_launch(d, "attention.cl", "heads_permute", 2, g, l, &a);
 }
 
-static ts_status op_softmax(ts_cl_device *d, const ts_op *op)
+/* CPU-type devices, T a multiple of 8: attention.cl's row8 kernels (an
+ * item per row, groups of 8 rows) for the causal and the masked softmax. */
+static ts_status softmax_row8(ts_cl_device *d, const ts_op *op, int fwd, const ts_tensor *lengths, int causal)
 {
+    int64_t rows = op->p.softmax.BH * op->p.softmax.T;
     ts_cl_args a;
     args_init(&a);
     ts_cl_arg_tensor(&a, op->out[0]);
     ts_cl_arg_tensor(&a, op->in[0]);
-    if (op->kind == TS_OP_SOFTMAX_CAUSAL_BWD) ts_cl_arg_tensor(&a, op->in[1]);
+    if (fwd) {
+        ts_cl_arg_tensor(&a, lengths);
+        arg_int(&a, lengths != NULL);
+    } else {
+        ts_cl_arg_tensor(&a, op->in[1]);
+    }
+    ts_cl_arg_long(&a, rows);
+    ts_cl_arg_long(&a, op->p.softmax.T);
+    if (fwd) ts_cl_arg_long(&a, op->p.softmax.NH);
+    ts_cl_arg_float(&a, op->p.softmax.scale);
+    arg_int(&a, causal);
+    size_t g = ((size_t)rows + 7) / 8 * 8, l = 8;
+    return ts_cl_launch(d, "attention.cl", fwd ? "softmax_forward_row8" : "softmax_backward_row8", 1, &g, &l, &a);
+}
+
+static int use_row8(const ts_cl_device *d, const ts_op *op) { return d->is_cpu && op->p.softmax.T % 8 == 0; }
+
+static ts_status op_softmax(ts_cl_device *d, const ts_op *op)
+{
+    int fwd = op->kind == TS_OP_SOFTMAX_CAUSAL_FWD;
+    if (use_row8(d, op)) return softmax_row8(d, op, fwd, NULL, 1);
+    ts_cl_args a;
+    args_init(&a);
+    ts_cl_arg_tensor(&a, op->out[0]);
+    ts_cl_arg_tensor(&a, op->in[0]);
+    if (!fwd) ts_cl_arg_tensor(&a, op->in[1]);
     int64_t rows = op->p.softmax.BH * op->p.softmax.T;
     ts_cl_arg_long(&a, rows);
     ts_cl_arg_long(&a, op->p.softmax.T);
     ts_cl_arg_float(&a, op->p.softmax.scale);
-    int fwd = op->kind == TS_OP_SOFTMAX_CAUSAL_FWD;
-    if (d->is_cpu && op->p.softmax.T % 8 == 0) { /* an item per row, groups of 8 rows */
-        size_t g = ((size_t)rows + 7) / 8 * 8, l = 8;
-        return ts_cl_launch(d, "attention.cl", fwd ? "softmax_causal_forward_row8" : "softmax_causal_backward_row8",
-                            1, &g, &l, &a);
-    }
     return launch_rows(d, "attention.cl", fwd ? "softmax_causal_forward" : "softmax_causal_backward", rows, &a);
 }
 
 static ts_status op_softmax_masked(ts_cl_device *d, const ts_op *op)
 {
+    int fwd = op->kind == TS_OP_SOFTMAX_MASKED_FWD;
+    if (use_row8(d, op)) return softmax_row8(d, op, fwd, fwd ? op->in[1] : NULL, fwd && op->p.softmax.causal);
     ts_cl_args a;
     args_init(&a);
     int64_t rows = op->p.softmax.BH * op->p.softmax.T;
@@ -361,7 +385,7 @@ static ts_status op_softmax_masked(ts_cl_device *d, const ts_op *op)
     ts_cl_arg_tensor(&a, op->in[1]);
     ts_cl_arg_long(&a, rows);
     ts_cl_arg_long(&a, op->p.softmax.T);
-    if (op->kind == TS_OP_SOFTMAX_MASKED_BWD) {
+    if (!fwd) {
         ts_cl_arg_float(&a, op->p.softmax.scale);
         return launch_rows(d, "attention.cl", "softmax_masked_backward", rows, &a);
     }
