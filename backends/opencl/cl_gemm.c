@@ -134,7 +134,7 @@ static ts_status map_region(ts_cl_device *d, const ts_tensor *t, size_t elems, c
     cl_int err;
     size_t bytes = elems * sizeof(float);
     m->mem = ts_cl_mem(t);
-    m->ptr = clEnqueueMapBuffer(d->queue, m->mem, CL_TRUE, flags, t->offset, bytes ? bytes : 4, 0,
+    m->ptr = clEnqueueMapBuffer(d->queue, m->mem, CL_FALSE, flags, t->offset, bytes ? bytes : 4, 0,
                                 NULL, NULL, &err);
     if (err != CL_SUCCESS) {
         m->ptr = NULL;
@@ -161,6 +161,12 @@ static ts_status gemm_host(ts_cl_device *d, const ts_op *op)
         st = map_region(d, op->out[0], extent(g->M, g->N, g->ldc, g->batch, g->stride_c),
                         CL_MAP_READ | CL_MAP_WRITE, &maps[2], &C);
     if (!st && op->in[2]) st = map_region(d, op->in[2], (size_t)g->N, CL_MAP_READ, &maps[3], &bias);
+    /* the maps were enqueued without waiting: one wait for all of them
+     * (a blocking map each cost PoCL a round trip to its worker threads) */
+    if (!st) {
+        cl_int err = clFinish(d->queue);
+        if (err != CL_SUCCESS) st = ts_cl_fail(err, "clFinish (host GEMM's maps)", d);
+    }
     if (!st && g->dtype != TS_F32) /* the CPU backend's route; nothing kept: kernels write these unseen */
         ts_cpu_gemm_lowp(g->dtype, g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a,
                          g->lda, B, g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc, bias, false);
