@@ -29,7 +29,7 @@ inline float load_operand(__global const float *p, long i, int store)
 __kernel void to_lowp(__global const float *x, ulong xo, long n, __global ushort *y, int store)
 {
     x += xo;
-    for (long i = get_global_id(0); i < n; i += get_global_size(0)) {
+    UNIFORM_FOR(i, n, get_global_id(0), get_global_size(0)) {
         float v = x[i];
         if (store == STORE_F16) {
             vstore_half_rte(v, (size_t)i, (__global half *)y);
