@@ -106,7 +106,8 @@ void ts_device_build_stats(ts_device *device, ts_build_stats *stats);
  * attention's products) rounds both inputs to that type, sums the products
  * in fp32 and writes fp32; every other op, the weights, gradients and
  * optimizer state stay fp32. TS_F32 (the default) turns it off. Fails with
- * TS_ERR_UNSUPPORTED on a device without such products (OpenCL for now),
+ * TS_ERR_UNSUPPORTED on a device without such products (a backend with no
+ * matmul_route),
  * TS_ERR_INVALID_ARG for another dtype. ts_matmul_reference stays fp32. */
 ts_status ts_device_set_matmul_dtype(ts_device *device, ts_dtype dtype);
 ts_dtype ts_device_get_matmul_dtype(const ts_device *device);
