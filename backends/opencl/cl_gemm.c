@@ -71,33 +71,27 @@ static size_t extent(int64_t rows, int64_t cols, int64_t ld, int64_t batch, int6
 
 /* ---- tessera's kernel ---- */
 
-/* The operands as gemm_tiled reads them: the tensors themselves (fp32), or
- * their 16-bit copies in d->lowp from offset 0. */
-typedef struct operands {
-    const ts_tensor *a, *b;
-    cl_int store; /* gemm.cl's STORE_F32, STORE_BF16, STORE_F16 */
-} operands;
-
-static void arg_operand(ts_cl_args *a, ts_cl_device *d, const operands *o, int i)
+/* Operand i as gemm_tiled reads it: the op's tensor (store 0, fp32), or
+ * its 16-bit copy in d->lowp[i] from offset 0 (gemm.cl's STORE_BF16/F16). */
+static void arg_operand(ts_cl_args *a, ts_cl_device *d, const ts_op *op, int i, cl_int store)
 {
-    if (o->store) {
+    if (store) {
         ts_cl_arg_mem(a, d->lowp[i]);
         ts_cl_arg_long(a, 0);
     } else {
-        ts_cl_arg_tensor(a, i ? o->b : o->a);
+        ts_cl_arg_tensor(a, op->in[i]);
     }
 }
 
-static ts_status gemm_kernel(ts_cl_device *d, const ts_op *op, float beta, const ts_tensor *bias,
-                             const operands *o)
+static ts_status gemm_kernel(ts_cl_device *d, const ts_op *op, float beta, const ts_tensor *bias, cl_int store)
 {
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
     ts_cl_args a;
     memset(&a, 0, sizeof a);
-    arg_operand(&a, d, o, 0);
+    arg_operand(&a, d, op, 0, store);
     ts_cl_arg_long(&a, g->lda);
     ts_cl_arg_long(&a, g->stride_a);
-    arg_operand(&a, d, o, 1);
+    arg_operand(&a, d, op, 1, store);
     ts_cl_arg_long(&a, g->ldb);
     ts_cl_arg_long(&a, g->stride_b);
     ts_cl_arg_tensor(&a, op->out[0]);
@@ -113,7 +107,7 @@ static ts_status gemm_kernel(ts_cl_device *d, const ts_op *op, float beta, const
     ts_cl_arg_float(&a, beta);
     ts_cl_arg_tensor(&a, bias);
     a.size[a.n] = sizeof(cl_int), a.value[a.n++] = &hb;
-    a.size[a.n] = sizeof(cl_int), a.value[a.n++] = &o->store;
+    a.size[a.n] = sizeof(cl_int), a.value[a.n++] = &store;
     size_t ts = d->tile_wg * 4;
     size_t global[3] = {(g->N + ts - 1) / ts * d->tile_wg, (g->M + ts - 1) / ts * d->tile_wg,
                         (size_t)g->batch};
@@ -213,13 +207,12 @@ static ts_status gemm_lowp(ts_cl_device *d, const ts_op *op)
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
     int64_t arows = g->trans_a ? g->K : g->M, acols = g->trans_a ? g->M : g->K;
     int64_t brows = g->trans_b ? g->N : g->K, bcols = g->trans_b ? g->K : g->N;
-    operands o = {op->in[0], op->in[1], g->dtype == TS_BF16 ? 1 : 2};
+    cl_int store = g->dtype == TS_BF16 ? 1 : 2;
     /* the copies keep the operands' layout: offsets from 0, the same strides */
-    ts_status st = to_lowp(d, op->in[0], extent(arows, acols, g->lda, g->batch, g->stride_a), 0, o.store);
+    ts_status st = to_lowp(d, op->in[0], extent(arows, acols, g->lda, g->batch, g->stride_a), 0, store);
     if (!st)
-        st = to_lowp(d, op->in[1], extent(brows, bcols, g->ldb, g->stride_b ? g->batch : 1, g->stride_b), 1,
-                     o.store);
-    return st ? st : gemm_kernel(d, op, g->beta, op->in[2], &o);
+        st = to_lowp(d, op->in[1], extent(brows, bcols, g->ldb, g->stride_b ? g->batch : 1, g->stride_b), 1, store);
+    return st ? st : gemm_kernel(d, op, g->beta, op->in[2], store);
 }
 
 const char *ts_cl_matmul_route(ts_cl_device *d, ts_dtype dtype)
@@ -309,8 +302,7 @@ static ts_status gemm_clblast(ts_cl_device *d, const ts_op *op)
                d->info_id, (int)s);
         d->clblast_warned = 1;
     }
-    operands f32 = {op->in[0], op->in[1], 0};
-    return gemm_kernel(d, op, beta, NULL, &f32);
+    return gemm_kernel(d, op, beta, NULL, 0);
 }
 #endif
 
@@ -352,6 +344,5 @@ ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op)
 #endif
     default: break;
     }
-    operands f32 = {op->in[0], op->in[1], 0};
-    return gemm_kernel(d, op, g->beta, op->in[2], &f32);
+    return gemm_kernel(d, op, g->beta, op->in[2], 0);
 }

@@ -567,8 +567,6 @@ static uint64_t attention_local_bytes(const ts_cl_device *d, int64_t T, int64_t 
 
 bool ts_cl_supports_op(ts_device *dev, const ts_op *op)
 {
-    if (op->kind == TS_OP_GEMM) /* CLBlast, the reference, has fp32 products only */
-        return op->p.gemm.dtype == TS_F32 || !op->p.gemm.reference;
     if (op->kind != TS_OP_ATTENTION_FWD && op->kind != TS_OP_ATTENTION_BWD) return true;
     const ts_cl_device *d = dev->context;
     const __typeof__(op->p.attention) *a = &op->p.attention;
