@@ -390,6 +390,7 @@ ts_status ts_parallel_init(int *argc, char ***argv)
 }
 void ts_parallel_finalize(void) {}
 void ts_parallel_finalize_failed(double wait_s) { (void)wait_s; }
+const char *ts_comm_host(int world_rank) { return world_rank == 0 ? "localhost" : "?"; }
 ts_comm *ts_comm_world(void) { return &g_world_single; }
 ts_comm *ts_comm_node(void) { return &g_world_single; }
 
