@@ -183,7 +183,7 @@ static void other_shapes_in_between_change_nothing(void *arg)
     REQUIRE_OK(ts_gpt_zero_grad(&m));
     REQUIRE_OK(ts_gpt_forward_backward(&m, tok, tgt, 2, 8, 1.0f, &l1));
     REQUIRE_OK(ts_tensor_read(&m.grads, g1, (size_t)m.num_params * sizeof *g1));
-    int64_t n = ts_tensor_numel(&m.scratch);
+    int64_t n = ts_tensor_numel(&m.scratch[0]); /* small shapes: the scratch is one block */
     ts_gpt_acts other;
     REQUIRE_OK(ts_gpt_acts_alloc(&m, &other, 1, 4));
     REQUIRE_OK(ts_gpt_stage_forward(&m, &other, tok, NULL, 0.0f, NULL, NULL));
@@ -205,6 +205,51 @@ static void other_shapes_in_between_change_nothing(void *arg)
             (long long)n);
     free(hp), free(g1), free(g2), free(d1), free(by);
     ts_tensor_free(&bystander);
+    ts_gpt_free(&m);
+}
+
+/* Activations and scratch past the device's largest allocation (or
+ * CLBlast's 2^31 floats) are split over several allocations. Forcing a
+ * split at every tensor must change no bit of the loss or the gradients. */
+static void split_activations_change_nothing(void *arg)
+{
+    ts_device *dev = arg;
+    unsetenv("TESSERA_BLOCK_LIMIT");
+    ts_gpt m;
+    REQUIRE_OK(ts_gpt_create(&m, dev, &tiny));
+    float *hp = malloc((size_t)m.num_params * sizeof *hp);
+    float *g1 = malloc((size_t)m.num_params * sizeof *g1), *g2 = malloc((size_t)m.num_params * sizeof *g2);
+    REQUIRE_OK(randomize(&m, 17, hp));
+    int32_t tok[16], tgt[16];
+    rng_t r;
+    rng_seed(&r, 18);
+    make_batch(&r, 16, tiny.vocab_size, tok, tgt);
+    float l1, l2;
+    REQUIRE_OK(ts_gpt_zero_grad(&m));
+    REQUIRE_OK(ts_gpt_forward_backward(&m, tok, tgt, 2, 8, 1.0f, &l1));
+    REQUIRE_OK(ts_tensor_read(&m.grads, g1, (size_t)m.num_params * sizeof *g1));
+    EXPECT(m.acts.block[1].block == NULL); /* one block without a limit */
+    ts_gpt_acts_free(&m.acts);
+    setenv("TESSERA_BLOCK_LIMIT", "64", 1); /* 16 floats: every tensor its own block */
+    ts_gpt_acts big;
+    REQUIRE_OK(ts_gpt_acts_alloc(&m, &big, 2, 8));
+    ts_gpt_acts_free(&big);
+    /* the scratch is reallocated for a new shape; force it through B=1 */
+    ts_gpt_acts other;
+    REQUIRE_OK(ts_gpt_acts_alloc(&m, &other, 1, 8));
+    REQUIRE_OK(ts_gpt_stage_forward(&m, &other, tok, NULL, 0.0f, NULL, NULL));
+    ts_gpt_acts_free(&other);
+    REQUIRE_OK(ts_gpt_zero_grad(&m));
+    REQUIRE_OK(ts_gpt_forward_backward(&m, tok, tgt, 2, 8, 1.0f, &l2));
+    REQUIRE_OK(ts_tensor_read(&m.grads, g2, (size_t)m.num_params * sizeof *g2));
+    int nb = 0;
+    while (nb < TS_GPT_BLOCKS && m.acts.block[nb].block) nb++;
+    EXPECTF(nb > 10, "activations in %d blocks with a 64-byte limit", nb);
+    unsetenv("TESSERA_BLOCK_LIMIT");
+    EXPECTF(l1 == l2, "loss %.9g in one block, %.9g split", l1, l2);
+    double *d1 = to_double(g1, m.num_params);
+    check_close("gradient with split activations", g2, d1, m.num_params, 0.0);
+    free(hp), free(g1), free(g2), free(d1);
     ts_gpt_free(&m);
 }
 
@@ -548,6 +593,9 @@ int main(int argc, char **argv)
         snprintf(name, sizeof name, "activations of another shape in between change no gradient (composite "
                  "attention's scratch) on %s", ts_device_get_info(ts_device_at(d))->id);
         th_add(name, other_shapes_in_between_change_nothing, ts_device_at(d));
+        snprintf(name, sizeof name, "activations split over many allocations change no bit on %s",
+                 ts_device_get_info(ts_device_at(d))->id);
+        th_add(name, split_activations_change_nothing, ts_device_at(d));
         for (int v = 0; v < 4; v++) {
             cls_case *k = malloc(sizeof *k), *k2 = malloc(sizeof *k2);
             *k = (cls_case){ts_device_at(d), v & 1 ? TS_POOL_MEAN : TS_POOL_LAST, v >> 1};

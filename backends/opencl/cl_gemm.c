@@ -244,6 +244,31 @@ static ts_status clblast_bias(ts_cl_device *d, const ts_op *op)
     return ts_cl_launch(d, "elementwise.cl", "bias_rows", 2, global, NULL, &a);
 }
 
+/* CLBlast passes offsets and indexes elements with 32-bit ints: an operand
+ * reaching past element 2^31 - 1 of its buffer would be read elsewhere. */
+static int clblast_reaches(const ts_tensor *t, int64_t rows, int64_t ld, int64_t batch, int64_t stride)
+{
+    int64_t end = t->offset / 4 + (batch - 1) * stride + rows * ld;
+    return end <= INT32_MAX;
+}
+
+static int clblast_addressable(const ts_op *op)
+{
+    const __typeof__(op->p.gemm) *g = &op->p.gemm;
+    return clblast_reaches(op->in[0], g->trans_a ? g->K : g->M, g->lda, g->batch, g->stride_a) &&
+           clblast_reaches(op->in[1], g->trans_b ? g->N : g->K, g->ldb, g->batch, g->stride_b) &&
+           clblast_reaches(op->out[0], g->M, g->ldc, g->batch, g->stride_c);
+}
+
+static ts_status clblast_too_far(ts_cl_device *d, const ts_op *op)
+{
+    const __typeof__(op->p.gemm) *g = &op->p.gemm;
+    return ts_error(TS_ERR_UNSUPPORTED,
+                    "CLBlast GEMM %lldx%lldx%lld (batch %lld) on %s: an operand reaches past element 2^31 - 1 "
+                    "of its buffer, which CLBlast's 32-bit offsets cannot address",
+                    (long long)g->M, (long long)g->N, (long long)g->K, (long long)g->batch, d->info_id);
+}
+
 static CLBlastStatusCode clblast_run(ts_cl_device *d, const ts_op *op, float beta)
 {
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
@@ -283,6 +308,11 @@ static ts_status gemm_clblast(ts_cl_device *d, const ts_op *op)
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
     float beta = g->beta;
     ts_status st;
+    if (!clblast_addressable(op)) {
+        if (d->gemm_forced) return clblast_too_far(d, op);
+        ts_log(TS_LOG_DEBUG, "GEMM on %s: past CLBlast's 32-bit offsets; tessera's kernel", d->info_id);
+        return gemm_kernel(d, op, g->beta, op->in[2], 0);
+    }
     if (op->in[2]) { /* CLBlast has no bias: c = beta*c + bias, then beta = 1 */
         if ((st = clblast_bias(d, op))) return st;
         beta = 1.0f;
@@ -323,6 +353,7 @@ ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op)
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
     if (g->reference) { /* the reference library, never a fallback that would flatter it */
 #ifdef TS_HAVE_CLBLAST
+        if (!clblast_addressable(op)) return clblast_too_far(d, op);
         CLBlastStatusCode s = clblast_run(d, op, g->beta);
         if (s != CLBlastSuccess)
             return ts_error(TS_ERR_BACKEND, "CLBlast GEMM %lldx%lldx%lld (batch %lld) failed on %s: status %d",

@@ -340,9 +340,14 @@ ts_status ts_gpt_create(ts_gpt *m, ts_device *dev, const ts_gpt_config *cfg)
     return ts_gpt_create_layout(m, dev, cfg, &lay, NULL);
 }
 
+static void free_blocks(ts_tensor *blocks)
+{
+    for (int b = 0; b < TS_GPT_BLOCKS; b++) ts_tensor_free(&blocks[b]);
+}
+
 void ts_gpt_acts_free(ts_gpt_acts *a)
 {
-    ts_tensor_free(&a->block);
+    free_blocks(a->block);
     ts_tensor_free(&a->tokens);
     ts_tensor_free(&a->targets);
     ts_tensor_free(&a->key_len);
@@ -352,7 +357,7 @@ void ts_gpt_acts_free(ts_gpt_acts *a)
 
 static void free_scratch(ts_gpt *m)
 {
-    ts_tensor_free(&m->scratch);
+    free_blocks(m->scratch);
     m->scratch_B = m->scratch_T = 0;
 }
 
@@ -428,25 +433,42 @@ typedef struct plan_item {
     int64_t shape[4];
 } plan_item;
 
-static ts_status alloc_plan(ts_device *dev, ts_tensor *block, plan_item *plan, size_t n)
+/* Lay the plan's tensors out in as few allocations as the device and
+ * CLBlast's 32-bit element offsets allow: each block holds at most
+ * min(largest allocation, 2^31 - 1 floats). */
+static ts_status alloc_plan(ts_device *dev, ts_tensor *blocks, plan_item *plan, size_t n)
 {
-    int64_t total = 0;
-    for (size_t i = 0; i < n; i++) {
+    int64_t cap = INT32_MAX / 16 * 16;
+    uint64_t most = ts_device_get_info(dev)->max_alloc_bytes / 4;
+    const char *limit = getenv("TESSERA_BLOCK_LIMIT"); /* bytes; tests force splits with it */
+    uint64_t lim = limit ? strtoull(limit, NULL, 10) / 4 : 0;
+    if (lim >= 16 && (!most || lim < most)) most = lim;
+    if (most && (int64_t)most < cap) cap = (int64_t)most / 16 * 16;
+    if (n > TS_GPT_BLOCKS) return ts_error(TS_ERR_INVALID_ARG, "a plan of %zu tensors (at most %d)", n, TS_GPT_BLOCKS);
+    int64_t size[TS_GPT_BLOCKS] = {0}, start[TS_GPT_BLOCKS];
+    int owner[TS_GPT_BLOCKS], nb = 0;
+    for (size_t i = 0; i < n; i++) { /* 64-byte aligned starts */
         int64_t k = 1;
         for (int d = 0; d < plan[i].ndim; d++) k *= plan[i].shape[d];
-        total += (k + 15) / 16 * 16; /* 64-byte aligned starts */
+        k = (k + 15) / 16 * 16;
+        if (nb == 0 || (size[nb - 1] + k > cap && size[nb - 1] > 0)) nb++;
+        owner[i] = nb - 1;
+        start[i] = size[nb - 1];
+        size[nb - 1] += k;
     }
-    TRY(ts_tensor_alloc(block, dev, TS_F32, TS_SHAPE(total > 0 ? total : 1)));
-    int64_t off = 0;
-    for (size_t i = 0; i < n; i++) {
-        int64_t k = 1;
-        for (int d = 0; d < plan[i].ndim; d++) k *= plan[i].shape[d];
-        ts_status st = ts_tensor_view(plan[i].t, block, off, plan[i].ndim, plan[i].shape);
+    for (int b = 0; b < nb; b++) {
+        ts_status st = ts_tensor_alloc(&blocks[b], dev, TS_F32, TS_SHAPE(size[b] > 0 ? size[b] : 1));
         if (st) {
-            ts_tensor_free(block);
+            free_blocks(blocks);
             return st;
         }
-        off += (k + 15) / 16 * 16;
+    }
+    for (size_t i = 0; i < n; i++) {
+        ts_status st = ts_tensor_view(plan[i].t, &blocks[owner[i]], start[i], plan[i].ndim, plan[i].shape);
+        if (st) {
+            free_blocks(blocks);
+            return st;
+        }
     }
     return TS_OK;
 }
@@ -466,7 +488,7 @@ static ts_status ensure_scratch(ts_gpt *m, int64_t B, int64_t T)
         {&m->dC, 2, {N, C}},              {&m->dCatt, 2, {N, m->C_att}},
         {&m->d3C, 2, {N, 3 * m->C_att}},  {&m->d4C, 2, {N, m->F_local}},
     };
-    TRY(alloc_plan(m->device, &m->scratch, plan, sizeof plan / sizeof *plan));
+    TRY(alloc_plan(m->device, m->scratch, plan, sizeof plan / sizeof *plan));
     m->scratch_B = B, m->scratch_T = T;
     return TS_OK;
 }
@@ -524,7 +546,7 @@ static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int
         {&a->ce_sum, 1, {N}},
         {&a->ce_tgt, 1, {N}},
     };
-    ts_status st = alloc_plan(m->device, &a->block, plan, sizeof plan / sizeof *plan);
+    ts_status st = alloc_plan(m->device, a->block, plan, sizeof plan / sizeof *plan);
     if (st) return ts_error_context(st, "activations for B=%lld T=%lld", (long long)B, (long long)T);
     if (!st) st = ts_tensor_alloc(&a->tokens, m->device, TS_I32, TS_SHAPE(B, T));
     if (!st) st = ts_tensor_alloc(&a->targets, m->device, TS_I32, TS_SHAPE(B, T));

@@ -33,6 +33,11 @@
 extern "C" {
 #endif
 
+/* Activations and scratch live in a few large allocations, a new one begun
+ * where the next tensor would pass the device's largest allocation or 2^31
+ * floats (CLBlast addresses with 32-bit ints); at most one per tensor. */
+#define TS_GPT_BLOCKS 32
+
 typedef struct ts_gpt_config {
     int64_t vocab_size;   /* V */
     int64_t max_seq_len;  /* maxT: rows of the position embedding */
@@ -93,7 +98,7 @@ typedef struct ts_gpt_tensor {
 /* Activations of one micro-batch of shape (B, T): what backward needs. */
 typedef struct ts_gpt_acts {
     int64_t B, T;
-    ts_tensor block;                  /* one allocation; the rest are views */
+    ts_tensor block[TS_GPT_BLOCKS];   /* few allocations; the rest are views */
     ts_tensor input;                  /* [B,T,C] residual stream into the first local layer */
     ts_tensor ln1, ln1_mean, ln1_rstd, qkv, qkvh, att, atty, residual2;  /* stacked over local layers */
     ts_tensor ln2, ln2_mean, ln2_rstd, fch, fch_gelu, residual3;
@@ -130,7 +135,7 @@ typedef struct ts_gpt {
     ts_gpt_acts acts;             /* for the single-micro-batch calls below */
     /* scratch shared by every micro-batch of one shape */
     int64_t scratch_B, scratch_T;
-    ts_tensor scratch, y, att_scratch, dqkvh, proj, dC, dCatt, d3C, d4C;
+    ts_tensor scratch[TS_GPT_BLOCKS], y, att_scratch, dqkvh, proj, dC, dCatt, d3C, d4C;
 } ts_gpt;
 
 /* Check a configuration; the message says what is wrong. */
