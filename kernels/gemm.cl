@@ -24,19 +24,39 @@ inline float load_operand(__global const float *p, long i, int store)
     return p[i];
 }
 
-/* y[i] = x[i] rounded to bf16 or fp16 (to nearest, ties to even; fp16 past
- * 65504 becomes inf), stored in 16 bits. */
+/* v rounded to bf16 or fp16 (to nearest, ties to even; fp16 past 65504
+ * becomes inf), as its 16 bits. */
+inline ushort round_to_16(float v, int store)
+{
+    if (store == STORE_F16) { /* half only as a pointer: no cl_khr_fp16 needed */
+        ushort h;
+        vstore_half_rte(v, 0, (__private half *)&h);
+        return h;
+    }
+    uint u = as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (ushort)((u >> 16) | 0x40u); /* NaN stays NaN */
+    return (ushort)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* y[i] = x[i] rounded to bf16 or fp16, stored in 16 bits. */
 __kernel void to_lowp(__global const float *x, ulong xo, long n, __global ushort *y, int store)
 {
     x += xo;
+    UNIFORM_FOR(i, n, get_global_id(0), get_global_size(0)) { y[i] = round_to_16(x[i], store); }
+}
+
+/* y[i] = x[i] rounded to bf16 or fp16 and widened back to fp32: operands
+ * for an fp32 GEMM library whose sums are then those of the 16-bit product
+ * (a product of two 16-bit values is exact in fp32). */
+__kernel void to_lowp_f32(__global const float *x, ulong xo, long n, __global float *y, int store)
+{
+    x += xo;
     UNIFORM_FOR(i, n, get_global_id(0), get_global_size(0)) {
-        float v = x[i];
+        ushort r = round_to_16(x[i], store);
         if (store == STORE_F16) {
-            vstore_half_rte(v, (size_t)i, (__global half *)y);
+            y[i] = vload_half(0, (__private const half *)&r);
         } else {
-            uint u = as_uint(v);
-            if ((u & 0x7fffffffu) > 0x7f800000u) y[i] = (ushort)((u >> 16) | 0x40u); /* NaN stays NaN */
-            else y[i] = (ushort)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+            y[i] = as_float((uint)r << 16);
         }
     }
 }

@@ -177,10 +177,11 @@ static ts_status gemm_host(ts_cl_device *d, const ts_op *op)
 
 /* ---- bf16/fp16 products in tessera's kernel ---- */
 
-/* d->lowp[i] = the first n elements of t rounded to 16 bits. */
-static ts_status to_lowp(ts_cl_device *d, const ts_tensor *t, size_t n, int i, cl_int store)
+/* d->lowp[i] = the first n elements of t rounded to 16 bits, kept in 16
+ * bits for tessera's kernel or widened back to fp32 (wide) for CLBlast. */
+static ts_status to_lowp(ts_cl_device *d, const ts_tensor *t, size_t n, int i, cl_int store, int wide)
 {
-    size_t bytes = (n ? n : 1) * sizeof(cl_ushort);
+    size_t bytes = (n ? n : 1) * (wide ? sizeof(cl_float) : sizeof(cl_ushort));
     if (bytes > d->lowp_size[i]) {
         ts_cl_release_mem(d, d->lowp[i]);
         d->lowp_size[i] = 0;
@@ -199,8 +200,12 @@ static ts_status to_lowp(ts_cl_device *d, const ts_tensor *t, size_t n, int i, c
     ts_cl_arg_mem(&a, d->lowp[i]);
     a.size[a.n] = sizeof(cl_int), a.value[a.n++] = &store;
     size_t local = d->elem_wg, global = n < ((size_t)1 << 20) ? n : (size_t)1 << 20;
-    return ts_cl_launch(d, "gemm.cl", "to_lowp", 1, &global, &local, &a);
+    return ts_cl_launch(d, "gemm.cl", wide ? "to_lowp_f32" : "to_lowp", 1, &global, &local, &a);
 }
+
+#ifdef TS_HAVE_CLBLAST
+static int gemm_lowp_clblast(ts_cl_device *d, const ts_op *op, size_t na, size_t nb, cl_int store, ts_status *st);
+#endif
 
 static ts_status gemm_lowp(ts_cl_device *d, const ts_op *op)
 {
@@ -209,9 +214,14 @@ static ts_status gemm_lowp(ts_cl_device *d, const ts_op *op)
     int64_t brows = g->trans_b ? g->N : g->K, bcols = g->trans_b ? g->K : g->N;
     cl_int store = g->dtype == TS_BF16 ? 1 : 2;
     /* the copies keep the operands' layout: offsets from 0, the same strides */
-    ts_status st = to_lowp(d, op->in[0], extent(arows, acols, g->lda, g->batch, g->stride_a), 0, store);
-    if (!st)
-        st = to_lowp(d, op->in[1], extent(brows, bcols, g->ldb, g->stride_b ? g->batch : 1, g->stride_b), 1, store);
+    size_t na = extent(arows, acols, g->lda, g->batch, g->stride_a);
+    size_t nb = extent(brows, bcols, g->ldb, g->stride_b ? g->batch : 1, g->stride_b);
+    ts_status st;
+#ifdef TS_HAVE_CLBLAST
+    if (gemm_lowp_clblast(d, op, na, nb, store, &st)) return st;
+#endif
+    st = to_lowp(d, op->in[0], na, 0, store, 0);
+    if (!st) st = to_lowp(d, op->in[1], nb, 1, store, 0);
     return st ? st : gemm_kernel(d, op, g->beta, op->in[2], store);
 }
 
@@ -221,6 +231,9 @@ const char *ts_cl_matmul_route(ts_cl_device *d, ts_dtype dtype)
     char *r = d->lowp_route[dtype == TS_F16];
     if (d->gemm_route == TS_GEMM_HOST_BLAS)
         snprintf(r, sizeof d->lowp_route[0], "host: %s, on mapped buffers", ts_cpu_lowp_route(dtype));
+    else if (d->gemm_route == TS_GEMM_CLBLAST)
+        snprintf(r, sizeof d->lowp_route[0], "CLBlast SGEMM on operands rounded to %s (fp32 sums); tiny products "
+                 "in tessera's kernel", dtype == TS_F16 ? "fp16" : "bf16");
     else
         snprintf(r, sizeof d->lowp_route[0], "tessera kernel (16-bit operands, fp32 sums)");
     return r;
@@ -269,13 +282,17 @@ static ts_status clblast_too_far(ts_cl_device *d, const ts_op *op)
                     (long long)g->M, (long long)g->N, (long long)g->K, (long long)g->batch, d->info_id);
 }
 
-static CLBlastStatusCode clblast_run(ts_cl_device *d, const ts_op *op, float beta)
+/* CLBlast's SGEMM on the op's operands, or (lowp) on their rounded fp32
+ * copies in d->lowp, which start at offset 0 with the same strides. */
+static CLBlastStatusCode clblast_run(ts_cl_device *d, const ts_op *op, float beta, int lowp)
 {
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
     CLBlastTranspose ta = g->trans_a ? CLBlastTransposeYes : CLBlastTransposeNo;
     CLBlastTranspose tb = g->trans_b ? CLBlastTransposeYes : CLBlastTransposeNo;
-    size_t ao = op->in[0]->offset / 4, bo = op->in[1]->offset / 4, co = op->out[0]->offset / 4;
-    cl_mem A = ts_cl_mem(op->in[0]), B = ts_cl_mem(op->in[1]), C = ts_cl_mem(op->out[0]);
+    size_t ao = lowp ? 0 : op->in[0]->offset / 4, bo = lowp ? 0 : op->in[1]->offset / 4;
+    size_t co = op->out[0]->offset / 4;
+    cl_mem A = lowp ? d->lowp[0] : ts_cl_mem(op->in[0]), B = lowp ? d->lowp[1] : ts_cl_mem(op->in[1]);
+    cl_mem C = ts_cl_mem(op->out[0]);
     if (g->batch > 1)
         return CLBlastSgemmStridedBatched(CLBlastLayoutRowMajor, ta, tb, (size_t)g->M,
                                           (size_t)g->N, (size_t)g->K, g->alpha, A, ao,
@@ -317,7 +334,7 @@ static ts_status gemm_clblast(ts_cl_device *d, const ts_op *op)
         if ((st = clblast_bias(d, op))) return st;
         beta = 1.0f;
     }
-    CLBlastStatusCode s = clblast_run(d, op, beta);
+    CLBlastStatusCode s = clblast_run(d, op, beta, 0);
     if (s == CLBlastSuccess) {
         ts_log(TS_LOG_DEBUG, "GEMM %lldx%lldx%lld (batch %lld) on %s via CLBlast", (long long)g->M,
                (long long)g->N, (long long)g->K, (long long)g->batch, d->info_id);
@@ -333,6 +350,48 @@ static ts_status gemm_clblast(ts_cl_device *d, const ts_op *op)
         d->clblast_warned = 1;
     }
     return gemm_kernel(d, op, beta, NULL, 0);
+}
+
+/* A bf16/fp16 product on a GPU with CLBlast: both operands rounded to 16
+ * bits and widened back to fp32, then CLBlast's SGEMM, whose fp32 sums of
+ * exact products are the op's contract, at fp32 GEMM speed. Returns 0 to
+ * leave the product to tessera's 16-bit kernel (another route, a tiny
+ * product, or past CLBlast's 32-bit offsets); 1 when done here (*st), a
+ * CLBlast failure included, which ends in that kernel too. */
+static int gemm_lowp_clblast(ts_cl_device *d, const ts_op *op, size_t na, size_t nb, cl_int store, ts_status *st)
+{
+    const __typeof__(op->p.gemm) *g = &op->p.gemm;
+    if (d->gemm_route != TS_GEMM_CLBLAST || (!d->gemm_forced && g->M * g->N * g->K < 32 * 32 * 32)) return 0;
+    if (na > INT32_MAX || nb > INT32_MAX || !clblast_reaches(op->out[0], g->M, g->ldc, g->batch, g->stride_c)) {
+        if (!d->gemm_forced) return 0;
+        *st = clblast_too_far(d, op);
+        return 1;
+    }
+    float beta = g->beta;
+    *st = to_lowp(d, op->in[0], na, 0, store, 1);
+    if (!*st) *st = to_lowp(d, op->in[1], nb, 1, store, 1);
+    if (!*st && op->in[2]) { /* CLBlast has no bias: c = beta*c + bias, then beta = 1 */
+        *st = clblast_bias(d, op);
+        beta = 1.0f;
+    }
+    if (*st) return 1;
+    CLBlastStatusCode s = clblast_run(d, op, beta, 1);
+    if (s == CLBlastSuccess) return 1;
+    if (d->gemm_forced) {
+        *st = ts_error(TS_ERR_BACKEND, "CLBlast GEMM (%s operands) %lldx%lldx%lld failed on %s: status %d",
+                       store == 1 ? "bf16" : "fp16", (long long)g->M, (long long)g->N, (long long)g->K,
+                       d->info_id, (int)s);
+        return 1;
+    }
+    if (!d->clblast_warned) {
+        ts_log(TS_LOG_WARN, "CLBlast GEMM failed on %s (status %d); using tessera's kernel", d->info_id, (int)s);
+        d->clblast_warned = 1;
+    }
+    /* with a bias, C holds beta*C + bias already (beta is 1 now): no bias again */
+    *st = to_lowp(d, op->in[0], na, 0, store, 0);
+    if (!*st) *st = to_lowp(d, op->in[1], nb, 1, store, 0);
+    if (!*st) *st = gemm_kernel(d, op, beta, NULL, store);
+    return 1;
 }
 #endif
 
@@ -354,7 +413,7 @@ ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op)
     if (g->reference) { /* the reference library, never a fallback that would flatter it */
 #ifdef TS_HAVE_CLBLAST
         if (!clblast_addressable(op)) return clblast_too_far(d, op);
-        CLBlastStatusCode s = clblast_run(d, op, g->beta);
+        CLBlastStatusCode s = clblast_run(d, op, g->beta, 0);
         if (s != CLBlastSuccess)
             return ts_error(TS_ERR_BACKEND, "CLBlast GEMM %lldx%lldx%lld (batch %lld) failed on %s: status %d",
                             (long long)g->M, (long long)g->N, (long long)g->K, (long long)g->batch,
