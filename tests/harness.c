@@ -8,6 +8,10 @@
 #include <time.h>
 #include <unistd.h>
 
+/* a child's exit status when it selects another number of tests than its
+ * parent (it sees other devices) */
+#define TH_EXIT_OTHER_TESTS 3
+
 typedef struct th_test {
     char *name;
     th_fn fn;
@@ -256,7 +260,7 @@ static char **own_command_line(void)
 
 /* Relay one child's output from test `first` on. Returns the number of the
  * last test it reported; *status is its wait status. */
-static int relay_child(char **argv, int first, int *failures, int *status, int oclgrind)
+static int relay_child(char **argv, int first, int expected, int *failures, int *status, int oclgrind)
 {
     char **cmdline = own_command_line();
     if (cmdline) argv = cmdline;
@@ -271,9 +275,11 @@ static int relay_child(char **argv, int first, int *failures, int *status, int o
         dup2(fd[1], 2);
         close(fd[0]);
         close(fd[1]);
-        char from[32];
+        char from[32], count[32];
         snprintf(from, sizeof from, "%d", first);
+        snprintf(count, sizeof count, "%d", expected);
         setenv("TH_CHILD_FROM", from, 1);
+        setenv("TH_CHILD_COUNT", count, 1);
         execv("/proc/self/exe", argv);
         execvp(argv[0], argv);
         _exit(127);
@@ -328,10 +334,17 @@ static int supervise(int argc, char **argv, int n)
     int oclgrind = getenv("TH_OCLGRIND") && *getenv("TH_OCLGRIND") == '1';
     while (next <= n) {
         int status = 0;
-        int last = relay_child(argv, next, &failures, &status, oclgrind);
+        int last = relay_child(argv, next, n, &failures, &status, oclgrind);
         if (last < 0) {
             printf("# cannot start a test process: running the tests in this one\n");
             return run_here(argc, argv, next);
+        }
+        if (last < next && WIFEXITED(status) && WEXITSTATUS(status) == TH_EXIT_OTHER_TESTS) {
+            /* NVIDIA's OpenCL, for one, hides its GPUs from the children of
+             * a process that has listed them */
+            printf("# a test process does not see this one's devices: the remaining tests run in this one\n");
+            fflush(stdout);
+            return run_here(argc, argv, next) || failures ? 1 : 0;
         }
         if (last >= n) {
             if (WIFEXITED(status) && WEXITSTATUS(status) > 1) exit_code = WEXITSTATUS(status);
@@ -375,8 +388,16 @@ int th_run(int argc, char **argv)
     int rc;
     if (from && *from) { /* a child of supervise(): no plan, numbers go on */
         int first = atoi(from);
+        const char *count = getenv("TH_CHILD_COUNT");
+        int expected = count ? atoi(count) : n;
         unsetenv("TH_CHILD_FROM");
-        rc = run_here(argc, argv, first) ? 1 : 0;
+        unsetenv("TH_CHILD_COUNT");
+        if (expected != n) { /* other devices here: the numbers would name other tests */
+            fprintf(stderr, "test process: %d tests selected here, %d in the parent\n", n, expected);
+            rc = TH_EXIT_OTHER_TESTS;
+        } else {
+            rc = run_here(argc, argv, first) ? 1 : 0;
+        }
     } else {
         if (printing) {
             printf("TAP version 13\n1..%d\n%s", n, header);

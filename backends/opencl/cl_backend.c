@@ -496,6 +496,8 @@ ts_status ts_opencl_backend_register(int threads)
             if (err != CL_DEVICE_NOT_FOUND && err != CL_SUCCESS)
                 ts_log(TS_LOG_WARN, "OpenCL: platform '%s' failed to list devices: %s", pname,
                        ts_cl_error_name(err));
+            else
+                ts_log(TS_LOG_INFO, "OpenCL: platform '%s' has no devices", pname);
             continue;
         }
         cl_device_id *devs = calloc(nd, sizeof *devs);
@@ -505,6 +507,7 @@ ts_status ts_opencl_backend_register(int threads)
                 cl_bool avail = CL_TRUE;
                 clGetDeviceInfo(devs[i], CL_DEVICE_AVAILABLE, sizeof avail, &avail, NULL);
                 if (avail) register_device(plats[p], pname, pversion, devs[i]);
+                else ts_log(TS_LOG_WARN, "OpenCL: platform '%s': device %u reports itself unavailable; skipped", pname, i);
             }
         }
         free(devs);
