@@ -6,25 +6,31 @@
 # and a GPT-2 124M training step beside PyTorch (CUDA when PyTorch has it).
 # Everything lands in one directory; the whole run fits in about 8 minutes.
 #
-# usage: bench/gpu.sh [--out DIR] [--debs DIR] [--build DIR] [--device ID]
-#                     [--allow-cpu] [--budget SECONDS]
+# usage: bench/gpu.sh [--out DIR] [--debs DIR] [--build DIR] [--prebuilt]
+#                     [--libs DIR] [--device ID] [--allow-cpu] [--budget SECONDS]
 #   --out DIR     results (default bench/results/gpu-<host>-<date>)
 #   --debs DIR    install these .deb files (unpacked into /) when apt-get
 #                 cannot reach an archive: ocl-icd, headers, CLBlast, ...
+#   --prebuilt    use --build DIR as it is, built on another machine of the
+#                 same architecture: no packages, no compiler, no meson
+#   --libs DIR    shared libraries for a prebuilt build, each used only
+#                 where the system has none of that name (ocl-icd, CLBlast..)
 #   --device ID   the device to measure (default: every GPU-type device)
 #   --allow-cpu   with no GPU, run on CPU-type OpenCL devices (a dry run)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-out="" debs="" build="$root/build-gpu" device="" allow_cpu=0 budget=480
+out="" debs="" build="$root/build-gpu" device="" allow_cpu=0 budget=480 prebuilt=0 libs=""
 while [ $# -gt 0 ]; do
     case $1 in
     --out) out=$2; shift 2 ;;
     --debs) debs=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
+    --prebuilt) prebuilt=1; shift ;;
+    --libs) libs=$2; shift 2 ;;
     --device) device=$2; shift 2 ;;
     --allow-cpu) allow_cpu=1; shift ;;
     --budget) budget=$2; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -51,7 +57,7 @@ SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO=sudo
 need=(build-essential pkg-config meson ninja-build python3 ocl-icd-opencl-dev opencl-headers
       ocl-icd-libopencl1 clinfo libclblast-dev libopenblas-dev libhwloc-dev)
 missing=()
-for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+[ $prebuilt -eq 0 ] && for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
     if [ -n "$debs" ]; then
         say "unpacking ${#missing[@]} missing packages from $debs"
@@ -64,6 +70,19 @@ if [ ${#missing[@]} -gt 0 ]; then
         $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$log" 2>&1 ||
             say "apt-get failed (offline? use --debs DIR); going on with what is installed"
     fi
+fi
+
+# a prebuilt build's libraries, where the system lacks them: a newer system
+# libstdc++ or libgomp must win, since the driver's libraries may need it
+if [ -n "$libs" ]; then
+    mkdir -p "$out/lib"
+    for f in "$libs"/*.so*; do
+        name=$(basename "$f")
+        ldconfig -p 2>/dev/null | grep -q "^[[:space:]]*$name " && continue
+        ln -sf "$(cd "$(dirname "$f")" && pwd)/$name" "$out/lib/$name"
+    done
+    export LD_LIBRARY_PATH=$out/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    say "libraries from $libs: $(ls "$out/lib" | tr '\n' ' ')"
 fi
 
 # 2. the ICD: a vendors file for every driver library that has none
@@ -84,10 +103,15 @@ ls "$vendors" >>"$log"
 command -v nvidia-smi >/dev/null && nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 
 # 3. build
-if [ ! -x "$build/tessera" ]; then
-    step "configure" 120 meson setup "$build" "$root" -Dmpi=disabled || { say "configure failed"; exit 1; }
+if [ $prebuilt -eq 1 ]; then
+    [ -x "$build/tessera" ] || { say "--prebuilt: no $build/tessera"; exit 1; }
+    ldd "$build/tessera" "$build/tests/test_conformance" | grep 'not found' | tee -a "$log"
+else
+    if [ ! -x "$build/tessera" ]; then
+        step "configure" 120 meson setup "$build" "$root" -Dmpi=disabled || { say "configure failed"; exit 1; }
+    fi
+    step "build" 240 meson compile -C "$build" || { say "build failed"; exit 1; }
 fi
-step "build" 240 meson compile -C "$build" || { say "build failed"; exit 1; }
 tessera=$build/tessera
 export TESSERA_CACHE_DIR=$out/kernel-cache POCL_CACHE_DIR=$out/pocl-cache
 
