@@ -141,6 +141,7 @@ static int startup_child(const char *spec)
     if (ts_device_prepare(dev) != TS_OK) return cli_fail("building the kernel programs");
     ts_build_stats st;
     ts_device_build_stats(dev, &st);
+    printf("device=%s\n", ts_device_get_info(dev)->name); /* the parent checks it opened the same one */
     printf("built=%d loaded=%d rejected=%d seconds=%.6f\n", st.built_from_source, st.loaded_from_disk,
            st.cache_rejected, st.seconds);
     return 0;
@@ -172,16 +173,19 @@ static ts_status bench_startup(ts_device *dev, int warm_runs, bench_run *b)
     double cold = 0, warm[16];
     int built = 0, loaded = 0, nwarm = 0;
     for (int i = 0; i <= warm_runs && i < 16 && !st; i++) {
-        char out[512];
+        char out[4096];
         double wall;
         int rc = run_child(exe, info->id, tc, pc, out, sizeof out, &wall);
         int bu = 0, lo = 0, rej = 0;
         double sec = 0;
         const char *line = strstr(out, "built=");
-        if (rc != 0 && strstr(out, "unknown device")) { /* NVIDIA's OpenCL, for one, hides its GPUs from the
-                                                           children of a process that has listed them */
-            st = ts_error(TS_ERR_DEVICE, "a child process of this one does not see %s, so its start-up cannot be "
-                          "timed from here", info->id);
+        const char *name = strstr(out, "device=");
+        size_t nl = strlen(info->name);
+        int other = rc == 0 && (!name || strncmp(name + 7, info->name, nl) != 0 || name[7 + nl] != '\n');
+        if ((rc != 0 && strstr(out, "unknown device")) || other) { /* NVIDIA's OpenCL, for one, hides its
+                                                       GPUs from the children of a process that has listed them */
+            st = ts_error(TS_ERR_DEVICE, "a child process of this one does not see %s (%s), so its start-up "
+                          "cannot be timed from here", info->id, info->name);
             break;
         }
         if (rc != 0 || !line || sscanf(line, "built=%d loaded=%d rejected=%d seconds=%lf", &bu, &lo, &rej, &sec) != 4) {

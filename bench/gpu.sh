@@ -52,6 +52,8 @@ step() { # name, timeout share in seconds, command...
     return $rc
 }
 SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO=sudo
+# the linker cache (a user's PATH on Debian has no /sbin)
+LDCONFIG=$(command -v ldconfig || echo /sbin/ldconfig)
 
 # 1. packages: apt-get where an archive answers, else the given .deb files
 need=(build-essential pkg-config meson ninja-build python3 ocl-icd-opencl-dev opencl-headers
@@ -62,7 +64,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     if [ -n "$debs" ]; then
         say "unpacking ${#missing[@]} missing packages from $debs"
         for f in "$debs"/*.deb; do $SUDO dpkg -x "$f" / >>"$log" 2>&1; done
-        $SUDO ldconfig
+        $SUDO "$LDCONFIG"
     else
         say "installing: ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
@@ -78,7 +80,7 @@ if [ -n "$libs" ]; then
     mkdir -p "$out/lib"
     for f in "$libs"/*.so*; do
         name=$(basename "$f")
-        ldconfig -p 2>/dev/null | grep -q "^[[:space:]]*$name " && continue
+        "$LDCONFIG" -p 2>/dev/null | grep -q "^[[:space:]]*$name " && continue
         ln -sf "$(cd "$(dirname "$f")" && pwd)/$name" "$out/lib/$name"
     done
     export LD_LIBRARY_PATH=$out/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -90,7 +92,7 @@ vendors=$out/vendors
 mkdir -p "$vendors"
 for d in /etc/OpenCL/vendors; do [ -d $d ] && cp $d/*.icd "$vendors/" 2>/dev/null; done
 for lib in libnvidia-opencl.so.1 libamdocl64.so libamdocl-orca64.so libigdrcl.so libintelocl.so; do
-    path=$(ldconfig -p 2>/dev/null | awk -v l="$lib" '$1 == l {print $NF; exit}')
+    path=$("$LDCONFIG" -p 2>/dev/null | awk -v l="$lib" '$1 == l {print $NF; exit}')
     [ -z "$path" ] && for dir in /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/lib /usr/local/nvidia/lib64 \
         /usr/local/nvidia/lib /opt/rocm/lib /opt/amdgpu/lib64 /usr/lib/x86_64-linux-gnu/intel-opencl; do
         [ -e "$dir/$lib" ] && { path=$dir/$lib; break; }
@@ -105,7 +107,8 @@ command -v nvidia-smi >/dev/null && nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 # 3. build
 if [ $prebuilt -eq 1 ]; then
     [ -x "$build/tessera" ] || { say "--prebuilt: no $build/tessera"; exit 1; }
-    ldd "$build/tessera" "$build/tests/test_conformance" | grep 'not found' | tee -a "$log"
+    lost=$(ldd "$build/tessera" "$build/tests/test_conformance" 2>&1 | grep 'not found' | sort -u)
+    [ -n "$lost" ] && { say "--prebuilt: libraries not found (add them to --libs):"; echo "$lost" | tee -a "$log"; exit 1; }
 else
     if [ ! -x "$build/tessera" ]; then
         step "configure" 120 meson setup "$build" "$root" -Dmpi=disabled || { say "configure failed"; exit 1; }

@@ -47,6 +47,14 @@ size_t ts_allocator_size_class(size_t size)
     return (size + step - 1) / step * step;
 }
 
+size_t ts_allocator_largest_fit(size_t limit)
+{
+    if (limit < ((size_t)1 << 20)) return limit & ~(size_t)511;
+    size_t p = (size_t)1 << (63 - __builtin_clzll((unsigned long long)limit));
+    size_t step = p / 8;
+    return limit / step * step; /* a multiple of its own step: its class is itself */
+}
+
 ts_status ts_allocator_get(ts_device *dev, size_t size, ts_block **out)
 {
     ts_allocator *a = dev->allocator;

@@ -25,5 +25,7 @@ void ts_allocator_empty(ts_device *dev);
 void ts_allocator_stats(ts_device *dev, ts_memory_stats *stats);
 
 size_t ts_allocator_size_class(size_t size);
+/* The largest request whose size class is at most limit bytes. */
+size_t ts_allocator_largest_fit(size_t limit);
 
 #endif

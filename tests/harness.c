@@ -8,8 +8,8 @@
 #include <time.h>
 #include <unistd.h>
 
-/* a child's exit status when it selects another number of tests than its
- * parent (it sees other devices) */
+/* a child's exit status when it selects other tests than its parent, or
+ * sees other devices behind their ids */
 #define TH_EXIT_OTHER_TESTS 3
 
 typedef struct th_test {
@@ -258,9 +258,25 @@ static char **own_command_line(void)
     return args;
 }
 
+/* What a child must select to number the tests as its parent does: the
+ * selected names and the devices behind their ids (the header names them),
+ * FNV-1a. */
+static unsigned long long selection_print(int argc, char **argv)
+{
+    unsigned long long h = 1469598103934665603ull;
+    for (const char *c = header; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211ull;
+    for (int i = 0; i < ntests; i++) {
+        if (!selected(tests[i].name, argc, argv)) continue;
+        for (const char *c = tests[i].name; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211ull;
+        h = (h ^ '\n') * 1099511628211ull;
+    }
+    return h;
+}
+
 /* Relay one child's output from test `first` on. Returns the number of the
  * last test it reported; *status is its wait status. */
-static int relay_child(char **argv, int first, int expected, int *failures, int *status, int oclgrind)
+static int relay_child(char **argv, int first, unsigned long long expected, int *failures, int *status,
+                       int oclgrind)
 {
     char **cmdline = own_command_line();
     if (cmdline) argv = cmdline;
@@ -275,11 +291,11 @@ static int relay_child(char **argv, int first, int expected, int *failures, int 
         dup2(fd[1], 2);
         close(fd[0]);
         close(fd[1]);
-        char from[32], count[32];
+        char from[32], print[32];
         snprintf(from, sizeof from, "%d", first);
-        snprintf(count, sizeof count, "%d", expected);
+        snprintf(print, sizeof print, "%llx", expected);
         setenv("TH_CHILD_FROM", from, 1);
-        setenv("TH_CHILD_COUNT", count, 1);
+        setenv("TH_CHILD_SELECTION", print, 1);
         execv("/proc/self/exe", argv);
         execvp(argv[0], argv);
         _exit(127);
@@ -334,7 +350,7 @@ static int supervise(int argc, char **argv, int n)
     int oclgrind = getenv("TH_OCLGRIND") && *getenv("TH_OCLGRIND") == '1';
     while (next <= n) {
         int status = 0;
-        int last = relay_child(argv, next, n, &failures, &status, oclgrind);
+        int last = relay_child(argv, next, selection_print(argc, argv), &failures, &status, oclgrind);
         if (last < 0) {
             printf("# cannot start a test process: running the tests in this one\n");
             return run_here(argc, argv, next);
@@ -388,12 +404,12 @@ int th_run(int argc, char **argv)
     int rc;
     if (from && *from) { /* a child of supervise(): no plan, numbers go on */
         int first = atoi(from);
-        const char *count = getenv("TH_CHILD_COUNT");
-        int expected = count ? atoi(count) : n;
+        const char *print = getenv("TH_CHILD_SELECTION");
+        unsigned long long expected = print ? strtoull(print, NULL, 16) : 0, here = selection_print(argc, argv);
         unsetenv("TH_CHILD_FROM");
-        unsetenv("TH_CHILD_COUNT");
-        if (expected != n) { /* other devices here: the numbers would name other tests */
-            fprintf(stderr, "test process: %d tests selected here, %d in the parent\n", n, expected);
+        unsetenv("TH_CHILD_SELECTION");
+        if (print && expected != here) { /* other devices here: the numbers would name other tests */
+            fprintf(stderr, "test process: other tests or devices than in the parent (%d tests selected here)\n", n);
             rc = TH_EXIT_OTHER_TESTS;
         } else {
             rc = run_here(argc, argv, first) ? 1 : 0;

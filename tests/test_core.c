@@ -135,6 +135,23 @@ TEST(size_classes_bound_waste)
     }
 }
 
+size_t ts_allocator_largest_fit(size_t limit);
+
+/* A device's largest allocation, as requests: the largest request whose
+ * size class fits (activations are split there; a block one byte larger
+ * would be refused). */
+TEST(largest_fit_is_the_largest_request_that_fits)
+{
+    size_t limits[] = {4096, 1000000, 4244635648u, 6360000000u, 8589934592u, 37527470080u};
+    for (size_t i = 0; i < sizeof limits / sizeof *limits; i++) {
+        size_t L = limits[i], f = ts_allocator_largest_fit(L);
+        EXPECTF(f > 0 && ts_allocator_size_class(f) <= L, "limit %zu: %zu has class %zu", L, f,
+                ts_allocator_size_class(f));
+        EXPECTF(ts_allocator_size_class(f + 1) > L, "limit %zu: %zu + 1 fits too", L, f);
+        EXPECTF(f >= L - L / 8, "limit %zu: only %zu", L, f);
+    }
+}
+
 TEST(device_specs_resolve)
 {
     ts_device *d = NULL;
@@ -366,6 +383,7 @@ int main(int argc, char **argv)
     TH_ADD(copy_moves_data_between_devices);
     TH_ADD(allocator_reuses_freed_blocks);
     TH_ADD(size_classes_bound_waste);
+    TH_ADD(largest_fit_is_the_largest_request_that_fits);
     TH_ADD(device_specs_resolve);
     TH_ADD(default_device_is_a_gpu_or_the_cpu_backend);
     TH_ADD(device_info_is_filled_in);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "allocator.h"
 #include "json.h"
 #include "tessera/device.h"
 #include "tessera/safetensors.h"
@@ -434,12 +435,14 @@ typedef struct plan_item {
 } plan_item;
 
 /* Lay the plan's tensors out in as few allocations as the device and
- * CLBlast's 32-bit element offsets allow: each block holds at most
- * min(largest allocation, 2^31 - 1 floats). */
+ * CLBlast's 32-bit element offsets allow: a new block begins where the
+ * next tensor would take one past min(the largest allocation the
+ * allocator grants, 2^31 - 1 floats); a tensor larger than that alone
+ * gets a block of its own (which the device may refuse, with an error). */
 static ts_status alloc_plan(ts_device *dev, ts_tensor *blocks, plan_item *plan, size_t n)
 {
     int64_t cap = INT32_MAX / 16 * 16;
-    uint64_t most = ts_device_get_info(dev)->max_alloc_bytes / 4;
+    uint64_t most = ts_allocator_largest_fit((size_t)ts_device_get_info(dev)->max_alloc_bytes) / 4;
     const char *limit = getenv("TESSERA_BLOCK_LIMIT"); /* bytes; tests force splits with it */
     uint64_t lim = limit ? strtoull(limit, NULL, 10) / 4 : 0;
     if (lim >= 16 && (!most || lim < most)) most = lim;
