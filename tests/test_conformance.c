@@ -1011,7 +1011,7 @@ typedef struct case_def {
     th_fn fn;
     const char *fmt; /* names of the parameters, for the test name */
     int np;
-    int64_t params[10][8];
+    int64_t params[12][8];
     int nshapes;
 } case_def;
 
@@ -1088,7 +1088,8 @@ static const case_def cases[] = {
          {5, 2, 24, 0, 0, 0}, {5, 2, 24, 1, 0, 0}}, 7},
     {"softmax_masked_backward", conf_softmax_masked, "B=%lld NH=%lld T=%lld causal=%lld in_place=%lld backward=%lld",
      6, {{1, 1, 1, 0, 0, 1}, {3, 2, 17, 0, 0, 1}, {4, 2, 64, 1, 1, 1}, {2, 1, 130, 0, 1, 1}, {5, 2, 24, 0, 0, 1}}, 5},
-/* fused blocks hold 64 query rows: T=130 and 150 cross block edges. The
+/* fused blocks hold 64 query rows (32 in the CPU's causal backward up to
+ * T=128): T=72, 130 and 150 cross block edges. The
  * composite route's kernels are the softmax and GEMM ops checked above, so
  * it keeps to small shapes (oclgrind runs these too, slowly). */
 #define ATTENTION_SMALL(route, bw)                                                                 \
@@ -1096,12 +1097,13 @@ static const case_def cases[] = {
         {3, 9, 12, 3, 2, route, bw}, {3, 9, 12, 3, 1, route, bw}
 #define ATTENTION_LARGE(route, bw)                                                                 \
     {2, 32, 64, 4, 0, route, bw}, {2, 32, 64, 4, 2, route, bw}, {2, 130, 32, 2, 1, route, bw},         \
-        {1, 150, 16, 1, 0, route, bw}, {2, 200, 16, 2, 2, route, bw}
+        {1, 150, 16, 1, 0, route, bw}, {2, 200, 16, 2, 2, route, bw}, {2, 72, 32, 2, 0, route, bw},          \
+        {2, 72, 32, 2, 2, route, bw}
     {"attention_forward composite", conf_attention, ATTENTION_FMT, 7,
      {ATTENTION_SMALL(1, 0), {2, 32, 64, 4, 0, 1, 0}, {2, 32, 64, 4, 2, 1, 0}}, 7},
-    {"attention_forward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 0), ATTENTION_LARGE(2, 0)}, 10},
+    {"attention_forward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 0), ATTENTION_LARGE(2, 0)}, 12},
     {"attention_backward composite", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(1, 1)}, 5},
-    {"attention_backward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 1), ATTENTION_LARGE(2, 1)}, 10},
+    {"attention_backward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 1), ATTENTION_LARGE(2, 1)}, 12},
     {"cross_entropy", conf_cross_entropy, "N=%lld V=%lld outputs=%lld in_place=%lld", 4,
      {{1, 1, 7, 0}, {5, 33, 7, 0}, {9, 1000, 5, 0}, {4, 50257, 5, 0}, {6, 301, 1, 0},
       {6, 301, 5, 1}, {3, 77, 3, 1}},
