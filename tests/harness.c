@@ -258,18 +258,20 @@ static char **own_command_line(void)
     return args;
 }
 
+static unsigned long long fnv1a(unsigned long long h, const char *s)
+{
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
 /* What a child must select to number the tests as its parent does: the
  * selected names and the devices behind their ids (the header names them),
  * FNV-1a. */
 static unsigned long long selection_print(int argc, char **argv)
 {
-    unsigned long long h = 1469598103934665603ull;
-    for (const char *c = header; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211ull;
-    for (int i = 0; i < ntests; i++) {
-        if (!selected(tests[i].name, argc, argv)) continue;
-        for (const char *c = tests[i].name; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211ull;
-        h = (h ^ '\n') * 1099511628211ull;
-    }
+    unsigned long long h = fnv1a(1469598103934665603ull, header);
+    for (int i = 0; i < ntests; i++)
+        if (selected(tests[i].name, argc, argv)) h = fnv1a(fnv1a(h, tests[i].name), "\n");
     return h;
 }
 
@@ -348,9 +350,10 @@ static int supervise(int argc, char **argv, int n)
 {
     int failures = 0, next = 1, exit_code = 0;
     int oclgrind = getenv("TH_OCLGRIND") && *getenv("TH_OCLGRIND") == '1';
+    unsigned long long print = selection_print(argc, argv);
     while (next <= n) {
         int status = 0;
-        int last = relay_child(argv, next, selection_print(argc, argv), &failures, &status, oclgrind);
+        int last = relay_child(argv, next, print, &failures, &status, oclgrind);
         if (last < 0) {
             printf("# cannot start a test process: running the tests in this one\n");
             return run_here(argc, argv, next);

@@ -203,26 +203,26 @@ static ts_status to_lowp(ts_cl_device *d, const ts_tensor *t, size_t n, int i, c
     return ts_cl_launch(d, "gemm.cl", wide ? "to_lowp_f32" : "to_lowp", 1, &global, &local, &a);
 }
 
-#ifdef TS_HAVE_CLBLAST
-static int gemm_lowp_clblast(ts_cl_device *d, const ts_op *op, size_t na, size_t nb, cl_int store, ts_status *st);
-#endif
-
-static ts_status gemm_lowp(ts_cl_device *d, const ts_op *op)
+/* Elements of A and B a product reads: the sizes of their rounded copies,
+ * which keep the operands' layout (offsets from 0, the same strides). */
+static void lowp_extents(const ts_op *op, size_t *na, size_t *nb)
 {
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
-    int64_t arows = g->trans_a ? g->K : g->M, acols = g->trans_a ? g->M : g->K;
-    int64_t brows = g->trans_b ? g->N : g->K, bcols = g->trans_b ? g->K : g->N;
-    cl_int store = g->dtype == TS_BF16 ? 1 : 2;
-    /* the copies keep the operands' layout: offsets from 0, the same strides */
-    size_t na = extent(arows, acols, g->lda, g->batch, g->stride_a);
-    size_t nb = extent(brows, bcols, g->ldb, g->stride_b ? g->batch : 1, g->stride_b);
-    ts_status st;
-#ifdef TS_HAVE_CLBLAST
-    if (gemm_lowp_clblast(d, op, na, nb, store, &st)) return st;
-#endif
-    st = to_lowp(d, op->in[0], na, 0, store, 0);
+    *na = extent(g->trans_a ? g->K : g->M, g->trans_a ? g->M : g->K, g->lda, g->batch, g->stride_a);
+    *nb = extent(g->trans_b ? g->N : g->K, g->trans_b ? g->K : g->N, g->ldb, g->stride_b ? g->batch : 1, g->stride_b);
+}
+
+static cl_int lowp_store(const ts_op *op) { return op->p.gemm.dtype == TS_BF16 ? 1 : 2; }
+
+/* A bf16/fp16 product in tessera's kernel, which reads 16-bit copies. */
+static ts_status gemm_lowp_kernel(ts_cl_device *d, const ts_op *op, float beta, const ts_tensor *bias)
+{
+    size_t na, nb;
+    lowp_extents(op, &na, &nb);
+    cl_int store = lowp_store(op);
+    ts_status st = to_lowp(d, op->in[0], na, 0, store, 0);
     if (!st) st = to_lowp(d, op->in[1], nb, 1, store, 0);
-    return st ? st : gemm_kernel(d, op, g->beta, op->in[2], store);
+    return st ? st : gemm_kernel(d, op, beta, bias, store);
 }
 
 const char *ts_cl_matmul_route(ts_cl_device *d, ts_dtype dtype)
@@ -265,11 +265,15 @@ static int clblast_reaches(const ts_tensor *t, int64_t rows, int64_t ld, int64_t
     return end <= INT32_MAX;
 }
 
-static int clblast_addressable(const ts_op *op)
+/* lowp: A and B are the rounded copies in d->lowp, from offset 0 */
+static int clblast_addressable(const ts_op *op, int lowp)
 {
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
-    return clblast_reaches(op->in[0], g->trans_a ? g->K : g->M, g->lda, g->batch, g->stride_a) &&
-           clblast_reaches(op->in[1], g->trans_b ? g->N : g->K, g->ldb, g->batch, g->stride_b) &&
+    size_t na, nb;
+    if (lowp) lowp_extents(op, &na, &nb);
+    return (lowp ? na <= INT32_MAX && nb <= INT32_MAX
+                 : clblast_reaches(op->in[0], g->trans_a ? g->K : g->M, g->lda, g->batch, g->stride_a) &&
+                       clblast_reaches(op->in[1], g->trans_b ? g->N : g->K, g->ldb, g->batch, g->stride_b)) &&
            clblast_reaches(op->out[0], g->M, g->ldc, g->batch, g->stride_c);
 }
 
@@ -320,21 +324,34 @@ static CLBlastStatusCode clblast_run(ts_cl_device *d, const ts_op *op, float bet
                                       d->clblast_temp);
 }
 
+/* A product through CLBlast's SGEMM. A bf16/fp16 one (lowp) multiplies its
+ * operands rounded to 16 bits and widened back to fp32: products of 16-bit
+ * values are exact in fp32 and the sums are fp32, the op's contract, at
+ * fp32 GEMM speed. Past CLBlast's 32-bit offsets, or when it fails, the
+ * product goes to tessera's kernel (an error when CLBlast was asked for). */
 static ts_status gemm_clblast(ts_cl_device *d, const ts_op *op)
 {
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
+    int lowp = g->dtype != TS_F32;
     float beta = g->beta;
     ts_status st;
-    if (!clblast_addressable(op)) {
+    if (!clblast_addressable(op, lowp)) {
         if (d->gemm_forced) return clblast_too_far(d, op);
         ts_log(TS_LOG_DEBUG, "GEMM on %s: past CLBlast's 32-bit offsets; tessera's kernel", d->info_id);
-        return gemm_kernel(d, op, g->beta, op->in[2], 0);
+        return lowp ? gemm_lowp_kernel(d, op, g->beta, op->in[2]) : gemm_kernel(d, op, g->beta, op->in[2], 0);
+    }
+    if (lowp) {
+        size_t na, nb;
+        lowp_extents(op, &na, &nb);
+        if ((st = to_lowp(d, op->in[0], na, 0, lowp_store(op), 1)) ||
+            (st = to_lowp(d, op->in[1], nb, 1, lowp_store(op), 1)))
+            return st;
     }
     if (op->in[2]) { /* CLBlast has no bias: c = beta*c + bias, then beta = 1 */
         if ((st = clblast_bias(d, op))) return st;
         beta = 1.0f;
     }
-    CLBlastStatusCode s = clblast_run(d, op, beta, 0);
+    CLBlastStatusCode s = clblast_run(d, op, beta, lowp);
     if (s == CLBlastSuccess) {
         ts_log(TS_LOG_DEBUG, "GEMM %lldx%lldx%lld (batch %lld) on %s via CLBlast", (long long)g->M,
                (long long)g->N, (long long)g->K, (long long)g->batch, d->info_id);
@@ -349,49 +366,8 @@ static ts_status gemm_clblast(ts_cl_device *d, const ts_op *op)
                d->info_id, (int)s);
         d->clblast_warned = 1;
     }
-    return gemm_kernel(d, op, beta, NULL, 0);
-}
-
-/* A bf16/fp16 product on a GPU with CLBlast: both operands rounded to 16
- * bits and widened back to fp32, then CLBlast's SGEMM, whose fp32 sums of
- * exact products are the op's contract, at fp32 GEMM speed. Returns 0 to
- * leave the product to tessera's 16-bit kernel (another route, a tiny
- * product, or past CLBlast's 32-bit offsets); 1 when done here (*st), a
- * CLBlast failure included, which ends in that kernel too. */
-static int gemm_lowp_clblast(ts_cl_device *d, const ts_op *op, size_t na, size_t nb, cl_int store, ts_status *st)
-{
-    const __typeof__(op->p.gemm) *g = &op->p.gemm;
-    if (d->gemm_route != TS_GEMM_CLBLAST || (!d->gemm_forced && g->M * g->N * g->K < 32 * 32 * 32)) return 0;
-    if (na > INT32_MAX || nb > INT32_MAX || !clblast_reaches(op->out[0], g->M, g->ldc, g->batch, g->stride_c)) {
-        if (!d->gemm_forced) return 0;
-        *st = clblast_too_far(d, op);
-        return 1;
-    }
-    float beta = g->beta;
-    *st = to_lowp(d, op->in[0], na, 0, store, 1);
-    if (!*st) *st = to_lowp(d, op->in[1], nb, 1, store, 1);
-    if (!*st && op->in[2]) { /* CLBlast has no bias: c = beta*c + bias, then beta = 1 */
-        *st = clblast_bias(d, op);
-        beta = 1.0f;
-    }
-    if (*st) return 1;
-    CLBlastStatusCode s = clblast_run(d, op, beta, 1);
-    if (s == CLBlastSuccess) return 1;
-    if (d->gemm_forced) {
-        *st = ts_error(TS_ERR_BACKEND, "CLBlast GEMM (%s operands) %lldx%lldx%lld failed on %s: status %d",
-                       store == 1 ? "bf16" : "fp16", (long long)g->M, (long long)g->N, (long long)g->K,
-                       d->info_id, (int)s);
-        return 1;
-    }
-    if (!d->clblast_warned) {
-        ts_log(TS_LOG_WARN, "CLBlast GEMM failed on %s (status %d); using tessera's kernel", d->info_id, (int)s);
-        d->clblast_warned = 1;
-    }
     /* with a bias, C holds beta*C + bias already (beta is 1 now): no bias again */
-    *st = to_lowp(d, op->in[0], na, 0, store, 0);
-    if (!*st) *st = to_lowp(d, op->in[1], nb, 1, store, 0);
-    if (!*st) *st = gemm_kernel(d, op, beta, NULL, store);
-    return 1;
+    return lowp ? gemm_lowp_kernel(d, op, beta, NULL) : gemm_kernel(d, op, beta, NULL, 0);
 }
 #endif
 
@@ -412,7 +388,7 @@ ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op)
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
     if (g->reference) { /* the reference library, never a fallback that would flatter it */
 #ifdef TS_HAVE_CLBLAST
-        if (!clblast_addressable(op)) return clblast_too_far(d, op);
+        if (!clblast_addressable(op, 0)) return clblast_too_far(d, op);
         CLBlastStatusCode s = clblast_run(d, op, g->beta, 0);
         if (s != CLBlastSuccess)
             return ts_error(TS_ERR_BACKEND, "CLBlast GEMM %lldx%lldx%lld (batch %lld) failed on %s: status %d",
@@ -423,7 +399,6 @@ ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op)
         return ts_error(TS_ERR_UNSUPPORTED, "%s: tessera was built without CLBlast", d->info_id);
 #endif
     }
-    if (g->dtype != TS_F32 && d->gemm_route != TS_GEMM_HOST_BLAS) return gemm_lowp(d, op);
     switch (d->gemm_route) {
     case TS_GEMM_HOST_BLAS: return gemm_host(d, op);
 #ifdef TS_HAVE_CLBLAST
@@ -434,5 +409,6 @@ ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op)
 #endif
     default: break;
     }
+    if (g->dtype != TS_F32) return gemm_lowp_kernel(d, op, g->beta, op->in[2]);
     return gemm_kernel(d, op, g->beta, op->in[2], 0);
 }
