@@ -82,6 +82,9 @@ __kernel void cross_entropy(__global float *losses, ulong lo, __global float *pr
     float sum = wg_sum(s, scratch);
     if ((outputs & 1) && lid == 0) losses[lo + n] = valid ? m + log(sum) - xt : 0.0f;
     if (!(outputs & 6)) return;
+    /* in place, CPU-type devices: the runs of 8 above read elements that
+     * other items write below, and wg_sum's barriers fence local memory only */
+    barrier(CLK_GLOBAL_MEM_FENCE);
     float inv = 1.0f / sum;
     float ds = valid ? scale : 0.0f;
     ROW_FOR(j, V) {

@@ -421,6 +421,8 @@ static void register_device(cl_platform_id platform, const char *pname, const ch
     snprintf(d->platform_version, sizeof d->platform_version, "%s", info.platform);
     snprintf(d->device_version, sizeof d->device_version, "%s", info.version);
     d->is_cpu = info.type == TS_DEVICE_CPU;
+    const char *cpu_kernels = getenv("TESSERA_OPENCL_CPU_KERNELS");
+    d->cpu_kernels = d->is_cpu || (cpu_kernels && strcmp(cpu_kernels, "1") == 0);
     d->host_unified = unified == CL_TRUE;
     /* The one device quirk: on the oclgrind simulator, transfers run as
      * kernels so its uninitialized-memory checker stays exact (write_by_kernel). */
@@ -432,12 +434,12 @@ static void register_device(cl_platform_id platform, const char *pname, const ch
     /* CPU devices run a work-group as a loop over work-items (PoCL):
      * small groups with long contiguous loops are what they do well.
      * GPUs want wide groups; 256 is the maximum on many AMD and Intel parts. */
-    d->row_wg = pow2_floor(d->is_cpu ? 8 : (d->max_wg < 256 ? d->max_wg : 256));
+    d->row_wg = pow2_floor(d->cpu_kernels ? 8 : (d->max_wg < 256 ? d->max_wg : 256));
     d->elem_wg = pow2_floor(d->max_wg < 256 ? d->max_wg : 256);
     d->tile_wg = d->max_wg >= 256 ? 16 : 8;
     snprintf(d->options, sizeof d->options,
              "-cl-std=CL1.2 -DROW_WG=%zu -DTILE_WG=%zu -DTS_CPU_DEVICE=%d", d->row_wg, d->tile_wg,
-             d->is_cpu);
+             d->cpu_kernels);
     d->gemm_route = ts_cl_default_gemm_route(d);
     const char *forced = getenv("TESSERA_GEMM");
     d->gemm_forced = forced && *forced && strcmp(forced, "auto") != 0;

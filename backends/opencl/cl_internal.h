@@ -50,6 +50,9 @@ typedef struct ts_cl_device {
     char platform_version[256];
     char device_version[128];
     int is_cpu;
+    /* the CPU-type kernel variants (TS_CPU_DEVICE): CPU devices, or any
+     * device with TESSERA_OPENCL_CPU_KERNELS=1 (so that oclgrind checks them) */
+    int cpu_kernels;
     int host_unified;
     /* oclgrind only (see write_by_kernel in cl_backend.c): transfers run as
      * kernels through a staging buffer, and buffers are released at the end

@@ -112,7 +112,7 @@ static ts_status launch_rows(ts_cl_device *d, const char *file, const char *name
 static ts_status launch_columns(ts_cl_device *d, const char *file, const char *name, int64_t C, int64_t R,
                                 const ts_cl_args *a)
 {
-    int vec = d->is_cpu && C % 8 == 0;
+    int vec = d->cpu_kernels && C % 8 == 0;
     char name8[64];
     snprintf(name8, sizeof name8, "%s8", name);
     size_t g[2] = {(size_t)(vec ? C / 8 : C), (size_t)R}, l[2] = {4, 1};
@@ -172,13 +172,13 @@ static ts_status op_elementwise(ts_cl_device *d, const ts_op *op)
         ts_cl_arg_tensor(&a, op->in[0]);
         ts_cl_arg_long(&a, n);
         /* CPU devices: 8 elements an item (float8) */
-        if (d->is_cpu) return launch_1d(d, "elementwise.cl", "gelu_forward8", (n + 7) / 8, &a);
+        if (d->cpu_kernels) return launch_1d(d, "elementwise.cl", "gelu_forward8", (n + 7) / 8, &a);
         return launch_1d(d, "elementwise.cl", "gelu_forward", n, &a);
     case TS_OP_GELU_BWD:
         ts_cl_arg_tensor(&a, op->in[0]);
         ts_cl_arg_tensor(&a, op->in[1]);
         ts_cl_arg_long(&a, n);
-        if (d->is_cpu) return launch_1d(d, "elementwise.cl", "gelu_backward8", (n + 7) / 8, &a);
+        if (d->cpu_kernels) return launch_1d(d, "elementwise.cl", "gelu_backward8", (n + 7) / 8, &a);
         return launch_1d(d, "elementwise.cl", "gelu_backward", n, &a);
     default:
         return ts_error(TS_ERR_UNSUPPORTED, "not an elementwise op");
@@ -321,7 +321,7 @@ static ts_status op_heads(ts_cl_device *d, const ts_op *op)
     arg_i32(&a, h->NH);
     arg_i32(&a, h->HS);
     arg_int(&a, op->kind == TS_OP_SPLIT_HEADS);
-    if (d->is_cpu) { /* an item per row, groups of row_wg rows */
+    if (d->cpu_kernels) { /* an item per row, groups of row_wg rows */
         size_t g1[1] = {((size_t)rows + d->row_wg - 1) / d->row_wg * d->row_wg}, l1[1] = {d->row_wg};
         return ts_cl_launch(d, "attention.cl", "heads_permute_rows", 1, g1, l1, &a);
     }
@@ -355,7 +355,7 @@ static ts_status softmax_row8(ts_cl_device *d, const ts_op *op, int fwd, const t
     return ts_cl_launch(d, "attention.cl", fwd ? "softmax_forward_row8" : "softmax_backward_row8", 1, &g, &l, &a);
 }
 
-static int use_row8(const ts_cl_device *d, const ts_op *op) { return d->is_cpu && op->p.softmax.T % 8 == 0; }
+static int use_row8(const ts_cl_device *d, const ts_op *op) { return d->cpu_kernels && op->p.softmax.T % 8 == 0; }
 
 static ts_status op_softmax(ts_cl_device *d, const ts_op *op)
 {
@@ -522,7 +522,7 @@ static ts_status op_optim(ts_cl_device *d, const ts_op *op)
         ts_cl_arg_float(&a, o->bias_correction1);
         ts_cl_arg_float(&a, o->bias_correction2);
         /* CPU devices: 8 elements an item (float8) */
-        if (d->is_cpu) return launch_1d(d, "optim.cl", "optim_adam8", (o->n + 7) / 8, &a);
+        if (d->cpu_kernels) return launch_1d(d, "optim.cl", "optim_adam8", (o->n + 7) / 8, &a);
         return launch_1d(d, "optim.cl", "optim_adam", o->n, &a);
     }
     return ts_error(TS_ERR_UNSUPPORTED, "OpenCL backend has no optimizer %d", (int)o->kind);
@@ -565,15 +565,27 @@ static uint64_t attention_local_bytes(const ts_cl_device *d, int64_t T, int64_t 
     return (uint64_t)(2 * HS + 2 * T + (int64_t)d->row_wg) * sizeof(float);
 }
 
+/* CPU-type devices: the row kernels with 8 keys at a time (the `8`
+ * kernels of attention_fused.cl) take T % 8 == 0, HS % 16 == 0, HS <= 128. */
+static int attention_rows8(const ts_cl_device *d, int64_t T, int64_t HS)
+{
+    return d->cpu_kernels && T % 8 == 0 && HS % 16 == 0 && HS <= 128;
+}
+
 bool ts_cl_supports_op(ts_device *dev, const ts_op *op)
 {
     if (op->kind != TS_OP_ATTENTION_FWD && op->kind != TS_OP_ATTENTION_BWD) return true;
     const ts_cl_device *d = dev->context;
     const __typeof__(op->p.attention) *a = &op->p.attention;
-    /* taken only when asked for: not yet measured faster than CLBlast or
-     * host BLAS + softmax on any device */
-    if (a->by_default || a->NH < 1 || a->C % a->NH) return false;
-    return attention_local_bytes(d, a->T, a->C / a->NH) <= dev->info.local_mem_bytes;
+    if (a->NH < 1 || a->C % a->NH) return false;
+    int64_t HS = a->C / a->NH;
+    /* by default only the row kernels of CPU-type devices: on PoCL they beat
+     * host BLAS + softmax up to T=256 and tie at T=1024 (forward and
+     * backward together), without the [T,T] probabilities; the
+     * local-memory kernels are not yet faster than CLBlast + softmax on any GPU */
+    if (attention_rows8(d, a->T, HS)) return true;
+    if (a->by_default) return false;
+    return attention_local_bytes(d, a->T, HS) <= dev->info.local_mem_bytes;
 }
 
 static void attention_args(ts_cl_args *a, const ts_op *op, const ts_tensor *key_len)
@@ -593,6 +605,8 @@ static ts_status op_attention(ts_cl_device *d, const ts_op *op)
     const __typeof__(op->p.attention) *p = &op->p.attention;
     int64_t rows = p->B * p->NH * p->T, HS = p->C / p->NH;
     size_t row = sizeof(float) * (size_t)HS, keys = sizeof(float) * (size_t)p->T;
+    int rows8 = attention_rows8(d, p->T, HS);
+    size_t g8[2] = {(size_t)p->T, (size_t)(p->B * p->NH)}, l8[2] = {8, 1};
     ts_cl_args a;
     args_init(&a);
     if (op->kind == TS_OP_ATTENTION_FWD) { /* out, lse <- qkv, key_len */
@@ -600,6 +614,7 @@ static ts_status op_attention(ts_cl_device *d, const ts_op *op)
         ts_cl_arg_tensor(&a, op->out[1]);
         ts_cl_arg_tensor(&a, op->in[0]);
         attention_args(&a, op, op->in[1]);
+        if (rows8) return ts_cl_launch(d, "attention_fused.cl", "attention_fused_forward8", 2, g8, l8, &a);
         ts_cl_arg_local(&a, row);
         ts_cl_arg_local(&a, keys);
         return launch_rows(d, "attention_fused.cl", "attention_fused_forward", rows, &a);
@@ -616,10 +631,15 @@ static ts_status op_attention(ts_cl_device *d, const ts_op *op)
     ts_cl_arg_tensor(&a, op->in[2]);
     ts_cl_arg_tensor(&a, op->in[3]);
     attention_args(&a, op, op->in[4]);
-    ts_cl_arg_local(&a, row);
-    ts_cl_arg_local(&a, row);
-    ts_cl_arg_local(&a, keys);
-    if ((st = launch_rows(d, "attention_fused.cl", "attention_fused_backward_q", rows, &a))) return st;
+    if (rows8) {
+        st = ts_cl_launch(d, "attention_fused.cl", "attention_fused_backward_q8", 2, g8, l8, &a);
+    } else {
+        ts_cl_arg_local(&a, row);
+        ts_cl_arg_local(&a, row);
+        ts_cl_arg_local(&a, keys);
+        st = launch_rows(d, "attention_fused.cl", "attention_fused_backward_q", rows, &a);
+    }
+    if (st) return st;
     args_init(&a);
     ts_cl_arg_tensor(&a, op->out[0]);
     ts_cl_arg_mem(&a, delta);
@@ -628,6 +648,7 @@ static ts_status op_attention(ts_cl_device *d, const ts_op *op)
     ts_cl_arg_tensor(&a, op->in[1]);
     ts_cl_arg_tensor(&a, op->in[3]);
     attention_args(&a, op, op->in[4]);
+    if (rows8) return ts_cl_launch(d, "attention_fused.cl", "attention_fused_backward_kv8", 2, g8, l8, &a);
     ts_cl_arg_local(&a, row);
     ts_cl_arg_local(&a, row);
     ts_cl_arg_local(&a, keys);
