@@ -214,7 +214,7 @@ static const uint16_t *bf16_operand(const float *src, int64_t R, int64_t Cc, int
 /* oneDNN matmul primitives, one per part shape, made once and kept. */
 typedef struct prim_key {
     int64_t M, N, K, lda, ldb, ldc;
-    int ta, tb, sum;
+    int ta, tb, sum, bias;
     float alpha;
 } prim_key;
 
@@ -228,16 +228,18 @@ static char g_impl[96];
 
 static dnnl_primitive_t make_prim(const prim_key *k, char *impl, size_t impl_size)
 {
-    dnnl_memory_desc_t a, b, c;
+    dnnl_memory_desc_t a, b, c, bias;
     dnnl_dims_t ad = {k->M, k->K}, as = {k->lda, 1}, as_t = {1, k->lda};
     dnnl_dims_t bd = {k->K, k->N}, bs_t = {1, k->ldb}, bs_n = {k->ldb, 1};
     dnnl_dims_t cd = {k->M, k->N}, cs = {k->ldc, 1};
+    dnnl_dims_t biasd = {1, k->N}, biass = {k->N, 1};
     if (dnnl_memory_desc_init_by_strides(&a, 2, ad, dnnl_bf16, k->ta ? as_t : as) != dnnl_success ||
         dnnl_memory_desc_init_by_strides(&b, 2, bd, dnnl_bf16, k->tb ? bs_t : bs_n) != dnnl_success ||
-        dnnl_memory_desc_init_by_strides(&c, 2, cd, dnnl_f32, cs) != dnnl_success)
+        dnnl_memory_desc_init_by_strides(&c, 2, cd, dnnl_f32, cs) != dnnl_success ||
+        dnnl_memory_desc_init_by_strides(&bias, 2, biasd, dnnl_f32, biass) != dnnl_success)
         return NULL;
     dnnl_matmul_desc_t md;
-    if (dnnl_matmul_desc_init(&md, &a, &b, NULL, &c) != dnnl_success) return NULL;
+    if (dnnl_matmul_desc_init(&md, &a, &b, k->bias ? &bias : NULL, &c) != dnnl_success) return NULL;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t po = NULL;
     dnnl_primitive_desc_t pd = NULL;
@@ -298,16 +300,17 @@ static dnnl_primitive_t get_prim(const prim_key *k)
 
 /* The memory objects of one part, made before any part runs so that a
  * failure leaves C untouched. */
-typedef struct part { dnnl_primitive_t prim; dnnl_memory_t m[4]; } part;
+typedef struct part { dnnl_primitive_t prim; dnnl_memory_t m[5]; } part;
 
 static void *g_pad[MAX_THREADS];
 static size_t g_pad_cap[MAX_THREADS];
 
-static int make_part(part *p, dnnl_primitive_t prim, const uint16_t *a, const uint16_t *b, float *c, int thread)
+static int make_part(part *p, dnnl_primitive_t prim, const uint16_t *a, const uint16_t *b, float *c,
+                     const float *bias, int thread)
 {
     const_dnnl_primitive_desc_t pd;
     p->prim = prim;
-    p->m[0] = p->m[1] = p->m[2] = p->m[3] = NULL;
+    p->m[0] = p->m[1] = p->m[2] = p->m[3] = p->m[4] = NULL;
     if (dnnl_primitive_get_primitive_desc(prim, &pd) != dnnl_success) return 0;
     const dnnl_query_t q[3] = {dnnl_query_src_md, dnnl_query_weights_md, dnnl_query_dst_md};
     void *h[3] = {(void *)a, (void *)b, c};
@@ -315,6 +318,9 @@ static int make_part(part *p, dnnl_primitive_t prim, const uint16_t *a, const ui
         if (dnnl_memory_create(&p->m[i], dnnl_primitive_desc_query_md(pd, q[i], 0), g_engine, h[i]) !=
             dnnl_success)
             return 0;
+    if (bias && dnnl_memory_create(&p->m[4], dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 1), g_engine,
+                                   (void *)bias) != dnnl_success)
+        return 0;
     const dnnl_memory_desc_t *pad = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
     size_t bytes = pad ? dnnl_memory_desc_get_size(pad) : 0;
     if (bytes > g_pad_cap[thread]) {
@@ -329,15 +335,17 @@ static int make_part(part *p, dnnl_primitive_t prim, const uint16_t *a, const ui
 
 static void free_part(part *p)
 {
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         if (p->m[i]) dnnl_memory_destroy(p->m[i]);
 }
 
 static int run_part(const part *p, int thread)
 {
-    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, p->m[0]}, {DNNL_ARG_WEIGHTS, p->m[1]}, {DNNL_ARG_DST, p->m[2]},
-                               {DNNL_ARG_SCRATCHPAD, p->m[3]}};
-    return dnnl_primitive_execute(p->prim, g_streams[thread], p->m[3] ? 4 : 3, args) == dnnl_success &&
+    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, p->m[0]}, {DNNL_ARG_WEIGHTS, p->m[1]}, {DNNL_ARG_DST, p->m[2]}};
+    int n = 3;
+    if (p->m[3]) args[n].arg = DNNL_ARG_SCRATCHPAD, args[n++].memory = p->m[3];
+    if (p->m[4]) args[n].arg = DNNL_ARG_BIAS, args[n++].memory = p->m[4];
+    return dnnl_primitive_execute(p->prim, g_streams[thread], n, args) == dnnl_success &&
            dnnl_stream_wait(g_streams[thread]) == dnnl_success;
 }
 
@@ -365,6 +373,10 @@ static int gemm_onednn(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float 
     int64_t dim = split_n ? N : M;
     int64_t block = (dim + threads - 1) / threads;
     block = (block + 31) / 32 * 32;
+    /* the bias goes into the primitive (no pass over C before it, which ran
+     * on one thread); with alpha != 1 oneDNN would scale it too, and where
+     * oneDNN has no such primitive C starts as the bias and is accumulated */
+    int prim_bias = bias != NULL && alpha == 1.0f;
     /* one primitive per distinct part shape (all parts but the last share
      * one), and each part's memory objects, before C is touched */
     part parts[MAX_THREADS];
@@ -376,22 +388,30 @@ static int gemm_onednn(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float 
         memset(&k, 0, sizeof k); /* the key is compared with memcmp: no stray padding */
         k.M = split_n ? M : hi - lo, k.N = split_n ? hi - lo : N, k.K = K;
         k.lda = lda_packed, k.ldb = ldb_packed, k.ldc = ldc;
-        k.ta = ta, k.tb = tb, k.sum = beta != 0.0f || bias != NULL, k.alpha = alpha;
+        k.ta = ta, k.tb = tb, k.alpha = alpha, k.bias = prim_bias;
+        k.sum = beta != 0.0f || (bias != NULL && !prim_bias);
         dnnl_primitive_t prim = get_prim(&k);
+        if (!prim && prim_bias && t == 0) { /* again, the bias in C */
+            prim_bias = 0, t = -1;
+            continue;
+        }
         if (!g_streams[t] &&
             dnnl_stream_create(&g_streams[t], g_engine, dnnl_stream_default_flags) != dnnl_success)
             prim = NULL;
         if (!prim) { ok = 0; break; }
         const uint16_t *ap = split_n ? a : ta ? a + lo : a + lo * K;
         const uint16_t *bp = split_n ? (tb ? b + lo * K : b + lo) : b;
-        ok = make_part(&parts[nparts], prim, ap, bp, split_n ? C + lo : C + lo * ldc, nparts);
+        const float *biasp = !prim_bias ? NULL : split_n ? bias + lo : bias;
+        ok = make_part(&parts[nparts], prim, ap, bp, split_n ? C + lo : C + lo * ldc, biasp, nparts);
         nparts++;
     }
-    if (ok && (bias || (beta != 0.0f && beta != 1.0f))) { /* c = beta*c + bias, then accumulate */
+    if (ok && ((bias && !prim_bias) || (beta != 0.0f && beta != 1.0f))) { /* c = beta*c (+ bias), then accumulate */
+        const float *cbias = prim_bias ? NULL : bias;
+#pragma omp parallel for schedule(static) if (M * N > 65536)
         for (int64_t i = 0; i < M; i++) {
             float *row = C + i * ldc;
             for (int64_t j = 0; j < N; j++)
-                row[j] = (beta == 0.0f ? 0.0f : beta * row[j]) + (bias ? bias[j] : 0.0f);
+                row[j] = (beta == 0.0f ? 0.0f : beta * row[j]) + (cbias ? cbias[j] : 0.0f);
         }
     }
     int failed = !ok;
