@@ -604,6 +604,10 @@ static int bench_train(int argc, char **argv)
         if (ts_bench_device(devs[d], &lo, NULL, NULL, &peaks[d], &triads[d]) != TS_OK)
             return cli_fail("measuring the device's peak");
         const ts_device_info *info = ts_device_get_info(devs[d]);
+        if (info->type == TS_DEVICE_CPU && strcmp(info->backend, "cpu") && !getenv("OMP_WAIT_POLICY"))
+            printf("  note: %s runs its products on the host's OpenMP team, whose idle workers spin on the cores its "
+                   "own threads need; OMP_WAIT_POLICY=passive makes it faster (README: How devices run ops)\n",
+                   info->id);
         for (int k = 0; k < ndt; k++) {
             if (ts_device_set_matmul_dtype(devs[d], dts[k]) != TS_OK) {
                 printf("  %-10s %s: %s\n", info->id, ts_dtype_name(dts[k]), ts_last_error());
