@@ -88,8 +88,8 @@ void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte, 
 
 /* Each task owns a block of channels and walks every position in order:
  * no atomics, and the same sums whatever the thread count. */
-void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
-                            int64_t N, int64_t T, int64_t C, int64_t V, int64_t vocab_start)
+TS_CLONES void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
+                                      int64_t N, int64_t T, int64_t C, int64_t V, int64_t vocab_start)
 {
     /* each thread one contiguous share of the columns (rows are summed in
      * order, so the result does not depend on the split): long runs of
@@ -113,11 +113,13 @@ void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout, const i
                 int64_t row = (int64_t)tokens[n] - vocab_start;
                 if (row >= 0 && row < V) {
                     float *w = dwte + row * C;
+#pragma omp simd
                     for (int64_t c = c0; c < c1; c++) w[c] += d[c];
                 }
             }
             if (dwpe) {
                 float *p = dwpe + (n % T) * C;
+#pragma omp simd
                 for (int64_t c = c0; c < c1; c++) p[c] += d[c];
             }
         }
