@@ -22,19 +22,19 @@ enum { SMALL = 1 << 14 };   /* elements below which loops stay serial */
 enum { REDUCE_CHUNKS = 64 }; /* fixed: results do not depend on thread count */
 enum { COL_BLOCK = 64 };     /* columns per task in row reductions */
 
-void cpu_fill(float *t, int64_t n, float value)
+TS_CLONES void cpu_fill(float *t, int64_t n, float value)
 {
     PFOR_SIMD(n > SMALL)
     for (int64_t i = 0; i < n; i++) t[i] = value;
 }
 
-void cpu_add(float *out, const float *a, const float *b, int64_t n)
+TS_CLONES void cpu_add(float *out, const float *a, const float *b, int64_t n)
 {
     PFOR_SIMD(n > SMALL)
     for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
-void cpu_scale(float *out, const float *a, float alpha, int64_t n)
+TS_CLONES void cpu_scale(float *out, const float *a, float alpha, int64_t n)
 {
     PFOR_SIMD(n > SMALL)
     for (int64_t i = 0; i < n; i++) out[i] = alpha * a[i];
@@ -196,7 +196,7 @@ TS_CLONES void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias,
     }
 }
 
-void cpu_sum_rows(float *out, const float *x, int64_t N, int64_t C, bool accumulate)
+TS_CLONES void cpu_sum_rows(float *out, const float *x, int64_t N, int64_t C, bool accumulate)
 {
     int64_t nblocks = (C + COL_BLOCK - 1) / COL_BLOCK;
     PFOR(N * C > SMALL)
@@ -205,6 +205,7 @@ void cpu_sum_rows(float *out, const float *x, int64_t N, int64_t C, bool accumul
         double acc[COL_BLOCK] = {0};
         for (int64_t n = 0; n < N; n++) {
             const float *r = x + n * C + c0;
+#pragma omp simd
             for (int64_t j = 0; j < w; j++) acc[j] += (double)r[j];
         }
         for (int64_t j = 0; j < w; j++)
