@@ -193,6 +193,8 @@ static void cl_release(ts_device *dev)
     if (d->staging) clReleaseMemObject(d->staging);
     for (size_t i = 0; i < d->nretired; i++) clReleaseMemObject(d->retired[i]);
     free(d->retired);
+    while (d->nbases) ts_cl_host_forget(d, d->bases[0].mem); /* buffers still allocated: their copies go */
+    free(d->bases);
     ts_cl_release_programs(d);
     if (d->queue) clReleaseCommandQueue(d->queue);
     if (d->context) clReleaseContext(d->context);
@@ -220,6 +222,7 @@ static ts_status cl_alloc(ts_device *dev, size_t size, void **handle)
 
 static void cl_free(ts_device *dev, void *handle)
 {
+    ts_cl_host_forget(dev->context, (cl_mem)handle);
     ts_cl_release_mem(dev->context, (cl_mem)handle);
 }
 
@@ -272,6 +275,7 @@ static ts_status write_by_kernel(ts_cl_device *d, cl_mem dst, size_t offset, con
 static ts_status cl_write(ts_device *dev, void *handle, size_t offset, const void *src, size_t size)
 {
     ts_cl_device *d = dev->context;
+    ts_cl_host_written(d, (cl_mem)handle, offset, size);
     if (d->kernel_transfers && size) return write_by_kernel(d, (cl_mem)handle, offset, src, size);
     cl_int err = clEnqueueWriteBuffer(d->queue, (cl_mem)handle, CL_TRUE, offset, size, src, 0,
                                       NULL, NULL);
@@ -292,6 +296,7 @@ static ts_status cl_copy(ts_device *dev, void *dst, size_t dst_offset, void *src
     ts_cl_device *d = dev->context;
     if (dst == src && !(dst_offset + size <= src_offset || src_offset + size <= dst_offset))
         return ts_error(TS_ERR_INVALID_ARG, "overlapping copy within one buffer on %s", d->info_id);
+    ts_cl_host_written(d, (cl_mem)dst, dst_offset, size);
     if (d->kernel_transfers)
         return size ? copy_by_kernel(d, (cl_mem)dst, dst_offset, (cl_mem)src, src_offset, size)
                     : TS_OK;
@@ -424,6 +429,7 @@ static void register_device(cl_platform_id platform, const char *pname, const ch
     const char *cpu_kernels = getenv("TESSERA_OPENCL_CPU_KERNELS");
     d->cpu_kernels = d->is_cpu || (cpu_kernels && strcmp(cpu_kernels, "1") == 0);
     d->host_unified = unified == CL_TRUE;
+    d->keep_lowp = d->is_cpu && d->host_unified; /* every write goes through this backend (cl_gemm.c) */
     /* The one device quirk: on the oclgrind simulator, transfers run as
      * kernels so its uninitialized-memory checker stays exact (write_by_kernel). */
     d->kernel_transfers = strncmp(pname, "Oclgrind", 8) == 0;

@@ -117,6 +117,56 @@ static ts_status gemm_kernel(ts_cl_device *d, const ts_op *op, float beta, const
 
 /* ---- host BLAS on mapped memory ---- */
 
+/* The CPU backend's bf16 route keeps converted copies of its operands by
+ * host address (a layer's weights serve two products a step, its output
+ * gradient two more). On a CPU-type device every write to a buffer goes
+ * through this backend, so copies may be kept where each write first drops
+ * the copies over the bytes it writes: the host address of every buffer
+ * mapped here is remembered (its mapping is its host memory on PoCL; a
+ * buffer mapped elsewhere another time has its old range dropped). */
+static struct ts_cl_host_base *find_base(ts_cl_device *d, cl_mem m)
+{
+    for (int i = 0; i < d->nbases; i++)
+        if (d->bases[i].mem == m) return &d->bases[i];
+    return NULL;
+}
+
+/* Returns 0 when the table cannot grow: then nothing may be kept. */
+static int remember_base(ts_cl_device *d, cl_mem m, char *base)
+{
+    struct ts_cl_host_base *b = find_base(d, m);
+    if (b && b->base == base) return 1;
+    if (b) { /* mapped at another address: its copies there are stale */
+        ts_cpu_lowp_written(b->base, b->size);
+        b->base = base;
+        return 1;
+    }
+    size_t size = 0;
+    if (clGetMemObjectInfo(m, CL_MEM_SIZE, sizeof size, &size, NULL) != CL_SUCCESS) return 0;
+    if (d->nbases == d->cap_bases) {
+        int cap = d->cap_bases ? 2 * d->cap_bases : 16;
+        struct ts_cl_host_base *nb = realloc(d->bases, (size_t)cap * sizeof *nb);
+        if (!nb) return 0;
+        d->bases = nb, d->cap_bases = cap;
+    }
+    d->bases[d->nbases++] = (struct ts_cl_host_base){m, base, size};
+    return 1;
+}
+
+void ts_cl_host_written(ts_cl_device *d, cl_mem m, size_t offset, size_t size)
+{
+    struct ts_cl_host_base *b = d->nbases ? find_base(d, m) : NULL;
+    if (b && offset < b->size) ts_cpu_lowp_written(b->base + offset, size < b->size - offset ? size : b->size - offset);
+}
+
+void ts_cl_host_forget(ts_cl_device *d, cl_mem m)
+{
+    struct ts_cl_host_base *b = d->nbases ? find_base(d, m) : NULL;
+    if (!b) return;
+    ts_cpu_lowp_written(b->base, b->size);
+    *b = d->bases[--d->nbases];
+}
+
 typedef struct mapping {
     cl_mem mem;
     void *ptr;
@@ -161,9 +211,12 @@ static ts_status gemm_host(ts_cl_device *d, const ts_op *op)
         cl_int err = clFinish(d->queue);
         if (err != CL_SUCCESS) st = ts_cl_fail(err, "clFinish (host GEMM's maps)", d);
     }
-    if (!st && g->dtype != TS_F32) /* the CPU backend's route; nothing kept: kernels write these unseen */
+    if (!st && g->dtype != TS_F32) { /* the CPU backend's route, copies kept where writes are seen */
+        int keep = d->keep_lowp && remember_base(d, maps[0].mem, (char *)A - op->in[0]->offset) &&
+                   remember_base(d, maps[1].mem, (char *)B - op->in[1]->offset);
         ts_cpu_gemm_lowp(g->dtype, g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a,
-                         g->lda, B, g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc, bias, false);
+                         g->lda, B, g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc, bias, keep);
+    }
     else if (!st)
         ts_blas_sgemm_bias(g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a, g->lda, B,
                            g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc, bias);

@@ -76,6 +76,11 @@ typedef struct ts_cl_device {
     size_t scratch_size;
     cl_mem clblast_temp;
     size_t clblast_temp_size;
+    /* CPU-type devices with host memory: the host address of each buffer
+     * the host GEMM has mapped, so that writes to it drop the bf16 copies
+     * the CPU backend's route keeps of it (cl_gemm.c) */
+    struct ts_cl_host_base { cl_mem mem; char *base; size_t size; } *bases;
+    int nbases, cap_bases, keep_lowp;
     cl_mem lowp[2];          /* 16-bit copies of a bf16/fp16 product's A and B */
     size_t lowp_size[2];
     char lowp_route[2][192]; /* ts_cl_matmul_route's answers: bf16, fp16 */
@@ -131,5 +136,12 @@ void ts_cl_gemm_release(ts_cl_device *d);
 const char *ts_cl_matmul_route(ts_cl_device *d, ts_dtype dtype);
 
 static inline cl_mem ts_cl_mem(const ts_tensor *t) { return (cl_mem)t->block->handle; }
+
+/* Bytes [offset, offset + size) of m are about to be written (a kernel's
+ * output, a transfer): the CPU backend's kept bf16 copies of that memory
+ * are dropped; forget: all of m's, before m is released. Nothing unless d
+ * keeps such copies. */
+void ts_cl_host_written(ts_cl_device *d, cl_mem m, size_t offset, size_t size);
+void ts_cl_host_forget(ts_cl_device *d, cl_mem m);
 
 #endif

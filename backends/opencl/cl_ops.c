@@ -661,6 +661,10 @@ ts_status ts_cl_run_op(ts_device *dev, const ts_op *op)
     ts_cl_device *d = dev->context;
     ts_status st = ts_cl_ensure_ready(d);
     if (st) return st;
+    /* the host's bf16 copies of what the op writes are stale from now on */
+    for (int i = 0; i < 3 && d->nbases; i++)
+        if (op->out[i] && op->out[i]->block)
+            ts_cl_host_written(d, ts_cl_mem(op->out[i]), op->out[i]->offset, ts_tensor_nbytes(op->out[i]));
     switch (op->kind) {
     case TS_OP_FILL:
     case TS_OP_ADD:
