@@ -19,14 +19,19 @@ py=${TESSERA_PYTHON:-/usr/bin/python3}
 compile=()
 "$py" -c 'import sys, torch; sys.exit(int(torch.__version__.split(".")[0]) < 2)' 2>/dev/null && compile=(--torch-compile)
 train=(bench train --model d12 --vocab 50257 --batch 4 --seq-len 64 --steps 5 --warmup 2 --dtype fp32,bf16)
-"$tessera" "${train[@]}" --device cpu --vs-pytorch "${compile[@]}" \
+# the CPU backend and any GPU first, beside PyTorch; then CPU-type OpenCL
+# devices (PoCL) in a process of their own with passive OpenMP waiting: the
+# host products' OpenMP workers otherwise spin after each product on the
+# cores PoCL's threads need (README, "How devices run ops"); the CPU
+# backend keeps the default, which is faster for it
+devices=$("$tessera" devices)
+cpu_cl=$(awk '/^[a-z]/ {id = $1} /^  type / && id ~ /^opencl:/ && $2 == "CPU," {print id}' <<<"$devices")
+others=$(awk '/^[a-z]/ {id = $1} /^  type / && !(id ~ /^opencl:/ && $2 == "CPU,") {print id}' <<<"$devices" |
+    paste -sd, -)
+"$tessera" "${train[@]}" --device "${others:-cpu}" --vs-pytorch "${compile[@]}" \
     --json "$out/train-$date.json" --csv "$out/train-$date.csv"
-# CPU-type OpenCL devices (PoCL) in a process of their own with passive
-# OpenMP waiting: the host products' OpenMP workers otherwise spin after
-# each product on the cores PoCL's threads need (README, "How devices run
-# ops"); the CPU backend keeps the default, which is faster for it
 files=("$out/kernels-$date.json" "$out/train-$date.json")
-for dev in $("$tessera" devices | awk '/^[a-z]/ {id = $1} /^  type +CPU/ && id ~ /^opencl:/ {print id}'); do
+for dev in $cpu_cl; do
     OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} "$tessera" "${train[@]}" --device "$dev" \
         --json "$out/train-$date-${dev/:/}.json" --csv "$out/train-$date-${dev/:/}.csv"
     files+=("$out/train-$date-${dev/:/}.json")

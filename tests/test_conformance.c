@@ -1011,7 +1011,7 @@ typedef struct case_def {
     th_fn fn;
     const char *fmt; /* names of the parameters, for the test name */
     int np;
-    int64_t params[14][8];
+    int64_t params[16][8];
     int nshapes;
 } case_def;
 
@@ -1098,12 +1098,13 @@ static const case_def cases[] = {
 #define ATTENTION_LARGE(route, bw)                                                                 \
     {2, 32, 64, 4, 0, route, bw}, {2, 32, 64, 4, 2, route, bw}, {2, 130, 32, 2, 1, route, bw},         \
         {1, 150, 16, 1, 0, route, bw}, {2, 200, 16, 2, 2, route, bw}, {2, 72, 32, 2, 0, route, bw},          \
-        {2, 72, 32, 2, 2, route, bw}, {2, 64, 128, 2, 1, route, bw}, {1, 24, 256, 2, 2, route, bw}
+        {2, 72, 32, 2, 2, route, bw}, {2, 64, 128, 2, 1, route, bw}, {1, 24, 256, 2, 2, route, bw},       \
+        {3, 16, 32, 2, 1, route, bw}, {3, 16, 32, 2, 2, route, bw}
     {"attention_forward composite", conf_attention, ATTENTION_FMT, 7,
      {ATTENTION_SMALL(1, 0), {2, 32, 64, 4, 0, 1, 0}, {2, 32, 64, 4, 2, 1, 0}}, 7},
-    {"attention_forward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 0), ATTENTION_LARGE(2, 0)}, 14},
+    {"attention_forward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 0), ATTENTION_LARGE(2, 0)}, 16},
     {"attention_backward composite", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(1, 1)}, 5},
-    {"attention_backward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 1), ATTENTION_LARGE(2, 1)}, 14},
+    {"attention_backward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 1), ATTENTION_LARGE(2, 1)}, 16},
     {"cross_entropy", conf_cross_entropy, "N=%lld V=%lld outputs=%lld in_place=%lld", 4,
      {{1, 1, 7, 0}, {5, 33, 7, 0}, {9, 1000, 5, 0}, {4, 50257, 5, 0}, {6, 301, 1, 0},
       {6, 301, 5, 1}, {3, 77, 3, 1}},

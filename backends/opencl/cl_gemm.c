@@ -136,8 +136,11 @@ static int remember_base(ts_cl_device *d, cl_mem m, char *base)
 {
     struct ts_cl_host_base *b = find_base(d, m);
     if (b && b->base == base) return 1;
-    if (b) { /* mapped at another address: its copies there are stale */
+    /* copies over the new range are another buffer's (memory the process
+     * freed and reused; writes before now were not tracked): drop them */
+    if (b) { /* mapped at another address: its copies at the old one go too */
         ts_cpu_lowp_written(b->base, b->size);
+        ts_cpu_lowp_written(base, b->size);
         b->base = base;
         return 1;
     }
@@ -149,6 +152,7 @@ static int remember_base(ts_cl_device *d, cl_mem m, char *base)
         if (!nb) return 0;
         d->bases = nb, d->cap_bases = cap;
     }
+    ts_cpu_lowp_written(base, size);
     d->bases[d->nbases++] = (struct ts_cl_host_base){m, base, size};
     return 1;
 }
