@@ -29,6 +29,40 @@ __kernel void embedding_backward_wte(__global float *dwte, ulong wo, __global co
     }
 }
 
+#if TS_CPU_DEVICE
+/* CPU-type devices, C % 8 == 0: an item (a group of one) takes 64
+ * contiguous channels and walks every position in order, 8 channels at a
+ * time, as the CPU backend's threads do; an item per channel gave PoCL
+ * strided loads (3 GB/s). */
+__kernel void embedding_backward_wte64(__global float *dwte, ulong wo, __global const float *dout,
+                                       ulong doo, __global const int *tokens, ulong to, long N,
+                                       long C, long V, long vocab_start)
+{
+    long c0 = (long)get_global_id(0) * 64;
+    if (c0 >= C) return;
+    long w = C - c0 < 64 ? C - c0 : 64;
+    for (long n = 0; n < N; n++) {
+        long row = (long)tokens[to + n] - vocab_start;
+        if (row < 0 || row >= V) continue;
+        __global float *dst = dwte + wo + row * C + c0;
+        __global const float *src = dout + doo + n * C + c0;
+        for (long k = 0; k < w; k += 8) vstore8(vload8(0, dst + k) + vload8(0, src + k), 0, dst + k);
+    }
+}
+
+/* dwpe, C % 8 == 0: an item per position and 8 channels */
+__kernel void embedding_backward_wpe8(__global float *dwpe, ulong po, __global const float *dout,
+                                      ulong doo, long N, long T, long C)
+{
+    long i = get_global_id(0), C8 = C / 8;
+    if (i >= T * C8) return;
+    long t = i / C8, c = (i - t * C8) * 8;
+    float8 acc = (float8)(0.0f);
+    UNIFORM_FOR(n, N, t, T) acc += vload8(0, dout + doo + n * C + c);
+    vstore8(vload8(0, dwpe + po + t * C + c) + acc, 0, dwpe + po + t * C + c);
+}
+#endif
+
 /* dwpe[t,c] += sum over the batch of dout[b,t,c]. */
 __kernel void embedding_backward_wpe(__global float *dwpe, ulong po, __global const float *dout,
                                      ulong doo, long N, long T, long C)

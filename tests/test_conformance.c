@@ -1029,7 +1029,7 @@ static const case_def cases[] = {
     {"embedding_forward", conf_embedding_fwd, "B=%lld T=%lld C=%lld V=%lld start=%lld wpe=%lld", 6,
      {{1, 1, 1, 1, 0, 1}, {2, 7, 33, 50, 0, 1}, {3, 16, 64, 100, 0, 0}, {2, 5, 9, 20, 10, 1}}, 4},
     {"embedding_backward", conf_embedding_bwd, "B=%lld T=%lld C=%lld V=%lld start=%lld wpe=%lld", 6,
-     {{1, 1, 1, 1, 0, 1}, {2, 7, 33, 50, 0, 1}, {4, 16, 64, 10, 0, 1}, {2, 5, 9, 20, 10, 0}}, 4},
+     {{1, 1, 1, 1, 0, 1}, {2, 7, 33, 50, 0, 1}, {4, 16, 64, 10, 0, 1}, {2, 5, 9, 20, 10, 0}, {3, 8, 200, 30, 5, 1}}, 5},
     {"layernorm_forward", conf_layernorm_fwd, "N=%lld C=%lld", 2,
      {{1, 1}, {7, 33}, {64, 768}, {5, 1000}}, 4},
     {"layernorm_backward", conf_layernorm_bwd, "N=%lld C=%lld", 2,
