@@ -61,6 +61,30 @@ __kernel void to_lowp_f32(__global const float *x, ulong xo, long n, __global fl
     }
 }
 
+/* Tiny products (M*N*K under 32^3, as a model's smallest layers): an item
+ * per element of C summing its K products in order, the same sums as
+ * gemm_tiled's, without a 64x64 tile of mostly padding (which costs
+ * oclgrind a hundred times the instructions). Arguments as gemm_tiled's. */
+__kernel void gemm_small(__global const float *A, ulong ao, long lda, long sa,
+                         __global const float *B, ulong bo, long ldb, long sb,
+                         __global float *C, ulong co, long ldc, long sc,
+                         long M, long N, long K, int ta, int tb, float alpha, float beta,
+                         __global const float *bias, ulong biaso, int has_bias, int store)
+{
+    long j = get_global_id(0), i = get_global_id(1), batch = get_global_id(2);
+    if (i >= M || j >= N) return;
+    long ab = (long)ao + batch * sa, bb = (long)bo + batch * sb;
+    C += co + batch * sc;
+    float acc = 0.0f;
+    for (long k = 0; k < K; k++)
+        acc += load_operand(A, ab + (ta ? k * lda + i : i * lda + k), store) *
+               load_operand(B, bb + (tb ? j * ldb + k : k * ldb + j), store);
+    float r = alpha * acc;
+    if (beta != 0.0f) r += beta * C[i * ldc + j];
+    if (has_bias) r += bias[biaso + j];
+    C[i * ldc + j] = r;
+}
+
 /* A and B are stored as `store` says; their offsets and strides count
  * elements of that storage. C and bias are fp32. */
 __kernel __attribute__((reqd_work_group_size(TILE_WG, TILE_WG, 1)))

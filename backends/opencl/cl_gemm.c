@@ -5,8 +5,9 @@
  *     products take the CPU backend's route on the mapped buffers (oneDNN's
  *     bf16 kernels where present).
  *   GPUs: CLBlast (SgemmStridedBatched for batches, Sgemm with a
- *     pre-allocated temporary buffer otherwise); tessera's tiled kernel for
- *     tiny shapes and whenever CLBlast is missing or returns an error.
+ *     pre-allocated temporary buffer otherwise); tessera's kernels for
+ *     tiny shapes (an item per element of C) and whenever CLBlast is
+ *     missing or returns an error (tiled).
  *     bf16/fp16 products: the operands are rounded into 16-bit buffers and
  *     tessera's kernel reads them, summing in fp32. (CLBlast's HGEMM sums in
  *     half precision, which a bf16/fp16 product here must not, and CLBlast
@@ -108,10 +109,14 @@ static ts_status gemm_kernel(ts_cl_device *d, const ts_op *op, float beta, const
     ts_cl_arg_tensor(&a, bias);
     a.size[a.n] = sizeof(cl_int), a.value[a.n++] = &hb;
     a.size[a.n] = sizeof(cl_int), a.value[a.n++] = &store;
+    size_t local[3] = {d->tile_wg, d->tile_wg, 1};
+    if (g->M * g->N * g->K < 32 * 32 * 32) { /* an item per element of C */
+        size_t global[3] = {(size_t)g->N, (size_t)g->M, (size_t)g->batch};
+        return ts_cl_launch(d, "gemm.cl", "gemm_small", 3, global, local, &a);
+    }
     size_t ts = d->tile_wg * 4;
     size_t global[3] = {(g->N + ts - 1) / ts * d->tile_wg, (g->M + ts - 1) / ts * d->tile_wg,
                         (size_t)g->batch};
-    size_t local[3] = {d->tile_wg, d->tile_wg, 1};
     return ts_cl_launch(d, "gemm.cl", "gemm_tiled", 3, global, local, &a);
 }
 
