@@ -487,6 +487,62 @@ static void conf_lowp_sees_writes(void *argp)
     ts_tensor_free(&tx), ts_tensor_free(&tw);
 }
 
+/* Optimizer steps over a flat parameter buffer holding two weight matrices
+ * (after a gap, as a model's biases and layernorm gains sit between them)
+ * rewrite the bf16 copies the products keep: after each step the products
+ * use the new weights rounded, whether the optimizer refreshed the copies
+ * (Adam, AdamW on the CPU backend) or dropped them (SGD; every step on
+ * OpenCL). p = dtype, N, C, OC. */
+static void conf_lowp_sees_optimizer(void *argp)
+{
+    conf_arg *a = argp;
+    ts_dtype dt = (ts_dtype)a->p[0];
+    int64_t N = a->p[1], C = a->p[2], OC = a->p[3], gap = 5, np = gap + 2 * OC * C + 7;
+    USE_MATMUL_DTYPE(a->dev, dt);
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = rand_floats(&r, N * C, -2, 2), *p = rand_floats(&r, np, -1, 1), *g = rand_floats(&r, np, -1, 1);
+    float *zero = calloc((size_t)np, sizeof *zero);
+    ts_tensor tx, tp, tg, tm, tv, w[2];
+    guarded go[2];
+    REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(N, C), x));
+    REQUIRE_OK(upload(&tp, a->dev, TS_F32, TS_SHAPE(np), p));
+    REQUIRE_OK(upload(&tg, a->dev, TS_F32, TS_SHAPE(np), g));
+    REQUIRE_OK(upload(&tm, a->dev, TS_F32, TS_SHAPE(np), zero));
+    REQUIRE_OK(upload(&tv, a->dev, TS_F32, TS_SHAPE(np), zero));
+    for (int l = 0; l < 2; l++) {
+        REQUIRE_OK(ts_tensor_view(&w[l], &tp, gap + l * OC * C, TS_SHAPE(OC, C)));
+        REQUIRE_OK(guarded_alloc(&go[l], a->dev, TS_SHAPE(N, OC), NULL));
+    }
+    double *dx = to_double(x, N * C), *dw = malloc((size_t)(OC * C) * sizeof *dw);
+    double *ref = malloc((size_t)(N * OC) * sizeof *ref);
+    for (int64_t i = 0; i < N * C; i++) dx[i] = round_to(dx[i], dt);
+    static const char *const how[] = {"no step", "AdamW step 1", "AdamW step 2", "SGD step", "Adam step 3"};
+    static const ts_optim_kind kinds[] = {0, TS_OPTIM_ADAMW, TS_OPTIM_ADAMW, TS_OPTIM_SGD, TS_OPTIM_ADAM};
+    ts_status st = TS_OK;
+    for (int k = 0; k < 5 && !st; k++) {
+        if (k) {
+            ts_optim_params op = {.kind = kinds[k], .lr = 0.05f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
+                                  .weight_decay = 0.1f, .grad_scale = 1.0f, .step = k < 3 ? k : 3};
+            st = ts_optimizer_update(&tp, &tg, &tm, &tv, &op);
+        }
+        if (!st) st = ts_tensor_read(&tp, p, (size_t)np * sizeof *p);
+        for (int l = 0; l < 2 && !st; l++) {
+            if ((st = ts_linear_forward(&go[l].t, &tx, &w[l], NULL))) break;
+            for (int64_t i = 0; i < OC * C; i++) dw[i] = round_to(p[gap + l * OC * C + i], dt);
+            ref_gemm(ref, dx, dw, NULL, 1, N, OC, C, false, true, 1.0, 0.0, 0);
+            char what[96];
+            snprintf(what, sizeof what, "weights %d after %s", l, how[k]);
+            expect_output(what, &go[l], ref, TOL_GEMM);
+        }
+    }
+    REQUIRE_OK(ts_device_set_matmul_dtype(a->dev, TS_F32));
+    REQUIRE_OK(st);
+    free(x), free(p), free(g), free(zero), free(dx), free(dw), free(ref);
+    for (int l = 0; l < 2; l++) guarded_free(&go[l]);
+    ts_tensor_free(&tx), ts_tensor_free(&tp), ts_tensor_free(&tg), ts_tensor_free(&tm), ts_tensor_free(&tv);
+}
+
 /* The device setting reaches linear layers, forward and backward, with a
  * bias and accumulation into dw: p = dtype, N, C, OC. */
 static void conf_linear_lowp(void *argp)
@@ -1068,6 +1124,8 @@ static const case_def cases[] = {
      {{TS_BF16, 7, 33, 65}, {TS_BF16, 64, 96, 288}, {TS_BF16, 256, 128, 384}}, 3},
     {"bf16 products see every write to their weights", conf_lowp_sees_writes, "dtype=%lld N=%lld C=%lld OC=%lld",
      4, {{TS_BF16, 64, 96, 288}}, 1},
+    {"bf16 products see every optimizer step", conf_lowp_sees_optimizer, "dtype=%lld N=%lld C=%lld OC=%lld", 4,
+     {{TS_BF16, 64, 96, 288}}, 1},
     {"linear fp16", conf_linear_lowp, "dtype=%lld N=%lld C=%lld OC=%lld", 4, {{TS_F16, 64, 96, 288}}, 1},
     {"bf16 and fp16 rounding of ties, subnormals, overflow and NaN", conf_lowp_rounding, "dtype=%lld", 1,
      {{TS_BF16}, {TS_F16}}, 2},

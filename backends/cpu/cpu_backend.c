@@ -96,8 +96,11 @@ static ts_status cpu_run_op(ts_device *dev, const ts_op *op)
     (void)dev;
     ts_tensor *const *o = op->out;
     const ts_tensor *const *in = op->in;
-    /* bf16 copies of what the op writes are stale from now on */
-    for (int i = 0; i < 3; i++)
+    /* bf16 copies of what the op writes are stale from now on, but for
+     * Adam's parameters: it rewrites their copies itself */
+    bool refresh = op->kind == TS_OP_OPTIM_UPDATE &&
+                   (op->p.optim.kind == TS_OPTIM_ADAM || op->p.optim.kind == TS_OPTIM_ADAMW);
+    for (int i = refresh ? 1 : 0; i < 3; i++)
         if (o[i] && o[i]->block) ts_cpu_lowp_written((char *)ts_block_handle(o[i]) + o[i]->offset, ts_tensor_nbytes(o[i]));
     switch (op->kind) {
     case TS_OP_FILL:
@@ -180,11 +183,16 @@ static ts_status cpu_run_op(ts_device *dev, const ts_op *op)
         *F(o[0]) = cpu_sqnorm(F(in[0]), op->p.reduce.n);
         break;
     case TS_OP_OPTIM_UPDATE:
+    {
+        ts_lowp_span spans[TS_LOWP_MAX_SPANS];
+        int ns = refresh ? ts_cpu_lowp_refresh_begin(F(o[0]), op->p.optim.n, spans, TS_LOWP_MAX_SPANS) : 0;
         cpu_optim_update(F(o[0]), F(o[1]), F(o[2]), F(in[0]), op->p.optim.n, op->p.optim.kind,
                          op->p.optim.lr, op->p.optim.beta1, op->p.optim.beta2, op->p.optim.eps,
                          op->p.optim.weight_decay, op->p.optim.grad_scale,
-                         op->p.optim.bias_correction1, op->p.optim.bias_correction2);
+                         op->p.optim.bias_correction1, op->p.optim.bias_correction2, spans, ns);
+        if (refresh) ts_cpu_lowp_refresh_end();
         break;
+    }
     case TS_OP_ATTENTION_FWD:
     case TS_OP_ATTENTION_BWD: {
         const __typeof__(op->p.attention) *a = &op->p.attention;

@@ -46,15 +46,6 @@ static inline float round_f16(float x)
     return copysignf(a, x);
 }
 
-static inline uint16_t bf16_bits(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
 /* Scratch for the rounded copies: grown on demand, one product at a time. */
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static void *g_buf[2];
@@ -135,6 +126,49 @@ void ts_cpu_lowp_written(const void *p, size_t bytes)
     pthread_mutex_unlock(&g_lock);
 }
 
+static int span_order(const void *a, const void *b)
+{
+    const ts_lowp_span *x = a, *y = b;
+    return (x->off > y->off) - (x->off < y->off);
+}
+
+static __thread int g_refreshing; /* this thread holds g_lock for a refresh */
+
+int ts_cpu_lowp_refresh_begin(const float *p, int64_t n, ts_lowp_span *spans, int max)
+{
+    if (!__atomic_load_n(&g_used, __ATOMIC_ACQUIRE)) return 0;
+    const char *a = (const char *)p, *b = (const char *)(p + n);
+    pthread_mutex_lock(&g_lock);
+    g_refreshing = 1;
+    int ns = 0;
+    for (int i = 0; i < g_used; i++) {
+        kept_b *c = &g_copies[i];
+        if (!c->valid || !overlaps(c->lo, c->hi, a, b)) continue;
+        int packed = c->ld == c->cols && c->lo >= a && c->hi <= b && ns < max;
+        if (packed) spans[ns++] = (ts_lowp_span){c->src - p, c->rows * c->cols, c->bf};
+        else c->valid = 0;
+    }
+    qsort(spans, (size_t)ns, sizeof *spans, span_order);
+    /* two copies of overlapping bytes: keep the first, drop the other */
+    int kept = 0;
+    for (int s = 0; s < ns; s++) {
+        if (kept && spans[s].off < spans[kept - 1].off + spans[kept - 1].n) {
+            for (int i = 0; i < g_used; i++)
+                if (g_copies[i].bf == spans[s].bf) g_copies[i].valid = 0;
+            continue;
+        }
+        spans[kept++] = spans[s];
+    }
+    return kept;
+}
+
+void ts_cpu_lowp_refresh_end(void)
+{
+    if (!g_refreshing) return;
+    g_refreshing = 0;
+    pthread_mutex_unlock(&g_lock);
+}
+
 void ts_cpu_lowp_host_access(const void *p, size_t bytes)
 {
     const char *a = p, *b = a + bytes;
@@ -162,7 +196,7 @@ TS_CLONES static void to_bf16(uint16_t *dst, const float *src, int64_t R, int64_
         uint16_t *d = dst + r * Cc;
         const float *s = src + r * ld;
 #pragma omp simd
-        for (int64_t c = 0; c < Cc; c++) d[c] = bf16_bits(s[c]);
+        for (int64_t c = 0; c < Cc; c++) d[c] = ts_bf16_bits(s[c]);
     }
 }
 

@@ -36,6 +36,32 @@ void ts_cpu_gemm_lowp(ts_dtype dtype, bool trans_a, bool trans_b, int64_t batch,
 void ts_cpu_lowp_written(const void *p, size_t bytes);
 void ts_cpu_lowp_host_access(const void *p, size_t bytes);
 
+/* An op that writes p[0, n) itself (the optimizer) may refresh the kept
+ * copies of those bytes instead of dropping them, saving the next product
+ * a pass over the weights: ts_cpu_lowp_refresh_begin returns the spans of
+ * the range whose copies it must rewrite (packed copies wholly inside, in
+ * order, not overlapping; bf[i] is element off + i) and drops every other
+ * copy over the range. The writer stores ts_bf16_bits of each new value of
+ * a span into its bf, then calls ts_cpu_lowp_refresh_end; the copies are
+ * locked in between. */
+typedef struct ts_lowp_span {
+    int64_t off, n;
+    uint16_t *bf;
+} ts_lowp_span;
+enum { TS_LOWP_MAX_SPANS = 64 };
+int ts_cpu_lowp_refresh_begin(const float *p, int64_t n, ts_lowp_span *spans, int max);
+void ts_cpu_lowp_refresh_end(void);
+
+/* x rounded to bf16 (to nearest, ties to even; NaN stays NaN), its bits */
+static inline uint16_t ts_bf16_bits(float x)
+{
+    union { float f; uint32_t u; } b = {.f = x};
+    uint32_t u = b.u;
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
 /* The route a product of this dtype takes on this CPU: "oneDNN 2.6.3
  * brg:avx512_core_bf16" or "emulated (rounded inputs, fp32 GEMM)". */
 const char *ts_cpu_lowp_route(ts_dtype dtype);

@@ -447,9 +447,39 @@ float cpu_sqnorm(const float *x, int64_t n) { return reduce(x, n, 1); }
 
 /* ---- optimizers (PyTorch's order of operations; see tessera/optim.h) ---- */
 
+/* One Adam/AdamW step of element i; returns the new parameter. */
+static inline __attribute__((always_inline)) float adam_element(float *param, float *m, float *v,
+                                                               const float *grad, int64_t i, const float *c)
+{
+    /* c: decay, l2, beta1, beta2, grad_scale, step, bc2_sqrt, eps */
+    float p = param[i] * c[0];
+    float g = grad[i] * c[4] + c[1] * param[i];
+    float mi = c[2] * m[i] + (1.0f - c[2]) * g;
+    float vi = c[3] * v[i] + (1.0f - c[3]) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    return param[i] = p - c[5] * (mi / (sqrtf(vi) / c[6] + c[7]));
+}
+
+/* Adam over [i0, i1); with bf, also bf[i - i0] = the new value in bf16
+ * (a kept copy for bf16 products, refreshed here rather than by a second
+ * pass over the weights). */
+TS_CLONES static void adam_part(float *param, float *m, float *v, const float *grad, int64_t i0, int64_t i1,
+                                uint16_t *bf, const float *c)
+{
+    if (bf) {
+        PFOR_SIMD(i1 - i0 > SMALL)
+        for (int64_t i = i0; i < i1; i++) bf[i - i0] = ts_bf16_bits(adam_element(param, m, v, grad, i, c));
+    } else {
+        PFOR_SIMD(i1 - i0 > SMALL)
+        for (int64_t i = i0; i < i1; i++) adam_element(param, m, v, grad, i, c);
+    }
+}
+
 TS_CLONES void cpu_optim_update(float *param, float *m, float *v, const float *grad, int64_t n,
                       ts_optim_kind kind, float lr, float beta1, float beta2, float eps,
-                      float weight_decay, float grad_scale, float bc1, float bc2)
+                      float weight_decay, float grad_scale, float bc1, float bc2,
+                      const ts_lowp_span *spans, int nspans)
 {
     switch (kind) {
     case TS_OPTIM_SGD:
@@ -469,19 +499,16 @@ TS_CLONES void cpu_optim_update(float *param, float *m, float *v, const float *g
         break;
     case TS_OPTIM_ADAM:
     case TS_OPTIM_ADAMW: {
-        float step = lr / bc1, bc2_sqrt = sqrtf(bc2);
-        float decay = kind == TS_OPTIM_ADAMW ? 1.0f - lr * weight_decay : 1.0f;
-        float l2 = kind == TS_OPTIM_ADAM ? weight_decay : 0.0f;
-        PFOR_SIMD(n > SMALL)
-        for (int64_t i = 0; i < n; i++) {
-            float p = param[i] * decay;
-            float g = grad[i] * grad_scale + l2 * param[i];
-            float mi = beta1 * m[i] + (1.0f - beta1) * g;
-            float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
-            m[i] = mi;
-            v[i] = vi;
-            param[i] = p - step * (mi / (sqrtf(vi) / bc2_sqrt + eps));
+        const float c[8] = {kind == TS_OPTIM_ADAMW ? 1.0f - lr * weight_decay : 1.0f,
+                            kind == TS_OPTIM_ADAM ? weight_decay : 0.0f, beta1, beta2, grad_scale,
+                            lr / bc1, sqrtf(bc2), eps};
+        int64_t at = 0; /* the spans with kept copies, and the gaps between them */
+        for (int s = 0; s < nspans; s++) {
+            if (spans[s].off > at) adam_part(param, m, v, grad, at, spans[s].off, NULL, c);
+            adam_part(param, m, v, grad, spans[s].off, spans[s].off + spans[s].n, spans[s].bf, c);
+            at = spans[s].off + spans[s].n;
         }
+        if (at < n) adam_part(param, m, v, grad, at, n, NULL, c);
         break;
     }
     }

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "cpu_lowp_gemm.h"
 #include "tessera/update.h"
 
 extern int ts_cpu_threads; /* OpenMP threads for every parallel loop */
@@ -58,8 +59,10 @@ float cpu_sqnorm(const float *x, int64_t n);
 void cpu_triad(float *a, const float *b, const float *c, float s, int64_t n);
 void cpu_fma_loop(float *x, int64_t n, int64_t iterations, float a, float b);
 
+/* Adam/AdamW also write the bf16 copies of `spans` (ts_cpu_lowp_refresh_begin) */
 void cpu_optim_update(float *param, float *m, float *v, const float *grad, int64_t n,
                       ts_optim_kind kind, float lr, float beta1, float beta2, float eps,
-                      float weight_decay, float grad_scale, float bc1, float bc2);
+                      float weight_decay, float grad_scale, float bc1, float bc2,
+                      const ts_lowp_span *spans, int nspans);
 
 #endif
