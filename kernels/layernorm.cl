@@ -110,6 +110,70 @@ __kernel void layernorm_backward_dinp(__global float *dinp, ulong dio, __global 
 #endif
 }
 
+#if TS_CPU_DEVICE
+/* CPU-type devices: dinp and the parameter gradients' partial sums in one
+ * pass. Group r takes rows [r*chunk, (r+1)*chunk) in order, each item its
+ * run of columns (RUN8_FOR), whose sums it keeps in partial[r*C + c]
+ * (weight) and partial[(R + r)*C + c] (bias): a few KB that stay in cache
+ * while the group walks its rows, so x and dout come from memory once, not
+ * a second time for a column kernel. partials_finish adds the R up. */
+__kernel void layernorm_backward_fused8(__global float *dinp, ulong dio, __global const float *dout,
+                                        ulong doo, __global const float *inp, ulong io,
+                                        __global const float *weight, ulong wo,
+                                        __global const float *mean, ulong mo,
+                                        __global const float *rstd, ulong ro, long N, long C,
+                                        __global float *partial, long chunk)
+{
+    __local float scratch[ROW_WG];
+    long g = get_group_id(0), R = get_num_groups(0);
+    long n0 = g * chunk, rows = N - n0 < chunk ? N - n0 : chunk; /* the same for the whole group */
+    __global const float *w = weight + wo;
+    __global float *pw = partial + g * C, *pb = partial + (R + g) * C;
+    RUN8_FOR(c, C) {
+        for (int t = 0; t < 8; t++)
+            if (c + t < C) pw[c + t] = 0.0f, pb[c + t] = 0.0f;
+    }
+    for (long k = 0; k < rows; k++) {
+        long n = n0 + k;
+        __global const float *x = inp + io + n * C, *d = dout + doo + n * C;
+        __global float *di = dinp + dio + n * C;
+        float m = mean[mo + n], r = rstd[ro + n];
+        float a = 0.0f, b = 0.0f;
+        float8 a8 = (float8)(0.0f), b8 = (float8)(0.0f);
+        RUN8_FOR(c, C) {
+            if (c + 8 <= C) {
+                float8 dn = vload8(0, w + c) * vload8(0, d + c);
+                a8 += dn;
+                b8 += dn * (vload8(0, x + c) - m) * r;
+            } else
+                for (int t = 0; t < 8; t++)
+                    if (c + t < C) {
+                        float dn = w[c + t] * d[c + t];
+                        a += dn;
+                        b += dn * (x[c + t] - m) * r;
+                    }
+        }
+        a = wg_sum(a + hsum8(a8), scratch) / (float)C;
+        b = wg_sum(b + hsum8(b8), scratch) / (float)C;
+        RUN8_FOR(c, C) {
+            if (c + 8 <= C) {
+                float8 d8 = vload8(0, d + c), norm = (vload8(0, x + c) - m) * r;
+                vstore8(vload8(0, di + c) + (vload8(0, w + c) * d8 - a - norm * b) * r, 0, di + c);
+                vstore8(vload8(0, pw + c) + norm * d8, 0, pw + c);
+                vstore8(vload8(0, pb + c) + d8, 0, pb + c);
+            } else
+                for (int t = 0; t < 8; t++)
+                    if (c + t < C) {
+                        float norm = (x[c + t] - m) * r;
+                        di[c + t] += (w[c + t] * d[c + t] - a - norm * b) * r;
+                        pw[c + t] += norm * d[c + t];
+                        pb[c + t] += d[c + t];
+                    }
+        }
+    }
+}
+#endif
+
 /* Partial parameter gradients: item (c, r) sums rows [r*chunk, (r+1)*chunk)
  * of column c into partial[r*C + c] (weight) and partial[(R + r)*C + c]
  * (bias); partials_finish adds them up in order. */

@@ -273,11 +273,22 @@ static ts_status op_layernorm_backward(ts_cl_device *d, const ts_op *op)
     ts_cl_arg_tensor(&a, op->in[4]);
     ts_cl_arg_long(&a, N);
     ts_cl_arg_long(&a, C);
+    int64_t R, chunk;
+    cl_mem partial;
+    if (d->cpu_kernels) { /* one pass: groups of 64 rows (at most 64 groups) */
+        R = (N + 63) / 64 < 64 ? (N + 63) / 64 : 64;
+        chunk = (N + R - 1) / R;
+        R = (N + chunk - 1) / chunk;
+        if ((st = ts_cl_scratch(d, (size_t)(2 * R * C) * sizeof(float), &partial))) return st;
+        ts_cl_arg_mem(&a, partial);
+        ts_cl_arg_long(&a, chunk);
+        if ((st = launch_rows(d, "layernorm.cl", "layernorm_backward_fused8", R, &a))) return st;
+        if ((st = finish_partials(d, op->out[1], partial, 0, R, C, 1))) return st;
+        return finish_partials(d, op->out[2], partial, R * C, R, C, 1);
+    }
     if ((st = launch_rows(d, "layernorm.cl", "layernorm_backward_dinp", N, &a))) return st;
 
-    int64_t R, chunk;
     row_chunks(d, N, &R, &chunk);
-    cl_mem partial;
     if ((st = ts_cl_scratch(d, (size_t)(2 * R * C) * sizeof(float), &partial))) return st;
     args_init(&a);
     ts_cl_arg_mem(&a, partial);
