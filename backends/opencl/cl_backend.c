@@ -426,6 +426,7 @@ static void register_device(cl_platform_id platform, const char *pname, const ch
     snprintf(d->platform_version, sizeof d->platform_version, "%s", info.platform);
     snprintf(d->device_version, sizeof d->device_version, "%s", info.version);
     d->is_cpu = info.type == TS_DEVICE_CPU;
+    d->compute_units = info.compute_units > 0 ? info.compute_units : 1;
     const char *cpu_kernels = getenv("TESSERA_OPENCL_CPU_KERNELS");
     d->cpu_kernels = d->is_cpu || (cpu_kernels && strcmp(cpu_kernels, "1") == 0);
     d->host_unified = unified == CL_TRUE;

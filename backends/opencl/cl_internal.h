@@ -50,6 +50,7 @@ typedef struct ts_cl_device {
     char platform_version[256];
     char device_version[128];
     int is_cpu;
+    int compute_units;
     /* the CPU-type kernel variants (TS_CPU_DEVICE): CPU devices, or any
      * device with TESSERA_OPENCL_CPU_KERNELS=1 (so that oclgrind checks them) */
     int cpu_kernels;

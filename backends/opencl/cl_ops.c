@@ -217,9 +217,14 @@ static ts_status op_embedding_backward(ts_cl_device *d, const ts_op *op)
         ts_cl_arg_long(&a, e->C);
         ts_cl_arg_long(&a, e->V);
         ts_cl_arg_long(&a, e->vocab_start);
-        if (d->cpu_kernels && e->C % 8 == 0) { /* groups of one item, 64 channels each */
-            size_t g = (size_t)(e->C + 63) / 64, l = 1;
-            st = ts_cl_launch(d, "embedding.cl", "embedding_backward_wte64", 1, &g, &l, &a);
+        if (d->cpu_kernels && e->C % 8 == 0) {
+            /* groups of one item, a run of channels each (a multiple of 8):
+             * as many runs as compute units, so each walks long rows */
+            int64_t per = (e->C + d->compute_units - 1) / d->compute_units;
+            per = (per + 7) / 8 * 8;
+            ts_cl_arg_long(&a, per);
+            size_t g = (size_t)((e->C + per - 1) / per), l = 1;
+            st = ts_cl_launch(d, "embedding.cl", "embedding_backward_wte_run", 1, &g, &l, &a);
         } else {
             st = launch_1d(d, "embedding.cl", "embedding_backward_wte", e->C, &a);
         }
