@@ -492,7 +492,9 @@ static void conf_lowp_sees_writes(void *argp)
  * rewrite the bf16 copies the products keep: after each step the products
  * use the new weights rounded, whether the optimizer refreshed the copies
  * (Adam, AdamW on the CPU backend) or dropped them (SGD; every step on
- * OpenCL). p = dtype, N, C, OC. */
+ * OpenCL), and the parameters equal, bit for bit, those of the same steps
+ * on a buffer no product reads (no copies: one unsplit pass). p = dtype,
+ * N, C, OC. */
 static void conf_lowp_sees_optimizer(void *argp)
 {
     conf_arg *a = argp;
@@ -502,14 +504,17 @@ static void conf_lowp_sees_optimizer(void *argp)
     rng_t r;
     rng_seed(&r, a->seed);
     float *x = rand_floats(&r, N * C, -2, 2), *p = rand_floats(&r, np, -1, 1), *g = rand_floats(&r, np, -1, 1);
-    float *zero = calloc((size_t)np, sizeof *zero);
-    ts_tensor tx, tp, tg, tm, tv, w[2];
+    float *zero = calloc((size_t)np, sizeof *zero), *p2 = malloc((size_t)np * sizeof *p2);
+    ts_tensor tx, tp, tg, tm, tv, w[2], tp2, tm2, tv2; /* tp2: the same steps, no product reads it */
     guarded go[2];
     REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(N, C), x));
     REQUIRE_OK(upload(&tp, a->dev, TS_F32, TS_SHAPE(np), p));
     REQUIRE_OK(upload(&tg, a->dev, TS_F32, TS_SHAPE(np), g));
     REQUIRE_OK(upload(&tm, a->dev, TS_F32, TS_SHAPE(np), zero));
     REQUIRE_OK(upload(&tv, a->dev, TS_F32, TS_SHAPE(np), zero));
+    REQUIRE_OK(upload(&tp2, a->dev, TS_F32, TS_SHAPE(np), p));
+    REQUIRE_OK(upload(&tm2, a->dev, TS_F32, TS_SHAPE(np), zero));
+    REQUIRE_OK(upload(&tv2, a->dev, TS_F32, TS_SHAPE(np), zero));
     for (int l = 0; l < 2; l++) {
         REQUIRE_OK(ts_tensor_view(&w[l], &tp, gap + l * OC * C, TS_SHAPE(OC, C)));
         REQUIRE_OK(guarded_alloc(&go[l], a->dev, TS_SHAPE(N, OC), NULL));
@@ -525,8 +530,15 @@ static void conf_lowp_sees_optimizer(void *argp)
             ts_optim_params op = {.kind = kinds[k], .lr = 0.05f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
                                   .weight_decay = 0.1f, .grad_scale = 1.0f, .step = k < 3 ? k : 3};
             st = ts_optimizer_update(&tp, &tg, &tm, &tv, &op);
+            if (!st) st = ts_optimizer_update(&tp2, &tg, &tm2, &tv2, &op);
         }
         if (!st) st = ts_tensor_read(&tp, p, (size_t)np * sizeof *p);
+        if (!st) st = ts_tensor_read(&tp2, p2, (size_t)np * sizeof *p2);
+        /* the update itself, gaps and tail included, whatever copies it refreshed */
+        int64_t differ = 0;
+        for (int64_t i = 0; i < np && !st; i++) differ += memcmp(&p[i], &p2[i], sizeof *p) != 0;
+        EXPECTF(differ == 0, "after %s, %lld of %lld parameters differ from the same step without kept copies",
+                how[k], (long long)differ, (long long)np);
         for (int l = 0; l < 2 && !st; l++) {
             if ((st = ts_linear_forward(&go[l].t, &tx, &w[l], NULL))) break;
             for (int64_t i = 0; i < OC * C; i++) dw[i] = round_to(p[gap + l * OC * C + i], dt);
@@ -538,9 +550,10 @@ static void conf_lowp_sees_optimizer(void *argp)
     }
     REQUIRE_OK(ts_device_set_matmul_dtype(a->dev, TS_F32));
     REQUIRE_OK(st);
-    free(x), free(p), free(g), free(zero), free(dx), free(dw), free(ref);
+    free(x), free(p), free(p2), free(g), free(zero), free(dx), free(dw), free(ref);
     for (int l = 0; l < 2; l++) guarded_free(&go[l]);
     ts_tensor_free(&tx), ts_tensor_free(&tp), ts_tensor_free(&tg), ts_tensor_free(&tm), ts_tensor_free(&tv);
+    ts_tensor_free(&tp2), ts_tensor_free(&tm2), ts_tensor_free(&tv2);
 }
 
 /* The device setting reaches linear layers, forward and backward, with a
@@ -1085,7 +1098,8 @@ static const case_def cases[] = {
     {"embedding_forward", conf_embedding_fwd, "B=%lld T=%lld C=%lld V=%lld start=%lld wpe=%lld", 6,
      {{1, 1, 1, 1, 0, 1}, {2, 7, 33, 50, 0, 1}, {3, 16, 64, 100, 0, 0}, {2, 5, 9, 20, 10, 1}}, 4},
     {"embedding_backward", conf_embedding_bwd, "B=%lld T=%lld C=%lld V=%lld start=%lld wpe=%lld", 6,
-     {{1, 1, 1, 1, 0, 1}, {2, 7, 33, 50, 0, 1}, {4, 16, 64, 10, 0, 1}, {2, 5, 9, 20, 10, 0}, {3, 8, 200, 30, 5, 1}}, 5},
+     {{1, 1, 1, 1, 0, 1}, {2, 7, 33, 50, 0, 1}, {4, 16, 64, 10, 0, 1}, {2, 5, 9, 20, 10, 0}, {3, 8, 200, 30, 5, 1},
+      {2, 3, 0, 4, 0, 1}}, 6},
     {"layernorm_forward", conf_layernorm_fwd, "N=%lld C=%lld", 2,
      {{1, 1}, {7, 33}, {64, 768}, {5, 1000}}, 4},
     {"layernorm_backward", conf_layernorm_bwd, "N=%lld C=%lld", 2,

@@ -217,7 +217,7 @@ static ts_status op_embedding_backward(ts_cl_device *d, const ts_op *op)
         ts_cl_arg_long(&a, e->C);
         ts_cl_arg_long(&a, e->V);
         ts_cl_arg_long(&a, e->vocab_start);
-        if (d->cpu_kernels && e->C % 8 == 0) {
+        if (d->cpu_kernels && e->C > 0 && e->C % 8 == 0) {
             /* groups of one item, a run of channels each (a multiple of 8):
              * as many runs as compute units, so each walks long rows */
             int64_t per = (e->C + d->compute_units - 1) / d->compute_units;
