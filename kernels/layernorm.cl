@@ -70,32 +70,6 @@ __kernel void layernorm_backward_dinp(__global float *dinp, ulong dio, __global 
     float m = mean[mo + n], r = rstd[ro + n];
     float a = 0.0f, b = 0.0f;
     __global float *di = dinp + dio + n * C;
-#if TS_CPU_DEVICE /* contiguous runs, 8 at a time (see RUN8_FOR) */
-    float8 a8 = (float8)(0.0f), b8 = (float8)(0.0f);
-    RUN8_FOR(c, C) {
-        if (c + 8 <= C) {
-            float8 dn = vload8(0, w + c) * vload8(0, d + c);
-            a8 += dn;
-            b8 += dn * (vload8(0, x + c) - m) * r;
-        } else
-            for (int t = 0; t < 8; t++)
-                if (c + t < C) {
-                    float dn = w[c + t] * d[c + t];
-                    a += dn;
-                    b += dn * (x[c + t] - m) * r;
-                }
-    }
-    a = wg_sum(a + hsum8(a8), scratch) / (float)C;
-    b = wg_sum(b + hsum8(b8), scratch) / (float)C;
-    RUN8_FOR(c, C) {
-        if (c + 8 <= C) {
-            float8 norm = (vload8(0, x + c) - m) * r;
-            vstore8(vload8(0, di + c) + (vload8(0, w + c) * vload8(0, d + c) - a - norm * b) * r, 0, di + c);
-        } else
-            for (int t = 0; t < 8; t++)
-                if (c + t < C) di[c + t] += (w[c + t] * d[c + t] - a - (x[c + t] - m) * r * b) * r;
-    }
-#else
     ROW_FOR(c, C) {
         float dn = w[c] * d[c];
         a += dn;
@@ -107,7 +81,6 @@ __kernel void layernorm_backward_dinp(__global float *dinp, ulong dio, __global 
         float norm = (x[c] - m) * r;
         di[c] += (w[c] * d[c] - a - norm * b) * r;
     }
-#endif
 }
 
 #if TS_CPU_DEVICE
@@ -197,27 +170,3 @@ __kernel void layernorm_backward_params(__global float *partial, __global const 
     partial[(R + r) * C + c] = ab;
 }
 
-#if TS_CPU_DEVICE
-/* The same for 8 columns an item, C a multiple of 8 (float8 loads of each
- * row; rows summed in the same order); a row's mean and rstd are read once
- * for the 8. */
-__kernel void layernorm_backward_params8(__global float *partial, __global const float *dout,
-                                         ulong doo, __global const float *inp, ulong io,
-                                         __global const float *mean, ulong mo,
-                                         __global const float *rstd, ulong ro, long N, long C,
-                                         long chunk)
-{
-    long c = get_global_id(0) * 8, r = get_global_id(1), R = get_global_size(1);
-    if (c >= C) return; /* the launch rounds the items up to whole groups */
-    float8 aw = (float8)(0.0f), ab = (float8)(0.0f);
-    for (long k = 0; k < chunk; k++) {
-        long n = r * chunk + k;
-        if (n >= N) continue;
-        float8 d = vload8(0, dout + doo + n * C + c);
-        aw += (vload8(0, inp + io + n * C + c) - mean[mo + n]) * rstd[ro + n] * d;
-        ab += d;
-    }
-    vstore8(aw, 0, partial + r * C + c);
-    vstore8(ab, 0, partial + (R + r) * C + c);
-}
-#endif
