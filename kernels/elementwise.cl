@@ -133,28 +133,28 @@ __kernel void triad(__global float *a, ulong ao, __global const float *b, ulong 
     if (i < (size_t)n) a[ao + i] = b[bo + i] + s * c[co + i];
 }
 
-/* Peak arithmetic: x = fma(x, a, b) repeated, 64 elements per work-item as
- * four float16 chains, so each work-item has independent FMAs in flight
- * (vector registers on CPUs, instruction-level parallelism on GPUs). */
+/* Peak arithmetic: x = fma(x, a, b) repeated, 128 elements per work-item
+ * as eight float16 chains. An FMA's latency (4 cycles) times the FMA units
+ * (2) is the number of independent vectors a core needs in flight: with
+ * four chains PoCL's AVX-512 code measured half the peak, since a
+ * work-group's items run one after another on a core. GPUs hide latency
+ * across work-items and take the same kernel. */
 __kernel void fma_loop(__global float *x, ulong xo, long n, long iterations, float a, float b)
 {
-    long base = (long)get_global_id(0) * 64;
+    long base = (long)get_global_id(0) * 128;
     __global float *p = x + xo + base;
-    if (base + 64 <= n) {
-        float16 va = (float16)(a), vb = (float16)(b);
-        float16 r0 = vload16(0, p), r1 = vload16(1, p), r2 = vload16(2, p), r3 = vload16(3, p);
+    if (base + 128 <= n) {
+        float16 va = (float16)(a), vb = (float16)(b), r[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) r[j] = vload16(j, p);
         for (long k = 0; k < iterations; k++) {
-            r0 = fma(r0, va, vb);
-            r1 = fma(r1, va, vb);
-            r2 = fma(r2, va, vb);
-            r3 = fma(r3, va, vb);
+#pragma unroll
+            for (int j = 0; j < 8; j++) r[j] = fma(r[j], va, vb);
         }
-        vstore16(r0, 0, p);
-        vstore16(r1, 1, p);
-        vstore16(r2, 2, p);
-        vstore16(r3, 3, p);
+#pragma unroll
+        for (int j = 0; j < 8; j++) vstore16(r[j], j, p);
     } else if (base < n) {
-        for (long i = 0; i < 64; i++) { /* trip count uniform over the group */
+        for (long i = 0; i < 128; i++) { /* trip count uniform over the group */
             if (base + i >= n) continue;
             float v = p[i];
             for (long k = 0; k < iterations; k++) v = fma(v, a, b);

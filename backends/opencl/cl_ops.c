@@ -566,7 +566,7 @@ static ts_status op_triad(ts_cl_device *d, const ts_op *op)
 }
 
 /* One work-item per FMA_LOOP_BLOCK elements (see elementwise.cl). */
-enum { FMA_LOOP_BLOCK = 64 };
+enum { FMA_LOOP_BLOCK = 128 };
 
 static ts_status op_fma_loop(ts_cl_device *d, const ts_op *op)
 {
