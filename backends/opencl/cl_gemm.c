@@ -176,31 +176,44 @@ void ts_cl_host_forget(ts_cl_device *d, cl_mem m)
     *b = d->bases[--d->nbases];
 }
 
-typedef struct mapping {
-    cl_mem mem;
-    void *ptr;
-} mapping;
-
-static ts_status map_region(ts_cl_device *d, const ts_tensor *t, size_t elems, cl_map_flags flags,
-                            mapping *m, float **out)
+ts_status ts_cl_map(ts_cl_device *d, const ts_tensor *t, size_t bytes, cl_map_flags flags, ts_cl_mapping *m,
+                    void **out)
 {
     cl_int err;
-    size_t bytes = elems * sizeof(float);
     m->mem = ts_cl_mem(t);
-    m->ptr = clEnqueueMapBuffer(d->queue, m->mem, CL_FALSE, flags, t->offset, bytes ? bytes : 4, 0,
-                                NULL, NULL, &err);
+    m->ptr = clEnqueueMapBuffer(d->queue, m->mem, CL_FALSE, flags, t->offset, bytes ? bytes : 4, 0, NULL, NULL, &err);
     if (err != CL_SUCCESS) {
         m->ptr = NULL;
-        return ts_cl_fail(err, "clEnqueueMapBuffer (host GEMM)", d);
+        return ts_cl_fail(err, "clEnqueueMapBuffer (host route)", d);
     }
     *out = m->ptr;
     return TS_OK;
 }
 
+ts_status ts_cl_unmap_all(ts_cl_device *d, ts_cl_mapping *maps, int n, ts_status st)
+{
+    for (int i = n - 1; i >= 0; i--) {
+        if (!maps[i].ptr) continue;
+        cl_int err = clEnqueueUnmapMemObject(d->queue, maps[i].mem, maps[i].ptr, 0, NULL, NULL);
+        if (err != CL_SUCCESS && !st) st = ts_cl_fail(err, "clEnqueueUnmapMemObject", d);
+        maps[i].ptr = NULL;
+    }
+    return st;
+}
+
+static ts_status map_region(ts_cl_device *d, const ts_tensor *t, size_t elems, cl_map_flags flags,
+                            ts_cl_mapping *m, float **out)
+{
+    void *p = NULL;
+    ts_status st = ts_cl_map(d, t, elems * sizeof(float), flags, m, &p);
+    *out = p;
+    return st;
+}
+
 static ts_status gemm_host(ts_cl_device *d, const ts_op *op)
 {
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
-    mapping maps[4] = {{0}};
+    ts_cl_mapping maps[4] = {{0}};
     float *A = NULL, *B = NULL, *C = NULL, *bias = NULL;
     int64_t arows = g->trans_a ? g->K : g->M, acols = g->trans_a ? g->M : g->K;
     int64_t brows = g->trans_b ? g->N : g->K, bcols = g->trans_b ? g->K : g->N;
@@ -229,12 +242,7 @@ static ts_status gemm_host(ts_cl_device *d, const ts_op *op)
     else if (!st)
         ts_blas_sgemm_bias(g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a, g->lda, B,
                            g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc, bias);
-    for (int i = 3; i >= 0; i--) {
-        if (!maps[i].ptr) continue;
-        cl_int err = clEnqueueUnmapMemObject(d->queue, maps[i].mem, maps[i].ptr, 0, NULL, NULL);
-        if (err != CL_SUCCESS && !st) st = ts_cl_fail(err, "clEnqueueUnmapMemObject", d);
-    }
-    return st;
+    return ts_cl_unmap_all(d, maps, 4, st);
 }
 
 /* ---- bf16/fp16 products in tessera's kernel ---- */

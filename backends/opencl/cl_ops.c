@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../cpu/cpu_attention.h"
 #include "cl_internal.h"
 
 /* ---- argument packing ---- */
@@ -597,16 +598,28 @@ static int attention_rows8(const ts_cl_device *d, int64_t T, int64_t HS)
     return d->cpu_kernels && T % 8 == 0 && HS % 16 == 0 && HS <= 128;
 }
 
+/* CPU-type devices whose products run in host BLAS on mapped buffers (PoCL
+ * by default) run fused attention the same way: the CPU backend's fused
+ * plan, whose per-head products are BLAS calls too. Zen 5, B=4 NH=12
+ * HS=64, T=1024: 28 ms forward and 56 ms backward, against 53 and 152 ms
+ * for the OpenCL row kernels below on PoCL (7 row products a query-key
+ * pair backward, as an item may not add into another's dq) and 80 and
+ * 104 ms for BLAS + softmax kernels. TESSERA_GEMM=kernel keeps the kernels. */
+static int attention_on_host(const ts_cl_device *d)
+{
+    return d->is_cpu && d->gemm_route == TS_GEMM_HOST_BLAS;
+}
+
 bool ts_cl_supports_op(ts_device *dev, const ts_op *op)
 {
     if (op->kind != TS_OP_ATTENTION_FWD && op->kind != TS_OP_ATTENTION_BWD) return true;
     const ts_cl_device *d = dev->context;
     const __typeof__(op->p.attention) *a = &op->p.attention;
     if (a->NH < 1 || a->C % a->NH) return false;
+    if (attention_on_host(d)) return true;
     int64_t HS = a->C / a->NH;
-    /* by default only the row kernels of CPU-type devices: on PoCL they beat
-     * host BLAS + softmax up to T=256 and tie at T=1024 (forward and
-     * backward together), without the [T,T] probabilities; the
+    /* by default also the row kernels of CPU-type devices (TESSERA_GEMM=kernel):
+     * on PoCL they beat its tiled GEMM + softmax at every T; the
      * local-memory kernels are not yet faster than CLBlast + softmax on any GPU */
     if (attention_rows8(d, a->T, HS)) return true;
     if (a->by_default) return false;
@@ -625,8 +638,43 @@ static void attention_args(ts_cl_args *a, const ts_op *op, const ts_tensor *key_
     ts_cl_arg_float(a, 1.0f / sqrtf((float)(p->C / p->NH)));
 }
 
+/* Forward: out, lse <- qkv, key_len. Backward: dqkv <- dout, qkv, out, lse,
+ * key_len. Every output is written whole. */
+static ts_status attention_host(ts_cl_device *d, const ts_op *op)
+{
+    const __typeof__(op->p.attention) *p = &op->p.attention;
+    int fwd = op->kind == TS_OP_ATTENTION_FWD;
+    size_t act = sizeof(float) * (size_t)(p->B * p->T * p->C), lse = sizeof(float) * (size_t)(p->B * p->NH * p->T);
+    const ts_tensor *key_len = op->in[fwd ? 1 : 4];
+    /* fwd: out, lse, qkv; bwd: dqkv, dout, qkv, out, lse; then key_len */
+    const ts_tensor *t[6] = {op->out[0], fwd ? op->out[1] : op->in[0], fwd ? op->in[0] : op->in[1],
+                             fwd ? NULL : op->in[2], fwd ? NULL : op->in[3], key_len};
+    size_t bytes[6] = {fwd ? act : 3 * act, fwd ? lse : act, 3 * act, act, lse, sizeof(int32_t) * (size_t)p->B};
+    cl_map_flags flags[6] = {CL_MAP_WRITE, fwd ? CL_MAP_WRITE : CL_MAP_READ, CL_MAP_READ, CL_MAP_READ, CL_MAP_READ,
+                             CL_MAP_READ};
+    ts_cl_mapping maps[6] = {{0}};
+    void *ptr[6] = {0};
+    ts_status st = TS_OK;
+    for (int i = 0; i < 6 && !st; i++)
+        if (t[i]) st = ts_cl_map(d, t[i], bytes[i], flags[i], &maps[i], &ptr[i]);
+    if (!st) {
+        cl_int err = clFinish(d->queue);
+        if (err != CL_SUCCESS) st = ts_cl_fail(err, "clFinish (host attention's maps)", d);
+    }
+    if (!st) {
+        int rc = fwd ? cpu_attention_forward(ptr[0], ptr[1], ptr[2], ptr[5], p->B, p->T, p->C, p->NH, p->causal)
+                     : cpu_attention_backward(ptr[0], ptr[1], ptr[2], ptr[3], ptr[4], ptr[5], p->B, p->T, p->C,
+                                              p->NH, p->causal);
+        if (rc)
+            st = ts_error(TS_ERR_OOM, "no host memory for the attention buffers (per thread, 128 rows x %lld keys)",
+                          (long long)p->T);
+    }
+    return ts_cl_unmap_all(d, maps, 6, st);
+}
+
 static ts_status op_attention(ts_cl_device *d, const ts_op *op)
 {
+    if (attention_on_host(d)) return attention_host(d, op);
     const __typeof__(op->p.attention) *p = &op->p.attention;
     int64_t rows = p->B * p->NH * p->T, HS = p->C / p->NH;
     size_t row = sizeof(float) * (size_t)HS, keys = sizeof(float) * (size_t)p->T;
