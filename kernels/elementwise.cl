@@ -133,28 +133,33 @@ __kernel void triad(__global float *a, ulong ao, __global const float *b, ulong 
     if (i < (size_t)n) a[ao + i] = b[bo + i] + s * c[co + i];
 }
 
-/* Peak arithmetic: x = fma(x, a, b) repeated, 128 elements per work-item
- * as eight float16 chains. An FMA's latency (4 cycles) times the FMA units
- * (2) is the number of independent vectors a core needs in flight: with
- * four chains PoCL's AVX-512 code measured half the peak, since a
- * work-group's items run one after another on a core. GPUs hide latency
- * across work-items and take the same kernel. */
+/* Peak arithmetic: x = fma(x, a, b) repeated, FMA_CHAINS float16 chains
+ * per work-item. A CPU core needs FMA latency (4 cycles) x FMA units (2)
+ * independent vectors in flight, and PoCL runs a group's items one after
+ * another on a core: with four chains it measured half the peak on Zen 5.
+ * GPUs hide latency across work-items and keep four (fewer registers an
+ * item). The host launches one item per 16 * FMA_CHAINS elements. */
+#if TS_CPU_DEVICE
+#define FMA_CHAINS 8
+#else
+#define FMA_CHAINS 4
+#endif
 __kernel void fma_loop(__global float *x, ulong xo, long n, long iterations, float a, float b)
 {
-    long base = (long)get_global_id(0) * 128;
+    long base = (long)get_global_id(0) * (16 * FMA_CHAINS);
     __global float *p = x + xo + base;
-    if (base + 128 <= n) {
-        float16 va = (float16)(a), vb = (float16)(b), r[8];
+    if (base + 16 * FMA_CHAINS <= n) {
+        float16 va = (float16)(a), vb = (float16)(b), r[FMA_CHAINS];
 #pragma unroll
-        for (int j = 0; j < 8; j++) r[j] = vload16(j, p);
+        for (int j = 0; j < FMA_CHAINS; j++) r[j] = vload16(j, p);
         for (long k = 0; k < iterations; k++) {
 #pragma unroll
-            for (int j = 0; j < 8; j++) r[j] = fma(r[j], va, vb);
+            for (int j = 0; j < FMA_CHAINS; j++) r[j] = fma(r[j], va, vb);
         }
 #pragma unroll
-        for (int j = 0; j < 8; j++) vstore16(r[j], j, p);
+        for (int j = 0; j < FMA_CHAINS; j++) vstore16(r[j], j, p);
     } else if (base < n) {
-        for (long i = 0; i < 128; i++) { /* trip count uniform over the group */
+        for (long i = 0; i < 16 * FMA_CHAINS; i++) { /* trip count uniform over the group */
             if (base + i >= n) continue;
             float v = p[i];
             for (long k = 0; k < iterations; k++) v = fma(v, a, b);

@@ -1080,7 +1080,7 @@ typedef struct case_def {
     th_fn fn;
     const char *fmt; /* names of the parameters, for the test name */
     int np;
-    int64_t params[16][8];
+    int64_t params[20][8];
     int nshapes;
 } case_def;
 
@@ -1162,8 +1162,8 @@ static const case_def cases[] = {
          {5, 2, 24, 0, 0, 0}, {5, 2, 24, 1, 0, 0}}, 7},
     {"softmax_masked_backward", conf_softmax_masked, "B=%lld NH=%lld T=%lld causal=%lld in_place=%lld backward=%lld",
      6, {{1, 1, 1, 0, 0, 1}, {3, 2, 17, 0, 0, 1}, {4, 2, 64, 1, 1, 1}, {2, 1, 130, 0, 1, 1}, {5, 2, 24, 0, 0, 1}}, 5},
-/* fused blocks hold 64 query rows (32 in the CPU's causal backward up to
- * T=128): T=72, 130 and 150 cross block edges. The
+/* fused blocks hold 64 query rows (in the CPU's causal backward 16 up to
+ * T=64, 32 up to T=128): T=40, 72, 130 and 150 cross block edges. The
  * composite route's kernels are the softmax and GEMM ops checked above, so
  * it keeps to small shapes (oclgrind runs these too, slowly). */
 #define ATTENTION_SMALL(route, bw)                                                                 \
@@ -1173,12 +1173,13 @@ static const case_def cases[] = {
     {2, 32, 64, 4, 0, route, bw}, {2, 32, 64, 4, 2, route, bw}, {2, 130, 32, 2, 1, route, bw},         \
         {1, 150, 16, 1, 0, route, bw}, {2, 200, 16, 2, 2, route, bw}, {2, 72, 32, 2, 0, route, bw},          \
         {2, 72, 32, 2, 2, route, bw}, {2, 64, 128, 2, 1, route, bw}, {1, 24, 256, 2, 2, route, bw},       \
-        {3, 16, 32, 2, 1, route, bw}, {3, 16, 32, 2, 2, route, bw}
+        {3, 16, 32, 2, 1, route, bw}, {3, 16, 32, 2, 2, route, bw}, {2, 40, 32, 2, 0, route, bw},                 \
+        {3, 40, 32, 2, 1, route, bw}
     {"attention_forward composite", conf_attention, ATTENTION_FMT, 7,
      {ATTENTION_SMALL(1, 0), {2, 32, 64, 4, 0, 1, 0}, {2, 32, 64, 4, 2, 1, 0}}, 7},
-    {"attention_forward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 0), ATTENTION_LARGE(2, 0)}, 16},
+    {"attention_forward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 0), ATTENTION_LARGE(2, 0)}, 18},
     {"attention_backward composite", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(1, 1)}, 5},
-    {"attention_backward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 1), ATTENTION_LARGE(2, 1)}, 16},
+    {"attention_backward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 1), ATTENTION_LARGE(2, 1)}, 18},
     {"cross_entropy", conf_cross_entropy, "N=%lld V=%lld outputs=%lld in_place=%lld", 4,
      {{1, 1, 7, 0}, {5, 33, 7, 0}, {9, 1000, 5, 0}, {4, 50257, 5, 0}, {6, 301, 1, 0},
       {6, 301, 5, 1}, {3, 77, 3, 1}},

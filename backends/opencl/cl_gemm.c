@@ -176,15 +176,15 @@ void ts_cl_host_forget(ts_cl_device *d, cl_mem m)
     *b = d->bases[--d->nbases];
 }
 
-ts_status ts_cl_map(ts_cl_device *d, const ts_tensor *t, size_t bytes, cl_map_flags flags, ts_cl_mapping *m,
-                    void **out)
+ts_status ts_cl_map(ts_cl_device *d, const ts_tensor *t, size_t bytes, cl_map_flags flags, const char *what,
+                    ts_cl_mapping *m, void **out)
 {
     cl_int err;
     m->mem = ts_cl_mem(t);
     m->ptr = clEnqueueMapBuffer(d->queue, m->mem, CL_FALSE, flags, t->offset, bytes ? bytes : 4, 0, NULL, NULL, &err);
     if (err != CL_SUCCESS) {
         m->ptr = NULL;
-        return ts_cl_fail(err, "clEnqueueMapBuffer (host route)", d);
+        return ts_cl_fail(err, what, d);
     }
     *out = m->ptr;
     return TS_OK;
@@ -205,7 +205,7 @@ static ts_status map_region(ts_cl_device *d, const ts_tensor *t, size_t elems, c
                             ts_cl_mapping *m, float **out)
 {
     void *p = NULL;
-    ts_status st = ts_cl_map(d, t, elems * sizeof(float), flags, m, &p);
+    ts_status st = ts_cl_map(d, t, elems * sizeof(float), flags, "clEnqueueMapBuffer (host GEMM)", m, &p);
     *out = p;
     return st;
 }

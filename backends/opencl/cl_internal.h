@@ -138,20 +138,22 @@ const char *ts_cl_matmul_route(ts_cl_device *d, ts_dtype dtype);
 
 static inline cl_mem ts_cl_mem(const ts_tensor *t) { return (cl_mem)t->block->handle; }
 
-/* Bytes [offset, offset + size) of m are about to be written (a kernel's
- * output, a transfer): the CPU backend's kept bf16 copies of that memory
- * are dropped; forget: all of m's, before m is released. Nothing unless d
- * keeps such copies. */
 /* Host routes on CPU-type devices: map `bytes` of t from its offset for the
- * host without waiting (clFinish before reading); unmap maps[0..n) in
- * reverse, returning st or the first unmap error. */
+ * host without waiting (clFinish before reading; `what` names the op in
+ * an error); unmap maps[0..n) in reverse, returning st or the first unmap
+ * error. */
 typedef struct ts_cl_mapping {
     cl_mem mem;
     void *ptr;
 } ts_cl_mapping;
-ts_status ts_cl_map(ts_cl_device *d, const ts_tensor *t, size_t bytes, cl_map_flags flags, ts_cl_mapping *m,
-                    void **out);
+ts_status ts_cl_map(ts_cl_device *d, const ts_tensor *t, size_t bytes, cl_map_flags flags, const char *what,
+                    ts_cl_mapping *m, void **out);
 ts_status ts_cl_unmap_all(ts_cl_device *d, ts_cl_mapping *maps, int n, ts_status st);
+
+/* Bytes [offset, offset + size) of m are about to be written (a kernel's
+ * output, a transfer): the CPU backend's kept bf16 copies of that memory
+ * are dropped; forget: all of m's, before m is released. Nothing unless d
+ * keeps such copies. */
 void ts_cl_host_written(ts_cl_device *d, cl_mem m, size_t offset, size_t size);
 void ts_cl_host_forget(ts_cl_device *d, cl_mem m);
 
