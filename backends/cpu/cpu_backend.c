@@ -315,7 +315,7 @@ static void describe(ts_device_info *info)
         else
             snprintf(core, sizeof core, ", kernels %s", b->core);
     }
-    snprintf(info->details, sizeof info->details, "threads %d (OpenMP%s); GEMM: %s%s%s",
+    snprintf(info->details, sizeof info->details, "threads %d (OpenMP%s); GEMM: %s%s%s; attention: fused from T=128",
              ts_cpu_threads,
 #ifdef _OPENMP
              "",

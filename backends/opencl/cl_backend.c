@@ -360,9 +360,9 @@ static void describe(ts_cl_device *d, ts_device_info *info, const char *exts, cl
     cl_uint align_bits = dev_uint(dev, CL_DEVICE_MEM_BASE_ADDR_ALIGN);
     size_t param = dev_size(dev, CL_DEVICE_MAX_PARAMETER_SIZE);
     snprintf(info->details, sizeof info->details,
-             "GEMM: %s%s; row work-group %zu; max params %zu B; base align %u bits%s%s%s",
+             "GEMM: %s%s; attention: %s; row work-group %zu; max params %zu B; base align %u bits%s%s%s",
              ts_cl_gemm_route_name(d->gemm_route), d->gemm_forced ? " (TESSERA_GEMM)" : "",
-             d->row_wg, param, align_bits,
+             ts_cl_attention_route_name(d), d->row_wg, param, align_bits,
              has_ext(exts, "cl_khr_int64_base_atomics") ? "; int64 atomics" : "",
              d->host_unified ? "; host-unified memory" : "",
              d->kernel_transfers ? "; transfers by kernel (simulator)" : "");

@@ -133,6 +133,8 @@ ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op);
 ts_gemm_route ts_cl_default_gemm_route(const ts_cl_device *d);
 const char *ts_cl_gemm_route_name(ts_gemm_route r);
 void ts_cl_gemm_release(ts_cl_device *d);
+/* The attention route the device takes by default, for `tessera devices`. */
+const char *ts_cl_attention_route_name(const ts_cl_device *d);
 /* How a bf16 or fp16 product runs on this device (backend.h matmul_route). */
 const char *ts_cl_matmul_route(ts_cl_device *d, ts_dtype dtype);
 

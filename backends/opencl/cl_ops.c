@@ -611,6 +611,13 @@ static int attention_on_host(const ts_cl_device *d)
     return d->is_cpu && d->gemm_route == TS_GEMM_HOST_BLAS;
 }
 
+const char *ts_cl_attention_route_name(const ts_cl_device *d)
+{
+    if (attention_on_host(d)) return "fused, the CPU backend's plan on mapped buffers";
+    if (d->cpu_kernels) return "fused row kernels where T % 8 == 0 and the head size a multiple of 16 up to 128";
+    return "composite (TESSERA_ATTENTION=fused: local-memory kernels)";
+}
+
 bool ts_cl_supports_op(ts_device *dev, const ts_op *op)
 {
     if (op->kind != TS_OP_ATTENTION_FWD && op->kind != TS_OP_ATTENTION_BWD) return true;
