@@ -641,12 +641,14 @@ ts_status ts_softmax_masked_backward(ts_tensor *dpreatt, const ts_tensor *att, c
 }
 
 /* The fused op's probe: whether dev runs TS_OP_ATTENTION_FWD/BWD at this
- * shape (by_default: and takes it without being asked). */
-static bool device_has_fused_attention(ts_device *dev, int64_t B, int64_t T, int64_t C, int64_t NH, bool by_default)
+ * shape (by_default: and takes it without being asked, for this mask). */
+static bool device_has_fused_attention(ts_device *dev, int64_t B, int64_t T, int64_t C, int64_t NH, bool by_default,
+                                       bool bidirectional)
 {
     if (!dev->iface->supports_op) return false; /* says nothing: do not guess */
     ts_op op = op_new(TS_OP_ATTENTION_FWD), bw = op_new(TS_OP_ATTENTION_BWD);
     op.p.attention.B = B, op.p.attention.T = T, op.p.attention.C = C, op.p.attention.NH = NH;
+    op.p.attention.causal = !bidirectional;
     op.p.attention.by_default = by_default;
     bw.p.attention = op.p.attention;
     return dev->iface->supports_op(dev, &op) && dev->iface->supports_op(dev, &bw);
@@ -655,6 +657,12 @@ static bool device_has_fused_attention(ts_device *dev, int64_t B, int64_t T, int
 ts_status ts_attention_route_fused(ts_device *dev, ts_attention_route route, int64_t B, int64_t T, int64_t C,
                                    int64_t NH, bool *fused)
 {
+    return ts_attention_route_fused_mask(dev, route, B, T, C, NH, false, fused);
+}
+
+ts_status ts_attention_route_fused_mask(ts_device *dev, ts_attention_route route, int64_t B, int64_t T, int64_t C,
+                                        int64_t NH, bool bidirectional, bool *fused)
+{
     if (!dev) return ts_error(TS_ERR_INVALID_ARG, "attention: no device");
     if (route == TS_ATTENTION_AUTO) {
         const char *env = getenv("TESSERA_ATTENTION");
@@ -662,14 +670,14 @@ ts_status ts_attention_route_fused(ts_device *dev, ts_attention_route route, int
             return ts_error(TS_ERR_INVALID_ARG, "TESSERA_ATTENTION=%s: expected fused, composite or auto", env);
         if (env && !strcmp(env, "composite")) route = TS_ATTENTION_COMPOSITE;
         else if (env && !strcmp(env, "fused")) { /* asked for: wherever the device can */
-            *fused = device_has_fused_attention(dev, B, T, C, NH, false);
+            *fused = device_has_fused_attention(dev, B, T, C, NH, false, bidirectional);
             return TS_OK;
         } else {
-            *fused = device_has_fused_attention(dev, B, T, C, NH, true);
+            *fused = device_has_fused_attention(dev, B, T, C, NH, true, bidirectional);
             return TS_OK;
         }
     }
-    if (route == TS_ATTENTION_FUSED && !device_has_fused_attention(dev, B, T, C, NH, false))
+    if (route == TS_ATTENTION_FUSED && !device_has_fused_attention(dev, B, T, C, NH, false, bidirectional))
         return ts_error(TS_ERR_UNSUPPORTED, "fused attention (T=%lld, head size %lld) is not available on device %s (%s)",
                         (long long)T, (long long)(NH > 0 ? C / NH : 0), dev->info.id, dev->info.name);
     *fused = route == TS_ATTENTION_FUSED;

@@ -77,6 +77,7 @@ ts_status ts_classifier_create(ts_classifier *c, ts_device *dev, const ts_classi
     if (!st) st = ts_tensor_view(&c->head_dw, &c->grads, c->head_offset, TS_SHAPE(K, C));
     if (!st) st = ts_tensor_view(&c->head_db, &c->grads, c->head_offset + K * C, TS_SHAPE(K));
     c->trunk.device = dev;
+    c->trunk.bidirectional = cfg->bidirectional;
     if (st) {
         ts_classifier_free(c);
         return ts_error_context(st, "creating a classifier of %lld parameters", (long long)(c->num_params));

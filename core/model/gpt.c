@@ -483,7 +483,8 @@ static ts_status ensure_scratch(ts_gpt *m, int64_t B, int64_t T)
     free_scratch(m);
     int64_t N = B * T, C = m->cfg.n_embd, BH = B * m->NH_local, HS = C / m->cfg.n_head;
     bool fused;
-    TRY(ts_attention_route_fused(m->device, TS_ATTENTION_AUTO, B, T, m->C_att, m->NH_local, &fused));
+    TRY(ts_attention_route_fused_mask(m->device, TS_ATTENTION_AUTO, B, T, m->C_att, m->NH_local, m->bidirectional,
+                                      &fused));
     int64_t k = fused ? 0 : 1; /* the composite route's buffers; the fused one needs none */
     plan_item plan[] = {
         {&m->y, 3, {k * BH, T, HS}},      {&m->att_scratch, 3, {k * BH, T, T}},
@@ -518,7 +519,7 @@ static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int
     int64_t BH = B * m->NH_local, HS = C / m->cfg.n_head, Ca = m->C_att;
     int head = m->lay.head;
     bool fused;
-    TRY(ts_attention_route_fused(m->device, TS_ATTENTION_AUTO, B, T, Ca, m->NH_local, &fused));
+    TRY(ts_attention_route_fused_mask(m->device, TS_ATTENTION_AUTO, B, T, Ca, m->NH_local, m->bidirectional, &fused));
     /* fused: att holds each row's log-sum-exp, not its probabilities, and
      * the heads are read in place from qkv */
     int64_t keys = fused ? 1 : T, k = fused ? 0 : 1;

@@ -143,9 +143,13 @@ typedef struct ts_attention_ws {
 typedef enum { TS_ATTENTION_AUTO = 0, TS_ATTENTION_COMPOSITE, TS_ATTENTION_FUSED } ts_attention_route;
 /* Whether attention of this shape on dev takes the fused route when asked
  * for `route` (AUTO: TESSERA_ATTENTION, else fused where the device's
- * backend takes it by default). FUSED where the device cannot is an error. */
+ * backend takes it by default for causal attention). FUSED where the
+ * device cannot is an error. _mask: for the mask the workspace will run
+ * (a backend may prefer another route for bidirectional attention). */
 ts_status ts_attention_route_fused(ts_device *dev, ts_attention_route route, int64_t B, int64_t T, int64_t C,
                                    int64_t NH, bool *fused);
+ts_status ts_attention_route_fused_mask(ts_device *dev, ts_attention_route route, int64_t B, int64_t T, int64_t C,
+                                        int64_t NH, bool bidirectional, bool *fused);
 ts_status ts_attention_ws_alloc(ts_attention_ws *ws, ts_device *dev,
                                 int64_t B, int64_t T, int64_t C, int64_t NH);
 ts_status ts_attention_ws_alloc_route(ts_attention_ws *ws, ts_device *dev, int64_t B, int64_t T, int64_t C,

@@ -130,6 +130,7 @@ typedef struct ts_gpt {
     ts_gpt_tensor *tensors;       /* in blob order */
     ts_tensor params, grads;      /* flat blobs */
     ts_comm *tp_comm;             /* tensor-parallel group (NULL: none) */
+    bool bidirectional;           /* the attention mask activations will mostly run (the route's choice) */
     ts_grads_ready_fn grads_ready;
     void *grads_ready_ctx;
     ts_gpt_acts acts;             /* for the single-micro-batch calls below */
