@@ -428,6 +428,39 @@ TEST(forward_rejects_bad_tokens_and_lengths)
     ts_gpt_free(&m);
 }
 
+/* The attention route follows the model's mask hint; activations made
+ * under either route at one shape each get scratch of their own route
+ * (the scratch is shared and was once cached by shape alone), and both
+ * routes give the same features. */
+TEST(activations_of_both_attention_routes_share_one_model)
+{
+    unsetenv("TESSERA_ATTENTION"); /* the routes the hint picks (a forced one, here or in a case before, picks one) */
+    ts_device *cpu;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    ts_gpt m;
+    REQUIRE_OK(ts_gpt_create(&m, cpu, &tiny));
+    REQUIRE_OK(ts_gpt_init_weights(&m, 3));
+    int32_t tok[16], len[2] = {8, 5};
+    for (int i = 0; i < 16; i++) tok[i] = (i * 7 + 3) % 13;
+    ts_gpt_acts a[2];
+    float f[2][16 * 8];
+    for (int k = 0; k < 2; k++) {
+        m.bidirectional = k == 1; /* causal: fused on the CPU backend; bidirectional at T=8: composite */
+        REQUIRE_OK(ts_gpt_acts_alloc_features(&m, &a[k], 2, 8));
+    }
+    EXPECTF(a[0].ws[0].fused && !a[1].ws[0].fused, "routes: %s, %s", a[0].ws[0].fused ? "fused" : "composite",
+            a[1].ws[0].fused ? "fused" : "composite");
+    for (int k = 0; k < 2; k++) {
+        REQUIRE_OK(ts_gpt_features_forward(&m, &a[k], tok, len, 1));
+        REQUIRE_OK(ts_tensor_read(&a[k].lnf, f[k], sizeof f[k]));
+    }
+    double worst = 0;
+    for (int i = 0; i < 16 * 8; i++) worst = fmax(worst, fabs((double)f[0][i] - f[1][i]));
+    EXPECTF(worst < 1e-5, "features differ between the routes by %.3g", worst);
+    ts_gpt_acts_free(&a[0]), ts_gpt_acts_free(&a[1]);
+    ts_gpt_free(&m);
+}
+
 /* Weight decay reaches the matrices and nothing else. */
 TEST(weight_decay_applies_to_matrices_only)
 {
@@ -614,6 +647,7 @@ int main(int argc, char **argv)
     TH_ADD(weights_round_trip_exactly_through_safetensors);
     TH_ADD(damaged_weight_files_are_rejected);
     TH_ADD(forward_rejects_bad_tokens_and_lengths);
+    TH_ADD(activations_of_both_attention_routes_share_one_model);
     TH_ADD(weight_decay_applies_to_matrices_only);
     TH_ADD(learning_rate_warms_up_then_follows_a_cosine);
     return th_run(argc, argv);

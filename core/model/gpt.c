@@ -476,15 +476,13 @@ static ts_status alloc_plan(ts_device *dev, ts_tensor *blocks, plan_item *plan, 
     return TS_OK;
 }
 
-/* Scratch for one (B, T), shared by all micro-batches of that shape. */
-static ts_status ensure_scratch(ts_gpt *m, int64_t B, int64_t T)
+/* Scratch for one (B, T) and attention route, shared by all micro-batches
+ * of that shape (the composite route's buffers; the fused one needs none). */
+static ts_status ensure_scratch(ts_gpt *m, int64_t B, int64_t T, bool fused)
 {
-    if (m->scratch_B == B && m->scratch_T == T) return TS_OK;
+    if (m->scratch_B == B && m->scratch_T == T && m->scratch_fused == fused) return TS_OK;
     free_scratch(m);
     int64_t N = B * T, C = m->cfg.n_embd, BH = B * m->NH_local, HS = C / m->cfg.n_head;
-    bool fused;
-    TRY(ts_attention_route_fused_mask(m->device, TS_ATTENTION_AUTO, B, T, m->C_att, m->NH_local, m->bidirectional,
-                                      &fused));
     int64_t k = fused ? 0 : 1; /* the composite route's buffers; the fused one needs none */
     plan_item plan[] = {
         {&m->y, 3, {k * BH, T, HS}},      {&m->att_scratch, 3, {k * BH, T, T}},
@@ -493,7 +491,7 @@ static ts_status ensure_scratch(ts_gpt *m, int64_t B, int64_t T)
         {&m->d3C, 2, {N, 3 * m->C_att}},  {&m->d4C, 2, {N, m->F_local}},
     };
     TRY(alloc_plan(m->device, m->scratch, plan, sizeof plan / sizeof *plan));
-    m->scratch_B = B, m->scratch_T = T;
+    m->scratch_B = B, m->scratch_T = T, m->scratch_fused = fused;
     return TS_OK;
 }
 
@@ -502,8 +500,8 @@ static ts_status ensure_scratch(ts_gpt *m, int64_t B, int64_t T)
  * it since a was made. */
 static ts_status scratch_for(ts_gpt *m, ts_gpt_acts *a)
 {
-    TRY(ensure_scratch(m, a->B, a->T));
     int64_t L = m->lay.layer_end - m->lay.layer_begin;
+    TRY(ensure_scratch(m, a->B, a->T, L == 0 || a->ws[0].fused)); /* a's route, whatever the hint is now */
     for (int64_t l = 0; l < L; l++)
         if (!a->ws[l].fused) a->ws[l].y = m->y, a->ws[l].scratch = m->att_scratch, a->ws[l].dqkvh = m->dqkvh;
     return TS_OK;
@@ -555,7 +553,7 @@ static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int
     if (!st) st = ts_tensor_alloc(&a->tokens, m->device, TS_I32, TS_SHAPE(B, T));
     if (!st) st = ts_tensor_alloc(&a->targets, m->device, TS_I32, TS_SHAPE(B, T));
     if (!st) st = ts_tensor_alloc(&a->key_len, m->device, TS_I32, TS_SHAPE(B));
-    if (!st) st = ensure_scratch(m, B, T);
+    if (!st) st = ensure_scratch(m, B, T, fused);
     a->ws = calloc((size_t)L, sizeof *a->ws);
     if (!a->ws && !st) st = ts_error(TS_ERR_OOM, "no memory for attention workspaces");
     for (int64_t l = 0; l < L && !st; l++) {

@@ -118,10 +118,11 @@ ts_status ts_softmax_masked_backward(ts_tensor *dpreatt, const ts_tensor *att,
  * causal attention skips the masked half. Composite, elsewhere: batched
  * GEMMs and a softmax op over stored [B*NH,T,T] probabilities.
  * TESSERA_ATTENTION=composite|fused chooses for a run (fused falls back to
- * composite on a device without it). OpenCL devices have the fused op
- * (one work-group per query row, the row's scores in local memory) but
- * take it only when asked, until it is measured faster than GEMM + softmax
- * there. The fused route reads the forward's
+ * composite on a device without it). CPU-type OpenCL devices whose
+ * products run in host BLAS (PoCL) take the CPU backend's fused plan on
+ * mapped buffers; GPUs have fused kernels (the row's scores in local
+ * memory) but take them only when asked, until they are measured faster
+ * than GEMM + softmax there. The fused route reads the forward's
  * qkv again in backward, so it must stay unchanged until then (the models
  * keep it as an activation). */
 typedef struct ts_attention_ws {

@@ -130,12 +130,14 @@ typedef struct ts_gpt {
     ts_gpt_tensor *tensors;       /* in blob order */
     ts_tensor params, grads;      /* flat blobs */
     ts_comm *tp_comm;             /* tensor-parallel group (NULL: none) */
-    bool bidirectional;           /* the attention mask activations will mostly run (the route's choice) */
+    bool bidirectional;           /* the mask activations will run, for the attention route: set before
+                                     making any */
     ts_grads_ready_fn grads_ready;
     void *grads_ready_ctx;
     ts_gpt_acts acts;             /* for the single-micro-batch calls below */
     /* scratch shared by every micro-batch of one shape */
     int64_t scratch_B, scratch_T;
+    bool scratch_fused;           /* the route the scratch was sized for */
     ts_tensor scratch[TS_GPT_BLOCKS], y, att_scratch, dqkvh, proj, dC, dCatt, d3C, d4C;
 } ts_gpt;
 
