@@ -20,10 +20,11 @@ compile=()
 "$py" -c 'import sys, torch; sys.exit(int(torch.__version__.split(".")[0]) < 2)' 2>/dev/null && compile=(--torch-compile)
 train=(bench train --model d12 --vocab 50257 --batch 4 --seq-len 64 --steps 5 --warmup 2 --dtype fp32,bf16)
 # the CPU backend and any GPU first, beside PyTorch; then CPU-type OpenCL
-# devices (PoCL) in a process of their own with passive OpenMP waiting: the
-# host products' OpenMP workers otherwise spin after each product on the
-# cores PoCL's threads need (README, "How devices run ops"); the CPU
-# backend keeps the default, which is faster for it
+# devices (PoCL) in a process of their own, which tessera runs with passive
+# OpenMP waiting (every device it opens is OpenCL): the host products'
+# OpenMP workers otherwise spin after each product on the cores PoCL's
+# threads need (README, "How devices run ops"); the CPU backend keeps the
+# default, which is faster for it
 devices=$("$tessera" devices)
 cpu_cl=$(awk '/^[a-z]/ {id = $1} /^  type / && id ~ /^opencl:/ && $2 == "CPU," {print id}' <<<"$devices")
 others=$(awk '/^[a-z]/ {id = $1} /^  type / && !(id ~ /^opencl:/ && $2 == "CPU,") {print id}' <<<"$devices" |
@@ -32,7 +33,7 @@ others=$(awk '/^[a-z]/ {id = $1} /^  type / && !(id ~ /^opencl:/ && $2 == "CPU,"
     --json "$out/train-$date.json" --csv "$out/train-$date.csv"
 files=("$out/kernels-$date.json" "$out/train-$date.json")
 for dev in $cpu_cl; do
-    OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} "$tessera" "${train[@]}" --device "$dev" \
+    "$tessera" "${train[@]}" --device "$dev" \
         --json "$out/train-$date-${dev/:/}.json" --csv "$out/train-$date-${dev/:/}.csv"
     files+=("$out/train-$date-${dev/:/}.json")
 done

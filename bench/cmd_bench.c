@@ -605,9 +605,9 @@ static int bench_train(int argc, char **argv)
             return cli_fail("measuring the device's peak");
         const ts_device_info *info = ts_device_get_info(devs[d]);
         if (info->type == TS_DEVICE_CPU && strcmp(info->backend, "cpu") && !getenv("OMP_WAIT_POLICY"))
-            printf("  note: %s runs its products on the host's OpenMP team, whose idle workers spin on the cores its "
-                   "own threads need; OMP_WAIT_POLICY=passive makes it faster (README: How devices run ops)\n",
-                   info->id);
+            printf("  note: %s runs its products on the host's OpenMP team, whose idle workers spin on the cores its own "
+                   "threads need; alone (--device %s: OMP_WAIT_POLICY=passive) it is faster (README: How devices run ops)\n",
+                   info->id, info->id);
         for (int k = 0; k < ndt; k++) {
             if (ts_device_set_matmul_dtype(devs[d], dts[k]) != TS_OK) {
                 printf("  %-10s %s: %s\n", info->id, ts_dtype_name(dts[k]), ts_last_error());

@@ -253,6 +253,22 @@ ts_status ts_device_open_local(const char *spec, int local_rank, ts_device **out
     return TS_OK;
 }
 
+int ts_device_prepare_process(const char *spec)
+{
+    const char *env = getenv("TESSERA_DEVICE");
+    if (env && *env) spec = env;
+    if (!spec || !*spec) return 0;
+    for (const char *p = spec;;) { /* every item "opencl", "opencl:N" or "opencl:<name>" */
+        while (isspace((unsigned char)*p)) p++;
+        if (strncmp(p, "opencl", 6) != 0 || (p[6] && p[6] != ':' && p[6] != ',' && !isspace((unsigned char)p[6])))
+            return 0;
+        p = strchr(p, ',');
+        if (!p) break;
+        p++;
+    }
+    return ts_registry_quiet_host_threads();
+}
+
 ts_status ts_device_synchronize(ts_device *device)
 {
     if (!device) return ts_error(TS_ERR_DEVICE, "ts_device_synchronize: device is NULL");

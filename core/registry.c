@@ -16,6 +16,8 @@ void ts_registry_set_threads(int threads) { ts_cpu_backend_set_threads(threads);
 
 int ts_registry_get_threads(void) { return ts_cpu_backend_get_threads(); }
 
+int ts_registry_quiet_host_threads(void) { return ts_cpu_backend_wait_passively(); }
+
 void ts_registry_shutdown(void)
 {
 #ifdef TS_HAVE_OPENCL

@@ -14,6 +14,11 @@ void ts_registry_load(int threads);
 /* Threads of the backends that run host code (OpenMP, host BLAS). */
 void ts_registry_set_threads(int threads);
 int ts_registry_get_threads(void);
+/* Before any backend starts, for a process whose devices all run threads
+ * of their own (OpenCL): make the host's idle threads wait without
+ * spinning. 1: the environment changed, and the program must re-execute
+ * itself for it to take effect. */
+int ts_registry_quiet_host_threads(void);
 /* After every device is released. */
 void ts_registry_shutdown(void);
 
@@ -23,6 +28,7 @@ void ts_registry_shutdown(void);
 ts_status ts_cpu_backend_register(int threads);
 void ts_cpu_backend_set_threads(int threads);
 int ts_cpu_backend_get_threads(void);
+int ts_cpu_backend_wait_passively(void);
 
 #ifdef TS_HAVE_OPENCL
 /* OpenCL backend (backends/opencl): every device of every platform; zero

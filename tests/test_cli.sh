@@ -10,7 +10,7 @@ pyjson() { # a python that can parse JSON (any python3 will do)
 }
 
 echo "TAP version 13"
-echo "1..16"
+echo "1..17"
 
 out=$("$tessera" devices 2>&1); rc=$?
 echo "$out" | grep -q '^cpu ' ; check "devices lists the CPU backend" $(( rc != 0 || $? != 0 )) "$out"
@@ -83,6 +83,24 @@ else
     [ $rc -eq 0 ] && ! echo "$out" | grep -q 'kernels SkylakeX'
     check "AVX-512 kernels are refused on a CPU without AVX-512" $? "exit $rc" "$out"
 fi
+
+# A process whose devices are all OpenCL runs again with passive OpenMP
+# waiting (libgomp reads the policy when it loads); a CPU-backend run, or a
+# policy the user set, is left as it is. OMP_DISPLAY_ENV=verbose makes
+# libgomp print its spin count each time it loads: 0 is passive.
+spins() { sed -n "s/^ *GOMP_SPINCOUNT = '\([0-9]*\)'/\1/p" <<<"$1" | paste -sd' ' -; }
+out1=$(env -u OMP_WAIT_POLICY TESSERA_LOG=info OMP_DISPLAY_ENV=verbose "$tessera" train --device opencl:0 --help 2>&1); rc1=$?
+out2=$(env -u OMP_WAIT_POLICY TESSERA_LOG=info OMP_DISPLAY_ENV=verbose "$tessera" train --device cpu --help 2>&1); rc2=$?
+out3=$(OMP_WAIT_POLICY=active TESSERA_LOG=info "$tessera" classify train --device=opencl --help 2>&1); rc3=$?
+ok=0
+[ $rc1 -eq 0 ] && [ $rc2 -eq 0 ] && [ $rc3 -eq 0 ] && [ "$(grep -c 'wait passively' <<<"$out1")" -eq 1 ] \
+    && ! grep -q 'wait passively' <<<"$out2$out3" && grep -q 'usage: tessera train' <<<"$out1" || ok=1
+if [ -n "$(spins "$out1")" ]; then # libgomp: loaded twice, the second time passive
+    [ "$(spins "$out1")" = "$(spins "$out2") 0" ] && [ "$(spins "$out2")" != 0 ] || ok=1
+fi
+check "an all-OpenCL run re-runs itself with passive OpenMP waiting; cpu or a set policy is left alone" $ok \
+    "opencl: exit $rc1, spin counts $(spins "$out1"): $(grep -v '^  ' <<<"$out1" | head -3)" \
+    "cpu: exit $rc2, spin counts $(spins "$out2")" "set policy: exit $rc3: $(grep 'wait' <<<"$out3")"
 
 # One broken ICD must not hide the others; no ICD at all means no OpenCL
 # devices, not an error.

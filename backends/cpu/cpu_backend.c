@@ -334,6 +334,21 @@ void ts_cpu_backend_set_threads(int threads)
 
 int ts_cpu_backend_get_threads(void) { return ts_cpu_threads; }
 
+/* libgomp reads OMP_WAIT_POLICY once, when it loads, and by default its
+ * idle workers spin for a while after each parallel region. A process
+ * whose devices run threads of their own (PoCL's) loses those cores to the
+ * spinning; one that runs this backend wants the spin (README: How devices
+ * run ops). So the policy is set in the environment, and the caller
+ * re-executes the program for it to take effect. */
+int ts_cpu_backend_wait_passively(void)
+{
+    if (getenv("OMP_WAIT_POLICY")) return 0; /* the user's choice stands */
+    if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return 0;
+    ts_log(TS_LOG_INFO, "the devices run threads of their own: the host's idle OpenMP threads wait passively "
+           "(OMP_WAIT_POLICY=passive; set it to keep another policy)");
+    return 1;
+}
+
 ts_status ts_cpu_backend_register(int threads)
 {
     ts_device_info info;

@@ -1,8 +1,10 @@
 /* tessera: train transformer language models on any OpenCL device or the
  * CPU, alone or across MPI ranks. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bench.h"
 #include "cli.h"
@@ -19,6 +21,31 @@ static int under_mpi(void)
         if (v && *v && strcmp(v, "0") != 0) return 1;
     }
     return 0;
+}
+
+/* The --device a command was given (NULL: none, so its default). */
+static const char *device_arg(int argc, char **argv)
+{
+    const char *spec = NULL;
+    for (int a = 2; a < argc; a++) {
+        if (!strcmp(argv[a], "--device") && a + 1 < argc) spec = argv[++a];
+        else if (!strncmp(argv[a], "--device=", 9)) spec = argv[a] + 9;
+    }
+    return spec;
+}
+
+/* Some settings of the process are read once, when it loads (the host's
+ * thread runtime): where the devices ask for one, it is set and the program
+ * runs again, in the same process and before MPI starts. */
+static void prepare_process(int argc, char **argv)
+{
+    static const char *cmds[] = {"train", "classify", "sample", "eval", "bench"};
+    int takes_device = 0;
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) takes_device |= !strcmp(argv[1], cmds[i]);
+    if (!takes_device || !ts_device_prepare_process(device_arg(argc, argv))) return;
+    fflush(NULL);
+    execv("/proc/self/exe", argv);
+    ts_log(TS_LOG_WARN, "could not re-run the program for its new environment (%s); going on without", strerror(errno));
 }
 
 static void usage(FILE *f)
@@ -60,6 +87,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    prepare_process(argc, argv);
     const char *cmd = argv[1];
     int rc, mpi = ts_parallel_have_mpi() && under_mpi() && (!strcmp(cmd, "train") || !strcmp(cmd, "devices") || !strcmp(cmd, "bench") ||
                                                            !strcmp(cmd, "classify"));
