@@ -10,7 +10,7 @@ pyjson() { # a python that can parse JSON (any python3 will do)
 }
 
 echo "TAP version 13"
-echo "1..17"
+echo "1..18"
 
 out=$("$tessera" devices 2>&1); rc=$?
 echo "$out" | grep -q '^cpu ' ; check "devices lists the CPU backend" $(( rc != 0 || $? != 0 )) "$out"
@@ -47,6 +47,12 @@ check "an unknown command exits 2 with a message" $? "exit $rc: $err"
 out=$(TESSERA_THREADS=1 "$tessera" devices 2>&1)
 echo "$out" | grep -q 'threads 1 (OpenMP'
 check "TESSERA_THREADS sets the CPU thread count" $? "$out"
+
+out1=$(TESSERA_ATTENTION=composite "$tessera" devices 2>&1); out2=$(TESSERA_ATTENTION=fast "$tessera" devices 2>&1)
+grep -q '^attention: TESSERA_ATTENTION=composite sets every device' <<<"$out1" \
+    && grep -q '^attention: TESSERA_ATTENTION=fast is not fused' <<<"$out2" \
+    && ! env -u TESSERA_ATTENTION "$tessera" devices 2>&1 | grep -q '^attention:'
+check "devices says when TESSERA_ATTENTION overrides the default routes it lists" $? "$(head -3 <<<"$out1")" "$(head -3 <<<"$out2")"
 
 # mixed precision: the route each device takes is named; a dtype a device
 # cannot do, or no dtype at all, is an error that says so

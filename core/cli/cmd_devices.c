@@ -1,5 +1,6 @@
 /* tessera devices: every device, its capabilities, and where it sits. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
@@ -73,7 +74,15 @@ int cmd_devices(int argc, char **argv)
     ts_comm *w = ts_comm_world();
     if (!json) {
         if (ts_comm_size(w) > 1) printf("rank %d of %d: ", ts_comm_rank(w), ts_comm_size(w));
-        printf("this process runs on %s\n\n", where);
+        printf("this process runs on %s\n", where);
+        /* the details below name each device's default attention route */
+        const char *att = getenv("TESSERA_ATTENTION");
+        if (att && (!strcmp(att, "fused") || !strcmp(att, "composite")))
+            printf("attention: TESSERA_ATTENTION=%s sets every device's route in this environment%s\n", att,
+                   strcmp(att, "fused") ? "" : " (fused where the device has it)");
+        else if (att && *att && strcmp(att, "auto"))
+            printf("attention: TESSERA_ATTENTION=%s is not fused, composite or auto: runs will refuse it\n", att);
+        printf("\n");
     }
     if (json) printf("[\n");
     for (int i = 0; i < n; i++) {

@@ -151,6 +151,9 @@ ts_status ts_attention_route_fused(ts_device *dev, ts_attention_route route, int
                                    int64_t NH, bool *fused);
 ts_status ts_attention_route_fused_mask(ts_device *dev, ts_attention_route route, int64_t B, int64_t T, int64_t C,
                                         int64_t NH, bool bidirectional, bool *fused);
+/* _alloc takes the AUTO route for causal attention; a workspace that will
+ * be bidirectional asks ts_attention_route_fused_mask and passes its answer
+ * to _alloc_route (either route computes the same attention). */
 ts_status ts_attention_ws_alloc(ts_attention_ws *ws, ts_device *dev,
                                 int64_t B, int64_t T, int64_t C, int64_t NH);
 ts_status ts_attention_ws_alloc_route(ts_attention_ws *ws, ts_device *dev, int64_t B, int64_t T, int64_t C,
