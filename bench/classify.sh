@@ -3,10 +3,12 @@
 # the test-set figures, timed, beside the anchor (TF-IDF + logistic
 # regression, bench/classify_anchor.py) in the same run:
 #   1. pretrain a small GPT on the training texts (labels unused),
-#   2. fine-tune an ensemble of ten on the labels (tessera classify train
-#      --init --ensemble 10 --pool mixed); its first member alone is the
+#   2. fine-tune an ensemble of ten on the labels, the texts' language-model
+#      loss beside the classes' (tessera classify train --init --ensemble
+#      10 --pool mixed --lm-weight 1); its first member alone is the
 #      single-classifier recipe,
 #   3. the same classifier trained from scratch, for what pretraining gains,
+#      and the ensemble without the language-model loss, for what it gains,
 #   4. tessera classify eval of each on the test file.
 # OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are unset (a benchmark's own choice).
 # Writes bench/results/classify-DATE.{md,json}.
@@ -31,7 +33,7 @@ now() { date +%s.%N; }
 # the recipe (README "Text classification")
 lm=(--tokenizer bpe:2048 --layers 2 --heads 4 --width 128 --seq-len 64 --batch 32 --steps 800 --lr 2e-3
     --eval-every 200)
-cls=(--epochs 8 --max-len 48 --pool last --token-dropout 0.2)
+cls=(--epochs 8 --max-len 48 --pool last --token-dropout 0.2 --lm-weight 1)
 members=10
 
 "$py" "$here/classify_anchor.py" "$train" "$test" --json "$work/anchor.json"
@@ -52,6 +54,11 @@ one=$(sed -n 's/.*"event": "end".*"seconds": \([0-9.]*\).*/\1/p' "$work/fine/mem
     "${cls[@]}" --out "$work/scratch" --quiet
 t4=$(now)
 "$tessera" classify eval --checkpoint "$work/scratch" --data "$test" --out "$work/scratch.json" --quiet
+# the recipe without GPT-1's auxiliary language-model loss (--lm-weight 0)
+"$tessera" classify train --train "$train" --init "$work/lm" "${cls[@]}" --lm-weight 0 --ensemble $members --pool mixed \
+    --out "$work/nolm" --quiet
+"$tessera" classify eval --checkpoint "$work/nolm" --data "$test" --out "$work/nolm.json" --quiet
+"$tessera" classify eval --checkpoint "$work/nolm/member-0" --data "$test" --out "$work/nolm-one.json" --quiet
 
 "$py" - "$work" "$out/classify-$date" "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")" "$(secs "$t2" "$t3")" \
     "$(secs "$t3" "$t4")" "$(secs 0 "$one")" "$members" "$(uname -n)" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
@@ -62,6 +69,8 @@ a = json.load(open(f"{work}/anchor.json"))
 f = json.load(open(f"{work}/fine.json"))["metrics"]
 o = json.load(open(f"{work}/one.json"))["metrics"]
 s = json.load(open(f"{work}/scratch.json"))["metrics"]
+n = json.load(open(f"{work}/nolm.json"))["metrics"]
+n1 = json.load(open(f"{work}/nolm-one.json"))["metrics"]
 def row(name, m, seconds):
     return (f"| {name} | {100 * m['accuracy']:.2f}% | {m['macro_precision']:.3f} | {m['macro_recall']:.3f} | "
             f"{m['macro_f1']:.3f} | {seconds} |")
@@ -74,11 +83,14 @@ lines = [f"Debian package descriptions, 5 sections, {a['test_examples']} test ex
              f"{total} ({pre} pretrain + {fine} fine-tune + {ev} eval)"),
          row("tessera: its first member alone (the recipe without --ensemble)", o,
              f"{int(pre) + int(one_s)} ({pre} pretrain + {one_s} fine-tune)"),
-         row("tessera: the same classifier from scratch", s, scratch)]
+         row("tessera: the same classifier from scratch", s, scratch),
+         row("tessera: the ensemble without the language-model loss (--lm-weight 0)", n, ""),
+         row("tessera: its first member alone", n1, "")]
 text = "\n".join(lines)
 print(text)
 open(base + ".md", "w").write(text + "\n")
-json.dump({"anchor": a, "pretrained_ensemble": f, "pretrained_single": o, "scratch": s, "members": int(members),
+json.dump({"anchor": a, "pretrained_ensemble": f, "pretrained_single": o, "scratch": s,
+           "without_lm_loss": {"ensemble": n, "single": n1}, "members": int(members),
            "seconds": {"pretrain": int(pre), "fine_tune": int(fine), "eval": int(ev), "single_fine_tune": int(one_s),
                        "scratch": int(scratch)}}, open(base + ".json", "w"), indent=1)
 PY

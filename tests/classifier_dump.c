@@ -5,7 +5,9 @@
  *                      lengths and labels (i32 [B]), class weights (f32 [B])
  *   grads.safetensors  gradients of the class-weighted mean cross-entropy
  *   results.json       the loss and the logits
- * usage: classifier_dump OUT_DIR DEVICE last|mean causal|bidirectional */
+ * With LM_WEIGHT, the loss adds LM_WEIGHT times the mean language-model
+ * loss of the sequences (ts_classifier_lm_loss), results.json its value.
+ * usage: classifier_dump OUT_DIR DEVICE last|mean causal|bidirectional [LM_WEIGHT] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +32,7 @@ static uint64_t next(uint64_t *s)
 int main(int argc, char **argv)
 {
     if (argc < 5 || ts_pool_parse(argv[3]) < 0 || (strcmp(argv[4], "causal") && strcmp(argv[4], "bidirectional"))) {
-        fprintf(stderr, "usage: %s OUT_DIR DEVICE last|mean causal|bidirectional\n", argv[0]);
+        fprintf(stderr, "usage: %s OUT_DIR DEVICE last|mean causal|bidirectional [LM_WEIGHT]\n", argv[0]);
         return 2;
     }
     const char *dir = argv[1];
@@ -55,6 +57,19 @@ int main(int argc, char **argv)
     for (int b = 0; b < B; b++) W += w[b];
     if (ts_classifier_forward(&m, tok, len, B, T, logits)) return fail("forward");
     ts_classifier_cross_entropy(logits, B, K, labels, w, 1.0 / W, &lsum, dlogits, NULL);
+    double lm_weight = argc > 5 ? atof(argv[5]) : 0.0, lm_sum = 0.0, loss = lsum / W;
+    int64_t lm_n = 0, predicted = 0;
+    for (int b = 0; b < B; b++) predicted += len[b] - 1;
+    if (lm_weight > 0) {
+        if (ts_classifier_lm_loss(&m, tok, len, (float)(lm_weight / (double)predicted), &lm_sum, &lm_n))
+            return fail("LM loss");
+        if (lm_n != predicted) {
+            fprintf(stderr, "classifier_dump: the LM loss counted %lld tokens, not %lld\n", (long long)lm_n,
+                    (long long)predicted);
+            return 1;
+        }
+        loss += lm_weight * lm_sum / (double)lm_n;
+    }
     if (ts_classifier_backward(&m, dlogits)) return fail("backward");
 
     char path[4096];
@@ -76,7 +91,8 @@ int main(int argc, char **argv)
     snprintf(path, sizeof path, "%s/results.json", dir);
     FILE *f = fopen(path, "w");
     if (!f) return fail("results");
-    fprintf(f, "{\"device\": \"%s\", \"loss\": %.9g, \"logits\": [", ts_device_get_info(dev)->id, lsum / W);
+    fprintf(f, "{\"device\": \"%s\", \"loss\": %.9g, \"lm_loss\": %.9g, \"logits\": [", ts_device_get_info(dev)->id,
+            loss, lm_n ? lm_sum / (double)lm_n : 0.0);
     for (int i = 0; i < B * K; i++) fprintf(f, "%s%.9g", i ? ", " : "", logits[i]);
     fprintf(f, "]}\n");
     fclose(f);

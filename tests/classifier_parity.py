@@ -4,7 +4,8 @@
 usage: classifier_parity.py CLASSIFIER_DUMP DEVICE [DEVICE...]
 
 For each device and each of last/mean pooling with causal/bidirectional
-attention, classifier_dump (tests/classifier_dump.c) writes the classifier's
+attention (and last pooling, causal, with half the mean language-model loss
+of the sequences added: GPT-1's auxiliary objective, --lm-weight), classifier_dump (tests/classifier_dump.c) writes the classifier's
 weights, a right-padded batch of four sequences of different lengths with
 labels and class weights, the class-weighted mean cross-entropy, the logits
 and every parameter's gradient. This script rebuilds the classifier in
@@ -29,11 +30,14 @@ from torch_parity import GRAD_NMSE, LOSS_TOL, Tap, load_safetensors, nmse, trunk
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-CASES = [("last", "causal"), ("mean", "causal"), ("last", "bidirectional"), ("mean", "bidirectional")]
+CASES = [("last", "causal", 0), ("mean", "causal", 0), ("last", "bidirectional", 0), ("mean", "bidirectional", 0),
+         ("last", "causal", 0.5)]
 
 
-def classifier(p, cfg, cls, tok, lengths, labels, weights):
-    """Class-weighted mean cross-entropy and the logits."""
+def classifier(p, cfg, cls, tok, lengths, labels, weights, lm_weight=0):
+    """Class-weighted mean cross-entropy (plus lm_weight times the mean
+    next-token loss over the real tokens, through the tied head), the
+    logits and that language-model loss."""
     B, T = tok.shape
     real = torch.arange(T)[None, :] < lengths[:, None]           # [B, T]: real tokens
     mask = real[:, None, None, :]                                 # keys: the real ones
@@ -46,13 +50,20 @@ def classifier(p, cfg, cls, tok, lengths, labels, weights):
         pooled = (x * real[:, :, None].to(x.dtype)).sum(dim=1) / lengths[:, None].to(x.dtype)
     logits = pooled @ p["score.weight"].T + p["score.bias"]
     losses = F.cross_entropy(logits, labels, reduction="none")
-    return (weights * losses).sum() / weights.sum(), logits
+    loss = (weights * losses).sum() / weights.sum()
+    lm = torch.zeros((), dtype=x.dtype)
+    if lm_weight:
+        predicts = torch.arange(T - 1)[None, :] < (lengths - 1)[:, None]  # [B, T-1]: a real next token
+        lm = F.cross_entropy((x[:, :-1] @ p["wte.weight"].T)[predicts], tok[:, 1:][predicts])
+        loss = loss + lm_weight * lm
+    return loss, logits, lm
 
 
-def check_case(tap, dump, device, pool, attention):
-    what = f"{pool} pooling, {attention} attention, on {device}"
+def check_case(tap, dump, device, pool, attention, lm_weight):
+    what = f"{pool} pooling, {attention} attention{f', LM loss x {lm_weight}' if lm_weight else ''}, on {device}"
     with tempfile.TemporaryDirectory() as d:
-        r = subprocess.run([dump, d, device, pool, attention], capture_output=True, text=True)
+        args = [dump, d, device, pool, attention] + ([str(lm_weight)] if lm_weight else [])
+        r = subprocess.run(args, capture_output=True, text=True)
         if r.returncode != 0:
             tap.check(False, f"classifier_dump ran ({what})", r.stderr)
             tap.check(False, f"gradients ({what})", "no dump")
@@ -69,9 +80,11 @@ def check_case(tap, dump, device, pool, attention):
     labels = torch.from_numpy(batch["labels"].astype(np.int64))
     weights = torch.from_numpy(batch["weights"].astype(np.float64))
     p = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in init.items()}
-    loss, logits = classifier(p, cfg, cls, tok, lengths, labels, weights)
+    loss, logits, lm = classifier(p, cfg, cls, tok, lengths, labels, weights, lm_weight)
     loss.backward()
     rel = abs(res["loss"] - loss.item()) / abs(loss.item())
+    if lm_weight:
+        rel = max(rel, abs(res["lm_loss"] - lm.item()) / abs(lm.item()))
     ref = logits.detach().numpy().reshape(-1)
     lrel = float(np.max(np.abs(np.array(res["logits"]) - ref)) / np.max(np.abs(ref)))
     tap.check(rel < LOSS_TOL and lrel < LOSS_TOL, f"loss and logits match PyTorch (float64), {what}",
@@ -97,8 +110,8 @@ def main():
     print(f"1..{2 * len(CASES) * len(devices)}")
     tap = Tap()
     for dev in devices:
-        for pool, attention in CASES:
-            check_case(tap, dump, dev, pool, attention)
+        for pool, attention, lm_weight in CASES:
+            check_case(tap, dump, dev, pool, attention, lm_weight)
     sys.exit(1 if tap.failed else 0)
 
 

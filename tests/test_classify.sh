@@ -56,7 +56,7 @@ named_error() { # rc, output file, expected text
 }
 
 echo "TAP version 13"
-echo "1..25"
+echo "1..27"
 
 # 1-3. the task learned from each format, every held-out text right
 "$tessera" classify train "${small[@]}" --train "$work/train.jsonl" --epochs 4 --out "$work/j" >"$work/j.out" 2>&1
@@ -378,5 +378,36 @@ named_error $r1 "$work/again.out" "already holds a run" && named_error $r2 "$wor
 check "an ensemble is not written over, its size is fixed on --resume, mixed pools need one; --resume --epochs 5 extends every member" $? \
     "exits $r1 $r2 $r3 $r4" "$(cat "$work/again.out" "$work/four.out" "$work/mixed1.out" "$work/ens5.out" | tail -8)"
 
-exit $(( fails > 0 ))
+# 26-27. --lm-weight (GPT-1's auxiliary language-model loss): logged each
+# step and learned; refused with bidirectional attention; under mpirun the
+# losses of one process (its mean is over the whole batch's tokens)
+gen 271 11 jsonl >"$work/train271.jsonl"
+lmw=("$tessera" classify train "${small[@]}" --train "$work/train271.jsonl" --val "$work/test.jsonl" --batch 15 --epochs 2
+     --class-weights balanced --pool last --token-dropout 0.2 --lm-weight 0.5)
+"${lmw[@]}" --out "$work/lm1" >"$work/lm1.out" 2>&1
+rc=$?
+"${lmw[@]}" --attention bidirectional --out "$work/lm2" >"$work/lm2.out" 2>&1
+brc=$?
+lml() { sed -n 's/.*"lm_loss": \([^,]*\),.*/\1/p' "$1"; }
+n_lm=$(lml "$work/lm1/log.jsonl" | wc -l)
+first=$(lml "$work/lm1/log.jsonl" | head -3 | awk '{s += $1} END {print s / NR}')
+last=$(lml "$work/lm1/log.jsonl" | tail -3 | awk '{s += $1} END {print s / NR}')
+[ $rc -eq 0 ] && [ "$n_lm" -eq 38 ] && awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < 0.8 * a) }' \
+    && named_error $brc "$work/lm2.out" "--lm-weight needs causal attention" && [ ! -e "$work/lm2" ]
+check "--lm-weight logs a language-model loss each step that falls ($first to $last over $n_lm steps); bidirectional is refused" $? \
+    "exit $rc, bidirectional exit $brc" "$(tail -n 3 "$work/lm1.out" "$work/lm2.out")"
+if [ -z "$mpirun" ] || ! "$tessera" --version | grep -qw mpi; then
+    skip "two processes with --lm-weight follow one process's losses" "no mpirun, or tessera built without MPI"
+else
+    ASAN_OPTIONS=detect_leaks=0 timeout 300 "$mpirun" --allow-run-as-root --oversubscribe -np 2 "${lmw[@]}" \
+        --out "$work/lm3" >"$work/lm3.out" 2>&1
+    rc=$?
+    d=$(maxrel "$work/lm3/log.jsonl" "$work/lm1/log.jsonl")
+    dl=$(paste <(lml "$work/lm1/log.jsonl") <(lml "$work/lm3/log.jsonl") |
+        awk '{d = ($2 - $1) / $1; if (d < 0) d = -d; if (d > m) m = d; k++} END {if (k != 38) print "none"; else printf "%.3g\n", m}')
+    [ $rc -eq 0 ] && within "$d" 1e-5 && within "$dl" 1e-5
+    check "two processes with --lm-weight follow one process's losses (largest relative difference $d, LM loss $dl)" $? \
+        "exit $rc" "$(tail -n 5 "$work/lm3.out")"
+fi
 
+exit $(( fails > 0 ))

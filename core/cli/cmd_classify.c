@@ -131,6 +131,8 @@ static int classify_train(int argc, char **argv)
          0},
         {"--token-dropout", OPT_DOUBLE, &c.token_dropout, 0, "share of a training text's tokens left out each "
          "time it is seen (word dropout, a regulariser)", "0", 0, 0.9, 0},
+        {"--lm-weight", OPT_DOUBLE, &c.lm_weight, 0, "weight of the texts' language-model loss added to the "
+         "classes' (GPT-1's auxiliary objective; causal attention)", "0", 0, 100, 0},
         {"--grad-clip", OPT_FLOAT, &c.grad_clip, 0, "global gradient norm limit, 0 = off", "1.0", 0, 1e30, 0},
         {"--best-by", OPT_STRING, c.best_by, sizeof c.best_by, "held-out score that picks `best`: accuracy | "
          "macro_f1 | loss", "accuracy", 0, 0, 0},

@@ -41,8 +41,14 @@ static void free_shape(ts_classifier *c)
     ts_tensor_free(&c->logits);
     ts_tensor_free(&c->dpooled);
     ts_tensor_free(&c->dfeatures);
+    ts_tensor_free(&c->lm_logits);
+    ts_tensor_free(&c->lm_targets);
+    ts_tensor_free(&c->dlm);
     free(c->host_pool);
+    free(c->host_targets);
     c->host_pool = NULL;
+    c->host_targets = NULL;
+    c->lm_pending = 0;
     c->B = c->T = 0;
 }
 
@@ -176,6 +182,7 @@ ts_status ts_classifier_forward(ts_classifier *c, const int32_t *tokens, const i
                             (long long)b, lengths[b], (long long)T);
     TRY(ensure_shape(c, B, T));
     int64_t C = c->cfg.gpt.n_embd;
+    c->lm_pending = 0;
     TRY(ts_gpt_features_forward(&c->trunk, &c->acts, tokens, lengths, c->cfg.bidirectional));
     /* pooled[b] = sum_t pool[b, t] * features[b, t]: the last real token,
      * or the mean of the real ones */
@@ -193,6 +200,54 @@ ts_status ts_classifier_forward(ts_classifier *c, const int32_t *tokens, const i
     return ts_tensor_read(&c->logits, logits, (size_t)(B * c->cfg.n_classes) * sizeof *logits);
 }
 
+ts_status ts_classifier_lm_loss(ts_classifier *c, const int32_t *tokens, const int32_t *lengths, float weight,
+                                double *loss_sum, int64_t *count)
+{
+    if (!c->B) return ts_error(TS_ERR_INVALID_ARG, "classifier LM loss: no forward pass");
+    if (c->cfg.bidirectional)
+        return ts_error(TS_ERR_INVALID_ARG, "classifier LM loss: a bidirectional trunk sees the tokens it would predict");
+    int64_t B = c->B, T = c->T, N = B * T, V = c->cfg.gpt.vocab_size, C = c->cfg.gpt.n_embd, n = 0;
+    if (!c->lm_logits.block) {
+        ts_status st = ts_tensor_alloc(&c->lm_logits, c->device, TS_F32, TS_SHAPE(N, V));
+        if (!st) st = ts_tensor_alloc(&c->lm_targets, c->device, TS_I32, TS_SHAPE(N));
+        if (!st) st = ts_tensor_alloc(&c->dlm, c->device, TS_F32, TS_SHAPE(N, C));
+        if (!st && !(c->host_targets = malloc((size_t)N * sizeof *c->host_targets)))
+            st = ts_error(TS_ERR_OOM, "no memory");
+        if (st) return ts_error_context(st, "classifier LM loss for %lld x %lld tokens", (long long)B, (long long)T);
+    }
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) {
+            int real = t + 1 < lengths[b];
+            c->host_targets[b * T + t] = real ? tokens[b * T + t + 1] : -1;
+            n += real;
+        }
+    TRY(ts_tensor_write(&c->lm_targets, c->host_targets, (size_t)N * sizeof *c->host_targets));
+    const ts_gpt_tensor *wt = ts_gpt_find(&c->trunk, TS_GPT_WTE, -1);
+    ts_tensor wte, dwte, losses;
+    TRY(ts_gpt_param_view(&c->trunk, wt, 0, &wte));
+    TRY(ts_gpt_param_view(&c->trunk, wt, 1, &dwte));
+    /* logits [N, V] = features [N, C] @ wte^T; the per-row losses go in
+     * dlm's first N floats, which the gradient then overwrites */
+    TRY(ts_linear_forward(&c->lm_logits, &c->acts.lnf, &wte, NULL));
+    TRY(ts_tensor_view(&losses, &c->dlm, 0, TS_SHAPE(N)));
+    TRY(ts_cross_entropy(&losses, NULL, weight != 0.0f ? &c->lm_logits : NULL, &c->lm_logits, &c->lm_targets,
+                         weight));
+    float *host = malloc((size_t)N * sizeof *host);
+    if (!host) return ts_error(TS_ERR_OOM, "no memory");
+    ts_status st = ts_tensor_read(&losses, host, (size_t)N * sizeof *host);
+    double sum = 0.0;
+    for (int64_t i = 0; i < N && !st; i++) sum += c->host_targets[i] >= 0 ? (double)host[i] : 0.0;
+    free(host);
+    TRY(st);
+    *loss_sum = sum;
+    *count = n;
+    if (weight == 0.0f) return TS_OK;
+    /* dfeatures_lm = dlogits @ wte; dwte += dlogits^T @ features */
+    TRY(ts_linear_backward(&c->dlm, &dwte, NULL, &c->lm_logits, &c->acts.lnf, &wte));
+    c->lm_pending = 1;
+    return TS_OK;
+}
+
 ts_status ts_classifier_backward(ts_classifier *c, const float *dlogits)
 {
     if (!c->B) return ts_error(TS_ERR_INVALID_ARG, "classifier backward: no forward pass to differentiate");
@@ -203,6 +258,8 @@ ts_status ts_classifier_backward(ts_classifier *c, const float *dlogits)
     TRY(ts_tensor_reshape(&dfeats, &c->dfeatures, TS_SHAPE(B, T, C)));
     TRY(ts_tensor_reshape(&dpooled3, &c->dpooled, TS_SHAPE(B, 1, C)));
     TRY(ts_matmul(&dfeats, &c->pool, &dpooled3, true, false, 1.0f, 0.0f));
+    if (c->lm_pending) TRY(ts_add(&c->dfeatures, &c->dfeatures, &c->dlm));
+    c->lm_pending = 0;
     return ts_gpt_features_backward(&c->trunk, &c->acts, &c->dfeatures);
 }
 

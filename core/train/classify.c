@@ -624,6 +624,7 @@ static const setting settings_table[] = {
     {"weight_decay", 'f', CF(weight_decay), 0, 100},
     {"grad_clip", 'f', CF(grad_clip), 0, 1e30},
     {"token_dropout", 'd', CF(token_dropout), 0, 0.9},
+    {"lm_weight", 'd', CF(lm_weight), 0, 100},
     {"schedule", 's', CF(schedule), 0, 0},
     {"best_by", 's', CF(best_by), 0, 0},
     {"seed", 'u', CF(seed), 0, 9223372036854775807.0},
@@ -999,6 +1000,7 @@ typedef struct crun {
     ts_classify_result *res;
     ts_grid g;
     int have_grid, root, verbose, tty;
+    double lm_loss;           /* the last step's language-model loss (--lm-weight) */
     FILE *out, *log;
     ts_device *dev;
     ts_tokenizer tok;
@@ -1064,6 +1066,9 @@ static ts_status check_config(const ts_classify_config *c)
         return ts_error(TS_ERR_INVALID_ARG, "an ensemble's members log into their own directories: --log must be "
                         "left out or -");
     TRY(one_of3("--attention", c->attention, "causal", "bidirectional", NULL));
+    if (c->lm_weight > 0 && !strcmp(c->attention, "bidirectional"))
+        return ts_error(TS_ERR_INVALID_ARG, "--lm-weight needs causal attention: a bidirectional trunk sees the "
+                        "tokens its language-model loss would predict");
     TRY(one_of3("--schedule", c->schedule, "cosine", "constant", NULL));
     TRY(one_of3("--best-by", c->best_by, "accuracy", "macro_f1", "loss"));
     if (ts_optim_kind_parse(c->optim) < 0)
@@ -1429,8 +1434,10 @@ static void report_start(crun *r, const char *init_ckpt)
                 init_ckpt ? "trunk of " : "new, ", init_ckpt ? init_ckpt : "", (long long)mc->gpt.n_layer,
                 (long long)mc->gpt.n_head, (long long)mc->gpt.n_embd, (long long)mc->gpt.vocab_size,
                 (double)r->m.num_params / 1e6, ts_pool_name(mc->pool), mc->bidirectional ? "bidirectional" : "causal");
-        char drop[48] = "";
+        char drop[96] = "";
         if (c->token_dropout > 0) snprintf(drop, sizeof drop, ", %.0f%% of tokens dropped", 100 * c->token_dropout);
+        if (c->lm_weight > 0)
+            snprintf(drop + strlen(drop), sizeof drop - strlen(drop), ", LM loss x %.3g", c->lm_weight);
         fprintf(o, "training %lld epochs of %lld steps of %lld examples, %s lr %.3g%s%s, %s\n", (long long)c->epochs,
                 (long long)r->spe, (long long)c->batch, c->optim, c->lr, c->trunk_lr >= 0 ? " (trunk lr set apart)" : "",
                 drop, r->g.size > 1 ? "data parallel over the processes" : "one process");
@@ -1478,20 +1485,31 @@ static ts_status train_step(crun *r, int64_t step, float lr, float *loss, double
     int dp = r->g.dp, me = r->g.dp_rank;
     int64_t lo = rows_n * me / dp, hi = rows_n * (me + 1) / dp;
     ts_status st = ts_classifier_zero_grad(&r->m);
+    /* every process fills the whole batch: the language-model loss is a
+     * mean over all its predicted tokens, so each needs their count */
+    fill_batch(&r->train, rows, rows_n, T, &r->bb);
+    drop_tokens(&r->bb, rows_n, T, c->token_dropout, c->seed, step, 0);
+    int64_t lm_n = 0, lm_mine = 0;
+    for (int64_t i = 0; i < rows_n; i++) lm_n += r->bb.lengths[i] - 1;
+    double lm_sum = 0;
     if (!st && hi > lo) {
-        fill_batch(&r->train, rows + lo, hi - lo, T, &r->bb);
-        drop_tokens(&r->bb, hi - lo, T, c->token_dropout, c->seed, step, lo);
-        for (int64_t i = 0; i < hi - lo; i++) r->bb.weights[i] = r->class_w[r->bb.labels[i]];
-        st = ts_classifier_forward(&r->m, r->bb.tokens, r->bb.lengths, hi - lo, T, r->bb.logits);
-        if (!st) ts_classifier_cross_entropy(r->bb.logits, hi - lo, K, r->bb.labels, r->bb.weights, 1.0 / W, &lsum,
+        const int32_t *tok = r->bb.tokens + lo * T, *len = r->bb.lengths + lo, *lab = r->bb.labels + lo;
+        for (int64_t i = 0; i < hi - lo; i++) r->bb.weights[i] = r->class_w[lab[i]];
+        st = ts_classifier_forward(&r->m, tok, len, hi - lo, T, r->bb.logits);
+        if (!st) ts_classifier_cross_entropy(r->bb.logits, hi - lo, K, lab, r->bb.weights, 1.0 / W, &lsum,
                                              r->bb.grad, NULL);
+        if (!st && c->lm_weight > 0 && lm_n > 0)
+            st = ts_classifier_lm_loss(&r->m, tok, len, (float)(c->lm_weight / (double)lm_n), &lm_sum, &lm_mine);
         if (!st) st = ts_classifier_backward(&r->m, r->bb.grad);
     }
     TRY(ts_comm_agree(r->g.world, st, "a training step"));
     if (dp > 1) {
         TRY(ts_comm_allreduce_tensor(r->g.dp_comm, &r->m.grads, TS_REDUCE_SUM, "gradients"));
         TRY(ts_comm_allreduce_f64(r->g.dp_comm, &lsum, 1, TS_REDUCE_SUM, "loss"));
+        if (c->lm_weight > 0) TRY(ts_comm_allreduce_f64(r->g.dp_comm, &lm_sum, 1, TS_REDUCE_SUM, "LM loss"));
     }
+    r->lm_loss = lm_n > 0 ? lm_sum / (double)lm_n : 0.0;
+    (void)lm_mine;
     double sq;
     TRY(ts_grad_sqnorm(&r->m.grads, &sq));
     *norm = sqrt(sq);
@@ -1590,10 +1608,14 @@ static void progress(crun *r, int64_t step, float loss, float lr, double norm, d
     ts_classify_config *c = &r->c;
     double rate = elapsed > 0 ? (double)(done * c->batch) / elapsed : 0;
     if (r->log) {
-        char l[32], a[32], g[32];
-        fprintf(r->log, "{\"step\": %lld, \"loss\": %s, \"lr\": %s, \"grad_norm\": %s, \"epoch\": %lld, "
+        char l[32], a[32], g[32], lm[64] = "";
+        if (c->lm_weight > 0) {
+            char v[32];
+            snprintf(lm, sizeof lm, ", \"lm_loss\": %s", ts_json_float(v, sizeof v, r->lm_loss));
+        }
+        fprintf(r->log, "{\"step\": %lld, \"loss\": %s, \"lr\": %s, \"grad_norm\": %s%s, \"epoch\": %lld, "
                 "\"examples_per_s\": %.1f, \"elapsed_s\": %.3f}\n", (long long)(step + 1),
-                ts_json_float(l, sizeof l, loss), ts_json_float(a, sizeof a, lr), ts_json_float(g, sizeof g, norm),
+                ts_json_float(l, sizeof l, loss), ts_json_float(a, sizeof a, lr), ts_json_float(g, sizeof g, norm), lm,
                 (long long)(step / r->spe + 1), rate, elapsed);
         fflush(r->log);
     }

@@ -54,6 +54,12 @@ typedef struct ts_classifier {
     ts_tensor dpooled;        /* [B, C] */
     ts_tensor dfeatures;      /* [B*T, C] */
     float *host_pool;         /* [B * T] */
+    /* the language-model loss of the last forward (ts_classifier_lm_loss) */
+    ts_tensor lm_logits;      /* [B*T, V]; its gradient after */
+    ts_tensor lm_targets;     /* i32 [B*T]: the next token, or -1 */
+    ts_tensor dlm;            /* [B*T, C] its gradient of the features */
+    int lm_pending;           /* dlm waits for the next backward */
+    int32_t *host_targets;    /* [B * T] */
 } ts_classifier;
 
 ts_status ts_classifier_config_check(const ts_classifier_config *cfg);
@@ -81,6 +87,16 @@ ts_status ts_classifier_optimizer_step(ts_classifier *c, ts_optimizer *o, float 
  * the class logits (host, [B, K]). Activations are kept for backward. */
 ts_status ts_classifier_forward(ts_classifier *c, const int32_t *tokens, const int32_t *lengths, int64_t B,
                                 int64_t T, float *logits);
+/* The language-model loss of the last forward's sequences, as GPT-1 adds
+ * it while fine-tuning: each real token but the last predicts the next
+ * through the trunk's tied output head (logits = features @ wte^T). Sets
+ * *loss_sum to the sum of their cross-entropies and *count to how many
+ * there are. With weight != 0 the gradient of weight * loss_sum is taken:
+ * wte's share goes into grads now, the features' share into the next
+ * ts_classifier_backward. Causal trunks only (bidirectional attention sees
+ * the token it would predict). */
+ts_status ts_classifier_lm_loss(ts_classifier *c, const int32_t *tokens, const int32_t *lengths, float weight,
+                                double *loss_sum, int64_t *count);
 /* Backward of the last forward from d(loss)/d(logits) (host, [B, K]):
  * grads += d(loss)/d(params). */
 ts_status ts_classifier_backward(ts_classifier *c, const float *dlogits);

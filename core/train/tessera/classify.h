@@ -137,6 +137,8 @@ typedef struct ts_classify_config {
     float lr, trunk_lr;       /* trunk_lr < 0: lr */
     float min_lr, beta1, beta2, eps, weight_decay, grad_clip;
     double token_dropout;     /* share of a training text's tokens left out each time it is seen */
+    double lm_weight;         /* weight of the texts' language-model loss beside the classes' (GPT-1's
+                                 auxiliary objective; causal trunks), 0 = none */
     char schedule[16];        /* cosine | constant */
     char best_by[16];         /* accuracy | macro_f1 | loss */
     uint64_t seed;
