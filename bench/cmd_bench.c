@@ -604,7 +604,8 @@ static int bench_train(int argc, char **argv)
         if (ts_bench_device(devs[d], &lo, NULL, NULL, &peaks[d], &triads[d]) != TS_OK)
             return cli_fail("measuring the device's peak");
         const ts_device_info *info = ts_device_get_info(devs[d]);
-        if (info->type == TS_DEVICE_CPU && strcmp(info->backend, "cpu") && !getenv("OMP_WAIT_POLICY"))
+        if (info->type == TS_DEVICE_CPU && strcmp(info->backend, "cpu") && !getenv("OMP_WAIT_POLICY") &&
+            !ts_device_process_quiet())
             printf("  note: %s runs its products on the host's OpenMP team, whose idle workers spin on the cores its own "
                    "threads need; alone (--device %s: OMP_WAIT_POLICY=passive) it is faster (README: How devices run ops)\n",
                    info->id, info->id);

@@ -253,21 +253,29 @@ ts_status ts_device_open_local(const char *spec, int local_rank, ts_device **out
     return TS_OK;
 }
 
-int ts_device_prepare_process(const char *spec)
+int ts_device_prepare_process(const char *spec, int env_overrides)
 {
     const char *env = getenv("TESSERA_DEVICE");
-    if (env && *env) spec = env;
-    if (!spec || !*spec) return 0;
-    for (const char *p = spec;;) { /* every item "opencl", "opencl:N" or "opencl:<name>" */
-        while (isspace((unsigned char)*p)) p++;
-        if (strncmp(p, "opencl", 6) != 0 || (p[6] && p[6] != ':' && p[6] != ',' && !isspace((unsigned char)p[6])))
-            return 0;
-        p = strchr(p, ',');
-        if (!p) break;
-        p++;
+    int spec_auto = !spec || !*spec || !strcmp(spec, "auto");
+    if (env && *env && (env_overrides || spec_auto)) spec = env;
+    if (!spec || !*spec) return ts_registry_quiet_host_threads(NULL);
+    char item[256];
+    for (const char *p = spec;;) { /* every item must run threads of its own */
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        while (len && isspace((unsigned char)*p)) p++, len--;
+        while (len && isspace((unsigned char)p[len - 1])) len--;
+        if (len == 0 || len >= sizeof item) return ts_registry_quiet_host_threads(NULL);
+        memcpy(item, p, len);
+        item[len] = '\0';
+        if (!ts_registry_runs_own_threads(item)) return ts_registry_quiet_host_threads(NULL);
+        if (!comma) break;
+        p = comma + 1;
     }
-    return ts_registry_quiet_host_threads();
+    return ts_registry_quiet_host_threads(spec);
 }
+
+int ts_device_process_quiet(void) { return ts_registry_host_threads_quiet(); }
 
 ts_status ts_device_synchronize(ts_device *device)
 {

@@ -14,11 +14,17 @@ void ts_registry_load(int threads);
 /* Threads of the backends that run host code (OpenMP, host BLAS). */
 void ts_registry_set_threads(int threads);
 int ts_registry_get_threads(void);
-/* Before any backend starts, for a process whose devices all run threads
- * of their own (OpenCL): make the host's idle threads wait without
- * spinning. 1: the environment changed, and the program must re-execute
- * itself for it to take effect. */
-int ts_registry_quiet_host_threads(void);
+/* Whether a device spec item names a backend whose devices run threads of
+ * their own (OpenCL: "opencl", "opencl:N", "opencl:<name>"). */
+int ts_registry_runs_own_threads(const char *item);
+/* Before any backend starts: for a process whose devices all run threads
+ * of their own (devices != NULL), make the host's idle threads wait
+ * without spinning; NULL: the process keeps the defaults. 1: the
+ * environment changed, and the program must re-execute itself for it to
+ * take effect. */
+int ts_registry_quiet_host_threads(const char *devices);
+/* 1 in the run again after ts_registry_quiet_host_threads asked for it. */
+int ts_registry_host_threads_quiet(void);
 /* After every device is released. */
 void ts_registry_shutdown(void);
 
@@ -28,7 +34,8 @@ void ts_registry_shutdown(void);
 ts_status ts_cpu_backend_register(int threads);
 void ts_cpu_backend_set_threads(int threads);
 int ts_cpu_backend_get_threads(void);
-int ts_cpu_backend_wait_passively(void);
+int ts_cpu_backend_wait_passively(int quiet);
+int ts_cpu_backend_waits_passively(void);
 
 #ifdef TS_HAVE_OPENCL
 /* OpenCL backend (backends/opencl): every device of every platform; zero

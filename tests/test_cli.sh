@@ -95,12 +95,16 @@ fi
 # policy the user set, is left as it is. OMP_DISPLAY_ENV=verbose makes
 # libgomp print its spin count each time it loads: 0 is passive.
 spins() { sed -n "s/^ *GOMP_SPINCOUNT = '\([0-9]*\)'/\1/p" <<<"$1" | paste -sd' ' -; }
-out1=$(env -u OMP_WAIT_POLICY TESSERA_LOG=info OMP_DISPLAY_ENV=verbose "$tessera" train --device opencl:0 --help 2>&1); rc1=$?
-out2=$(env -u OMP_WAIT_POLICY TESSERA_LOG=info OMP_DISPLAY_ENV=verbose "$tessera" train --device cpu --help 2>&1); rc2=$?
-out3=$(OMP_WAIT_POLICY=active TESSERA_LOG=info "$tessera" classify train --device=opencl --help 2>&1); rc3=$?
+quiet=(env -u OMP_WAIT_POLICY -u TESSERA_DEVICE TESSERA_LOG=info OMP_DISPLAY_ENV=verbose)
+out1=$("${quiet[@]}" "$tessera" train --device opencl:0 --help 2>&1); rc1=$?
+out2=$("${quiet[@]}" "$tessera" train --device cpu --help 2>&1); rc2=$?
+out3=$(env -u TESSERA_DEVICE OMP_WAIT_POLICY=active TESSERA_LOG=info "$tessera" classify train --device=opencl --help 2>&1); rc3=$?
+# sample reads TESSERA_DEVICE only in place of "auto"
+out4=$("${quiet[@]}" TESSERA_DEVICE=opencl:0 "$tessera" sample --device cpu --help 2>&1); rc4=$?
 ok=0
-[ $rc1 -eq 0 ] && [ $rc2 -eq 0 ] && [ $rc3 -eq 0 ] && [ "$(grep -c 'wait passively' <<<"$out1")" -eq 1 ] \
-    && ! grep -q 'wait passively' <<<"$out2$out3" && grep -q 'usage: tessera train' <<<"$out1" || ok=1
+[ $rc1 -eq 0 ] && [ $rc2 -eq 0 ] && [ $rc3 -eq 0 ] && [ $rc4 -eq 0 ] && [ "$(grep -c 'wait passively' <<<"$out1")" -eq 1 ] \
+    && ! grep -q 'wait passively' <<<"$out2$out3$out4" && ! grep -q 'could not re-run' <<<"$out1" \
+    && grep -q 'usage: tessera train' <<<"$out1" || ok=1
 if [ -n "$(spins "$out1")" ]; then # libgomp: loaded twice, the second time passive
     [ "$(spins "$out1")" = "$(spins "$out2") 0" ] && [ "$(spins "$out2")" != 0 ] || ok=1
 fi

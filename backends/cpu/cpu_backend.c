@@ -338,15 +338,38 @@ int ts_cpu_backend_get_threads(void) { return ts_cpu_threads; }
  * idle workers spin for a while after each parallel region. A process
  * whose devices run threads of their own (PoCL's) loses those cores to the
  * spinning; one that runs this backend wants the spin (README: How devices
- * run ops). So the policy is set in the environment, and the caller
- * re-executes the program for it to take effect. */
-int ts_cpu_backend_wait_passively(void)
+ * run ops). So the policy is set in the environment with a marker, and the
+ * caller re-executes the program; the program, run again, finds the
+ * marker and takes both out of its environment (libgomp has read the
+ * policy by then), so the processes it starts (PyTorch, for bench train)
+ * keep their own defaults. */
+#define WAIT_MARKER "TESSERA_SET_OMP_WAIT_POLICY"
+static int g_wait_set; /* this run's policy was set so */
+
+int ts_cpu_backend_waits_passively(void) { return g_wait_set; }
+
+int ts_cpu_backend_wait_passively(int quiet)
 {
-    if (getenv("OMP_WAIT_POLICY")) return 0; /* the user's choice stands */
+    if (getenv(WAIT_MARKER)) { /* the run again */
+        g_wait_set = 1;
+        unsetenv("OMP_WAIT_POLICY");
+        unsetenv(WAIT_MARKER);
+        return 0;
+    }
+#if defined(_OPENMP) && defined(__linux__)
+    if (!quiet || getenv("OMP_WAIT_POLICY")) return 0; /* the user's choice stands */
     if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return 0;
+    if (setenv(WAIT_MARKER, "1", 1) != 0) {
+        unsetenv("OMP_WAIT_POLICY");
+        return 0;
+    }
     ts_log(TS_LOG_INFO, "the devices run threads of their own: the host's idle OpenMP threads wait passively "
            "(OMP_WAIT_POLICY=passive; set it to keep another policy)");
     return 1;
+#else
+    (void)quiet; /* no OpenMP runtime to tell, or no /proc/self/exe to run again */
+    return 0;
+#endif
 }
 
 ts_status ts_cpu_backend_register(int threads)

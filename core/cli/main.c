@@ -39,10 +39,13 @@ static const char *device_arg(int argc, char **argv)
  * runs again, in the same process and before MPI starts. */
 static void prepare_process(int argc, char **argv)
 {
-    static const char *cmds[] = {"train", "classify", "sample", "eval", "bench"};
-    int takes_device = 0;
-    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) takes_device |= !strcmp(argv[1], cmds[i]);
-    if (!takes_device || !ts_device_prepare_process(device_arg(argc, argv))) return;
+    /* train and classify open their device as ts_device_open_local does
+     * (TESSERA_DEVICE wins); sample and eval as ts_device_open (it stands
+     * in for "auto"); bench without --device runs every device */
+    const char *cmd = argv[1], *spec = device_arg(argc, argv);
+    int local = !strcmp(cmd, "train") || !strcmp(cmd, "classify");
+    int single = !strcmp(cmd, "sample") || !strcmp(cmd, "eval") || (!strcmp(cmd, "bench") && spec);
+    if ((!local && !single) || !ts_device_prepare_process(spec, local)) return;
     fflush(NULL);
     execv("/proc/self/exe", argv);
     ts_log(TS_LOG_WARN, "could not re-run the program for its new environment (%s); going on without", strerror(errno));

@@ -41,7 +41,6 @@ static void free_shape(ts_classifier *c)
     ts_tensor_free(&c->logits);
     ts_tensor_free(&c->dpooled);
     ts_tensor_free(&c->dfeatures);
-    ts_tensor_free(&c->lm_logits);
     ts_tensor_free(&c->lm_targets);
     ts_tensor_free(&c->dlm);
     free(c->host_pool);
@@ -55,6 +54,7 @@ static void free_shape(ts_classifier *c)
 void ts_classifier_free(ts_classifier *c)
 {
     free_shape(c);
+    ts_tensor_free(&c->lm_logits);
     ts_gpt_free(&c->trunk);
     ts_tensor_free(&c->params);
     ts_tensor_free(&c->grads);
@@ -200,21 +200,43 @@ ts_status ts_classifier_forward(ts_classifier *c, const int32_t *tokens, const i
     return ts_tensor_read(&c->logits, logits, (size_t)(B * c->cfg.n_classes) * sizeof *logits);
 }
 
+/* LM logits are made this many floats at a time (16 MB): with a GPT-2
+ * vocabulary a batch's [B*T, V] logits would take hundreds of MB */
+enum { LM_CHUNK_FLOATS = 1 << 22 };
+
+static ts_status lm_buffers(ts_classifier *c, int64_t N, int64_t rows, int64_t V, int64_t C)
+{
+    if (!c->lm_logits.block || c->lm_logits.shape[0] < rows) {
+        ts_tensor_free(&c->lm_logits);
+        TRY(ts_tensor_alloc(&c->lm_logits, c->device, TS_F32, TS_SHAPE(rows, V)));
+    }
+    if (c->lm_targets.block) return TS_OK; /* the shape's, freed with it */
+    ts_status st = ts_tensor_alloc(&c->lm_targets, c->device, TS_I32, TS_SHAPE(N));
+    if (!st) st = ts_tensor_alloc(&c->dlm, c->device, TS_F32, TS_SHAPE(N, C));
+    if (!st && !(c->host_targets = malloc((size_t)N * sizeof *c->host_targets)))
+        st = ts_error(TS_ERR_OOM, "no memory");
+    if (st) {
+        ts_tensor_free(&c->lm_targets);
+        ts_tensor_free(&c->dlm);
+        free(c->host_targets);
+        c->host_targets = NULL;
+    }
+    return st;
+}
+
 ts_status ts_classifier_lm_loss(ts_classifier *c, const int32_t *tokens, const int32_t *lengths, float weight,
                                 double *loss_sum, int64_t *count)
 {
     if (!c->B) return ts_error(TS_ERR_INVALID_ARG, "classifier LM loss: no forward pass");
     if (c->cfg.bidirectional)
         return ts_error(TS_ERR_INVALID_ARG, "classifier LM loss: a bidirectional trunk sees the tokens it would predict");
+    if (c->lm_pending)
+        return ts_error(TS_ERR_INVALID_ARG, "classifier LM loss: the last one's gradient awaits ts_classifier_backward");
     int64_t B = c->B, T = c->T, N = B * T, V = c->cfg.gpt.vocab_size, C = c->cfg.gpt.n_embd, n = 0;
-    if (!c->lm_logits.block) {
-        ts_status st = ts_tensor_alloc(&c->lm_logits, c->device, TS_F32, TS_SHAPE(N, V));
-        if (!st) st = ts_tensor_alloc(&c->lm_targets, c->device, TS_I32, TS_SHAPE(N));
-        if (!st) st = ts_tensor_alloc(&c->dlm, c->device, TS_F32, TS_SHAPE(N, C));
-        if (!st && !(c->host_targets = malloc((size_t)N * sizeof *c->host_targets)))
-            st = ts_error(TS_ERR_OOM, "no memory");
-        if (st) return ts_error_context(st, "classifier LM loss for %lld x %lld tokens", (long long)B, (long long)T);
-    }
+    int64_t chunk = LM_CHUNK_FLOATS / V < 1 ? 1 : LM_CHUNK_FLOATS / V;
+    if (chunk > N) chunk = N;
+    ts_status st = lm_buffers(c, N, chunk, V, C);
+    if (st) return ts_error_context(st, "classifier LM loss for %lld x %lld tokens", (long long)B, (long long)T);
     for (int64_t b = 0; b < B; b++)
         for (int64_t t = 0; t < T; t++) {
             int real = t + 1 < lengths[b];
@@ -223,28 +245,34 @@ ts_status ts_classifier_lm_loss(ts_classifier *c, const int32_t *tokens, const i
         }
     TRY(ts_tensor_write(&c->lm_targets, c->host_targets, (size_t)N * sizeof *c->host_targets));
     const ts_gpt_tensor *wt = ts_gpt_find(&c->trunk, TS_GPT_WTE, -1);
-    ts_tensor wte, dwte, losses;
+    ts_tensor wte, dwte;
     TRY(ts_gpt_param_view(&c->trunk, wt, 0, &wte));
     TRY(ts_gpt_param_view(&c->trunk, wt, 1, &dwte));
-    /* logits [N, V] = features [N, C] @ wte^T; the per-row losses go in
-     * dlm's first N floats, which the gradient then overwrites */
-    TRY(ts_linear_forward(&c->lm_logits, &c->acts.lnf, &wte, NULL));
-    TRY(ts_tensor_view(&losses, &c->dlm, 0, TS_SHAPE(N)));
-    TRY(ts_cross_entropy(&losses, NULL, weight != 0.0f ? &c->lm_logits : NULL, &c->lm_logits, &c->lm_targets,
-                         weight));
-    float *host = malloc((size_t)N * sizeof *host);
+    float *host = malloc((size_t)chunk * sizeof *host);
     if (!host) return ts_error(TS_ERR_OOM, "no memory");
-    ts_status st = ts_tensor_read(&losses, host, (size_t)N * sizeof *host);
     double sum = 0.0;
-    for (int64_t i = 0; i < N && !st; i++) sum += c->host_targets[i] >= 0 ? (double)host[i] : 0.0;
+    for (int64_t r0 = 0; r0 < N && !st; r0 += chunk) {
+        int64_t rows = N - r0 < chunk ? N - r0 : chunk;
+        ts_tensor feats, logits, targets, dfeats, losses;
+        st = ts_tensor_view(&feats, &c->acts.lnf, r0 * C, TS_SHAPE(rows, C));
+        if (!st) st = ts_tensor_view(&logits, &c->lm_logits, 0, TS_SHAPE(rows, V));
+        if (!st) st = ts_tensor_view(&targets, &c->lm_targets, r0, TS_SHAPE(rows));
+        if (!st) st = ts_tensor_view(&dfeats, &c->dlm, r0 * C, TS_SHAPE(rows, C));
+        /* the rows' losses go in their dlm rows, which their gradient then overwrites */
+        if (!st) st = ts_tensor_view(&losses, &c->dlm, r0 * C, TS_SHAPE(rows));
+        /* logits [rows, V] = features [rows, C] @ wte^T */
+        if (!st) st = ts_linear_forward(&logits, &feats, &wte, NULL);
+        if (!st) st = ts_cross_entropy(&losses, NULL, weight != 0.0f ? &logits : NULL, &logits, &targets, weight);
+        if (!st) st = ts_tensor_read(&losses, host, (size_t)rows * sizeof *host);
+        for (int64_t i = 0; i < rows && !st; i++) sum += c->host_targets[r0 + i] >= 0 ? (double)host[i] : 0.0;
+        /* dfeatures = dlogits @ wte; dwte += dlogits^T @ features */
+        if (!st && weight != 0.0f) st = ts_linear_backward(&dfeats, &dwte, NULL, &logits, &feats, &wte);
+    }
     free(host);
     TRY(st);
     *loss_sum = sum;
     *count = n;
-    if (weight == 0.0f) return TS_OK;
-    /* dfeatures_lm = dlogits @ wte; dwte += dlogits^T @ features */
-    TRY(ts_linear_backward(&c->dlm, &dwte, NULL, &c->lm_logits, &c->acts.lnf, &wte));
-    c->lm_pending = 1;
+    c->lm_pending = weight != 0.0f;
     return TS_OK;
 }
 

@@ -76,14 +76,21 @@ ts_status ts_device_list(const char *spec, ts_device **out, int cap, int *count)
  * rank: rank r takes item r mod count. */
 ts_status ts_device_open_local(const char *spec, int local_rank, ts_device **out);
 /* Settings of the process that must precede its threads, for the devices
- * a command will open (spec, or $TESSERA_DEVICE if set): when every item
- * names an OpenCL device, the host's idle threads are set to wait without
- * spinning on the cores those devices' own threads need (PoCL). Returns 1
- * when it changed the environment: the host's thread runtime read it when
- * the program loaded, so the program should re-execute itself before
- * opening anything; 0 when nothing changed (the user's setting stands).
- * Opens no device. */
-int ts_device_prepare_process(const char *spec);
+ * a command will open (spec; $TESSERA_DEVICE where it is set and
+ * env_overrides, as ts_device_open_local reads it, or spec is empty or
+ * "auto", as ts_device_open does): when every item names an OpenCL device,
+ * the host's idle threads are set to wait without spinning on the cores
+ * those devices' own threads need (PoCL). Returns 1 when it changed the
+ * environment: the host's thread runtime read it when the program loaded,
+ * so the program should re-execute itself (the same argv, before opening
+ * anything); the run again calls this too, which then takes its settings
+ * back out of the environment so that child processes do not inherit
+ * them. 0 when nothing changed (the user's setting stands). Opens no
+ * device. */
+int ts_device_prepare_process(const char *spec, int env_overrides);
+/* 1 in a process that ts_device_prepare_process ran again with its host
+ * threads waiting passively. */
+int ts_device_process_quiet(void);
 const ts_device_info *ts_device_get_info(const ts_device *device);
 const char *ts_device_type_name(ts_device_type type);
 /* Every field of info as JSON object members, each followed by ", " (the

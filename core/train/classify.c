@@ -1508,7 +1508,7 @@ static ts_status train_step(crun *r, int64_t step, float lr, float *loss, double
         TRY(ts_comm_allreduce_f64(r->g.dp_comm, &lsum, 1, TS_REDUCE_SUM, "loss"));
         if (c->lm_weight > 0) TRY(ts_comm_allreduce_f64(r->g.dp_comm, &lm_sum, 1, TS_REDUCE_SUM, "LM loss"));
     }
-    r->lm_loss = lm_n > 0 ? lm_sum / (double)lm_n : 0.0;
+    r->lm_loss = lm_n > 0 ? lm_sum / (double)lm_n : NAN; /* no token to predict: not logged */
     (void)lm_mine;
     double sq;
     TRY(ts_grad_sqnorm(&r->m.grads, &sq));
@@ -1609,7 +1609,7 @@ static void progress(crun *r, int64_t step, float loss, float lr, double norm, d
     double rate = elapsed > 0 ? (double)(done * c->batch) / elapsed : 0;
     if (r->log) {
         char l[32], a[32], g[32], lm[64] = "";
-        if (c->lm_weight > 0) {
+        if (c->lm_weight > 0 && isfinite(r->lm_loss)) {
             char v[32];
             snprintf(lm, sizeof lm, ", \"lm_loss\": %s", ts_json_float(v, sizeof v, r->lm_loss));
         }

@@ -55,7 +55,7 @@ typedef struct ts_classifier {
     ts_tensor dfeatures;      /* [B*T, C] */
     float *host_pool;         /* [B * T] */
     /* the language-model loss of the last forward (ts_classifier_lm_loss) */
-    ts_tensor lm_logits;      /* [B*T, V]; its gradient after */
+    ts_tensor lm_logits;      /* [rows, V] for a chunk of rows; their gradient after */
     ts_tensor lm_targets;     /* i32 [B*T]: the next token, or -1 */
     ts_tensor dlm;            /* [B*T, C] its gradient of the features */
     int lm_pending;           /* dlm waits for the next backward */
