@@ -201,6 +201,20 @@ static int expand_auto(ts_device **out, int cap)
     return n;
 }
 
+/* The item of a comma list at *p, trimmed, into item (when it fits);
+ * *comma: the comma after it, or NULL at the last. Returns its length. */
+static size_t list_item(const char **p, char *item, size_t cap, const char **comma)
+{
+    const char *q = *p;
+    *comma = strchr(q, ',');
+    size_t len = *comma ? (size_t)(*comma - q) : strlen(q);
+    while (len && isspace((unsigned char)*q)) q++, len--;
+    while (len && isspace((unsigned char)q[len - 1])) len--;
+    if (len < cap) memcpy(item, q, len), item[len] = '\0';
+    *p = q;
+    return len;
+}
+
 ts_status ts_device_list(const char *spec, ts_device **out, int cap, int *count)
 {
     if (!out || !count || cap < 1) return ts_error(TS_ERR_INVALID_ARG, "ts_device_list: no room for devices");
@@ -211,14 +225,10 @@ ts_status ts_device_list(const char *spec, ts_device **out, int cap, int *count)
     const char *p = spec;
     int n = 0;
     for (;;) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        while (len && isspace((unsigned char)*p)) p++, len--;
-        while (len && isspace((unsigned char)p[len - 1])) len--;
+        const char *comma;
+        size_t len = list_item(&p, item, sizeof item, &comma);
         if (len == 0 || len >= sizeof item)
             return ts_error(TS_ERR_DEVICE, "device list '%s': %s item", spec, len ? "an overlong" : "an empty");
-        memcpy(item, p, len);
-        item[len] = '\0';
         if (!strcmp(item, "auto")) {
             if (n >= cap) return ts_error(TS_ERR_DEVICE, "device list '%s' has more than %d devices", spec, cap);
             int k = expand_auto(out + n, cap - n);
@@ -261,14 +271,10 @@ int ts_device_prepare_process(const char *spec, int env_overrides)
     if (!spec || !*spec) return ts_registry_quiet_host_threads(NULL);
     char item[256];
     for (const char *p = spec;;) { /* every item must run threads of its own */
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        while (len && isspace((unsigned char)*p)) p++, len--;
-        while (len && isspace((unsigned char)p[len - 1])) len--;
-        if (len == 0 || len >= sizeof item) return ts_registry_quiet_host_threads(NULL);
-        memcpy(item, p, len);
-        item[len] = '\0';
-        if (!ts_registry_runs_own_threads(item)) return ts_registry_quiet_host_threads(NULL);
+        const char *comma;
+        size_t len = list_item(&p, item, sizeof item, &comma);
+        if (len == 0 || len >= sizeof item || !ts_registry_runs_own_threads(item))
+            return ts_registry_quiet_host_threads(NULL);
         if (!comma) break;
         p = comma + 1;
     }
