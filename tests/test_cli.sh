@@ -10,7 +10,7 @@ pyjson() { # a python that can parse JSON (any python3 will do)
 }
 
 echo "TAP version 13"
-echo "1..18"
+echo "1..19"
 
 out=$("$tessera" devices 2>&1); rc=$?
 echo "$out" | grep -q '^cpu ' ; check "devices lists the CPU backend" $(( rc != 0 || $? != 0 )) "$out"
@@ -51,8 +51,14 @@ check "TESSERA_THREADS sets the CPU thread count" $? "$out"
 out1=$(TESSERA_ATTENTION=composite "$tessera" devices 2>&1); out2=$(TESSERA_ATTENTION=fast "$tessera" devices 2>&1)
 grep -q '^attention: TESSERA_ATTENTION=composite sets every device' <<<"$out1" \
     && grep -q '^attention: TESSERA_ATTENTION=fast is not fused' <<<"$out2" \
-    && ! env -u TESSERA_ATTENTION "$tessera" devices 2>&1 | grep -q '^attention:'
-check "devices says when TESSERA_ATTENTION overrides the default routes it lists" $? "$(head -3 <<<"$out1")" "$(head -3 <<<"$out2")"
+    && ! env -u TESSERA_ATTENTION "$tessera" devices 2>&1 | grep -q '^attention:' \
+    && TESSERA_ATTENTION=composite "$tessera" devices --json | "$py" -c 'import json,sys; d=json.load(sys.stdin)
+assert all(x["attention_env"] == {"value": "composite", "valid": True} for x in d), d' \
+    && TESSERA_ATTENTION=fast "$tessera" devices --json | "$py" -c 'import json,sys; d=json.load(sys.stdin)
+assert d[0]["attention_env"] == {"value": "fast", "valid": False}, d' \
+    && env -u TESSERA_ATTENTION "$tessera" devices --json | "$py" -c 'import json,sys; d=json.load(sys.stdin)
+assert all(x["attention_env"] is None for x in d), d'
+check "devices (and devices --json) says when TESSERA_ATTENTION overrides the default routes it lists" $? "$(head -3 <<<"$out1")" "$(head -3 <<<"$out2")"
 
 # mixed precision: the route each device takes is named; a dtype a device
 # cannot do, or no dtype at all, is an error that says so
@@ -97,6 +103,7 @@ fi
 spins() { sed -n "s/^ *GOMP_SPINCOUNT = '\([0-9]*\)'/\1/p" <<<"$1" | paste -sd' ' -; }
 if ! echo "$features" | grep -qw openmp; then
     n=$((n + 1)); echo "ok $n - an all-OpenCL run re-runs itself with passive OpenMP waiting # SKIP built without OpenMP"
+    n=$((n + 1)); echo "ok $n - started through its loader by hand, it does not re-run the loader # SKIP built without OpenMP"
 else
 quiet=(env -u OMP_WAIT_POLICY -u TESSERA_DEVICE TESSERA_LOG=info OMP_DISPLAY_ENV=verbose)
 out1=$("${quiet[@]}" "$tessera" train --device opencl:0 --help 2>&1); rc1=$?
@@ -114,6 +121,18 @@ fi
 check "an all-OpenCL run re-runs itself with passive OpenMP waiting; cpu or a set policy is left alone" $ok \
     "opencl: exit $rc1, spin counts $(spins "$out1"): $(grep -v '^  ' <<<"$out1" | head -3)" \
     "cpu: exit $rc2, spin counts $(spins "$out2")" "set policy: exit $rc3: $(grep 'wait' <<<"$out3")"
+# `ld.so tessera ...`: /proc/self/exe is the loader, which would take the
+# command's first argument for the program to load
+loader=$(readelf -l "$tessera" 2>/dev/null | sed -n 's/.*interpreter: \(.*\)]$/\1/p')
+if [ -z "$loader" ] || [ ! -x "$loader" ]; then
+    n=$((n + 1)); echo "ok $n - started through its loader by hand, it does not re-run the loader # SKIP no loader named"
+else
+    out=$("${quiet[@]}" "$loader" "$tessera" train --device opencl:0 --help 2>&1); rc=$?
+    [ $rc -eq 0 ] && grep -q 'usage: tessera train' <<<"$out" && grep -q 'cannot run itself again' <<<"$out" \
+        && ! grep -q 'wait passively' <<<"$out"
+    check "started through its loader by hand, it does not re-run the loader (and says so)" $? \
+        "$loader: exit $rc: $(grep -v '^  ' <<<"$out" | head -4)"
+fi
 fi
 
 # One broken ICD must not hide the others; no ICD at all means no OpenCL

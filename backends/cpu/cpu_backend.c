@@ -8,6 +8,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#ifdef __linux__
+#include <sys/auxv.h>
+#endif
 
 #include "registry.h"
 #include "../blas/blas.h"
@@ -358,6 +361,15 @@ int ts_cpu_backend_wait_passively(int quiet)
     }
 #if defined(_OPENMP) && defined(__linux__)
     if (!quiet || getenv("OMP_WAIT_POLICY")) return 0; /* the user's choice stands */
+    /* /proc/self/exe is this program only where the kernel started it
+     * through its interpreter; started as `ld.so tessera ...` (or built
+     * static) it would run the loader with the wrong arguments */
+    if (getauxval(AT_BASE) == 0) {
+        ts_log(TS_LOG_INFO, "the devices run threads of their own, but this process was started through a "
+               "loader by hand (ld.so tessera), or is static, and cannot run itself again: set "
+               "OMP_WAIT_POLICY=passive for their full speed");
+        return 0;
+    }
     if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return 0;
     if (setenv(WAIT_MARKER, "1", 1) != 0) {
         unsetenv("OMP_WAIT_POLICY");

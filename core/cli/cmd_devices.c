@@ -44,10 +44,29 @@ static void print_text(int i, ts_device *dev, const ts_device_info *d, const ts_
         printf("  near      unknown (%s)\n", loc->how[0] ? loc->how : "hwloc found nothing");
 }
 
+/* TESSERA_ATTENTION when set to something other than auto (it overrides
+ * the default routes the details name); *valid: fused or composite. */
+static const char *attention_env(int *valid)
+{
+    const char *att = getenv("TESSERA_ATTENTION");
+    if (!att || !*att || !strcmp(att, "auto")) return NULL;
+    *valid = !strcmp(att, "fused") || !strcmp(att, "composite");
+    return att;
+}
+
 static void print_json(int i, int n, ts_device *dev, const ts_device_info *d, const ts_locality *loc)
 {
     printf("  {");
     ts_device_info_write_json(stdout, d);
+    int valid = 0;
+    const char *att = attention_env(&valid);
+    if (att) { /* {"value": ..., "valid": ...}, or null where the defaults stand */
+        printf("\"attention_env\": {");
+        ts_json_write_member(stdout, "value", att, ", ");
+        printf("\"valid\": %s}, ", valid ? "true" : "false");
+    } else {
+        printf("\"attention_env\": null, ");
+    }
     ts_json_write_member(stdout, "matmul_bf16", ts_device_matmul_route(dev, TS_BF16), ", ");
     ts_json_write_member(stdout, "matmul_fp16", ts_device_matmul_route(dev, TS_F16), ", ");
     printf("\"locality\": {\"known\": %s, ", loc->known ? "true" : "false");
@@ -76,11 +95,12 @@ int cmd_devices(int argc, char **argv)
         if (ts_comm_size(w) > 1) printf("rank %d of %d: ", ts_comm_rank(w), ts_comm_size(w));
         printf("this process runs on %s\n", where);
         /* the details below name each device's default attention route */
-        const char *att = getenv("TESSERA_ATTENTION");
-        if (att && (!strcmp(att, "fused") || !strcmp(att, "composite")))
+        int valid = 0;
+        const char *att = attention_env(&valid);
+        if (att && valid)
             printf("attention: TESSERA_ATTENTION=%s sets every device's route in this environment%s\n", att,
                    strcmp(att, "fused") ? "" : " (fused where the device has it)");
-        else if (att && *att && strcmp(att, "auto"))
+        else if (att)
             printf("attention: TESSERA_ATTENTION=%s is not fused, composite or auto: runs will refuse it\n", att);
         printf("\n");
     }
