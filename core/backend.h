@@ -67,6 +67,8 @@ struct ts_block {
  *  OPTIM_UPDATE          param         m|NULL      v|NULL      grad
  *  TRIAD                 a (=b+s*c)                            b         c
  *  FMA_LOOP              x (in place: x = x*a + b, repeated)
+ *  POOL_MAX_FWD          out[B,C]      argmax[B,C] (i32)       x[B,T,C]  lengths[B] (i32)
+ *  POOL_MAX_BWD          dx[B,T,C]                             dout[B,C] argmax[B,C]
  *
  * Aliasing allowed: ADD out with a or b; SCALE, GELU_FWD, GELU_BWD (dinp with dout),
  * SOFTMAX_CAUSAL_BWD and SOFTMAX_MASKED_BWD (dpreatt with datt), SOFTMAX_MASKED_FWD
@@ -99,6 +101,8 @@ typedef enum ts_op_kind {
     TS_OP_SOFTMAX_MASKED_BWD,
     TS_OP_ATTENTION_FWD,
     TS_OP_ATTENTION_BWD,
+    TS_OP_POOL_MAX_FWD,
+    TS_OP_POOL_MAX_BWD,
     TS_OP_COUNT
 } ts_op_kind;
 
@@ -130,6 +134,7 @@ typedef struct ts_op {
                                     * products summed in fp32 (ts_device_set_matmul_dtype) */
         } gemm;
         struct { int64_t N, C; bool accumulate; } sum_rows;
+        struct { int64_t B, T, C; } pool;
         struct { int64_t B, T, K, NH, HS; } heads;
         struct {
             int64_t BH, T;

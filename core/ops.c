@@ -44,6 +44,8 @@ const char *ts_op_kind_name(ts_op_kind kind)
         [TS_OP_SOFTMAX_MASKED_BWD] = "softmax_masked_backward",
         [TS_OP_ATTENTION_FWD] = "attention_forward",
         [TS_OP_ATTENTION_BWD] = "attention_backward",
+        [TS_OP_POOL_MAX_FWD] = "pool_max_forward",
+        [TS_OP_POOL_MAX_BWD] = "pool_max_backward",
     };
     if ((int)kind < 0 || kind >= TS_OP_COUNT) return "?";
     return names[kind];
@@ -638,6 +640,49 @@ ts_status ts_softmax_masked_forward(ts_tensor *att, const ts_tensor *preatt, con
 ts_status ts_softmax_masked_backward(ts_tensor *dpreatt, const ts_tensor *att, const ts_tensor *datt, float scale)
 {
     return softmax_backward("ts_softmax_masked_backward", TS_OP_SOFTMAX_MASKED_BWD, dpreatt, att, datt, scale);
+}
+
+/* ---- pooling ---- */
+
+ts_status ts_pool_max_forward(ts_tensor *out, ts_tensor *argmax, const ts_tensor *x, const ts_tensor *lengths)
+{
+    const char *name = "ts_pool_max_forward";
+    TRY(need(name, "out", out, TS_F32));
+    TRY(need(name, "argmax", argmax, TS_I32));
+    TRY(need(name, "x", x, TS_F32));
+    TRY(need(name, "lengths", lengths, TS_I32));
+    if (x->ndim != 3) return ts_error(TS_ERR_SHAPE, "%s: x must be [B,T,C], got %s", name, desc(0, x));
+    int64_t B = x->shape[0], T = x->shape[1], C = x->shape[2];
+    TRY(need_numel(name, "out", out, B * C));
+    TRY(need_numel(name, "argmax", argmax, B * C));
+    TRY(need_numel(name, "lengths", lengths, B));
+    if (B * C == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_POOL_MAX_FWD);
+    op.out[0] = out;
+    op.out[1] = argmax;
+    op.in[0] = x;
+    op.in[1] = lengths;
+    op.p.pool.B = B, op.p.pool.T = T, op.p.pool.C = C;
+    return dispatch(name, &op);
+}
+
+ts_status ts_pool_max_backward(ts_tensor *dx, const ts_tensor *dout, const ts_tensor *argmax)
+{
+    const char *name = "ts_pool_max_backward";
+    TRY(need(name, "dx", dx, TS_F32));
+    TRY(need(name, "dout", dout, TS_F32));
+    TRY(need(name, "argmax", argmax, TS_I32));
+    if (dx->ndim != 3) return ts_error(TS_ERR_SHAPE, "%s: dx must be [B,T,C], got %s", name, desc(0, dx));
+    int64_t B = dx->shape[0], T = dx->shape[1], C = dx->shape[2];
+    TRY(need_numel(name, "dout", dout, B * C));
+    TRY(need_numel(name, "argmax", argmax, B * C));
+    if (B * T * C == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_POOL_MAX_BWD);
+    op.out[0] = dx;
+    op.in[0] = dout;
+    op.in[1] = argmax;
+    op.p.pool.B = B, op.p.pool.T = T, op.p.pool.C = C;
+    return dispatch(name, &op);
 }
 
 /* The fused op's probe: whether dev runs TS_OP_ATTENTION_FWD/BWD at this

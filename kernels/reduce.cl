@@ -87,3 +87,41 @@ __kernel void reduce_finish(__global float *out, ulong oo, __global const float 
     acc = wg_sum(acc, scratch);
     if (lid == 0) out[oo] = acc;
 }
+
+/* Max pooling over each sequence's real positions, one work-item per
+ * (b, c): x [B,T,C], lengths [B] clamped to [0, T]; out [B,C] the max
+ * (NaN wins), argmax [B,C] the first t that holds it (-1, out 0: none). */
+__kernel void pool_max_forward(__global float *out, ulong oo, __global int *argmax, ulong ao,
+                               __global const float *x, ulong xo, __global const int *lengths, ulong lo,
+                               long T, long C, long n)
+{
+    long i = get_global_id(0);
+    if (i < n) {
+        long b = i / C, c = i - b * C; /* no / and % pair: LLVM joins it through a `freeze` oclgrind cannot run */
+        long L = clamp((long)lengths[lo + b], 0L, T);
+        __global const float *col = x + xo + b * T * C + c; /* B,T,C: row t at col[t * C] */
+        float best = L > 0 ? col[0] : 0.0f;
+        int at = L > 0 ? 0 : -1;
+        for (long t = 1; t < L; t++) {
+            float v = col[t * C];
+            if (v > best || (isnan(v) && !isnan(best))) {
+                best = v;
+                at = (int)t;
+            }
+        }
+        out[oo + i] = best;
+        argmax[ao + i] = at;
+    }
+}
+
+/* dx[b,t,c] = dout[b,c] where t is argmax[b,c], else 0: one item an element. */
+__kernel void pool_max_backward(__global float *dx, ulong dxo, __global const float *dout, ulong doo,
+                                __global const int *argmax, ulong ao, long T, long C, long n)
+{
+    long i = get_global_id(0);
+    if (i < n) {
+        long bt = i / C, b = bt / T, t = bt - b * T, c = i - bt * C; /* B,T,C, as quotients and products */
+        long bc = b * C + c;
+        dx[dxo + i] = argmax[ao + bc] == t ? dout[doo + bc] : 0.0f;
+    }
+}

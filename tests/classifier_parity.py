@@ -4,7 +4,7 @@
 usage: classifier_parity.py CLASSIFIER_DUMP DEVICE [DEVICE...]
 
 For each device and each of last/mean pooling with causal/bidirectional
-attention (and last pooling, causal, with half the mean language-model loss
+attention, max pooling with each (and last pooling, causal, with half the mean language-model loss
 of the sequences added: GPT-1's auxiliary objective, --lm-weight), classifier_dump (tests/classifier_dump.c) writes the classifier's
 weights, a right-padded batch of four sequences of different lengths with
 labels and class weights, the class-weighted mean cross-entropy, the logits
@@ -31,6 +31,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 CASES = [("last", "causal", 0), ("mean", "causal", 0), ("last", "bidirectional", 0), ("mean", "bidirectional", 0),
+         ("max", "causal", 0), ("max", "bidirectional", 0),
          ("last", "causal", 0.5)]
 
 
@@ -46,6 +47,8 @@ def classifier(p, cfg, cls, tok, lengths, labels, weights, lm_weight=0):
     x = trunk(p, cfg, tok, mask)
     if cls["pool"] == "last":
         pooled = x[torch.arange(B), lengths - 1]
+    elif cls["pool"] == "max":                                   # each channel's max over the real tokens
+        pooled = x.masked_fill(~real[:, :, None], -math.inf).max(dim=1).values
     else:
         pooled = (x * real[:, :, None].to(x.dtype)).sum(dim=1) / lengths[:, None].to(x.dtype)
     logits = pooled @ p["score.weight"].T + p["score.bias"]

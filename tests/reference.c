@@ -115,6 +115,32 @@ void ref_gemm(double *c, const double *a, const double *b, const double *bias, i
     }
 }
 
+void ref_pool_max_forward(double *out, int32_t *argmax, const double *x, const int32_t *lengths, int64_t B,
+                          int64_t T, int64_t C)
+{
+    for (int64_t b = 0; b < B; b++) {
+        int64_t L = lengths[b] < 0 ? 0 : lengths[b] > T ? T : lengths[b];
+        for (int64_t c = 0; c < C; c++) {
+            double best = 0.0;
+            int32_t at = -1;
+            for (int64_t t = 0; t < L; t++) {
+                double v = x[(b * T + t) * C + c];
+                if (at < 0 || v > best || (isnan(v) && !isnan(best))) best = v, at = (int32_t)t;
+            }
+            out[b * C + c] = best;
+            argmax[b * C + c] = at;
+        }
+    }
+}
+
+void ref_pool_max_backward(double *dx, const double *dout, const int32_t *argmax, int64_t B, int64_t T, int64_t C)
+{
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t c = 0; c < C; c++)
+                dx[(b * T + t) * C + c] = argmax[b * C + c] == t ? dout[b * C + c] : 0.0;
+}
+
 void ref_sum_rows(double *out, const double *x, int64_t N, int64_t C, bool accumulate)
 {
     for (int64_t c = 0; c < C; c++) {

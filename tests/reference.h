@@ -30,6 +30,10 @@ void ref_gemm(double *c, const double *a, const double *b, const double *bias, i
               int64_t M, int64_t N, int64_t K, bool ta, bool tb, double alpha, double beta,
               int64_t stride_b);
 
+/* max over t < lengths[b] (clamped to [0, T]; NaN wins; none: 0 and -1) */
+void ref_pool_max_forward(double *out, int32_t *argmax, const double *x, const int32_t *lengths, int64_t B,
+                          int64_t T, int64_t C);
+void ref_pool_max_backward(double *dx, const double *dout, const int32_t *argmax, int64_t B, int64_t T, int64_t C);
 void ref_sum_rows(double *out, const double *x, int64_t N, int64_t C, bool accumulate);
 
 void ref_split_heads(double *out, const double *inp, int64_t B, int64_t T, int64_t K, int64_t NH,

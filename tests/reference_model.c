@@ -74,6 +74,12 @@ double ref_classifier_loss(const ts_classifier *c, const double *params, const i
         int64_t len = lengths[b];
         if (c->cfg.pool == TS_POOL_LAST)
             memcpy(pooled + b * C, feat + (b * T + len - 1) * C, (size_t)C * sizeof *pooled);
+        else if (c->cfg.pool == TS_POOL_MAX)
+            for (int64_t i = 0; i < C; i++) {
+                double m = feat[b * T * C + i];
+                for (int64_t t = 1; t < len; t++) m = fmax(m, feat[(b * T + t) * C + i]);
+                pooled[b * C + i] = m;
+            }
         else
             for (int64_t t = 0; t < len; t++)
                 for (int64_t i = 0; i < C; i++) pooled[b * C + i] += feat[(b * T + t) * C + i] / (double)len;

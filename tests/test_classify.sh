@@ -56,7 +56,7 @@ named_error() { # rc, output file, expected text
 }
 
 echo "TAP version 13"
-echo "1..27"
+echo "1..28"
 
 # 1-3. the task learned from each format, every held-out text right
 "$tessera" classify train "${small[@]}" --train "$work/train.jsonl" --epochs 4 --out "$work/j" >"$work/j.out" 2>&1
@@ -75,6 +75,20 @@ erc=$?; acc=$(accuracy "$work/c.eval")
 [ $rc -eq 0 ] && [ $erc -eq 0 ] && [ "$acc" = 1.000 ]
 check "CSV with quoted texts (mean pooling, bidirectional): every held-out text right (accuracy ${acc:-?})" $? \
     "train exit $rc, eval exit $erc" "$(tail -5 "$work/c.out")" "$(cat "$work/c.eval")"
+
+# max pooling: each channel's max over the real tokens, saved with the
+# model; an unknown pooling names the choices
+"$tessera" classify train "${small[@]}" --train "$work/train.jsonl" --pool max --epochs 4 --out "$work/mx" \
+    >"$work/mx.out" 2>&1
+rc=$?
+"$tessera" classify eval --device cpu --checkpoint "$work/mx" --data "$work/test.jsonl" >"$work/mx.eval" 2>&1
+erc=$?; acc=$(accuracy "$work/mx.eval")
+"$tessera" classify train "${small[@]}" --train "$work/train.jsonl" --pool maximum --out "$work/mx2" >"$work/mx2.out" 2>&1
+brc=$?
+[ $rc -eq 0 ] && [ $erc -eq 0 ] && [ "$acc" = 1.000 ] && grep -rqF '"pool": "max"' "$work/mx" \
+    && named_error $brc "$work/mx2.out" "--pool must be last, mean, max, not 'maximum'"
+check "max pooling: every held-out text right (accuracy ${acc:-?}), saved as max; an unknown pooling names the choices" $? \
+    "train exit $rc, eval exit $erc" "$(tail -5 "$work/mx.out")" "$(cat "$work/mx.eval")" "$(cat "$work/mx2.out")"
 
 tsv_fields=(--text-field sentence --label-field category)
 "$tessera" classify train "${small[@]}" --train "$work/train.tsv" "${tsv_fields[@]}" --layers 2 --attention bidirectional \

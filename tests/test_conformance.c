@@ -794,6 +794,55 @@ static void conf_softmax_masked(void *argp)
     free(x), free(d), free(len), free(dx), free(dd), free(ref), free(att);
 }
 
+/* ---- pool_max: p = B, T, C, backward ----
+ * Lengths from 0 (pools to 0) to T + 2 (clamped); ties from rounded
+ * values take the first position; a NaN wins its channel. */
+
+static void conf_pool_max(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t B = a->p[0], T = a->p[1], C = a->p[2], backward = a->p[3], n = B * T * C;
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = rand_floats(&r, n, -4, 4), *d = rand_floats(&r, B * C, -1, 1);
+    for (int64_t i = 0; i < n; i += 3) x[i] = roundf(x[i]); /* ties between positions */
+    if (n > 7) x[7] = NAN;
+    int32_t *len = rand_ints(&r, B, 0, (int32_t)T + 3);
+    len[0] = (int32_t)T;
+    if (B > 2) len[1] = 0;
+    int32_t *at = malloc((size_t)(B * C) * sizeof *at), *got = malloc((size_t)(B * C) * sizeof *got);
+    double *dx = to_double(x, n), *dd = to_double(d, B * C);
+    double *ref = malloc((size_t)(backward ? n : B * C) * sizeof *ref);
+    ref_pool_max_forward(ref, at, dx, len, B, T, C);
+    ts_tensor tx, tl, ta, td;
+    guarded g;
+    if (!backward) {
+        REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(B, T, C), x));
+        REQUIRE_OK(upload(&tl, a->dev, TS_I32, TS_SHAPE(B), len));
+        REQUIRE_OK(ts_tensor_alloc(&ta, a->dev, TS_I32, TS_SHAPE(B, C)));
+        REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(B, C), NULL));
+        REQUIRE_OK(ts_pool_max_forward(&g.t, &ta, &tx, &tl));
+        expect_output("pool_max_forward", &g, ref, TOL_EXACT);
+        REQUIRE_OK(ts_tensor_read(&ta, got, (size_t)(B * C) * sizeof *got));
+        int64_t wrong = 0;
+        for (int64_t i = 0; i < B * C; i++) wrong += got[i] != at[i];
+        EXPECTF(wrong == 0, "pool_max_forward: %lld of %lld positions differ from the reference", (long long)wrong,
+                (long long)(B * C));
+        ts_tensor_free(&tx), ts_tensor_free(&tl);
+    } else { /* the reference's positions, -1 included, scatter dout */
+        ref_pool_max_backward(ref, dd, at, B, T, C);
+        REQUIRE_OK(upload(&td, a->dev, TS_F32, TS_SHAPE(B, C), d));
+        REQUIRE_OK(upload(&ta, a->dev, TS_I32, TS_SHAPE(B, C), at));
+        REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(B, T, C), NULL));
+        REQUIRE_OK(ts_pool_max_backward(&g.t, &td, &ta));
+        expect_output("pool_max_backward", &g, ref, TOL_EXACT);
+        ts_tensor_free(&td);
+    }
+    guarded_free(&g);
+    ts_tensor_free(&ta);
+    free(x), free(d), free(len), free(at), free(got), free(dx), free(dd), free(ref);
+}
+
 /* ---- attention: p = B, T, C, NH, mask, route, backward ----
  * mask 0: causal over all T keys; 1: causal over lengths 1..T; 2:
  * bidirectional over lengths 1..T (the first of 3 or more sequences has
@@ -1162,6 +1211,10 @@ static const case_def cases[] = {
          {5, 2, 24, 0, 0, 0}, {5, 2, 24, 1, 0, 0}}, 7},
     {"softmax_masked_backward", conf_softmax_masked, "B=%lld NH=%lld T=%lld causal=%lld in_place=%lld backward=%lld",
      6, {{1, 1, 1, 0, 0, 1}, {3, 2, 17, 0, 0, 1}, {4, 2, 64, 1, 1, 1}, {2, 1, 130, 0, 1, 1}, {5, 2, 24, 0, 0, 1}}, 5},
+    {"pool_max_forward", conf_pool_max, "B=%lld T=%lld C=%lld backward=%lld", 4,
+     {{1, 1, 1, 0}, {3, 9, 33, 0}, {4, 48, 128, 0}, {2, 130, 7, 0}}, 4},
+    {"pool_max_backward", conf_pool_max, "B=%lld T=%lld C=%lld backward=%lld", 4,
+     {{1, 1, 1, 1}, {3, 9, 33, 1}, {4, 48, 128, 1}, {2, 130, 7, 1}}, 4},
 /* fused blocks hold 64 query rows (in the CPU's causal backward 16 up to
  * T=64, 32 up to T=128): T=40, 72, 130 and 150 cross block edges. The
  * composite route's kernels are the softmax and GEMM ops checked above, so

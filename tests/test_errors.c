@@ -166,6 +166,19 @@ TEST(invalid_op_parameters_are_rejected)
     EXPECT_STATUS(ts_cross_entropy(&s, NULL, NULL, &x, NULL, 1.0f), TS_ERR_INVALID_ARG);
     EXPECT_STATUS(ts_softmax_causal_forward(&o, &x, 1.0f), TS_ERR_SHAPE); /* not [BH,T,T] */
     EXPECT_STATUS(ts_split_heads(&o, &x, 2, 3, 1, 1), TS_ERR_SHAPE);     /* 16 % 6 != 0 */
+    ts_tensor x3, len, at;
+    REQUIRE_OK(ts_tensor_zeros(&x3, cpu, TS_F32, TS_SHAPE(2, 3, 8)));
+    int32_t lengths[2] = {3, 1};
+    REQUIRE_OK(upload(&len, cpu, TS_I32, TS_SHAPE(2), lengths));
+    REQUIRE_OK(ts_tensor_alloc(&at, cpu, TS_I32, TS_SHAPE(2, 8)));
+    EXPECT_STATUS(ts_pool_max_forward(&o, &at, &x, &len), TS_ERR_SHAPE);   /* x not [B,T,C] */
+    EXPECT_STATUS(ts_pool_max_forward(&o, &at, &x3, &s), TS_ERR_SHAPE);    /* f32 lengths */
+    EXPECT_STATUS(ts_pool_max_forward(&o, &o, &x3, &len), TS_ERR_SHAPE);   /* f32 argmax */
+    EXPECT_STATUS(ts_pool_max_forward(&w, &at, &x3, &len), TS_ERR_SHAPE);  /* out [8], not [2,8] */
+    EXPECT_STATUS(ts_pool_max_backward(&x3, &w, &at), TS_ERR_SHAPE);       /* dout [8] */
+    EXPECT_STATUS(ts_pool_max_backward(&o, &o, &at), TS_ERR_SHAPE);        /* dx not [B,T,C] */
+    REQUIRE_OK(ts_pool_max_forward(&o, &at, &x3, &len)); /* and the right shapes pass */
+    ts_tensor_free(&x3), ts_tensor_free(&len), ts_tensor_free(&at);
     ts_optim_params p = {.kind = TS_OPTIM_ADAMW, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f,
                          .eps = 1e-8f, .grad_scale = 1.0f, .step = 0};
     EXPECT_STATUS(ts_optimizer_update(&w, &b, &x, &x, &p), TS_ERR_SHAPE);      /* m is [2,8] */

@@ -628,11 +628,12 @@ int main(int argc, char **argv)
         snprintf(name, sizeof name, "activations split over many allocations change no bit on %s",
                  ts_device_get_info(ts_device_at(d))->id);
         th_add(name, split_activations_change_nothing, ts_device_at(d));
-        for (int v = 0; v < 4; v++) {
+        for (int v = 0; v < 6; v++) { /* last, mean, max; causal, bidirectional */
             cls_case *k = malloc(sizeof *k), *k2 = malloc(sizeof *k2);
-            *k = (cls_case){ts_device_at(d), v & 1 ? TS_POOL_MEAN : TS_POOL_LAST, v >> 1};
+            ts_pool pools[3] = {TS_POOL_LAST, TS_POOL_MEAN, TS_POOL_MAX};
+            *k = (cls_case){ts_device_at(d), pools[v % 3], v / 3};
             *k2 = *k;
-            const char *how = v >> 1 ? "bidirectional" : "causal";
+            const char *how = v / 3 ? "bidirectional" : "causal";
             snprintf(name, sizeof name, "classifier gradients (%s pooling, %s attention, padded batch, class weights) "
                      "match finite differences on %s", ts_pool_name(k->pool), how, ts_device_get_info(ts_device_at(d))->id);
             th_add_owned(name, classifier_grads_match_finite_differences, k);

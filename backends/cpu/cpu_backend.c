@@ -146,6 +146,13 @@ static ts_status cpu_run_op(ts_device *dev, const ts_op *op)
         cpu_sum_rows(F(o[0]), F(in[0]), op->p.sum_rows.N, op->p.sum_rows.C,
                      op->p.sum_rows.accumulate);
         break;
+    case TS_OP_POOL_MAX_FWD:
+        cpu_pool_max_forward(F(o[0]), (int32_t *)I(o[1]), F(in[0]), I(in[1]), op->p.pool.B, op->p.pool.T,
+                             op->p.pool.C);
+        break;
+    case TS_OP_POOL_MAX_BWD:
+        cpu_pool_max_backward(F(o[0]), F(in[0]), I(in[1]), op->p.pool.B, op->p.pool.T, op->p.pool.C);
+        break;
     case TS_OP_SPLIT_HEADS:
     case TS_OP_MERGE_HEADS:
         (op->kind == TS_OP_SPLIT_HEADS ? cpu_split_heads : cpu_merge_heads)(

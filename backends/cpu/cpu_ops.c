@@ -196,6 +196,43 @@ TS_CLONES void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias,
     }
 }
 
+/* out[b,c] = max over t < L_b of x[b,t,c], the first such t in argmax;
+ * rows are walked in order, so each channel's comparison vectorises */
+void cpu_pool_max_forward(float *out, int32_t *argmax, const float *x, const int32_t *lengths, int64_t B, int64_t T,
+                          int64_t C)
+{
+    PFOR(B * T * C > SMALL)
+    for (int64_t b = 0; b < B; b++) {
+        int64_t L = lengths[b] < 0 ? 0 : lengths[b] > T ? T : lengths[b];
+        float *best = out + b * C;
+        int32_t *at = argmax + b * C;
+        for (int64_t c = 0; c < C; c++) {
+            best[c] = L ? x[b * T * C + c] : 0.0f;
+            at[c] = L ? 0 : -1;
+        }
+        for (int64_t t = 1; t < L; t++) {
+            const float *r = x + (b * T + t) * C;
+            for (int64_t c = 0; c < C; c++)
+                if (r[c] > best[c] || (r[c] != r[c] && best[c] == best[c])) { /* NaN wins */
+                    best[c] = r[c];
+                    at[c] = (int32_t)t;
+                }
+        }
+    }
+}
+
+void cpu_pool_max_backward(float *dx, const float *dout, const int32_t *argmax, int64_t B, int64_t T, int64_t C)
+{
+    PFOR(B * T * C > SMALL)
+    for (int64_t bt = 0; bt < B * T; bt++) {
+        int64_t b = bt / T, t = bt % T;
+        const float *d = dout + b * C;
+        const int32_t *at = argmax + b * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) dx[bt * C + c] = at[c] == t ? d[c] : 0.0f;
+    }
+}
+
 TS_CLONES void cpu_sum_rows(float *out, const float *x, int64_t N, int64_t C, bool accumulate)
 {
     int64_t nblocks = (C + COL_BLOCK - 1) / COL_BLOCK;

@@ -32,6 +32,9 @@ void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const flo
                             const float *rstd, int64_t N, int64_t C);
 
 void cpu_sum_rows(float *out, const float *x, int64_t N, int64_t C, bool accumulate);
+void cpu_pool_max_forward(float *out, int32_t *argmax, const float *x, const int32_t *lengths, int64_t B, int64_t T,
+                          int64_t C);
+void cpu_pool_max_backward(float *dx, const float *dout, const int32_t *argmax, int64_t B, int64_t T, int64_t C);
 
 void cpu_split_heads(float *out, const float *inp, int64_t B, int64_t T, int64_t K, int64_t NH,
                      int64_t HS);

@@ -421,6 +421,23 @@ static ts_status op_softmax_masked(ts_cl_device *d, const ts_op *op)
     return launch_rows(d, "attention.cl", "softmax_masked_forward", rows, &a);
 }
 
+static ts_status op_pool_max(ts_cl_device *d, const ts_op *op)
+{
+    int64_t B = op->p.pool.B, T = op->p.pool.T, C = op->p.pool.C;
+    int fwd = op->kind == TS_OP_POOL_MAX_FWD;
+    int64_t n = fwd ? B * C : B * T * C;
+    ts_cl_args a;
+    args_init(&a);
+    ts_cl_arg_tensor(&a, op->out[0]);
+    if (fwd) ts_cl_arg_tensor(&a, op->out[1]);
+    ts_cl_arg_tensor(&a, op->in[0]);
+    ts_cl_arg_tensor(&a, op->in[1]);
+    ts_cl_arg_long(&a, T);
+    ts_cl_arg_long(&a, C);
+    ts_cl_arg_long(&a, n);
+    return launch_1d(d, "reduce.cl", fwd ? "pool_max_forward" : "pool_max_backward", n, &a);
+}
+
 static ts_status op_cross_entropy(ts_cl_device *d, const ts_op *op)
 {
     ts_cl_args a;
@@ -765,6 +782,8 @@ ts_status ts_cl_run_op(ts_device *dev, const ts_op *op)
     case TS_OP_LAYERNORM_BWD: return op_layernorm_backward(d, op);
     case TS_OP_GEMM: return ts_cl_gemm(d, op);
     case TS_OP_SUM_ROWS: return op_sum_rows(d, op);
+    case TS_OP_POOL_MAX_FWD:
+    case TS_OP_POOL_MAX_BWD: return op_pool_max(d, op);
     case TS_OP_SPLIT_HEADS:
     case TS_OP_MERGE_HEADS: return op_heads(d, op);
     case TS_OP_SOFTMAX_CAUSAL_FWD:

@@ -109,7 +109,7 @@ static int classify_train(int argc, char **argv)
         {"--max-len", OPT_INT, &c.max_len, 0, "tokens per text (longer ones are cut; batches are padded to "
          "their longest)", "128", 1, 1 << 20, 0},
         {"--pool", OPT_STRING, c.pool, sizeof c.pool, "last (the last real token) | mean (of the real tokens) | "
-         "mixed (an ensemble's members alternate last and mean)", "last", 0, 0, 0},
+         "max (each channel's max over the real tokens) | mixed (an ensemble's members alternate last and mean)", "last", 0, 0, 0},
         {"--attention", OPT_STRING, c.attention, sizeof c.attention, "causal | bidirectional (encoder style)",
          "causal", 0, 0, 0},
         {"--class-weights", OPT_STRING, c.class_weights, sizeof c.class_weights,

@@ -12,12 +12,13 @@
 
 /* ---- configuration ---- */
 
-const char *ts_pool_name(ts_pool pool) { return pool == TS_POOL_MEAN ? "mean" : "last"; }
+const char *ts_pool_name(ts_pool pool) { return pool == TS_POOL_MAX ? "max" : pool == TS_POOL_MEAN ? "mean" : "last"; }
 
 int ts_pool_parse(const char *name)
 {
     if (!strcmp(name, "last")) return TS_POOL_LAST;
     if (!strcmp(name, "mean")) return TS_POOL_MEAN;
+    if (!strcmp(name, "max")) return TS_POOL_MAX;
     return -1;
 }
 
@@ -26,7 +27,7 @@ ts_status ts_classifier_config_check(const ts_classifier_config *cfg)
     TRY(ts_gpt_config_check(&cfg->gpt));
     if (cfg->n_classes < 2 || cfg->n_classes > 65536)
         return ts_error(TS_ERR_INVALID_ARG, "a classifier needs 2 to 65536 classes, not %lld", (long long)cfg->n_classes);
-    if (cfg->pool != TS_POOL_LAST && cfg->pool != TS_POOL_MEAN)
+    if (cfg->pool != TS_POOL_LAST && cfg->pool != TS_POOL_MEAN && cfg->pool != TS_POOL_MAX)
         return ts_error(TS_ERR_INVALID_ARG, "unknown pooling %d", (int)cfg->pool);
     return TS_OK;
 }
@@ -37,6 +38,8 @@ static void free_shape(ts_classifier *c)
 {
     ts_gpt_acts_free(&c->acts);
     ts_tensor_free(&c->pool);
+    ts_tensor_free(&c->lengths);
+    ts_tensor_free(&c->argmax);
     ts_tensor_free(&c->pooled);
     ts_tensor_free(&c->logits);
     ts_tensor_free(&c->dpooled);
@@ -156,6 +159,8 @@ static ts_status ensure_shape(ts_classifier *c, int64_t B, int64_t T)
     int64_t C = c->cfg.gpt.n_embd, K = c->cfg.n_classes;
     ts_status st = ts_gpt_acts_alloc_features(&c->trunk, &c->acts, B, T);
     if (!st) st = ts_tensor_alloc(&c->pool, c->device, TS_F32, TS_SHAPE(B, 1, T));
+    if (!st && c->cfg.pool == TS_POOL_MAX) st = ts_tensor_alloc(&c->lengths, c->device, TS_I32, TS_SHAPE(B));
+    if (!st && c->cfg.pool == TS_POOL_MAX) st = ts_tensor_alloc(&c->argmax, c->device, TS_I32, TS_SHAPE(B, C));
     if (!st) st = ts_tensor_alloc(&c->pooled, c->device, TS_F32, TS_SHAPE(B, C));
     if (!st) st = ts_tensor_alloc(&c->logits, c->device, TS_F32, TS_SHAPE(B, K));
     if (!st) st = ts_tensor_alloc(&c->dpooled, c->device, TS_F32, TS_SHAPE(B, C));
@@ -184,6 +189,14 @@ ts_status ts_classifier_forward(ts_classifier *c, const int32_t *tokens, const i
     int64_t C = c->cfg.gpt.n_embd;
     c->lm_pending = 0;
     TRY(ts_gpt_features_forward(&c->trunk, &c->acts, tokens, lengths, c->cfg.bidirectional));
+    ts_tensor feats, pooled3;
+    TRY(ts_tensor_reshape(&feats, &c->acts.lnf, TS_SHAPE(B, T, C)));
+    if (c->cfg.pool == TS_POOL_MAX) {
+        TRY(ts_tensor_write(&c->lengths, lengths, (size_t)B * sizeof *lengths));
+        TRY(ts_pool_max_forward(&c->pooled, &c->argmax, &feats, &c->lengths));
+        TRY(ts_linear_forward(&c->logits, &c->pooled, &c->head_w, &c->head_b));
+        return ts_tensor_read(&c->logits, logits, (size_t)(B * c->cfg.n_classes) * sizeof *logits);
+    }
     /* pooled[b] = sum_t pool[b, t] * features[b, t]: the last real token,
      * or the mean of the real ones */
     for (int64_t b = 0; b < B; b++)
@@ -192,8 +205,6 @@ ts_status ts_classifier_forward(ts_classifier *c, const int32_t *tokens, const i
                                       : t < lengths[b]            ? 1.0f / (float)lengths[b]
                                                                   : 0.0f;
     TRY(ts_tensor_write(&c->pool, c->host_pool, (size_t)(B * T) * sizeof *c->host_pool));
-    ts_tensor feats, pooled3;
-    TRY(ts_tensor_reshape(&feats, &c->acts.lnf, TS_SHAPE(B, T, C)));
     TRY(ts_tensor_reshape(&pooled3, &c->pooled, TS_SHAPE(B, 1, C)));
     TRY(ts_matmul(&pooled3, &c->pool, &feats, false, false, 1.0f, 0.0f));
     TRY(ts_linear_forward(&c->logits, &c->pooled, &c->head_w, &c->head_b));
@@ -285,7 +296,8 @@ ts_status ts_classifier_backward(ts_classifier *c, const float *dlogits)
     ts_tensor dfeats, dpooled3;
     TRY(ts_tensor_reshape(&dfeats, &c->dfeatures, TS_SHAPE(B, T, C)));
     TRY(ts_tensor_reshape(&dpooled3, &c->dpooled, TS_SHAPE(B, 1, C)));
-    TRY(ts_matmul(&dfeats, &c->pool, &dpooled3, true, false, 1.0f, 0.0f));
+    if (c->cfg.pool == TS_POOL_MAX) TRY(ts_pool_max_backward(&dfeats, &c->dpooled, &c->argmax));
+    else TRY(ts_matmul(&dfeats, &c->pool, &dpooled3, true, false, 1.0f, 0.0f));
     if (c->lm_pending) TRY(ts_add(&c->dfeatures, &c->dfeatures, &c->dlm));
     c->lm_pending = 0;
     return ts_gpt_features_backward(&c->trunk, &c->acts, &c->dfeatures);

@@ -81,6 +81,14 @@ ts_status ts_linear_backward(ts_tensor *dinp, ts_tensor *dw, ts_tensor *dbias,
 /* out[C] = (or +=) the sum over rows of x[N,C]. */
 ts_status ts_sum_rows(ts_tensor *out, const ts_tensor *x, bool accumulate);
 
+/* Max pooling over each sequence's real positions (a classifier's head):
+ * x is [B,T,C], lengths i32 [B] (clamped to [0, T]); out[b,c] = the max of
+ * x[b,t,c] over t < lengths[b] (NaN wins), argmax[b,c] (i32) the first t
+ * that holds it. A sequence without positions pools to 0, argmax -1. */
+ts_status ts_pool_max_forward(ts_tensor *out, ts_tensor *argmax, const ts_tensor *x, const ts_tensor *lengths);
+/* dx[B,T,C] = dout[b,c] at t = argmax[b,c], 0 elsewhere (all of dx is written). */
+ts_status ts_pool_max_backward(ts_tensor *dx, const ts_tensor *dout, const ts_tensor *argmax);
+
 /* ---- attention ----
  * Heads: inp[B,T,K*NH*HS] <-> out[K,B,NH,T,HS] (K = 3 splits q,k,v). */
 ts_status ts_split_heads(ts_tensor *out, const ts_tensor *inp, int64_t B,

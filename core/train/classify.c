@@ -1059,7 +1059,9 @@ static ts_status check_config(const ts_classify_config *c)
     if (!strcmp(c->pool, "mixed") && c->ensemble == 1)
         return ts_error(TS_ERR_INVALID_ARG, "--pool mixed alternates an ensemble's members between last and mean: "
                         "it needs --ensemble 2 or more");
-    TRY(one_of3("--pool", c->pool, "last", "mean", c->ensemble > 1 ? "mixed" : NULL));
+    if (ts_pool_parse(c->pool) < 0 && (strcmp(c->pool, "mixed") || c->ensemble == 1))
+        return ts_error(TS_ERR_INVALID_ARG, "--pool must be last, mean, max%s, not '%s'",
+                        c->ensemble > 1 ? " or mixed" : "", c->pool);
     if (c->ensemble > 1 && !c->out[0])
         return ts_error(TS_ERR_INVALID_ARG, "an ensemble needs a directory for its members (--out)");
     if (c->ensemble > 1 && c->log[0] && strcmp(c->log, "-") != 0)

@@ -28,7 +28,9 @@
 extern "C" {
 #endif
 
-typedef enum ts_pool { TS_POOL_LAST = 0, TS_POOL_MEAN = 1 } ts_pool;
+/* the head reads the last real token's features, their mean, or their
+ * per-channel max over the real tokens */
+typedef enum ts_pool { TS_POOL_LAST = 0, TS_POOL_MEAN = 1, TS_POOL_MAX = 2 } ts_pool;
 
 typedef struct ts_classifier_config {
     ts_gpt_config gpt;        /* the trunk */
@@ -48,7 +50,9 @@ typedef struct ts_classifier {
     /* the last forward: its shape, activations and pooling */
     int64_t B, T;
     ts_gpt_acts acts;
-    ts_tensor pool;           /* [B, 1, T] pooling weights */
+    ts_tensor pool;           /* [B, 1, T] pooling weights (last, mean) */
+    ts_tensor lengths;        /* i32 [B]; max pooling's */
+    ts_tensor argmax;         /* i32 [B, C]: each channel's position under max pooling */
     ts_tensor pooled;         /* [B, C] */
     ts_tensor logits;         /* [B, K]; its gradient in backward */
     ts_tensor dpooled;        /* [B, C] */
