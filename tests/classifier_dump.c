@@ -7,7 +7,7 @@
  *   results.json       the loss and the logits
  * With LM_WEIGHT, the loss adds LM_WEIGHT times the mean language-model
  * loss of the sequences (ts_classifier_lm_loss), results.json its value.
- * usage: classifier_dump OUT_DIR DEVICE last|mean causal|bidirectional [LM_WEIGHT] */
+ * usage: classifier_dump OUT_DIR DEVICE last|mean|max causal|bidirectional [LM_WEIGHT] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +32,7 @@ static uint64_t next(uint64_t *s)
 int main(int argc, char **argv)
 {
     if (argc < 5 || ts_pool_parse(argv[3]) < 0 || (strcmp(argv[4], "causal") && strcmp(argv[4], "bidirectional"))) {
-        fprintf(stderr, "usage: %s OUT_DIR DEVICE last|mean causal|bidirectional [LM_WEIGHT]\n", argv[0]);
+        fprintf(stderr, "usage: %s OUT_DIR DEVICE last|mean|max causal|bidirectional [LM_WEIGHT]\n", argv[0]);
         return 2;
     }
     const char *dir = argv[1];

@@ -77,7 +77,10 @@ double ref_classifier_loss(const ts_classifier *c, const double *params, const i
         else if (c->cfg.pool == TS_POOL_MAX)
             for (int64_t i = 0; i < C; i++) {
                 double m = feat[b * T * C + i];
-                for (int64_t t = 1; t < len; t++) m = fmax(m, feat[(b * T + t) * C + i]);
+                for (int64_t t = 1; t < len; t++) { /* the op's rule: a NaN wins */
+                    double v = feat[(b * T + t) * C + i];
+                    if (v > m || (isnan(v) && !isnan(m))) m = v;
+                }
                 pooled[b * C + i] = m;
             }
         else

@@ -85,7 +85,9 @@ rc=$?
 erc=$?; acc=$(accuracy "$work/mx.eval")
 "$tessera" classify train "${small[@]}" --train "$work/train.jsonl" --pool maximum --out "$work/mx2" >"$work/mx2.out" 2>&1
 brc=$?
-[ $rc -eq 0 ] && [ $erc -eq 0 ] && [ "$acc" = 1.000 ] && grep -rqF '"pool": "max"' "$work/mx" \
+# (the model's metadata, a JSON string in the safetensors header: its quotes escaped)
+[ $rc -eq 0 ] && [ $erc -eq 0 ] && [ "$acc" = 1.000 ] \
+    && grep -aqF '\"pool\": \"max\"' "$work/mx/$(cat "$work/mx/latest" 2>/dev/null)/model.safetensors" \
     && named_error $brc "$work/mx2.out" "--pool must be last, mean, max, not 'maximum'"
 check "max pooling: every held-out text right (accuracy ${acc:-?}), saved as max; an unknown pooling names the choices" $? \
     "train exit $rc, eval exit $erc" "$(tail -5 "$work/mx.out")" "$(cat "$work/mx.eval")" "$(cat "$work/mx2.out")"

@@ -795,8 +795,9 @@ static void conf_softmax_masked(void *argp)
 }
 
 /* ---- pool_max: p = B, T, C, backward ----
- * Lengths from 0 (pools to 0) to T + 2 (clamped); ties from rounded
- * values take the first position; a NaN wins its channel. */
+ * Lengths from -2 and 0 (pool to 0) to T + 2 (clamped); ties from rounded
+ * values take the first position; a NaN wins its channel, at t = 0 and
+ * after a finite max. argmax sits between guard values that must stay. */
 
 static void conf_pool_max(void *argp)
 {
@@ -807,28 +808,35 @@ static void conf_pool_max(void *argp)
     float *x = rand_floats(&r, n, -4, 4), *d = rand_floats(&r, B * C, -1, 1);
     for (int64_t i = 0; i < n; i += 3) x[i] = roundf(x[i]); /* ties between positions */
     if (n > 7) x[7] = NAN;
+    if (T > 1 && C > 5) x[C + 5] = NAN; /* b 0, t 1: after a finite value */
     int32_t *len = rand_ints(&r, B, 0, (int32_t)T + 3);
     len[0] = (int32_t)T;
     if (B > 2) len[1] = 0;
-    int32_t *at = malloc((size_t)(B * C) * sizeof *at), *got = malloc((size_t)(B * C) * sizeof *got);
+    if (B > 3) len[3] = -2;
+    enum { GUARD = 16 };
+    int32_t *at = malloc((size_t)(B * C) * sizeof *at), *got = malloc((size_t)(B * C + 2 * GUARD) * sizeof *got);
     double *dx = to_double(x, n), *dd = to_double(d, B * C);
     double *ref = malloc((size_t)(backward ? n : B * C) * sizeof *ref);
     ref_pool_max_forward(ref, at, dx, len, B, T, C);
-    ts_tensor tx, tl, ta, td;
+    ts_tensor tx, tl, ta, tab, td;
     guarded g;
     if (!backward) {
         REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(B, T, C), x));
         REQUIRE_OK(upload(&tl, a->dev, TS_I32, TS_SHAPE(B), len));
-        REQUIRE_OK(ts_tensor_alloc(&ta, a->dev, TS_I32, TS_SHAPE(B, C)));
+        for (int64_t i = 0; i < B * C + 2 * GUARD; i++) got[i] = 0x5eed;
+        REQUIRE_OK(upload(&tab, a->dev, TS_I32, TS_SHAPE(B * C + 2 * GUARD), got));
+        REQUIRE_OK(ts_tensor_view(&ta, &tab, GUARD, TS_SHAPE(B, C)));
         REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(B, C), NULL));
         REQUIRE_OK(ts_pool_max_forward(&g.t, &ta, &tx, &tl));
         expect_output("pool_max_forward", &g, ref, TOL_EXACT);
-        REQUIRE_OK(ts_tensor_read(&ta, got, (size_t)(B * C) * sizeof *got));
-        int64_t wrong = 0;
-        for (int64_t i = 0; i < B * C; i++) wrong += got[i] != at[i];
+        REQUIRE_OK(ts_tensor_read(&tab, got, (size_t)(B * C + 2 * GUARD) * sizeof *got));
+        int64_t wrong = 0, guards = 0;
+        for (int64_t i = 0; i < B * C; i++) wrong += got[GUARD + i] != at[i];
+        for (int64_t i = 0; i < GUARD; i++) guards += (got[i] != 0x5eed) + (got[GUARD + B * C + i] != 0x5eed);
         EXPECTF(wrong == 0, "pool_max_forward: %lld of %lld positions differ from the reference", (long long)wrong,
                 (long long)(B * C));
-        ts_tensor_free(&tx), ts_tensor_free(&tl);
+        EXPECTF(guards == 0, "pool_max_forward: %lld guard values around argmax were overwritten", (long long)guards);
+        ts_tensor_free(&tx), ts_tensor_free(&tl), ts_tensor_free(&tab);
     } else { /* the reference's positions, -1 included, scatter dout */
         ref_pool_max_backward(ref, dd, at, B, T, C);
         REQUIRE_OK(upload(&td, a->dev, TS_F32, TS_SHAPE(B, C), d));
@@ -836,10 +844,9 @@ static void conf_pool_max(void *argp)
         REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(B, T, C), NULL));
         REQUIRE_OK(ts_pool_max_backward(&g.t, &td, &ta));
         expect_output("pool_max_backward", &g, ref, TOL_EXACT);
-        ts_tensor_free(&td);
+        ts_tensor_free(&td), ts_tensor_free(&ta);
     }
     guarded_free(&g);
-    ts_tensor_free(&ta);
     free(x), free(d), free(len), free(at), free(got), free(dx), free(dd), free(ref);
 }
 

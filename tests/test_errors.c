@@ -175,6 +175,8 @@ TEST(invalid_op_parameters_are_rejected)
     EXPECT_STATUS(ts_pool_max_forward(&o, &at, &x3, &s), TS_ERR_SHAPE);    /* f32 lengths */
     EXPECT_STATUS(ts_pool_max_forward(&o, &o, &x3, &len), TS_ERR_SHAPE);   /* f32 argmax */
     EXPECT_STATUS(ts_pool_max_forward(&w, &at, &x3, &len), TS_ERR_SHAPE);  /* out [8], not [2,8] */
+    EXPECT_STATUS(ts_pool_max_forward(&o, &at, &x3, &at), TS_ERR_SHAPE);   /* lengths [2,8], not [2] */
+    EXPECT_STATUS(ts_pool_max_forward(&o, &len, &x3, &len), TS_ERR_SHAPE); /* argmax [2], not [2,8] */
     EXPECT_STATUS(ts_pool_max_backward(&x3, &w, &at), TS_ERR_SHAPE);       /* dout [8] */
     EXPECT_STATUS(ts_pool_max_backward(&o, &o, &at), TS_ERR_SHAPE);        /* dx not [B,T,C] */
     REQUIRE_OK(ts_pool_max_forward(&o, &at, &x3, &len)); /* and the right shapes pass */

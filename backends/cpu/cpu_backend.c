@@ -9,6 +9,7 @@
 #include <omp.h>
 #endif
 #ifdef __linux__
+#include <link.h>
 #include <sys/auxv.h>
 #endif
 
@@ -358,6 +359,27 @@ static int g_wait_set; /* this run's policy was set so */
 
 int ts_cpu_backend_waits_passively(void) { return g_wait_set; }
 
+#if defined(_OPENMP) && defined(__linux__)
+/* dl_iterate_phdr visits the program first: whether it names an interpreter */
+static int program_has_interp(struct dl_phdr_info *info, size_t size, void *found)
+{
+    (void)size;
+    for (int i = 0; i < info->dlpi_phnum; i++)
+        if (info->dlpi_phdr[i].p_type == PT_INTERP) *(int *)found = 1;
+    return 1; /* the first object only */
+}
+
+/* /proc/self/exe is this program unless the kernel ran its interpreter by
+ * hand (`ld.so tessera ...`): then the kernel loaded no interpreter
+ * (AT_BASE 0) for a program that names one. A static program names none. */
+static int started_through_loader(void)
+{
+    int interp = 0;
+    dl_iterate_phdr(program_has_interp, &interp);
+    return interp && getauxval(AT_BASE) == 0;
+}
+#endif
+
 int ts_cpu_backend_wait_passively(int quiet)
 {
     if (getenv(WAIT_MARKER)) { /* the run again */
@@ -368,13 +390,12 @@ int ts_cpu_backend_wait_passively(int quiet)
     }
 #if defined(_OPENMP) && defined(__linux__)
     if (!quiet || getenv("OMP_WAIT_POLICY")) return 0; /* the user's choice stands */
-    /* /proc/self/exe is this program only where the kernel started it
-     * through its interpreter; started as `ld.so tessera ...` (or built
-     * static) it would run the loader with the wrong arguments */
-    if (getauxval(AT_BASE) == 0) {
-        ts_log(TS_LOG_INFO, "the devices run threads of their own, but this process was started through a "
-               "loader by hand (ld.so tessera), or is static, and cannot run itself again: set "
-               "OMP_WAIT_POLICY=passive for their full speed");
+    /* run again, the loader would take the command's first argument for
+     * the program to load */
+    if (started_through_loader()) {
+        ts_log(TS_LOG_INFO, "the devices run threads of their own, but this process was started through its "
+               "loader by hand (ld.so tessera) and cannot run itself again: set OMP_WAIT_POLICY=passive for "
+               "their full speed");
         return 0;
     }
     if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return 0;

@@ -158,14 +158,15 @@ static ts_status ensure_shape(ts_classifier *c, int64_t B, int64_t T)
     free_shape(c);
     int64_t C = c->cfg.gpt.n_embd, K = c->cfg.n_classes;
     ts_status st = ts_gpt_acts_alloc_features(&c->trunk, &c->acts, B, T);
-    if (!st) st = ts_tensor_alloc(&c->pool, c->device, TS_F32, TS_SHAPE(B, 1, T));
-    if (!st && c->cfg.pool == TS_POOL_MAX) st = ts_tensor_alloc(&c->lengths, c->device, TS_I32, TS_SHAPE(B));
-    if (!st && c->cfg.pool == TS_POOL_MAX) st = ts_tensor_alloc(&c->argmax, c->device, TS_I32, TS_SHAPE(B, C));
+    int max = c->cfg.pool == TS_POOL_MAX; /* its own op; the others a product with pooling weights */
+    if (!st && !max) st = ts_tensor_alloc(&c->pool, c->device, TS_F32, TS_SHAPE(B, 1, T));
+    if (!st && max) st = ts_tensor_alloc(&c->lengths, c->device, TS_I32, TS_SHAPE(B));
+    if (!st && max) st = ts_tensor_alloc(&c->argmax, c->device, TS_I32, TS_SHAPE(B, C));
     if (!st) st = ts_tensor_alloc(&c->pooled, c->device, TS_F32, TS_SHAPE(B, C));
     if (!st) st = ts_tensor_alloc(&c->logits, c->device, TS_F32, TS_SHAPE(B, K));
     if (!st) st = ts_tensor_alloc(&c->dpooled, c->device, TS_F32, TS_SHAPE(B, C));
     if (!st) st = ts_tensor_alloc(&c->dfeatures, c->device, TS_F32, TS_SHAPE(B * T, C));
-    if (!st && !(c->host_pool = malloc((size_t)(B * T) * sizeof *c->host_pool)))
+    if (!st && !max && !(c->host_pool = malloc((size_t)(B * T) * sizeof *c->host_pool)))
         st = ts_error(TS_ERR_OOM, "no memory");
     if (st) {
         free_shape(c);

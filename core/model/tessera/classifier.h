@@ -3,7 +3,8 @@
  * and a linear head to class logits.
  *
  * Pooling: the last real token (causal models, as Hugging Face's
- * GPT2ForSequenceClassification) or the mean over the real tokens. The
+ * GPT2ForSequenceClassification), the mean over the real tokens, or each
+ * channel's max over them (ts_pool_max_forward). The
  * trunk attends causally, or bidirectionally (encoder style: every token
  * sees every real token of its sequence). Sequences of a batch are padded
  * on the right to a common length T; padding never changes a result (it is

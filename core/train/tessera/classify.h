@@ -128,7 +128,7 @@ typedef struct ts_classify_config {
     char tokenizer[1024];     /* byte | bpe:N (trained on the training texts) | tokenizer file */
     int64_t layers, heads, width;
     int64_t max_len;          /* tokens per text (longer texts are cut) */
-    char pool[16];            /* last | mean | mixed (an ensemble's members alternate last, mean) */
+    char pool[16];            /* last | mean | max | mixed (an ensemble's members alternate last, mean) */
     char attention[16];       /* causal | bidirectional */
     char class_weights[1024]; /* "" (none) | balanced | w1,w2,... in label order */
     /* optimisation */
