@@ -268,17 +268,17 @@ int ts_device_prepare_process(const char *spec, int env_overrides)
     const char *env = getenv("TESSERA_DEVICE");
     int spec_auto = !spec || !*spec || !strcmp(spec, "auto");
     if (env && *env && (env_overrides || spec_auto)) spec = env;
-    if (!spec || !*spec) return ts_registry_quiet_host_threads(NULL);
+    if (!spec || !*spec) return ts_registry_quiet_host_threads(0);
     char item[256];
     for (const char *p = spec;;) { /* every item must run threads of its own */
         const char *comma;
         size_t len = list_item(&p, item, sizeof item, &comma);
         if (len == 0 || len >= sizeof item || !ts_registry_runs_own_threads(item))
-            return ts_registry_quiet_host_threads(NULL);
+            return ts_registry_quiet_host_threads(0);
         if (!comma) break;
         p = comma + 1;
     }
-    return ts_registry_quiet_host_threads(spec);
+    return ts_registry_quiet_host_threads(1);
 }
 
 int ts_device_process_quiet(void) { return ts_registry_host_threads_quiet(); }

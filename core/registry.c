@@ -23,7 +23,7 @@ int ts_registry_runs_own_threads(const char *item)
     return !strncmp(item, "opencl", 6) && (item[6] == '\0' || item[6] == ':');
 }
 
-int ts_registry_quiet_host_threads(const char *devices) { return ts_cpu_backend_wait_passively(devices != NULL); }
+int ts_registry_quiet_host_threads(int quiet) { return ts_cpu_backend_wait_passively(quiet); }
 
 int ts_registry_host_threads_quiet(void) { return ts_cpu_backend_waits_passively(); }
 

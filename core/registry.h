@@ -18,11 +18,11 @@ int ts_registry_get_threads(void);
  * their own (OpenCL: "opencl", "opencl:N", "opencl:<name>"). */
 int ts_registry_runs_own_threads(const char *item);
 /* Before any backend starts: for a process whose devices all run threads
- * of their own (devices != NULL), make the host's idle threads wait
- * without spinning; NULL: the process keeps the defaults. 1: the
- * environment changed, and the program must re-execute itself for it to
- * take effect. */
-int ts_registry_quiet_host_threads(const char *devices);
+ * of their own (quiet), make the host's idle threads wait without
+ * spinning; 0: the process keeps the defaults (and a run again tidies
+ * its environment). 1: the environment changed, and the program must
+ * re-execute itself for it to take effect. */
+int ts_registry_quiet_host_threads(int quiet);
 /* 1 in the run again after ts_registry_quiet_host_threads asked for it. */
 int ts_registry_host_threads_quiet(void);
 /* After every device is released. */

@@ -195,19 +195,18 @@ ts_status ts_classifier_forward(ts_classifier *c, const int32_t *tokens, const i
     if (c->cfg.pool == TS_POOL_MAX) {
         TRY(ts_tensor_write(&c->lengths, lengths, (size_t)B * sizeof *lengths));
         TRY(ts_pool_max_forward(&c->pooled, &c->argmax, &feats, &c->lengths));
-        TRY(ts_linear_forward(&c->logits, &c->pooled, &c->head_w, &c->head_b));
-        return ts_tensor_read(&c->logits, logits, (size_t)(B * c->cfg.n_classes) * sizeof *logits);
+    } else {
+        /* pooled[b] = sum_t pool[b, t] * features[b, t]: the last real
+         * token, or the mean of the real ones */
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t t = 0; t < T; t++)
+                c->host_pool[b * T + t] = c->cfg.pool == TS_POOL_LAST ? (t == lengths[b] - 1 ? 1.0f : 0.0f)
+                                          : t < lengths[b]            ? 1.0f / (float)lengths[b]
+                                                                      : 0.0f;
+        TRY(ts_tensor_write(&c->pool, c->host_pool, (size_t)(B * T) * sizeof *c->host_pool));
+        TRY(ts_tensor_reshape(&pooled3, &c->pooled, TS_SHAPE(B, 1, C)));
+        TRY(ts_matmul(&pooled3, &c->pool, &feats, false, false, 1.0f, 0.0f));
     }
-    /* pooled[b] = sum_t pool[b, t] * features[b, t]: the last real token,
-     * or the mean of the real ones */
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < T; t++)
-            c->host_pool[b * T + t] = c->cfg.pool == TS_POOL_LAST ? (t == lengths[b] - 1 ? 1.0f : 0.0f)
-                                      : t < lengths[b]            ? 1.0f / (float)lengths[b]
-                                                                  : 0.0f;
-    TRY(ts_tensor_write(&c->pool, c->host_pool, (size_t)(B * T) * sizeof *c->host_pool));
-    TRY(ts_tensor_reshape(&pooled3, &c->pooled, TS_SHAPE(B, 1, C)));
-    TRY(ts_matmul(&pooled3, &c->pool, &feats, false, false, 1.0f, 0.0f));
     TRY(ts_linear_forward(&c->logits, &c->pooled, &c->head_w, &c->head_b));
     return ts_tensor_read(&c->logits, logits, (size_t)(B * c->cfg.n_classes) * sizeof *logits);
 }

@@ -1059,7 +1059,7 @@ static ts_status check_config(const ts_classify_config *c)
     if (!strcmp(c->pool, "mixed") && c->ensemble == 1)
         return ts_error(TS_ERR_INVALID_ARG, "--pool mixed alternates an ensemble's members between last and mean: "
                         "it needs --ensemble 2 or more");
-    if (ts_pool_parse(c->pool) < 0 && (strcmp(c->pool, "mixed") || c->ensemble == 1))
+    if (ts_pool_parse(c->pool) < 0 && strcmp(c->pool, "mixed") != 0)
         return ts_error(TS_ERR_INVALID_ARG, "--pool must be last, mean, max%s, not '%s'",
                         c->ensemble > 1 ? " or mixed" : "", c->pool);
     if (c->ensemble > 1 && !c->out[0])
@@ -1511,7 +1511,6 @@ static ts_status train_step(crun *r, int64_t step, float lr, float *loss, double
         if (c->lm_weight > 0) TRY(ts_comm_allreduce_f64(r->g.dp_comm, &lm_sum, 1, TS_REDUCE_SUM, "LM loss"));
     }
     r->lm_loss = lm_n > 0 ? lm_sum / (double)lm_n : NAN; /* no token to predict: not logged */
-    (void)lm_mine;
     double sq;
     TRY(ts_grad_sqnorm(&r->m.grads, &sq));
     *norm = sqrt(sq);
