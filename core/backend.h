@@ -103,6 +103,7 @@ typedef enum ts_op_kind {
     TS_OP_ATTENTION_BWD,
     TS_OP_POOL_MAX_FWD,
     TS_OP_POOL_MAX_BWD,
+    TS_OP_CAST,
     TS_OP_COUNT
 } ts_op_kind;
 

@@ -46,6 +46,7 @@ const char *ts_op_kind_name(ts_op_kind kind)
         [TS_OP_ATTENTION_BWD] = "attention_backward",
         [TS_OP_POOL_MAX_FWD] = "pool_max_forward",
         [TS_OP_POOL_MAX_BWD] = "pool_max_backward",
+        [TS_OP_CAST] = "cast",
     };
     if ((int)kind < 0 || kind >= TS_OP_COUNT) return "?";
     return names[kind];
@@ -68,6 +69,14 @@ static ts_status need(const char *op, const char *name, const ts_tensor *t, ts_d
     if (t->dtype != dtype)
         return ts_error(TS_ERR_SHAPE, "%s: %s must be %s, got %s", op, name, ts_dtype_name(dtype),
                         desc(0, t));
+    return TS_OK;
+}
+
+/* An activation: f32, or bf16 storage (read as its exact fp32 value,
+ * written rounded to nearest even) where the op says so. */
+static ts_status need_act(const char *op, const char *name, const ts_tensor *t)
+{
+    TRY(need(op, name, t, t && t->dtype == TS_BF16 ? TS_BF16 : TS_F32));
     return TS_OK;
 }
 
@@ -173,8 +182,8 @@ ts_status ts_scale(ts_tensor *out, const ts_tensor *a, float alpha)
 ts_status ts_gelu_forward(ts_tensor *out, const ts_tensor *inp)
 {
     const char *name = "ts_gelu_forward";
-    TRY(need(name, "out", out, TS_F32));
-    TRY(need(name, "inp", inp, TS_F32));
+    TRY(need_act(name, "out", out));
+    TRY(need_act(name, "inp", inp));
     TRY(need_numel(name, "inp", inp, ts_tensor_numel(out)));
     if (ts_tensor_numel(out) == 0) return TS_OK;
     ts_op op = op_new(TS_OP_GELU_FWD);
@@ -187,7 +196,7 @@ ts_status ts_gelu_backward(ts_tensor *dinp, const ts_tensor *inp, const ts_tenso
 {
     const char *name = "ts_gelu_backward";
     TRY(need(name, "dinp", dinp, TS_F32));
-    TRY(need(name, "inp", inp, TS_F32));
+    TRY(need_act(name, "inp", inp));
     TRY(need(name, "dout", dout, TS_F32));
     int64_t n = ts_tensor_numel(dinp);
     TRY(need_numel(name, "inp", inp, n));
@@ -197,6 +206,19 @@ ts_status ts_gelu_backward(ts_tensor *dinp, const ts_tensor *inp, const ts_tenso
     op.out[0] = dinp;
     op.in[0] = inp;
     op.in[1] = dout;
+    return dispatch(name, &op);
+}
+
+ts_status ts_cast(ts_tensor *out, const ts_tensor *in)
+{
+    const char *name = "ts_cast";
+    TRY(need_act(name, "out", out));
+    TRY(need_act(name, "in", in));
+    TRY(need_numel(name, "in", in, ts_tensor_numel(out)));
+    if (ts_tensor_numel(out) == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_CAST);
+    op.out[0] = out;
+    op.in[0] = in;
     return dispatch(name, &op);
 }
 
@@ -445,12 +467,25 @@ ts_status ts_matmul_reference(ts_tensor *c, const ts_tensor *a, const ts_tensor 
     return matmul("ts_matmul_reference", c, a, b, trans_a, trans_b, alpha, beta, true);
 }
 
+/* Every backend's GEMM routes read and write fp32: a bf16 activation is
+ * widened into a temporary fp32 tensor (from the device's block cache)
+ * before the product, and a bf16 result is written through one and
+ * rounded after it. `*use` is t itself where t is fp32. */
+static ts_status f32_operand(const ts_tensor *t, ts_tensor *tmp, const ts_tensor **use)
+{
+    *use = t;
+    if (t->dtype == TS_F32) return TS_OK;
+    TRY(ts_tensor_alloc(tmp, t->device, TS_F32, t->ndim, t->shape));
+    *use = tmp;
+    return ts_cast(tmp, t);
+}
+
 ts_status ts_linear_forward(ts_tensor *out, const ts_tensor *inp, const ts_tensor *w,
                             const ts_tensor *bias)
 {
     const char *name = "ts_linear_forward";
-    TRY(need(name, "out", out, TS_F32));
-    TRY(need(name, "inp", inp, TS_F32));
+    TRY(need_act(name, "out", out));
+    TRY(need_act(name, "inp", inp));
     TRY(need(name, "w", w, TS_F32));
     if (w->ndim != 2) return ts_error(TS_ERR_SHAPE, "%s: w must be [OC, C], got %s", name, desc(0, w));
     int64_t OC = w->shape[0], C = w->shape[1];
@@ -463,7 +498,16 @@ ts_status ts_linear_forward(ts_tensor *out, const ts_tensor *inp, const ts_tenso
         TRY(need(name, "bias", bias, TS_F32));
         TRY(need_numel(name, "bias", bias, OC));
     }
-    return gemm_op(name, out, inp, w, bias, 1, N, OC, C, false, true, 1.0f, 0.0f, 0, false);
+    ts_tensor in32 = {0}, out32 = {0}, *y = out;
+    const ts_tensor *x;
+    ts_status st = f32_operand(inp, &in32, &x);
+    if (!st && out->dtype != TS_F32 && !(st = ts_tensor_alloc(&out32, out->device, TS_F32, out->ndim, out->shape)))
+        y = &out32;
+    if (!st) st = gemm_op(name, y, x, w, bias, 1, N, OC, C, false, true, 1.0f, 0.0f, 0, false);
+    if (!st && y != out) st = ts_cast(out, y);
+    ts_tensor_free(&in32);
+    ts_tensor_free(&out32);
+    return st;
 }
 
 ts_status ts_linear_backward(ts_tensor *dinp, ts_tensor *dw, ts_tensor *dbias,
@@ -471,7 +515,7 @@ ts_status ts_linear_backward(ts_tensor *dinp, ts_tensor *dw, ts_tensor *dbias,
 {
     const char *name = "ts_linear_backward";
     TRY(need(name, "dout", dout, TS_F32));
-    TRY(need(name, "inp", inp, TS_F32));
+    TRY(need_act(name, "inp", inp));
     TRY(need(name, "w", w, TS_F32));
     if (w->ndim != 2) return ts_error(TS_ERR_SHAPE, "%s: w must be [OC, C], got %s", name, desc(0, w));
     int64_t OC = w->shape[0], C = w->shape[1];
@@ -483,12 +527,19 @@ ts_status ts_linear_backward(ts_tensor *dinp, ts_tensor *dw, ts_tensor *dbias,
     if (dinp) {
         TRY(need(name, "dinp", dinp, TS_F32));
         TRY(need_numel(name, "dinp", dinp, N * C));
-        TRY(gemm_op(name, dinp, dout, w, NULL, 1, N, C, OC, false, false, 1.0f, 0.0f, 0, false));
     }
     if (dw) {
         TRY(need(name, "dw", dw, TS_F32));
         TRY(need_numel(name, "dw", dw, OC * C));
-        TRY(gemm_op(name, dw, dout, inp, NULL, 1, OC, C, N, true, false, 1.0f, 1.0f, 0, false));
+    }
+    if (dinp) TRY(gemm_op(name, dinp, dout, w, NULL, 1, N, C, OC, false, false, 1.0f, 0.0f, 0, false));
+    if (dw) {
+        ts_tensor in32 = {0};
+        const ts_tensor *x;
+        ts_status st = f32_operand(inp, &in32, &x);
+        if (!st) st = gemm_op(name, dw, dout, x, NULL, 1, OC, C, N, true, false, 1.0f, 1.0f, 0, false);
+        ts_tensor_free(&in32);
+        TRY(st);
     }
     if (dbias) {
         ts_tensor d2;

@@ -122,7 +122,14 @@ ts_status ts_tensor_zeros(ts_tensor *t, ts_device *device, ts_dtype dtype, int n
 {
     ts_status st = ts_tensor_alloc(t, device, dtype, ndim, shape);
     if (st) return st;
-    st = ts_fill(t, 0.0f);
+    if (dtype == TS_F32) {
+        st = ts_fill(t, 0.0f);
+    } else { /* zero bits are zero in every type; ts_fill takes f32 only */
+        size_t n = ts_tensor_nbytes(t);
+        void *z = calloc(n ? n : 1, 1);
+        st = z ? ts_tensor_write(t, z, n) : ts_error(TS_ERR_OOM, "ts_tensor_zeros: no host memory for %zu bytes", n);
+        free(z);
+    }
     if (st) ts_tensor_free(t);
     return st;
 }
@@ -156,6 +163,33 @@ ts_status ts_tensor_view(ts_tensor *view, const ts_tensor *base, int64_t elem_of
     memcpy(v.shape, shape, (size_t)ndim * sizeof *shape);
     v.owner = 0;
     *view = v;
+    return TS_OK;
+}
+
+ts_status ts_tensor_view_typed(ts_tensor *view, const ts_tensor *base, int64_t elem_offset, ts_dtype dtype,
+                               int ndim, const int64_t *shape)
+{
+    if (!view || !base || !base->block)
+        return ts_error(TS_ERR_INVALID_ARG, "ts_tensor_view_typed: NULL or unallocated tensor");
+    int64_t numel;
+    ts_status st = check_shape(ndim, shape, &numel);
+    if (st) return st;
+    size_t esize = ts_dtype_size(dtype), bsize = ts_dtype_size(base->dtype);
+    if (!esize) return ts_error(TS_ERR_INVALID_ARG, "ts_tensor_view_typed: unknown dtype %d", (int)dtype);
+    int64_t base_n = ts_tensor_numel(base);
+    /* bytes, in 64 bits: a view of 2^31 bf16 elements is 4 GiB */
+    if (elem_offset < 0 || elem_offset > base_n ||
+        (uint64_t)numel * esize > (uint64_t)(base_n - elem_offset) * bsize) {
+        char b[96];
+        return ts_error(TS_ERR_SHAPE, "view of %lld %s elements at offset %lld reaches outside its base %s",
+                        (long long)numel, ts_dtype_name(dtype), (long long)elem_offset,
+                        ts_tensor_describe(base, b, sizeof b));
+    }
+    st = ts_tensor_view(view, base, elem_offset, TS_SHAPE(0));
+    if (st) return st;
+    view->dtype = dtype;
+    view->ndim = ndim;
+    memcpy(view->shape, shape, (size_t)ndim * sizeof *shape);
     return TS_OK;
 }
 

@@ -40,24 +40,51 @@ __kernel void scale(__global float *out, ulong oo, __global const float *a, ulon
 #define GELU_GRAD(x, t) \
     (0.5f * (1.0f + (t)) + (x) * 0.5f * (1.0f - (t) * (t)) * GELU_SCALE * (1.0f + 3.0f * 0.044715f * (x) * (x)))
 
+/* Activations are fp32, or bf16 storage (the flag bf16 set): the upper
+ * half of an fp32, read exactly and written rounded to nearest even (a NaN
+ * stays NaN). Offsets and indices count elements of the tensor's own type. */
+inline float load_act(__global const float *p, size_t i, int bf16)
+{
+    return bf16 ? as_float((uint)((__global const ushort *)p)[i] << 16) : p[i];
+}
+
+inline void store_act(__global float *p, size_t i, float v, int bf16)
+{
+    if (bf16) {
+        uint u = as_uint(v);
+        ((__global ushort *)p)[i] = (u & 0x7fffffffu) > 0x7f800000u ? (ushort)((u >> 16) | 0x40u)
+                                                                     : (ushort)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    } else {
+        p[i] = v;
+    }
+}
+
 __kernel void gelu_forward(__global float *out, ulong oo, __global const float *inp, ulong io,
-                           long n)
+                           long n, int out_bf16, int inp_bf16)
 {
     size_t i = get_global_id(0);
     if (i < (size_t)n) {
-        float x = inp[io + i];
-        out[oo + i] = GELU_FWD(x, tanh_exp(GELU_U(x)));
+        float x = load_act(inp, io + i, inp_bf16);
+        store_act(out, oo + i, GELU_FWD(x, tanh_exp(GELU_U(x))), out_bf16);
     }
 }
 
 __kernel void gelu_backward(__global float *dinp, ulong dio, __global const float *inp, ulong io,
-                            __global const float *dout, ulong doo, long n)
+                            __global const float *dout, ulong doo, long n, int inp_bf16)
 {
     size_t i = get_global_id(0);
     if (i < (size_t)n) {
-        float x = inp[io + i];
+        float x = load_act(inp, io + i, inp_bf16);
         dinp[dio + i] = GELU_GRAD(x, tanh_exp(GELU_U(x))) * dout[doo + i];
     }
+}
+
+/* out = in, between fp32 and bf16 storage (or a copy within one) */
+__kernel void cast(__global float *out, ulong oo, __global const float *in, ulong io, long n, int out_bf16,
+                   int in_bf16)
+{
+    size_t i = get_global_id(0);
+    if (i < (size_t)n) store_act(out, oo + i, load_act(in, io + i, in_bf16), out_bf16);
 }
 
 #if TS_CPU_DEVICE
@@ -69,31 +96,50 @@ inline float8 tanh_exp8(float8 u)
     return copysign((1.0f - e) / (1.0f + e), u);
 }
 
-__kernel void gelu_forward8(__global float *out, ulong oo, __global const float *inp, ulong io, long n)
+inline float8 load_act8(__global const float *p, size_t i, int bf16)
+{
+    if (bf16) return as_float8(convert_uint8(vload8(0, (__global const ushort *)p + i)) << 16);
+    return vload8(0, p + i);
+}
+
+inline void store_act8(__global float *p, size_t i, float8 v, int bf16)
+{
+    if (bf16) {
+        uint8 u = as_uint8(v);
+        uint8 r = select((u + 0x7fffu + ((u >> 16) & 1u)) >> 16, (u >> 16) | 0x40u,
+                         (u & 0x7fffffffu) > 0x7f800000u);
+        vstore8(convert_ushort8(r), 0, (__global ushort *)p + i);
+    } else {
+        vstore8(v, 0, p + i);
+    }
+}
+
+__kernel void gelu_forward8(__global float *out, ulong oo, __global const float *inp, ulong io, long n,
+                            int out_bf16, int inp_bf16)
 {
     size_t i = get_global_id(0) * 8;
     if (i + 8 <= (size_t)n) {
-        float8 x = vload8(0, inp + io + i);
-        vstore8(GELU_FWD(x, tanh_exp8(GELU_U(x))), 0, out + oo + i);
+        float8 x = load_act8(inp, io + i, inp_bf16);
+        store_act8(out, oo + i, GELU_FWD(x, tanh_exp8(GELU_U(x))), out_bf16);
     } else
         for (int k = 0; k < 8; k++)
             if (i + k < (size_t)n) {
-                float x = inp[io + i + k];
-                out[oo + i + k] = GELU_FWD(x, tanh_exp(GELU_U(x)));
+                float x = load_act(inp, io + i + k, inp_bf16);
+                store_act(out, oo + i + k, GELU_FWD(x, tanh_exp(GELU_U(x))), out_bf16);
             }
 }
 
 __kernel void gelu_backward8(__global float *dinp, ulong dio, __global const float *inp, ulong io,
-                             __global const float *dout, ulong doo, long n)
+                             __global const float *dout, ulong doo, long n, int inp_bf16)
 {
     size_t i = get_global_id(0) * 8;
     if (i + 8 <= (size_t)n) {
-        float8 x = vload8(0, inp + io + i);
+        float8 x = load_act8(inp, io + i, inp_bf16);
         vstore8(GELU_GRAD(x, tanh_exp8(GELU_U(x))) * vload8(0, dout + doo + i), 0, dinp + dio + i);
     } else
         for (int k = 0; k < 8; k++)
             if (i + k < (size_t)n) {
-                float x = inp[io + i + k];
+                float x = load_act(inp, io + i + k, inp_bf16);
                 dinp[dio + i + k] = GELU_GRAD(x, tanh_exp(GELU_U(x))) * dout[doo + i + k];
             }
 }

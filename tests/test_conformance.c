@@ -352,6 +352,8 @@ static double round_to(double x, ts_dtype dt)
     int bits = dt == TS_BF16 ? 8 : 11, e;
     if (dt == TS_F16 && fabs(x) < ldexp(1, -14)) /* half subnormals: steps of 2^-24 */
         return nearbyint(ldexp(x, 24)) * ldexp(1, -24);
+    if (dt == TS_BF16 && fabs(x) < ldexp(1, -126)) /* bf16 subnormals: steps of 2^-133 */
+        return nearbyint(ldexp(x, 133)) * ldexp(1, -133);
     double m = frexp(x, &e); /* |m| in [0.5, 1) */
     double r = ldexp(nearbyint(ldexp(m, bits)), e - bits);
     if (dt == TS_F16 && fabs(r) > 65504) return copysign(INFINITY, x);
@@ -599,6 +601,156 @@ static void conf_linear_lowp(void *argp)
     ts_tensor_free(&tx), ts_tensor_free(&tw), ts_tensor_free(&tb), ts_tensor_free(&tdout);
 }
 static void conf_matmul_reference(void *argp) { matmul_case(argp, true); }
+
+/* ---- bf16 activations (stored in 16 bits, computed in fp32) ---- */
+
+/* x as a bf16 tensor holds it */
+static void host_bf16(float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) x[i] = bf16_to_float(bf16_from_float(x[i]));
+}
+
+/* Against the double reference rounded to bf16 as the op rounds its fp32
+ * result: only an fp32 error across a rounding boundary may differ, by one
+ * bf16 step, in a few elements. Truncating instead of rounding gives about
+ * 2e-5. */
+#define TOL_BF16_OUT 1e-7
+
+static void upload_act(ts_tensor *t, ts_device *d, bool bf16, int64_t n, const float *x)
+{
+    if (!bf16) {
+        REQUIRE_OK(upload(t, d, TS_F32, TS_SHAPE(n), x));
+        return;
+    }
+    uint16_t *b = malloc((size_t)n * sizeof *b);
+    for (int64_t i = 0; i < n; i++) b[i] = bf16_from_float(x[i]);
+    ts_status st = upload(t, d, TS_BF16, TS_SHAPE(n), b);
+    free(b);
+    REQUIRE_OK(st);
+}
+
+/* out = in between fp32 and bf16: every value exactly as round_to gives it
+ * (ties to even, overflow to inf, NaN kept), p = n, out_bf16, in_bf16 */
+static void conf_cast(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t n = a->p[0];
+    bool out_bf16 = a->p[1], in_bf16 = a->p[2];
+    static const float hard[] = {0.0f, -0.0f, NAN, INFINITY, -INFINITY, 1.0f + 0x1p-8f, 1.0f + 0x3p-8f,
+                                 1.0f + 0x1p-8f + 0x1p-20f, -(1.0f + 0x3p-8f), 3e38f, 3.4028235e38f, 1e-40f};
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = inputs(&r, n, 1);
+    for (int64_t i = 0; i < n && i < (int64_t)(sizeof hard / sizeof *hard); i++) x[i] = hard[i];
+    ts_tensor tx;
+    guarded g;
+    upload_act(&tx, a->dev, in_bf16, n, x);
+    REQUIRE_OK(out_bf16 ? guarded_alloc_bf16(&g, a->dev, TS_SHAPE(n), NULL) : guarded_alloc(&g, a->dev, TS_SHAPE(n), NULL));
+    REQUIRE_OK(ts_cast(&g.t, &tx));
+    float *out = malloc((size_t)n * sizeof *out);
+    int64_t bad = 0, wrong = 0;
+    REQUIRE_OK(guarded_read(&g, out, &bad));
+    EXPECTF(bad == 0, "%lld guard elements overwritten", (long long)bad);
+    for (int64_t i = 0; i < n; i++) {
+        float want = out_bf16 || in_bf16 ? (float)round_to(x[i], TS_BF16) : x[i];
+        int same = isnan(want) ? isnan(out[i]) : want == out[i] && signbit(want) == signbit(out[i]);
+        if (!same && wrong++ < 5)
+            th_fail(__FILE__, __LINE__, "cast of %.9g gave %.9g, want %.9g", (double)x[i], (double)out[i],
+                    (double)want);
+    }
+    EXPECTF(wrong == 0, "%lld of %lld values cast wrong", (long long)wrong, (long long)n);
+    free(x), free(out);
+    guarded_free(&g);
+    ts_tensor_free(&tx);
+}
+
+/* GELU on bf16 activations: p = n, specials, out_bf16, inp_bf16, backward
+ * (backward: the gradient dinp is fp32, inp bf16 or not; without specials,
+ * as gelu_backward above: x^3 overflows at 1e30 in fp32) */
+static void conf_gelu_bf16(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t n = a->p[0];
+    bool out_bf16 = a->p[2] && !a->p[4], inp_bf16 = a->p[3], backward = a->p[4];
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = inputs(&r, n, (int)a->p[1]), *y = inputs(&r, n, 0);
+    if (inp_bf16) host_bf16(x, n);
+    double *dx = to_double(x, n), *dy = to_double(y, n), *ref = malloc((size_t)n * sizeof *ref);
+    ts_tensor tx, ty;
+    guarded g;
+    upload_act(&tx, a->dev, inp_bf16, n, x);
+    REQUIRE_OK(upload(&ty, a->dev, TS_F32, TS_SHAPE(n), y));
+    REQUIRE_OK(out_bf16 ? guarded_alloc_bf16(&g, a->dev, TS_SHAPE(n), NULL) : guarded_alloc(&g, a->dev, TS_SHAPE(n), NULL));
+    if (backward) {
+        REQUIRE_OK(ts_gelu_backward(&g.t, &tx, &ty));
+        ref_gelu_backward(ref, dx, dy, n);
+    } else {
+        REQUIRE_OK(ts_gelu_forward(&g.t, &tx));
+        ref_gelu_forward(ref, dx, n);
+    }
+    if (out_bf16)
+        for (int64_t i = 0; i < n; i++) ref[i] = round_to(ref[i], TS_BF16);
+    expect_output(backward ? "gelu_backward, bf16 input" : "gelu_forward, bf16 storage", &g, ref,
+                  out_bf16 ? TOL_BF16_OUT : TOL_ELEM);
+    guarded_free(&g);
+    ts_tensor_free(&tx), ts_tensor_free(&ty);
+    free(x), free(y), free(dx), free(dy), free(ref);
+}
+
+/* A linear layer reading and writing bf16 activations (the MLP's hidden
+ * layer under --dtype bf16), in either matmul dtype: p = dtype, N, C, OC,
+ * inp_bf16, out_bf16. */
+static void conf_linear_bf16_acts(void *argp)
+{
+    conf_arg *a = argp;
+    ts_dtype dt = (ts_dtype)a->p[0];
+    int64_t N = a->p[1], C = a->p[2], OC = a->p[3];
+    bool inp_bf16 = a->p[4], out_bf16 = a->p[5];
+    USE_MATMUL_DTYPE(a->dev, dt);
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = rand_floats(&r, N * C, -2, 2), *w = rand_floats(&r, OC * C, -1, 1), *b = rand_floats(&r, OC, -1, 1);
+    float *dout = rand_floats(&r, N * OC, -1, 1), *dw0 = rand_floats(&r, OC * C, -1, 1);
+    if (inp_bf16) host_bf16(x, N * C);
+    ts_tensor tx, tx2, tw, tb, tdout;
+    guarded go, gdx, gdw;
+    upload_act(&tx2, a->dev, inp_bf16, N * C, x);
+    REQUIRE_OK(ts_tensor_reshape(&tx, &tx2, TS_SHAPE(N, C)));
+    REQUIRE_OK(upload(&tw, a->dev, TS_F32, TS_SHAPE(OC, C), w));
+    REQUIRE_OK(upload(&tb, a->dev, TS_F32, TS_SHAPE(OC), b));
+    REQUIRE_OK(upload(&tdout, a->dev, TS_F32, TS_SHAPE(N, OC), dout));
+    REQUIRE_OK(out_bf16 ? guarded_alloc_bf16(&go, a->dev, TS_SHAPE(N, OC), NULL)
+                        : guarded_alloc(&go, a->dev, TS_SHAPE(N, OC), NULL));
+    REQUIRE_OK(guarded_alloc(&gdx, a->dev, TS_SHAPE(N, C), NULL));
+    REQUIRE_OK(guarded_alloc(&gdw, a->dev, TS_SHAPE(OC, C), dw0));
+    ts_status st = ts_linear_forward(&go.t, &tx, &tw, &tb);
+    if (!st) st = ts_linear_backward(&gdx.t, &gdw.t, NULL, &tdout, &tx, &tw);
+    REQUIRE_OK(ts_device_set_matmul_dtype(a->dev, TS_F32));
+    REQUIRE_OK(st);
+    double *dx = to_double(x, N * C), *dw = to_double(w, OC * C), *db = to_double(b, OC);
+    double *dd = to_double(dout, N * OC), *ro = malloc((size_t)(N * OC) * sizeof *ro);
+    double *rdx = malloc((size_t)(N * C) * sizeof *rdx), *rdw = to_double(dw0, OC * C);
+    if (dt == TS_BF16) {
+        for (int64_t i = 0; i < N * C; i++) dx[i] = round_to(dx[i], dt);
+        for (int64_t i = 0; i < OC * C; i++) dw[i] = round_to(dw[i], dt);
+        for (int64_t i = 0; i < N * OC; i++) dd[i] = round_to(dd[i], dt);
+    }
+    ref_gemm(ro, dx, dw, db, 1, N, OC, C, false, true, 1.0, 0.0, 0);
+    ref_gemm(rdx, dd, dw, NULL, 1, N, C, OC, false, false, 1.0, 0.0, 0);
+    ref_gemm(rdw, dd, dx, NULL, 1, OC, C, N, true, false, 1.0, 1.0, 0);
+    if (out_bf16)
+        for (int64_t i = 0; i < N * OC; i++) ro[i] = round_to(ro[i], TS_BF16);
+    expect_output("linear_forward, bf16 activations", &go, ro, out_bf16 ? TOL_BF16_OUT : TOL_GEMM);
+    expect_output("linear_backward dinp, bf16 activations", &gdx, rdx, TOL_GEMM);
+    expect_output("linear_backward dweight, bf16 activations", &gdw, rdw, TOL_GEMM);
+    free(x), free(w), free(b), free(dout), free(dw0);
+    free(dx), free(dw), free(db), free(dd), free(ro), free(rdx), free(rdw);
+    guarded_free(&go), guarded_free(&gdx), guarded_free(&gdw);
+    ts_tensor_free(&tx2), ts_tensor_free(&tw), ts_tensor_free(&tb), ts_tensor_free(&tdout);
+}
+
+
 
 /* ---- linear: p = N, C, OC, bias ---- */
 
@@ -1199,6 +1351,19 @@ static const case_def cases[] = {
     {"linear fp16", conf_linear_lowp, "dtype=%lld N=%lld C=%lld OC=%lld", 4, {{TS_F16, 64, 96, 288}}, 1},
     {"bf16 and fp16 rounding of ties, subnormals, overflow and NaN", conf_lowp_rounding, "dtype=%lld", 1,
      {{TS_BF16}, {TS_F16}}, 2},
+    {"cast", conf_cast, "n=%lld out_bf16=%lld in_bf16=%lld", 3,
+     {{1, 1, 0}, {12, 1, 0}, {1003, 1, 0}, {20011, 1, 0}, {1003, 0, 1}, {20011, 0, 1}, {1003, 1, 1}, {77, 0, 0}},
+     8},
+    {"gelu bf16", conf_gelu_bf16, "n=%lld specials=%lld out_bf16=%lld inp_bf16=%lld backward=%lld", 5,
+     {{1, 0, 1, 1, 0}, {1003, 1, 1, 1, 0}, {20011, 1, 1, 1, 0}, {1003, 0, 1, 0, 0}, {1003, 1, 0, 1, 0},
+      {1, 0, 0, 1, 1}, {1003, 0, 0, 1, 1}, {20011, 0, 0, 1, 1}},
+     8},
+    {"linear bf16 activations", conf_linear_bf16_acts, "dtype=%lld N=%lld C=%lld OC=%lld inp_bf16=%lld out_bf16=%lld",
+     6,
+     {{TS_F32, 7, 33, 65, 1, 1}, {TS_F32, 33, 40, 72, 1, 0}, {TS_F32, 33, 40, 72, 0, 1},
+      {TS_BF16, 7, 33, 65, 1, 1}, {TS_BF16, 256, 128, 384, 1, 1}, {TS_BF16, 64, 96, 288, 0, 1},
+      {TS_BF16, 64, 96, 288, 1, 0}},
+     7},
     {"linear_forward", conf_linear_fwd, "N=%lld C=%lld OC=%lld bias=%lld", 4,
      {{1, 1, 1, 1}, {7, 33, 65, 1}, {64, 96, 288, 1}, {9, 16, 5, 0}}, 4},
     {"linear_backward", conf_linear_bwd, "N=%lld C=%lld OC=%lld", 3,

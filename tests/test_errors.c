@@ -97,6 +97,42 @@ TEST(wrong_dtype_is_rejected)
     ts_tensor_free(&i), ts_tensor_free(&f), ts_tensor_free(&wte), ts_tensor_free(&out);
 }
 
+/* bf16 activations go where an op says so, and nowhere else */
+TEST(bf16_only_where_an_op_takes_activations)
+{
+    ts_device *cpu;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    ts_tensor a, b, h, f, w, wb, s;
+    REQUIRE_OK(ts_tensor_zeros(&a, cpu, TS_BF16, TS_SHAPE(2, 4)));
+    REQUIRE_OK(ts_tensor_zeros(&b, cpu, TS_BF16, TS_SHAPE(2, 4)));
+    REQUIRE_OK(ts_tensor_zeros(&h, cpu, TS_F16, TS_SHAPE(2, 4)));
+    REQUIRE_OK(ts_tensor_zeros(&f, cpu, TS_F32, TS_SHAPE(2, 4)));
+    REQUIRE_OK(ts_tensor_zeros(&w, cpu, TS_F32, TS_SHAPE(4, 4)));
+    REQUIRE_OK(ts_tensor_zeros(&wb, cpu, TS_BF16, TS_SHAPE(4, 4)));
+    REQUIRE_OK(ts_tensor_zeros(&s, cpu, TS_BF16, TS_SHAPE(7)));
+    /* accepted */
+    REQUIRE_OK(ts_gelu_forward(&a, &b));
+    REQUIRE_OK(ts_gelu_backward(&f, &a, &f));
+    REQUIRE_OK(ts_cast(&f, &a));
+    REQUIRE_OK(ts_linear_forward(&a, &b, &w, NULL));
+    REQUIRE_OK(ts_linear_backward(&f, &w, NULL, &f, &a, &w));
+    /* refused, naming the operand */
+    EXPECT_STATUS(ts_gelu_backward(&a, &a, &f), TS_ERR_SHAPE); /* a bf16 gradient */
+    EXPECTF(contains(ts_last_error(), "dinp") && contains(ts_last_error(), "bf16"), "%s", ts_last_error());
+    EXPECT_STATUS(ts_gelu_backward(&f, &a, &b), TS_ERR_SHAPE); /* dout */
+    EXPECT_STATUS(ts_gelu_forward(&f, &h), TS_ERR_SHAPE);      /* fp16 is no activation type */
+    EXPECTF(contains(ts_last_error(), "f16"), "%s", ts_last_error());
+    EXPECT_STATUS(ts_linear_forward(&a, &b, &wb, NULL), TS_ERR_SHAPE); /* bf16 weights */
+    EXPECTF(contains(ts_last_error(), "w must be f32"), "%s", ts_last_error());
+    EXPECT_STATUS(ts_linear_backward(&a, NULL, NULL, &f, &a, &w), TS_ERR_SHAPE); /* bf16 dinp */
+    EXPECT_STATUS(ts_linear_backward(&f, &w, NULL, &a, &a, &w), TS_ERR_SHAPE);   /* bf16 dout */
+    EXPECT_STATUS(ts_add(&a, &a, &b), TS_ERR_SHAPE);
+    EXPECT_STATUS(ts_cast(&f, &s), TS_ERR_SHAPE); /* 7 elements into 8 */
+    EXPECT_STATUS(ts_cast(&h, &a), TS_ERR_SHAPE);
+    ts_tensor_free(&a), ts_tensor_free(&b), ts_tensor_free(&h), ts_tensor_free(&f);
+    ts_tensor_free(&w), ts_tensor_free(&wb), ts_tensor_free(&s);
+}
+
 TEST(operands_on_two_devices_are_rejected)
 {
     if (ts_device_count() < 2) SKIP("only one device");
@@ -206,6 +242,7 @@ int main(int argc, char **argv)
     TH_ADD(broken_kernel_source_reports_its_build_log);
     TH_ADD(shape_mismatch_names_op_and_shapes);
     TH_ADD(wrong_dtype_is_rejected);
+    TH_ADD(bf16_only_where_an_op_takes_activations);
     TH_ADD(operands_on_two_devices_are_rejected);
     TH_ADD(unknown_device_is_an_error_listing_devices);
     TH_ADD(allocation_beyond_device_memory_fails_cleanly);

@@ -88,9 +88,60 @@ ts_status guarded_alloc(guarded *g, ts_device *d, int ndim, const int64_t *shape
     return st;
 }
 
+uint16_t bf16_from_float(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+float bf16_to_float(uint16_t b)
+{
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+enum { SENTINEL_BF16 = 0x7fb3, POISON_BF16 = 0x7fde }; /* NaN payloads no rounding produces */
+
+ts_status guarded_alloc_bf16(guarded *g, ts_device *d, int ndim, const int64_t *shape, const float *init)
+{
+    memset(g, 0, sizeof *g);
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    g->n = n;
+    g->guard = GUARD;
+    int64_t total = n + 2 * GUARD;
+    ts_status st = ts_tensor_alloc(&g->base, d, TS_BF16, TS_SHAPE(total));
+    if (st) return st;
+    uint16_t *host = malloc((size_t)total * sizeof *host);
+    for (int64_t i = 0; i < total; i++) host[i] = SENTINEL_BF16;
+    for (int64_t i = 0; i < n; i++) host[GUARD + i] = init ? bf16_from_float(init[i]) : POISON_BF16;
+    st = ts_tensor_write(&g->base, host, (size_t)total * sizeof *host);
+    free(host);
+    if (!st) st = ts_tensor_view(&g->t, &g->base, GUARD, ndim, shape);
+    if (st) ts_tensor_free(&g->base);
+    return st;
+}
+
 ts_status guarded_read(const guarded *g, float *out, int64_t *bad_guards)
 {
     int64_t total = g->n + 2 * g->guard;
+    if (g->base.dtype == TS_BF16) {
+        uint16_t *host = malloc((size_t)total * sizeof *host);
+        ts_status st = ts_tensor_read(&g->base, host, (size_t)total * sizeof *host);
+        if (!st) {
+            int64_t bad = 0;
+            for (int64_t i = 0; i < g->guard; i++)
+                bad += (host[i] != SENTINEL_BF16) + (host[g->guard + g->n + i] != SENTINEL_BF16);
+            *bad_guards = bad;
+            for (int64_t i = 0; i < g->n; i++) out[i] = bf16_to_float(host[g->guard + i]);
+        }
+        free(host);
+        return st;
+    }
     float *host = malloc((size_t)total * sizeof *host);
     ts_status st = ts_tensor_read(&g->base, host, (size_t)total * sizeof *host);
     if (!st) {

@@ -34,6 +34,10 @@ typedef struct guarded {
 
 ts_status guarded_alloc(guarded *g, ts_device *d, int ndim, const int64_t *shape,
                         const float *init);
+/* The same with bf16 storage (init rounded to bf16; 16-bit sentinel and
+ * poison); guarded_read widens it to floats. */
+ts_status guarded_alloc_bf16(guarded *g, ts_device *d, int ndim, const int64_t *shape,
+                             const float *init);
 /* Read the interior into out (n floats). Returns TS_OK, and *bad_guards is
  * the number of guard elements that changed. */
 ts_status guarded_read(const guarded *g, float *out, int64_t *bad_guards);
@@ -48,6 +52,10 @@ ts_status upload(ts_tensor *t, ts_device *d, ts_dtype dtype, int ndim, const int
  * failure (with the worst element) and returns false when nmse > tol. */
 bool check_close(const char *what, const float *out, const double *ref, int64_t n, double tol);
 double nmse(const float *out, const double *ref, int64_t n);
+
+/* bf16 storage: x rounded to nearest even (NaN stays NaN), and back */
+uint16_t bf16_from_float(float x);
+float bf16_to_float(uint16_t b);
 
 /* A NaN with a payload no arithmetic produces. */
 float poison_nan(void);

@@ -8,7 +8,8 @@ with the device's matrix products in DTYPE. Two references in PyTorch, from
 the same initial weights:
 
   - the same arithmetic written out: every matrix product's inputs rounded
-    to DTYPE, everything else float32. The eleven losses must agree within
+    to DTYPE, and under bf16 the MLP's hidden activations (the fc layer's
+    output and GELU's) stored in bf16; everything else float32. The eleven losses must agree within
     EMUL_TOL (relative): only the order of float32 sums differs, and a
     different sum can round to a neighbouring DTYPE value;
   - bf16 only: PyTorch's own autocast (torch.autocast("cpu", bfloat16)),
@@ -39,9 +40,10 @@ EMUL_TOL = 2e-3
 AUTOCAST_TOL = 3e-2
 
 
-def forward(p, cfg, tok, tgt, matmul):
+def forward(p, cfg, tok, tgt, matmul, act=lambda t: t):
     """The parity GPT (tests/torch_parity.py) with its matrix products
-    done by matmul(a, b)."""
+    done by matmul(a, b), and the MLP's hidden activations (the fc layer's
+    output and GELU's) stored through act."""
     B, T = tok.shape
     C, NH, L = cfg["n_embd"], cfg["n_head"], cfg["n_layer"]
     hs = C // NH
@@ -59,7 +61,7 @@ def forward(p, cfg, tok, tgt, matmul):
         y = mm(att, v).transpose(1, 2).reshape(B, T, C)
         x = x + mm(y, p[f"h.{l}.attn.c_proj.weight"].T) + p[f"h.{l}.attn.c_proj.bias"]
         h = F.layer_norm(x, (C,), p[f"h.{l}.ln_2.weight"], p[f"h.{l}.ln_2.bias"], 1e-5)
-        h = F.gelu(mm(h, p[f"h.{l}.mlp.c_fc.weight"].T) + p[f"h.{l}.mlp.c_fc.bias"], approximate="tanh")
+        h = act(F.gelu(act(mm(h, p[f"h.{l}.mlp.c_fc.weight"].T) + p[f"h.{l}.mlp.c_fc.bias"]), approximate="tanh"))
         x = x + mm(h, p[f"h.{l}.mlp.c_proj.weight"].T) + p[f"h.{l}.mlp.c_proj.bias"]
     x = F.layer_norm(x, (C,), p["ln_f.weight"], p["ln_f.bias"], 1e-5)
     logits = mm(x, p["wte.weight"].T)
@@ -85,10 +87,24 @@ class RoundedMM(torch.autograd.Function):
         return rg @ rb.transpose(-2, -1), ra.transpose(-2, -1) @ rg, None
 
 
-def trajectory(init, cfg, tok, tgt, res, matmul, autocast=False):
+class RoundedAct(torch.autograd.Function):
+    """An activation stored in a low-precision type: rounded going
+    forward (what GELU's backward then reads too), its gradient passed
+    through in float32, as tessera keeps gradients."""
+
+    @staticmethod
+    def forward(ctx, x, dtype):
+        return x.to(dtype).to(torch.float32)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+def trajectory(init, cfg, tok, tgt, res, matmul, act=None, autocast=False):
     def loss_of(p):
         if not autocast:
-            return forward(p, cfg, tok, tgt, matmul)
+            return forward(p, cfg, tok, tgt, matmul, act) if act else forward(p, cfg, tok, tgt, matmul)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return forward(p, cfg, tok, tgt, torch.matmul)
 
@@ -122,7 +138,10 @@ def main():
         tok = torch.from_numpy(batch["tokens"].astype(np.int64))
         tgt = torch.from_numpy(batch["targets"].astype(np.int64))
         mine = res["losses"]
-        emul = trajectory(init, cfg, tok, tgt, res, lambda a, b: RoundedMM.apply(a, b, dtype))
+        # under bf16, tessera stores the MLP's hidden activations in bf16
+        # (fp16 keeps them in float32: no overflow handling there)
+        act = (lambda t: RoundedAct.apply(t, dtype)) if dtype_name == "bf16" else None
+        emul = trajectory(init, cfg, tok, tgt, res, lambda a, b: RoundedMM.apply(a, b, dtype), act)
         rels = [abs(a - b) / abs(b) for a, b in zip(mine, emul)]
         tap.check(max(rels) < EMUL_TOL,
                   f"{dtype_name}: losses of 10 AdamW steps match the same rounding written in PyTorch on {device}",

@@ -117,10 +117,13 @@ static ts_status cpu_run_op(ts_device *dev, const ts_op *op)
         cpu_scale(F(o[0]), F(in[0]), op->p.scale.alpha, ts_tensor_numel(o[0]));
         break;
     case TS_OP_GELU_FWD:
-        cpu_gelu_forward(F(o[0]), F(in[0]), ts_tensor_numel(o[0]));
+        cpu_gelu_forward(F(o[0]), o[0]->dtype == TS_BF16, F(in[0]), in[0]->dtype == TS_BF16, ts_tensor_numel(o[0]));
         break;
     case TS_OP_GELU_BWD:
-        cpu_gelu_backward(F(o[0]), F(in[0]), F(in[1]), ts_tensor_numel(o[0]));
+        cpu_gelu_backward(F(o[0]), F(in[0]), in[0]->dtype == TS_BF16, F(in[1]), ts_tensor_numel(o[0]));
+        break;
+    case TS_OP_CAST:
+        cpu_cast(F(o[0]), o[0]->dtype == TS_BF16, F(in[0]), in[0]->dtype == TS_BF16, ts_tensor_numel(o[0]));
         break;
     case TS_OP_EMBEDDING_FWD:
         cpu_embedding_forward(F(o[0]), I(in[0]), F(in[1]), F(in[2]), op->p.embedding.N,

@@ -40,27 +40,69 @@ TS_CLONES void cpu_scale(float *out, const float *a, float alpha, int64_t n)
     for (int64_t i = 0; i < n; i++) out[i] = alpha * a[i];
 }
 
-TS_CLONES void cpu_gelu_forward(float *out, const float *inp, int64_t n)
+/* bf16 storage: the upper half of an fp32 (ts_bf16_bits rounds into it) */
+static inline float bf16_value(uint16_t b)
 {
-    PFOR_SIMD(n > SMALL / 4)
-    for (int64_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float u = TS_GELU_SCALE * (x + 0.044715f * x * x * x);
-        out[i] = 0.5f * x * (1.0f + ts_tanhf(u));
-    }
+    union { uint32_t u; float f; } v = {.u = (uint32_t)b << 16};
+    return v.f;
 }
 
-TS_CLONES void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n)
+#define LOAD_F32(p, i) (((const float *)(p))[i])
+#define LOAD_BF16(p, i) bf16_value(((const uint16_t *)(p))[i])
+#define STORE_F32(p, i, v) (((float *)(p))[i] = (v))
+#define STORE_BF16(p, i, v) (((uint16_t *)(p))[i] = ts_bf16_bits(v))
+
+/* One loop per pair of storage types, each vectorised on its own. */
+#define GELU_FWD_LOOP(LOAD, STORE)                                                                  \
+    do {                                                                                           \
+        PFOR_SIMD(n > SMALL / 4)                                                                   \
+        for (int64_t i = 0; i < n; i++) {                                                          \
+            float x = LOAD(inp, i);                                                                \
+            float u = TS_GELU_SCALE * (x + 0.044715f * x * x * x);                                 \
+            STORE(out, i, 0.5f * x * (1.0f + ts_tanhf(u)));                                        \
+        }                                                                                          \
+    } while (0)
+
+TS_CLONES void cpu_gelu_forward(void *out, bool out_bf16, const void *inp, bool inp_bf16, int64_t n)
 {
-    PFOR_SIMD(n > SMALL / 4)
-    for (int64_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float u = TS_GELU_SCALE * (x + 0.044715f * x * x * x);
-        float t = ts_tanhf(u);
-        float sech2 = 1.0f - t * t;
-        float local = 0.5f * (1.0f + t) +
-                      x * 0.5f * sech2 * TS_GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
-        dinp[i] = local * dout[i];
+    if (!out_bf16 && !inp_bf16) GELU_FWD_LOOP(LOAD_F32, STORE_F32);
+    else if (!out_bf16) GELU_FWD_LOOP(LOAD_BF16, STORE_F32);
+    else if (!inp_bf16) GELU_FWD_LOOP(LOAD_F32, STORE_BF16);
+    else GELU_FWD_LOOP(LOAD_BF16, STORE_BF16);
+}
+
+#define GELU_BWD_LOOP(LOAD)                                                                         \
+    do {                                                                                           \
+        PFOR_SIMD(n > SMALL / 4)                                                                   \
+        for (int64_t i = 0; i < n; i++) {                                                          \
+            float x = LOAD(inp, i);                                                                \
+            float u = TS_GELU_SCALE * (x + 0.044715f * x * x * x);                                 \
+            float t = ts_tanhf(u);                                                                 \
+            float sech2 = 1.0f - t * t;                                                            \
+            float local = 0.5f * (1.0f + t) +                                                      \
+                          x * 0.5f * sech2 * TS_GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);    \
+            dinp[i] = local * dout[i];                                                             \
+        }                                                                                          \
+    } while (0)
+
+TS_CLONES void cpu_gelu_backward(float *dinp, const void *inp, bool inp_bf16, const float *dout, int64_t n)
+{
+    if (inp_bf16) GELU_BWD_LOOP(LOAD_BF16);
+    else GELU_BWD_LOOP(LOAD_F32);
+}
+
+TS_CLONES void cpu_cast(void *out, bool out_bf16, const void *in, bool in_bf16, int64_t n)
+{
+    if (out_bf16 == in_bf16) {
+        memmove(out, in, (size_t)n * (out_bf16 ? 2 : 4));
+        return;
+    }
+    if (out_bf16) {
+        PFOR_SIMD(n > SMALL)
+        for (int64_t i = 0; i < n; i++) STORE_BF16(out, i, LOAD_F32(in, i));
+    } else {
+        PFOR_SIMD(n > SMALL)
+        for (int64_t i = 0; i < n; i++) STORE_F32(out, i, LOAD_BF16(in, i));
     }
 }
 

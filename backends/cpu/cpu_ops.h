@@ -17,8 +17,10 @@ extern int ts_cpu_threads; /* OpenMP threads for every parallel loop */
 void cpu_fill(float *t, int64_t n, float value);
 void cpu_add(float *out, const float *a, const float *b, int64_t n);
 void cpu_scale(float *out, const float *a, float alpha, int64_t n);
-void cpu_gelu_forward(float *out, const float *inp, int64_t n);
-void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n);
+/* inp, out: fp32, or bf16 storage where the flag says so */
+void cpu_gelu_forward(void *out, bool out_bf16, const void *inp, bool inp_bf16, int64_t n);
+void cpu_gelu_backward(float *dinp, const void *inp, bool inp_bf16, const float *dout, int64_t n);
+void cpu_cast(void *out, bool out_bf16, const void *in, bool in_bf16, int64_t n);
 
 void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe,
                            int64_t N, int64_t T, int64_t C, int64_t V, int64_t vocab_start);

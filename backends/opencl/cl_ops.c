@@ -172,6 +172,8 @@ static ts_status op_elementwise(ts_cl_device *d, const ts_op *op)
     case TS_OP_GELU_FWD:
         ts_cl_arg_tensor(&a, op->in[0]);
         ts_cl_arg_long(&a, n);
+        arg_int(&a, op->out[0]->dtype == TS_BF16);
+        arg_int(&a, op->in[0]->dtype == TS_BF16);
         /* CPU devices: 8 elements an item (float8) */
         if (d->cpu_kernels) return launch_1d(d, "elementwise.cl", "gelu_forward8", (n + 7) / 8, &a);
         return launch_1d(d, "elementwise.cl", "gelu_forward", n, &a);
@@ -179,8 +181,15 @@ static ts_status op_elementwise(ts_cl_device *d, const ts_op *op)
         ts_cl_arg_tensor(&a, op->in[0]);
         ts_cl_arg_tensor(&a, op->in[1]);
         ts_cl_arg_long(&a, n);
+        arg_int(&a, op->in[0]->dtype == TS_BF16);
         if (d->cpu_kernels) return launch_1d(d, "elementwise.cl", "gelu_backward8", (n + 7) / 8, &a);
         return launch_1d(d, "elementwise.cl", "gelu_backward", n, &a);
+    case TS_OP_CAST:
+        ts_cl_arg_tensor(&a, op->in[0]);
+        ts_cl_arg_long(&a, n);
+        arg_int(&a, op->out[0]->dtype == TS_BF16);
+        arg_int(&a, op->in[0]->dtype == TS_BF16);
+        return launch_1d(d, "elementwise.cl", "cast", n, &a);
     default:
         return ts_error(TS_ERR_UNSUPPORTED, "not an elementwise op");
     }
@@ -775,7 +784,8 @@ ts_status ts_cl_run_op(ts_device *dev, const ts_op *op)
     case TS_OP_ADD:
     case TS_OP_SCALE:
     case TS_OP_GELU_FWD:
-    case TS_OP_GELU_BWD: return op_elementwise(d, op);
+    case TS_OP_GELU_BWD:
+    case TS_OP_CAST: return op_elementwise(d, op);
     case TS_OP_EMBEDDING_FWD: return op_embedding_forward(d, op);
     case TS_OP_EMBEDDING_BWD: return op_embedding_backward(d, op);
     case TS_OP_LAYERNORM_FWD: return op_layernorm_forward(d, op);

@@ -62,15 +62,17 @@ int64_t ts_gpt_num_params(const ts_gpt_config *c)
     return c->vocab_size * C + c->max_seq_len * C + c->n_layer * (12 * C * C + 13 * C) + 2 * C;
 }
 
-double ts_gpt_train_bytes(const ts_gpt_config *c, int64_t B, int64_t T, int moments, bool fused_attention)
+double ts_gpt_train_bytes(const ts_gpt_config *c, int64_t B, int64_t T, int moments, bool fused_attention,
+                          ts_dtype matmul_dtype)
 {
     double N = (double)B * (double)T, C = (double)c->n_embd, L = (double)c->n_layer;
     double att = (double)B * (double)c->n_head * (double)T * (fused_attention ? 1.0 : (double)T);
     double params = (double)c->vocab_size * C + (double)c->max_seq_len * C + L * (12.0 * C * C + 13.0 * C);
-    /* per layer (ts_gpt_acts_alloc): 19 N*C and the attention's T x T
+    /* per layer (ts_gpt_acts_alloc): 19 N*C (under bf16 products the MLP's
+     * 8 N*C in bf16: 15 in floats' room) and the attention's T x T
      * probabilities (fused: a log-sum-exp a row); then the head's logits, a
      * few N*C buffers and the backward scratch (fused: none for attention) */
-    double acts = L * (19.0 * N * C + att) + N * (double)c->vocab_size + 4.0 * N * C + 14.0 * N * C +
+    double acts = L * ((matmul_dtype == TS_BF16 ? 15.0 : 19.0) * N * C + att) + N * (double)c->vocab_size + 4.0 * N * C + 14.0 * N * C +
                   (fused_attention ? 0.0 : att);
     return 4.0 * ((2.0 + moments) * params + acts);
 }
@@ -439,7 +441,7 @@ typedef struct plan_item {
  * next tensor would take one past min(the largest allocation the
  * allocator grants, 2^31 - 1 floats); a tensor larger than that alone
  * gets a block of its own (which the device may refuse, with an error). */
-static ts_status alloc_plan(ts_device *dev, ts_tensor *blocks, plan_item *plan, size_t n)
+static ts_status alloc_plan(ts_device *dev, ts_tensor *blocks, plan_item *plan, size_t n, const ts_dtype *types)
 {
     int64_t cap = INT32_MAX / 16 * 16;
     uint64_t most = ts_allocator_largest_fit((size_t)ts_device_get_info(dev)->max_alloc_bytes) / 4;
@@ -453,7 +455,7 @@ static ts_status alloc_plan(ts_device *dev, ts_tensor *blocks, plan_item *plan, 
     for (size_t i = 0; i < n; i++) { /* 64-byte aligned starts */
         int64_t k = 1;
         for (int d = 0; d < plan[i].ndim; d++) k *= plan[i].shape[d];
-        k = (k + 15) / 16 * 16;
+        k = ((k * (int64_t)ts_dtype_size(types ? types[i] : TS_F32) + 3) / 4 + 15) / 16 * 16; /* in floats */
         if (nb == 0 || (size[nb - 1] + k > cap && size[nb - 1] > 0)) nb++;
         owner[i] = nb - 1;
         start[i] = size[nb - 1];
@@ -467,7 +469,8 @@ static ts_status alloc_plan(ts_device *dev, ts_tensor *blocks, plan_item *plan, 
         }
     }
     for (size_t i = 0; i < n; i++) {
-        ts_status st = ts_tensor_view(plan[i].t, &blocks[owner[i]], start[i], plan[i].ndim, plan[i].shape);
+        ts_status st = ts_tensor_view_typed(plan[i].t, &blocks[owner[i]], start[i], types ? types[i] : TS_F32, plan[i].ndim,
+                                            plan[i].shape);
         if (st) {
             free_blocks(blocks);
             return st;
@@ -490,7 +493,7 @@ static ts_status ensure_scratch(ts_gpt *m, int64_t B, int64_t T, bool fused)
         {&m->dC, 2, {N, C}},              {&m->dCatt, 2, {N, m->C_att}},
         {&m->d3C, 2, {N, 3 * m->C_att}},  {&m->d4C, 2, {N, m->F_local}},
     };
-    TRY(alloc_plan(m->device, m->scratch, plan, sizeof plan / sizeof *plan));
+    TRY(alloc_plan(m->device, m->scratch, plan, sizeof plan / sizeof *plan, NULL));
     m->scratch_B = B, m->scratch_T = T, m->scratch_fused = fused;
     return TS_OK;
 }
@@ -521,6 +524,10 @@ static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int
     /* fused: att holds each row's log-sum-exp, not its probabilities, and
      * the heads are read in place from qkv */
     int64_t keys = fused ? 1 : T, k = fused ? 0 : 1;
+    /* under bf16 products the MLP's hidden activations (4C of a token's
+     * ~14C saved per layer) are stored in bf16, as autocast leaves a
+     * linear layer's output and GELU's; the products round them anyway */
+    ts_dtype mlp = m->device->matmul_dtype == TS_BF16 ? TS_BF16 : TS_F32;
     plan_item plan[] = {
         {&a->input, 2, {N, C}},
         {&a->ln1, 3, {L, N, C}},
@@ -548,7 +555,10 @@ static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int
         {&a->ce_sum, 1, {N}},
         {&a->ce_tgt, 1, {N}},
     };
-    ts_status st = alloc_plan(m->device, a->block, plan, sizeof plan / sizeof *plan);
+    enum { NPLAN = sizeof plan / sizeof *plan };
+    ts_dtype types[NPLAN];
+    for (int i = 0; i < NPLAN; i++) types[i] = plan[i].t == &a->fch || plan[i].t == &a->fch_gelu ? mlp : TS_F32;
+    ts_status st = alloc_plan(m->device, a->block, plan, NPLAN, types);
     if (st) return ts_error_context(st, "activations for B=%lld T=%lld", (long long)B, (long long)T);
     if (!st) st = ts_tensor_alloc(&a->tokens, m->device, TS_I32, TS_SHAPE(B, T));
     if (!st) st = ts_tensor_alloc(&a->targets, m->device, TS_I32, TS_SHAPE(B, T));

@@ -30,9 +30,15 @@ extern "C" {
 ts_status ts_fill(ts_tensor *t, float value);
 ts_status ts_add(ts_tensor *out, const ts_tensor *a, const ts_tensor *b);  /* out = a + b; out may be a or b */
 ts_status ts_scale(ts_tensor *out, const ts_tensor *a, float alpha);       /* out = alpha*a; out may be a */
-/* GELU, tanh form: 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))) */
+/* GELU, tanh form: 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))). out and inp
+ * may be bf16 (activations under --dtype bf16): computed in fp32, written
+ * rounded to nearest even. */
 ts_status ts_gelu_forward(ts_tensor *out, const ts_tensor *inp);                        /* out may be inp */
-ts_status ts_gelu_backward(ts_tensor *dinp, const ts_tensor *inp, const ts_tensor *dout); /* dinp may be dout */
+ts_status ts_gelu_backward(ts_tensor *dinp, const ts_tensor *inp, const ts_tensor *dout); /* dinp may be dout; inp
+                                                                                           * may be bf16 */
+/* out = in, each f32 or bf16: widening is exact, narrowing rounds to
+ * nearest even (a NaN stays NaN, overflow becomes inf). */
+ts_status ts_cast(ts_tensor *out, const ts_tensor *in);
 
 /* ---- embedding: out[b,t,:] = wte[tokens[b,t]] + wpe[t] ----
  * tokens is i32 [B,T] (B and T are read from its shape), wte [V,C], wpe
@@ -70,7 +76,9 @@ ts_status ts_layernorm_backward(ts_tensor *dinp, ts_tensor *dweight, ts_tensor *
  * then is shared by every batch). */
 ts_status ts_matmul(ts_tensor *c, const ts_tensor *a, const ts_tensor *b,
                     bool trans_a, bool trans_b, float alpha, float beta);
-/* out[N,OC] = inp[N,C] @ w[OC,C]^T + bias[OC] (bias may be NULL). */
+/* out[N,OC] = inp[N,C] @ w[OC,C]^T + bias[OC] (bias may be NULL). inp and
+ * out may be bf16 activations (in ts_linear_backward too): the product
+ * itself runs in the device's matmul dtype on fp32 copies of them. */
 ts_status ts_linear_forward(ts_tensor *out, const ts_tensor *inp,
                             const ts_tensor *w, const ts_tensor *bias);
 /* dinp = dout @ w (NULL to skip); dw += dout^T @ inp; dbias += sum_rows(dout)

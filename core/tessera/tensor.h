@@ -60,6 +60,11 @@ void ts_tensor_free(ts_tensor *t);
  * `base`. Fails with TS_ERR_SHAPE if it would reach outside `base`. */
 ts_status ts_tensor_view(ts_tensor *view, const ts_tensor *base,
                          int64_t elem_offset, int ndim, const int64_t *shape);
+/* The same, with elements of another type (bf16 activations inside an
+ * f32 block): the view's bytes must lie within base's from elem_offset
+ * (counted in base's elements). */
+ts_status ts_tensor_view_typed(ts_tensor *view, const ts_tensor *base, int64_t elem_offset, ts_dtype dtype,
+                               int ndim, const int64_t *shape);
 /* The same elements with another shape of equal element count. */
 ts_status ts_tensor_reshape(ts_tensor *view, const ts_tensor *base, int ndim,
                             const int64_t *shape);

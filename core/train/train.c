@@ -800,7 +800,8 @@ static ts_status build_model(run *r)
         st = ts_attention_route_fused(r->dev, TS_ATTENTION_AUTO, c->batch / g->dp, c->seq_len,
                                       c->model.n_embd / g->tp, c->model.n_head / g->tp, &fused);
         double need =
-            ts_gpt_train_bytes(&c->model, c->batch / g->dp, c->seq_len, moments, fused) / (double)(g->tp * g->pp);
+            ts_gpt_train_bytes(&c->model, c->batch / g->dp, c->seq_len, moments, fused, c->dtype) /
+            (double)(g->tp * g->pp);
         double have = (double)ts_device_get_info(r->dev)->global_mem_bytes;
         if (!st && have > 0 && need > have)
             st = ts_error(TS_ERR_OOM, "training L=%lld C=%lld on %lld x %lld tokens needs about %.1f GiB on %s, which "

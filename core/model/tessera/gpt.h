@@ -151,11 +151,13 @@ int64_t ts_gpt_num_params(const ts_gpt_config *cfg);
 double ts_gpt_flops_per_token(const ts_gpt_config *cfg, int64_t T);
 /* Bytes one process needs to train the whole model on B x T tokens with
  * `moments` optimizer moments per parameter (AdamW 2, momentum 1, SGD 0):
- * parameters, gradients, moments, activations and scratch, in float32. An
+ * parameters, gradients, moments, activations and scratch. An
  * estimate for refusing runs that cannot fit, not an allocation plan.
  * fused_attention: the route that keeps a log-sum-exp a row instead of
- * T x T probabilities (ts_attention_route_fused). */
-double ts_gpt_train_bytes(const ts_gpt_config *cfg, int64_t B, int64_t T, int moments, bool fused_attention);
+ * T x T probabilities (ts_attention_route_fused); matmul_dtype: the
+ * device's (TS_BF16 stores the MLP's hidden activations in bf16). */
+double ts_gpt_train_bytes(const ts_gpt_config *cfg, int64_t B, int64_t T, int moments, bool fused_attention,
+                          ts_dtype matmul_dtype);
 
 /* The whole model on one process. */
 void ts_gpt_layout_single(const ts_gpt_config *cfg, ts_gpt_layout *lay);
