@@ -410,10 +410,13 @@ static int bench_kernels(int argc, char **argv)
 
 /* Seconds per training step (forward, backward, clip, AdamW) of cfg on dev. */
 static ts_status time_train_steps(ts_device *dev, const ts_gpt_config *cfg, int64_t B, int64_t T, int steps,
-                                  int warmup, double *med, double *mn, double *mx)
+                                  int warmup, double *med, double *mn, double *mx, double *peak_bytes)
 {
     ts_gpt m;
     ts_optimizer o;
+    ts_memory_stats before, after;
+    ts_device_memory_reset_peak(dev);
+    ts_device_memory_stats(dev, &before);
     ts_status st = ts_gpt_create(&m, dev, cfg);
     if (st) return st;
     st = ts_gpt_init_weights(&m, 1);
@@ -438,6 +441,8 @@ static ts_status time_train_steps(ts_device *dev, const ts_gpt_config *cfg, int6
         if (!st && s >= warmup) t[s - warmup] = ts_now() - t0;
     }
     if (!st) ts_bench_summarize(t, steps, mn, med, mx);
+    ts_device_memory_stats(dev, &after);
+    *peak_bytes = (double)(after.peak_in_use - before.in_use); /* the model's, its optimizer's and its steps' */
     free(tok), free(tgt), free(t);
     ts_optimizer_free(&o);
     ts_gpt_free(&m);
@@ -513,8 +518,9 @@ static ts_status torch_step(const char *py, const ts_gpt_config *c, int64_t B, i
     return st;
 }
 
+/* mem_bytes: the device memory the run took at its peak (0: not known) */
 static void train_result(bench_run *b, const char *device, const char *impl, const char *model, const ts_gpt_config *c,
-                         int64_t B, int64_t T, double med, double mn, double mx, int steps, double peak)
+                         int64_t B, int64_t T, double med, double mn, double mx, int steps, double peak, double mem_bytes)
 {
     ts_bench_result r;
     memset(&r, 0, sizeof r);
@@ -529,8 +535,10 @@ static void train_result(bench_run *b, const char *device, const char *impl, con
     r.gflops = r.flops / med / 1e9;
     r.fraction = peak > 0 ? r.gflops / peak : 0;
     collect(&r, b);
-    printf("  %-10s %-44s %8.3f s/step  %9.1f tokens/s  MFU %5.1f%% of %.1f GFLOP/s measured peak\n", device, impl,
+    printf("  %-10s %-44s %8.3f s/step  %9.1f tokens/s  MFU %5.1f%% of %.1f GFLOP/s measured peak", device, impl,
            med, (double)(B * T) / med, 100 * r.fraction, peak);
+    if (mem_bytes > 0) printf("; memory %.0f MiB", mem_bytes / 1048576.0);
+    printf("\n");
 }
 
 static int bench_train(int argc, char **argv)
@@ -614,8 +622,8 @@ static int bench_train(int argc, char **argv)
                 printf("  %-10s %s: %s\n", info->id, ts_dtype_name(dts[k]), ts_last_error());
                 continue;
             }
-            double med, mn, mx;
-            ts_status st = time_train_steps(devs[d], &c, B, T, steps, warmup, &med, &mn, &mx);
+            double med, mn, mx, mem = 0;
+            ts_status st = time_train_steps(devs[d], &c, B, T, steps, warmup, &med, &mn, &mx, &mem);
             ts_device_set_matmul_dtype(devs[d], TS_F32);
             if (st != TS_OK) {
                 free(b.r);
@@ -624,7 +632,7 @@ static int bench_train(int argc, char **argv)
             char impl[64];
             /* fp32 keeps the plain name that reports and --balance files know */
             snprintf(impl, sizeof impl, "tessera%s", dts[k] == TS_F32 ? "" : dts[k] == TS_BF16 ? " bf16" : " fp16");
-            train_result(&b, info->id, impl, model, &c, B, T, med, mn, mx, steps, peaks[d]);
+            train_result(&b, info->id, impl, model, &c, B, T, med, mn, mx, steps, peaks[d], mem);
             /* the best of the dtypes is what PyTorch is compared with */
             if (info->type == TS_DEVICE_CPU && !strcmp(info->backend, "cpu") && (!tessera_cpu || med < tessera_cpu))
                 tessera_cpu = med;
@@ -669,7 +677,7 @@ static int bench_train(int argc, char **argv)
                         if (!strcmp(ts_device_get_info(devs[d])->id, "cpu")) peak = peaks[d];
                 char impl[128];
                 snprintf(impl, sizeof impl, "%s %s%s", version, dn, dts[k] == TS_F32 ? "" : " autocast");
-                train_result(&b, ran_on, impl, model, &c, B, T, med, mn, mx, steps, peak);
+                train_result(&b, ran_on, impl, model, &c, B, T, med, mn, mx, steps, peak, 0);
                 if (!best || med < best) best = med, snprintf(best_cfg, sizeof best_cfg, "%s", impl);
             }
         }

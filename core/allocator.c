@@ -129,6 +129,13 @@ void ts_allocator_empty(ts_device *dev)
     pthread_mutex_unlock(&dev->allocator->lock);
 }
 
+void ts_allocator_reset_peak(ts_device *dev)
+{
+    pthread_mutex_lock(&dev->allocator->lock);
+    dev->allocator->stats.peak_in_use = dev->allocator->stats.in_use;
+    pthread_mutex_unlock(&dev->allocator->lock);
+}
+
 void ts_allocator_stats(ts_device *dev, ts_memory_stats *stats)
 {
     pthread_mutex_lock(&dev->allocator->lock);

@@ -23,6 +23,7 @@ ts_status ts_allocator_get(ts_device *dev, size_t size, ts_block **out);
 void ts_allocator_put(ts_block *block);
 void ts_allocator_empty(ts_device *dev);
 void ts_allocator_stats(ts_device *dev, ts_memory_stats *stats);
+void ts_allocator_reset_peak(ts_device *dev);
 
 size_t ts_allocator_size_class(size_t size);
 /* The largest request whose size class is at most limit bytes. */

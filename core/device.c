@@ -312,6 +312,11 @@ void ts_device_memory_stats(ts_device *device, ts_memory_stats *stats)
     if (device) ts_allocator_stats(device, stats);
 }
 
+void ts_device_memory_reset_peak(ts_device *device)
+{
+    if (device) ts_allocator_reset_peak(device);
+}
+
 void ts_device_empty_cache(ts_device *device)
 {
     if (device) ts_allocator_empty(device);

@@ -390,14 +390,10 @@ ts_status ts_layernorm_backward(ts_tensor *dinp, ts_tensor *dweight, ts_tensor *
 
 /* ---- matrix products ---- */
 
-static ts_status gemm_op(const char *name, ts_tensor *c, const ts_tensor *a, const ts_tensor *b,
-                         const ts_tensor *bias, int64_t batch, int64_t M, int64_t N, int64_t K,
-                         bool ta, bool tb, float alpha, float beta, int64_t stride_b, bool reference)
+static ts_op gemm_desc(ts_tensor *c, const ts_tensor *a, const ts_tensor *b, const ts_tensor *bias, int64_t batch,
+                       int64_t M, int64_t N, int64_t K, bool ta, bool tb, float alpha, float beta, int64_t stride_b,
+                       bool reference)
 {
-    if (M == 0 || N == 0 || batch == 0) return TS_OK;
-    if (reference && !c->device->info.reference_blas[0])
-        return ts_error(TS_ERR_UNSUPPORTED, "%s: device %s (%s) has no reference BLAS library", name,
-                        c->device->info.id, c->device->info.name);
     ts_op op = op_new(TS_OP_GEMM);
     op.p.gemm.reference = reference;
     op.p.gemm.dtype = reference ? TS_F32 : c->device->matmul_dtype;
@@ -419,7 +415,29 @@ static ts_status gemm_op(const char *name, ts_tensor *c, const ts_tensor *a, con
     op.p.gemm.stride_a = M * K;
     op.p.gemm.stride_b = stride_b;
     op.p.gemm.stride_c = M * N;
+    return op;
+}
+
+static ts_status gemm_op(const char *name, ts_tensor *c, const ts_tensor *a, const ts_tensor *b,
+                         const ts_tensor *bias, int64_t batch, int64_t M, int64_t N, int64_t K,
+                         bool ta, bool tb, float alpha, float beta, int64_t stride_b, bool reference)
+{
+    if (M == 0 || N == 0 || batch == 0) return TS_OK;
+    if (reference && !c->device->info.reference_blas[0])
+        return ts_error(TS_ERR_UNSUPPORTED, "%s: device %s (%s) has no reference BLAS library", name,
+                        c->device->info.id, c->device->info.name);
+    ts_op op = gemm_desc(c, a, b, bias, batch, M, N, K, ta, tb, alpha, beta, stride_b, reference);
     return dispatch(name, &op);
+}
+
+/* Whether the device's backend takes this product's bf16 tensors itself
+ * (a backend must say so: one without supports_op gets fp32 copies). */
+static bool takes_bf16(ts_tensor *c, const ts_tensor *a, const ts_tensor *b, const ts_tensor *bias, int64_t M,
+                       int64_t N, int64_t K, bool ta, bool tb, float beta)
+{
+    ts_device *dev = c->device;
+    ts_op op = gemm_desc(c, a, b, bias, 1, M, N, K, ta, tb, 1.0f, beta, 0, false);
+    return dev->iface->supports_op && dev->iface->supports_op(dev, &op);
 }
 
 static ts_status matmul(const char *name, ts_tensor *c, const ts_tensor *a, const ts_tensor *b,
@@ -467,10 +485,11 @@ ts_status ts_matmul_reference(ts_tensor *c, const ts_tensor *a, const ts_tensor 
     return matmul("ts_matmul_reference", c, a, b, trans_a, trans_b, alpha, beta, true);
 }
 
-/* Every backend's GEMM routes read and write fp32: a bf16 activation is
- * widened into a temporary fp32 tensor (from the device's block cache)
- * before the product, and a bf16 result is written through one and
- * rounded after it. `*use` is t itself where t is fp32. */
+/* A backend that does not take bf16 tensors in its products (supports_op)
+ * gets fp32 copies: a bf16 activation is widened into a temporary fp32
+ * tensor (from the device's block cache) before the product, and a bf16
+ * result is written through one and rounded after it. `*use` is t itself
+ * where t is fp32. */
 static ts_status f32_operand(const ts_tensor *t, ts_tensor *tmp, const ts_tensor **use)
 {
     *use = t;
@@ -498,6 +517,8 @@ ts_status ts_linear_forward(ts_tensor *out, const ts_tensor *inp, const ts_tenso
         TRY(need(name, "bias", bias, TS_F32));
         TRY(need_numel(name, "bias", bias, OC));
     }
+    if ((inp->dtype != TS_F32 || out->dtype != TS_F32) && takes_bf16(out, inp, w, bias, N, OC, C, false, true, 0.0f))
+        return gemm_op(name, out, inp, w, bias, 1, N, OC, C, false, true, 1.0f, 0.0f, 0, false);
     ts_tensor in32 = {0}, out32 = {0}, *y = out;
     const ts_tensor *x;
     ts_status st = f32_operand(inp, &in32, &x);
@@ -535,8 +556,10 @@ ts_status ts_linear_backward(ts_tensor *dinp, ts_tensor *dw, ts_tensor *dbias,
     if (dinp) TRY(gemm_op(name, dinp, dout, w, NULL, 1, N, C, OC, false, false, 1.0f, 0.0f, 0, false));
     if (dw) {
         ts_tensor in32 = {0};
-        const ts_tensor *x;
-        ts_status st = f32_operand(inp, &in32, &x);
+        const ts_tensor *x = inp;
+        ts_status st = TS_OK;
+        if (inp->dtype != TS_F32 && !takes_bf16(dw, dout, inp, NULL, OC, C, N, true, false, 1.0f))
+            st = f32_operand(inp, &in32, &x);
         if (!st) st = gemm_op(name, dw, dout, x, NULL, 1, OC, C, N, true, false, 1.0f, 1.0f, 0, false);
         ts_tensor_free(&in32);
         TRY(st);

@@ -120,6 +120,27 @@ TEST(allocator_reuses_freed_blocks)
     }
 }
 
+/* the peak of one phase: what bench train reports as a run's memory */
+TEST(memory_peak_restarts_from_what_is_in_use)
+{
+    ts_device *dev = ts_device_at(0);
+    ts_tensor big, small;
+    REQUIRE_OK(ts_tensor_alloc(&big, dev, TS_F32, TS_SHAPE(1 << 20)));
+    ts_tensor_free(&big);
+    ts_memory_stats s;
+    ts_device_memory_stats(dev, &s);
+    EXPECT(s.peak_in_use >= s.in_use + (4u << 20));
+    ts_device_memory_reset_peak(dev);
+    ts_device_memory_stats(dev, &s);
+    EXPECTF(s.peak_in_use == s.in_use, "peak %zu, in use %zu", s.peak_in_use, s.in_use);
+    size_t before = s.in_use;
+    REQUIRE_OK(ts_tensor_alloc(&small, dev, TS_F32, TS_SHAPE(1000)));
+    ts_tensor_free(&small);
+    ts_device_memory_stats(dev, &s);
+    EXPECTF(s.peak_in_use >= before + 4000 && s.peak_in_use < before + (4u << 20), "peak %zu after %zu in use",
+            s.peak_in_use, before);
+}
+
 size_t ts_allocator_size_class(size_t size);
 
 TEST(size_classes_bound_waste)
@@ -381,6 +402,7 @@ int main(int argc, char **argv)
     TH_ADD(views_share_storage_and_stay_in_bounds);
     TH_ADD(write_read_round_trip_on_every_device);
     TH_ADD(copy_moves_data_between_devices);
+    TH_ADD(memory_peak_restarts_from_what_is_in_use);
     TH_ADD(allocator_reuses_freed_blocks);
     TH_ADD(size_classes_bound_waste);
     TH_ADD(largest_fit_is_the_largest_request_that_fits);

@@ -79,11 +79,10 @@ static const int32_t *I(const ts_tensor *t)
     return t ? (const int32_t *)((const char *)t->block->handle + t->offset) : NULL;
 }
 
-static void cpu_gemm(const ts_op *op)
+static void cpu_gemm_f32(const ts_op *op, const float *A, const float *B, float *C)
 {
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
-    const float *A = F(op->in[0]), *B = F(op->in[1]), *bias = F(op->in[2]);
-    float *C = F(op->out[0]);
+    const float *bias = F(op->in[2]);
     if (g->dtype != TS_F32)
         ts_cpu_gemm_lowp(g->dtype, g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a,
                          g->lda, B, g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc, bias, true);
@@ -93,6 +92,23 @@ static void cpu_gemm(const ts_op *op)
     else
         ts_blas_sgemm_bias(g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a, g->lda,
                            B, g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc, bias);
+}
+
+/* A product with bf16 operands or result (activations stored in bf16). */
+static ts_status cpu_gemm(const ts_op *op)
+{
+    const __typeof__(op->p.gemm) *g = &op->p.gemm;
+    ts_gemm_bf16_io io = {op->in[0]->dtype == TS_BF16, op->in[1]->dtype == TS_BF16, op->out[0]->dtype == TS_BF16};
+    void *A = F(op->in[0]), *B = F(op->in[1]), *C = F(op->out[0]);
+    if (!io.a && !io.b && !io.c) {
+        cpu_gemm_f32(op, A, B, C);
+        return TS_OK;
+    }
+    if (!ts_cpu_gemm_mixed(g->dtype, g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a,
+                           g->lda, B, g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc, F(op->in[2]), true, &io))
+        return ts_error(TS_ERR_OOM, "no host memory for fp32 copies of a %lldx%lldx%lld product's bf16 operands",
+                        (long long)g->M, (long long)g->N, (long long)g->K);
+    return TS_OK;
 }
 
 static ts_status cpu_run_op(ts_device *dev, const ts_op *op)
@@ -144,8 +160,7 @@ static ts_status cpu_run_op(ts_device *dev, const ts_op *op)
                                F(in[3]), F(in[4]), op->p.layernorm.N, op->p.layernorm.C);
         break;
     case TS_OP_GEMM:
-        cpu_gemm(op);
-        break;
+        return cpu_gemm(op);
     case TS_OP_SUM_ROWS:
         cpu_sum_rows(F(o[0]), F(in[0]), op->p.sum_rows.N, op->p.sum_rows.C,
                      op->p.sum_rows.accumulate);

@@ -245,10 +245,21 @@ static const uint16_t *bf16_operand(const float *src, int64_t R, int64_t Cc, int
     return s;
 }
 
+/* An operand already in bf16 (an activation): itself where packed, else
+ * its rows packed into scratch i. */
+static const uint16_t *bf16_source(const uint16_t *src, int64_t R, int64_t Cc, int64_t ld, int i)
+{
+    if (ld == Cc) return src;
+    uint16_t *s = scratch(i, (size_t)(R * Cc) * 2);
+    if (s)
+        for (int64_t r = 0; r < R; r++) memcpy(s + r * Cc, src + r * ld, (size_t)Cc * 2);
+    return s;
+}
+
 /* oneDNN matmul primitives, one per part shape, made once and kept. */
 typedef struct prim_key {
     int64_t M, N, K, lda, ldb, ldc;
-    int ta, tb, sum, bias;
+    int ta, tb, sum, bias, c_bf16;
     float alpha;
 } prim_key;
 
@@ -269,7 +280,7 @@ static dnnl_primitive_t make_prim(const prim_key *k, char *impl, size_t impl_siz
     dnnl_dims_t biasd = {1, k->N}, biass = {k->N, 1};
     if (dnnl_memory_desc_init_by_strides(&a, 2, ad, dnnl_bf16, k->ta ? as_t : as) != dnnl_success ||
         dnnl_memory_desc_init_by_strides(&b, 2, bd, dnnl_bf16, k->tb ? bs_t : bs_n) != dnnl_success ||
-        dnnl_memory_desc_init_by_strides(&c, 2, cd, dnnl_f32, cs) != dnnl_success ||
+        dnnl_memory_desc_init_by_strides(&c, 2, cd, k->c_bf16 ? dnnl_bf16 : dnnl_f32, cs) != dnnl_success ||
         dnnl_memory_desc_init_by_strides(&bias, 2, biasd, dnnl_f32, biass) != dnnl_success)
         return NULL;
     dnnl_matmul_desc_t md;
@@ -339,7 +350,7 @@ typedef struct part { dnnl_primitive_t prim; dnnl_memory_t m[5]; } part;
 static void *g_pad[MAX_THREADS];
 static size_t g_pad_cap[MAX_THREADS];
 
-static int make_part(part *p, dnnl_primitive_t prim, const uint16_t *a, const uint16_t *b, float *c,
+static int make_part(part *p, dnnl_primitive_t prim, const uint16_t *a, const uint16_t *b, void *c,
                      const float *bias, int thread)
 {
     const_dnnl_primitive_desc_t pd;
@@ -384,17 +395,20 @@ static int run_part(const part *p, int thread)
 }
 
 /* One product (batch 1) through oneDNN; 0 if a primitive could not be made. */
-static int gemm_onednn(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
-                       int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc,
-                       const float *bias, bool keep)
+static int gemm_onednn(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const void *A,
+                       int64_t lda, const void *B, int64_t ldb, float beta, void *C, int64_t ldc,
+                       const float *bias, bool keep, const ts_gemm_bf16_io *io)
 {
+    bool a16 = io && io->a, b16 = io && io->b, c16 = io && io->c;
     /* A and B keep their orientation (oneDNN reads either by strides):
      * A is [M,K] rows, or [K,M] when ta; B [N,K] when tb (a linear's
      * weights), else [K,N] */
     /* kept: a layer's weights (B) serve its forward and input-gradient
      * products, its output gradient (A) both backward products */
-    const uint16_t *a = ta ? bf16_operand(A, K, M, lda, 0, keep) : bf16_operand(A, M, K, lda, 0, keep);
-    const uint16_t *b = tb ? bf16_operand(B, N, K, ldb, 1, keep) : bf16_operand(B, K, N, ldb, 1, keep);
+    const uint16_t *a = a16 ? (ta ? bf16_source(A, K, M, lda, 0) : bf16_source(A, M, K, lda, 0))
+                            : ta ? bf16_operand(A, K, M, lda, 0, keep) : bf16_operand(A, M, K, lda, 0, keep);
+    const uint16_t *b = b16 ? (tb ? bf16_source(B, N, K, ldb, 1) : bf16_source(B, K, N, ldb, 1))
+                            : tb ? bf16_operand(B, N, K, ldb, 1, keep) : bf16_operand(B, K, N, ldb, 1, keep);
     if (!a || !b) return 0;
     int64_t lda_packed = ta ? M : K, ldb_packed = tb ? K : N;
     int threads = 1;
@@ -422,7 +436,7 @@ static int gemm_onednn(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float 
         memset(&k, 0, sizeof k); /* the key is compared with memcmp: no stray padding */
         k.M = split_n ? M : hi - lo, k.N = split_n ? hi - lo : N, k.K = K;
         k.lda = lda_packed, k.ldb = ldb_packed, k.ldc = ldc;
-        k.ta = ta, k.tb = tb, k.alpha = alpha, k.bias = prim_bias;
+        k.ta = ta, k.tb = tb, k.alpha = alpha, k.bias = prim_bias, k.c_bf16 = c16;
         k.sum = beta != 0.0f || (bias != NULL && !prim_bias);
         dnnl_primitive_t prim = get_prim(&k);
         if (!prim && prim_bias && t == 0) { /* again, the bias in C */
@@ -436,14 +450,17 @@ static int gemm_onednn(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float 
         const uint16_t *ap = split_n ? a : ta ? a + lo : a + lo * K;
         const uint16_t *bp = split_n ? (tb ? b + lo * K : b + lo) : b;
         const float *biasp = !prim_bias ? NULL : split_n ? bias + lo : bias;
-        ok = make_part(&parts[nparts], prim, ap, bp, split_n ? C + lo : C + lo * ldc, biasp, nparts);
+        int64_t coff = split_n ? lo : lo * ldc;
+        ok = make_part(&parts[nparts], prim, ap, bp, c16 ? (void *)((uint16_t *)C + coff) : (void *)((float *)C + coff),
+                       biasp, nparts);
         nparts++;
     }
+    if (ok && c16 && ((bias && !prim_bias) || (beta != 0.0f && beta != 1.0f))) ok = 0; /* no fp32 pass over bf16 C */
     if (ok && ((bias && !prim_bias) || (beta != 0.0f && beta != 1.0f))) { /* c = beta*c (+ bias), then accumulate */
         const float *cbias = prim_bias ? NULL : bias;
 #pragma omp parallel for schedule(static) if (M * N > 65536)
         for (int64_t i = 0; i < M; i++) {
-            float *row = C + i * ldc;
+            float *row = (float *)C + i * ldc;
             for (int64_t j = 0; j < N; j++)
                 row[j] = (beta == 0.0f ? 0.0f : beta * row[j]) + (cbias ? cbias[j] : 0.0f);
         }
@@ -469,7 +486,7 @@ void ts_cpu_gemm_lowp(ts_dtype dt, bool ta, bool tb, int64_t batch, int64_t M, i
 #ifdef TS_HAVE_ONEDNN
     /* K == 0 and batched products (attention's small ones) take the fallback */
     if (dt == TS_BF16 && batch == 1 && K > 0 && onednn_ready() &&
-        gemm_onednn(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, keep)) {
+        gemm_onednn(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, keep, NULL)) {
         pthread_mutex_unlock(&g_lock);
         return;
     }
@@ -477,6 +494,62 @@ void ts_cpu_gemm_lowp(ts_dtype dt, bool ta, bool tb, int64_t batch, int64_t M, i
     (void)keep;
     gemm_emulated(dt, ta, tb, batch, M, N, K, alpha, A, sa, lda, B, sb, ldb, beta, C, sc, ldc, bias);
     pthread_mutex_unlock(&g_lock);
+}
+
+/* Elements a strided operand spans: batch blocks of rows x cols, row stride ld. */
+static int64_t span(int64_t batch, int64_t stride, int64_t rows, int64_t cols, int64_t ld)
+{
+    return (batch - 1) * stride + (rows - 1) * ld + cols;
+}
+
+static void widen_bf16(float *dst, const uint16_t *src, int64_t n)
+{
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)src[i] << 16;
+        memcpy(&dst[i], &u, 4);
+    }
+}
+
+int ts_cpu_gemm_mixed(ts_dtype dt, bool ta, bool tb, int64_t batch, int64_t M, int64_t N, int64_t K, float alpha,
+                      const void *A, int64_t sa, int64_t lda, const void *B, int64_t sb, int64_t ldb, float beta,
+                      void *C, int64_t sc, int64_t ldc, const float *bias, bool keep, const ts_gemm_bf16_io *io)
+{
+    if (M == 0 || N == 0 || batch == 0) return 1;
+#ifdef TS_HAVE_ONEDNN
+    if (dt == TS_BF16 && batch == 1 && K > 0) {
+        pthread_mutex_lock(&g_lock);
+        int done = onednn_ready() && gemm_onednn(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, keep, io);
+        pthread_mutex_unlock(&g_lock);
+        if (done) return 1;
+    }
+#endif
+    /* through fp32 copies of the bf16 tensors (never kept: a later buffer
+     * at a copy's address would find it stale) */
+    int64_t na = span(batch, sa, ta ? K : M, ta ? M : K, lda);
+    int64_t nb = span(sb ? batch : 1, sb, tb ? N : K, tb ? K : N, ldb);
+    int64_t nc = span(batch, sc, M, N, ldc);
+    float *a = io->a ? malloc((size_t)na * 4) : (float *)A, *b = io->b ? malloc((size_t)nb * 4) : (float *)B;
+    float *c = io->c ? malloc((size_t)nc * 4) : (float *)C;
+    int ok = a && b && c;
+    if (ok) {
+        if (io->a) widen_bf16(a, A, na);
+        if (io->b) widen_bf16(b, B, nb);
+        if (io->c && beta != 0.0f) widen_bf16(c, C, nc);
+        if (dt != TS_F32)
+            ts_cpu_gemm_lowp(dt, ta, tb, batch, M, N, K, alpha, a, sa, lda, b, sb, ldb, beta, c, sc, ldc, bias, false);
+        else
+            ts_blas_sgemm_bias(ta, tb, batch, M, N, K, alpha, a, sa, lda, b, sb, ldb, beta, c, sc, ldc, bias);
+        if (io->c) {
+            uint16_t *out = C;
+#pragma omp parallel for simd schedule(static) if (nc > 65536)
+            for (int64_t i = 0; i < nc; i++) out[i] = ts_bf16_bits(c[i]);
+        }
+    }
+    if (io->a) free(a);
+    if (io->b) free(b);
+    if (io->c) free(c);
+    return ok;
 }
 
 const char *ts_cpu_lowp_route(ts_dtype dt)

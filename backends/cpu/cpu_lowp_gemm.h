@@ -62,6 +62,18 @@ static inline uint16_t ts_bf16_bits(float x)
     return (uint16_t)(u >> 16);
 }
 
+/* A product whose operands or result are bf16 tensors themselves
+ * (activations stored in bf16; io flags which), in dtype (TS_F32, or a
+ * low-precision type as ts_cpu_gemm_lowp): a bf16 product of batch 1 reads
+ * and writes them in bf16 on oneDNN; anything else goes through fp32
+ * copies of them. keep as for ts_cpu_gemm_lowp, for the fp32 operands.
+ * Returns 0, C untouched, without memory for the copies. */
+typedef struct ts_gemm_bf16_io { bool a, b, c; } ts_gemm_bf16_io;
+int ts_cpu_gemm_mixed(ts_dtype dtype, bool trans_a, bool trans_b, int64_t batch, int64_t M, int64_t N, int64_t K,
+                      float alpha, const void *A, int64_t stride_a, int64_t lda, const void *B, int64_t stride_b,
+                      int64_t ldb, float beta, void *C, int64_t stride_c, int64_t ldc, const float *bias, bool keep,
+                      const ts_gemm_bf16_io *io);
+
 /* The route a product of this dtype takes on this CPU: "oneDNN 2.6.3
  * brg:avx512_core_bf16" or "emulated (rounded inputs, fp32 GEMM)". */
 const char *ts_cpu_lowp_route(ts_dtype dtype);

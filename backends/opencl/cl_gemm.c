@@ -202,19 +202,17 @@ ts_status ts_cl_unmap_all(ts_cl_device *d, ts_cl_mapping *maps, int n, ts_status
 }
 
 static ts_status map_region(ts_cl_device *d, const ts_tensor *t, size_t elems, cl_map_flags flags,
-                            ts_cl_mapping *m, float **out)
+                            ts_cl_mapping *m, void **out)
 {
-    void *p = NULL;
-    ts_status st = ts_cl_map(d, t, elems * sizeof(float), flags, "clEnqueueMapBuffer (host GEMM)", m, &p);
-    *out = p;
-    return st;
+    return ts_cl_map(d, t, elems * ts_dtype_size(t->dtype), flags, "clEnqueueMapBuffer (host GEMM)", m, out);
 }
 
 static ts_status gemm_host(ts_cl_device *d, const ts_op *op)
 {
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
     ts_cl_mapping maps[4] = {{0}};
-    float *A = NULL, *B = NULL, *C = NULL, *bias = NULL;
+    void *A = NULL, *B = NULL, *C = NULL, *bias = NULL;
+    ts_gemm_bf16_io io = {op->in[0]->dtype == TS_BF16, op->in[1]->dtype == TS_BF16, op->out[0]->dtype == TS_BF16};
     int64_t arows = g->trans_a ? g->K : g->M, acols = g->trans_a ? g->M : g->K;
     int64_t brows = g->trans_b ? g->N : g->K, bcols = g->trans_b ? g->K : g->N;
     int64_t bbatch = g->stride_b ? g->batch : 1;
@@ -233,9 +231,14 @@ static ts_status gemm_host(ts_cl_device *d, const ts_op *op)
         cl_int err = clFinish(d->queue);
         if (err != CL_SUCCESS) st = ts_cl_fail(err, "clFinish (host GEMM's maps)", d);
     }
-    if (!st && g->dtype != TS_F32) { /* the CPU backend's route, copies kept where writes are seen */
-        int keep = d->keep_lowp && remember_base(d, maps[0].mem, (char *)A - op->in[0]->offset) &&
-                   remember_base(d, maps[1].mem, (char *)B - op->in[1]->offset);
+    int keep = !st && g->dtype != TS_F32 && d->keep_lowp &&
+               remember_base(d, maps[0].mem, (char *)A - op->in[0]->offset) &&
+               remember_base(d, maps[1].mem, (char *)B - op->in[1]->offset);
+    if (!st && (io.a || io.b || io.c)) { /* bf16 activations: the CPU backend's route for them */
+        if (!ts_cpu_gemm_mixed(g->dtype, g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a,
+                               g->lda, B, g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc, bias, keep, &io))
+            st = ts_error(TS_ERR_OOM, "%s: no host memory for fp32 copies of a product's bf16 operands", d->info_id);
+    } else if (!st && g->dtype != TS_F32) { /* the CPU backend's route, copies kept where writes are seen */
         ts_cpu_gemm_lowp(g->dtype, g->trans_a, g->trans_b, g->batch, g->M, g->N, g->K, g->alpha, A, g->stride_a,
                          g->lda, B, g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc, bias, keep);
     }

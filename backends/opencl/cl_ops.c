@@ -650,6 +650,9 @@ const char *ts_cl_attention_route_name(const ts_cl_device *d)
 
 bool ts_cl_supports_op(ts_device *dev, const ts_op *op)
 {
+    if (op->kind == TS_OP_GEMM) /* bf16 tensors in a product: on the host route, else the core's fp32 copies */
+        return (op->in[0]->dtype == TS_F32 && op->in[1]->dtype == TS_F32 && op->out[0]->dtype == TS_F32) ||
+               (((const ts_cl_device *)dev->context)->gemm_route == TS_GEMM_HOST_BLAS && !op->p.gemm.reference);
     if (op->kind != TS_OP_ATTENTION_FWD && op->kind != TS_OP_ATTENTION_BWD) return true;
     const ts_cl_device *d = dev->context;
     const __typeof__(op->p.attention) *a = &op->p.attention;

@@ -102,6 +102,9 @@ void ts_device_info_write_json(FILE *f, const ts_device_info *info);
 ts_status ts_device_synchronize(ts_device *device);
 
 void ts_device_memory_stats(ts_device *device, ts_memory_stats *stats);
+/* peak_in_use starts again from what is in use now (as PyTorch's
+ * reset_peak_memory_stats): the peak of one phase of a program. */
+void ts_device_memory_reset_peak(ts_device *device);
 /* Return cached blocks to the backend. */
 void ts_device_empty_cache(ts_device *device);
 
