@@ -328,7 +328,7 @@ ts_status ts_layernorm_forward(ts_tensor *out, ts_tensor *mean, ts_tensor *rstd,
     const char *name = "ts_layernorm_forward";
     int64_t N, C;
     TRY(layernorm_rows(name, inp, weight, bias, &N, &C));
-    TRY(need(name, "out", out, TS_F32));
+    TRY(need_act(name, "out", out));
     TRY(need_numel(name, "out", out, N * C));
     if (mean) {
         TRY(need(name, "mean", mean, TS_F32));

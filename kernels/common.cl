@@ -74,3 +74,42 @@ inline float wg_max(float v, __local float *scratch)
     barrier(CLK_LOCAL_MEM_FENCE);
     return r;
 }
+
+/* Activations are fp32, or bf16 storage (the flag bf16 set): the upper
+ * half of an fp32, read exactly and written rounded to nearest even (a NaN
+ * stays NaN). Offsets and indices count elements of the tensor's own type. */
+inline float load_act(__global const float *p, size_t i, int bf16)
+{
+    return bf16 ? as_float((uint)((__global const ushort *)p)[i] << 16) : p[i];
+}
+
+inline void store_act(__global float *p, size_t i, float v, int bf16)
+{
+    if (bf16) {
+        uint u = as_uint(v);
+        ((__global ushort *)p)[i] = (u & 0x7fffffffu) > 0x7f800000u ? (ushort)((u >> 16) | 0x40u)
+                                                                     : (ushort)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    } else {
+        p[i] = v;
+    }
+}
+
+#if TS_CPU_DEVICE
+inline float8 load_act8(__global const float *p, size_t i, int bf16)
+{
+    if (bf16) return as_float8(convert_uint8(vload8(0, (__global const ushort *)p + i)) << 16);
+    return vload8(0, p + i);
+}
+
+inline void store_act8(__global float *p, size_t i, float8 v, int bf16)
+{
+    if (bf16) {
+        uint8 u = as_uint8(v);
+        uint8 r = select((u + 0x7fffu + ((u >> 16) & 1u)) >> 16, (u >> 16) | 0x40u,
+                         (u & 0x7fffffffu) > 0x7f800000u);
+        vstore8(convert_ushort8(r), 0, (__global ushort *)p + i);
+    } else {
+        vstore8(v, 0, p + i);
+    }
+}
+#endif

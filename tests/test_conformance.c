@@ -19,6 +19,11 @@
 #define TOL_ELEM 1e-11    /* elementwise with transcendentals */
 #define TOL_REDUCE 1e-10  /* sums over rows, layernorm, softmax, cross-entropy */
 #define TOL_GEMM 1e-10    /* products with K up to a few hundred */
+/* bf16 outputs, against the double reference rounded to bf16 as the op
+ * rounds its fp32 result: only an fp32 error across a rounding boundary
+ * may differ, by one bf16 step, in a few elements (truncating instead of
+ * rounding gives about 2e-5) */
+#define TOL_BF16_OUT 1e-7
 #define ATTENTION_FMT "B=%lld T=%lld C=%lld NH=%lld mask=%lld route=%lld backward=%lld"
 
 typedef struct conf_arg {
@@ -216,10 +221,14 @@ static void conf_embedding_bwd(void *a) { conf_embedding(a, 1); }
 
 /* ---- layernorm: p = N, C ---- */
 
+static double round_to(double x, ts_dtype dt);
+
+/* p = N, C, out_bf16 (the input of a bf16 product, stored in bf16) */
 static void conf_layernorm_fwd(void *argp)
 {
     conf_arg *a = argp;
     int64_t N = a->p[0], C = a->p[1];
+    bool out_bf16 = a->p[2];
     rng_t r;
     rng_seed(&r, a->seed);
     float *x = rand_floats(&r, N * C, -2, 3), *w = rand_floats(&r, C, 0.5f, 1.5f);
@@ -229,7 +238,8 @@ static void conf_layernorm_fwd(void *argp)
     REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(N, C), x));
     REQUIRE_OK(upload(&tw, a->dev, TS_F32, TS_SHAPE(C), w));
     REQUIRE_OK(upload(&tb, a->dev, TS_F32, TS_SHAPE(C), b));
-    REQUIRE_OK(guarded_alloc(&go, a->dev, TS_SHAPE(N, C), NULL));
+    REQUIRE_OK(out_bf16 ? guarded_alloc_bf16(&go, a->dev, TS_SHAPE(N, C), NULL)
+                        : guarded_alloc(&go, a->dev, TS_SHAPE(N, C), NULL));
     REQUIRE_OK(guarded_alloc(&gm, a->dev, TS_SHAPE(N), NULL));
     REQUIRE_OK(guarded_alloc(&gr, a->dev, TS_SHAPE(N), NULL));
     REQUIRE_OK(ts_layernorm_forward(&go.t, &gm.t, &gr.t, &tx, &tw, &tb, 1e-5f));
@@ -237,7 +247,9 @@ static void conf_layernorm_fwd(void *argp)
     double *ro = malloc((size_t)(N * C) * sizeof *ro), *rm = malloc((size_t)N * sizeof *rm),
            *rr = malloc((size_t)N * sizeof *rr);
     ref_layernorm_forward(ro, rm, rr, dx, dw, db, N, C, 1e-5);
-    expect_output("layernorm out", &go, ro, TOL_REDUCE);
+    if (out_bf16)
+        for (int64_t i = 0; i < N * C; i++) ro[i] = round_to(ro[i], TS_BF16);
+    expect_output(out_bf16 ? "layernorm out in bf16" : "layernorm out", &go, ro, out_bf16 ? TOL_BF16_OUT : TOL_REDUCE);
     expect_output("layernorm mean", &gm, rm, TOL_REDUCE);
     expect_output("layernorm rstd", &gr, rr, TOL_REDUCE);
     free(x), free(w), free(b), free(dx), free(dw), free(db), free(ro), free(rm), free(rr);
@@ -610,11 +622,6 @@ static void host_bf16(float *x, int64_t n)
     for (int64_t i = 0; i < n; i++) x[i] = bf16_to_float(bf16_from_float(x[i]));
 }
 
-/* Against the double reference rounded to bf16 as the op rounds its fp32
- * result: only an fp32 error across a rounding boundary may differ, by one
- * bf16 step, in a few elements. Truncating instead of rounding gives about
- * 2e-5. */
-#define TOL_BF16_OUT 1e-7
 
 static void upload_act(ts_tensor *t, ts_device *d, bool bf16, int64_t n, const float *x)
 {
@@ -1308,8 +1315,8 @@ static const case_def cases[] = {
     {"embedding_backward", conf_embedding_bwd, "B=%lld T=%lld C=%lld V=%lld start=%lld wpe=%lld", 6,
      {{1, 1, 1, 1, 0, 1}, {2, 7, 33, 50, 0, 1}, {4, 16, 64, 10, 0, 1}, {2, 5, 9, 20, 10, 0}, {3, 8, 200, 30, 5, 1},
       {2, 3, 0, 4, 0, 1}}, 6},
-    {"layernorm_forward", conf_layernorm_fwd, "N=%lld C=%lld", 2,
-     {{1, 1}, {7, 33}, {64, 768}, {5, 1000}}, 4},
+    {"layernorm_forward", conf_layernorm_fwd, "N=%lld C=%lld out_bf16=%lld", 3,
+     {{1, 1, 0}, {7, 33, 0}, {64, 768, 0}, {5, 1000, 0}, {1, 1, 1}, {7, 33, 1}, {64, 768, 1}, {5, 1000, 1}}, 8},
     {"layernorm_backward", conf_layernorm_bwd, "N=%lld C=%lld", 2,
      {{1, 2}, {7, 33}, {64, 768}, {130, 17}}, 4},
     {"matmul", conf_matmul, "batch=%lld M=%lld N=%lld K=%lld ta=%lld tb=%lld beta4=%lld shared=%lld",

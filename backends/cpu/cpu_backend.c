@@ -152,7 +152,7 @@ static ts_status cpu_run_op(ts_device *dev, const ts_op *op)
                                op->p.embedding.vocab_start);
         break;
     case TS_OP_LAYERNORM_FWD:
-        cpu_layernorm_forward(F(o[0]), F(o[1]), F(o[2]), F(in[0]), F(in[1]), F(in[2]),
+        cpu_layernorm_forward(F(o[0]), o[0]->dtype == TS_BF16, F(o[1]), F(o[2]), F(in[0]), F(in[1]), F(in[2]),
                               op->p.layernorm.N, op->p.layernorm.C, op->p.layernorm.eps);
         break;
     case TS_OP_LAYERNORM_BWD:

@@ -170,8 +170,8 @@ TS_CLONES void cpu_embedding_backward(float *dwte, float *dwpe, const float *dou
 
 /* ---- layernorm ---- */
 
-TS_CLONES void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                           const float *weight, const float *bias, int64_t N, int64_t C, float eps)
+TS_CLONES void cpu_layernorm_forward(void *out, bool out_bf16, float *mean, float *rstd, const float *inp,
+                                     const float *weight, const float *bias, int64_t N, int64_t C, float eps)
 {
     PFOR(N * C > SMALL)
     for (int64_t n = 0; n < N; n++) {
@@ -184,9 +184,15 @@ TS_CLONES void cpu_layernorm_forward(float *out, float *mean, float *rstd, const
 #pragma omp simd reduction(+ : v)
         for (int64_t c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
         float r = 1.0f / sqrtf(v / (float)C + eps);
-        float *o = out + n * C;
+        if (out_bf16) {
+            uint16_t *o = (uint16_t *)out + n * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; c++) o[c] = (x[c] - m) * r * weight[c] + bias[c];
+            for (int64_t c = 0; c < C; c++) o[c] = ts_bf16_bits((x[c] - m) * r * weight[c] + bias[c]);
+        } else {
+            float *o = (float *)out + n * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) o[c] = (x[c] - m) * r * weight[c] + bias[c];
+        }
         if (mean) mean[n] = m;
         if (rstd) rstd[n] = r;
     }

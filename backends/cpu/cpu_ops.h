@@ -27,7 +27,8 @@ void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte, 
 void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
                             int64_t N, int64_t T, int64_t C, int64_t V, int64_t vocab_start);
 
-void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+/* out: fp32, or bf16 storage (out_bf16) */
+void cpu_layernorm_forward(void *out, bool out_bf16, float *mean, float *rstd, const float *inp,
                            const float *weight, const float *bias, int64_t N, int64_t C, float eps);
 void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                             const float *inp, const float *weight, const float *mean,

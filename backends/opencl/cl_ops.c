@@ -271,6 +271,7 @@ static ts_status op_layernorm_forward(ts_cl_device *d, const ts_op *op)
     ts_cl_arg_long(&a, op->p.layernorm.N);
     ts_cl_arg_long(&a, op->p.layernorm.C);
     ts_cl_arg_float(&a, op->p.layernorm.eps);
+    arg_int(&a, op->out[0]->dtype == TS_BF16);
     return launch_rows(d, "layernorm.cl", "layernorm_forward", op->p.layernorm.N, &a);
 }
 

@@ -68,11 +68,11 @@ double ts_gpt_train_bytes(const ts_gpt_config *c, int64_t B, int64_t T, int mome
     double N = (double)B * (double)T, C = (double)c->n_embd, L = (double)c->n_layer;
     double att = (double)B * (double)c->n_head * (double)T * (fused_attention ? 1.0 : (double)T);
     double params = (double)c->vocab_size * C + (double)c->max_seq_len * C + L * (12.0 * C * C + 13.0 * C);
-    /* per layer (ts_gpt_acts_alloc): 19 N*C (under bf16 products the MLP's
-     * 8 N*C in bf16: 15 in floats' room) and the attention's T x T
+    /* per layer (ts_gpt_acts_alloc): 19 N*C (under bf16 products 10 of them
+     * in bf16: 14 in floats' room) and the attention's T x T
      * probabilities (fused: a log-sum-exp a row); then the head's logits, a
      * few N*C buffers and the backward scratch (fused: none for attention) */
-    double acts = L * ((matmul_dtype == TS_BF16 ? 15.0 : 19.0) * N * C + att) + N * (double)c->vocab_size + 4.0 * N * C + 14.0 * N * C +
+    double acts = L * ((matmul_dtype == TS_BF16 ? 14.0 : 19.0) * N * C + att) + N * (double)c->vocab_size + 4.0 * N * C + 14.0 * N * C +
                   (fused_attention ? 0.0 : att);
     return 4.0 * ((2.0 + moments) * params + acts);
 }
@@ -524,10 +524,12 @@ static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int
     /* fused: att holds each row's log-sum-exp, not its probabilities, and
      * the heads are read in place from qkv */
     int64_t keys = fused ? 1 : T, k = fused ? 0 : 1;
-    /* under bf16 products the MLP's hidden activations (4C of a token's
-     * ~14C saved per layer) are stored in bf16, as autocast leaves a
-     * linear layer's output and GELU's; the products round them anyway */
-    ts_dtype mlp = m->device->matmul_dtype == TS_BF16 ? TS_BF16 : TS_F32;
+    /* under bf16 products the inputs of the linear layers that need no
+     * fp32 elsewhere are stored in bf16: the layernorms' outputs (the
+     * products round them anyway) and the MLP's hidden activations, as
+     * autocast leaves a linear layer's output and GELU's (10 of a layer's
+     * 19 N*C) */
+    ts_dtype lowp = m->device->matmul_dtype == TS_BF16 ? TS_BF16 : TS_F32;
     plan_item plan[] = {
         {&a->input, 2, {N, C}},
         {&a->ln1, 3, {L, N, C}},
@@ -557,7 +559,10 @@ static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int
     };
     enum { NPLAN = sizeof plan / sizeof *plan };
     ts_dtype types[NPLAN];
-    for (int i = 0; i < NPLAN; i++) types[i] = plan[i].t == &a->fch || plan[i].t == &a->fch_gelu ? mlp : TS_F32;
+    for (int i = 0; i < NPLAN; i++)
+        types[i] = plan[i].t == &a->fch || plan[i].t == &a->fch_gelu || plan[i].t == &a->ln1 || plan[i].t == &a->ln2
+                       ? lowp
+                       : TS_F32;
     ts_status st = alloc_plan(m->device, a->block, plan, NPLAN, types);
     if (st) return ts_error_context(st, "activations for B=%lld T=%lld", (long long)B, (long long)T);
     if (!st) st = ts_tensor_alloc(&a->tokens, m->device, TS_I32, TS_SHAPE(B, T));

@@ -59,7 +59,8 @@ ts_status ts_embedding_backward_shard(ts_tensor *dwte, ts_tensor *dwpe,
                                       int64_t vocab_start);
 
 /* ---- layernorm over the last dimension ----
- * out[N,C], mean[N], rstd[N] (mean, rstd may be NULL), weight[C], bias[C]. */
+ * out[N,C], mean[N], rstd[N] (mean, rstd may be NULL), weight[C], bias[C].
+ * out may be bf16 (the input of a bf16 product, which rounds it anyway). */
 ts_status ts_layernorm_forward(ts_tensor *out, ts_tensor *mean, ts_tensor *rstd,
                                const ts_tensor *inp, const ts_tensor *weight,
                                const ts_tensor *bias, float eps);
