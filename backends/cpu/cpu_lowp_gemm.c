@@ -523,6 +523,8 @@ int ts_cpu_gemm_mixed(ts_dtype dt, bool ta, bool tb, int64_t batch, int64_t M, i
         pthread_mutex_unlock(&g_lock);
         if (done) return 1;
     }
+#else
+    (void)keep; /* only oneDNN's route keeps copies */
 #endif
     /* through fp32 copies of the bf16 tensors (never kept: a later buffer
      * at a copy's address would find it stale) */
