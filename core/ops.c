@@ -535,7 +535,7 @@ ts_status ts_linear_backward(ts_tensor *dinp, ts_tensor *dw, ts_tensor *dbias,
                              const ts_tensor *dout, const ts_tensor *inp, const ts_tensor *w)
 {
     const char *name = "ts_linear_backward";
-    TRY(need(name, "dout", dout, TS_F32));
+    TRY(need_act(name, "dout", dout));
     TRY(need_act(name, "inp", inp));
     TRY(need(name, "w", w, TS_F32));
     if (w->ndim != 2) return ts_error(TS_ERR_SHAPE, "%s: w must be [OC, C], got %s", name, desc(0, w));
@@ -553,23 +553,31 @@ ts_status ts_linear_backward(ts_tensor *dinp, ts_tensor *dw, ts_tensor *dbias,
         TRY(need(name, "dw", dw, TS_F32));
         TRY(need_numel(name, "dw", dw, OC * C));
     }
-    if (dinp) TRY(gemm_op(name, dinp, dout, w, NULL, 1, N, C, OC, false, false, 1.0f, 0.0f, 0, false));
-    if (dw) {
-        ts_tensor in32 = {0};
-        const ts_tensor *x = inp;
-        ts_status st = TS_OK;
-        if (inp->dtype != TS_F32 && !takes_bf16(dw, dout, inp, NULL, OC, C, N, true, false, 1.0f))
-            st = f32_operand(inp, &in32, &x);
-        if (!st) st = gemm_op(name, dw, dout, x, NULL, 1, OC, C, N, true, false, 1.0f, 1.0f, 0, false);
-        ts_tensor_free(&in32);
-        TRY(st);
+    ts_tensor in32 = {0}, dout32 = {0};
+    const ts_tensor *x = inp, *dy = dout;
+    ts_status st = TS_OK;
+    /* fp32 copies of bf16 operands for a backend that does not take them */
+    if (dinp && dout->dtype != TS_F32 && !takes_bf16(dinp, dout, w, NULL, N, C, OC, false, false, 0.0f))
+        st = f32_operand(dout, &dout32, &dy);
+    if (!st && dinp) st = gemm_op(name, dinp, dy, w, NULL, 1, N, C, OC, false, false, 1.0f, 0.0f, 0, false);
+    if (!st && dw && (inp->dtype != TS_F32 || dy->dtype != TS_F32) &&
+        !takes_bf16(dw, dy, inp, NULL, OC, C, N, true, false, 1.0f)) {
+        if (dy->dtype != TS_F32) st = f32_operand(dout, &dout32, &dy);
+        if (!st && inp->dtype != TS_F32) st = f32_operand(inp, &in32, &x);
     }
-    if (dbias) {
+    if (!st && dw) st = gemm_op(name, dw, dy, x, NULL, 1, OC, C, N, true, false, 1.0f, 1.0f, 0, false);
+    if (!st && dbias) {
         ts_tensor d2;
-        TRY(ts_tensor_reshape(&d2, dout, TS_SHAPE(N, OC)));
-        TRY(ts_sum_rows(dbias, &d2, true));
+        st = ts_tensor_reshape(&d2, dy, TS_SHAPE(N, OC));
+        if (!st && d2.dtype != TS_F32) { /* sum_rows reads fp32 */
+            st = f32_operand(dout, &dout32, &dy);
+            if (!st) st = ts_tensor_reshape(&d2, dy, TS_SHAPE(N, OC));
+        }
+        if (!st) st = ts_sum_rows(dbias, &d2, true);
     }
-    return TS_OK;
+    ts_tensor_free(&in32);
+    ts_tensor_free(&dout32);
+    return st;
 }
 
 ts_status ts_sum_rows(ts_tensor *out, const ts_tensor *x, bool accumulate)
@@ -956,7 +964,7 @@ ts_status ts_cross_entropy(ts_tensor *losses, ts_tensor *probs, ts_tensor *dlogi
                            const ts_tensor *logits, const ts_tensor *targets, float scale)
 {
     const char *name = "ts_cross_entropy";
-    TRY(need(name, "logits", logits, TS_F32));
+    TRY(need_act(name, "logits", logits));
     int64_t V = last_dim(logits);
     int64_t N = V ? ts_tensor_numel(logits) / V : 0;
     if (!losses && !probs && !dlogits)
@@ -974,10 +982,16 @@ ts_status ts_cross_entropy(ts_tensor *losses, ts_tensor *probs, ts_tensor *dlogi
     if (probs) {
         TRY(need(name, "probs", probs, TS_F32));
         TRY(need_numel(name, "probs", probs, N * V));
+        if (probs->block == logits->block && probs->offset == logits->offset && logits->dtype != TS_F32)
+            return ts_error(TS_ERR_INVALID_ARG, "%s: probs in place of %s logits (probs are f32)", name,
+                            ts_dtype_name(logits->dtype));
     }
     if (dlogits) {
-        TRY(need(name, "dlogits", dlogits, TS_F32));
+        TRY(need_act(name, "dlogits", dlogits));
         TRY(need_numel(name, "dlogits", dlogits, N * V));
+        if (dlogits->block == logits->block && dlogits->offset == logits->offset && dlogits->dtype != logits->dtype)
+            return ts_error(TS_ERR_INVALID_ARG, "%s: dlogits in place of logits must be %s like them, got %s", name,
+                            ts_dtype_name(logits->dtype), ts_dtype_name(dlogits->dtype));
     }
     if (probs && dlogits && probs->block == dlogits->block && probs->offset == dlogits->offset)
         return ts_error(TS_ERR_INVALID_ARG, "%s: probs and dlogits cannot share memory", name);

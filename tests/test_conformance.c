@@ -707,37 +707,43 @@ static void conf_gelu_bf16(void *argp)
 
 /* A linear layer reading and writing bf16 activations (the MLP's hidden
  * layer under --dtype bf16), in either matmul dtype: p = dtype, N, C, OC,
- * inp_bf16, out_bf16. */
+ * inp_bf16, out_bf16, dout_bf16 (the head's dlogits; with a bias
+ * gradient too). */
 static void conf_linear_bf16_acts(void *argp)
 {
     conf_arg *a = argp;
     ts_dtype dt = (ts_dtype)a->p[0];
     int64_t N = a->p[1], C = a->p[2], OC = a->p[3];
-    bool inp_bf16 = a->p[4], out_bf16 = a->p[5];
+    bool inp_bf16 = a->p[4], out_bf16 = a->p[5], dout_bf16 = a->p[6];
     USE_MATMUL_DTYPE(a->dev, dt);
     rng_t r;
     rng_seed(&r, a->seed);
     float *x = rand_floats(&r, N * C, -2, 2), *w = rand_floats(&r, OC * C, -1, 1), *b = rand_floats(&r, OC, -1, 1);
     float *dout = rand_floats(&r, N * OC, -1, 1), *dw0 = rand_floats(&r, OC * C, -1, 1);
+    float *db0 = rand_floats(&r, OC, -1, 1);
     if (inp_bf16) host_bf16(x, N * C);
-    ts_tensor tx, tx2, tw, tb, tdout;
-    guarded go, gdx, gdw;
+    if (dout_bf16) host_bf16(dout, N * OC);
+    ts_tensor tx, tx2, tw, tb, tdout, tdout1;
+    guarded go, gdx, gdw, gdb;
     upload_act(&tx2, a->dev, inp_bf16, N * C, x);
     REQUIRE_OK(ts_tensor_reshape(&tx, &tx2, TS_SHAPE(N, C)));
     REQUIRE_OK(upload(&tw, a->dev, TS_F32, TS_SHAPE(OC, C), w));
     REQUIRE_OK(upload(&tb, a->dev, TS_F32, TS_SHAPE(OC), b));
-    REQUIRE_OK(upload(&tdout, a->dev, TS_F32, TS_SHAPE(N, OC), dout));
+    upload_act(&tdout1, a->dev, dout_bf16, N * OC, dout);
+    REQUIRE_OK(ts_tensor_reshape(&tdout, &tdout1, TS_SHAPE(N, OC)));
+    REQUIRE_OK(guarded_alloc(&gdb, a->dev, TS_SHAPE(OC), db0));
     REQUIRE_OK(out_bf16 ? guarded_alloc_bf16(&go, a->dev, TS_SHAPE(N, OC), NULL)
                         : guarded_alloc(&go, a->dev, TS_SHAPE(N, OC), NULL));
     REQUIRE_OK(guarded_alloc(&gdx, a->dev, TS_SHAPE(N, C), NULL));
     REQUIRE_OK(guarded_alloc(&gdw, a->dev, TS_SHAPE(OC, C), dw0));
     ts_status st = ts_linear_forward(&go.t, &tx, &tw, &tb);
-    if (!st) st = ts_linear_backward(&gdx.t, &gdw.t, NULL, &tdout, &tx, &tw);
+    if (!st) st = ts_linear_backward(&gdx.t, &gdw.t, dout_bf16 ? &gdb.t : NULL, &tdout, &tx, &tw);
     REQUIRE_OK(ts_device_set_matmul_dtype(a->dev, TS_F32));
     REQUIRE_OK(st);
     double *dx = to_double(x, N * C), *dw = to_double(w, OC * C), *db = to_double(b, OC);
     double *dd = to_double(dout, N * OC), *ro = malloc((size_t)(N * OC) * sizeof *ro);
-    double *rdx = malloc((size_t)(N * C) * sizeof *rdx), *rdw = to_double(dw0, OC * C);
+    double *rdx = malloc((size_t)(N * C) * sizeof *rdx), *rdw = to_double(dw0, OC * C), *rdb = to_double(db0, OC);
+    if (dout_bf16) ref_sum_rows(rdb, dd, N, OC, true); /* from the (bf16) values the op holds */
     if (dt == TS_BF16) {
         for (int64_t i = 0; i < N * C; i++) dx[i] = round_to(dx[i], dt);
         for (int64_t i = 0; i < OC * C; i++) dw[i] = round_to(dw[i], dt);
@@ -751,10 +757,11 @@ static void conf_linear_bf16_acts(void *argp)
     expect_output("linear_forward, bf16 activations", &go, ro, out_bf16 ? TOL_BF16_OUT : TOL_GEMM);
     expect_output("linear_backward dinp, bf16 activations", &gdx, rdx, TOL_GEMM);
     expect_output("linear_backward dweight, bf16 activations", &gdw, rdw, TOL_GEMM);
-    free(x), free(w), free(b), free(dout), free(dw0);
-    free(dx), free(dw), free(db), free(dd), free(ro), free(rdx), free(rdw);
-    guarded_free(&go), guarded_free(&gdx), guarded_free(&gdw);
-    ts_tensor_free(&tx2), ts_tensor_free(&tw), ts_tensor_free(&tb), ts_tensor_free(&tdout);
+    if (dout_bf16) expect_output("linear_backward dbias from a bf16 dout", &gdb, rdb, TOL_REDUCE);
+    free(x), free(w), free(b), free(dout), free(dw0), free(db0);
+    free(dx), free(dw), free(db), free(dd), free(ro), free(rdx), free(rdw), free(rdb);
+    guarded_free(&go), guarded_free(&gdx), guarded_free(&gdw), guarded_free(&gdb);
+    ts_tensor_free(&tx2), ts_tensor_free(&tw), ts_tensor_free(&tb), ts_tensor_free(&tdout1);
 }
 
 
@@ -1070,31 +1077,40 @@ static void conf_attention(void *argp)
 
 /* ---- cross-entropy: p = N, V, outputs (1 losses 2 probs 4 dlogits), in_place ---- */
 
+/* p = N, V, outputs (bits: losses, probs, dlogits), in_place, bf16 (0 none,
+ * 1 logits and dlogits, 2 logits only, 3 dlogits only: the head's under bf16
+ * products) */
 static void conf_cross_entropy(void *argp)
 {
     conf_arg *a = argp;
     int64_t N = a->p[0], V = a->p[1];
     int outputs = (int)a->p[2], in_place = (int)a->p[3];
+    bool x_bf16 = a->p[4] == 1 || a->p[4] == 2, d_bf16 = a->p[4] == 1 || a->p[4] == 3;
     float scale = 1.0f / (float)N;
     rng_t r;
     rng_seed(&r, a->seed);
     float *x = rand_floats(&r, N * V, -6, 6);
+    if (x_bf16) host_bf16(x, N * V);
     int32_t *tg = rand_ints(&r, N, 0, (int32_t)V);
     if (N > 2) tg[1] = -1;         /* ignored position */
     if (V > 3) x[2] = -INFINITY;   /* a masked logit: probability 0, finite loss */
     if (V > 3 && N > 2 && tg[0] != 2) x[V + 3] = -INFINITY;
     ts_tensor tx, tt;
     guarded gl, gp, gd;
-    REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(N, V), x));
+    ts_tensor tx1;
+    upload_act(&tx1, a->dev, x_bf16, N * V, x);
+    REQUIRE_OK(ts_tensor_reshape(&tx, &tx1, TS_SHAPE(N, V)));
     REQUIRE_OK(upload(&tt, a->dev, TS_I32, TS_SHAPE(N), tg));
     ts_tensor *probs = NULL, *dlogits = NULL, *losses = NULL;
     if (in_place) {
-        REQUIRE_OK(guarded_alloc(&gp, a->dev, TS_SHAPE(N, V), x));
+        REQUIRE_OK(x_bf16 ? guarded_alloc_bf16(&gp, a->dev, TS_SHAPE(N, V), x)
+                          : guarded_alloc(&gp, a->dev, TS_SHAPE(N, V), x));
         if (outputs & 2) probs = &gp.t;
         else dlogits = &gp.t;
     } else {
         REQUIRE_OK(guarded_alloc(&gp, a->dev, TS_SHAPE(N, V), NULL));
-        REQUIRE_OK(guarded_alloc(&gd, a->dev, TS_SHAPE(N, V), NULL));
+        REQUIRE_OK(d_bf16 ? guarded_alloc_bf16(&gd, a->dev, TS_SHAPE(N, V), NULL)
+                          : guarded_alloc(&gd, a->dev, TS_SHAPE(N, V), NULL));
         if (outputs & 2) probs = &gp.t;
         if (outputs & 4) dlogits = &gd.t;
     }
@@ -1104,16 +1120,19 @@ static void conf_cross_entropy(void *argp)
     double *dx = to_double(x, N * V), *rl = malloc((size_t)N * sizeof *rl);
     double *rp = malloc((size_t)(N * V) * sizeof *rp), *rd = malloc((size_t)(N * V) * sizeof *rd);
     ref_cross_entropy(rl, rp, rd, dx, tg, N, V, scale);
+    if (d_bf16)
+        for (int64_t i = 0; i < N * V; i++) rd[i] = round_to(rd[i], TS_BF16);
+    double tol_d = d_bf16 ? TOL_BF16_OUT : TOL_REDUCE;
     if (losses) expect_output("cross_entropy losses", &gl, rl, TOL_REDUCE);
-    if (in_place) expect_output(probs ? "probs in place" : "dlogits in place", &gp, probs ? rp : rd, TOL_REDUCE);
+    if (in_place) expect_output(probs ? "probs in place" : "dlogits in place", &gp, probs ? rp : rd, probs ? TOL_REDUCE : tol_d);
     else {
         if (probs) expect_output("cross_entropy probs", &gp, rp, TOL_REDUCE);
-        if (dlogits) expect_output("cross_entropy dlogits", &gd, rd, TOL_REDUCE);
+        if (dlogits) expect_output(d_bf16 ? "cross_entropy dlogits in bf16" : "cross_entropy dlogits", &gd, rd, tol_d);
         guarded_free(&gd);
     }
     free(x), free(tg), free(dx), free(rl), free(rp), free(rd);
     guarded_free(&gl), guarded_free(&gp);
-    ts_tensor_free(&tx), ts_tensor_free(&tt);
+    ts_tensor_free(&tx1), ts_tensor_free(&tt);
 }
 
 /* ---- vocabulary-parallel cross-entropy: p = N, V, shards ----
@@ -1365,12 +1384,13 @@ static const case_def cases[] = {
      {{1, 0, 1, 1, 0}, {1003, 1, 1, 1, 0}, {20011, 1, 1, 1, 0}, {1003, 0, 1, 0, 0}, {1003, 1, 0, 1, 0},
       {1, 0, 0, 1, 1}, {1003, 0, 0, 1, 1}, {20011, 0, 0, 1, 1}},
      8},
-    {"linear bf16 activations", conf_linear_bf16_acts, "dtype=%lld N=%lld C=%lld OC=%lld inp_bf16=%lld out_bf16=%lld",
-     6,
-     {{TS_F32, 7, 33, 65, 1, 1}, {TS_F32, 33, 40, 72, 1, 0}, {TS_F32, 33, 40, 72, 0, 1},
-      {TS_BF16, 7, 33, 65, 1, 1}, {TS_BF16, 256, 128, 384, 1, 1}, {TS_BF16, 64, 96, 288, 0, 1},
-      {TS_BF16, 64, 96, 288, 1, 0}},
-     7},
+    {"linear bf16 activations", conf_linear_bf16_acts,
+     "dtype=%lld N=%lld C=%lld OC=%lld inp_bf16=%lld out_bf16=%lld dout_bf16=%lld", 7,
+     {{TS_F32, 7, 33, 65, 1, 1, 0}, {TS_F32, 33, 40, 72, 1, 0, 0}, {TS_F32, 33, 40, 72, 0, 1, 0},
+      {TS_F32, 9, 16, 67, 0, 1, 1}, {TS_BF16, 7, 33, 65, 1, 1, 0}, {TS_BF16, 256, 128, 384, 1, 1, 0},
+      {TS_BF16, 64, 96, 288, 0, 1, 0}, {TS_BF16, 64, 96, 288, 1, 0, 0}, {TS_BF16, 9, 16, 67, 0, 1, 1},
+      {TS_BF16, 64, 96, 288, 1, 1, 1}},
+     10},
     {"linear_forward", conf_linear_fwd, "N=%lld C=%lld OC=%lld bias=%lld", 4,
      {{1, 1, 1, 1}, {7, 33, 65, 1}, {64, 96, 288, 1}, {9, 16, 5, 0}}, 4},
     {"linear_backward", conf_linear_bwd, "N=%lld C=%lld OC=%lld", 3,
@@ -1416,6 +1436,10 @@ static const case_def cases[] = {
      {{1, 1, 7, 0}, {5, 33, 7, 0}, {9, 1000, 5, 0}, {4, 50257, 5, 0}, {6, 301, 1, 0},
       {6, 301, 5, 1}, {3, 77, 3, 1}},
      7},
+    {"cross_entropy bf16", conf_cross_entropy, "N=%lld V=%lld outputs=%lld in_place=%lld bf16=%lld", 5,
+     {{1, 1, 5, 1, 1}, {5, 33, 7, 0, 1}, {9, 1000, 5, 1, 1}, {4, 5003, 5, 1, 1}, {6, 301, 5, 0, 1}, {9, 1000, 1, 0, 2},
+      {6, 301, 7, 0, 2}, {9, 1000, 4, 0, 3}, {3, 77, 5, 1, 1}},
+     9},
     {"cross_entropy vocabulary-parallel", conf_ce_shard, "N=%lld V=%lld shards=%lld", 3,
      {{1, 2, 2}, {5, 33, 2}, {9, 1001, 4}, {4, 50257, 3}}, 4},
     {"sum", conf_reduce, "n=%lld squares=%lld", 2, {{1, 0}, {1000, 0}, {1000003, 0}}, 3},

@@ -125,10 +125,23 @@ TEST(bf16_only_where_an_op_takes_activations)
     EXPECT_STATUS(ts_linear_forward(&a, &b, &wb, NULL), TS_ERR_SHAPE); /* bf16 weights */
     EXPECTF(contains(ts_last_error(), "w must be f32"), "%s", ts_last_error());
     EXPECT_STATUS(ts_linear_backward(&a, NULL, NULL, &f, &a, &w), TS_ERR_SHAPE); /* bf16 dinp */
-    EXPECT_STATUS(ts_linear_backward(&f, &w, NULL, &a, &a, &w), TS_ERR_SHAPE);   /* bf16 dout */
+    REQUIRE_OK(ts_linear_backward(&f, &w, NULL, &a, &a, &w)); /* a bf16 dout (the head's dlogits) is taken */
     EXPECT_STATUS(ts_add(&a, &a, &b), TS_ERR_SHAPE);
     EXPECT_STATUS(ts_cast(&f, &s), TS_ERR_SHAPE); /* 7 elements into 8 */
     EXPECT_STATUS(ts_cast(&h, &a), TS_ERR_SHAPE);
+    /* the cross-entropy in place keeps the logits' type */
+    ts_tensor tg, a16;
+    int32_t tgt[2] = {1, 2};
+    REQUIRE_OK(ts_tensor_alloc(&tg, cpu, TS_I32, TS_SHAPE(2)));
+    REQUIRE_OK(ts_tensor_write(&tg, tgt, sizeof tgt));
+    REQUIRE_OK(ts_cross_entropy(NULL, NULL, &a, &a, &tg, 1.0f)); /* bf16 in place */
+    REQUIRE_OK(ts_tensor_view_typed(&a16, &f, 0, TS_BF16, TS_SHAPE(2, 4))); /* f's bytes as bf16 */
+    EXPECT_STATUS(ts_cross_entropy(NULL, NULL, &a16, &f, &tg, 1.0f), TS_ERR_INVALID_ARG);
+    EXPECTF(contains(ts_last_error(), "in place"), "%s", ts_last_error());
+    EXPECT_STATUS(ts_cross_entropy(NULL, &f, NULL, &a16, NULL, 1.0f), TS_ERR_INVALID_ARG); /* f32 probs over them */
+    EXPECTF(contains(ts_last_error(), "probs in place"), "%s", ts_last_error());
+    EXPECT_STATUS(ts_tensor_view_typed(&a16, &a, 0, TS_F32, TS_SHAPE(2, 4)), TS_ERR_SHAPE); /* 32 bytes in 16 */
+    ts_tensor_free(&tg);
     ts_tensor_free(&a), ts_tensor_free(&b), ts_tensor_free(&h), ts_tensor_free(&f);
     ts_tensor_free(&w), ts_tensor_free(&wb), ts_tensor_free(&s);
 }

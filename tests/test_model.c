@@ -100,6 +100,56 @@ TEST(initial_loss_is_near_log_vocabulary)
     ts_gpt_free(&m);
 }
 
+/* Under bf16 products the logits are stored in bf16 (the activations made
+ * again when the dtype changes): read back widened, each the fp32 logit
+ * rounded, give nearly the fp32 loss. */
+TEST(logits_read_back_from_bf16_storage)
+{
+    for (int d = 0; d < ts_device_count(); d++) {
+        ts_device *dev = ts_device_at(d);
+        ts_gpt_config c = {.vocab_size = 301, .max_seq_len = 16, .n_layer = 2, .n_head = 2, .n_embd = 32};
+        ts_gpt m;
+        REQUIRE_OK(ts_gpt_create(&m, dev, &c));
+        REQUIRE_OK(ts_gpt_init_weights(&m, 3));
+        int32_t tok[32], tgt[32];
+        rng_t r;
+        rng_seed(&r, 5);
+        make_batch(&r, 32, c.vocab_size, tok, tgt);
+        float l32, l16, a[301], b[301];
+        REQUIRE_OK(ts_gpt_forward(&m, tok, tgt, 2, 16, &l32));
+        REQUIRE_OK(ts_gpt_read_logits(&m, 1, 7, a));
+        ts_status st = ts_device_set_matmul_dtype(dev, TS_BF16);
+        if (st == TS_ERR_UNSUPPORTED) {
+            ts_gpt_free(&m);
+            continue;
+        }
+        REQUIRE_OK(st);
+        st = ts_gpt_forward(&m, tok, tgt, 2, 16, &l16);
+        if (!st) st = ts_gpt_read_logits(&m, 1, 7, b);
+        REQUIRE_OK(ts_device_set_matmul_dtype(dev, TS_F32));
+        REQUIRE_OK(st);
+        EXPECTF(m.acts.logits.dtype == TS_BF16, "%s: logits stored as %s", ts_device_get_info(dev)->id,
+                ts_dtype_name(m.acts.logits.dtype));
+        int64_t unrounded = 0;
+        double err = 0, norm = 0;
+        for (int j = 0; j < 301; j++) {
+            uint32_t u;
+            memcpy(&u, &b[j], 4);
+            unrounded += (u & 0xffff) != 0;
+            err += (b[j] - a[j]) * (b[j] - a[j]), norm += a[j] * a[j];
+        }
+        EXPECTF(unrounded == 0, "%s: %lld logits read back are not bf16 values", ts_device_get_info(dev)->id,
+                (long long)unrounded);
+        EXPECTF(err / norm < 1e-4, "%s: bf16 logits against fp32: NMSE %.3g", ts_device_get_info(dev)->id, err / norm);
+        EXPECTF(fabsf(l16 - l32) < 1e-2f * l32, "%s: loss %.6f in bf16, %.6f in fp32", ts_device_get_info(dev)->id,
+                (double)l16, (double)l32);
+        REQUIRE_OK(ts_gpt_forward(&m, tok, tgt, 2, 16, &l16)); /* fp32 again: the activations too */
+        EXPECTF(m.acts.logits.dtype == TS_F32 && l16 == l32, "%s: back in fp32, logits %s, loss %.6f against %.6f",
+                ts_device_get_info(dev)->id, ts_dtype_name(m.acts.logits.dtype), (double)l16, (double)l32);
+        ts_gpt_free(&m);
+    }
+}
+
 /* Two micro-batches at loss scale 1/2 give the gradient of their union. */
 TEST(gradient_accumulation_equals_one_big_batch)
 {
@@ -643,6 +693,7 @@ int main(int argc, char **argv)
         }
     }
     TH_ADD(initial_loss_is_near_log_vocabulary);
+    TH_ADD(logits_read_back_from_bf16_storage);
     TH_ADD(gradient_accumulation_equals_one_big_batch);
     TH_ADD(training_agrees_between_cpu_and_opencl);
     TH_ADD(weights_round_trip_exactly_through_safetensors);

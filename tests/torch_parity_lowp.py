@@ -9,7 +9,8 @@ the same initial weights:
 
   - the same arithmetic written out: every matrix product's inputs rounded
     to DTYPE, and under bf16 the MLP's hidden activations (the fc layer's
-    output and GELU's) stored in bf16; everything else float32. The eleven losses must agree within
+    output and GELU's) and the logits stored in bf16; everything else
+    float32. The eleven losses must agree within
     EMUL_TOL (relative): only the order of float32 sums differs, and a
     different sum can round to a neighbouring DTYPE value;
   - bf16 only: PyTorch's own autocast (torch.autocast("cpu", bfloat16)),
@@ -42,8 +43,10 @@ AUTOCAST_TOL = 3e-2
 
 def forward(p, cfg, tok, tgt, matmul, act=lambda t: t):
     """The parity GPT (tests/torch_parity.py) with its matrix products
-    done by matmul(a, b), and the MLP's hidden activations (the fc layer's
-    output and GELU's) stored through act."""
+    done by matmul(a, b), and the activations tessera keeps in bf16 under
+    bf16 products stored through act: the MLP's hidden ones (the fc
+    layer's output and GELU's) and the head's logits (the layernorms'
+    outputs too, but only products read those, which round them anyway)."""
     B, T = tok.shape
     C, NH, L = cfg["n_embd"], cfg["n_head"], cfg["n_layer"]
     hs = C // NH
@@ -64,7 +67,7 @@ def forward(p, cfg, tok, tgt, matmul, act=lambda t: t):
         h = act(F.gelu(act(mm(h, p[f"h.{l}.mlp.c_fc.weight"].T) + p[f"h.{l}.mlp.c_fc.bias"]), approximate="tanh"))
         x = x + mm(h, p[f"h.{l}.mlp.c_proj.weight"].T) + p[f"h.{l}.mlp.c_proj.bias"]
     x = F.layer_norm(x, (C,), p["ln_f.weight"], p["ln_f.bias"], 1e-5)
-    logits = mm(x, p["wte.weight"].T)
+    logits = act(mm(x, p["wte.weight"].T))
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=-1)
 
 
@@ -138,7 +141,7 @@ def main():
         tok = torch.from_numpy(batch["tokens"].astype(np.int64))
         tgt = torch.from_numpy(batch["targets"].astype(np.int64))
         mine = res["losses"]
-        # under bf16, tessera stores the MLP's hidden activations in bf16
+        # under bf16, tessera stores some activations in bf16 (forward's docstring)
         # (fp16 keeps them in float32: no overflow handling there)
         act = (lambda t: RoundedAct.apply(t, dtype)) if dtype_name == "bf16" else None
         emul = trajectory(init, cfg, tok, tgt, res, lambda a, b: RoundedMM.apply(a, b, dtype), act)

@@ -195,8 +195,20 @@ static ts_status cpu_run_op(ts_device *dev, const ts_op *op)
                                     op->p.softmax.scale);
         break;
     case TS_OP_CROSS_ENTROPY:
-        cpu_cross_entropy(F(o[0]), F(o[1]), F(o[2]), F(in[0]), I(in[1]), op->p.cross_entropy.N,
-                          op->p.cross_entropy.V, op->p.cross_entropy.scale);
+        if (in[0]->dtype == TS_BF16 || (o[2] && o[2]->dtype == TS_BF16)) {
+            int64_t V = op->p.cross_entropy.V;
+            float *rows = malloc((size_t)(ts_cpu_threads > 0 ? ts_cpu_threads : 1) * (size_t)(V > 0 ? V : 1) * 4);
+            if (!rows)
+                return ts_error(TS_ERR_OOM, "cross-entropy: no host memory for %d rows of %lld floats", ts_cpu_threads,
+                                (long long)V);
+            cpu_cross_entropy_bf16(F(o[0]), F(o[1]), F(o[2]), o[2] && o[2]->dtype == TS_BF16, F(in[0]),
+                                   in[0]->dtype == TS_BF16, I(in[1]), op->p.cross_entropy.N, V,
+                                   op->p.cross_entropy.scale, rows);
+            free(rows);
+        } else {
+            cpu_cross_entropy(F(o[0]), F(o[1]), F(o[2]), F(in[0]), I(in[1]), op->p.cross_entropy.N,
+                              op->p.cross_entropy.V, op->p.cross_entropy.scale);
+        }
         break;
     case TS_OP_CE_SHARD: {
         const __typeof__(op->p.ce_shard) *c = &op->p.ce_shard;

@@ -10,6 +10,10 @@
 
 #include "cpu_math.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 int ts_cpu_threads = 1;
 
 #define TS_PRAGMA(x) _Pragma(#x)
@@ -415,49 +419,79 @@ TS_CLONES void cpu_softmax_masked_backward(float *dpreatt, const float *att, con
 
 /* ---- fused softmax + cross-entropy ---- */
 
+/* One row: d may be x (in place); p, d, loss may be NULL. */
+static inline __attribute__((always_inline)) void ce_row(float *loss, float *p, float *d, const float *x, int64_t target, int64_t V, float scale)
+{
+    int valid = target >= 0 && target < V;
+    float xt = valid ? x[target] : 0.0f; /* read before any output overwrites it */
+    float m = ts_row_max(x, V, 1.0f);
+    float sum = 0.0f;
+    if (d && !p) {
+        /* training: one exp per element, kept in d, then scaled. Each
+         * element is read before it is written (d may be x). */
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < V; j++) {
+            float e = ts_expf(x[j] - m);
+            d[j] = e;
+            sum += e;
+        }
+        float s = valid ? scale / sum : 0.0f;
+#pragma omp simd
+        for (int64_t j = 0; j < V; j++) d[j] *= s;
+        if (valid) d[target] -= scale;
+    } else {
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < V; j++) sum += ts_expf(x[j] - m);
+        float inv = 1.0f / sum, s = valid ? scale : 0.0f;
+        if (p && !d) {
+#pragma omp simd
+            for (int64_t j = 0; j < V; j++) p[j] = ts_expf(x[j] - m) * inv;
+        } else if (p || d) {
+            for (int64_t j = 0; j < V; j++) {
+                float e = ts_expf(x[j] - m) * inv;
+                if (p) p[j] = e;
+                if (d) d[j] = s * e;
+            }
+            if (d && valid) d[target] -= scale;
+        }
+    }
+    if (loss) *loss = valid ? m + logf(sum) - xt : 0.0f;
+}
+
 TS_CLONES void cpu_cross_entropy(float *losses, float *probs, float *dlogits, const float *logits,
-                       const int32_t *targets, int64_t N, int64_t V, float scale)
+                                 const int32_t *targets, int64_t N, int64_t V, float scale)
+{
+    PFOR(N * V > SMALL)
+    for (int64_t n = 0; n < N; n++)
+        ce_row(losses ? losses + n : NULL, probs ? probs + n * V : NULL, dlogits ? dlogits + n * V : NULL,
+               logits + n * V, targets ? targets[n] : -1, V, scale);
+}
+
+TS_CLONES void cpu_cross_entropy_bf16(float *losses, float *probs, void *dlogits, bool d_bf16, const void *logits,
+                                      bool x_bf16, const int32_t *targets, int64_t N, int64_t V, float scale,
+                                      float *rows)
 {
     PFOR(N * V > SMALL)
     for (int64_t n = 0; n < N; n++) {
-        const float *x = logits + n * V;
-        float *p = probs ? probs + n * V : NULL;
-        float *d = dlogits ? dlogits + n * V : NULL;
-        int64_t target = targets ? targets[n] : -1;
-        int valid = target >= 0 && target < V;
-        float xt = valid ? x[target] : 0.0f; /* read before any output overwrites it */
-        float m = ts_row_max(x, V, 1.0f);
-        float sum = 0.0f;
-        if (d && !p) {
-            /* training: one exp per element, kept in d, then scaled. Each
-             * element is read before it is written (d may be x). */
-#pragma omp simd reduction(+ : sum)
-            for (int64_t j = 0; j < V; j++) {
-                float e = ts_expf(x[j] - m);
-                d[j] = e;
-                sum += e;
-            }
-            float s = valid ? scale / sum : 0.0f;
+        int thread = 0;
+#ifdef _OPENMP
+        thread = omp_get_thread_num();
+#endif
+        float *buf = rows + (int64_t)thread * V;
+        const float *x = (const float *)logits + n * V;
+        if (x_bf16) {
+            const uint16_t *xs = (const uint16_t *)logits + n * V;
 #pragma omp simd
-            for (int64_t j = 0; j < V; j++) d[j] *= s;
-            if (valid) d[target] -= scale;
-        } else {
-#pragma omp simd reduction(+ : sum)
-            for (int64_t j = 0; j < V; j++) sum += ts_expf(x[j] - m);
-            float inv = 1.0f / sum, s = valid ? scale : 0.0f;
-            if (p && !d) {
-#pragma omp simd
-                for (int64_t j = 0; j < V; j++) p[j] = ts_expf(x[j] - m) * inv;
-            } else if (p || d) {
-                for (int64_t j = 0; j < V; j++) {
-                    float e = ts_expf(x[j] - m) * inv;
-                    if (p) p[j] = e;
-                    if (d) d[j] = s * e;
-                }
-                if (d && valid) d[target] -= scale;
-            }
+            for (int64_t j = 0; j < V; j++) buf[j] = bf16_value(xs[j]);
+            x = buf;
         }
-        if (losses) losses[n] = valid ? m + logf(sum) - xt : 0.0f;
+        float *d = !dlogits ? NULL : d_bf16 ? buf : (float *)dlogits + n * V;
+        ce_row(losses ? losses + n : NULL, probs ? probs + n * V : NULL, d, x, targets ? targets[n] : -1, V, scale);
+        if (d && d_bf16) {
+            uint16_t *ds = (uint16_t *)dlogits + n * V;
+#pragma omp simd
+            for (int64_t j = 0; j < V; j++) ds[j] = ts_bf16_bits(buf[j]);
+        }
     }
 }
 

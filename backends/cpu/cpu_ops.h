@@ -54,6 +54,10 @@ void cpu_softmax_masked_backward(float *dpreatt, const float *att, const float *
 
 void cpu_cross_entropy(float *losses, float *probs, float *dlogits, const float *logits,
                        const int32_t *targets, int64_t N, int64_t V, float scale);
+/* bf16 logits and/or dlogits (the flags), each row through rows[thread * V
+ * ... + V) (ts_cpu_threads rows of V floats); each gradient rounded once */
+void cpu_cross_entropy_bf16(float *losses, float *probs, void *dlogits, bool d_bf16, const void *logits, bool x_bf16,
+                            const int32_t *targets, int64_t N, int64_t V, float scale, float *rows);
 
 void cpu_ce_shard(int phase, float *out0, float *out1, const float *in0, const float *in1,
                   const float *in2, const int32_t *targets, int64_t N, int64_t V, int64_t vocab_start,

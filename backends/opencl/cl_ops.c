@@ -462,6 +462,8 @@ static ts_status op_cross_entropy(ts_cl_device *d, const ts_op *op)
     ts_cl_arg_long(&a, op->p.cross_entropy.N);
     ts_cl_arg_long(&a, op->p.cross_entropy.V);
     ts_cl_arg_float(&a, op->p.cross_entropy.scale);
+    arg_int(&a, op->in[0]->dtype == TS_BF16);
+    arg_int(&a, op->out[2] && op->out[2]->dtype == TS_BF16);
     return launch_rows(d, "cross_entropy.cl", "cross_entropy", op->p.cross_entropy.N, &a);
 }
 

@@ -528,7 +528,9 @@ static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int
      * fp32 elsewhere are stored in bf16: the layernorms' outputs (the
      * products round them anyway) and the MLP's hidden activations, as
      * autocast leaves a linear layer's output and GELU's (10 of a layer's
-     * 19 N*C) */
+     * 19 N*C); and the head's logits and their gradient, in place, as
+     * autocast leaves them too (not vocabulary-parallel: its shard ops
+     * read fp32) */
     ts_dtype lowp = m->device->matmul_dtype == TS_BF16 ? TS_BF16 : TS_F32;
     plan_item plan[] = {
         {&a->input, 2, {N, C}},
@@ -560,7 +562,8 @@ static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int
     enum { NPLAN = sizeof plan / sizeof *plan };
     ts_dtype types[NPLAN];
     for (int i = 0; i < NPLAN; i++)
-        types[i] = plan[i].t == &a->fch || plan[i].t == &a->fch_gelu || plan[i].t == &a->ln1 || plan[i].t == &a->ln2
+        types[i] = plan[i].t == &a->fch || plan[i].t == &a->fch_gelu || plan[i].t == &a->ln1 || plan[i].t == &a->ln2 ||
+                           (plan[i].t == &a->logits && !m->tp_comm)
                        ? lowp
                        : TS_F32;
     ts_status st = alloc_plan(m->device, a->block, plan, NPLAN, types);
@@ -830,7 +833,10 @@ ts_status ts_gpt_stage_backward(ts_gpt *m, ts_gpt_acts *a)
 
 static ts_status ensure_acts(ts_gpt *m, int64_t B, int64_t T)
 {
-    if (m->acts.B == B && m->acts.T == T) return TS_OK;
+    /* the same shape, and the storage the device's matmul dtype asks for
+     * (it may have changed since: bf16 activations, or fp32 again) */
+    ts_dtype lowp = m->device->matmul_dtype == TS_BF16 ? TS_BF16 : TS_F32;
+    if (m->acts.B == B && m->acts.T == T && m->acts.fch.dtype == lowp) return TS_OK;
     ts_gpt_acts_free(&m->acts);
     return ts_gpt_acts_alloc(m, &m->acts, B, T);
 }
@@ -889,9 +895,19 @@ ts_status ts_gpt_read_logits(ts_gpt *m, int64_t b, int64_t t, float *out)
     if (!a->B || b < 0 || b >= a->B || t < 0 || t >= a->T)
         return ts_error(TS_ERR_INVALID_ARG, "read_logits: position (%lld, %lld) outside the last forward",
                         (long long)b, (long long)t);
+    int64_t V = m->cfg.vocab_size;
     ts_tensor row;
-    TRY(ts_tensor_view(&row, &a->logits, (b * a->T + t) * m->cfg.vocab_size, TS_SHAPE(m->cfg.vocab_size)));
-    return ts_tensor_read(&row, out, (size_t)m->cfg.vocab_size * sizeof *out);
+    TRY(ts_tensor_view(&row, &a->logits, (b * a->T + t) * V, TS_SHAPE(V)));
+    TRY(ts_tensor_read(&row, out, ts_tensor_nbytes(&row)));
+    if (row.dtype == TS_BF16) { /* widened in place, from the end: element j's bytes hold bf16 values >= j, read */
+        for (int64_t j = V - 1; j >= 0; j--) {
+            uint16_t h;
+            memcpy(&h, (const char *)out + 2 * j, sizeof h);
+            uint32_t u = (uint32_t)h << 16;
+            memcpy(&out[j], &u, sizeof u);
+        }
+    }
+    return TS_OK;
 }
 
 /* ---- features: the trunk without the output head ---- */

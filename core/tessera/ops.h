@@ -78,8 +78,9 @@ ts_status ts_layernorm_backward(ts_tensor *dinp, ts_tensor *dweight, ts_tensor *
 ts_status ts_matmul(ts_tensor *c, const ts_tensor *a, const ts_tensor *b,
                     bool trans_a, bool trans_b, float alpha, float beta);
 /* out[N,OC] = inp[N,C] @ w[OC,C]^T + bias[OC] (bias may be NULL). inp and
- * out may be bf16 activations (in ts_linear_backward too): the product
- * itself runs in the device's matmul dtype on fp32 copies of them. */
+ * out may be bf16 activations, and in ts_linear_backward inp and dout: the
+ * product runs in the device's matmul dtype, reading and writing them
+ * where the backend can (oneDNN's bf16 products), else on fp32 copies. */
 ts_status ts_linear_forward(ts_tensor *out, const ts_tensor *inp,
                             const ts_tensor *w, const ts_tensor *bias);
 /* dinp = dout @ w (NULL to skip); dw += dout^T @ inp; dbias += sum_rows(dout)
@@ -184,7 +185,9 @@ ts_status ts_attention_backward(ts_tensor *dqkv, const ts_tensor *dout, ts_atten
  * logits[N,V], targets i32 [N] (a negative target is ignored: loss 0, no
  * gradient). Any of losses[N], probs[N,V], dlogits[N,V] may be NULL; losses
  * and dlogits need targets. dlogits = scale*(softmax(logits) - onehot);
- * probs or dlogits may be logits itself (computed in place). */
+ * probs or dlogits may be logits itself (computed in place). logits and
+ * dlogits may be bf16 (the head's under bf16 products): computed in fp32,
+ * each gradient rounded once. */
 ts_status ts_cross_entropy(ts_tensor *losses, ts_tensor *probs, ts_tensor *dlogits,
                            const ts_tensor *logits, const ts_tensor *targets,
                            float scale);
