@@ -80,6 +80,17 @@ static ts_status need_act(const char *op, const char *name, const ts_tensor *t)
     return TS_OK;
 }
 
+/* An output computed in place of an input (the same bytes) keeps its type:
+ * with two, the op's loops would write elements they have not read yet. */
+static ts_status same_type_in_place(const char *op, const char *out_name, const ts_tensor *out, const char *in_name,
+                                    const ts_tensor *in)
+{
+    if (out->block == in->block && out->offset == in->offset && out->dtype != in->dtype)
+        return ts_error(TS_ERR_INVALID_ARG, "%s: %s in place of %s must be %s like it, got %s", op, out_name, in_name,
+                        ts_dtype_name(in->dtype), ts_dtype_name(out->dtype));
+    return TS_OK;
+}
+
 static ts_status need_numel(const char *op, const char *name, const ts_tensor *t, int64_t n)
 {
     if (ts_tensor_numel(t) != n)
@@ -179,17 +190,23 @@ ts_status ts_scale(ts_tensor *out, const ts_tensor *a, float alpha)
     return dispatch(name, &op);
 }
 
-ts_status ts_gelu_forward(ts_tensor *out, const ts_tensor *inp)
+/* out = f(inp) elementwise, each an activation (f32 or bf16) */
+static ts_status unary_act(const char *name, ts_op_kind kind, ts_tensor *out, const ts_tensor *inp)
 {
-    const char *name = "ts_gelu_forward";
     TRY(need_act(name, "out", out));
     TRY(need_act(name, "inp", inp));
     TRY(need_numel(name, "inp", inp, ts_tensor_numel(out)));
+    TRY(same_type_in_place(name, "out", out, "inp", inp));
     if (ts_tensor_numel(out) == 0) return TS_OK;
-    ts_op op = op_new(TS_OP_GELU_FWD);
+    ts_op op = op_new(kind);
     op.out[0] = out;
     op.in[0] = inp;
     return dispatch(name, &op);
+}
+
+ts_status ts_gelu_forward(ts_tensor *out, const ts_tensor *inp)
+{
+    return unary_act("ts_gelu_forward", TS_OP_GELU_FWD, out, inp);
 }
 
 ts_status ts_gelu_backward(ts_tensor *dinp, const ts_tensor *inp, const ts_tensor *dout)
@@ -211,15 +228,7 @@ ts_status ts_gelu_backward(ts_tensor *dinp, const ts_tensor *inp, const ts_tenso
 
 ts_status ts_cast(ts_tensor *out, const ts_tensor *in)
 {
-    const char *name = "ts_cast";
-    TRY(need_act(name, "out", out));
-    TRY(need_act(name, "in", in));
-    TRY(need_numel(name, "in", in, ts_tensor_numel(out)));
-    if (ts_tensor_numel(out) == 0) return TS_OK;
-    ts_op op = op_new(TS_OP_CAST);
-    op.out[0] = out;
-    op.in[0] = in;
-    return dispatch(name, &op);
+    return unary_act("ts_cast", TS_OP_CAST, out, in);
 }
 
 /* ---- embedding ---- */
@@ -330,6 +339,7 @@ ts_status ts_layernorm_forward(ts_tensor *out, ts_tensor *mean, ts_tensor *rstd,
     TRY(layernorm_rows(name, inp, weight, bias, &N, &C));
     TRY(need_act(name, "out", out));
     TRY(need_numel(name, "out", out, N * C));
+    TRY(same_type_in_place(name, "out", out, "inp", inp));
     if (mean) {
         TRY(need(name, "mean", mean, TS_F32));
         TRY(need_numel(name, "mean", mean, N));
@@ -497,6 +507,16 @@ static ts_status f32_operand(const ts_tensor *t, ts_tensor *tmp, const ts_tensor
     TRY(ts_tensor_alloc(tmp, t->device, TS_F32, t->ndim, t->shape));
     *use = tmp;
     return ts_cast(tmp, t);
+}
+
+bool ts_linear_takes_bf16(ts_device *dev)
+{
+    /* a probe: a product whose operands and result are all bf16 */
+    ts_tensor t;
+    memset(&t, 0, sizeof t);
+    t.device = dev;
+    t.dtype = TS_BF16;
+    return takes_bf16(&t, &t, &t, NULL, 1, 1, 1, false, true, 0.0f);
 }
 
 ts_status ts_linear_forward(ts_tensor *out, const ts_tensor *inp, const ts_tensor *w,
@@ -982,16 +1002,12 @@ ts_status ts_cross_entropy(ts_tensor *losses, ts_tensor *probs, ts_tensor *dlogi
     if (probs) {
         TRY(need(name, "probs", probs, TS_F32));
         TRY(need_numel(name, "probs", probs, N * V));
-        if (probs->block == logits->block && probs->offset == logits->offset && logits->dtype != TS_F32)
-            return ts_error(TS_ERR_INVALID_ARG, "%s: probs in place of %s logits (probs are f32)", name,
-                            ts_dtype_name(logits->dtype));
+        TRY(same_type_in_place(name, "probs", probs, "logits", logits));
     }
     if (dlogits) {
         TRY(need_act(name, "dlogits", dlogits));
         TRY(need_numel(name, "dlogits", dlogits, N * V));
-        if (dlogits->block == logits->block && dlogits->offset == logits->offset && dlogits->dtype != logits->dtype)
-            return ts_error(TS_ERR_INVALID_ARG, "%s: dlogits in place of logits must be %s like them, got %s", name,
-                            ts_dtype_name(logits->dtype), ts_dtype_name(dlogits->dtype));
+        TRY(same_type_in_place(name, "dlogits", dlogits, "logits", logits));
     }
     if (probs && dlogits && probs->block == dlogits->block && probs->offset == dlogits->offset)
         return ts_error(TS_ERR_INVALID_ARG, "%s: probs and dlogits cannot share memory", name);

@@ -185,6 +185,9 @@ ts_status ts_tensor_view_typed(ts_tensor *view, const ts_tensor *base, int64_t e
                         (long long)numel, ts_dtype_name(dtype), (long long)elem_offset,
                         ts_tensor_describe(base, b, sizeof b));
     }
+    if ((base->offset + (size_t)elem_offset * bsize) % esize)
+        return ts_error(TS_ERR_SHAPE, "view of %s elements at byte %zu is not aligned to their %zu bytes",
+                        ts_dtype_name(dtype), base->offset + (size_t)elem_offset * bsize, esize);
     st = ts_tensor_view(view, base, elem_offset, TS_SHAPE(0));
     if (st) return st;
     view->dtype = dtype;

@@ -570,48 +570,6 @@ static void conf_lowp_sees_optimizer(void *argp)
     ts_tensor_free(&tp2), ts_tensor_free(&tm2), ts_tensor_free(&tv2);
 }
 
-/* The device setting reaches linear layers, forward and backward, with a
- * bias and accumulation into dw: p = dtype, N, C, OC. */
-static void conf_linear_lowp(void *argp)
-{
-    conf_arg *a = argp;
-    ts_dtype dt = (ts_dtype)a->p[0];
-    int64_t N = a->p[1], C = a->p[2], OC = a->p[3];
-    USE_MATMUL_DTYPE(a->dev, dt);
-    rng_t r;
-    rng_seed(&r, a->seed);
-    float *x = rand_floats(&r, N * C, -2, 2), *w = rand_floats(&r, OC * C, -1, 1), *b = rand_floats(&r, OC, -1, 1);
-    float *dout = rand_floats(&r, N * OC, -1, 1), *dw0 = rand_floats(&r, OC * C, -1, 1);
-    ts_tensor tx, tw, tb, tdout;
-    guarded go, gdx, gdw;
-    REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(N, C), x));
-    REQUIRE_OK(upload(&tw, a->dev, TS_F32, TS_SHAPE(OC, C), w));
-    REQUIRE_OK(upload(&tb, a->dev, TS_F32, TS_SHAPE(OC), b));
-    REQUIRE_OK(upload(&tdout, a->dev, TS_F32, TS_SHAPE(N, OC), dout));
-    REQUIRE_OK(guarded_alloc(&go, a->dev, TS_SHAPE(N, OC), NULL));
-    REQUIRE_OK(guarded_alloc(&gdx, a->dev, TS_SHAPE(N, C), NULL));
-    REQUIRE_OK(guarded_alloc(&gdw, a->dev, TS_SHAPE(OC, C), dw0));
-    ts_status st = ts_linear_forward(&go.t, &tx, &tw, &tb);
-    if (!st) st = ts_linear_backward(&gdx.t, &gdw.t, NULL, &tdout, &tx, &tw);
-    REQUIRE_OK(ts_device_set_matmul_dtype(a->dev, TS_F32));
-    REQUIRE_OK(st);
-    double *dx = to_double(x, N * C), *dw = to_double(w, OC * C), *db = to_double(b, OC);
-    double *dd = to_double(dout, N * OC), *ro = malloc((size_t)(N * OC) * sizeof *ro);
-    double *rdx = malloc((size_t)(N * C) * sizeof *rdx), *rdw = to_double(dw0, OC * C);
-    for (int64_t i = 0; i < N * C; i++) dx[i] = round_to(dx[i], dt);
-    for (int64_t i = 0; i < OC * C; i++) dw[i] = round_to(dw[i], dt);
-    for (int64_t i = 0; i < N * OC; i++) dd[i] = round_to(dd[i], dt);
-    ref_gemm(ro, dx, dw, db, 1, N, OC, C, false, true, 1.0, 0.0, 0);
-    ref_gemm(rdx, dd, dw, NULL, 1, N, C, OC, false, false, 1.0, 0.0, 0);
-    ref_gemm(rdw, dd, dx, NULL, 1, OC, C, N, true, false, 1.0, 1.0, 0);
-    expect_output("linear_forward low precision", &go, ro, TOL_GEMM);
-    expect_output("linear_backward dinp low precision", &gdx, rdx, TOL_GEMM);
-    expect_output("linear_backward dweight low precision", &gdw, rdw, TOL_GEMM);
-    free(x), free(w), free(b), free(dout), free(dw0);
-    free(dx), free(dw), free(db), free(dd), free(ro), free(rdx), free(rdw);
-    guarded_free(&go), guarded_free(&gdx), guarded_free(&gdw);
-    ts_tensor_free(&tx), ts_tensor_free(&tw), ts_tensor_free(&tb), ts_tensor_free(&tdout);
-}
 static void conf_matmul_reference(void *argp) { matmul_case(argp, true); }
 
 /* ---- bf16 activations (stored in 16 bits, computed in fp32) ---- */
@@ -705,10 +663,11 @@ static void conf_gelu_bf16(void *argp)
     free(x), free(y), free(dx), free(dy), free(ref);
 }
 
-/* A linear layer reading and writing bf16 activations (the MLP's hidden
- * layer under --dtype bf16), in either matmul dtype: p = dtype, N, C, OC,
- * inp_bf16, out_bf16, dout_bf16 (the head's dlogits; with a bias
- * gradient too). */
+/* The device's matmul dtype reaches linear layers, forward and backward,
+ * with a bias and accumulation into dw; and a linear layer reads and
+ * writes bf16 activations (the MLP's hidden layer under --dtype bf16) in
+ * any matmul dtype: p = dtype, N, C, OC, inp_bf16, out_bf16, dout_bf16
+ * (the head's dlogits; with a bias gradient too). */
 static void conf_linear_bf16_acts(void *argp)
 {
     conf_arg *a = argp;
@@ -744,7 +703,7 @@ static void conf_linear_bf16_acts(void *argp)
     double *dd = to_double(dout, N * OC), *ro = malloc((size_t)(N * OC) * sizeof *ro);
     double *rdx = malloc((size_t)(N * C) * sizeof *rdx), *rdw = to_double(dw0, OC * C), *rdb = to_double(db0, OC);
     if (dout_bf16) ref_sum_rows(rdb, dd, N, OC, true); /* from the (bf16) values the op holds */
-    if (dt == TS_BF16) {
+    if (dt != TS_F32) {
         for (int64_t i = 0; i < N * C; i++) dx[i] = round_to(dx[i], dt);
         for (int64_t i = 0; i < OC * C; i++) dw[i] = round_to(dw[i], dt);
         for (int64_t i = 0; i < N * OC; i++) dd[i] = round_to(dd[i], dt);
@@ -1368,13 +1327,14 @@ static const case_def cases[] = {
      9},
     {"matmul fp16", conf_matmul_lowp, "dtype=%lld batch=%lld M=%lld N=%lld K=%lld ta=%lld tb=%lld beta4=%lld", 8,
      {{TS_F16, 1, 33, 65, 17, 1, 0, 2}, {TS_F16, 1, 64, 300, 130, 0, 1, 0}, {TS_F16, 3, 16, 9, 31, 0, 0, 4}}, 3},
-    {"linear bf16", conf_linear_lowp, "dtype=%lld N=%lld C=%lld OC=%lld", 4,
-     {{TS_BF16, 7, 33, 65}, {TS_BF16, 64, 96, 288}, {TS_BF16, 256, 128, 384}}, 3},
+#define LINEAR_FMT "dtype=%lld N=%lld C=%lld OC=%lld inp_bf16=%lld out_bf16=%lld dout_bf16=%lld"
+    {"linear bf16", conf_linear_bf16_acts, LINEAR_FMT, 7,
+     {{TS_BF16, 7, 33, 65, 0, 0, 0}, {TS_BF16, 64, 96, 288, 0, 0, 0}, {TS_BF16, 256, 128, 384, 0, 0, 0}}, 3},
     {"bf16 products see every write to their weights", conf_lowp_sees_writes, "dtype=%lld N=%lld C=%lld OC=%lld",
      4, {{TS_BF16, 64, 96, 288}}, 1},
     {"bf16 products see every optimizer step", conf_lowp_sees_optimizer, "dtype=%lld N=%lld C=%lld OC=%lld", 4,
      {{TS_BF16, 64, 96, 288}}, 1},
-    {"linear fp16", conf_linear_lowp, "dtype=%lld N=%lld C=%lld OC=%lld", 4, {{TS_F16, 64, 96, 288}}, 1},
+    {"linear fp16", conf_linear_bf16_acts, LINEAR_FMT, 7, {{TS_F16, 64, 96, 288, 0, 0, 0}}, 1},
     {"bf16 and fp16 rounding of ties, subnormals, overflow and NaN", conf_lowp_rounding, "dtype=%lld", 1,
      {{TS_BF16}, {TS_F16}}, 2},
     {"cast", conf_cast, "n=%lld out_bf16=%lld in_bf16=%lld", 3,
@@ -1384,8 +1344,7 @@ static const case_def cases[] = {
      {{1, 0, 1, 1, 0}, {1003, 1, 1, 1, 0}, {20011, 1, 1, 1, 0}, {1003, 0, 1, 0, 0}, {1003, 1, 0, 1, 0},
       {1, 0, 0, 1, 1}, {1003, 0, 0, 1, 1}, {20011, 0, 0, 1, 1}},
      8},
-    {"linear bf16 activations", conf_linear_bf16_acts,
-     "dtype=%lld N=%lld C=%lld OC=%lld inp_bf16=%lld out_bf16=%lld dout_bf16=%lld", 7,
+    {"linear bf16 activations", conf_linear_bf16_acts, LINEAR_FMT, 7,
      {{TS_F32, 7, 33, 65, 1, 1, 0}, {TS_F32, 33, 40, 72, 1, 0, 0}, {TS_F32, 33, 40, 72, 0, 1, 0},
       {TS_F32, 9, 16, 67, 0, 1, 1}, {TS_BF16, 7, 33, 65, 1, 1, 0}, {TS_BF16, 256, 128, 384, 1, 1, 0},
       {TS_BF16, 64, 96, 288, 0, 1, 0}, {TS_BF16, 64, 96, 288, 1, 0, 0}, {TS_BF16, 9, 16, 67, 0, 1, 1},

@@ -140,6 +140,9 @@ TEST(bf16_only_where_an_op_takes_activations)
     EXPECTF(contains(ts_last_error(), "in place"), "%s", ts_last_error());
     EXPECT_STATUS(ts_cross_entropy(NULL, &f, NULL, &a16, NULL, 1.0f), TS_ERR_INVALID_ARG); /* f32 probs over them */
     EXPECTF(contains(ts_last_error(), "probs in place"), "%s", ts_last_error());
+    EXPECT_STATUS(ts_gelu_forward(&a16, &f), TS_ERR_INVALID_ARG); /* bf16 out over f32 inp, in place */
+    EXPECT_STATUS(ts_cast(&a16, &f), TS_ERR_INVALID_ARG);
+    EXPECT_STATUS(ts_tensor_view_typed(&a16, &a, 1, TS_F32, TS_SHAPE(1)), TS_ERR_SHAPE); /* byte 2: misaligned */
     EXPECT_STATUS(ts_tensor_view_typed(&a16, &a, 0, TS_F32, TS_SHAPE(2, 4)), TS_ERR_SHAPE); /* 32 bytes in 16 */
     ts_tensor_free(&tg);
     ts_tensor_free(&a), ts_tensor_free(&b), ts_tensor_free(&h), ts_tensor_free(&f);

@@ -67,27 +67,6 @@ static float sentinel(void)
 
 enum { GUARD = 67 }; /* odd on purpose: misaligned views must work too */
 
-ts_status guarded_alloc(guarded *g, ts_device *d, int ndim, const int64_t *shape, const float *init)
-{
-    memset(g, 0, sizeof *g);
-    int64_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= shape[i];
-    g->n = n;
-    g->guard = GUARD;
-    int64_t total = n + 2 * GUARD;
-    ts_status st = ts_tensor_alloc(&g->base, d, TS_F32, TS_SHAPE(total));
-    if (st) return st;
-    float *host = malloc((size_t)total * sizeof *host);
-    float s = sentinel(), p = poison_nan();
-    for (int64_t i = 0; i < total; i++) host[i] = s;
-    for (int64_t i = 0; i < n; i++) host[GUARD + i] = init ? init[i] : p;
-    st = ts_tensor_write(&g->base, host, (size_t)total * sizeof *host);
-    free(host);
-    if (!st) st = ts_tensor_view(&g->t, &g->base, GUARD, ndim, shape);
-    if (st) ts_tensor_free(&g->base);
-    return st;
-}
-
 uint16_t bf16_from_float(float x)
 {
     uint32_t u;
@@ -106,7 +85,15 @@ float bf16_to_float(uint16_t b)
 
 enum { SENTINEL_BF16 = 0x7fb3, POISON_BF16 = 0x7fde }; /* NaN payloads no rounding produces */
 
-ts_status guarded_alloc_bf16(guarded *g, ts_device *d, int ndim, const int64_t *shape, const float *init)
+/* Element i of a host copy of g's block, as the tensor's type stores it. */
+static void put(void *host, ts_dtype dt, int64_t i, float f32, uint16_t bf16)
+{
+    if (dt == TS_BF16) ((uint16_t *)host)[i] = bf16;
+    else ((float *)host)[i] = f32;
+}
+
+static ts_status guarded_alloc_as(guarded *g, ts_device *d, ts_dtype dt, int ndim, const int64_t *shape,
+                                  const float *init)
 {
     memset(g, 0, sizeof *g);
     int64_t n = 1;
@@ -114,45 +101,50 @@ ts_status guarded_alloc_bf16(guarded *g, ts_device *d, int ndim, const int64_t *
     g->n = n;
     g->guard = GUARD;
     int64_t total = n + 2 * GUARD;
-    ts_status st = ts_tensor_alloc(&g->base, d, TS_BF16, TS_SHAPE(total));
+    ts_status st = ts_tensor_alloc(&g->base, d, dt, TS_SHAPE(total));
     if (st) return st;
-    uint16_t *host = malloc((size_t)total * sizeof *host);
-    for (int64_t i = 0; i < total; i++) host[i] = SENTINEL_BF16;
-    for (int64_t i = 0; i < n; i++) host[GUARD + i] = init ? bf16_from_float(init[i]) : POISON_BF16;
-    st = ts_tensor_write(&g->base, host, (size_t)total * sizeof *host);
+    size_t bytes = ts_tensor_nbytes(&g->base);
+    void *host = malloc(bytes);
+    for (int64_t i = 0; i < total; i++) put(host, dt, i, sentinel(), SENTINEL_BF16);
+    for (int64_t i = 0; i < n; i++)
+        put(host, dt, GUARD + i, init ? init[i] : poison_nan(), init ? bf16_from_float(init[i]) : POISON_BF16);
+    st = ts_tensor_write(&g->base, host, bytes);
     free(host);
     if (!st) st = ts_tensor_view(&g->t, &g->base, GUARD, ndim, shape);
     if (st) ts_tensor_free(&g->base);
     return st;
 }
 
+ts_status guarded_alloc(guarded *g, ts_device *d, int ndim, const int64_t *shape, const float *init)
+{
+    return guarded_alloc_as(g, d, TS_F32, ndim, shape, init);
+}
+
+ts_status guarded_alloc_bf16(guarded *g, ts_device *d, int ndim, const int64_t *shape, const float *init)
+{
+    return guarded_alloc_as(g, d, TS_BF16, ndim, shape, init);
+}
+
 ts_status guarded_read(const guarded *g, float *out, int64_t *bad_guards)
 {
-    int64_t total = g->n + 2 * g->guard;
-    if (g->base.dtype == TS_BF16) {
-        uint16_t *host = malloc((size_t)total * sizeof *host);
-        ts_status st = ts_tensor_read(&g->base, host, (size_t)total * sizeof *host);
-        if (!st) {
-            int64_t bad = 0;
-            for (int64_t i = 0; i < g->guard; i++)
-                bad += (host[i] != SENTINEL_BF16) + (host[g->guard + g->n + i] != SENTINEL_BF16);
-            *bad_guards = bad;
-            for (int64_t i = 0; i < g->n; i++) out[i] = bf16_to_float(host[g->guard + i]);
-        }
-        free(host);
-        return st;
-    }
-    float *host = malloc((size_t)total * sizeof *host);
-    ts_status st = ts_tensor_read(&g->base, host, (size_t)total * sizeof *host);
+    ts_dtype dt = g->base.dtype;
+    size_t es = ts_dtype_size(dt), bytes = ts_tensor_nbytes(&g->base);
+    char *host = malloc(bytes), sent[4];
+    put(sent, dt, 0, sentinel(), SENTINEL_BF16);
+    ts_status st = ts_tensor_read(&g->base, host, bytes);
     if (!st) {
-        float s = sentinel();
         int64_t bad = 0;
         for (int64_t i = 0; i < g->guard; i++) {
-            bad += memcmp(&host[i], &s, sizeof s) != 0;
-            bad += memcmp(&host[g->guard + g->n + i], &s, sizeof s) != 0;
+            bad += memcmp(host + i * es, sent, es) != 0;
+            bad += memcmp(host + (g->guard + g->n + i) * es, sent, es) != 0;
         }
         *bad_guards = bad;
-        memcpy(out, host + g->guard, (size_t)g->n * sizeof *out);
+        for (int64_t i = 0; i < g->n; i++) {
+            const char *e = host + (g->guard + i) * es;
+            uint16_t b;
+            if (dt == TS_BF16) memcpy(&b, e, 2), out[i] = bf16_to_float(b);
+            else memcpy(&out[i], e, 4);
+        }
     }
     free(host);
     return st;

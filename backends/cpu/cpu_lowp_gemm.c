@@ -542,11 +542,16 @@ int ts_cpu_gemm_mixed(ts_dtype dt, bool ta, bool tb, int64_t batch, int64_t M, i
             ts_cpu_gemm_lowp(dt, ta, tb, batch, M, N, K, alpha, a, sa, lda, b, sb, ldb, beta, c, sc, ldc, bias, false);
         else
             ts_blas_sgemm_bias(ta, tb, batch, M, N, K, alpha, a, sa, lda, b, sb, ldb, beta, c, sc, ldc, bias);
-        if (io->c) {
-            uint16_t *out = C;
-#pragma omp parallel for simd schedule(static) if (nc > 65536)
-            for (int64_t i = 0; i < nc; i++) out[i] = ts_bf16_bits(c[i]);
-        }
+        if (io->c) /* C's windows only: between rows (ldc > N) is other memory */
+            for (int64_t t = 0; t < batch; t++) {
+#pragma omp parallel for schedule(static) if (M * N > 65536)
+                for (int64_t i = 0; i < M; i++) {
+                    uint16_t *out = (uint16_t *)C + t * sc + i * ldc;
+                    const float *row = c + t * sc + i * ldc;
+#pragma omp simd
+                    for (int64_t j = 0; j < N; j++) out[j] = ts_bf16_bits(row[j]);
+                }
+            }
     }
     if (io->a) free(a);
     if (io->b) free(b);

@@ -529,9 +529,12 @@ static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int
      * products round them anyway) and the MLP's hidden activations, as
      * autocast leaves a linear layer's output and GELU's (10 of a layer's
      * 19 N*C); and the head's logits and their gradient, in place, as
-     * autocast leaves them too (not vocabulary-parallel: its shard ops
-     * read fp32) */
+     * autocast leaves them too, where the products take bf16 tensors (else
+     * the fp32 copy around the head's product is the larger: a layer's
+     * copies are made one layer at a time) and not vocabulary-parallel
+     * (its shard ops read fp32) */
     ts_dtype lowp = m->device->matmul_dtype == TS_BF16 ? TS_BF16 : TS_F32;
+    ts_dtype logits_type = !m->tp_comm && ts_linear_takes_bf16(m->device) ? lowp : TS_F32;
     plan_item plan[] = {
         {&a->input, 2, {N, C}},
         {&a->ln1, 3, {L, N, C}},
@@ -562,10 +565,9 @@ static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int
     enum { NPLAN = sizeof plan / sizeof *plan };
     ts_dtype types[NPLAN];
     for (int i = 0; i < NPLAN; i++)
-        types[i] = plan[i].t == &a->fch || plan[i].t == &a->fch_gelu || plan[i].t == &a->ln1 || plan[i].t == &a->ln2 ||
-                           (plan[i].t == &a->logits && !m->tp_comm)
-                       ? lowp
-                       : TS_F32;
+        types[i] = plan[i].t == &a->logits                                                             ? logits_type
+                   : plan[i].t == &a->fch || plan[i].t == &a->fch_gelu || plan[i].t == &a->ln1 || plan[i].t == &a->ln2 ? lowp
+                                                                                                                      : TS_F32;
     ts_status st = alloc_plan(m->device, a->block, plan, NPLAN, types);
     if (st) return ts_error_context(st, "activations for B=%lld T=%lld", (long long)B, (long long)T);
     if (!st) st = ts_tensor_alloc(&a->tokens, m->device, TS_I32, TS_SHAPE(B, T));

@@ -81,6 +81,9 @@ ts_status ts_matmul(ts_tensor *c, const ts_tensor *a, const ts_tensor *b,
  * out may be bf16 activations, and in ts_linear_backward inp and dout: the
  * product runs in the device's matmul dtype, reading and writing them
  * where the backend can (oneDNN's bf16 products), else on fp32 copies. */
+/* Whether dev's backend runs a linear layer's bf16 tensors itself (false:
+ * through fp32 copies, which cost memory as large as the tensor). */
+bool ts_linear_takes_bf16(ts_device *dev);
 ts_status ts_linear_forward(ts_tensor *out, const ts_tensor *inp,
                             const ts_tensor *w, const ts_tensor *bias);
 /* dinp = dout @ w (NULL to skip); dw += dout^T @ inp; dbias += sum_rows(dout)
