@@ -890,14 +890,15 @@ static bool overlap(const ts_tensor *a, const ts_tensor *b)
     return a->block == b->block && a->offset < eb && b->offset < ea;
 }
 
-/* Shapes the fused ops share: qkv [B,T,3C] and out-like [B,T,C] tensors. */
+/* Shapes the fused ops share: qkv [B,T,3C] and out-like [B,T,C] tensors
+ * (fp32 or bf16). */
 static ts_status fused_operands(const char *name, ts_attention_ws *ws, const ts_tensor *qkv, const ts_tensor *o,
                                 const char *oname)
 {
     int64_t B = ws->B, T = ws->T, C = ws->C;
-    TRY(need(name, "qkv", qkv, TS_F32));
+    TRY(need_act(name, "qkv", qkv));
     TRY(need_numel(name, "qkv", qkv, B * T * 3 * C));
-    TRY(need(name, oname, o, TS_F32));
+    TRY(need_act(name, oname, o));
     TRY(need_numel(name, oname, o, B * T * C));
     if (ws->key_len) {
         TRY(need(name, "key_len", ws->key_len, TS_I32));
@@ -918,21 +919,16 @@ static ts_op fused_op(ts_op_kind kind, const ts_attention_ws *ws)
     return op;
 }
 
-ts_status ts_attention_forward(ts_tensor *out, const ts_tensor *qkv, ts_attention_ws *ws)
+/* Attention on fp32 tensors (either route); ts_attention_forward gives it
+ * fp32 copies of bf16 ones. */
+static ts_status attention_forward_f32(ts_tensor *out, const ts_tensor *qkv, ts_attention_ws *ws)
 {
     int64_t B = ws->B, T = ws->T, NH = ws->NH, HS = ws->C / ws->NH;
     if (ws->fused) {
-        const char *name = "ts_attention_forward (fused)";
-        TRY(fused_operands(name, ws, qkv, out, "out"));
-        if (overlap(out, qkv) || overlap(out, &ws->lse))
-            return ts_error(TS_ERR_INVALID_ARG, "%s: out shares memory with qkv or the workspace", name);
         ts_op op = fused_op(TS_OP_ATTENTION_FWD, ws);
         op.out[0] = out, op.out[1] = &ws->lse;
         op.in[0] = qkv, op.in[1] = ws->key_len;
-        TRY(dispatch(name, &op));
-        ws->qkv_in = *qkv; /* a view: backward reads the scores' inputs again */
-        ws->qkv_in.owner = 0;
-        return same_storage(out, &ws->o) ? TS_OK : ts_tensor_copy(&ws->o, out);
+        return dispatch("ts_attention_forward (fused)", &op);
     }
     ts_tensor h[3];
     TRY(ts_split_heads(&ws->qkvh, qkv, B, T, 3, NH));
@@ -947,28 +943,73 @@ ts_status ts_attention_forward(ts_tensor *out, const ts_tensor *qkv, ts_attentio
     return ts_merge_heads(out, &ws->y, B, T, 1, NH);
 }
 
+/* Attention computes in fp32 on every device: a bf16 qkv and output (the
+ * model's under bf16 products, as autocast leaves them) go through fp32
+ * copies made one layer at a time, so what a step keeps is half the size.
+ * The fused route's backward reads the output as kept, rounded. */
+ts_status ts_attention_forward(ts_tensor *out, const ts_tensor *qkv, ts_attention_ws *ws)
+{
+    const char *name = ws->fused ? "ts_attention_forward (fused)" : "ts_attention_forward";
+    TRY(need_act(name, "qkv", qkv));
+    TRY(need_act(name, "out", out));
+    if (ws->fused) {
+        TRY(fused_operands(name, ws, qkv, out, "out"));
+        if (overlap(out, qkv) || overlap(out, &ws->lse))
+            return ts_error(TS_ERR_INVALID_ARG, "%s: out shares memory with qkv or the workspace", name);
+    }
+    ts_tensor qkv32 = {0}, out32 = {0}, *y = out;
+    const ts_tensor *x;
+    ts_status st = f32_operand(qkv, &qkv32, &x);
+    if (!st && out->dtype != TS_F32 && !(st = ts_tensor_alloc(&out32, out->device, TS_F32, out->ndim, out->shape)))
+        y = &out32;
+    if (!st) st = attention_forward_f32(y, x, ws);
+    ts_tensor_free(&qkv32);
+    if (!st && y != out) st = ts_cast(out, y);
+    ts_tensor_free(&out32);
+    if (st || !ws->fused) return st;
+    ws->qkv_in = *qkv; /* a view: backward reads the scores' inputs again */
+    ws->qkv_in.owner = 0;
+    if (same_storage(out, &ws->o)) return TS_OK;
+    return ws->o.dtype == out->dtype ? ts_tensor_copy(&ws->o, out) : ts_cast(&ws->o, out);
+}
+
 ts_status ts_attention_backward(ts_tensor *dqkv, const ts_tensor *dout, ts_attention_ws *ws)
 {
     int64_t B = ws->B, T = ws->T, NH = ws->NH, HS = ws->C / ws->NH;
+    const char *name = ws->fused ? "ts_attention_backward (fused)" : "ts_attention_backward";
+    TRY(need_act(name, "dout", dout));
+    TRY(need(name, "dqkv", dqkv, TS_F32));
+    ts_tensor dout32 = {0};
+    const ts_tensor *dy32;
     if (ws->fused) {
-        const char *name = "ts_attention_backward (fused)";
         const ts_tensor *qkv = &ws->qkv_in;
         if (!qkv->block) return ts_error(TS_ERR_INVALID_ARG, "%s: no forward to go back through", name);
         TRY(fused_operands(name, ws, qkv, dout, "dout"));
-        TRY(need(name, "dqkv", dqkv, TS_F32));
         TRY(need_numel(name, "dqkv", dqkv, B * T * 3 * ws->C));
         if (overlap(dqkv, qkv) || overlap(dqkv, dout) || overlap(dqkv, &ws->o) || overlap(dqkv, &ws->lse))
             return ts_error(TS_ERR_INVALID_ARG, "%s: dqkv shares memory with qkv, dout or the workspace", name);
-        ts_op op = fused_op(TS_OP_ATTENTION_BWD, ws);
-        op.out[0] = dqkv;
-        op.in[0] = dout, op.in[1] = qkv, op.in[2] = &ws->o, op.in[3] = &ws->lse, op.in[4] = ws->key_len;
-        return dispatch(name, &op);
+        ts_tensor qkv32 = {0}, o32 = {0};
+        const ts_tensor *x, *o;
+        ts_status st = f32_operand(dout, &dout32, &dy32);
+        if (!st) st = f32_operand(qkv, &qkv32, &x);
+        if (!st) st = f32_operand(&ws->o, &o32, &o);
+        if (!st) {
+            ts_op op = fused_op(TS_OP_ATTENTION_BWD, ws);
+            op.out[0] = dqkv;
+            op.in[0] = dy32, op.in[1] = x, op.in[2] = o, op.in[3] = &ws->lse, op.in[4] = ws->key_len;
+            st = dispatch(name, &op);
+        }
+        ts_tensor_free(&dout32), ts_tensor_free(&qkv32), ts_tensor_free(&o32);
+        return st;
     }
     ts_tensor h[3], dh[3];
     TRY(qkv_views(&ws->qkvh, ws, h));
     TRY(qkv_views(&ws->dqkvh, ws, dh));
     ts_tensor *dy = &ws->y; /* y is not needed after forward: reuse it */
-    TRY(ts_split_heads(dy, dout, B, T, 1, NH));
+    ts_status st = f32_operand(dout, &dout32, &dy32);
+    if (!st) st = ts_split_heads(dy, dy32, B, T, 1, NH);
+    ts_tensor_free(&dout32);
+    TRY(st);
     TRY(ts_matmul(&ws->scratch, dy, &h[2], false, true, 1.0f, 0.0f));    /* datt */
     TRY(ts_matmul(&dh[2], &ws->att, dy, true, false, 1.0f, 0.0f));       /* dv */
     if (ws->key_len) TRY(ts_softmax_masked_backward(&ws->scratch, &ws->att, &ws->scratch, 1.0f / sqrtf((float)HS)));

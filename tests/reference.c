@@ -238,8 +238,8 @@ void ref_attention_masked_forward(double *out, const double *qkv, int64_t B, int
     free(w);
 }
 
-void ref_attention_masked_backward(double *dqkv, const double *dout, const double *qkv, int64_t B, int64_t T,
-                                   int64_t C, int64_t NH, const int32_t *lengths, bool causal)
+void ref_attention_masked_backward(double *dqkv, const double *dout, const double *qkv, const double *out, int64_t B,
+                                   int64_t T, int64_t C, int64_t NH, const int32_t *lengths, bool causal)
 {
     int64_t HS = C / NH;
     double scale = 1.0 / sqrt((double)HS);
@@ -263,6 +263,11 @@ void ref_attention_masked_backward(double *dqkv, const double *dout, const doubl
                 }
                 for (int64_t u = 0; u < end; u++) s += (p[u] = exp(p[u] - m));
                 for (int64_t u = 0; u < end; u++) p[u] /= s, D += p[u] * dp[u];
+                if (out) {
+                    const double *y = out + (b * T + t) * C + h * HS;
+                    D = 0.0;
+                    for (int64_t d = 0; d < HS; d++) D += dy[d] * y[d];
+                }
                 for (int64_t u = 0; u < end; u++) {
                     double *dk = dqkv + (b * T + u) * 3 * C + C + h * HS, *dv = dk + C;
                     const double *k = qkv + (b * T + u) * 3 * C + C + h * HS;

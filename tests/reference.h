@@ -51,9 +51,12 @@ void ref_attention_forward(double *out, const double *qkv, int64_t B, int64_t T,
  * all T), and s <= t when causal. */
 void ref_attention_masked_forward(double *out, const double *qkv, int64_t B, int64_t T, int64_t C,
                                   int64_t NH, const int32_t *lengths, bool causal);
-/* Its gradient: dqkv[B,T,3C] (written) from dout[B,T,C]. */
-void ref_attention_masked_backward(double *dqkv, const double *dout, const double *qkv, int64_t B, int64_t T,
-                                   int64_t C, int64_t NH, const int32_t *lengths, bool causal);
+/* Its gradient: dqkv[B,T,3C] (written) from dout[B,T,C]. out: NULL, or
+ * the forward's output as kept (rounded to bf16, say), whose product with
+ * dout stands for the exact sum of p * dp in each row, as FlashAttention's
+ * backward takes it. */
+void ref_attention_masked_backward(double *dqkv, const double *dout, const double *qkv, const double *out, int64_t B,
+                                   int64_t T, int64_t C, int64_t NH, const int32_t *lengths, bool causal);
 /* Softmax over keys s < lengths[bh / NH] (and s <= t when causal); its
  * backward over whole rows. */
 void ref_softmax_masked_forward(double *att, const double *pre, const int32_t *lengths, int64_t BH, int64_t NH,

@@ -581,15 +581,17 @@ static void host_bf16(float *x, int64_t n)
 }
 
 
-static void upload_act(ts_tensor *t, ts_device *d, bool bf16, int64_t n, const float *x)
+static void upload_act(ts_tensor *t, ts_device *d, bool bf16, int ndim, const int64_t *shape, const float *x)
 {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
     if (!bf16) {
-        REQUIRE_OK(upload(t, d, TS_F32, TS_SHAPE(n), x));
+        REQUIRE_OK(upload(t, d, TS_F32, ndim, shape, x));
         return;
     }
     uint16_t *b = malloc((size_t)n * sizeof *b);
     for (int64_t i = 0; i < n; i++) b[i] = bf16_from_float(x[i]);
-    ts_status st = upload(t, d, TS_BF16, TS_SHAPE(n), b);
+    ts_status st = upload(t, d, TS_BF16, ndim, shape, b);
     free(b);
     REQUIRE_OK(st);
 }
@@ -609,7 +611,7 @@ static void conf_cast(void *argp)
     for (int64_t i = 0; i < n && i < (int64_t)(sizeof hard / sizeof *hard); i++) x[i] = hard[i];
     ts_tensor tx;
     guarded g;
-    upload_act(&tx, a->dev, in_bf16, n, x);
+    upload_act(&tx, a->dev, in_bf16, TS_SHAPE(n), x);
     REQUIRE_OK(out_bf16 ? guarded_alloc_bf16(&g, a->dev, TS_SHAPE(n), NULL) : guarded_alloc(&g, a->dev, TS_SHAPE(n), NULL));
     REQUIRE_OK(ts_cast(&g.t, &tx));
     float *out = malloc((size_t)n * sizeof *out);
@@ -644,7 +646,7 @@ static void conf_gelu_bf16(void *argp)
     double *dx = to_double(x, n), *dy = to_double(y, n), *ref = malloc((size_t)n * sizeof *ref);
     ts_tensor tx, ty;
     guarded g;
-    upload_act(&tx, a->dev, inp_bf16, n, x);
+    upload_act(&tx, a->dev, inp_bf16, TS_SHAPE(n), x);
     REQUIRE_OK(upload(&ty, a->dev, TS_F32, TS_SHAPE(n), y));
     REQUIRE_OK(out_bf16 ? guarded_alloc_bf16(&g, a->dev, TS_SHAPE(n), NULL) : guarded_alloc(&g, a->dev, TS_SHAPE(n), NULL));
     if (backward) {
@@ -684,11 +686,11 @@ static void conf_linear_bf16_acts(void *argp)
     if (dout_bf16) host_bf16(dout, N * OC);
     ts_tensor tx, tx2, tw, tb, tdout, tdout1;
     guarded go, gdx, gdw, gdb;
-    upload_act(&tx2, a->dev, inp_bf16, N * C, x);
+    upload_act(&tx2, a->dev, inp_bf16, TS_SHAPE(N * C), x);
     REQUIRE_OK(ts_tensor_reshape(&tx, &tx2, TS_SHAPE(N, C)));
     REQUIRE_OK(upload(&tw, a->dev, TS_F32, TS_SHAPE(OC, C), w));
     REQUIRE_OK(upload(&tb, a->dev, TS_F32, TS_SHAPE(OC), b));
-    upload_act(&tdout1, a->dev, dout_bf16, N * OC, dout);
+    upload_act(&tdout1, a->dev, dout_bf16, TS_SHAPE(N * OC), dout);
     REQUIRE_OK(ts_tensor_reshape(&tdout, &tdout1, TS_SHAPE(N, OC)));
     REQUIRE_OK(guarded_alloc(&gdb, a->dev, TS_SHAPE(OC), db0));
     REQUIRE_OK(out_bf16 ? guarded_alloc_bf16(&go, a->dev, TS_SHAPE(N, OC), NULL)
@@ -975,11 +977,14 @@ static void conf_pool_max(void *argp)
     free(x), free(d), free(len), free(at), free(got), free(dx), free(dd), free(ref);
 }
 
-/* ---- attention: p = B, T, C, NH, mask, route, backward ----
+/* ---- attention: p = B, T, C, NH, mask, route, backward[, bf16] ----
  * mask 0: causal over all T keys; 1: causal over lengths 1..T; 2:
  * bidirectional over lengths 1..T (the first of 3 or more sequences has
  * none, the last of 2 or more one past T). route 1: composite (GEMM + softmax ops),
- * 2: fused (skipped where the device has no fused op). */
+ * 2: fused (skipped where the device has no fused op). bf16 1: qkv and out
+ * in bf16 (the model's under bf16 products), 2: dout too; the reference
+ * takes the rounded values the op holds, and the fused backward's row sums
+ * from the rounded output it keeps. */
 
 static void conf_attention(void *argp)
 {
@@ -987,6 +992,7 @@ static void conf_attention(void *argp)
     int64_t B = a->p[0], T = a->p[1], C = a->p[2], NH = a->p[3], mask = a->p[4];
     ts_attention_route route = a->p[5] == 2 ? TS_ATTENTION_FUSED : TS_ATTENTION_COMPOSITE;
     int backward = (int)a->p[6];
+    bool bf16 = a->p[7] >= 1, dout_bf16 = a->p[7] == 2;
     bool fused;
     if (ts_attention_route_fused(a->dev, TS_ATTENTION_FUSED, B, T, C, NH, &fused) != TS_OK) {
         ts_clear_error();
@@ -998,37 +1004,43 @@ static void conf_attention(void *argp)
     int32_t *len = rand_ints(&r, B, 1, (int32_t)T + 1);
     if (B >= 3) len[0] = 0;         /* a sequence without keys: zeros out and back */
     if (B >= 2) len[B - 1] = (int32_t)T + 7; /* lengths past T count as T */
+    if (bf16) host_bf16(qkv, B * T * 3 * C);
+    if (dout_bf16) host_bf16(dout, B * T * C);
     ts_tensor tq, tl, tout, tdout;
     guarded g;
     ts_attention_ws ws;
-    REQUIRE_OK(upload(&tq, a->dev, TS_F32, TS_SHAPE(B, T, 3 * C), qkv));
+    upload_act(&tq, a->dev, bf16, TS_SHAPE(B, T, 3 * C), qkv);
     REQUIRE_OK(upload(&tl, a->dev, TS_I32, TS_SHAPE(B), len));
-    REQUIRE_OK(upload(&tdout, a->dev, TS_F32, TS_SHAPE(B, T, C), dout));
+    upload_act(&tdout, a->dev, dout_bf16, TS_SHAPE(B, T, C), dout);
     REQUIRE_OK(ts_attention_ws_alloc_route(&ws, a->dev, B, T, C, NH, route));
     EXPECTF(ws.fused == (route == TS_ATTENTION_FUSED), "the workspace took the %s route",
             ws.fused ? "fused" : "composite");
     if (mask) ws.key_len = &tl;
     ws.bidirectional = mask == 2;
     double *dq = to_double(qkv, B * T * 3 * C), *ddout = to_double(dout, B * T * C);
+    double *ref_out = malloc((size_t)(B * T * C) * sizeof *ref_out);
+    ref_attention_masked_forward(ref_out, dq, B, T, C, NH, mask ? len : NULL, mask != 2);
+    if (bf16)
+        for (int64_t i = 0; i < B * T * C; i++) ref_out[i] = round_to(ref_out[i], TS_BF16);
     if (!backward) {
-        REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(B, T, C), NULL));
+        REQUIRE_OK(bf16 ? guarded_alloc_bf16(&g, a->dev, TS_SHAPE(B, T, C), NULL)
+                        : guarded_alloc(&g, a->dev, TS_SHAPE(B, T, C), NULL));
         REQUIRE_OK(ts_attention_forward(&g.t, &tq, &ws));
-        double *ref = malloc((size_t)(B * T * C) * sizeof *ref);
-        ref_attention_masked_forward(ref, dq, B, T, C, NH, mask ? len : NULL, mask != 2);
-        expect_output("attention_forward", &g, ref, TOL_GEMM);
-        free(ref);
+        expect_output(bf16 ? "attention_forward, bf16 qkv and out" : "attention_forward", &g, ref_out,
+                      bf16 ? TOL_BF16_OUT : TOL_GEMM);
     } else {
-        REQUIRE_OK(ts_tensor_alloc(&tout, a->dev, TS_F32, TS_SHAPE(B, T, C)));
+        REQUIRE_OK(ts_tensor_alloc(&tout, a->dev, bf16 ? TS_BF16 : TS_F32, TS_SHAPE(B, T, C)));
         REQUIRE_OK(ts_attention_forward(&tout, &tq, &ws));
         REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(B, T, 3 * C), NULL));
         REQUIRE_OK(ts_attention_backward(&g.t, &tdout, &ws));
         double *ref = malloc((size_t)(B * T * 3 * C) * sizeof *ref);
-        ref_attention_masked_backward(ref, ddout, dq, B, T, C, NH, mask ? len : NULL, mask != 2);
-        expect_output("attention_backward", &g, ref, TOL_GEMM);
+        ref_attention_masked_backward(ref, ddout, dq, bf16 && ws.fused ? ref_out : NULL, B, T, C, NH,
+                                      mask ? len : NULL, mask != 2);
+        expect_output(bf16 ? "attention_backward, bf16 activations" : "attention_backward", &g, ref, TOL_GEMM);
         free(ref);
         ts_tensor_free(&tout);
     }
-    free(qkv), free(dout), free(len), free(dq), free(ddout);
+    free(qkv), free(dout), free(len), free(dq), free(ddout), free(ref_out);
     ts_attention_ws_free(&ws);
     guarded_free(&g);
     ts_tensor_free(&tq), ts_tensor_free(&tl), ts_tensor_free(&tdout);
@@ -1057,7 +1069,7 @@ static void conf_cross_entropy(void *argp)
     ts_tensor tx, tt;
     guarded gl, gp, gd;
     ts_tensor tx1;
-    upload_act(&tx1, a->dev, x_bf16, N * V, x);
+    upload_act(&tx1, a->dev, x_bf16, TS_SHAPE(N * V), x);
     REQUIRE_OK(ts_tensor_reshape(&tx, &tx1, TS_SHAPE(N, V)));
     REQUIRE_OK(upload(&tt, a->dev, TS_I32, TS_SHAPE(N), tg));
     ts_tensor *probs = NULL, *dlogits = NULL, *losses = NULL;
@@ -1391,6 +1403,12 @@ static const case_def cases[] = {
     {"attention_forward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 0), ATTENTION_LARGE(2, 0)}, 18},
     {"attention_backward composite", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(1, 1)}, 5},
     {"attention_backward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 1), ATTENTION_LARGE(2, 1)}, 18},
+    {"attention bf16 composite", conf_attention, ATTENTION_FMT " bf16=%lld", 8,
+     {{2, 9, 12, 3, 0, 1, 0, 1}, {3, 9, 12, 3, 1, 1, 1, 1}, {2, 9, 12, 3, 2, 1, 1, 2}}, 3},
+    {"attention bf16 fused", conf_attention, ATTENTION_FMT " bf16=%lld", 8,
+     {{3, 9, 12, 3, 2, 2, 0, 1}, {3, 9, 12, 3, 2, 2, 1, 2}, {2, 72, 32, 2, 0, 2, 0, 1}, {3, 40, 32, 2, 1, 2, 1, 1},
+      {2, 72, 32, 2, 2, 2, 1, 2}, {2, 64, 128, 2, 0, 2, 1, 1}},
+     6},
     {"cross_entropy", conf_cross_entropy, "N=%lld V=%lld outputs=%lld in_place=%lld", 4,
      {{1, 1, 7, 0}, {5, 33, 7, 0}, {9, 1000, 5, 0}, {4, 50257, 5, 0}, {6, 301, 1, 0},
       {6, 301, 5, 1}, {3, 77, 3, 1}},

@@ -149,6 +149,34 @@ TEST(bf16_only_where_an_op_takes_activations)
     ts_tensor_free(&w), ts_tensor_free(&wb), ts_tensor_free(&s);
 }
 
+/* attention takes bf16 qkv, output and output gradient, never a bf16 dqkv
+ * or an fp16 activation, on either route */
+TEST(attention_takes_bf16_activations_only)
+{
+    ts_device *cpu;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    for (int route = TS_ATTENTION_COMPOSITE; route <= TS_ATTENTION_FUSED; route++) {
+        ts_attention_ws ws;
+        ts_tensor qkv, q16, out, d, dq, dq16;
+        REQUIRE_OK(ts_attention_ws_alloc_route(&ws, cpu, 1, 2, 4, 1, (ts_attention_route)route));
+        REQUIRE_OK(ts_tensor_zeros(&qkv, cpu, TS_BF16, TS_SHAPE(1, 2, 12)));
+        REQUIRE_OK(ts_tensor_zeros(&q16, cpu, TS_F16, TS_SHAPE(1, 2, 12)));
+        REQUIRE_OK(ts_tensor_zeros(&out, cpu, TS_BF16, TS_SHAPE(1, 2, 4)));
+        REQUIRE_OK(ts_tensor_zeros(&d, cpu, TS_BF16, TS_SHAPE(1, 2, 4)));
+        REQUIRE_OK(ts_tensor_zeros(&dq, cpu, TS_F32, TS_SHAPE(1, 2, 12)));
+        REQUIRE_OK(ts_tensor_zeros(&dq16, cpu, TS_BF16, TS_SHAPE(1, 2, 12)));
+        EXPECT_STATUS(ts_attention_forward(&out, &q16, &ws), TS_ERR_SHAPE);
+        EXPECTF(contains(ts_last_error(), "qkv") && contains(ts_last_error(), "f16"), "%s", ts_last_error());
+        REQUIRE_OK(ts_attention_forward(&out, &qkv, &ws));
+        REQUIRE_OK(ts_attention_backward(&dq, &d, &ws));
+        EXPECT_STATUS(ts_attention_backward(&dq16, &d, &ws), TS_ERR_SHAPE);
+        EXPECTF(contains(ts_last_error(), "dqkv") && contains(ts_last_error(), "bf16"), "%s", ts_last_error());
+        ts_attention_ws_free(&ws);
+        ts_tensor_free(&qkv), ts_tensor_free(&q16), ts_tensor_free(&out), ts_tensor_free(&d);
+        ts_tensor_free(&dq), ts_tensor_free(&dq16);
+    }
+}
+
 TEST(operands_on_two_devices_are_rejected)
 {
     if (ts_device_count() < 2) SKIP("only one device");
@@ -259,6 +287,7 @@ int main(int argc, char **argv)
     TH_ADD(shape_mismatch_names_op_and_shapes);
     TH_ADD(wrong_dtype_is_rejected);
     TH_ADD(bf16_only_where_an_op_takes_activations);
+    TH_ADD(attention_takes_bf16_activations_only);
     TH_ADD(operands_on_two_devices_are_rejected);
     TH_ADD(unknown_device_is_an_error_listing_devices);
     TH_ADD(allocation_beyond_device_memory_fails_cleanly);

@@ -9,7 +9,8 @@ the same initial weights:
 
   - the same arithmetic written out: every matrix product's inputs rounded
     to DTYPE, and under bf16 the MLP's hidden activations (the fc layer's
-    output and GELU's) and the logits stored in bf16; everything else
+    output and GELU's) and the logits stored in bf16 (the attention's qkv
+    and output too, but only products read those); everything else
     float32. The eleven losses must agree within
     EMUL_TOL (relative): only the order of float32 sums differs, and a
     different sum can round to a neighbouring DTYPE value;
@@ -46,7 +47,8 @@ def forward(p, cfg, tok, tgt, matmul, act=lambda t: t):
     done by matmul(a, b), and the activations tessera keeps in bf16 under
     bf16 products stored through act: the MLP's hidden ones (the fc
     layer's output and GELU's) and the head's logits (the layernorms'
-    outputs too, but only products read those, which round them anyway)."""
+    outputs, qkv and the attention's output too, but only products read
+    those, which round them anyway)."""
     B, T = tok.shape
     C, NH, L = cfg["n_embd"], cfg["n_head"], cfg["n_layer"]
     hs = C // NH

@@ -68,11 +68,11 @@ double ts_gpt_train_bytes(const ts_gpt_config *c, int64_t B, int64_t T, int mome
     double N = (double)B * (double)T, C = (double)c->n_embd, L = (double)c->n_layer;
     double att = (double)B * (double)c->n_head * (double)T * (fused_attention ? 1.0 : (double)T);
     double params = (double)c->vocab_size * C + (double)c->max_seq_len * C + L * (12.0 * C * C + 13.0 * C);
-    /* per layer (ts_gpt_acts_alloc): 19 N*C (under bf16 products 10 of them
-     * in bf16: 14 in floats' room) and the attention's T x T
+    /* per layer (ts_gpt_acts_alloc): 19 N*C (under bf16 products 14 of them
+     * in bf16: 12 in floats' room) and the attention's T x T
      * probabilities (fused: a log-sum-exp a row); then the head's logits, a
      * few N*C buffers and the backward scratch (fused: none for attention) */
-    double acts = L * ((matmul_dtype == TS_BF16 ? 14.0 : 19.0) * N * C + att) + N * (double)c->vocab_size + 4.0 * N * C + 14.0 * N * C +
+    double acts = L * ((matmul_dtype == TS_BF16 ? 12.0 : 19.0) * N * C + att) + N * (double)c->vocab_size + 4.0 * N * C + 14.0 * N * C +
                   (fused_attention ? 0.0 : att);
     return 4.0 * ((2.0 + moments) * params + acts);
 }
@@ -526,9 +526,10 @@ static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int
     int64_t keys = fused ? 1 : T, k = fused ? 0 : 1;
     /* under bf16 products the inputs of the linear layers that need no
      * fp32 elsewhere are stored in bf16: the layernorms' outputs (the
-     * products round them anyway) and the MLP's hidden activations, as
-     * autocast leaves a linear layer's output and GELU's (10 of a layer's
-     * 19 N*C); and the head's logits and their gradient, in place, as
+     * products round them anyway), the MLP's hidden activations and the
+     * attention's qkv and output, as autocast leaves a linear layer's
+     * output, GELU's and attention's (14 of a layer's 19 N*C; attention
+     * computes in fp32 from copies made one layer at a time); and the head's logits and their gradient, in place, as
      * autocast leaves them too, where the products take bf16 tensors (else
      * the fp32 copy around the head's product is the larger: a layer's
      * copies are made one layer at a time) and not vocabulary-parallel
@@ -566,8 +567,10 @@ static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int
     ts_dtype types[NPLAN];
     for (int i = 0; i < NPLAN; i++)
         types[i] = plan[i].t == &a->logits                                                             ? logits_type
-                   : plan[i].t == &a->fch || plan[i].t == &a->fch_gelu || plan[i].t == &a->ln1 || plan[i].t == &a->ln2 ? lowp
-                                                                                                                      : TS_F32;
+                   : plan[i].t == &a->fch || plan[i].t == &a->fch_gelu || plan[i].t == &a->ln1 || plan[i].t == &a->ln2 ||
+                           plan[i].t == &a->qkv || plan[i].t == &a->atty
+                       ? lowp
+                       : TS_F32;
     ts_status st = alloc_plan(m->device, a->block, plan, NPLAN, types);
     if (st) return ts_error_context(st, "activations for B=%lld T=%lld", (long long)B, (long long)T);
     if (!st) st = ts_tensor_alloc(&a->tokens, m->device, TS_I32, TS_SHAPE(B, T));

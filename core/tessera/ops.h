@@ -180,6 +180,8 @@ ts_status ts_attention_ws_alloc(ts_attention_ws *ws, ts_device *dev,
 ts_status ts_attention_ws_alloc_route(ts_attention_ws *ws, ts_device *dev, int64_t B, int64_t T, int64_t C,
                                       int64_t NH, ts_attention_route route);
 void ts_attention_ws_free(ts_attention_ws *ws);
+/* qkv, out and dout may be bf16 (the model's under bf16 products): computed
+ * in fp32, out rounded once; the fused route's backward reads out as kept. */
 ts_status ts_attention_forward(ts_tensor *out, const ts_tensor *qkv, ts_attention_ws *ws);
 /* dqkv = (written) gradient of qkv; uses ws from the matching forward. */
 ts_status ts_attention_backward(ts_tensor *dqkv, const ts_tensor *dout, ts_attention_ws *ws);
