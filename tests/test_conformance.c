@@ -57,6 +57,50 @@ static void expect_output(const char *what, const guarded *g, const double *ref,
     free(out);
 }
 
+/* A bf16 output element by element, beside expect_output's NMSE: each
+ * within one bf16 step of ref, the reference rounded to bf16 (2^-7 of the
+ * power of two at or below |ref|: an fp32 error across a rounding boundary
+ * moves an element one step, a wrong element more). The floor for values
+ * near zero is 2^-14 of the largest |ref| in the element's row of `row`
+ * elements (an fp32 result that cancels carries its row's error, not its
+ * own), and 2^-126 at least. NaN and inf must match exactly. */
+static void expect_bf16_within_one_step(const char *what, const guarded *g, const double *ref, int64_t row)
+{
+    float *out = malloc((size_t)(g->n ? g->n : 1) * sizeof *out);
+    int64_t bad = 0, wrong = 0;
+    ts_status st = guarded_read(g, out, &bad);
+    if (st) {
+        th_fail(__FILE__, __LINE__, "%s: read failed: %s", what, ts_last_error());
+        free(out);
+        return;
+    }
+    EXPECTF(bad == 0, "%s: %lld guard elements around the output were overwritten", what, (long long)bad);
+    if (row < 1) row = 1;
+    for (int64_t r0 = 0; r0 < g->n; r0 += row) {
+        int64_t r1 = r0 + row < g->n ? r0 + row : g->n;
+        double scale = 0.0;
+        for (int64_t i = r0; i < r1; i++)
+            if (isfinite(ref[i]) && fabs(ref[i]) > scale) scale = fabs(ref[i]);
+        double floor_ = fmax(ldexp(1, -126), scale * 0x1p-14);
+        for (int64_t i = r0; i < r1; i++) {
+            double allowed = floor_;
+            bool ok;
+            if (isnan(ref[i])) ok = isnan(out[i]);
+            else if (isinf(ref[i])) ok = (double)out[i] == ref[i];
+            else {
+                if (ref[i] != 0.0) allowed = fmax(allowed, ldexp(1, ilogb(ref[i]) - 7));
+                ok = fabs((double)out[i] - ref[i]) <= allowed; /* false for a NaN or inf out */
+            }
+            if (!ok && wrong++ < 3)
+                th_fail(__FILE__, __LINE__, "%s: element %lld is %.9g, want %.9g (one bf16 step: %.3g)", what,
+                        (long long)i, (double)out[i], ref[i], allowed);
+        }
+    }
+    EXPECTF(wrong == 0, "%s: %lld of %lld bf16 elements more than one bf16 step from the rounded reference", what,
+            (long long)wrong, (long long)g->n);
+    free(out);
+}
+
 /* ---- elementwise ---- */
 
 static float special_value(rng_t *r, int i)
@@ -250,6 +294,7 @@ static void conf_layernorm_fwd(void *argp)
     if (out_bf16)
         for (int64_t i = 0; i < N * C; i++) ro[i] = round_to(ro[i], TS_BF16);
     expect_output(out_bf16 ? "layernorm out in bf16" : "layernorm out", &go, ro, out_bf16 ? TOL_BF16_OUT : TOL_REDUCE);
+    if (out_bf16) expect_bf16_within_one_step("layernorm out in bf16", &go, ro, C);
     expect_output("layernorm mean", &gm, rm, TOL_REDUCE);
     expect_output("layernorm rstd", &gr, rr, TOL_REDUCE);
     free(x), free(w), free(b), free(dx), free(dw), free(db), free(ro), free(rm), free(rr);
@@ -596,36 +641,78 @@ static void upload_act(ts_tensor *t, ts_device *d, bool bf16, int ndim, const in
     REQUIRE_OK(st);
 }
 
+/* A bf16 output at element off (> 0) of a larger block, off sentinel
+ * elements each side; else at the default guard's offset. */
+static ts_status out_bf16_at(guarded *g, ts_device *d, int64_t off, int ndim, const int64_t *shape)
+{
+    return off ? guarded_alloc_bf16_at(g, d, off, ndim, shape, NULL) : guarded_alloc_bf16(g, d, ndim, shape, NULL);
+}
+
+/* A bf16 input at element off of a larger block (guarded_alloc_bf16_at's,
+ * init x) after the op: it and the off elements either side of it unchanged. */
+static void expect_input_intact(const char *what, const guarded *g, const float *x)
+{
+    float *got = malloc((size_t)(g->n ? g->n : 1) * sizeof *got);
+    int64_t bad = 0, changed = 0;
+    ts_status st = guarded_read(g, got, &bad);
+    if (st) th_fail(__FILE__, __LINE__, "%s: read failed: %s", what, ts_last_error());
+    else {
+        for (int64_t i = 0; i < g->n; i++) changed += bf16_from_float(got[i]) != bf16_from_float(x[i]);
+        EXPECTF(bad == 0, "%s: %lld elements around the input (a view at element %lld) were written", what,
+                (long long)bad, (long long)g->guard);
+        EXPECTF(changed == 0, "%s: the op wrote %lld of its input's %lld elements", what, (long long)changed,
+                (long long)g->n);
+    }
+    free(got);
+}
+
 /* out = in between fp32 and bf16: every value exactly as round_to gives it
- * (ties to even, overflow to inf, NaN kept), p = n, out_bf16, in_bf16 */
+ * (ties to even, overflow to inf, NaN kept: NaNs whose payload would carry
+ * a plain rounding into inf or into the sign keep their sign and stay NaN),
+ * p = n, out_bf16, in_bf16, offset (bf16 input and output as views at that
+ * element of larger blocks) */
 static void conf_cast(void *argp)
 {
     conf_arg *a = argp;
-    int64_t n = a->p[0];
+    int64_t n = a->p[0], off = a->p[3];
     bool out_bf16 = a->p[1], in_bf16 = a->p[2];
     static const float hard[] = {0.0f, -0.0f, NAN, INFINITY, -INFINITY, 1.0f + 0x1p-8f, 1.0f + 0x3p-8f,
                                  1.0f + 0x1p-8f + 0x1p-20f, -(1.0f + 0x3p-8f), 3e38f, 3.4028235e38f, 1e-40f};
+    /* after them: NaNs that adding the rounding bias turns into +inf (the
+     * smallest payload), -inf, -0 (carry into the sign) and +0 (out of it) */
+    static const uint32_t nan_bits[] = {0x7f800001u, 0xff800001u, 0x7fffffffu, 0xffffffffu};
+    enum { NHARD = sizeof hard / sizeof *hard, NNAN = sizeof nan_bits / sizeof *nan_bits };
     rng_t r;
     rng_seed(&r, a->seed);
     float *x = inputs(&r, n, 1);
-    for (int64_t i = 0; i < n && i < (int64_t)(sizeof hard / sizeof *hard); i++) x[i] = hard[i];
-    ts_tensor tx;
-    guarded g;
-    upload_act(&tx, a->dev, in_bf16, TS_SHAPE(n), x);
-    REQUIRE_OK(out_bf16 ? guarded_alloc_bf16(&g, a->dev, TS_SHAPE(n), NULL) : guarded_alloc(&g, a->dev, TS_SHAPE(n), NULL));
-    REQUIRE_OK(ts_cast(&g.t, &tx));
+    for (int64_t i = 0; i < n && i < NHARD; i++) x[i] = hard[i];
+    for (int64_t i = NHARD; i < n && i < NHARD + NNAN; i++) memcpy(&x[i], &nan_bits[i - NHARD], sizeof x[i]);
+    ts_tensor tx = {0};
+    guarded g, gx;
+    if (in_bf16 && off) REQUIRE_OK(guarded_alloc_bf16_at(&gx, a->dev, off, TS_SHAPE(n), x));
+    else upload_act(&tx, a->dev, in_bf16, TS_SHAPE(n), x);
+    REQUIRE_OK(out_bf16 ? out_bf16_at(&g, a->dev, off, TS_SHAPE(n)) : guarded_alloc(&g, a->dev, TS_SHAPE(n), NULL));
+    REQUIRE_OK(ts_cast(&g.t, in_bf16 && off ? &gx.t : &tx));
     float *out = malloc((size_t)n * sizeof *out);
     int64_t bad = 0, wrong = 0;
     REQUIRE_OK(guarded_read(&g, out, &bad));
     EXPECTF(bad == 0, "%lld guard elements overwritten", (long long)bad);
     for (int64_t i = 0; i < n; i++) {
         float want = out_bf16 || in_bf16 ? (float)round_to(x[i], TS_BF16) : x[i];
-        int same = isnan(want) ? isnan(out[i]) : want == out[i] && signbit(want) == signbit(out[i]);
+        /* a NaN (bf16: exponent all ones, mantissa nonzero) of x's sign */
+        int same = isnan(x[i]) ? isnan(out[i]) && signbit(out[i]) == signbit(x[i])
+                               : want == out[i] && signbit(want) == signbit(out[i]);
+        uint32_t xb, ob;
+        memcpy(&xb, &x[i], 4), memcpy(&ob, &out[i], 4);
         if (!same && wrong++ < 5)
-            th_fail(__FILE__, __LINE__, "cast of %.9g gave %.9g, want %.9g", (double)x[i], (double)out[i],
-                    (double)want);
+            th_fail(__FILE__, __LINE__, "cast of %.9g (0x%08x) gave %.9g (0x%08x), want %.9g", (double)x[i],
+                    (unsigned)xb, (double)out[i], (unsigned)ob, (double)want);
     }
     EXPECTF(wrong == 0, "%lld of %lld values cast wrong", (long long)wrong, (long long)n);
+    if (in_bf16 && off) {
+        expect_input_intact("cast's bf16 input", &gx, x);
+        guarded_free(&gx);
+    }
     free(x), free(out);
     guarded_free(&g);
     ts_tensor_free(&tx);
@@ -633,33 +720,41 @@ static void conf_cast(void *argp)
 
 /* GELU on bf16 activations: p = n, specials, out_bf16, inp_bf16, backward
  * (backward: the gradient dinp is fp32, inp bf16 or not; without specials,
- * as gelu_backward above: x^3 overflows at 1e30 in fp32) */
+ * as gelu_backward above: x^3 overflows at 1e30 in fp32), offset (the bf16
+ * input and output as views at that element of larger blocks) */
 static void conf_gelu_bf16(void *argp)
 {
     conf_arg *a = argp;
-    int64_t n = a->p[0];
+    int64_t n = a->p[0], off = a->p[5];
     bool out_bf16 = a->p[2] && !a->p[4], inp_bf16 = a->p[3], backward = a->p[4];
+    bool x_at = inp_bf16 && off;
     rng_t r;
     rng_seed(&r, a->seed);
     float *x = inputs(&r, n, (int)a->p[1]), *y = inputs(&r, n, 0);
     if (inp_bf16) host_bf16(x, n);
     double *dx = to_double(x, n), *dy = to_double(y, n), *ref = malloc((size_t)n * sizeof *ref);
-    ts_tensor tx, ty;
-    guarded g;
-    upload_act(&tx, a->dev, inp_bf16, TS_SHAPE(n), x);
+    ts_tensor tx = {0}, ty;
+    guarded g, gx;
+    if (x_at) REQUIRE_OK(guarded_alloc_bf16_at(&gx, a->dev, off, TS_SHAPE(n), x));
+    else upload_act(&tx, a->dev, inp_bf16, TS_SHAPE(n), x);
     REQUIRE_OK(upload(&ty, a->dev, TS_F32, TS_SHAPE(n), y));
-    REQUIRE_OK(out_bf16 ? guarded_alloc_bf16(&g, a->dev, TS_SHAPE(n), NULL) : guarded_alloc(&g, a->dev, TS_SHAPE(n), NULL));
+    REQUIRE_OK(out_bf16 ? out_bf16_at(&g, a->dev, off, TS_SHAPE(n)) : guarded_alloc(&g, a->dev, TS_SHAPE(n), NULL));
     if (backward) {
-        REQUIRE_OK(ts_gelu_backward(&g.t, &tx, &ty));
+        REQUIRE_OK(ts_gelu_backward(&g.t, x_at ? &gx.t : &tx, &ty));
         ref_gelu_backward(ref, dx, dy, n);
     } else {
-        REQUIRE_OK(ts_gelu_forward(&g.t, &tx));
+        REQUIRE_OK(ts_gelu_forward(&g.t, x_at ? &gx.t : &tx));
         ref_gelu_forward(ref, dx, n);
     }
     if (out_bf16)
         for (int64_t i = 0; i < n; i++) ref[i] = round_to(ref[i], TS_BF16);
     expect_output(backward ? "gelu_backward, bf16 input" : "gelu_forward, bf16 storage", &g, ref,
                   out_bf16 ? TOL_BF16_OUT : TOL_ELEM);
+    if (out_bf16) expect_bf16_within_one_step("gelu_forward, bf16 storage", &g, ref, 1);
+    if (x_at) {
+        expect_input_intact(backward ? "gelu_backward's bf16 input" : "gelu_forward's bf16 input", &gx, x);
+        guarded_free(&gx);
+    }
     guarded_free(&g);
     ts_tensor_free(&tx), ts_tensor_free(&ty);
     free(x), free(y), free(dx), free(dy), free(ref);
@@ -669,13 +764,17 @@ static void conf_gelu_bf16(void *argp)
  * with a bias and accumulation into dw; and a linear layer reads and
  * writes bf16 activations (the MLP's hidden layer under --dtype bf16) in
  * any matmul dtype: p = dtype, N, C, OC, inp_bf16, out_bf16, dout_bf16
- * (the head's dlogits; with a bias gradient too). */
+ * (the head's dlogits; with a bias gradient too), offset (the bf16 inp,
+ * out and dout as views at that element of larger blocks, as the model's
+ * activations are). N > OC with 2*N*C*OC >= 4e6: the CPU's oneDNN product
+ * splits the rows of C among threads. */
 static void conf_linear_bf16_acts(void *argp)
 {
     conf_arg *a = argp;
     ts_dtype dt = (ts_dtype)a->p[0];
-    int64_t N = a->p[1], C = a->p[2], OC = a->p[3];
+    int64_t N = a->p[1], C = a->p[2], OC = a->p[3], off = a->p[7];
     bool inp_bf16 = a->p[4], out_bf16 = a->p[5], dout_bf16 = a->p[6];
+    bool x_at = inp_bf16 && off, dout_at = dout_bf16 && off;
     USE_MATMUL_DTYPE(a->dev, dt);
     rng_t r;
     rng_seed(&r, a->seed);
@@ -684,16 +783,26 @@ static void conf_linear_bf16_acts(void *argp)
     float *db0 = rand_floats(&r, OC, -1, 1);
     if (inp_bf16) host_bf16(x, N * C);
     if (dout_bf16) host_bf16(dout, N * OC);
-    ts_tensor tx, tx2, tw, tb, tdout, tdout1;
-    guarded go, gdx, gdw, gdb;
-    upload_act(&tx2, a->dev, inp_bf16, TS_SHAPE(N * C), x);
-    REQUIRE_OK(ts_tensor_reshape(&tx, &tx2, TS_SHAPE(N, C)));
+    ts_tensor tx, tx2 = {0}, tw, tb, tdout, tdout1 = {0};
+    guarded go, gdx, gdw, gdb, gx, gdout;
+    if (x_at) {
+        REQUIRE_OK(guarded_alloc_bf16_at(&gx, a->dev, off, TS_SHAPE(N, C), x));
+        tx = gx.t;
+    } else {
+        upload_act(&tx2, a->dev, inp_bf16, TS_SHAPE(N * C), x);
+        REQUIRE_OK(ts_tensor_reshape(&tx, &tx2, TS_SHAPE(N, C)));
+    }
     REQUIRE_OK(upload(&tw, a->dev, TS_F32, TS_SHAPE(OC, C), w));
     REQUIRE_OK(upload(&tb, a->dev, TS_F32, TS_SHAPE(OC), b));
-    upload_act(&tdout1, a->dev, dout_bf16, TS_SHAPE(N * OC), dout);
-    REQUIRE_OK(ts_tensor_reshape(&tdout, &tdout1, TS_SHAPE(N, OC)));
+    if (dout_at) {
+        REQUIRE_OK(guarded_alloc_bf16_at(&gdout, a->dev, off, TS_SHAPE(N, OC), dout));
+        tdout = gdout.t;
+    } else {
+        upload_act(&tdout1, a->dev, dout_bf16, TS_SHAPE(N * OC), dout);
+        REQUIRE_OK(ts_tensor_reshape(&tdout, &tdout1, TS_SHAPE(N, OC)));
+    }
     REQUIRE_OK(guarded_alloc(&gdb, a->dev, TS_SHAPE(OC), db0));
-    REQUIRE_OK(out_bf16 ? guarded_alloc_bf16(&go, a->dev, TS_SHAPE(N, OC), NULL)
+    REQUIRE_OK(out_bf16 ? out_bf16_at(&go, a->dev, off, TS_SHAPE(N, OC))
                         : guarded_alloc(&go, a->dev, TS_SHAPE(N, OC), NULL));
     REQUIRE_OK(guarded_alloc(&gdx, a->dev, TS_SHAPE(N, C), NULL));
     REQUIRE_OK(guarded_alloc(&gdw, a->dev, TS_SHAPE(OC, C), dw0));
@@ -716,9 +825,18 @@ static void conf_linear_bf16_acts(void *argp)
     if (out_bf16)
         for (int64_t i = 0; i < N * OC; i++) ro[i] = round_to(ro[i], TS_BF16);
     expect_output("linear_forward, bf16 activations", &go, ro, out_bf16 ? TOL_BF16_OUT : TOL_GEMM);
+    if (out_bf16) expect_bf16_within_one_step("linear_forward, bf16 activations", &go, ro, OC);
     expect_output("linear_backward dinp, bf16 activations", &gdx, rdx, TOL_GEMM);
     expect_output("linear_backward dweight, bf16 activations", &gdw, rdw, TOL_GEMM);
     if (dout_bf16) expect_output("linear_backward dbias from a bf16 dout", &gdb, rdb, TOL_REDUCE);
+    if (x_at) {
+        expect_input_intact("linear's bf16 inp", &gx, x);
+        guarded_free(&gx);
+    }
+    if (dout_at) {
+        expect_input_intact("linear_backward's bf16 dout", &gdout, dout);
+        guarded_free(&gdout);
+    }
     free(x), free(w), free(b), free(dout), free(dw0), free(db0);
     free(dx), free(dw), free(db), free(dd), free(ro), free(rdx), free(rdw), free(rdb);
     guarded_free(&go), guarded_free(&gdx), guarded_free(&gdw), guarded_free(&gdb);
@@ -1028,6 +1146,7 @@ static void conf_attention(void *argp)
         REQUIRE_OK(ts_attention_forward(&g.t, &tq, &ws));
         expect_output(bf16 ? "attention_forward, bf16 qkv and out" : "attention_forward", &g, ref_out,
                       bf16 ? TOL_BF16_OUT : TOL_GEMM);
+        if (bf16) expect_bf16_within_one_step("attention_forward, bf16 qkv and out", &g, ref_out, C);
     } else {
         REQUIRE_OK(ts_tensor_alloc(&tout, a->dev, bf16 ? TS_BF16 : TS_F32, TS_SHAPE(B, T, C)));
         REQUIRE_OK(ts_attention_forward(&tout, &tq, &ws));
@@ -1095,10 +1214,14 @@ static void conf_cross_entropy(void *argp)
         for (int64_t i = 0; i < N * V; i++) rd[i] = round_to(rd[i], TS_BF16);
     double tol_d = d_bf16 ? TOL_BF16_OUT : TOL_REDUCE;
     if (losses) expect_output("cross_entropy losses", &gl, rl, TOL_REDUCE);
-    if (in_place) expect_output(probs ? "probs in place" : "dlogits in place", &gp, probs ? rp : rd, probs ? TOL_REDUCE : tol_d);
-    else {
+    if (in_place) {
+        expect_output(probs ? "probs in place" : "dlogits in place", &gp, probs ? rp : rd, probs ? TOL_REDUCE : tol_d);
+        if (!probs && d_bf16 && gp.base.dtype == TS_BF16)
+            expect_bf16_within_one_step("dlogits in place in bf16", &gp, rd, V);
+    } else {
         if (probs) expect_output("cross_entropy probs", &gp, rp, TOL_REDUCE);
         if (dlogits) expect_output(d_bf16 ? "cross_entropy dlogits in bf16" : "cross_entropy dlogits", &gd, rd, tol_d);
+        if (dlogits && d_bf16) expect_bf16_within_one_step("cross_entropy dlogits in bf16", &gd, rd, V);
         guarded_free(&gd);
     }
     free(x), free(tg), free(dx), free(rl), free(rp), free(rd);
@@ -1352,16 +1475,27 @@ static const case_def cases[] = {
     {"cast", conf_cast, "n=%lld out_bf16=%lld in_bf16=%lld", 3,
      {{1, 1, 0}, {12, 1, 0}, {1003, 1, 0}, {20011, 1, 0}, {1003, 0, 1}, {20011, 0, 1}, {1003, 1, 1}, {77, 0, 0}},
      8},
+    {"cast at an offset", conf_cast, "n=%lld out_bf16=%lld in_bf16=%lld offset=%lld", 4,
+     {{1003, 1, 0, 3}, {1003, 0, 1, 3}, {1003, 1, 1, 8}, {16, 1, 1, 3}}, 4},
     {"gelu bf16", conf_gelu_bf16, "n=%lld specials=%lld out_bf16=%lld inp_bf16=%lld backward=%lld", 5,
      {{1, 0, 1, 1, 0}, {1003, 1, 1, 1, 0}, {20011, 1, 1, 1, 0}, {1003, 0, 1, 0, 0}, {1003, 1, 0, 1, 0},
       {1, 0, 0, 1, 1}, {1003, 0, 0, 1, 1}, {20011, 0, 0, 1, 1}},
      8},
+    {"gelu bf16 at an offset", conf_gelu_bf16,
+     "n=%lld specials=%lld out_bf16=%lld inp_bf16=%lld backward=%lld offset=%lld", 6,
+     {{1003, 1, 1, 1, 0, 3}, {1, 0, 1, 1, 0, 8}, {1003, 0, 1, 1, 0, 8}, {1003, 0, 0, 1, 0, 3}, {1003, 0, 0, 1, 1, 3},
+      {1003, 0, 0, 1, 1, 8}},
+     6},
     {"linear bf16 activations", conf_linear_bf16_acts, LINEAR_FMT, 7,
      {{TS_F32, 7, 33, 65, 1, 1, 0}, {TS_F32, 33, 40, 72, 1, 0, 0}, {TS_F32, 33, 40, 72, 0, 1, 0},
       {TS_F32, 9, 16, 67, 0, 1, 1}, {TS_BF16, 7, 33, 65, 1, 1, 0}, {TS_BF16, 256, 128, 384, 1, 1, 0},
       {TS_BF16, 64, 96, 288, 0, 1, 0}, {TS_BF16, 64, 96, 288, 1, 0, 0}, {TS_BF16, 9, 16, 67, 0, 1, 1},
-      {TS_BF16, 64, 96, 288, 1, 1, 1}},
-     10},
+      {TS_BF16, 64, 96, 288, 1, 1, 1}, {TS_BF16, 257, 96, 130, 0, 1, 0}, {TS_BF16, 257, 96, 130, 1, 1, 1}},
+     12},
+    {"linear bf16 activations at an offset", conf_linear_bf16_acts, LINEAR_FMT " offset=%lld", 8,
+     {{TS_F32, 7, 33, 65, 1, 1, 1, 3}, {TS_BF16, 7, 33, 65, 1, 1, 1, 3}, {TS_BF16, 9, 16, 67, 1, 1, 1, 8},
+      {TS_F32, 9, 16, 67, 1, 0, 1, 8}},
+     4},
     {"linear_forward", conf_linear_fwd, "N=%lld C=%lld OC=%lld bias=%lld", 4,
      {{1, 1, 1, 1}, {7, 33, 65, 1}, {64, 96, 288, 1}, {9, 16, 5, 0}}, 4},
     {"linear_backward", conf_linear_bwd, "N=%lld C=%lld OC=%lld", 3,

@@ -92,37 +92,43 @@ static void put(void *host, ts_dtype dt, int64_t i, float f32, uint16_t bf16)
     else ((float *)host)[i] = f32;
 }
 
-static ts_status guarded_alloc_as(guarded *g, ts_device *d, ts_dtype dt, int ndim, const int64_t *shape,
-                                  const float *init)
+static ts_status guarded_alloc_as(guarded *g, ts_device *d, ts_dtype dt, int64_t guard, int ndim,
+                                  const int64_t *shape, const float *init)
 {
     memset(g, 0, sizeof *g);
     int64_t n = 1;
     for (int i = 0; i < ndim; i++) n *= shape[i];
     g->n = n;
-    g->guard = GUARD;
-    int64_t total = n + 2 * GUARD;
+    g->guard = guard;
+    int64_t total = n + 2 * guard;
     ts_status st = ts_tensor_alloc(&g->base, d, dt, TS_SHAPE(total));
     if (st) return st;
     size_t bytes = ts_tensor_nbytes(&g->base);
     void *host = malloc(bytes);
     for (int64_t i = 0; i < total; i++) put(host, dt, i, sentinel(), SENTINEL_BF16);
     for (int64_t i = 0; i < n; i++)
-        put(host, dt, GUARD + i, init ? init[i] : poison_nan(), init ? bf16_from_float(init[i]) : POISON_BF16);
+        put(host, dt, guard + i, init ? init[i] : poison_nan(), init ? bf16_from_float(init[i]) : POISON_BF16);
     st = ts_tensor_write(&g->base, host, bytes);
     free(host);
-    if (!st) st = ts_tensor_view(&g->t, &g->base, GUARD, ndim, shape);
+    if (!st) st = ts_tensor_view(&g->t, &g->base, guard, ndim, shape);
     if (st) ts_tensor_free(&g->base);
     return st;
 }
 
 ts_status guarded_alloc(guarded *g, ts_device *d, int ndim, const int64_t *shape, const float *init)
 {
-    return guarded_alloc_as(g, d, TS_F32, ndim, shape, init);
+    return guarded_alloc_as(g, d, TS_F32, GUARD, ndim, shape, init);
 }
 
 ts_status guarded_alloc_bf16(guarded *g, ts_device *d, int ndim, const int64_t *shape, const float *init)
 {
-    return guarded_alloc_as(g, d, TS_BF16, ndim, shape, init);
+    return guarded_alloc_as(g, d, TS_BF16, GUARD, ndim, shape, init);
+}
+
+ts_status guarded_alloc_bf16_at(guarded *g, ts_device *d, int64_t guard, int ndim, const int64_t *shape,
+                                const float *init)
+{
+    return guarded_alloc_as(g, d, TS_BF16, guard, ndim, shape, init);
 }
 
 ts_status guarded_read(const guarded *g, float *out, int64_t *bad_guards)

@@ -38,6 +38,11 @@ ts_status guarded_alloc(guarded *g, ts_device *d, int ndim, const int64_t *shape
  * poison); guarded_read widens it to floats. */
 ts_status guarded_alloc_bf16(guarded *g, ts_device *d, int ndim, const int64_t *shape,
                              const float *init);
+/* The same with `guard` elements each side: a view at element `guard` of
+ * its block (guard > 0), as the model's bf16 activations are views into
+ * larger blocks. */
+ts_status guarded_alloc_bf16_at(guarded *g, ts_device *d, int64_t guard, int ndim, const int64_t *shape,
+                                const float *init);
 /* Read the interior into out (n floats). Returns TS_OK, and *bad_guards is
  * the number of guard elements that changed. */
 ts_status guarded_read(const guarded *g, float *out, int64_t *bad_guards);
