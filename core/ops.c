@@ -80,6 +80,44 @@ static ts_status need_act(const char *op, const char *name, const ts_tensor *t)
     return TS_OK;
 }
 
+/* An activation an op also takes in f16 (the model's under fp16
+ * products): no backend reads f16 but ts_cast's, so those ops compute on
+ * fp32 copies (f32_operand). */
+static ts_status need_act16(const char *op, const char *name, const ts_tensor *t)
+{
+    return t && t->dtype == TS_F16 ? need(op, name, t, TS_F16) : need_act(op, name, t);
+}
+
+/* A backend that does not take a tensor's 16-bit type gets an fp32 copy: it
+ * is widened into a temporary fp32 tensor (from the device's block cache);
+ * `*use` is t itself where t is fp32. */
+static ts_status f32_operand(const ts_tensor *t, ts_tensor *tmp, const ts_tensor **use)
+{
+    *use = t;
+    if (t->dtype == TS_F32) return TS_OK;
+    TRY(ts_tensor_alloc(tmp, t->device, TS_F32, t->ndim, t->shape));
+    *use = tmp;
+    return ts_cast(tmp, t);
+}
+
+/* Where t is 16-bit, an fp32 temporary for an op to write, narrowed into t
+ * by f32_result_done; else t itself. */
+static ts_status f32_result(ts_tensor *t, ts_tensor *tmp, ts_tensor **use)
+{
+    *use = t;
+    if (t->dtype == TS_F32) return TS_OK;
+    TRY(ts_tensor_alloc(tmp, t->device, TS_F32, t->ndim, t->shape));
+    *use = tmp;
+    return TS_OK;
+}
+
+static ts_status f32_result_done(ts_status st, ts_tensor *t, ts_tensor *tmp)
+{
+    if (!st && tmp->block) st = ts_cast(t, tmp);
+    ts_tensor_free(tmp);
+    return st;
+}
+
 /* An output computed in place of an input (the same bytes) keeps its type:
  * with two, the op's loops would write elements they have not read yet. */
 static ts_status same_type_in_place(const char *op, const char *out_name, const ts_tensor *out, const char *in_name,
@@ -206,29 +244,59 @@ static ts_status unary_act(const char *name, ts_op_kind kind, ts_tensor *out, co
 
 ts_status ts_gelu_forward(ts_tensor *out, const ts_tensor *inp)
 {
-    return unary_act("ts_gelu_forward", TS_OP_GELU_FWD, out, inp);
+    const char *name = "ts_gelu_forward";
+    if (!out || !inp || (out->dtype != TS_F16 && inp->dtype != TS_F16)) return unary_act(name, TS_OP_GELU_FWD, out, inp);
+    TRY(need_act16(name, "out", out));
+    TRY(need_act16(name, "inp", inp));
+    TRY(same_type_in_place(name, "out", out, "inp", inp));
+    ts_tensor x32 = {0}, y32 = {0}, *y;
+    const ts_tensor *x;
+    ts_status st = f32_operand(inp, &x32, &x);
+    if (!st) st = f32_result(out, &y32, &y);
+    if (!st) st = unary_act(name, TS_OP_GELU_FWD, y, x);
+    ts_tensor_free(&x32);
+    return f32_result_done(st, out, &y32);
 }
 
 ts_status ts_gelu_backward(ts_tensor *dinp, const ts_tensor *inp, const ts_tensor *dout)
 {
     const char *name = "ts_gelu_backward";
     TRY(need(name, "dinp", dinp, TS_F32));
-    TRY(need_act(name, "inp", inp));
+    TRY(need_act16(name, "inp", inp));
     TRY(need(name, "dout", dout, TS_F32));
     int64_t n = ts_tensor_numel(dinp);
     TRY(need_numel(name, "inp", inp, n));
     TRY(need_numel(name, "dout", dout, n));
     if (n == 0) return TS_OK;
-    ts_op op = op_new(TS_OP_GELU_BWD);
-    op.out[0] = dinp;
-    op.in[0] = inp;
-    op.in[1] = dout;
-    return dispatch(name, &op);
+    ts_tensor x32 = {0};
+    const ts_tensor *x = inp;
+    ts_status st = inp->dtype == TS_F16 ? f32_operand(inp, &x32, &x) : TS_OK;
+    if (!st) {
+        ts_op op = op_new(TS_OP_GELU_BWD);
+        op.out[0] = dinp;
+        op.in[0] = x;
+        op.in[1] = dout;
+        st = dispatch(name, &op);
+    }
+    ts_tensor_free(&x32);
+    return st;
 }
 
 ts_status ts_cast(ts_tensor *out, const ts_tensor *in)
 {
-    return unary_act("ts_cast", TS_OP_CAST, out, in);
+    const char *name = "ts_cast";
+    TRY(need_act16(name, "out", out));
+    TRY(need_act16(name, "inp", in));
+    if (out->dtype != in->dtype && out->dtype != TS_F32 && in->dtype != TS_F32)
+        return ts_error(TS_ERR_SHAPE, "%s: from %s to %s: one side must be f32", name, ts_dtype_name(in->dtype),
+                        ts_dtype_name(out->dtype));
+    TRY(need_numel(name, "inp", in, ts_tensor_numel(out)));
+    TRY(same_type_in_place(name, "out", out, "inp", in));
+    if (ts_tensor_numel(out) == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_CAST);
+    op.out[0] = out;
+    op.in[0] = in;
+    return dispatch(name, &op);
 }
 
 /* ---- embedding ---- */
@@ -337,7 +405,7 @@ ts_status ts_layernorm_forward(ts_tensor *out, ts_tensor *mean, ts_tensor *rstd,
     const char *name = "ts_layernorm_forward";
     int64_t N, C;
     TRY(layernorm_rows(name, inp, weight, bias, &N, &C));
-    TRY(need_act(name, "out", out));
+    TRY(need_act16(name, "out", out));
     TRY(need_numel(name, "out", out, N * C));
     TRY(same_type_in_place(name, "out", out, "inp", inp));
     if (mean) {
@@ -350,17 +418,22 @@ ts_status ts_layernorm_forward(ts_tensor *out, ts_tensor *mean, ts_tensor *rstd,
     }
     if (!(eps > 0.0f)) return ts_error(TS_ERR_INVALID_ARG, "%s: eps must be > 0, got %g", name, eps);
     if (N == 0) return TS_OK;
-    ts_op op = op_new(TS_OP_LAYERNORM_FWD);
-    op.out[0] = out;
-    op.out[1] = mean;
-    op.out[2] = rstd;
-    op.in[0] = inp;
-    op.in[1] = weight;
-    op.in[2] = bias;
-    op.p.layernorm.N = N;
-    op.p.layernorm.C = C;
-    op.p.layernorm.eps = eps;
-    return dispatch(name, &op);
+    ts_tensor y32 = {0}, *y = out;
+    ts_status st = out->dtype == TS_F16 ? f32_result(out, &y32, &y) : TS_OK;
+    if (!st) {
+        ts_op op = op_new(TS_OP_LAYERNORM_FWD);
+        op.out[0] = y;
+        op.out[1] = mean;
+        op.out[2] = rstd;
+        op.in[0] = inp;
+        op.in[1] = weight;
+        op.in[2] = bias;
+        op.p.layernorm.N = N;
+        op.p.layernorm.C = C;
+        op.p.layernorm.eps = eps;
+        st = dispatch(name, &op);
+    }
+    return f32_result_done(st, out, &y32);
 }
 
 ts_status ts_layernorm_backward(ts_tensor *dinp, ts_tensor *dweight, ts_tensor *dbias,
@@ -446,6 +519,7 @@ static bool takes_bf16(ts_tensor *c, const ts_tensor *a, const ts_tensor *b, con
                        int64_t N, int64_t K, bool ta, bool tb, float beta)
 {
     ts_device *dev = c->device;
+    if (c->dtype == TS_F16 || a->dtype == TS_F16 || b->dtype == TS_F16) return false;
     ts_op op = gemm_desc(c, a, b, bias, 1, M, N, K, ta, tb, 1.0f, beta, 0, false);
     return dev->iface->supports_op && dev->iface->supports_op(dev, &op);
 }
@@ -496,19 +570,7 @@ ts_status ts_matmul_reference(ts_tensor *c, const ts_tensor *a, const ts_tensor 
 }
 
 /* A backend that does not take bf16 tensors in its products (supports_op)
- * gets fp32 copies: a bf16 activation is widened into a temporary fp32
- * tensor (from the device's block cache) before the product, and a bf16
- * result is written through one and rounded after it. `*use` is t itself
- * where t is fp32. */
-static ts_status f32_operand(const ts_tensor *t, ts_tensor *tmp, const ts_tensor **use)
-{
-    *use = t;
-    if (t->dtype == TS_F32) return TS_OK;
-    TRY(ts_tensor_alloc(tmp, t->device, TS_F32, t->ndim, t->shape));
-    *use = tmp;
-    return ts_cast(tmp, t);
-}
-
+ * gets fp32 copies (f32_operand, f32_result). */
 bool ts_linear_takes_bf16(ts_device *dev)
 {
     /* a probe: a product whose operands and result are all bf16 */
@@ -523,8 +585,8 @@ ts_status ts_linear_forward(ts_tensor *out, const ts_tensor *inp, const ts_tenso
                             const ts_tensor *bias)
 {
     const char *name = "ts_linear_forward";
-    TRY(need_act(name, "out", out));
-    TRY(need_act(name, "inp", inp));
+    TRY(need_act16(name, "out", out));
+    TRY(need_act16(name, "inp", inp));
     TRY(need(name, "w", w, TS_F32));
     if (w->ndim != 2) return ts_error(TS_ERR_SHAPE, "%s: w must be [OC, C], got %s", name, desc(0, w));
     int64_t OC = w->shape[0], C = w->shape[1];
@@ -555,8 +617,8 @@ ts_status ts_linear_backward(ts_tensor *dinp, ts_tensor *dw, ts_tensor *dbias,
                              const ts_tensor *dout, const ts_tensor *inp, const ts_tensor *w)
 {
     const char *name = "ts_linear_backward";
-    TRY(need_act(name, "dout", dout));
-    TRY(need_act(name, "inp", inp));
+    TRY(need_act16(name, "dout", dout));
+    TRY(need_act16(name, "inp", inp));
     TRY(need(name, "w", w, TS_F32));
     if (w->ndim != 2) return ts_error(TS_ERR_SHAPE, "%s: w must be [OC, C], got %s", name, desc(0, w));
     int64_t OC = w->shape[0], C = w->shape[1];
@@ -896,9 +958,9 @@ static ts_status fused_operands(const char *name, ts_attention_ws *ws, const ts_
                                 const char *oname)
 {
     int64_t B = ws->B, T = ws->T, C = ws->C;
-    TRY(need_act(name, "qkv", qkv));
+    TRY(need_act16(name, "qkv", qkv));
     TRY(need_numel(name, "qkv", qkv, B * T * 3 * C));
-    TRY(need_act(name, oname, o));
+    TRY(need_act16(name, oname, o));
     TRY(need_numel(name, oname, o, B * T * C));
     if (ws->key_len) {
         TRY(need(name, "key_len", ws->key_len, TS_I32));
@@ -950,8 +1012,8 @@ static ts_status attention_forward_f32(ts_tensor *out, const ts_tensor *qkv, ts_
 ts_status ts_attention_forward(ts_tensor *out, const ts_tensor *qkv, ts_attention_ws *ws)
 {
     const char *name = ws->fused ? "ts_attention_forward (fused)" : "ts_attention_forward";
-    TRY(need_act(name, "qkv", qkv));
-    TRY(need_act(name, "out", out));
+    TRY(need_act16(name, "qkv", qkv));
+    TRY(need_act16(name, "out", out));
     if (ws->fused) {
         TRY(fused_operands(name, ws, qkv, out, "out"));
         if (overlap(out, qkv) || overlap(out, &ws->lse))
@@ -977,7 +1039,7 @@ ts_status ts_attention_backward(ts_tensor *dqkv, const ts_tensor *dout, ts_atten
 {
     int64_t B = ws->B, T = ws->T, NH = ws->NH, HS = ws->C / ws->NH;
     const char *name = ws->fused ? "ts_attention_backward (fused)" : "ts_attention_backward";
-    TRY(need_act(name, "dout", dout));
+    TRY(need_act16(name, "dout", dout));
     TRY(need(name, "dqkv", dqkv, TS_F32));
     ts_tensor dout32 = {0};
     const ts_tensor *dy32;

@@ -77,15 +77,20 @@ inline float wg_max(float v, __local float *scratch)
 
 /* Activations are fp32, or bf16 storage (the flag bf16 set): the upper
  * half of an fp32, read exactly and written rounded to nearest even (a NaN
- * stays NaN). Offsets and indices count elements of the tensor's own type. */
+ * stays NaN). Offsets and indices count elements of the tensor's own type.
+ * The cast also takes f16 storage (flag 2: OpenCL's half loads and stores,
+ * core functions without cl_khr_fp16). */
 inline float load_act(__global const float *p, size_t i, int bf16)
 {
+    if (bf16 == 2) return vload_half(i, (__global const half *)p);
     return bf16 ? as_float((uint)((__global const ushort *)p)[i] << 16) : p[i];
 }
 
 inline void store_act(__global float *p, size_t i, float v, int bf16)
 {
-    if (bf16) {
+    if (bf16 == 2) {
+        vstore_half_rte(v, i, (__global half *)p);
+    } else if (bf16) {
         uint u = as_uint(v);
         ((__global ushort *)p)[i] = (u & 0x7fffffffu) > 0x7f800000u ? (ushort)((u >> 16) | 0x40u)
                                                                      : (ushort)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);

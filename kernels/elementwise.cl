@@ -60,7 +60,7 @@ __kernel void gelu_backward(__global float *dinp, ulong dio, __global const floa
     }
 }
 
-/* out = in, between fp32 and bf16 storage (or a copy within one) */
+/* out = in, between fp32 and bf16 or f16 storage (or a copy within one) */
 __kernel void cast(__global float *out, ulong oo, __global const float *in, ulong io, long n, int out_bf16,
                    int in_bf16)
 {

@@ -1095,6 +1095,193 @@ static void conf_pool_max(void *argp)
     free(x), free(d), free(len), free(at), free(got), free(dx), free(dd), free(ref);
 }
 
+/* ---- f16 activations (the model's under fp16 products): stored in 16
+ * bits; no backend reads them but the cast, so every other op computes on
+ * fp32 copies the core makes ---- */
+
+static void upload_f16(ts_tensor *t, ts_device *d, int ndim, const int64_t *shape, const float *x)
+{
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    uint16_t *h = malloc((size_t)n * sizeof *h);
+    for (int64_t i = 0; i < n; i++) h[i] = f16_from_float(x[i]);
+    ts_status st = upload(t, d, TS_F16, ndim, shape, h);
+    free(h);
+    REQUIRE_OK(st);
+}
+
+/* x as an f16 tensor holds it */
+static void host_f16(float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) x[i] = f16_to_float(f16_from_float(x[i]));
+}
+
+/* Casts between fp32 and f16, every value as testutil's f16 from its
+ * definition gives it (a NaN: a NaN of its sign): p = n, direction 0:
+ * fp32 to f16 (ties both ways, subnormals, the overflow edge, NaN payloads
+ * that plain rounding would carry into inf or the sign); 1: f16 to fp32
+ * (random patterns, or all 65536); 2: f16 to f16, a copy. */
+static void conf_cast_f16(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t n = a->p[0], dir = a->p[1];
+    static const float hard[] = {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, -65520.0f, 1e6f, 0x1p-24f,
+                                 0x1p-25f, 0x3p-25f, -0x5p-25f, 0x1p-14f, 0x1p-14f - 0x1p-25f, 1.0f + 0x1p-11f,
+                                 1.0f + 0x3p-11f, -(1.0f + 0x3p-11f), 1e-8f, NAN, INFINITY, -INFINITY, 3e38f};
+    static const uint32_t nan_bits[] = {0x7f800001u, 0xff800001u, 0x7fffffffu, 0xffffffffu};
+    enum { NHARD = sizeof hard / sizeof *hard, NNAN = sizeof nan_bits / sizeof *nan_bits };
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = inputs(&r, n, 1), *want = malloc((size_t)n * sizeof *want), *got = malloc((size_t)n * sizeof *got);
+    ts_tensor tx;
+    guarded g;
+    if (dir == 0) {
+        for (int64_t i = 0; i < n && i < NHARD; i++) x[i] = hard[i];
+        for (int64_t i = NHARD; i < n && i < NHARD + NNAN; i++) memcpy(&x[i], &nan_bits[i - NHARD], sizeof x[i]);
+        for (int64_t i = 0; i < n; i++) x[i] *= i % 3 == 2 ? 1e-4f : 1.0f; /* into the subnormals too */
+        REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(n), x));
+        REQUIRE_OK(guarded_alloc_f16(&g, a->dev, TS_SHAPE(n), NULL));
+        for (int64_t i = 0; i < n; i++) want[i] = f16_to_float(f16_from_float(x[i]));
+    } else {
+        uint16_t *h = malloc((size_t)n * sizeof *h);
+        for (int64_t i = 0; i < n; i++) h[i] = n == 65536 ? (uint16_t)i : (uint16_t)rng_next(&r);
+        for (int64_t i = 0; i < n; i++) want[i] = f16_to_float(h[i]);
+        ts_status st = upload(&tx, a->dev, TS_F16, TS_SHAPE(n), h);
+        free(h);
+        REQUIRE_OK(st);
+        REQUIRE_OK(dir == 1 ? guarded_alloc(&g, a->dev, TS_SHAPE(n), NULL) : guarded_alloc_f16(&g, a->dev, TS_SHAPE(n), NULL));
+    }
+    REQUIRE_OK(ts_cast(&g.t, &tx));
+    int64_t bad = 0, wrong = 0;
+    REQUIRE_OK(guarded_read(&g, got, &bad));
+    EXPECTF(bad == 0, "%lld guard elements overwritten", (long long)bad);
+    for (int64_t i = 0; i < n; i++) {
+        int same = isnan(want[i]) ? isnan(got[i]) && signbit(got[i]) == signbit(want[i])
+                                  : want[i] == got[i] && signbit(want[i]) == signbit(got[i]);
+        if (!same && wrong++ < 5)
+            th_fail(__FILE__, __LINE__, "cast %lld of %.9g gave %.9g, want %.9g", (long long)i, (double)x[i],
+                    (double)got[i], (double)want[i]);
+    }
+    EXPECTF(wrong == 0, "%lld of %lld values cast wrong", (long long)wrong, (long long)n);
+    free(x), free(want), free(got);
+    guarded_free(&g);
+    ts_tensor_free(&tx);
+}
+
+/* Ops on f16 activations against the double reference on the f16 values
+ * they hold, f16 outputs rounded (NMSE TOL_BF16_OUT: an f16 step is 2^-11),
+ * fp32 gradients at the fp32 bounds: p = op, then its shape.
+ * op 0: GELU forward, f16 in and out (n); 1: GELU backward, f16 input (n);
+ * 2: layernorm, f16 out (N, C); 3: linear forward, f16 in and out, and
+ * backward from an f16 dout (N, C, OC); 4: attention forward and backward
+ * on the device's route, f16 qkv and out (B, T, C, NH). */
+static void conf_f16_ops(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t op = a->p[0];
+    rng_t r;
+    rng_seed(&r, a->seed);
+    if (op <= 1) {
+        int64_t n = a->p[1];
+        float *x = inputs(&r, n, 0), *y = inputs(&r, n, 0);
+        host_f16(x, n);
+        double *dx = to_double(x, n), *dy = to_double(y, n), *ref = malloc((size_t)n * sizeof *ref);
+        ts_tensor tx, ty;
+        guarded g;
+        upload_f16(&tx, a->dev, TS_SHAPE(n), x);
+        REQUIRE_OK(upload(&ty, a->dev, TS_F32, TS_SHAPE(n), y));
+        if (op == 0) {
+            REQUIRE_OK(guarded_alloc_f16(&g, a->dev, TS_SHAPE(n), NULL));
+            REQUIRE_OK(ts_gelu_forward(&g.t, &tx));
+            ref_gelu_forward(ref, dx, n);
+            for (int64_t i = 0; i < n; i++) ref[i] = round_to(ref[i], TS_F16);
+            expect_output("gelu_forward, f16 storage", &g, ref, TOL_BF16_OUT);
+        } else {
+            REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(n), NULL));
+            REQUIRE_OK(ts_gelu_backward(&g.t, &tx, &ty));
+            ref_gelu_backward(ref, dx, dy, n);
+            expect_output("gelu_backward, f16 input", &g, ref, TOL_ELEM);
+        }
+        guarded_free(&g);
+        ts_tensor_free(&tx), ts_tensor_free(&ty);
+        free(x), free(y), free(dx), free(dy), free(ref);
+    } else if (op == 2) {
+        int64_t N = a->p[1], C = a->p[2];
+        float *x = rand_floats(&r, N * C, -2, 3), *w = rand_floats(&r, C, 0.5f, 1.5f), *b = rand_floats(&r, C, -0.5f, 0.5f);
+        ts_tensor tx, tw, tb;
+        guarded go;
+        REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(N, C), x));
+        REQUIRE_OK(upload(&tw, a->dev, TS_F32, TS_SHAPE(C), w));
+        REQUIRE_OK(upload(&tb, a->dev, TS_F32, TS_SHAPE(C), b));
+        REQUIRE_OK(guarded_alloc_f16(&go, a->dev, TS_SHAPE(N, C), NULL));
+        REQUIRE_OK(ts_layernorm_forward(&go.t, NULL, NULL, &tx, &tw, &tb, 1e-5f));
+        double *dx = to_double(x, N * C), *dw = to_double(w, C), *db = to_double(b, C);
+        double *ro = malloc((size_t)(N * C) * sizeof *ro), *rm = malloc((size_t)N * sizeof *rm),
+               *rr = malloc((size_t)N * sizeof *rr);
+        ref_layernorm_forward(ro, rm, rr, dx, dw, db, N, C, 1e-5);
+        for (int64_t i = 0; i < N * C; i++) ro[i] = round_to(ro[i], TS_F16);
+        expect_output("layernorm out in f16", &go, ro, TOL_BF16_OUT);
+        free(x), free(w), free(b), free(dx), free(dw), free(db), free(ro), free(rm), free(rr);
+        guarded_free(&go);
+        ts_tensor_free(&tx), ts_tensor_free(&tw), ts_tensor_free(&tb);
+    } else if (op == 3) {
+        int64_t N = a->p[1], C = a->p[2], OC = a->p[3];
+        float *x = rand_floats(&r, N * C, -1, 1), *w = rand_floats(&r, OC * C, -1, 1), *bias = rand_floats(&r, OC, -1, 1);
+        float *dout = rand_floats(&r, N * OC, -1, 1), *dw0 = rand_floats(&r, OC * C, -1, 1);
+        host_f16(x, N * C), host_f16(dout, N * OC);
+        ts_tensor tx, tw, tb, tdout;
+        guarded go, gdx, gdw;
+        upload_f16(&tx, a->dev, TS_SHAPE(N, C), x);
+        upload_f16(&tdout, a->dev, TS_SHAPE(N, OC), dout);
+        REQUIRE_OK(upload(&tw, a->dev, TS_F32, TS_SHAPE(OC, C), w));
+        REQUIRE_OK(upload(&tb, a->dev, TS_F32, TS_SHAPE(OC), bias));
+        REQUIRE_OK(guarded_alloc_f16(&go, a->dev, TS_SHAPE(N, OC), NULL));
+        REQUIRE_OK(guarded_alloc(&gdx, a->dev, TS_SHAPE(N, C), NULL));
+        REQUIRE_OK(guarded_alloc(&gdw, a->dev, TS_SHAPE(OC, C), dw0));
+        REQUIRE_OK(ts_linear_forward(&go.t, &tx, &tw, &tb));
+        REQUIRE_OK(ts_linear_backward(&gdx.t, &gdw.t, NULL, &tdout, &tx, &tw));
+        double *dx = to_double(x, N * C), *dw = to_double(w, OC * C), *db = to_double(bias, OC);
+        double *dd = to_double(dout, N * OC), *rdw = to_double(dw0, OC * C);
+        double *ro = malloc((size_t)(N * OC) * sizeof *ro), *rdx = malloc((size_t)(N * C) * sizeof *rdx);
+        ref_gemm(ro, dx, dw, db, 1, N, OC, C, false, true, 1.0, 0.0, 0);
+        for (int64_t i = 0; i < N * OC; i++) ro[i] = round_to(ro[i], TS_F16);
+        ref_gemm(rdx, dd, dw, NULL, 1, N, C, OC, false, false, 1.0, 0.0, 0);
+        ref_gemm(rdw, dd, dx, NULL, 1, OC, C, N, true, false, 1.0, 1.0, 0);
+        expect_output("linear_forward, f16 activations", &go, ro, TOL_BF16_OUT);
+        expect_output("linear_backward dinp, f16 dout", &gdx, rdx, TOL_GEMM);
+        expect_output("linear_backward dweight, f16 activations", &gdw, rdw, TOL_GEMM);
+        free(x), free(w), free(bias), free(dout), free(dw0), free(dx), free(dw), free(db), free(dd), free(rdw), free(ro), free(rdx);
+        guarded_free(&go), guarded_free(&gdx), guarded_free(&gdw);
+        ts_tensor_free(&tx), ts_tensor_free(&tw), ts_tensor_free(&tb), ts_tensor_free(&tdout);
+    } else {
+        int64_t B = a->p[1], T = a->p[2], C = a->p[3], NH = a->p[4];
+        float *qkv = rand_floats(&r, B * T * 3 * C, -1, 1), *dout = rand_floats(&r, B * T * C, -1, 1);
+        host_f16(qkv, B * T * 3 * C);
+        ts_tensor tq, tdout;
+        guarded go, gd;
+        ts_attention_ws ws;
+        upload_f16(&tq, a->dev, TS_SHAPE(B, T, 3 * C), qkv);
+        REQUIRE_OK(upload(&tdout, a->dev, TS_F32, TS_SHAPE(B, T, C), dout));
+        REQUIRE_OK(ts_attention_ws_alloc(&ws, a->dev, B, T, C, NH));
+        REQUIRE_OK(guarded_alloc_f16(&go, a->dev, TS_SHAPE(B, T, C), NULL));
+        REQUIRE_OK(guarded_alloc(&gd, a->dev, TS_SHAPE(B, T, 3 * C), NULL));
+        REQUIRE_OK(ts_attention_forward(&go.t, &tq, &ws));
+        REQUIRE_OK(ts_attention_backward(&gd.t, &tdout, &ws));
+        double *dq = to_double(qkv, B * T * 3 * C), *ddout = to_double(dout, B * T * C);
+        double *ro = malloc((size_t)(B * T * C) * sizeof *ro), *rd = malloc((size_t)(B * T * 3 * C) * sizeof *rd);
+        ref_attention_masked_forward(ro, dq, B, T, C, NH, NULL, true);
+        for (int64_t i = 0; i < B * T * C; i++) ro[i] = round_to(ro[i], TS_F16);
+        ref_attention_masked_backward(rd, ddout, dq, ws.fused ? ro : NULL, B, T, C, NH, NULL, true);
+        expect_output(ws.fused ? "attention_forward fused, f16 qkv and out" : "attention_forward composite, f16 qkv and out",
+                      &go, ro, TOL_BF16_OUT);
+        expect_output("attention_backward, f16 activations", &gd, rd, TOL_GEMM);
+        free(qkv), free(dout), free(dq), free(ddout), free(ro), free(rd);
+        ts_attention_ws_free(&ws);
+        guarded_free(&go), guarded_free(&gd);
+        ts_tensor_free(&tq), ts_tensor_free(&tdout);
+    }
+}
+
 /* ---- attention: p = B, T, C, NH, mask, route, backward[, bf16] ----
  * mask 0: causal over all T keys; 1: causal over lengths 1..T; 2:
  * bidirectional over lengths 1..T (the first of 3 or more sequences has
@@ -1537,6 +1724,12 @@ static const case_def cases[] = {
     {"attention_forward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 0), ATTENTION_LARGE(2, 0)}, 18},
     {"attention_backward composite", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(1, 1)}, 5},
     {"attention_backward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 1), ATTENTION_LARGE(2, 1)}, 18},
+    {"cast fp16", conf_cast_f16, "n=%lld direction=%lld", 2,
+     {{1, 0}, {57, 0}, {10007, 0}, {65536, 1}, {333, 1}, {1001, 2}}, 6},
+    {"fp16 activations", conf_f16_ops, "op=%lld shape=%lld,%lld,%lld,%lld", 5,
+     {{0, 1}, {0, 10007}, {1, 4099}, {2, 5, 96}, {2, 64, 768}, {3, 7, 33, 65}, {3, 64, 96, 130}, {4, 2, 9, 12, 3},
+      {4, 2, 40, 32, 2}},
+     9},
     {"attention bf16 composite", conf_attention, ATTENTION_FMT " bf16=%lld", 8,
      {{2, 9, 12, 3, 0, 1, 0, 1}, {3, 9, 12, 3, 1, 1, 1, 1}, {2, 9, 12, 3, 2, 1, 1, 2}}, 3},
     {"attention bf16 fused", conf_attention, ATTENTION_FMT " bf16=%lld", 8,

@@ -97,8 +97,8 @@ TEST(wrong_dtype_is_rejected)
     ts_tensor_free(&i), ts_tensor_free(&f), ts_tensor_free(&wte), ts_tensor_free(&out);
 }
 
-/* bf16 activations go where an op says so, and nowhere else */
-TEST(bf16_only_where_an_op_takes_activations)
+/* bf16 and f16 activations go where an op says so, and nowhere else */
+TEST(low_precision_only_where_an_op_takes_activations)
 {
     ts_device *cpu;
     REQUIRE_OK(ts_device_open("cpu", &cpu));
@@ -120,15 +120,24 @@ TEST(bf16_only_where_an_op_takes_activations)
     EXPECT_STATUS(ts_gelu_backward(&a, &a, &f), TS_ERR_SHAPE); /* a bf16 gradient */
     EXPECTF(contains(ts_last_error(), "dinp") && contains(ts_last_error(), "bf16"), "%s", ts_last_error());
     EXPECT_STATUS(ts_gelu_backward(&f, &a, &b), TS_ERR_SHAPE); /* dout */
-    EXPECT_STATUS(ts_gelu_forward(&f, &h), TS_ERR_SHAPE);      /* fp16 is no activation type */
-    EXPECTF(contains(ts_last_error(), "f16"), "%s", ts_last_error());
+    REQUIRE_OK(ts_gelu_forward(&f, &h)); /* f16 activations, through fp32 copies */
+    REQUIRE_OK(ts_cast(&h, &f));
+    EXPECT_STATUS(ts_cast(&h, &a), TS_ERR_SHAPE); /* bf16 to f16: through f32 */
+    EXPECTF(contains(ts_last_error(), "one side must be f32"), "%s", ts_last_error());
+    EXPECT_STATUS(ts_gelu_backward(&h, &a, &f), TS_ERR_SHAPE); /* an f16 gradient */
+    ts_tensor tg16;
+    int32_t t16[2] = {0, 3};
+    REQUIRE_OK(ts_tensor_alloc(&tg16, cpu, TS_I32, TS_SHAPE(2)));
+    REQUIRE_OK(ts_tensor_write(&tg16, t16, sizeof t16));
+    EXPECT_STATUS(ts_cross_entropy(NULL, NULL, &h, &h, &tg16, 1.0f), TS_ERR_SHAPE); /* f16 logits: no */
+    EXPECTF(contains(ts_last_error(), "logits") && contains(ts_last_error(), "f16"), "%s", ts_last_error());
+    ts_tensor_free(&tg16);
     EXPECT_STATUS(ts_linear_forward(&a, &b, &wb, NULL), TS_ERR_SHAPE); /* bf16 weights */
     EXPECTF(contains(ts_last_error(), "w must be f32"), "%s", ts_last_error());
     EXPECT_STATUS(ts_linear_backward(&a, NULL, NULL, &f, &a, &w), TS_ERR_SHAPE); /* bf16 dinp */
     REQUIRE_OK(ts_linear_backward(&f, &w, NULL, &a, &a, &w)); /* a bf16 dout (the head's dlogits) is taken */
     EXPECT_STATUS(ts_add(&a, &a, &b), TS_ERR_SHAPE);
     EXPECT_STATUS(ts_cast(&f, &s), TS_ERR_SHAPE); /* 7 elements into 8 */
-    EXPECT_STATUS(ts_cast(&h, &a), TS_ERR_SHAPE);
     /* the cross-entropy in place keeps the logits' type */
     ts_tensor tg, a16;
     int32_t tgt[2] = {1, 2};
@@ -149,30 +158,32 @@ TEST(bf16_only_where_an_op_takes_activations)
     ts_tensor_free(&w), ts_tensor_free(&wb), ts_tensor_free(&s);
 }
 
-/* attention takes bf16 qkv, output and output gradient, never a bf16 dqkv
- * or an fp16 activation, on either route */
-TEST(attention_takes_bf16_activations_only)
+/* attention takes bf16 and f16 qkv, output and output gradient, never a
+ * 16-bit dqkv or an integer activation, on either route */
+TEST(attention_takes_16_bit_activations_but_no_16_bit_gradient)
 {
     ts_device *cpu;
     REQUIRE_OK(ts_device_open("cpu", &cpu));
     for (int route = TS_ATTENTION_COMPOSITE; route <= TS_ATTENTION_FUSED; route++) {
         ts_attention_ws ws;
-        ts_tensor qkv, q16, out, d, dq, dq16;
+        ts_tensor qkv, q16, qi, out, d, dq, dq16;
         REQUIRE_OK(ts_attention_ws_alloc_route(&ws, cpu, 1, 2, 4, 1, (ts_attention_route)route));
         REQUIRE_OK(ts_tensor_zeros(&qkv, cpu, TS_BF16, TS_SHAPE(1, 2, 12)));
         REQUIRE_OK(ts_tensor_zeros(&q16, cpu, TS_F16, TS_SHAPE(1, 2, 12)));
+        REQUIRE_OK(ts_tensor_zeros(&qi, cpu, TS_I32, TS_SHAPE(1, 2, 12)));
         REQUIRE_OK(ts_tensor_zeros(&out, cpu, TS_BF16, TS_SHAPE(1, 2, 4)));
         REQUIRE_OK(ts_tensor_zeros(&d, cpu, TS_BF16, TS_SHAPE(1, 2, 4)));
         REQUIRE_OK(ts_tensor_zeros(&dq, cpu, TS_F32, TS_SHAPE(1, 2, 12)));
         REQUIRE_OK(ts_tensor_zeros(&dq16, cpu, TS_BF16, TS_SHAPE(1, 2, 12)));
-        EXPECT_STATUS(ts_attention_forward(&out, &q16, &ws), TS_ERR_SHAPE);
-        EXPECTF(contains(ts_last_error(), "qkv") && contains(ts_last_error(), "f16"), "%s", ts_last_error());
+        EXPECT_STATUS(ts_attention_forward(&out, &qi, &ws), TS_ERR_SHAPE);
+        EXPECTF(contains(ts_last_error(), "qkv") && contains(ts_last_error(), "i32"), "%s", ts_last_error());
+        REQUIRE_OK(ts_attention_forward(&out, &q16, &ws)); /* f16 qkv into a bf16 output */
         REQUIRE_OK(ts_attention_forward(&out, &qkv, &ws));
         REQUIRE_OK(ts_attention_backward(&dq, &d, &ws));
         EXPECT_STATUS(ts_attention_backward(&dq16, &d, &ws), TS_ERR_SHAPE);
         EXPECTF(contains(ts_last_error(), "dqkv") && contains(ts_last_error(), "bf16"), "%s", ts_last_error());
         ts_attention_ws_free(&ws);
-        ts_tensor_free(&qkv), ts_tensor_free(&q16), ts_tensor_free(&out), ts_tensor_free(&d);
+        ts_tensor_free(&qkv), ts_tensor_free(&q16), ts_tensor_free(&qi), ts_tensor_free(&out), ts_tensor_free(&d);
         ts_tensor_free(&dq), ts_tensor_free(&dq16);
     }
 }
@@ -286,8 +297,8 @@ int main(int argc, char **argv)
     TH_ADD(broken_kernel_source_reports_its_build_log);
     TH_ADD(shape_mismatch_names_op_and_shapes);
     TH_ADD(wrong_dtype_is_rejected);
-    TH_ADD(bf16_only_where_an_op_takes_activations);
-    TH_ADD(attention_takes_bf16_activations_only);
+    TH_ADD(low_precision_only_where_an_op_takes_activations);
+    TH_ADD(attention_takes_16_bit_activations_but_no_16_bit_gradient);
     TH_ADD(operands_on_two_devices_are_rejected);
     TH_ADD(unknown_device_is_an_error_listing_devices);
     TH_ADD(allocation_beyond_device_memory_fails_cleanly);

@@ -152,6 +152,62 @@ TEST(logits_read_back_from_bf16_storage)
     }
 }
 
+/* Under bf16 and fp16 products the activations that products read (the
+ * layernorms' outputs, qkv, the attention's output, the MLP's hidden ones)
+ * are stored in that type on every device, the logits only in bf16 (and
+ * only where the products take bf16 tensors); the loss and the gradients
+ * stay near fp32's. */
+TEST(activations_stored_in_the_products_type)
+{
+    static const ts_dtype types[] = {TS_BF16, TS_F16};
+    for (int d = 0; d < ts_device_count(); d++) {
+        ts_device *dev = ts_device_at(d);
+        const char *id = ts_device_get_info(dev)->id;
+        ts_gpt_config c = {.vocab_size = 301, .max_seq_len = 16, .n_layer = 2, .n_head = 2, .n_embd = 32};
+        ts_gpt m;
+        REQUIRE_OK(ts_gpt_create(&m, dev, &c));
+        REQUIRE_OK(ts_gpt_init_weights(&m, 3));
+        int32_t tok[32], tgt[32];
+        rng_t r;
+        rng_seed(&r, 9);
+        make_batch(&r, 32, c.vocab_size, tok, tgt);
+        size_t n = (size_t)m.num_params;
+        float l32, l16, *g32 = malloc(n * sizeof *g32), *g16 = malloc(n * sizeof *g16);
+        REQUIRE_OK(ts_gpt_zero_grad(&m));
+        REQUIRE_OK(ts_gpt_forward_backward(&m, tok, tgt, 2, 16, 1.0f, &l32));
+        REQUIRE_OK(ts_tensor_read(&m.grads, g32, n * sizeof *g32));
+        for (int k = 0; k < 2; k++) {
+            ts_status st = ts_device_set_matmul_dtype(dev, types[k]);
+            if (st == TS_ERR_UNSUPPORTED) {
+                ts_clear_error();
+                continue;
+            }
+            REQUIRE_OK(st);
+            st = ts_gpt_zero_grad(&m);
+            if (!st) st = ts_gpt_forward_backward(&m, tok, tgt, 2, 16, 1.0f, &l16);
+            if (!st) st = ts_tensor_read(&m.grads, g16, n * sizeof *g16);
+            REQUIRE_OK(ts_device_set_matmul_dtype(dev, TS_F32));
+            REQUIRE_OK(st);
+            const char *name = ts_dtype_name(types[k]);
+            const ts_tensor *acts[] = {&m.acts.ln1, &m.acts.qkv, &m.acts.atty, &m.acts.ln2, &m.acts.fch, &m.acts.fch_gelu};
+            for (size_t i = 0; i < sizeof acts / sizeof *acts; i++)
+                EXPECTF(acts[i]->dtype == types[k], "%s, %s products: activation %zu stored as %s", id, name, i,
+                        ts_dtype_name(acts[i]->dtype));
+            ts_dtype logits = types[k] == TS_BF16 && ts_linear_takes_bf16(dev) ? TS_BF16 : TS_F32;
+            EXPECTF(m.acts.logits.dtype == logits && m.acts.residual2.dtype == TS_F32, "%s, %s: logits %s, residual %s",
+                    id, name, ts_dtype_name(m.acts.logits.dtype), ts_dtype_name(m.acts.residual2.dtype));
+            double err = 0, norm = 0;
+            for (size_t i = 0; i < n; i++) err += (g16[i] - g32[i]) * (g16[i] - g32[i]), norm += g32[i] * g32[i];
+            double bound = types[k] == TS_BF16 ? 1e-3 : 1e-5;
+            EXPECTF(err / norm < bound, "%s, %s: gradients against fp32's: NMSE %.3g", id, name, err / norm);
+            EXPECTF(fabsf(l16 - l32) < (types[k] == TS_BF16 ? 1e-2f : 1e-3f) * l32, "%s: loss %.6f in %s, %.6f in fp32",
+                    id, (double)l16, name, (double)l32);
+        }
+        free(g32), free(g16);
+        ts_gpt_free(&m);
+    }
+}
+
 /* Two micro-batches at loss scale 1/2 give the gradient of their union. */
 TEST(gradient_accumulation_equals_one_big_batch)
 {
@@ -696,6 +752,7 @@ int main(int argc, char **argv)
     }
     TH_ADD(initial_loss_is_near_log_vocabulary);
     TH_ADD(logits_read_back_from_bf16_storage);
+    TH_ADD(activations_stored_in_the_products_type);
     TH_ADD(gradient_accumulation_equals_one_big_batch);
     TH_ADD(training_agrees_between_cpu_and_opencl);
     TH_ADD(weights_round_trip_exactly_through_safetensors);

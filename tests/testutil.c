@@ -83,12 +83,36 @@ float bf16_to_float(uint16_t b)
     return f;
 }
 
-enum { SENTINEL_BF16 = 0x7fb3, POISON_BF16 = 0x7fde }; /* NaN payloads no rounding produces */
-
-/* Element i of a host copy of g's block, as the tensor's type stores it. */
-static void put(void *host, ts_dtype dt, int64_t i, float f32, uint16_t bf16)
+/* f16 from its definition (not the library's bit tricks): to nearest even
+ * in double arithmetic, overflow from 65520 on, subnormals in steps of
+ * 2^-24, NaN a quiet NaN of the same sign */
+uint16_t f16_from_float(float x)
 {
-    if (dt == TS_BF16) ((uint16_t *)host)[i] = bf16;
+    uint16_t s = signbit(x) ? 0x8000u : 0;
+    if (isnan(x)) return (uint16_t)(s | 0x7e00u);
+    double a = fabs((double)x);
+    if (a >= 65520.0) return (uint16_t)(s | 0x7c00u);
+    if (a < 0x1p-14) return (uint16_t)(s | (uint16_t)nearbyint(a * 0x1p24));
+    int e;
+    double q = nearbyint(frexp(a, &e) * 2048.0); /* a = q * 2^(e-11), q in [1024, 2048] */
+    if (q == 2048.0) q = 1024.0, e++;
+    return (uint16_t)(s | (uint16_t)((e + 14) << 10) | (uint16_t)(q - 1024.0));
+}
+
+float f16_to_float(uint16_t h)
+{
+    int e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    double v = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(1024 + m, e - 25);
+    return (float)((h & 0x8000u) ? -v : v);
+}
+
+enum { SENTINEL_BF16 = 0x7fb3, POISON_BF16 = 0x7fde }; /* NaN payloads no rounding produces (in f16 too) */
+
+/* Element i of a host copy of g's block, as the tensor's type stores it
+ * (bits16: the 16-bit types' pattern). */
+static void put(void *host, ts_dtype dt, int64_t i, float f32, uint16_t bits16)
+{
+    if (dt == TS_BF16 || dt == TS_F16) ((uint16_t *)host)[i] = bits16;
     else ((float *)host)[i] = f32;
 }
 
@@ -107,7 +131,8 @@ static ts_status guarded_alloc_as(guarded *g, ts_device *d, ts_dtype dt, int64_t
     void *host = malloc(bytes);
     for (int64_t i = 0; i < total; i++) put(host, dt, i, sentinel(), SENTINEL_BF16);
     for (int64_t i = 0; i < n; i++)
-        put(host, dt, guard + i, init ? init[i] : poison_nan(), init ? bf16_from_float(init[i]) : POISON_BF16);
+        put(host, dt, guard + i, init ? init[i] : poison_nan(),
+            !init ? POISON_BF16 : dt == TS_F16 ? f16_from_float(init[i]) : bf16_from_float(init[i]));
     st = ts_tensor_write(&g->base, host, bytes);
     free(host);
     if (!st) st = ts_tensor_view(&g->t, &g->base, guard, ndim, shape);
@@ -123,6 +148,11 @@ ts_status guarded_alloc(guarded *g, ts_device *d, int ndim, const int64_t *shape
 ts_status guarded_alloc_bf16(guarded *g, ts_device *d, int ndim, const int64_t *shape, const float *init)
 {
     return guarded_alloc_as(g, d, TS_BF16, GUARD, ndim, shape, init);
+}
+
+ts_status guarded_alloc_f16(guarded *g, ts_device *d, int ndim, const int64_t *shape, const float *init)
+{
+    return guarded_alloc_as(g, d, TS_F16, GUARD, ndim, shape, init);
 }
 
 ts_status guarded_alloc_bf16_at(guarded *g, ts_device *d, int64_t guard, int ndim, const int64_t *shape,
@@ -149,6 +179,7 @@ ts_status guarded_read(const guarded *g, float *out, int64_t *bad_guards)
             const char *e = host + (g->guard + i) * es;
             uint16_t b;
             if (dt == TS_BF16) memcpy(&b, e, 2), out[i] = bf16_to_float(b);
+            else if (dt == TS_F16) memcpy(&b, e, 2), out[i] = f16_to_float(b);
             else memcpy(&out[i], e, 4);
         }
     }

@@ -38,7 +38,9 @@ ts_status guarded_alloc(guarded *g, ts_device *d, int ndim, const int64_t *shape
  * poison); guarded_read widens it to floats. */
 ts_status guarded_alloc_bf16(guarded *g, ts_device *d, int ndim, const int64_t *shape,
                              const float *init);
-/* The same with `guard` elements each side: a view at element `guard` of
+/* The same with f16 storage */
+ts_status guarded_alloc_f16(guarded *g, ts_device *d, int ndim, const int64_t *shape, const float *init);
+/* The same (bf16) with `guard` elements each side: a view at element `guard` of
  * its block (guard > 0), as the model's bf16 activations are views into
  * larger blocks. */
 ts_status guarded_alloc_bf16_at(guarded *g, ts_device *d, int64_t guard, int ndim, const int64_t *shape,
@@ -61,6 +63,9 @@ double nmse(const float *out, const double *ref, int64_t n);
 /* bf16 storage: x rounded to nearest even (NaN stays NaN), and back */
 uint16_t bf16_from_float(float x);
 float bf16_to_float(uint16_t b);
+/* f16 storage likewise (overflow to inf, subnormals; NaN a quiet NaN) */
+uint16_t f16_from_float(float x);
+float f16_to_float(uint16_t h);
 
 /* A NaN with a payload no arithmetic produces. */
 float poison_nan(void);

@@ -8,9 +8,9 @@ with the device's matrix products in DTYPE. Two references in PyTorch, from
 the same initial weights:
 
   - the same arithmetic written out: every matrix product's inputs rounded
-    to DTYPE, and under bf16 the MLP's hidden activations (the fc layer's
-    output and GELU's) and the logits stored in bf16 (the attention's qkv
-    and output too, but only products read those); everything else
+    to DTYPE, the MLP's hidden activations (the fc layer's output and
+    GELU's) stored in DTYPE (the attention's qkv and output too, but only
+    products read those), and under bf16 the logits; everything else
     float32. The eleven losses must agree within
     EMUL_TOL (relative): only the order of float32 sums differs, and a
     different sum can round to a neighbouring DTYPE value;
@@ -42,13 +42,13 @@ EMUL_TOL = 2e-3
 AUTOCAST_TOL = 3e-2
 
 
-def forward(p, cfg, tok, tgt, matmul, act=lambda t: t):
+def forward(p, cfg, tok, tgt, matmul, act=lambda t: t, logits_act=lambda t: t):
     """The parity GPT (tests/torch_parity.py) with its matrix products
-    done by matmul(a, b), and the activations tessera keeps in bf16 under
-    bf16 products stored through act: the MLP's hidden ones (the fc
-    layer's output and GELU's) and the head's logits (the layernorms'
-    outputs, qkv and the attention's output too, but only products read
-    those, which round them anyway)."""
+    done by matmul(a, b), and the activations tessera keeps in 16 bits
+    under 16-bit products stored through act: the MLP's hidden ones (the
+    fc layer's output and GELU's; the layernorms' outputs, qkv and the
+    attention's output too, but only products read those, which round them
+    anyway), and the head's logits through logits_act (bf16 only)."""
     B, T = tok.shape
     C, NH, L = cfg["n_embd"], cfg["n_head"], cfg["n_layer"]
     hs = C // NH
@@ -69,7 +69,7 @@ def forward(p, cfg, tok, tgt, matmul, act=lambda t: t):
         h = act(F.gelu(act(mm(h, p[f"h.{l}.mlp.c_fc.weight"].T) + p[f"h.{l}.mlp.c_fc.bias"]), approximate="tanh"))
         x = x + mm(h, p[f"h.{l}.mlp.c_proj.weight"].T) + p[f"h.{l}.mlp.c_proj.bias"]
     x = F.layer_norm(x, (C,), p["ln_f.weight"], p["ln_f.bias"], 1e-5)
-    logits = act(mm(x, p["wte.weight"].T))
+    logits = logits_act(mm(x, p["wte.weight"].T))
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=-1)
 
 
@@ -106,10 +106,11 @@ class RoundedAct(torch.autograd.Function):
         return g, None
 
 
-def trajectory(init, cfg, tok, tgt, res, matmul, act=None, autocast=False):
+def trajectory(init, cfg, tok, tgt, res, matmul, act=None, logits_act=None, autocast=False):
     def loss_of(p):
         if not autocast:
-            return forward(p, cfg, tok, tgt, matmul, act) if act else forward(p, cfg, tok, tgt, matmul)
+            ident = lambda t: t
+            return forward(p, cfg, tok, tgt, matmul, act or ident, logits_act or ident)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return forward(p, cfg, tok, tgt, torch.matmul)
 
@@ -143,10 +144,10 @@ def main():
         tok = torch.from_numpy(batch["tokens"].astype(np.int64))
         tgt = torch.from_numpy(batch["targets"].astype(np.int64))
         mine = res["losses"]
-        # under bf16, tessera stores some activations in bf16 (forward's docstring)
-        # (fp16 keeps them in float32: no overflow handling there)
-        act = (lambda t: RoundedAct.apply(t, dtype)) if dtype_name == "bf16" else None
-        emul = trajectory(init, cfg, tok, tgt, res, lambda a, b: RoundedMM.apply(a, b, dtype), act)
+        # tessera stores some activations in DTYPE (forward's docstring)
+        act = lambda t: RoundedAct.apply(t, dtype)
+        emul = trajectory(init, cfg, tok, tgt, res, lambda a, b: RoundedMM.apply(a, b, dtype), act,
+                          act if dtype_name == "bf16" else None)
         rels = [abs(a - b) / abs(b) for a, b in zip(mine, emul)]
         tap.check(max(rels) < EMUL_TOL,
                   f"{dtype_name}: losses of 10 AdamW steps match the same rounding written in PyTorch on {device}",

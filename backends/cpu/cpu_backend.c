@@ -94,6 +94,11 @@ static void cpu_gemm_f32(const ts_op *op, const float *A, const float *B, float 
                            B, g->stride_b, g->ldb, g->beta, C, g->stride_c, g->ldc, bias);
 }
 
+static int act_type(const ts_tensor *t)
+{
+    return t->dtype == TS_BF16 ? CPU_ACT_BF16 : t->dtype == TS_F16 ? CPU_ACT_F16 : CPU_ACT_F32;
+}
+
 /* A product with bf16 operands or result (activations stored in bf16). */
 static ts_status cpu_gemm(const ts_op *op)
 {
@@ -139,7 +144,7 @@ static ts_status cpu_run_op(ts_device *dev, const ts_op *op)
         cpu_gelu_backward(F(o[0]), F(in[0]), in[0]->dtype == TS_BF16, F(in[1]), ts_tensor_numel(o[0]));
         break;
     case TS_OP_CAST:
-        cpu_cast(F(o[0]), o[0]->dtype == TS_BF16, F(in[0]), in[0]->dtype == TS_BF16, ts_tensor_numel(o[0]));
+        cpu_cast(F(o[0]), act_type(o[0]), F(in[0]), act_type(in[0]), ts_tensor_numel(o[0]));
         break;
     case TS_OP_EMBEDDING_FWD:
         cpu_embedding_forward(F(o[0]), I(in[0]), F(in[1]), F(in[2]), op->p.embedding.N,

@@ -95,13 +95,42 @@ TS_CLONES void cpu_gelu_backward(float *dinp, const void *inp, bool inp_bf16, co
     else GELU_BWD_LOOP(LOAD_F32);
 }
 
-TS_CLONES void cpu_cast(void *out, bool out_bf16, const void *in, bool in_bf16, int64_t n)
+/* f16 storage: to nearest even, overflow to inf, subnormals, NaN kept
+ * quiet (a NaN's payload may not fit: its top bits are kept) */
+static inline uint16_t f16_bits(float f)
 {
-    if (out_bf16 == in_bf16) {
-        memmove(out, in, (size_t)n * (out_bf16 ? 2 : 4));
+    union { float f; uint32_t u; } v = {.f = f};
+    uint32_t sign = (v.u >> 16) & 0x8000u, x = v.u & 0x7fffffffu;
+    if (x > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((x >> 13) & 0x3ffu));
+    if (x >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* from 65520 (and inf) on: inf */
+    if (x < 0x38800000u) /* below 2^-14: subnormal, steps of 2^-24, exact in float */
+        return (uint16_t)(sign | (uint32_t)lrintf(fabsf(f) * 0x1p24f));
+    return (uint16_t)(sign | (((x + 0xfffu + ((x >> 13) & 1u)) >> 13) - (112u << 10)));
+}
+
+static inline float f16_value(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    union { uint32_t u; float f; } v;
+    if (e == 0) return sign ? -(float)m * 0x1p-24f : (float)m * 0x1p-24f;
+    v.u = sign | (e == 31 ? 0x7f800000u | m << 13 : (e + 112u) << 23 | m << 13);
+    return v.f;
+}
+
+/* out = in between fp32 and a 16-bit type (CPU_ACT_*), or a copy within one */
+TS_CLONES void cpu_cast(void *out, int out_type, const void *in, int in_type, int64_t n)
+{
+    if (out_type == in_type) {
+        memmove(out, in, (size_t)n * (out_type ? 2 : 4));
         return;
     }
-    if (out_bf16) {
+    if (out_type == CPU_ACT_F16) {
+        PFOR_SIMD(n > SMALL)
+        for (int64_t i = 0; i < n; i++) ((uint16_t *)out)[i] = f16_bits(((const float *)in)[i]);
+    } else if (in_type == CPU_ACT_F16) {
+        PFOR_SIMD(n > SMALL)
+        for (int64_t i = 0; i < n; i++) ((float *)out)[i] = f16_value(((const uint16_t *)in)[i]);
+    } else if (out_type == CPU_ACT_BF16) {
         PFOR_SIMD(n > SMALL)
         for (int64_t i = 0; i < n; i++) STORE_BF16(out, i, LOAD_F32(in, i));
     } else {

@@ -20,7 +20,9 @@ void cpu_scale(float *out, const float *a, float alpha, int64_t n);
 /* inp, out: fp32, or bf16 storage where the flag says so */
 void cpu_gelu_forward(void *out, bool out_bf16, const void *inp, bool inp_bf16, int64_t n);
 void cpu_gelu_backward(float *dinp, const void *inp, bool inp_bf16, const float *dout, int64_t n);
-void cpu_cast(void *out, bool out_bf16, const void *in, bool in_bf16, int64_t n);
+/* storage types of cpu_cast (the others take bf16 flags: f16 reaches only this) */
+enum { CPU_ACT_F32 = 0, CPU_ACT_BF16 = 1, CPU_ACT_F16 = 2 };
+void cpu_cast(void *out, int out_type, const void *in, int in_type, int64_t n);
 
 void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe,
                            int64_t N, int64_t T, int64_t C, int64_t V, int64_t vocab_start);

@@ -187,8 +187,8 @@ static ts_status op_elementwise(ts_cl_device *d, const ts_op *op)
     case TS_OP_CAST:
         ts_cl_arg_tensor(&a, op->in[0]);
         ts_cl_arg_long(&a, n);
-        arg_int(&a, op->out[0]->dtype == TS_BF16);
-        arg_int(&a, op->in[0]->dtype == TS_BF16);
+        arg_int(&a, op->out[0]->dtype == TS_BF16 ? 1 : op->out[0]->dtype == TS_F16 ? 2 : 0);
+        arg_int(&a, op->in[0]->dtype == TS_BF16 ? 1 : op->in[0]->dtype == TS_F16 ? 2 : 0);
         return launch_1d(d, "elementwise.cl", "cast", n, &a);
     default:
         return ts_error(TS_ERR_UNSUPPORTED, "not an elementwise op");

@@ -68,11 +68,11 @@ double ts_gpt_train_bytes(const ts_gpt_config *c, int64_t B, int64_t T, int mome
     double N = (double)B * (double)T, C = (double)c->n_embd, L = (double)c->n_layer;
     double att = (double)B * (double)c->n_head * (double)T * (fused_attention ? 1.0 : (double)T);
     double params = (double)c->vocab_size * C + (double)c->max_seq_len * C + L * (12.0 * C * C + 13.0 * C);
-    /* per layer (ts_gpt_acts_alloc): 19 N*C (under bf16 products 14 of them
-     * in bf16: 12 in floats' room) and the attention's T x T
+    /* per layer (ts_gpt_acts_alloc): 19 N*C (under bf16 or fp16 products 14
+     * of them in 16 bits: 12 in floats' room) and the attention's T x T
      * probabilities (fused: a log-sum-exp a row); then the head's logits, a
      * few N*C buffers and the backward scratch (fused: none for attention) */
-    double acts = L * ((matmul_dtype == TS_BF16 ? 12.0 : 19.0) * N * C + att) + N * (double)c->vocab_size + 4.0 * N * C + 14.0 * N * C +
+    double acts = L * ((matmul_dtype == TS_BF16 || matmul_dtype == TS_F16 ? 12.0 : 19.0) * N * C + att) + N * (double)c->vocab_size + 4.0 * N * C + 14.0 * N * C +
                   (fused_attention ? 0.0 : att);
     return 4.0 * ((2.0 + moments) * params + acts);
 }
@@ -510,6 +510,14 @@ static ts_status scratch_for(ts_gpt *m, ts_gpt_acts *a)
     return TS_OK;
 }
 
+/* The type of the activations that products read (acts_alloc): the
+ * products' 16-bit type, else fp32. */
+static ts_dtype act_dtype(const ts_gpt *m)
+{
+    ts_dtype t = m->device->matmul_dtype;
+    return t == TS_BF16 || t == TS_F16 ? t : TS_F32;
+}
+
 static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int logits)
 {
     memset(a, 0, sizeof *a);
@@ -524,18 +532,19 @@ static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int
     /* fused: att holds each row's log-sum-exp, not its probabilities, and
      * the heads are read in place from qkv */
     int64_t keys = fused ? 1 : T, k = fused ? 0 : 1;
-    /* under bf16 products the inputs of the linear layers that need no
-     * fp32 elsewhere are stored in bf16: the layernorms' outputs (the
-     * products round them anyway), the MLP's hidden activations and the
-     * attention's qkv and output, as autocast leaves a linear layer's
-     * output, GELU's and attention's (14 of a layer's 19 N*C; attention
-     * computes in fp32 from copies made one layer at a time); and the head's logits and their gradient, in place, as
-     * autocast leaves them too, where the products take bf16 tensors (else
-     * the fp32 copy around the head's product is the larger: a layer's
-     * copies are made one layer at a time) and not vocabulary-parallel
-     * (its shard ops read fp32) */
-    ts_dtype lowp = m->device->matmul_dtype == TS_BF16 ? TS_BF16 : TS_F32;
-    ts_dtype logits_type = !m->tp_comm && ts_linear_takes_bf16(m->device) ? lowp : TS_F32;
+    /* under bf16 or fp16 products the inputs of the linear layers that
+     * need no fp32 elsewhere are stored in that type: the layernorms'
+     * outputs (the products round them anyway), the MLP's hidden
+     * activations and the attention's qkv and output, as autocast leaves a
+     * linear layer's output, GELU's and attention's (14 of a layer's 19
+     * N*C; attention, and every op on f16, computes in fp32 from copies
+     * made one layer at a time). Under bf16 also the head's logits and
+     * their gradient, in place, as autocast leaves them, where the products
+     * take bf16 tensors (else the fp32 copy around the head's product is
+     * the larger) and not vocabulary-parallel (its shard ops read fp32);
+     * fp16 keeps them fp32, where the loss scale would overflow them. */
+    ts_dtype lowp = act_dtype(m);
+    ts_dtype logits_type = lowp == TS_BF16 && !m->tp_comm && ts_linear_takes_bf16(m->device) ? lowp : TS_F32;
     plan_item plan[] = {
         {&a->input, 2, {N, C}},
         {&a->ln1, 3, {L, N, C}},
@@ -840,7 +849,7 @@ static ts_status ensure_acts(ts_gpt *m, int64_t B, int64_t T)
 {
     /* the same shape, and the storage the device's matmul dtype asks for
      * (it may have changed since: bf16 activations, or fp32 again) */
-    ts_dtype lowp = m->device->matmul_dtype == TS_BF16 ? TS_BF16 : TS_F32;
+    ts_dtype lowp = act_dtype(m);
     if (m->acts.B == B && m->acts.T == T && m->acts.fch.dtype == lowp) return TS_OK;
     ts_gpt_acts_free(&m->acts);
     return ts_gpt_acts_alloc(m, &m->acts, B, T);
