@@ -1139,7 +1139,7 @@ ts_status ts_ce_shard_stats(ts_tensor *rowmax, ts_tensor *target_logit, const ts
                             const ts_tensor *targets, int64_t vocab_start)
 {
     const char *name = "ts_ce_shard_stats";
-    TRY(need(name, "logits", logits, TS_F32));
+    TRY(need_act(name, "logits", logits));
     int64_t V = last_dim(logits), N = V ? ts_tensor_numel(logits) / V : 0;
     TRY(ce_rows(name, rowmax, N));
     TRY(ce_rows(name, target_logit, N));
@@ -1159,7 +1159,7 @@ ts_status ts_ce_shard_stats(ts_tensor *rowmax, ts_tensor *target_logit, const ts
 ts_status ts_ce_shard_sumexp(ts_tensor *sumexp, const ts_tensor *logits, const ts_tensor *rowmax)
 {
     const char *name = "ts_ce_shard_sumexp";
-    TRY(need(name, "logits", logits, TS_F32));
+    TRY(need_act(name, "logits", logits));
     int64_t V = last_dim(logits), N = V ? ts_tensor_numel(logits) / V : 0;
     TRY(ce_rows(name, sumexp, N));
     TRY(ce_rows(name, rowmax, N));
@@ -1201,8 +1201,8 @@ ts_status ts_ce_shard_grad(ts_tensor *dlogits, const ts_tensor *logits, const ts
                            int64_t vocab_size, float scale)
 {
     const char *name = "ts_ce_shard_grad";
-    TRY(need(name, "logits", logits, TS_F32));
-    TRY(need(name, "dlogits", dlogits, TS_F32));
+    TRY(need_act(name, "logits", logits));
+    TRY(need(name, "dlogits", dlogits, logits->dtype)); /* bf16 logits: a bf16 gradient, in place as the model does */
     int64_t V = last_dim(logits), N = V ? ts_tensor_numel(logits) / V : 0;
     TRY(need_numel(name, "dlogits", dlogits, N * V));
     TRY(ce_rows(name, rowmax, N));

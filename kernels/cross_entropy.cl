@@ -132,36 +132,37 @@ __kernel void cross_entropy(__global float *losses, ulong lo, __global float *pr
 
 /* Vocabulary-parallel cross-entropy: each process holds V vocabulary rows
  * starting at vocab_start; the host combines the row statistics across
- * processes between these phases. One work-group per row. */
+ * processes between these phases. One work-group per row. The logits (and
+ * their gradient, in place) may be bf16 (x_bf16): fp32 inside. */
 __kernel void ce_shard_stats(__global float *rowmax, ulong mo, __global float *tgt, ulong go,
                              __global const float *logits, ulong xo, __global const int *targets,
-                             ulong to, long N, long V, long vocab_start)
+                             ulong to, long N, long V, long vocab_start, int x_bf16)
 {
     __local float scratch[ROW_WG];
     long n = get_group_id(0);
     int lid = (int)get_local_id(0);
     if (n >= N) return;
-    __global const float *x = logits + xo + n * V;
+    size_t x0 = xo + n * V; /* row n: [V] */
     float m = -INFINITY;
-    ROW_FOR(j, V) m = fmax(m, x[j]);
+    ROW_FOR(j, V) m = fmax(m, load_act(logits, x0 + j, x_bf16));
     m = wg_max(m, scratch);
     if (lid == 0) {
         long t = (long)targets[to + n];
         rowmax[mo + n] = m;
-        tgt[go + n] = (t >= vocab_start && t < vocab_start + V) ? x[t - vocab_start] : 0.0f;
+        tgt[go + n] = (t >= vocab_start && t < vocab_start + V) ? load_act(logits, x0 + t - vocab_start, x_bf16) : 0.0f;
     }
 }
 
 __kernel void ce_shard_sumexp(__global float *sumexp, ulong so, __global const float *logits, ulong xo,
-                              __global const float *rowmax, ulong mo, long N, long V)
+                              __global const float *rowmax, ulong mo, long N, long V, int x_bf16)
 {
     __local float scratch[ROW_WG];
     long n = get_group_id(0);
     int lid = (int)get_local_id(0);
     if (n >= N) return;
-    __global const float *x = logits + xo + n * V;
+    size_t x0 = xo + n * V; /* row n: [V] */
     float m = rowmax[mo + n], s = 0.0f;
-    ROW_FOR(j, V) s += exp(x[j] - m);
+    ROW_FOR(j, V) s += exp(load_act(logits, x0 + j, x_bf16) - m);
     s = wg_sum(s, scratch);
     if (lid == 0) sumexp[so + n] = s;
 }
@@ -181,7 +182,7 @@ __kernel void ce_shard_loss(__global float *losses, ulong lo, __global const flo
 __kernel void ce_shard_grad(__global float *dlogits, ulong dlo, __global const float *logits, ulong xo,
                             __global const float *rowmax, ulong mo, __global const float *sumexp, ulong so,
                             __global const int *targets, ulong to, long N, long V, long vocab_start,
-                            long vocab_size, float scale)
+                            long vocab_size, float scale, int x_bf16)
 {
     long n = get_group_id(0);
     int lid = (int)get_local_id(0);
@@ -189,11 +190,10 @@ __kernel void ce_shard_grad(__global float *dlogits, ulong dlo, __global const f
     long t = (long)targets[to + n];
     int valid = t >= 0 && t < vocab_size;
     float m = rowmax[mo + n], k = valid ? scale / sumexp[so + n] : 0.0f;
-    __global const float *x = logits + xo + n * V;
-    __global float *d = dlogits + dlo + n * V;
+    size_t x0 = xo + n * V, d0 = dlo + n * V; /* row n: [V] */
     ROW_FOR(j, V) {
-        float g = k * exp(x[j] - m);
+        float g = k * exp(load_act(logits, x0 + j, x_bf16) - m);
         if (valid && j == t - vocab_start) g -= scale;
-        d[j] = g;
+        store_act(dlogits, d0 + j, g, x_bf16);
     }
 }

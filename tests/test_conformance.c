@@ -1426,14 +1426,18 @@ static void conf_ce_shard(void *argp)
 {
     conf_arg *a = argp;
     int64_t N = a->p[0], V = a->p[1], S = a->p[2];
+    bool bf16 = a->p[3]; /* bf16 logits, and their gradient in place */
     float scale = 0.5f / (float)N;
     rng_t r;
     rng_seed(&r, a->seed);
     float *x = rand_floats(&r, N * V, -5, 5);
     int32_t *tg = rand_ints(&r, N, 0, (int32_t)V);
     if (N > 2) tg[1] = -1;
+    if (bf16) host_bf16(x, N * V);
     double *dx = to_double(x, N * V), *rl = malloc((size_t)N * sizeof *rl), *rd = malloc((size_t)(N * V) * sizeof *rd);
     ref_cross_entropy(rl, NULL, rd, dx, tg, N, V, scale);
+    if (bf16)
+        for (int64_t i = 0; i < N * V; i++) rd[i] = round_to(rd[i], TS_BF16);
     float *gmax = malloc((size_t)N * sizeof *gmax), *gsum = calloc((size_t)N, sizeof *gsum),
           *gtgt = calloc((size_t)N, sizeof *gtgt), *dl = malloc((size_t)(N * V) * sizeof *dl);
     for (int64_t n = 0; n < N; n++) gmax[n] = -INFINITY;
@@ -1450,7 +1454,7 @@ static void conf_ce_shard(void *argp)
     for (int64_t k = 0; k < S; k++) { /* phase 0 per shard: row maxima and target logits */
         int64_t w = start[k + 1] - start[k];
         for (int64_t n = 0; n < N; n++) memcpy(hs + n * w, x + n * V + start[k], (size_t)w * sizeof *hs);
-        REQUIRE_OK(upload(&shard[k], a->dev, TS_F32, TS_SHAPE(N, w), hs));
+        upload_act(&shard[k], a->dev, bf16, TS_SHAPE(N, w), hs);
         REQUIRE_OK(ts_ce_shard_stats(&rowmax, &tgt, &shard[k], &tt, start[k]));
         REQUIRE_OK(ts_tensor_read(&rowmax, hv, (size_t)N * sizeof *hv));
         for (int64_t n = 0; n < N; n++) gmax[n] = fmaxf(gmax[n], hv[n]);
@@ -1472,11 +1476,13 @@ static void conf_ce_shard(void *argp)
     for (int64_t k = 0; k < S; k++) { /* phase 3, in place */
         int64_t w = start[k + 1] - start[k];
         REQUIRE_OK(ts_ce_shard_grad(&shard[k], &shard[k], &rowmax, &sumexp, &tt, start[k], V, scale));
-        REQUIRE_OK(ts_tensor_read(&shard[k], hs, (size_t)(N * w) * sizeof *hs));
+        REQUIRE_OK(ts_tensor_read(&shard[k], hs, ts_tensor_nbytes(&shard[k])));
+        if (bf16) /* widened in place, from the end */
+            for (int64_t i = N * w - 1; i >= 0; i--) hs[i] = bf16_to_float(((const uint16_t *)hs)[i]);
         for (int64_t n = 0; n < N; n++) memcpy(dl + n * V + start[k], hs + n * w, (size_t)w * sizeof *dl);
         ts_tensor_free(&shard[k]);
     }
-    check_close("sharded dlogits", dl, rd, N * V, TOL_REDUCE);
+    check_close(bf16 ? "sharded dlogits in bf16" : "sharded dlogits", dl, rd, N * V, bf16 ? TOL_BF16_OUT : TOL_REDUCE);
     guarded_free(&gl);
     ts_tensor_free(&tt), ts_tensor_free(&rowmax), ts_tensor_free(&tgt), ts_tensor_free(&sumexp), ts_tensor_free(&losses);
     free(x), free(tg), free(dx), free(rl), free(rd), free(gmax), free(gsum), free(gtgt), free(dl), free(hs), free(hv);
@@ -1746,6 +1752,8 @@ static const case_def cases[] = {
      9},
     {"cross_entropy vocabulary-parallel", conf_ce_shard, "N=%lld V=%lld shards=%lld", 3,
      {{1, 2, 2}, {5, 33, 2}, {9, 1001, 4}, {4, 50257, 3}}, 4},
+    {"cross_entropy vocabulary-parallel bf16", conf_ce_shard, "N=%lld V=%lld shards=%lld bf16=%lld", 4,
+     {{1, 2, 2, 1}, {5, 33, 2, 1}, {9, 1001, 4, 1}, {4, 5003, 3, 1}}, 4},
     {"sum", conf_reduce, "n=%lld squares=%lld", 2, {{1, 0}, {1000, 0}, {1000003, 0}}, 3},
     {"sqnorm", conf_reduce, "n=%lld squares=%lld", 2, {{1, 1}, {4097, 1}, {1000003, 1}}, 3},
     {"optimizer sgd", conf_optim, "kind=%lld n=%lld step=%lld wd100=%lld", 4,

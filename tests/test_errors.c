@@ -131,6 +131,14 @@ TEST(low_precision_only_where_an_op_takes_activations)
     REQUIRE_OK(ts_tensor_write(&tg16, t16, sizeof t16));
     EXPECT_STATUS(ts_cross_entropy(NULL, NULL, &h, &h, &tg16, 1.0f), TS_ERR_SHAPE); /* f16 logits: no */
     EXPECTF(contains(ts_last_error(), "logits") && contains(ts_last_error(), "f16"), "%s", ts_last_error());
+    ts_tensor rm, se; /* the vocabulary-parallel cross-entropy takes bf16 logits, with a bf16 gradient */
+    REQUIRE_OK(ts_tensor_zeros(&rm, cpu, TS_F32, TS_SHAPE(2)));
+    REQUIRE_OK(ts_tensor_zeros(&se, cpu, TS_F32, TS_SHAPE(2)));
+    REQUIRE_OK(ts_ce_shard_stats(&rm, &se, &a, &tg16, 0));
+    EXPECT_STATUS(ts_ce_shard_grad(&f, &a, &rm, &se, &tg16, 0, 4, 1.0f), TS_ERR_SHAPE);
+    EXPECTF(contains(ts_last_error(), "dlogits must be bf16"), "%s", ts_last_error());
+    EXPECT_STATUS(ts_ce_shard_sumexp(&rm, &h, &se), TS_ERR_SHAPE); /* f16 logits: no */
+    ts_tensor_free(&rm), ts_tensor_free(&se);
     ts_tensor_free(&tg16);
     EXPECT_STATUS(ts_linear_forward(&a, &b, &wb, NULL), TS_ERR_SHAPE); /* bf16 weights */
     EXPECTF(contains(ts_last_error(), "w must be f32"), "%s", ts_last_error());

@@ -218,6 +218,16 @@ static ts_status cpu_run_op(ts_device *dev, const ts_op *op)
     case TS_OP_CE_SHARD: {
         const __typeof__(op->p.ce_shard) *c = &op->p.ce_shard;
         const int32_t *tg = c->phase == 0 ? I(in[1]) : c->phase >= 2 ? I(in[3]) : NULL;
+        if (c->phase != 2 && in[0]->dtype == TS_BF16) {
+            float *rows = malloc((size_t)(ts_cpu_threads > 0 ? ts_cpu_threads : 1) * (size_t)(c->V > 0 ? c->V : 1) * 4);
+            if (!rows)
+                return ts_error(TS_ERR_OOM, "vocabulary-parallel cross-entropy: no host memory for %d rows of %lld floats",
+                                ts_cpu_threads, (long long)c->V);
+            cpu_ce_shard_bf16(c->phase, F(o[0]), o[1] ? F(o[1]) : NULL, F(in[0]), F(in[1]), c->phase >= 2 ? F(in[2]) : NULL,
+                              tg, c->N, c->V, c->vocab_start, c->vocab_size, c->scale, rows);
+            free(rows);
+            break;
+        }
         cpu_ce_shard(c->phase, F(o[0]), F(o[1]), F(in[0]), F(in[1]), c->phase >= 2 ? F(in[2]) : NULL, tg,
                      c->N, c->V, c->vocab_start, c->vocab_size, c->scale);
         break;

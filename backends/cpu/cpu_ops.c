@@ -566,6 +566,35 @@ TS_CLONES void cpu_ce_shard(int phase, float *out0, float *out1, const float *in
     }
 }
 
+/* The same phases on bf16 logits (the model's under bf16 products): each
+ * row widened into rows[thread * V..] and run through the fp32 phase; the
+ * gradient (phase 3, in place) rounded back into dlogits once. */
+void cpu_ce_shard_bf16(int phase, void *out0, float *out1, const void *in0, const float *in1, const float *in2,
+                       const int32_t *targets, int64_t N, int64_t V, int64_t vocab_start, int64_t vocab_size,
+                       float scale, float *rows)
+{
+    PFOR(N * V > SMALL)
+    for (int64_t n = 0; n < N; n++) {
+        int thread = 0;
+#ifdef _OPENMP
+        thread = omp_get_thread_num();
+#endif
+        float *buf = rows + (int64_t)thread * V;
+        const uint16_t *xs = (const uint16_t *)in0 + n * V;
+        for (int64_t j = 0; j < V; j++) buf[j] = bf16_value(xs[j]);
+        const int32_t *t = targets ? targets + n : NULL;
+        if (phase == 0) {
+            cpu_ce_shard(0, (float *)out0 + n, out1 + n, buf, NULL, NULL, t, 1, V, vocab_start, vocab_size, scale);
+        } else if (phase == 1) {
+            cpu_ce_shard(1, (float *)out0 + n, NULL, buf, in1 + n, NULL, NULL, 1, V, vocab_start, vocab_size, scale);
+        } else {
+            cpu_ce_shard(3, buf, NULL, buf, in1 + n, in2 + n, t, 1, V, vocab_start, vocab_size, scale);
+            uint16_t *ds = (uint16_t *)out0 + n * V;
+            for (int64_t j = 0; j < V; j++) ds[j] = ts_bf16_bits(buf[j]);
+        }
+    }
+}
+
 /* ---- reductions ---- */
 
 TS_CLONES static float reduce(const float *x, int64_t n, int squares)

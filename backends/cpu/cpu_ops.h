@@ -64,6 +64,11 @@ void cpu_cross_entropy_bf16(float *losses, float *probs, void *dlogits, bool d_b
 void cpu_ce_shard(int phase, float *out0, float *out1, const float *in0, const float *in1,
                   const float *in2, const int32_t *targets, int64_t N, int64_t V, int64_t vocab_start,
                   int64_t vocab_size, float scale);
+/* phases 0, 1 and 3 on bf16 logits (and, in phase 3, bf16 dlogits), each
+ * row through rows[thread * V .. + V) */
+void cpu_ce_shard_bf16(int phase, void *out0, float *out1, const void *in0, const float *in1, const float *in2,
+                       const int32_t *targets, int64_t N, int64_t V, int64_t vocab_start, int64_t vocab_size,
+                       float scale, float *rows);
 
 float cpu_sum(const float *x, int64_t n);
 float cpu_sqnorm(const float *x, int64_t n);

@@ -481,6 +481,7 @@ static ts_status op_ce_shard(ts_cl_device *d, const ts_op *op)
         ts_cl_arg_long(&a, c->N);
         ts_cl_arg_long(&a, c->V);
         ts_cl_arg_long(&a, c->vocab_start);
+        arg_int(&a, op->in[0]->dtype == TS_BF16);
         return launch_rows(d, "cross_entropy.cl", "ce_shard_stats", c->N, &a);
     case 1:
         ts_cl_arg_tensor(&a, op->out[0]);
@@ -488,6 +489,7 @@ static ts_status op_ce_shard(ts_cl_device *d, const ts_op *op)
         ts_cl_arg_tensor(&a, op->in[1]);
         ts_cl_arg_long(&a, c->N);
         ts_cl_arg_long(&a, c->V);
+        arg_int(&a, op->in[0]->dtype == TS_BF16);
         return launch_rows(d, "cross_entropy.cl", "ce_shard_sumexp", c->N, &a);
     case 2:
         ts_cl_arg_tensor(&a, op->out[0]);
@@ -509,6 +511,7 @@ static ts_status op_ce_shard(ts_cl_device *d, const ts_op *op)
         ts_cl_arg_long(&a, c->vocab_start);
         ts_cl_arg_long(&a, c->vocab_size);
         ts_cl_arg_float(&a, c->scale);
+        arg_int(&a, op->in[0]->dtype == TS_BF16);
         return launch_rows(d, "cross_entropy.cl", "ce_shard_grad", c->N, &a);
     }
 }

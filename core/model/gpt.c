@@ -539,12 +539,12 @@ static ts_status acts_alloc(ts_gpt *m, ts_gpt_acts *a, int64_t B, int64_t T, int
      * linear layer's output, GELU's and attention's (14 of a layer's 19
      * N*C; attention, and every op on f16, computes in fp32 from copies
      * made one layer at a time). Under bf16 also the head's logits and
-     * their gradient, in place, as autocast leaves them, where the products
-     * take bf16 tensors (else the fp32 copy around the head's product is
-     * the larger) and not vocabulary-parallel (its shard ops read fp32);
-     * fp16 keeps them fp32, where the loss scale would overflow them. */
+     * their gradient, in place, as autocast leaves them (vocabulary-parallel
+     * too), where the products take bf16 tensors (else the fp32 copy
+     * around the head's product is the larger); fp16 keeps them fp32,
+     * where the loss scale would overflow them. */
     ts_dtype lowp = act_dtype(m);
-    ts_dtype logits_type = lowp == TS_BF16 && !m->tp_comm && ts_linear_takes_bf16(m->device) ? lowp : TS_F32;
+    ts_dtype logits_type = lowp == TS_BF16 && ts_linear_takes_bf16(m->device) ? lowp : TS_F32;
     plan_item plan[] = {
         {&a->input, 2, {N, C}},
         {&a->ln1, 3, {L, N, C}},

@@ -202,7 +202,8 @@ ts_status ts_cross_entropy(ts_tensor *losses, ts_tensor *probs, ts_tensor *dlogi
  * vocab_start + Vl) of a vocab_size-token vocabulary; the caller combines
  * the per-row statistics across processes (max, then sums) in between.
  * rowmax[n] = max_j logits[n, j]; target_logit[n] = the target's logit if
- * this shard holds it, else 0. */
+ * this shard holds it, else 0. The logits may be bf16 (the model's under
+ * bf16 products), and then their gradient is bf16 too: fp32 inside. */
 ts_status ts_ce_shard_stats(ts_tensor *rowmax, ts_tensor *target_logit, const ts_tensor *logits,
                             const ts_tensor *targets, int64_t vocab_start);
 /* sumexp[n] = sum_j exp(logits[n, j] - rowmax[n]), rowmax global. */
