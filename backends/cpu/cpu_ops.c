@@ -496,17 +496,23 @@ TS_CLONES void cpu_cross_entropy(float *losses, float *probs, float *dlogits, co
                logits + n * V, targets ? targets[n] : -1, V, scale);
 }
 
+/* This thread's row of floats in rows[threads * V] */
+static float *thread_row(float *rows, int64_t V)
+{
+    int thread = 0;
+#ifdef _OPENMP
+    thread = omp_get_thread_num();
+#endif
+    return rows + (int64_t)thread * V;
+}
+
 TS_CLONES void cpu_cross_entropy_bf16(float *losses, float *probs, void *dlogits, bool d_bf16, const void *logits,
                                       bool x_bf16, const int32_t *targets, int64_t N, int64_t V, float scale,
                                       float *rows)
 {
     PFOR(N * V > SMALL)
     for (int64_t n = 0; n < N; n++) {
-        int thread = 0;
-#ifdef _OPENMP
-        thread = omp_get_thread_num();
-#endif
-        float *buf = rows + (int64_t)thread * V;
+        float *buf = thread_row(rows, V);
         const float *x = (const float *)logits + n * V;
         if (x_bf16) {
             const uint16_t *xs = (const uint16_t *)logits + n * V;
@@ -575,11 +581,7 @@ void cpu_ce_shard_bf16(int phase, void *out0, float *out1, const void *in0, cons
 {
     PFOR(N * V > SMALL)
     for (int64_t n = 0; n < N; n++) {
-        int thread = 0;
-#ifdef _OPENMP
-        thread = omp_get_thread_num();
-#endif
-        float *buf = rows + (int64_t)thread * V;
+        float *buf = thread_row(rows, V);
         const uint16_t *xs = (const uint16_t *)in0 + n * V;
         for (int64_t j = 0; j < V; j++) buf[j] = bf16_value(xs[j]);
         const int32_t *t = targets ? targets + n : NULL;
