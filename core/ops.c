@@ -293,6 +293,8 @@ ts_status ts_cast(ts_tensor *out, const ts_tensor *in)
     TRY(need_numel(name, "inp", in, ts_tensor_numel(out)));
     TRY(same_type_in_place(name, "out", out, "inp", in));
     if (ts_tensor_numel(out) == 0) return TS_OK;
+    if (out->dtype == in->dtype && out->device == in->device) /* a copy, bit for bit (a kernel's would quiet NaNs) */
+        return out->block == in->block && out->offset == in->offset ? TS_OK : ts_tensor_copy(out, in);
     ts_op op = op_new(TS_OP_CAST);
     op.out[0] = out;
     op.in[0] = in;

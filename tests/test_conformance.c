@@ -64,8 +64,14 @@ static void expect_output(const char *what, const guarded *g, const double *ref,
  * near zero is 2^-14 of the largest |ref| in the element's row of `row`
  * elements (an fp32 result that cancels carries its row's error, not its
  * own), and 2^-126 at least. NaN and inf must match exactly. */
-static void expect_bf16_within_one_step(const char *what, const guarded *g, const double *ref, int64_t row)
+/* Each element of a 16-bit output within one step of its type (bf16: 8
+ * significant bits, f16: 11) of the rounded reference, with a floor for
+ * values near zero: the smallest normal (f16: its subnormals' step) or
+ * 2^-14 of the row's largest. */
+static void expect_within_one_step(const char *what, const guarded *g, const double *ref, int64_t row)
 {
+    bool f16 = g->t.dtype == TS_F16;
+    int bits = f16 ? 10 : 7;
     float *out = malloc((size_t)(g->n ? g->n : 1) * sizeof *out);
     int64_t bad = 0, wrong = 0;
     ts_status st = guarded_read(g, out, &bad);
@@ -81,23 +87,23 @@ static void expect_bf16_within_one_step(const char *what, const guarded *g, cons
         double scale = 0.0;
         for (int64_t i = r0; i < r1; i++)
             if (isfinite(ref[i]) && fabs(ref[i]) > scale) scale = fabs(ref[i]);
-        double floor_ = fmax(ldexp(1, -126), scale * 0x1p-14);
+        double floor_ = fmax(f16 ? ldexp(1, -24) : ldexp(1, -126), scale * 0x1p-14);
         for (int64_t i = r0; i < r1; i++) {
             double allowed = floor_;
             bool ok;
             if (isnan(ref[i])) ok = isnan(out[i]);
             else if (isinf(ref[i])) ok = (double)out[i] == ref[i];
             else {
-                if (ref[i] != 0.0) allowed = fmax(allowed, ldexp(1, ilogb(ref[i]) - 7));
+                if (ref[i] != 0.0) allowed = fmax(allowed, ldexp(1, ilogb(ref[i]) - bits));
                 ok = fabs((double)out[i] - ref[i]) <= allowed; /* false for a NaN or inf out */
             }
             if (!ok && wrong++ < 3)
-                th_fail(__FILE__, __LINE__, "%s: element %lld is %.9g, want %.9g (one bf16 step: %.3g)", what,
-                        (long long)i, (double)out[i], ref[i], allowed);
+                th_fail(__FILE__, __LINE__, "%s: element %lld is %.9g, want %.9g (one %s step: %.3g)", what,
+                        (long long)i, (double)out[i], ref[i], f16 ? "f16" : "bf16", allowed);
         }
     }
-    EXPECTF(wrong == 0, "%s: %lld of %lld bf16 elements more than one bf16 step from the rounded reference", what,
-            (long long)wrong, (long long)g->n);
+    EXPECTF(wrong == 0, "%s: %lld of %lld elements more than one %s step from the rounded reference", what,
+            (long long)wrong, (long long)g->n, f16 ? "f16" : "bf16");
     free(out);
 }
 
@@ -294,7 +300,7 @@ static void conf_layernorm_fwd(void *argp)
     if (out_bf16)
         for (int64_t i = 0; i < N * C; i++) ro[i] = round_to(ro[i], TS_BF16);
     expect_output(out_bf16 ? "layernorm out in bf16" : "layernorm out", &go, ro, out_bf16 ? TOL_BF16_OUT : TOL_REDUCE);
-    if (out_bf16) expect_bf16_within_one_step("layernorm out in bf16", &go, ro, C);
+    if (out_bf16) expect_within_one_step("layernorm out in bf16", &go, ro, C);
     expect_output("layernorm mean", &gm, rm, TOL_REDUCE);
     expect_output("layernorm rstd", &gr, rr, TOL_REDUCE);
     free(x), free(w), free(b), free(dx), free(dw), free(db), free(ro), free(rm), free(rr);
@@ -750,7 +756,7 @@ static void conf_gelu_bf16(void *argp)
         for (int64_t i = 0; i < n; i++) ref[i] = round_to(ref[i], TS_BF16);
     expect_output(backward ? "gelu_backward, bf16 input" : "gelu_forward, bf16 storage", &g, ref,
                   out_bf16 ? TOL_BF16_OUT : TOL_ELEM);
-    if (out_bf16) expect_bf16_within_one_step("gelu_forward, bf16 storage", &g, ref, 1);
+    if (out_bf16) expect_within_one_step("gelu_forward, bf16 storage", &g, ref, 1);
     if (x_at) {
         expect_input_intact(backward ? "gelu_backward's bf16 input" : "gelu_forward's bf16 input", &gx, x);
         guarded_free(&gx);
@@ -825,7 +831,7 @@ static void conf_linear_bf16_acts(void *argp)
     if (out_bf16)
         for (int64_t i = 0; i < N * OC; i++) ro[i] = round_to(ro[i], TS_BF16);
     expect_output("linear_forward, bf16 activations", &go, ro, out_bf16 ? TOL_BF16_OUT : TOL_GEMM);
-    if (out_bf16) expect_bf16_within_one_step("linear_forward, bf16 activations", &go, ro, OC);
+    if (out_bf16) expect_within_one_step("linear_forward, bf16 activations", &go, ro, OC);
     expect_output("linear_backward dinp, bf16 activations", &gdx, rdx, TOL_GEMM);
     expect_output("linear_backward dweight, bf16 activations", &gdw, rdw, TOL_GEMM);
     if (dout_bf16) expect_output("linear_backward dbias from a bf16 dout", &gdb, rdb, TOL_REDUCE);
@@ -1138,7 +1144,7 @@ static void conf_cast_f16(void *argp)
     if (dir == 0) {
         for (int64_t i = 0; i < n && i < NHARD; i++) x[i] = hard[i];
         for (int64_t i = NHARD; i < n && i < NHARD + NNAN; i++) memcpy(&x[i], &nan_bits[i - NHARD], sizeof x[i]);
-        for (int64_t i = 0; i < n; i++) x[i] *= i % 3 == 2 ? 1e-4f : 1.0f; /* into the subnormals too */
+        for (int64_t i = NHARD + NNAN; i < n; i++) x[i] *= i % 3 == 2 ? 1e-4f : 1.0f; /* into the subnormals too */
         REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(n), x));
         REQUIRE_OK(guarded_alloc_f16(&g, a->dev, TS_SHAPE(n), NULL));
         for (int64_t i = 0; i < n; i++) want[i] = f16_to_float(f16_from_float(x[i]));
@@ -1163,6 +1169,13 @@ static void conf_cast_f16(void *argp)
                     (double)got[i], (double)want[i]);
     }
     EXPECTF(wrong == 0, "%lld of %lld values cast wrong", (long long)wrong, (long long)n);
+    if (dir == 2) { /* a copy: every bit, NaN payloads included */
+        uint16_t *in = malloc((size_t)n * 2), *out = malloc((size_t)n * 2);
+        REQUIRE_OK(ts_tensor_read(&tx, in, (size_t)n * 2));
+        REQUIRE_OK(ts_tensor_read(&g.t, out, (size_t)n * 2));
+        EXPECTF(memcmp(in, out, (size_t)n * 2) == 0, "the f16 copy changed bits");
+        free(in), free(out);
+    }
     free(x), free(want), free(got);
     guarded_free(&g);
     ts_tensor_free(&tx);
@@ -1173,8 +1186,9 @@ static void conf_cast_f16(void *argp)
  * fp32 gradients at the fp32 bounds: p = op, then its shape.
  * op 0: GELU forward, f16 in and out (n); 1: GELU backward, f16 input (n);
  * 2: layernorm, f16 out (N, C); 3: linear forward, f16 in and out, and
- * backward from an f16 dout (N, C, OC); 4: attention forward and backward
- * on the device's route, f16 qkv and out (B, T, C, NH). */
+ * backward from an f16 dout (N, C, OC); 4: attention forward and backward,
+ * f16 qkv and out (B, T, C, NH, route: 1 composite, 2 fused). f16 outputs
+ * also element by element within one f16 step. */
 static void conf_f16_ops(void *argp)
 {
     conf_arg *a = argp;
@@ -1196,6 +1210,7 @@ static void conf_f16_ops(void *argp)
             ref_gelu_forward(ref, dx, n);
             for (int64_t i = 0; i < n; i++) ref[i] = round_to(ref[i], TS_F16);
             expect_output("gelu_forward, f16 storage", &g, ref, TOL_BF16_OUT);
+            expect_within_one_step("gelu_forward, f16 storage", &g, ref, 1);
         } else {
             REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(n), NULL));
             REQUIRE_OK(ts_gelu_backward(&g.t, &tx, &ty));
@@ -1221,6 +1236,7 @@ static void conf_f16_ops(void *argp)
         ref_layernorm_forward(ro, rm, rr, dx, dw, db, N, C, 1e-5);
         for (int64_t i = 0; i < N * C; i++) ro[i] = round_to(ro[i], TS_F16);
         expect_output("layernorm out in f16", &go, ro, TOL_BF16_OUT);
+        expect_within_one_step("layernorm out in f16", &go, ro, C);
         free(x), free(w), free(b), free(dx), free(dw), free(db), free(ro), free(rm), free(rr);
         guarded_free(&go);
         ts_tensor_free(&tx), ts_tensor_free(&tw), ts_tensor_free(&tb);
@@ -1248,6 +1264,7 @@ static void conf_f16_ops(void *argp)
         ref_gemm(rdx, dd, dw, NULL, 1, N, C, OC, false, false, 1.0, 0.0, 0);
         ref_gemm(rdw, dd, dx, NULL, 1, OC, C, N, true, false, 1.0, 1.0, 0);
         expect_output("linear_forward, f16 activations", &go, ro, TOL_BF16_OUT);
+        expect_within_one_step("linear_forward, f16 activations", &go, ro, OC);
         expect_output("linear_backward dinp, f16 dout", &gdx, rdx, TOL_GEMM);
         expect_output("linear_backward dweight, f16 activations", &gdw, rdw, TOL_GEMM);
         free(x), free(w), free(bias), free(dout), free(dw0), free(dx), free(dw), free(db), free(dd), free(rdw), free(ro), free(rdx);
@@ -1262,7 +1279,14 @@ static void conf_f16_ops(void *argp)
         ts_attention_ws ws;
         upload_f16(&tq, a->dev, TS_SHAPE(B, T, 3 * C), qkv);
         REQUIRE_OK(upload(&tdout, a->dev, TS_F32, TS_SHAPE(B, T, C), dout));
-        REQUIRE_OK(ts_attention_ws_alloc(&ws, a->dev, B, T, C, NH));
+        ts_attention_route route = a->p[5] == 2 ? TS_ATTENTION_FUSED : TS_ATTENTION_COMPOSITE;
+        bool fused;
+        if (route == TS_ATTENTION_FUSED && ts_attention_route_fused(a->dev, route, B, T, C, NH, &fused) != TS_OK) {
+            ts_clear_error();
+            free(qkv), free(dout);
+            SKIP("no fused attention on this device");
+        }
+        REQUIRE_OK(ts_attention_ws_alloc_route(&ws, a->dev, B, T, C, NH, route));
         REQUIRE_OK(guarded_alloc_f16(&go, a->dev, TS_SHAPE(B, T, C), NULL));
         REQUIRE_OK(guarded_alloc(&gd, a->dev, TS_SHAPE(B, T, 3 * C), NULL));
         REQUIRE_OK(ts_attention_forward(&go.t, &tq, &ws));
@@ -1274,6 +1298,7 @@ static void conf_f16_ops(void *argp)
         ref_attention_masked_backward(rd, ddout, dq, ws.fused ? ro : NULL, B, T, C, NH, NULL, true);
         expect_output(ws.fused ? "attention_forward fused, f16 qkv and out" : "attention_forward composite, f16 qkv and out",
                       &go, ro, TOL_BF16_OUT);
+        expect_within_one_step("attention_forward, f16 qkv and out", &go, ro, C);
         expect_output("attention_backward, f16 activations", &gd, rd, TOL_GEMM);
         free(qkv), free(dout), free(dq), free(ddout), free(ro), free(rd);
         ts_attention_ws_free(&ws);
@@ -1333,7 +1358,7 @@ static void conf_attention(void *argp)
         REQUIRE_OK(ts_attention_forward(&g.t, &tq, &ws));
         expect_output(bf16 ? "attention_forward, bf16 qkv and out" : "attention_forward", &g, ref_out,
                       bf16 ? TOL_BF16_OUT : TOL_GEMM);
-        if (bf16) expect_bf16_within_one_step("attention_forward, bf16 qkv and out", &g, ref_out, C);
+        if (bf16) expect_within_one_step("attention_forward, bf16 qkv and out", &g, ref_out, C);
     } else {
         REQUIRE_OK(ts_tensor_alloc(&tout, a->dev, bf16 ? TS_BF16 : TS_F32, TS_SHAPE(B, T, C)));
         REQUIRE_OK(ts_attention_forward(&tout, &tq, &ws));
@@ -1404,11 +1429,11 @@ static void conf_cross_entropy(void *argp)
     if (in_place) {
         expect_output(probs ? "probs in place" : "dlogits in place", &gp, probs ? rp : rd, probs ? TOL_REDUCE : tol_d);
         if (!probs && d_bf16 && gp.base.dtype == TS_BF16)
-            expect_bf16_within_one_step("dlogits in place in bf16", &gp, rd, V);
+            expect_within_one_step("dlogits in place in bf16", &gp, rd, V);
     } else {
         if (probs) expect_output("cross_entropy probs", &gp, rp, TOL_REDUCE);
         if (dlogits) expect_output(d_bf16 ? "cross_entropy dlogits in bf16" : "cross_entropy dlogits", &gd, rd, tol_d);
-        if (dlogits && d_bf16) expect_bf16_within_one_step("cross_entropy dlogits in bf16", &gd, rd, V);
+        if (dlogits && d_bf16) expect_within_one_step("cross_entropy dlogits in bf16", &gd, rd, V);
         guarded_free(&gd);
     }
     free(x), free(tg), free(dx), free(rl), free(rp), free(rd);
@@ -1732,10 +1757,10 @@ static const case_def cases[] = {
     {"attention_backward fused", conf_attention, ATTENTION_FMT, 7, {ATTENTION_SMALL(2, 1), ATTENTION_LARGE(2, 1)}, 18},
     {"cast fp16", conf_cast_f16, "n=%lld direction=%lld", 2,
      {{1, 0}, {57, 0}, {10007, 0}, {65536, 1}, {333, 1}, {1001, 2}}, 6},
-    {"fp16 activations", conf_f16_ops, "op=%lld shape=%lld,%lld,%lld,%lld", 5,
-     {{0, 1}, {0, 10007}, {1, 4099}, {2, 5, 96}, {2, 64, 768}, {3, 7, 33, 65}, {3, 64, 96, 130}, {4, 2, 9, 12, 3},
-      {4, 2, 40, 32, 2}},
-     9},
+    {"fp16 activations", conf_f16_ops, "op=%lld shape=%lld,%lld,%lld,%lld route=%lld", 6,
+     {{0, 1}, {0, 10007}, {1, 4099}, {2, 5, 96}, {2, 64, 768}, {3, 7, 33, 65}, {3, 64, 96, 130}, {4, 2, 9, 12, 3, 1},
+      {4, 2, 9, 12, 3, 2}, {4, 2, 40, 32, 2, 2}},
+     10},
     {"attention bf16 composite", conf_attention, ATTENTION_FMT " bf16=%lld", 8,
      {{2, 9, 12, 3, 0, 1, 0, 1}, {3, 9, 12, 3, 1, 1, 1, 1}, {2, 9, 12, 3, 2, 1, 1, 2}}, 3},
     {"attention bf16 fused", conf_attention, ATTENTION_FMT " bf16=%lld", 8,

@@ -31,13 +31,14 @@ ts_status ts_fill(ts_tensor *t, float value);
 ts_status ts_add(ts_tensor *out, const ts_tensor *a, const ts_tensor *b);  /* out = a + b; out may be a or b */
 ts_status ts_scale(ts_tensor *out, const ts_tensor *a, float alpha);       /* out = alpha*a; out may be a */
 /* GELU, tanh form: 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))). out and inp
- * may be bf16 (activations under --dtype bf16): computed in fp32, written
- * rounded to nearest even. */
+ * may be bf16 or f16 (activations under --dtype bf16 or fp16): computed in
+ * fp32 (f16 on fp32 copies), written rounded to nearest even. */
 ts_status ts_gelu_forward(ts_tensor *out, const ts_tensor *inp);                        /* out may be inp */
 ts_status ts_gelu_backward(ts_tensor *dinp, const ts_tensor *inp, const ts_tensor *dout); /* dinp may be dout; inp
-                                                                                           * may be bf16 */
-/* out = in, each f32 or bf16: widening is exact, narrowing rounds to
- * nearest even (a NaN stays NaN, overflow becomes inf). */
+                                                                                           * may be bf16 or f16 */
+/* out = in, each f32, bf16 or f16, one of them f32 (or both the same
+ * type: a copy): widening is exact, narrowing rounds to nearest even (a NaN
+ * stays NaN, overflow becomes inf, f16 subnormals kept). */
 ts_status ts_cast(ts_tensor *out, const ts_tensor *in);
 
 /* ---- embedding: out[b,t,:] = wte[tokens[b,t]] + wpe[t] ----
@@ -60,7 +61,8 @@ ts_status ts_embedding_backward_shard(ts_tensor *dwte, ts_tensor *dwpe,
 
 /* ---- layernorm over the last dimension ----
  * out[N,C], mean[N], rstd[N] (mean, rstd may be NULL), weight[C], bias[C].
- * out may be bf16 (the input of a bf16 product, which rounds it anyway). */
+ * out may be bf16 or f16 (the input of a 16-bit product, which rounds it
+ * anyway; f16 through an fp32 copy). */
 ts_status ts_layernorm_forward(ts_tensor *out, ts_tensor *mean, ts_tensor *rstd,
                                const ts_tensor *inp, const ts_tensor *weight,
                                const ts_tensor *bias, float eps);
@@ -78,9 +80,10 @@ ts_status ts_layernorm_backward(ts_tensor *dinp, ts_tensor *dweight, ts_tensor *
 ts_status ts_matmul(ts_tensor *c, const ts_tensor *a, const ts_tensor *b,
                     bool trans_a, bool trans_b, float alpha, float beta);
 /* out[N,OC] = inp[N,C] @ w[OC,C]^T + bias[OC] (bias may be NULL). inp and
- * out may be bf16 activations, and in ts_linear_backward inp and dout: the
- * product runs in the device's matmul dtype, reading and writing them
- * where the backend can (oneDNN's bf16 products), else on fp32 copies. */
+ * out may be bf16 or f16 activations, and in ts_linear_backward inp and
+ * dout: the product runs in the device's matmul dtype, reading and writing
+ * bf16 where the backend can (oneDNN's bf16 products), else (and f16
+ * always) on fp32 copies. */
 /* Whether dev's backend runs a linear layer's bf16 tensors itself (false:
  * through fp32 copies, which cost memory as large as the tensor). */
 bool ts_linear_takes_bf16(ts_device *dev);
@@ -180,8 +183,9 @@ ts_status ts_attention_ws_alloc(ts_attention_ws *ws, ts_device *dev,
 ts_status ts_attention_ws_alloc_route(ts_attention_ws *ws, ts_device *dev, int64_t B, int64_t T, int64_t C,
                                       int64_t NH, ts_attention_route route);
 void ts_attention_ws_free(ts_attention_ws *ws);
-/* qkv, out and dout may be bf16 (the model's under bf16 products): computed
- * in fp32, out rounded once; the fused route's backward reads out as kept. */
+/* qkv, out and dout may be bf16 or f16 (the model's under 16-bit
+ * products): computed in fp32 on copies, out rounded once; the fused
+ * route's backward reads out as kept. */
 ts_status ts_attention_forward(ts_tensor *out, const ts_tensor *qkv, ts_attention_ws *ws);
 /* dqkv = (written) gradient of qkv; uses ws from the matching forward. */
 ts_status ts_attention_backward(ts_tensor *dqkv, const ts_tensor *dout, ts_attention_ws *ws);

@@ -155,7 +155,7 @@ double ts_gpt_flops_per_token(const ts_gpt_config *cfg, int64_t T);
  * estimate for refusing runs that cannot fit, not an allocation plan.
  * fused_attention: the route that keeps a log-sum-exp a row instead of
  * T x T probabilities (ts_attention_route_fused); matmul_dtype: the
- * device's (TS_BF16 stores some activations in bf16). */
+ * device's (TS_BF16 and TS_F16 store some activations in 16 bits). */
 double ts_gpt_train_bytes(const ts_gpt_config *cfg, int64_t B, int64_t T, int moments, bool fused_attention,
                           ts_dtype matmul_dtype);
 
