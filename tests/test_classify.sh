@@ -56,7 +56,7 @@ named_error() { # rc, output file, expected text
 }
 
 echo "TAP version 13"
-echo "1..28"
+echo "1..29"
 
 # 1-3. the task learned from each format, every held-out text right
 "$tessera" classify train "${small[@]}" --train "$work/train.jsonl" --epochs 4 --out "$work/j" >"$work/j.out" 2>&1
@@ -101,6 +101,18 @@ erc=$?; acc=$(accuracy "$work/t.eval")
 [ $rc -eq 0 ] && [ $erc -eq 0 ] && [ "$acc" = 1.000 ]
 check "TSV with named columns in another order (2 layers, bidirectional): every held-out text right (accuracy ${acc:-?})" $? \
     "train exit $rc, eval exit $erc" "$(tail -5 "$work/t.out")" "$(cat "$work/t.eval")"
+
+# a word tokenizer trained on the texts: each class name is one token
+"$tessera" classify train "${small[@]}" --train "$work/train.jsonl" --tokenizer word:400 --epochs 4 --out "$work/w" \
+    >"$work/w.out" 2>&1
+rc=$?
+"$tessera" classify eval --device cpu --checkpoint "$work/w" --data "$work/test.jsonl" >"$work/w.eval" 2>&1
+erc=$?; acc=$(accuracy "$work/w.eval")
+hexes=$(for c in fox bug kiwi; do printf %s "$c" | od -An -tx1 | tr -d ' \n'; echo; done)
+[ $rc -eq 0 ] && [ $erc -eq 0 ] && [ "$acc" = 1.000 ] && grep -q '^type word' "$work/w/tokenizer.txt" \
+    && [ "$(grep -cxF "$hexes" "$work/w/tokenizer.txt")" -eq 3 ]
+check "a word tokenizer (word:400, each class name one token): every held-out text right (accuracy ${acc:-?})" $? \
+    "train exit $rc, eval exit $erc" "$(tail -5 "$work/w.out")" "$(cat "$work/w.eval")" "$(head -8 "$work/w/tokenizer.txt")"
 
 # 4-5. predict: a JSON line per text, in order, with its label and the
 # probabilities of every class

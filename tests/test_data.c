@@ -166,6 +166,98 @@ TEST(tokenizer_files_round_trip_and_damage_is_rejected)
     ts_tokenizer_free(&a);
 }
 
+TEST(word_tokenizer_keeps_each_repeated_run_whole_and_round_trips)
+{
+    /* "data" is seen three times (twice after a space, once first): one token
+     * either way; "Sonic" once: its bytes; "42" twice and "--" twice: tokens */
+    const char *text = "data files for 42 games\n data -- files -- data 42 Sonic";
+    ts_tokenizer a, b;
+    REQUIRE_OK(ts_tokenizer_train_words(&a, (const uint8_t *)text, strlen(text), 1000));
+    REQUIRE_OK(ts_tokenizer_train_words(&b, (const uint8_t *)text, strlen(text), 1000));
+    EXPECT(a.kind == TS_TOKENIZER_WORD && a.n_merges == 0);
+    EXPECTF(a.n_words == 4 && a.vocab_size == 260, "%d words, vocabulary %d", a.n_words, a.vocab_size);
+    EXPECT(a.fingerprint == b.fingerprint);
+    /* the most frequent first: "data" (3), then ties in byte order */
+    EXPECT(a.len[256] == 4 && !memcmp(a.bytes[256], "data", 4));
+    EXPECT(a.len[257] == 2 && !memcmp(a.bytes[257], "--", 2));
+    EXPECT(a.len[258] == 2 && !memcmp(a.bytes[258], "42", 2));
+    EXPECT(a.len[259] == 5 && !memcmp(a.bytes[259], "files", 5));
+    const char *probe = "data, datas  Sonic";
+    int32_t *ids;
+    size_t count;
+    REQUIRE_OK(ts_tokenizer_encode(&a, (const uint8_t *)probe, strlen(probe), &ids, &count));
+    /* data , ' ' d a t a s ' ' ' ' S o n i c: "datas" is another run */
+    int32_t want[] = {256, ',', ' ', 'd', 'a', 't', 'a', 's', ' ', ' ', 'S', 'o', 'n', 'i', 'c'};
+    EXPECTF(count == sizeof want / sizeof *want && !memcmp(ids, want, sizeof want), "%zu tokens", count);
+    free(ids);
+    /* the vocabulary size caps the words; a tie cut keeps the byte order */
+    ts_tokenizer_free(&b);
+    REQUIRE_OK(ts_tokenizer_train_words(&b, (const uint8_t *)text, strlen(text), 258));
+    EXPECT(b.n_words == 2 && b.fingerprint != a.fingerprint);
+    ts_tokenizer_free(&b);
+    /* any bytes round-trip */
+    rng_t r;
+    rng_seed(&r, 7);
+    unsigned char junk[4000];
+    for (int i = 0; i < 4000; i++) junk[i] = (unsigned char)(rng_next(&r) & 0xff);
+    memcpy(junk + 100, " data files ", 12);
+    REQUIRE_OK(ts_tokenizer_encode(&a, junk, sizeof junk, &ids, &count));
+    char *back;
+    size_t len;
+    REQUIRE_OK(ts_tokenizer_decode(&a, ids, count, &back, &len));
+    EXPECT(len == sizeof junk && !memcmp(back, junk, sizeof junk));
+    free(ids), free(back);
+    /* its file round-trips; damage is refused */
+    char *path = tmpfile_path("wtok");
+    REQUIRE_OK(ts_tokenizer_save(&a, path));
+    REQUIRE_OK(ts_tokenizer_load(&b, path));
+    EXPECT(b.kind == TS_TOKENIZER_WORD && b.vocab_size == a.vocab_size && b.fingerprint == a.fingerprint);
+    for (int32_t id = 0; id < a.vocab_size; id++)
+        EXPECTF(b.len[id] == a.len[id] && !memcmp(b.bytes[id], a.bytes[id], (size_t)a.len[id]), "token %d", id);
+    ts_tokenizer_free(&b);
+    static const char *bad[] = {
+        "tessera-tokenizer 1\ntype word\nvocab_size 258\nmerges 0\nwords 2\n6461\n",       /* truncated */
+        "tessera-tokenizer 1\ntype word\nvocab_size 259\nmerges 0\nwords 2\n6461\n6462\n", /* count mismatch */
+        "tessera-tokenizer 1\ntype word\nvocab_size 257\nmerges 0\nwords 1\n64\n",         /* one byte */
+        "tessera-tokenizer 1\ntype word\nvocab_size 257\nmerges 0\nwords 1\n6g61\n",       /* not hex */
+        "tessera-tokenizer 1\ntype word\nvocab_size 257\nmerges 0\nwords 1\n646\n",        /* odd digits */
+        "tessera-tokenizer 1\ntype word\nvocab_size 258\nmerges 0\nwords 2\n6461\n6461\n", /* repeated */
+        "tessera-tokenizer 1\ntype word\nvocab_size 257\nmerges 0\nwords 1\n6461\nxx\n",  /* trailing */
+        "tessera-tokenizer 1\ntype word\nvocab_size 256\nmerges 0\n",                     /* no words line */
+        "tessera-tokenizer 1\ntype word\nvocab_size 257\nmerges 1\n1 2\nwords 0\n",       /* merges */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        write_bytes(path, bad[i], strlen(bad[i]));
+        ts_status st = ts_tokenizer_load(&b, path);
+        EXPECTF(st == TS_ERR_FORMAT, "case %zu: %s (%s)", i, ts_status_name(st), ts_last_error());
+    }
+    unlink(path);
+    free(path);
+    ts_tokenizer_free(&a);
+}
+
+TEST(tokenizer_specs_train_or_load_and_bad_sizes_are_errors)
+{
+    const char *text = "one two two one three";
+    ts_tokenizer t;
+    REQUIRE_OK(ts_tokenizer_from_spec(&t, "byte", (const uint8_t *)text, strlen(text)));
+    EXPECT(t.kind == TS_TOKENIZER_BYTE && t.vocab_size == 256);
+    ts_tokenizer_free(&t);
+    REQUIRE_OK(ts_tokenizer_from_spec(&t, "bpe:300", (const uint8_t *)text, strlen(text)));
+    EXPECT(t.kind == TS_TOKENIZER_BPE);
+    ts_tokenizer_free(&t);
+    REQUIRE_OK(ts_tokenizer_from_spec(&t, "word:300", (const uint8_t *)text, strlen(text)));
+    EXPECT(t.kind == TS_TOKENIZER_WORD && t.n_words == 2);
+    ts_tokenizer_free(&t);
+    static const char *bad[] = {"word:", "word:12x", "bpe:100", "word:255", "word:99999999999", "bpe:-300"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        ts_status st = ts_tokenizer_from_spec(&t, bad[i], (const uint8_t *)text, strlen(text));
+        EXPECTF(st == TS_ERR_INVALID_ARG, "%s: %s", bad[i], ts_status_name(st));
+        EXPECT(strstr(ts_last_error(), bad[i]) || strstr(ts_last_error(), "vocabulary size"));
+    }
+    EXPECT(ts_tokenizer_from_spec(&t, "/nonexistent/tok.txt", NULL, 0) != TS_OK);
+}
+
 TEST(token_files_round_trip_and_damage_is_rejected)
 {
     char *path = tmpfile_path("tokens");
@@ -388,6 +480,8 @@ int main(int argc, char **argv)
     TH_ADD(bpe_compresses_round_trips_and_is_deterministic);
     TH_ADD(bpe_round_trips_arbitrary_bytes);
     TH_ADD(tokenizer_files_round_trip_and_damage_is_rejected);
+    TH_ADD(word_tokenizer_keeps_each_repeated_run_whole_and_round_trips);
+    TH_ADD(tokenizer_specs_train_or_load_and_bad_sizes_are_errors);
     TH_ADD(token_files_round_trip_and_damage_is_rejected);
     TH_ADD(batches_are_a_function_of_seed_and_sample_index);
     TH_ADD(text_is_tokenized_once_and_cached);

@@ -14,7 +14,7 @@ export TESSERA_DATA_CACHE=$work/token-cache
 . "$(dirname "$0")/tap.sh"
 
 echo "TAP version 13"
-echo "1..16"
+echo "1..17"
 
 # A small run of the built-in task (the default run is longer).
 small=(--layers 2 --heads 4 --width 64 --seq-len 64 --batch 16 --lr 0.003 --warmup 20)
@@ -74,6 +74,12 @@ out=$("$tessera" train --device cpu --data "$work/fox.txt" --tokenizer bpe:300 "
 [ $rc -eq 0 ] && [ -f "$work/fox/step_00000030/tokenizer.txt" ] && grep -q '^type bpe' "$work/fox/step_00000030/tokenizer.txt" \
     && echo "$out" | grep -q 'A sample from the model'
 check "text data trains with a BPE tokenizer saved in the checkpoint" $? "exit $rc" "$(echo "$out" | tail -8)"
+out=$("$tessera" train --device cpu --data "$work/fox.txt" --tokenizer word:300 "${small[@]}" --seq-len 32 --steps 10 --out "$work/wfox" --sample-tokens 20 2>&1); rc=$?
+wtok="$work/wfox/step_00000010/tokenizer.txt"
+[ $rc -eq 0 ] && grep -q '^type word' "$wtok" && grep -qx "$(printf quick | od -An -tx1 | tr -d ' \n')" "$wtok" \
+    && echo "$out" | grep -q 'A sample from the model'
+check "and with a word tokenizer (each repeated word one token: quick in its file), sampled from" $? "exit $rc" \
+    "$(echo "$out" | tail -8)"
 
 # 9. the same run on the CPU backend and on OpenCL agrees
 if "$tessera" --version | grep -qw opencl && "$tessera" devices | grep -q '^opencl:0'; then

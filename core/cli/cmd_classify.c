@@ -102,7 +102,7 @@ static int classify_train(int argc, char **argv)
          "a `tessera train` run or checkpoint: its weights become the trunk, its tokenizer the tokenizer",
          "a new model", 0, 0, 0},
         {"--tokenizer", OPT_STRING, c.tokenizer, sizeof c.tokenizer,
-         "without --init: byte | bpe:N (trained on the texts) | tokenizer file", "byte", 0, 0, 0},
+         "without --init: byte | bpe:N | word:N (trained on the texts) | tokenizer file", "byte", 0, 0, 0},
         {"--layers", OPT_INT, &c.layers, 0, "without --init: transformer blocks", "4", 1, 1024, 0},
         {"--heads", OPT_INT, &c.heads, 0, "without --init: attention heads", "4", 1, 65536, 0},
         {"--width", OPT_INT, &c.width, 0, "without --init: embedding width", "256", 1, 65536, 0},

@@ -282,7 +282,7 @@ int cmd_tokenize(int argc, char **argv)
     cli_option opts[] = {
         {"--input", OPT_STRING, input, sizeof input, "UTF-8 text, - for standard input (required)", NULL, 0, 0, 0},
         {"--output", OPT_STRING, output, sizeof output, "token file to write (required)", NULL, 0, 0, 0},
-        {"--tokenizer", OPT_STRING, spec, sizeof spec, "byte | bpe:N (trained on the input) | tokenizer file", "byte",
+        {"--tokenizer", OPT_STRING, spec, sizeof spec, "byte | bpe:N | word:N (trained on the input) | tokenizer file", "byte",
          0, 0, 0},
         {"--save-tokenizer", OPT_STRING, save, sizeof save, "write the tokenizer here", NULL, 0, 0, 0},
     };
@@ -305,9 +305,7 @@ int cmd_tokenize(int argc, char **argv)
     ts_status st = ts_check_text((const uint8_t *)text, n, input);
     int have_tok = 0;
     if (!st) {
-        if (!strcmp(spec, "byte")) st = ts_tokenizer_init_byte(&tok);
-        else if (!strncmp(spec, "bpe:", 4)) st = ts_tokenizer_train_bpe(&tok, (const uint8_t *)text, n, atoi(spec + 4));
-        else st = ts_tokenizer_load(&tok, spec);
+        st = ts_tokenizer_from_spec(&tok, spec, (const uint8_t *)text, n);
         have_tok = !st;
     }
     int32_t *ids = NULL;

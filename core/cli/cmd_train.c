@@ -156,7 +156,7 @@ int cmd_train(int argc, char **argv)
         {"--data", OPT_STRING, c.data, sizeof c.data, "UTF-8 text, a token file, or an llm.c .bin token file",
          "the built-in sorting task", 0, 0, 0},
         {"--tokenizer", OPT_STRING, c.tokenizer, sizeof c.tokenizer,
-         "byte | bpe:N (trained on the data) | tokenizer file", "byte", 0, 0, 0},
+         "byte | bpe:N | word:N (trained on the data) | tokenizer file", "byte", 0, 0, 0},
         {"--val-fraction", OPT_DOUBLE, &val_fraction, 0, "held-out share of the data", "0.1", 0, 0.999, 0},
         {"--init", OPT_STRING, c.init, sizeof c.init,
          "start from this checkpoint's weights and tokenizer (new data, schedule, optimizer)", NULL, 0, 0, 0},

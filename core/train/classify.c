@@ -1218,7 +1218,7 @@ static uint64_t exset_hash(uint64_t h, const exset *e)
 }
 
 /* The tokenizer: a resumed run's or --init's checkpoint's, a file, bytes,
- * or BPE trained on the training texts. */
+ * or BPE or words trained on the training texts. */
 static ts_status open_tokenizer(crun *r, const char *init_ckpt)
 {
     const char *from = r->ckpt[0] ? r->ckpt : init_ckpt;
@@ -1235,9 +1235,11 @@ static ts_status open_tokenizer(crun *r, const char *init_ckpt)
     char *text = malloc(total + 1), *p = text;
     if (!text) return ts_error(TS_ERR_OOM, "no memory");
     for (int64_t i = 0; i < r->file.n; i++) p += sprintf(p, "%s\n", r->file.texts[i]);
-    ts_status st = ts_tokenizer_train_bpe(&r->tok, (const uint8_t *)text, total, atoi(spec + 4));
+    ts_status st = ts_tokenizer_from_spec(&r->tok, spec, (const uint8_t *)text, total);
     free(text);
-    return st ? ts_error_context(st, "training a BPE tokenizer on the texts of %s", r->c.train) : TS_OK;
+    return st ? ts_error_context(st, "training a %s tokenizer on the texts of %s", spec[0] == 'w' ? "word" : "BPE",
+                                 r->c.train)
+              : TS_OK;
 }
 
 /* 6. Examples: the training file, its label set, the held-out split (or

@@ -74,6 +74,7 @@ static int64_t *map_slot(u64map *m, uint64_t key, int insert)
 
 struct ts_merge_table {
     u64map rank; /* (a << 32 | b) -> merge index */
+    u64map word; /* hash of a word's bytes (+1 per collision) -> its id + 1 */
 };
 
 static uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t)(uint32_t)a << 32 | (uint32_t)b; }
@@ -87,7 +88,7 @@ void ts_tokenizer_free(ts_tokenizer *t)
     free(t->bytes);
     free(t->len);
     free(t->merges);
-    if (t->table) map_free(&t->table->rank);
+    if (t->table) map_free(&t->table->rank), map_free(&t->table->word);
     free(t->table);
     memset(t, 0, sizeof *t);
 }
@@ -98,15 +99,36 @@ void ts_tokenizer_free(ts_tokenizer *t)
  * gigabytes). */
 enum { MAX_TOKEN_BYTES = 256 };
 
-/* Token byte strings, the merge table and the fingerprint from merges. */
-static ts_status finish(ts_tokenizer *t)
+static uint64_t hash_bytes(const uint8_t *p, size_t n);
+
+/* The slot of a word's id + 1 in the word table (0: not there); NULL when
+ * inserting finds no memory. Hash collisions probe the next hash value. */
+static int64_t *word_slot(const ts_tokenizer *t, const uint8_t *p, size_t n, int insert)
 {
-    t->vocab_size = 256 + t->n_merges;
+    for (uint64_t h = hash_bytes(p, n);; h++) {
+        int64_t *slot = map_slot(&t->table->word, h, insert);
+        if (!slot || *slot == 0) return slot;
+        int32_t id = (int32_t)(*slot - 1);
+        if ((size_t)t->len[id] == n && !memcmp(t->bytes[id], p, n)) return slot;
+    }
+}
+
+/* Token byte strings, the merge and word tables and the fingerprint from
+ * the merges, or from the n_words words (whose byte strings and lengths
+ * `words`/`wlen` hand over; freed here either way). */
+static ts_status finish(ts_tokenizer *t, uint8_t **words, const int32_t *wlen)
+{
+    t->vocab_size = 256 + t->n_merges + t->n_words;
     t->bytes = calloc((size_t)t->vocab_size, sizeof *t->bytes);
     t->len = calloc((size_t)t->vocab_size, sizeof *t->len);
     t->table = calloc(1, sizeof *t->table);
-    if (!t->bytes || !t->len || !t->table || map_init(&t->table->rank, (size_t)t->n_merges + 1) != 0)
-        return ts_error(TS_ERR_OOM, "no memory for a tokenizer");
+    int ok = t->bytes && t->len && t->table && map_init(&t->table->rank, (size_t)t->n_merges + 1) == 0 &&
+             map_init(&t->table->word, (size_t)t->n_words + 1) == 0;
+    for (int32_t i = 0; i < t->n_words; i++) {
+        if (ok) t->bytes[256 + i] = words[i], t->len[256 + i] = wlen[i];
+        else free(words[i]);
+    }
+    if (!ok) return ts_error(TS_ERR_OOM, "no memory for a tokenizer");
     for (int i = 0; i < 256; i++) {
         t->bytes[i] = malloc(1);
         if (!t->bytes[i]) return ts_error(TS_ERR_OOM, "no memory for a tokenizer");
@@ -131,7 +153,17 @@ static ts_status finish(ts_tokenizer *t)
         if (*slot == 0) *slot = i + 1; /* first merge of a pair wins */
         fp = (fp ^ pair_key(a, b)) * 1099511628211ull;
     }
-    t->fingerprint = mix(fp ^ (uint64_t)t->n_merges);
+    for (int32_t i = 0; i < t->n_words; i++) {
+        int32_t id = 256 + i;
+        if (t->len[id] < 2 || t->len[id] > MAX_TOKEN_BYTES)
+            return ts_error(TS_ERR_FORMAT, "word %d has %d bytes (2 to %d)", i, t->len[id], MAX_TOKEN_BYTES);
+        int64_t *slot = word_slot(t, t->bytes[id], (size_t)t->len[id], 1);
+        if (!slot) return ts_error(TS_ERR_OOM, "no memory for a tokenizer");
+        if (*slot) return ts_error(TS_ERR_FORMAT, "word %d repeats word %d", i, (int)(*slot - 257));
+        *slot = id + 1;
+        fp = (fp ^ hash_bytes(t->bytes[id], (size_t)t->len[id])) * 1099511628211ull;
+    }
+    t->fingerprint = mix(fp ^ (uint64_t)t->n_merges ^ (uint64_t)t->n_words << 32);
     return TS_OK;
 }
 
@@ -139,7 +171,7 @@ ts_status ts_tokenizer_init_byte(ts_tokenizer *t)
 {
     memset(t, 0, sizeof *t);
     t->kind = TS_TOKENIZER_BYTE;
-    ts_status st = finish(t);
+    ts_status st = finish(t, NULL, NULL);
     if (st) ts_tokenizer_free(t);
     return st;
 }
@@ -183,6 +215,18 @@ typedef struct word {
     int64_t count;
 } word;
 
+/* Room for element n of the array at *pp (capacity *cap, doubled when
+ * full, from 1024); -1 when out of memory (the array is kept). */
+static int grow(void *pp, size_t *cap, size_t n, size_t size)
+{
+    if (n < *cap) return 0;
+    size_t c = *cap ? *cap * 2 : 1024;
+    void *p = realloc(*(void **)pp, c * size);
+    if (!p) return -1;
+    *(void **)pp = p, *cap = c;
+    return 0;
+}
+
 static uint64_t hash_bytes(const uint8_t *p, size_t n)
 {
     uint64_t h = 14695981039346656037ull;
@@ -220,14 +264,9 @@ ts_status ts_tokenizer_train_bpe(ts_tokenizer *t, const uint8_t *text, size_t n,
         }
         if (st) break;
         if (*slot == 0) {
-            if (nwords == capwords) {
-                capwords = capwords ? capwords * 2 : 1024;
-                word *nw = realloc(words, capwords * sizeof *nw);
-                if (!nw) {
-                    st = ts_error(TS_ERR_OOM, "no memory");
-                    break;
-                }
-                words = nw;
+            if (grow(&words, &capwords, nwords, sizeof *words) != 0) {
+                st = ts_error(TS_ERR_OOM, "no memory");
+                break;
             }
             word *w = &words[nwords];
             w->ids = malloc(len * sizeof *w->ids);
@@ -290,7 +329,102 @@ ts_status ts_tokenizer_train_bpe(ts_tokenizer *t, const uint8_t *text, size_t n,
     map_free(&pairs);
     for (size_t w = 0; w < nwords; w++) free(words[w].ids);
     free(words);
-    if (!st) st = finish(t);
+    if (!st) st = finish(t, NULL, NULL);
+    if (st) ts_tokenizer_free(t);
+    return st;
+}
+
+/* Length of the word-tokenizer run starting at text[i]: letters, digits or
+ * other symbols, or one whitespace byte. */
+static size_t word_run_len(const uint8_t *s, size_t n, size_t i)
+{
+    if (n - i > MAX_TOKEN_BYTES) n = i + MAX_TOKEN_BYTES;
+    int c = cls(s[i]);
+    if (c == CLS_SPACE) return 1;
+    size_t j = i + 1;
+    while (j < n && cls(s[j]) == c) j++;
+    return j - i;
+}
+
+typedef struct run_count {
+    size_t at, len; /* the first occurrence in the text */
+    int64_t count;
+} run_count;
+
+static const uint8_t *g_sort_text; /* qsort's context: the text the runs point into */
+
+/* The most frequent first; ties in byte order (then the shorter first). */
+static int by_count(const void *pa, const void *pb)
+{
+    const run_count *a = pa, *b = pb;
+    if (a->count != b->count) return a->count > b->count ? -1 : 1;
+    size_t m = a->len < b->len ? a->len : b->len;
+    int c = memcmp(g_sort_text + a->at, g_sort_text + b->at, m);
+    if (c) return c;
+    return a->len < b->len ? -1 : a->len > b->len;
+}
+
+ts_status ts_tokenizer_train_words(ts_tokenizer *t, const uint8_t *text, size_t n, int32_t vocab_size)
+{
+    memset(t, 0, sizeof *t);
+    if (vocab_size < 256 || vocab_size > (1 << 20))
+        return ts_error(TS_ERR_INVALID_ARG, "word vocabulary size %d must be in [256, 2^20]", vocab_size);
+    u64map index; /* hash of a run (+1 per collision) -> its index in runs + 1 */
+    run_count *runs = NULL;
+    size_t nruns = 0, cap = 0;
+    ts_status st = TS_OK;
+    if (map_init(&index, 1 << 12) != 0) return ts_error(TS_ERR_OOM, "no memory");
+    for (size_t i = 0; i < n && !st;) {
+        size_t len = word_run_len(text, n, i);
+        if (len >= 2) { /* single bytes are tokens already */
+            int64_t *slot = NULL;
+            for (uint64_t h = hash_bytes(text + i, len);; h++) {
+                slot = map_slot(&index, h, 1);
+                if (!slot || *slot == 0) break;
+                const run_count *r = &runs[*slot - 1];
+                if (r->len == len && !memcmp(text + r->at, text + i, len)) break;
+            }
+            if (!slot) {
+                st = ts_error(TS_ERR_OOM, "no memory");
+                break;
+            }
+            if (*slot == 0) {
+                if (grow(&runs, &cap, nruns, sizeof *runs) != 0) {
+                    st = ts_error(TS_ERR_OOM, "no memory");
+                    break;
+                }
+                runs[nruns] = (run_count){.at = i, .len = len, .count = 0};
+                *slot = (int64_t)++nruns;
+            }
+            runs[*slot - 1].count++;
+        }
+        i += len;
+    }
+    map_free(&index);
+    g_sort_text = text;
+    if (!st && nruns) qsort(runs, nruns, sizeof *runs, by_count);
+    size_t want = 0;
+    while (want < nruns && want < (size_t)(vocab_size - 256) && runs[want].count >= 2) want++;
+    uint8_t **words = calloc(want ? want : 1, sizeof *words);
+    int32_t *wlen = calloc(want ? want : 1, sizeof *wlen);
+    if (!st && (!words || !wlen)) st = ts_error(TS_ERR_OOM, "no memory");
+    for (size_t w = 0; w < want && !st; w++) {
+        words[w] = malloc(runs[w].len);
+        if (!words[w]) {
+            st = ts_error(TS_ERR_OOM, "no memory");
+            break;
+        }
+        memcpy(words[w], text + runs[w].at, runs[w].len);
+        wlen[w] = (int32_t)runs[w].len;
+        t->n_words = (int32_t)w + 1;
+    }
+    free(runs);
+    t->kind = TS_TOKENIZER_WORD;
+    if (!st) st = finish(t, words, wlen);
+    else
+        for (int32_t w = 0; w < t->n_words; w++) free(words[w]);
+    free(words);
+    free(wlen);
     if (st) ts_tokenizer_free(t);
     return st;
 }
@@ -299,14 +433,25 @@ ts_status ts_tokenizer_train_bpe(ts_tokenizer *t, const uint8_t *text, size_t n,
 
 ts_status ts_tokenizer_serialize(const ts_tokenizer *t, char **text, size_t *len)
 {
-    size_t cap = 128 + (size_t)t->n_merges * 24, n = 0;
+    size_t cap = 160 + (size_t)t->n_merges * 24, n = 0;
+    for (int32_t i = 0; i < t->n_words; i++) cap += 2 * (size_t)t->len[256 + i] + 1;
     char *buf = malloc(cap);
     *text = NULL, *len = 0;
     if (!buf) return ts_error(TS_ERR_OOM, "no memory");
+    static const char *const names[] = {"byte", "bpe", "word"};
     n += (size_t)snprintf(buf + n, cap - n, "tessera-tokenizer 1\ntype %s\nvocab_size %d\nmerges %d\n",
-                          t->kind == TS_TOKENIZER_BPE ? "bpe" : "byte", t->vocab_size, t->n_merges);
+                          names[t->kind], t->vocab_size, t->n_merges);
     for (int32_t i = 0; i < t->n_merges; i++)
         n += (size_t)snprintf(buf + n, cap - n, "%d %d\n", t->merges[i][0], t->merges[i][1]);
+    if (t->kind == TS_TOKENIZER_WORD) {
+        n += (size_t)snprintf(buf + n, cap - n, "words %d\n", t->n_words);
+        static const char hex[] = "0123456789abcdef";
+        for (int32_t i = 0; i < t->n_words; i++) {
+            const uint8_t *w = t->bytes[256 + i];
+            for (int32_t k = 0; k < t->len[256 + i]; k++) buf[n++] = hex[w[k] >> 4], buf[n++] = hex[w[k] & 15];
+            buf[n++] = '\n';
+        }
+    }
     *text = buf, *len = n;
     return TS_OK;
 }
@@ -319,6 +464,57 @@ ts_status ts_tokenizer_save(const ts_tokenizer *t, const char *path)
     ts_status st = ts_write_file_atomic(path, buf, n);
     free(buf);
     return st;
+}
+
+static int hex_digit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* A word tokenizer's "words W" line and W lines of hex bytes from p; *at is
+ * where they end. W must make vocab tokens with the 256 bytes. */
+static ts_status read_words(const char *p, const char *end, int vocab, uint8_t ***words, int32_t **wlen,
+                            int32_t *count, const char **at)
+{
+    long w = -1;
+    if (end - p > 6 && !memcmp(p, "words ", 6) && p[6] >= '0' && p[6] <= '9') {
+        char *q;
+        errno = 0;
+        w = strtol(p + 6, &q, 10);
+        if (errno || q >= end || *q != '\n') w = -1;
+        else p = q + 1;
+    }
+    if (w < 0 || w > (1 << 20) || vocab != 256 + w)
+        return ts_error(TS_ERR_FORMAT, "no \"words W\" line with vocab_size %d = 256 + W", vocab);
+    *words = calloc((size_t)(w ? w : 1), sizeof **words);
+    *wlen = calloc((size_t)(w ? w : 1), sizeof **wlen);
+    *count = 0;
+    if (!*words || !*wlen) return ts_error(TS_ERR_OOM, "no memory");
+    for (long i = 0; i < w; i++) {
+        const char *e = p;
+        while (e < end && *e != '\n') e++;
+        size_t digits = (size_t)(e - p);
+        int ok = e < end && digits >= 4 && digits % 2 == 0 && digits / 2 <= MAX_TOKEN_BYTES;
+        uint8_t *b = ok ? malloc(digits / 2) : NULL;
+        for (size_t k = 0; b && k < digits / 2 && ok; k++) {
+            int hi = hex_digit(p[2 * k]), lo = hex_digit(p[2 * k + 1]);
+            ok = hi >= 0 && lo >= 0;
+            b[k] = (uint8_t)(hi << 4 | lo);
+        }
+        if (!ok || !b) {
+            free(b);
+            for (int32_t k = 0; k < *count; k++) free((*words)[k]);
+            free(*words), free(*wlen);
+            *words = NULL, *wlen = NULL, *count = 0;
+            return ok ? ts_error(TS_ERR_OOM, "no memory")
+                      : ts_error(TS_ERR_FORMAT, "word %ld of %ld is missing or not 2 to %d bytes in hex (truncated?)",
+                                 i, w, MAX_TOKEN_BYTES);
+        }
+        (*words)[i] = b, (*wlen)[i] = (int32_t)(digits / 2), *count = (int32_t)i + 1;
+        p = e + 1;
+    }
+    *at = p;
+    return TS_OK;
 }
 
 ts_status ts_tokenizer_load(ts_tokenizer *t, const char *path)
@@ -336,16 +532,17 @@ ts_status ts_tokenizer_load(ts_tokenizer *t, const char *path)
         free(text);
         return ts_error(TS_ERR_FORMAT, "%s is not a tessera tokenizer file", path);
     }
-    if (strcmp(type, "byte") && strcmp(type, "bpe")) {
+    int is_word = !strcmp(type, "word");
+    if (strcmp(type, "byte") && strcmp(type, "bpe") && !is_word) {
         free(text);
         return ts_error(TS_ERR_FORMAT, "%s: unknown tokenizer type '%s'", path, type);
     }
-    if (merges < 0 || merges > (1 << 20) || vocab != 256 + merges ||
-        (!strcmp(type, "byte") && merges != 0)) {
+    if (merges < 0 || merges > (1 << 20) || (!is_word && vocab != 256 + merges) ||
+        (strcmp(type, "bpe") && merges != 0)) {
         free(text);
         return ts_error(TS_ERR_FORMAT, "%s: vocab_size %d does not match %d merges", path, vocab, merges);
     }
-    t->kind = strcmp(type, "bpe") ? TS_TOKENIZER_BYTE : TS_TOKENIZER_BPE;
+    t->kind = is_word ? TS_TOKENIZER_WORD : strcmp(type, "bpe") ? TS_TOKENIZER_BYTE : TS_TOKENIZER_BPE;
     t->merges = calloc((size_t)(merges ? merges : 1), sizeof *t->merges);
     if (!t->merges) {
         free(text);
@@ -376,14 +573,26 @@ ts_status ts_tokenizer_load(ts_tokenizer *t, const char *path)
         t->merges[i][0] = (int32_t)v[0], t->merges[i][1] = (int32_t)v[1];
     }
     t->n_merges = merges;
-    while (*p == ' ' || *p == '\n') p++;
+    uint8_t **words = NULL;
+    int32_t *wlen = NULL;
+    if (is_word) {
+        st = read_words(p, end, vocab, &words, &wlen, &t->n_words, &p);
+        if (st) {
+            free(text);
+            ts_tokenizer_free(t);
+            return ts_error_context(st, "%s", path);
+        }
+    }
+    while (p < end && (*p == ' ' || *p == '\n')) p++;
     if ((size_t)(p - text) != n) {
-        free(text);
+        for (int32_t i = 0; i < t->n_words; i++) free(words[i]);
+        free(words), free(wlen), free(text);
         ts_tokenizer_free(t);
-        return ts_error(TS_ERR_FORMAT, "%s: unexpected data after the merges", path);
+        return ts_error(TS_ERR_FORMAT, "%s: unexpected data after the %s", path, is_word ? "words" : "merges");
     }
     free(text);
-    st = finish(t);
+    st = finish(t, words, wlen);
+    free(words), free(wlen);
     if (st) {
         st = ts_error_context(st, "%s", path);
         ts_tokenizer_free(t);
@@ -393,7 +602,23 @@ ts_status ts_tokenizer_load(ts_tokenizer *t, const char *path)
 
 int ts_tokenizer_spec_is_file(const char *spec)
 {
-    return strcmp(spec, "byte") != 0 && strncmp(spec, "bpe:", 4) != 0;
+    return strcmp(spec, "byte") != 0 && strncmp(spec, "bpe:", 4) != 0 && strncmp(spec, "word:", 5) != 0;
+}
+
+ts_status ts_tokenizer_from_spec(ts_tokenizer *t, const char *spec, const uint8_t *text, size_t n)
+{
+    memset(t, 0, sizeof *t);
+    if (!strcmp(spec, "byte")) return ts_tokenizer_init_byte(t);
+    if (ts_tokenizer_spec_is_file(spec)) return ts_tokenizer_load(t, spec);
+    int word = spec[0] == 'w';
+    const char *num = spec + (word ? 5 : 4);
+    char *end;
+    errno = 0;
+    long v = strtol(num, &end, 10);
+    if (errno || end == num || *end || v < 256 || v > (1 << 20))
+        return ts_error(TS_ERR_INVALID_ARG, "tokenizer '%s': the vocabulary size after '%s' must be a number in "
+                        "[256, 2^20]", spec, word ? "word:" : "bpe:");
+    return word ? ts_tokenizer_train_words(t, text, n, (int32_t)v) : ts_tokenizer_train_bpe(t, text, n, (int32_t)v);
 }
 
 /* ---- encoding ---- */
@@ -433,7 +658,16 @@ ts_status ts_tokenizer_encode(const ts_tokenizer *t, const uint8_t *text, size_t
     int32_t *out = malloc((n ? n : 1) * sizeof *out);
     if (!out) return ts_error(TS_ERR_OOM, "no memory to encode %zu bytes", n);
     size_t k = 0;
-    if (t->kind == TS_TOKENIZER_BYTE || t->n_merges == 0) {
+    if (t->kind == TS_TOKENIZER_WORD) {
+        for (size_t i = 0; i < n;) {
+            size_t len = word_run_len(text, n, i);
+            int64_t *slot = len >= 2 ? word_slot(t, text + i, len, 0) : NULL;
+            if (slot && *slot) out[k++] = (int32_t)(*slot - 1);
+            else
+                for (size_t j = 0; j < len; j++) out[k++] = text[i + j];
+            i += len;
+        }
+    } else if (t->kind == TS_TOKENIZER_BYTE || t->n_merges == 0) {
         for (size_t i = 0; i < n; i++) out[i] = text[i];
         k = n;
     } else {

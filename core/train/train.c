@@ -214,7 +214,7 @@ ts_status ts_train_settings_parse(const char *json, ts_train_config *c)
 /* ---- data and tokenizer ---- */
 
 /* Tokenizer for the run: a checkpoint's (when resuming or starting from
- * one), a file, byte, or BPE trained on the text. */
+ * one), a file, byte, or BPE or words trained on the text. */
 static ts_status setup_tokenizer(const ts_train_config *c, const char *ckpt, ts_tokenizer *tok)
 {
     if (ckpt) {
@@ -224,7 +224,6 @@ static ts_status setup_tokenizer(const ts_train_config *c, const char *ckpt, ts_
     }
     if (!c->data[0] || !strcmp(c->tokenizer, "byte")) return ts_tokenizer_init_byte(tok);
     if (ts_tokenizer_spec_is_file(c->tokenizer)) return ts_tokenizer_load(tok, c->tokenizer);
-    int vocab = atoi(c->tokenizer + 4);
     if (ts_is_token_file(c->data))
         return ts_error(TS_ERR_INVALID_ARG, "%s is already tokenized: pass its tokenizer file, not %s",
                         c->data, c->tokenizer);
@@ -232,9 +231,9 @@ static ts_status setup_tokenizer(const ts_train_config *c, const char *ckpt, ts_
     size_t n;
     TRY(ts_labeled_corpus(c->data, &text, &n)); /* a labeled file's texts */
     ts_status st = ts_check_text((const uint8_t *)text, n, c->data);
-    if (!st) st = ts_tokenizer_train_bpe(tok, (const uint8_t *)text, n, vocab);
+    if (!st) st = ts_tokenizer_from_spec(tok, c->tokenizer, (const uint8_t *)text, n);
     free(text);
-    if (st) return ts_error_context(st, "training a BPE tokenizer on %s", c->data);
+    if (st) return ts_error_context(st, "training a %s tokenizer on %s", c->tokenizer[0] == 'w' ? "word" : "BPE", c->data);
     return TS_OK;
 }
 

@@ -1,6 +1,6 @@
 /* Text corpora: ts_check_text (UTF-8 without NUL bytes) and, for text that
- * passes, the byte tokenizer and a BPE tokenizer trained on it (300 tokens),
- * each encoding and decoding the text back. */
+ * passes, the byte tokenizer and a BPE and a word tokenizer trained on it
+ * (300 tokens), each encoding and decoding the text back. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,6 +34,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ts_tokenizer_free(&tok);
     if (ts_tokenizer_train_bpe(&tok, data, n, 300) == TS_OK) {
         if (tok.vocab_size < 256 || tok.vocab_size > 300) fuzz_fail("BPE vocabulary size out of range");
+        round_trip(&tok, data, n);
+        ts_tokenizer_free(&tok);
+    }
+    if (ts_tokenizer_train_words(&tok, data, n, 300) == TS_OK) {
+        if (tok.vocab_size < 256 || tok.vocab_size > 300) fuzz_fail("word vocabulary size out of range");
         round_trip(&tok, data, n);
         ts_tokenizer_free(&tok);
     }

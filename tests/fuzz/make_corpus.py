@@ -213,6 +213,25 @@ seed(T, "seed-bad-byte-merges", tok_file([(97, 98)], kind="byte"))
 seed(T, "seed-bad-truncated", tok_file(bpe[:10])[:-9])
 seed(T, "seed-bad-trailing", tok_file(bpe[:5], tail="junk\n"))
 seed(T, "seed-bad-merge-line", tok_file([(97, 98)]).replace("97 98", "97 x"))
+
+
+def word_file(words, vocab=None, merges=0, tail=""):
+    """A word tokenizer file: no merges, then the words' bytes in hex."""
+    lines = ["tessera-tokenizer 1", "type word", "vocab_size %d" % (256 + len(words) if vocab is None else vocab),
+             "merges %d" % merges, "words %d" % len(words)]
+    lines += [w.encode().hex() if isinstance(w, str) else w for w in words]
+    return "\n".join(lines) + "\n" + tail
+
+
+seed(T, "seed-word", word_file(["the", "fox", "dog", "quick", "--", "42", "caf\u00e9"]))
+seed(T, "seed-word-none", word_file([]))
+seed(T, "seed-word-longest", word_file(["a" * 256, "ab"]))
+seed(T, "seed-bad-word-repeat", word_file(["the", "the"]))
+seed(T, "seed-bad-word-one-byte", word_file(["x"]))
+seed(T, "seed-bad-word-hex", word_file(["the", "fox"]).replace("666f78", "6g6f78"))
+seed(T, "seed-bad-word-count", word_file(["the", "fox"], vocab=300))
+seed(T, "seed-bad-word-too-long", word_file(["a" * 257]))
+seed(T, "seed-bad-word-truncated", word_file(["the", "fox", "dog"])[:-5])
 seed(T, "seed-bad-crlf", tok_file(bpe[:5]).replace("\n", "\r\n"))
 seed(T, "seed-bad-huge-id", tok_file([(97, 98)]).replace("97 98", "2097152 98"))
 seed(T, "seed-bad-negative", "tessera-tokenizer 1\ntype bpe\nvocab_size 255\nmerges -1\n")

@@ -125,7 +125,7 @@ typedef struct ts_classify_config {
     /* model: a language model's checkpoint (its trunk and tokenizer), or a
      * new trunk of these sizes with this tokenizer */
     char init[1024];          /* checkpoint or run directory of `tessera train`; "" = from scratch */
-    char tokenizer[1024];     /* byte | bpe:N (trained on the training texts) | tokenizer file */
+    char tokenizer[1024];     /* byte | bpe:N | word:N (trained on the training texts) | tokenizer file */
     int64_t layers, heads, width;
     int64_t max_len;          /* tokens per text (longer texts are cut) */
     char pool[16];            /* last | mean | max | mixed (an ensemble's members alternate last, mean) */

@@ -1,5 +1,5 @@
-/* Tokenizers: byte-level (256 tokens, the default) and byte-level BPE that
- * tessera trains on a corpus.
+/* Tokenizers: byte-level (256 tokens, the default), byte-level BPE that
+ * tessera trains on a corpus, and whole words with a byte fallback.
  *
  * BPE: text is first cut into chunks the way GPT-2 does (an optional leading
  * space plus a run of letters, of digits, or of other symbols; runs of
@@ -8,8 +8,16 @@
  * result is deterministic). Token ids 0..255 are bytes; 256+i is merge i.
  * Any byte sequence encodes, and decode(encode(x)) == x.
  *
- * File format (text): "tessera-tokenizer 1", "type byte|bpe",
- * "vocab_size N", "merges M", then M lines "a b". */
+ * Words: text is cut into runs of letters, of digits, of other symbols, and
+ * single whitespace bytes (a space is its own token, so " data" and "data"
+ * are one word: a small classifier learns each word once). Every run seen
+ * at least twice in the corpus is a token (the most frequent first, up to
+ * the vocabulary size); any other run is its bytes. Token ids 0..255 are
+ * bytes, 256+i is word i; decode(encode(x)) == x.
+ *
+ * File format (text): "tessera-tokenizer 1", "type byte|bpe|word",
+ * "vocab_size N", "merges M", then M lines "a b"; a word tokenizer has no
+ * merges and then "words W" and W lines, each word's bytes in hex. */
 #ifndef TESSERA_TOKENIZER_H
 #define TESSERA_TOKENIZER_H
 
@@ -22,28 +30,35 @@
 extern "C" {
 #endif
 
-typedef enum { TS_TOKENIZER_BYTE = 0, TS_TOKENIZER_BPE = 1 } ts_tokenizer_kind;
+typedef enum { TS_TOKENIZER_BYTE = 0, TS_TOKENIZER_BPE = 1, TS_TOKENIZER_WORD = 2 } ts_tokenizer_kind;
 
 typedef struct ts_tokenizer {
     ts_tokenizer_kind kind;
     int32_t vocab_size;
     int32_t n_merges;
     int32_t (*merges)[2];   /* merge i makes token 256+i from (a, b) */
+    int32_t n_words;        /* word tokenizer: tokens 256.. are whole words */
     uint8_t **bytes;        /* bytes of each token */
     int32_t *len;
-    struct ts_merge_table *table; /* (a, b) -> merge rank */
-    uint64_t fingerprint;   /* hash of the merges: identifies the tokenizer */
+    struct ts_merge_table *table; /* (a, b) -> merge rank; a word's bytes -> its id */
+    uint64_t fingerprint;   /* hash of the merges or words: identifies the tokenizer */
 } ts_tokenizer;
 
 ts_status ts_tokenizer_init_byte(ts_tokenizer *t);
 /* Train a BPE tokenizer with vocab_size >= 256 tokens on text. Stops early
  * (fewer tokens) when no pair occurs twice. */
 ts_status ts_tokenizer_train_bpe(ts_tokenizer *t, const uint8_t *text, size_t n, int32_t vocab_size);
+/* Train a word tokenizer of at most vocab_size >= 256 tokens on text: the
+ * runs seen at least twice, the most frequent first (ties in byte order). */
+ts_status ts_tokenizer_train_words(ts_tokenizer *t, const uint8_t *text, size_t n, int32_t vocab_size);
+/* A tokenizer from a spec: "byte", "bpe:N" or "word:N" (trained on the n
+ * bytes of text), or a tokenizer file's path. */
+ts_status ts_tokenizer_from_spec(ts_tokenizer *t, const char *spec, const uint8_t *text, size_t n);
 /* The tokenizer file's text (ts_tokenizer_save writes it); caller frees. */
 ts_status ts_tokenizer_serialize(const ts_tokenizer *t, char **text, size_t *len);
 ts_status ts_tokenizer_save(const ts_tokenizer *t, const char *path);
 ts_status ts_tokenizer_load(ts_tokenizer *t, const char *path);
-/* "byte", "bpe:N" (train on the corpus), or a tokenizer file path. */
+/* "byte", "bpe:N" or "word:N" (train on the corpus), or a tokenizer file path. */
 int ts_tokenizer_spec_is_file(const char *spec);
 void ts_tokenizer_free(ts_tokenizer *t);
 

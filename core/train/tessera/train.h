@@ -19,7 +19,7 @@ extern "C" {
 typedef struct ts_train_config {
     /* data */
     char data[1024];        /* text file or token file; "" = the built-in task */
-    char tokenizer[1024];   /* "byte", "bpe:N" (trained on the data), or a tokenizer file */
+    char tokenizer[1024];   /* "byte", "bpe:N" or "word:N" (trained on the data), or a tokenizer file */
     double val_fraction;    /* held-out tail of the data */
     /* model (vocab_size comes from the tokenizer or token file) */
     ts_gpt_config model;
