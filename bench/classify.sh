@@ -32,7 +32,7 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", b - a }'; }
 now() { date +%s.%N; }
 
 # the recipe (README "Text classification")
-lm=(--tokenizer bpe:2048 --layers 2 --heads 4 --width 128 --seq-len 64 --batch 32 --steps 800 --lr 2e-3
+lm=(--tokenizer word:16384 --layers 2 --heads 4 --width 128 --seq-len 64 --batch 32 --steps 800 --lr 2e-3
     --eval-every 200)
 cls=(--epochs 8 --max-len 48 --pool last --token-dropout 0.2 --lm-weight 1)
 members=10
@@ -84,7 +84,7 @@ lines = [f"Debian package descriptions, 5 sections, {a['test_examples']} test ex
          "", "| method | accuracy | macro precision | macro recall | macro F1 | seconds |",
          "| --- | --- | --- | --- | --- | --- |",
          row("anchor: TF-IDF word+char n-grams, logistic regression", a, f"{a['seconds']:.0f}"),
-         row(f"tessera: pretrain 2x128 GPT on the texts, then fine-tune an ensemble of {members}", f,
+         row(f"tessera: pretrain 2x128 GPT (word tokens) on the texts, then fine-tune an ensemble of {members}", f,
              f"{total} ({pre} pretrain + {fine} fine-tune + {ev} eval)"),
          row("tessera: its first member alone (the recipe without --ensemble)", o,
              f"{int(pre) + int(one_s)} ({pre} pretrain + {one_s} fine-tune)"),
