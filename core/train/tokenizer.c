@@ -347,11 +347,10 @@ static size_t word_run_len(const uint8_t *s, size_t n, size_t i)
 }
 
 typedef struct run_count {
-    size_t at, len; /* the first occurrence in the text */
+    const uint8_t *at; /* the first occurrence in the text */
+    size_t len;
     int64_t count;
 } run_count;
-
-static const uint8_t *g_sort_text; /* qsort's context: the text the runs point into */
 
 /* The most frequent first; ties in byte order (then the shorter first). */
 static int by_count(const void *pa, const void *pb)
@@ -359,7 +358,7 @@ static int by_count(const void *pa, const void *pb)
     const run_count *a = pa, *b = pb;
     if (a->count != b->count) return a->count > b->count ? -1 : 1;
     size_t m = a->len < b->len ? a->len : b->len;
-    int c = memcmp(g_sort_text + a->at, g_sort_text + b->at, m);
+    int c = memcmp(a->at, b->at, m);
     if (c) return c;
     return a->len < b->len ? -1 : a->len > b->len;
 }
@@ -382,7 +381,7 @@ ts_status ts_tokenizer_train_words(ts_tokenizer *t, const uint8_t *text, size_t 
                 slot = map_slot(&index, h, 1);
                 if (!slot || *slot == 0) break;
                 const run_count *r = &runs[*slot - 1];
-                if (r->len == len && !memcmp(text + r->at, text + i, len)) break;
+                if (r->len == len && !memcmp(r->at, text + i, len)) break;
             }
             if (!slot) {
                 st = ts_error(TS_ERR_OOM, "no memory");
@@ -393,7 +392,7 @@ ts_status ts_tokenizer_train_words(ts_tokenizer *t, const uint8_t *text, size_t 
                     st = ts_error(TS_ERR_OOM, "no memory");
                     break;
                 }
-                runs[nruns] = (run_count){.at = i, .len = len, .count = 0};
+                runs[nruns] = (run_count){.at = text + i, .len = len, .count = 0};
                 *slot = (int64_t)++nruns;
             }
             runs[*slot - 1].count++;
@@ -401,7 +400,6 @@ ts_status ts_tokenizer_train_words(ts_tokenizer *t, const uint8_t *text, size_t 
         i += len;
     }
     map_free(&index);
-    g_sort_text = text;
     if (!st && nruns) qsort(runs, nruns, sizeof *runs, by_count);
     size_t want = 0;
     while (want < nruns && want < (size_t)(vocab_size - 256) && runs[want].count >= 2) want++;
@@ -414,7 +412,7 @@ ts_status ts_tokenizer_train_words(ts_tokenizer *t, const uint8_t *text, size_t 
             st = ts_error(TS_ERR_OOM, "no memory");
             break;
         }
-        memcpy(words[w], text + runs[w].at, runs[w].len);
+        memcpy(words[w], runs[w].at, runs[w].len);
         wlen[w] = (int32_t)runs[w].len;
         t->n_words = (int32_t)w + 1;
     }
