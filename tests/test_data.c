@@ -128,6 +128,17 @@ TEST(bpe_round_trips_arbitrary_bytes)
     ts_tokenizer_free(&t);
 }
 
+/* Each of these tokenizer files, written to path, fails to load as a format error. */
+static void expect_tokenizer_files_refused(const char *path, const char *const *bad, size_t n)
+{
+    ts_tokenizer b;
+    for (size_t i = 0; i < n; i++) {
+        write_bytes(path, bad[i], strlen(bad[i]));
+        ts_status st = ts_tokenizer_load(&b, path);
+        EXPECTF(st == TS_ERR_FORMAT, "case %zu: %s (%s)", i, ts_status_name(st), ts_last_error());
+    }
+}
+
 TEST(tokenizer_files_round_trip_and_damage_is_rejected)
 {
     ts_tokenizer a, b;
@@ -156,11 +167,7 @@ TEST(tokenizer_files_round_trip_and_damage_is_rejected)
         "tessera-tokenizer 1\ntype bpe\nvocab_size 268\nmerges 12\n97 97\n256 256\n257 257\n258 258\n"
         "259 259\n260 260\n261 261\n262 262\n263 263\n264 264\n265 265\n266 266\n",
     };
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        write_bytes(path, bad[i], strlen(bad[i]));
-        ts_status st = ts_tokenizer_load(&b, path);
-        EXPECTF(st == TS_ERR_FORMAT, "case %zu: %s (%s)", i, ts_status_name(st), ts_last_error());
-    }
+    expect_tokenizer_files_refused(path, bad, sizeof bad / sizeof *bad);
     unlink(path);
     free(path);
     ts_tokenizer_free(&a);
@@ -226,11 +233,7 @@ TEST(word_tokenizer_keeps_each_repeated_run_whole_and_round_trips)
         "tessera-tokenizer 1\ntype word\nvocab_size 256\nmerges 0\n",                     /* no words line */
         "tessera-tokenizer 1\ntype word\nvocab_size 257\nmerges 1\n1 2\nwords 0\n",       /* merges */
     };
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        write_bytes(path, bad[i], strlen(bad[i]));
-        ts_status st = ts_tokenizer_load(&b, path);
-        EXPECTF(st == TS_ERR_FORMAT, "case %zu: %s (%s)", i, ts_status_name(st), ts_last_error());
-    }
+    expect_tokenizer_files_refused(path, bad, sizeof bad / sizeof *bad);
     unlink(path);
     free(path);
     ts_tokenizer_free(&a);
