@@ -497,7 +497,7 @@ static ts_status read_words(const char *p, const char *end, int vocab, uint8_t *
         for (size_t k = 0; b && k < digits / 2 && ok; k++) {
             int hi = hex_digit(p[2 * k]), lo = hex_digit(p[2 * k + 1]);
             ok = hi >= 0 && lo >= 0;
-            b[k] = (uint8_t)(hi << 4 | lo);
+            if (ok) b[k] = (uint8_t)(hi << 4 | lo); /* only after the check: -1 << 4 is undefined */
         }
         if (!ok || !b) {
             free(b);
