@@ -3,13 +3,15 @@
 # the test-set figures, timed, beside the anchor (TF-IDF + logistic
 # regression, bench/classify_anchor.py) in the same run:
 #   1. pretrain a small GPT on the training texts (labels unused),
-#   2. fine-tune an ensemble of ten on the labels, the texts' language-model
-#      loss beside the classes' (tessera classify train --init --ensemble
-#      10 --pool mixed --lm-weight 1); its first member alone is the
-#      single-classifier recipe,
-#   3. the same classifier trained from scratch, for what pretraining gains,
-#      the ensemble without the language-model loss, for what it gains,
-#      and the single classifier with max pooling,
+#   2. fine-tune an ensemble (MEMBERS, 5 by default) on the labels, each token's embedding
+#      with its word's character n-grams (--char-ngrams 32768), the texts'
+#      language-model loss beside the classes' (tessera classify train
+#      --init --ensemble N --pool mixed --lm-weight 1); its first member
+#      alone is the single-classifier recipe,
+#   3. the same ensemble without character n-grams, for what they gain; the
+#      same classifier trained from scratch, for what pretraining gains;
+#      the single classifier without the language-model loss, and with max
+#      pooling,
 #   4. tessera classify eval of each on the test file.
 # OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are unset (a benchmark's own choice).
 # Writes bench/results/classify-DATE.{md,json}.
@@ -34,8 +36,8 @@ now() { date +%s.%N; }
 # the recipe (README "Text classification")
 lm=(--tokenizer word:16384 --layers 2 --heads 4 --width 128 --seq-len 64 --batch 32 --steps 800 --lr 2e-3
     --eval-every 200)
-cls=(--epochs 8 --max-len 48 --pool last --token-dropout 0.2 --lm-weight 1)
-members=10
+cls=(--epochs 8 --max-len 48 --pool last --token-dropout 0.2 --lm-weight 1 --char-ngrams 32768)
+members=${MEMBERS:-5}
 
 "$py" "$here/classify_anchor.py" "$train" "$test" --json "$work/anchor.json"
 
@@ -55,11 +57,14 @@ one=$(sed -n 's/.*"event": "end".*"seconds": \([0-9.]*\).*/\1/p' "$work/fine/mem
     "${cls[@]}" --out "$work/scratch" --quiet
 t4=$(now)
 "$tessera" classify eval --checkpoint "$work/scratch" --data "$test" --out "$work/scratch.json" --quiet
-# the recipe without GPT-1's auxiliary language-model loss (--lm-weight 0)
-"$tessera" classify train --train "$train" --init "$work/lm" "${cls[@]}" --lm-weight 0 --ensemble $members --pool mixed \
-    --out "$work/nolm" --quiet
+# the recipe without character n-grams (--char-ngrams 0): the ensemble and its first member
+"$tessera" classify train --train "$train" --init "$work/lm" "${cls[@]}" --char-ngrams 0 --ensemble $members --pool mixed \
+    --out "$work/nong" --quiet
+"$tessera" classify eval --checkpoint "$work/nong" --data "$test" --out "$work/nong.json" --quiet
+"$tessera" classify eval --checkpoint "$work/nong/member-0" --data "$test" --out "$work/nong-one.json" --quiet
+# the recipe's single classifier without GPT-1's auxiliary language-model loss (--lm-weight 0)
+"$tessera" classify train --train "$train" --init "$work/lm" "${cls[@]}" --lm-weight 0 --out "$work/nolm" --quiet
 "$tessera" classify eval --checkpoint "$work/nolm" --data "$test" --out "$work/nolm.json" --quiet
-"$tessera" classify eval --checkpoint "$work/nolm/member-0" --data "$test" --out "$work/nolm-one.json" --quiet
 # one classifier pooling each channel's max over the text (--pool max), seed 1337 as member 0
 "$tessera" classify train --train "$train" --init "$work/lm" "${cls[@]}" --pool max --out "$work/max" --quiet
 "$tessera" classify eval --checkpoint "$work/max" --data "$test" --out "$work/max.json" --quiet
@@ -73,8 +78,9 @@ a = json.load(open(f"{work}/anchor.json"))
 f = json.load(open(f"{work}/fine.json"))["metrics"]
 o = json.load(open(f"{work}/one.json"))["metrics"]
 s = json.load(open(f"{work}/scratch.json"))["metrics"]
+g = json.load(open(f"{work}/nong.json"))["metrics"]
+g1 = json.load(open(f"{work}/nong-one.json"))["metrics"]
 n = json.load(open(f"{work}/nolm.json"))["metrics"]
-n1 = json.load(open(f"{work}/nolm-one.json"))["metrics"]
 mx = json.load(open(f"{work}/max.json"))["metrics"]
 def row(name, m, seconds):
     return (f"| {name} | {100 * m['accuracy']:.2f}% | {m['macro_precision']:.3f} | {m['macro_recall']:.3f} | "
@@ -84,19 +90,22 @@ lines = [f"Debian package descriptions, 5 sections, {a['test_examples']} test ex
          "", "| method | accuracy | macro precision | macro recall | macro F1 | seconds |",
          "| --- | --- | --- | --- | --- | --- |",
          row("anchor: TF-IDF word+char n-grams, logistic regression", a, f"{a['seconds']:.0f}"),
-         row(f"tessera: pretrain 2x128 GPT (word tokens) on the texts, then fine-tune an ensemble of {members}", f,
+         row(f"tessera: pretrain 2x128 GPT (word tokens) on the texts, then fine-tune an ensemble of {members} "
+             "(character n-grams)", f,
              f"{total} ({pre} pretrain + {fine} fine-tune + {ev} eval)"),
          row("tessera: its first member alone (the recipe without --ensemble)", o,
              f"{int(pre) + int(one_s)} ({pre} pretrain + {one_s} fine-tune)"),
          row("tessera: the same classifier from scratch", s, scratch),
-         row("tessera: the ensemble without the language-model loss (--lm-weight 0)", n, ""),
-         row("tessera: its first member alone", n1, ""),
+         row("tessera: the ensemble without character n-grams (--char-ngrams 0)", g, ""),
+         row("tessera: its first member alone", g1, ""),
+         row("tessera: the single classifier without the language-model loss (--lm-weight 0)", n, ""),
          row("tessera: the recipe's single classifier with max pooling (--pool max)", mx, "")]
 text = "\n".join(lines)
 print(text)
 open(base + ".md", "w").write(text + "\n")
 json.dump({"anchor": a, "pretrained_ensemble": f, "pretrained_single": o, "scratch": s,
-           "without_lm_loss": {"ensemble": n, "single": n1}, "single_max_pool": mx, "members": int(members),
+           "without_char_ngrams": {"ensemble": g, "single": g1}, "single_without_lm_loss": n,
+           "single_max_pool": mx, "members": int(members),
            "seconds": {"pretrain": int(pre), "fine_tune": int(fine), "eval": int(ev), "single_fine_tune": int(one_s),
                        "scratch": int(scratch)}}, open(base + ".json", "w"), indent=1)
 PY

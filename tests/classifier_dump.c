@@ -7,7 +7,10 @@
  *   results.json       the loss and the logits
  * With LM_WEIGHT, the loss adds LM_WEIGHT times the mean language-model
  * loss of the sequences (ts_classifier_lm_loss), results.json its value.
- * usage: classifier_dump OUT_DIR DEVICE last|mean|max causal|bidirectional [LM_WEIGHT] */
+ * With NGRAMS buckets, the classifier has a table of character n-grams and
+ * each position reads p % 5 of its rows (repeats and padding included);
+ * batch.safetensors then holds ngram_off (i32 [B*T+1]) and ngrams.
+ * usage: classifier_dump OUT_DIR DEVICE last|mean|max causal|bidirectional [LM_WEIGHT [NGRAMS]] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +35,7 @@ static uint64_t next(uint64_t *s)
 int main(int argc, char **argv)
 {
     if (argc < 5 || ts_pool_parse(argv[3]) < 0 || (strcmp(argv[4], "causal") && strcmp(argv[4], "bidirectional"))) {
-        fprintf(stderr, "usage: %s OUT_DIR DEVICE last|mean|max causal|bidirectional [LM_WEIGHT]\n", argv[0]);
+        fprintf(stderr, "usage: %s OUT_DIR DEVICE last|mean|max causal|bidirectional [LM_WEIGHT [NGRAMS]]\n", argv[0]);
         return 2;
     }
     const char *dir = argv[1];
@@ -40,7 +43,8 @@ int main(int argc, char **argv)
     if (ts_device_open(argv[2], &dev)) return fail("device");
     ts_classifier_config c = {.gpt = {.vocab_size = 67, .max_seq_len = 16, .n_layer = 2, .n_head = 4, .n_embd = 32},
                               .n_classes = K, .pool = (ts_pool)ts_pool_parse(argv[3]),
-                              .bidirectional = !strcmp(argv[4], "bidirectional")};
+                              .bidirectional = !strcmp(argv[4], "bidirectional"),
+                              .char_ngrams = argc > 6 ? atoll(argv[6]) : 0};
     ts_classifier m;
     if (ts_classifier_create(&m, dev, &c) || ts_classifier_init_weights(&m, 21)) return fail("model");
     /* a head of random weights (a new one is zero, which would leave the
@@ -55,7 +59,14 @@ int main(int argc, char **argv)
     for (int i = 0; i < B * T; i++) tok[i] = (int32_t)(next(&s) % (uint64_t)c.gpt.vocab_size);
     double W = 0, lsum;
     for (int b = 0; b < B; b++) W += w[b];
-    if (ts_classifier_forward(&m, tok, len, B, T, logits)) return fail("forward");
+    int64_t G = c.char_ngrams, off[B * T + 1];
+    int32_t off32[B * T + 1], ng[B * T * 4];
+    off[0] = off32[0] = 0;
+    for (int p = 0; p < B * T; p++) {
+        off[p + 1] = off[p] + p % 5, off32[p + 1] = (int32_t)off[p + 1];
+        for (int64_t j = off[p]; G && j < off[p + 1]; j++) ng[j] = (int32_t)(next(&s) % (uint64_t)G);
+    }
+    if (ts_classifier_forward_ngrams(&m, tok, len, G ? off : NULL, ng, B, T, logits)) return fail("forward");
     ts_classifier_cross_entropy(logits, B, K, labels, w, 1.0 / W, &lsum, dlogits, NULL);
     double lm_weight = argc > 5 ? atof(argv[5]) : 0.0, lm_sum = 0.0, loss = lsum / W;
     int64_t lm_n = 0, predicted = 0;
@@ -85,6 +96,8 @@ int main(int argc, char **argv)
     ts_st_writer_add_host(sw, "lengths", TS_I32, TS_SHAPE(B), len);
     ts_st_writer_add_host(sw, "labels", TS_I32, TS_SHAPE(B), labels);
     ts_st_writer_add_host(sw, "weights", TS_F32, TS_SHAPE(B), w);
+    if (G) ts_st_writer_add_host(sw, "ngram_off", TS_I32, TS_SHAPE(B * T + 1), off32);
+    if (G) ts_st_writer_add_host(sw, "ngrams", TS_I32, TS_SHAPE(off[B * T]), ng);
     snprintf(path, sizeof path, "%s/batch.safetensors", dir);
     if (ts_st_writer_write(sw, path)) return fail("saving the batch");
     ts_st_writer_free(sw);

@@ -5,7 +5,8 @@ usage: classifier_parity.py CLASSIFIER_DUMP DEVICE [DEVICE...]
 
 For each device and each of last/mean pooling with causal/bidirectional
 attention, max pooling with each (and last pooling, causal, with half the mean language-model loss
-of the sequences added: GPT-1's auxiliary objective, --lm-weight), classifier_dump (tests/classifier_dump.c) writes the classifier's
+of the sequences added: GPT-1's auxiliary objective, --lm-weight; and two
+cases with a table of character n-grams, --char-ngrams), classifier_dump (tests/classifier_dump.c) writes the classifier's
 weights, a right-padded batch of four sequences of different lengths with
 labels and class weights, the class-weighted mean cross-entropy, the logits
 and every parameter's gradient. This script rebuilds the classifier in
@@ -30,21 +31,30 @@ from torch_parity import GRAD_NMSE, LOSS_TOL, Tap, load_safetensors, nmse, trunk
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-CASES = [("last", "causal", 0), ("mean", "causal", 0), ("last", "bidirectional", 0), ("mean", "bidirectional", 0),
-         ("max", "causal", 0), ("max", "bidirectional", 0),
-         ("last", "causal", 0.5)]
+# (pool, attention, LM loss weight, buckets of character n-grams)
+CASES = [("last", "causal", 0, 0), ("mean", "causal", 0, 0), ("last", "bidirectional", 0, 0),
+         ("mean", "bidirectional", 0, 0), ("max", "causal", 0, 0), ("max", "bidirectional", 0, 0),
+         ("last", "causal", 0.5, 0), ("last", "causal", 0.5, 13), ("mean", "bidirectional", 0, 13)]
 
 
-def classifier(p, cfg, cls, tok, lengths, labels, weights, lm_weight=0):
+def classifier(p, cfg, cls, tok, lengths, labels, weights, lm_weight=0, ngram_off=None, ngrams=None):
     """Class-weighted mean cross-entropy (plus lm_weight times the mean
     next-token loss over the real tokens, through the tied head), the
-    logits and that language-model loss."""
+    logits and that language-model loss. With n-grams, position i adds
+    rows ngrams[ngram_off[i]:ngram_off[i+1]] of ngram.weight, each weighted
+    1/sqrt(their count): PyTorch's embedding_bag, as fastText sums them."""
     B, T = tok.shape
     real = torch.arange(T)[None, :] < lengths[:, None]           # [B, T]: real tokens
     mask = real[:, None, None, :]                                 # keys: the real ones
     if cls["attention"] == "causal":
         mask = mask & torch.ones(T, T, dtype=torch.bool).tril()
-    x = trunk(p, cfg, tok, mask)
+    add = None
+    if ngram_off is not None:
+        counts = ngram_off[1:] - ngram_off[:-1]                   # [B*T]
+        w = torch.repeat_interleave(1.0 / counts.clamp(min=1).to(torch.float64).sqrt(), counts)
+        add = F.embedding_bag(ngrams, p["ngram.weight"], ngram_off[:-1], mode="sum",
+                              per_sample_weights=w).view(B, T, -1)
+    x = trunk(p, cfg, tok, mask, add)
     if cls["pool"] == "last":
         pooled = x[torch.arange(B), lengths - 1]
     elif cls["pool"] == "max":                                   # each channel's max over the real tokens
@@ -62,10 +72,11 @@ def classifier(p, cfg, cls, tok, lengths, labels, weights, lm_weight=0):
     return loss, logits, lm
 
 
-def check_case(tap, dump, device, pool, attention, lm_weight):
-    what = f"{pool} pooling, {attention} attention{f', LM loss x {lm_weight}' if lm_weight else ''}, on {device}"
+def check_case(tap, dump, device, pool, attention, lm_weight, ngrams):
+    what = (f"{pool} pooling, {attention} attention{f', LM loss x {lm_weight}' if lm_weight else ''}"
+            f"{f', character n-grams in {ngrams} buckets' if ngrams else ''}, on {device}")
     with tempfile.TemporaryDirectory() as d:
-        args = [dump, d, device, pool, attention] + ([str(lm_weight)] if lm_weight else [])
+        args = [dump, d, device, pool, attention, str(lm_weight), str(ngrams)]
         r = subprocess.run(args, capture_output=True, text=True)
         if r.returncode != 0:
             tap.check(False, f"classifier_dump ran ({what})", r.stderr)
@@ -83,7 +94,10 @@ def check_case(tap, dump, device, pool, attention, lm_weight):
     labels = torch.from_numpy(batch["labels"].astype(np.int64))
     weights = torch.from_numpy(batch["weights"].astype(np.float64))
     p = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in init.items()}
-    loss, logits, lm = classifier(p, cfg, cls, tok, lengths, labels, weights, lm_weight)
+    ng_off = torch.from_numpy(batch["ngram_off"].astype(np.int64)) if ngrams else None
+    ng = torch.from_numpy(batch["ngrams"].astype(np.int64)) if ngrams else None
+    assert cls.get("char_ngrams", 0) == ngrams, cls
+    loss, logits, lm = classifier(p, cfg, cls, tok, lengths, labels, weights, lm_weight, ng_off, ng)
     loss.backward()
     rel = abs(res["loss"] - loss.item()) / abs(loss.item())
     if lm_weight:
@@ -113,8 +127,8 @@ def main():
     print(f"1..{2 * len(CASES) * len(devices)}")
     tap = Tap()
     for dev in devices:
-        for pool, attention, lm_weight in CASES:
-            check_case(tap, dump, dev, pool, attention, lm_weight)
+        for pool, attention, lm_weight, ngrams in CASES:
+            check_case(tap, dump, dev, pool, attention, lm_weight, ngrams)
     sys.exit(1 if tap.failed else 0)
 
 

@@ -20,7 +20,7 @@ static void layernorm(double *out, const double *x, const double *w, const doubl
 /* The trunk up to its final layernorm: features [B*T, C]. Attention sees
  * keys s < lengths[b] (lengths NULL: all T), and s <= t when causal. */
 static void trunk(const ts_gpt *m, const double *params, const int32_t *tokens, const int32_t *lengths, bool causal,
-                  int64_t B, int64_t T, double *feat)
+                  int64_t B, int64_t T, const double *input_add, double *feat)
 {
     const ts_gpt_config *c = &m->cfg;
     int64_t C = c->n_embd, V = c->vocab_size, N = B * T;
@@ -28,6 +28,7 @@ static void trunk(const ts_gpt *m, const double *params, const int32_t *tokens, 
     double *qkv = malloc((size_t)(N * 3 * C) * sizeof *qkv), *y = malloc((size_t)(N * C) * sizeof *y);
     double *f = malloc((size_t)(N * 4 * C) * sizeof *f), *g = malloc((size_t)(N * 4 * C) * sizeof *g);
     ref_embedding_forward(x, tokens, P(m, params, TS_GPT_WTE, -1), P(m, params, TS_GPT_WPE, -1), N, T, C, V, 0);
+    for (int64_t i = 0; input_add && i < N * C; i++) x[i] += input_add[i];
     for (int64_t l = 0; l < c->n_layer; l++) {
         layernorm(h, x, P(m, params, TS_GPT_LN1W, l), P(m, params, TS_GPT_LN1B, l), N, C);
         ref_gemm(qkv, h, P(m, params, TS_GPT_QKVW, l), P(m, params, TS_GPT_QKVB, l), 1, N, 3 * C, C, false, true, 1, 0, 0);
@@ -51,7 +52,7 @@ double ref_gpt_loss(const ts_gpt *m, const double *params, const int32_t *tokens
     int64_t C = c->n_embd, V = c->vocab_size, N = B * T;
     double *h = malloc((size_t)(N * C) * sizeof *h);
     double *logits = malloc((size_t)(N * V) * sizeof *logits), *losses = malloc((size_t)N * sizeof *losses);
-    trunk(m, params, tokens, NULL, true, B, T, h);
+    trunk(m, params, tokens, NULL, true, B, T, NULL, h);
     ref_gemm(logits, h, P(m, params, TS_GPT_WTE, -1), NULL, 1, N, V, C, false, true, 1, 0, 0);
     ref_cross_entropy(losses, NULL, NULL, logits, targets, N, V, 1.0);
     double sum = 0;
@@ -66,10 +67,26 @@ double ref_classifier_loss(const ts_classifier *c, const double *params, const i
                            const int32_t *lengths, const int32_t *labels, const double *weights, int64_t B,
                            int64_t T, double *logits)
 {
+    return ref_classifier_loss_ngrams(c, params, tokens, lengths, NULL, NULL, labels, weights, B, T, logits);
+}
+
+double ref_classifier_loss_ngrams(const ts_classifier *c, const double *params, const int32_t *tokens,
+                                  const int32_t *lengths, const int64_t *ngram_off, const int32_t *ngrams,
+                                  const int32_t *labels, const double *weights, int64_t B, int64_t T, double *logits)
+{
     int64_t C = c->cfg.gpt.n_embd, K = c->cfg.n_classes;
     double *feat = malloc((size_t)(B * T * C) * sizeof *feat), *pooled = calloc((size_t)(B * C), sizeof *pooled);
-    double *z = malloc((size_t)(B * K) * sizeof *z);
-    trunk(&c->trunk, params, tokens, lengths, !c->cfg.bidirectional, B, T, feat);
+    double *z = malloc((size_t)(B * K) * sizeof *z), *add = NULL;
+    if (ngram_off) { /* each position's n-gram rows, weighted 1/sqrt(count) */
+        add = calloc((size_t)(B * T * C), sizeof *add);
+        for (int64_t p = 0; p < B * T; p++)
+            for (int64_t j = ngram_off[p]; j < ngram_off[p + 1]; j++)
+                for (int64_t i = 0; i < C; i++)
+                    add[p * C + i] += params[c->ngram_offset + ngrams[j] * C + i] /
+                                      sqrt((double)(ngram_off[p + 1] - ngram_off[p]));
+    }
+    trunk(&c->trunk, params, tokens, lengths, !c->cfg.bidirectional, B, T, add, feat);
+    free(add);
     for (int64_t b = 0; b < B; b++) {
         int64_t len = lengths[b];
         if (c->cfg.pool == TS_POOL_LAST)

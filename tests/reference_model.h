@@ -22,5 +22,11 @@ double ref_gpt_loss(const ts_gpt *layout, const double *params, const int32_t *t
 double ref_classifier_loss(const ts_classifier *c, const double *params, const int32_t *tokens,
                            const int32_t *lengths, const int32_t *labels, const double *weights, int64_t B,
                            int64_t T, double *logits);
+/* The same with character n-grams (ts_classifier_forward_ngrams): position
+ * p adds rows ngrams[ngram_off[p] .. ngram_off[p+1]) of the table at
+ * c->ngram_offset, each weighted 1/sqrt(count), to its embedding. */
+double ref_classifier_loss_ngrams(const ts_classifier *c, const double *params, const int32_t *tokens,
+                                  const int32_t *lengths, const int64_t *ngram_off, const int32_t *ngrams,
+                                  const int32_t *labels, const double *weights, int64_t B, int64_t T, double *logits);
 
 #endif

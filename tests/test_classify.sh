@@ -56,7 +56,7 @@ named_error() { # rc, output file, expected text
 }
 
 echo "TAP version 13"
-echo "1..29"
+echo "1..30"
 
 # 1-3. the task learned from each format, every held-out text right
 "$tessera" classify train "${small[@]}" --train "$work/train.jsonl" --epochs 4 --out "$work/j" >"$work/j.out" 2>&1
@@ -113,6 +113,23 @@ hexes=$(for c in fox bug kiwi; do printf %s "$c" | od -An -tx1 | tr -d ' \n'; ec
     && [ "$(grep -cxF "$hexes" "$work/w/tokenizer.txt")" -eq 3 ]
 check "a word tokenizer (word:400, each class name one token): every held-out text right (accuracy ${acc:-?})" $? \
     "train exit $rc, eval exit $erc" "$(tail -5 "$work/w.out")" "$(cat "$work/w.eval")" "$(head -8 "$work/w/tokenizer.txt")"
+
+# character n-grams (fastText's subwords) on word tokens: the table is in
+# the checkpoint and its size in the metadata; eval and predict read it
+"$tessera" classify train "${small[@]}" --train "$work/train.jsonl" --tokenizer word:300 --char-ngrams 512 --epochs 4 \
+    --out "$work/g" >"$work/g.out" 2>&1
+rc=$?
+"$tessera" classify eval --device cpu --checkpoint "$work/g" --data "$work/test.jsonl" >"$work/g.eval" 2>&1
+erc=$?; acc=$(accuracy "$work/g.eval")
+"$tessera" classify predict --device cpu --checkpoint "$work/g" --data "$work/texts.txt" --format lines --out "$work/g.pred" \
+    >"$work/g.pout" 2>&1
+prc=$?
+gl=$(cat "$work/g/latest" 2>/dev/null)
+head -c 4000 "$work/g/$gl/model.safetensors" 2>/dev/null | tr -d '\\' >"$work/g.head"
+[ $rc -eq 0 ] && [ $erc -eq 0 ] && [ $prc -eq 0 ] && [ "$acc" = 1.000 ] && [ "$(wc -l <"$work/g.pred")" -eq 20 ] &&
+    grep -q '"char_ngrams": 512' "$work/g.head" && grep -q '"ngram.weight":{"dtype":"F32","shape":\[512,32\]' "$work/g.head"
+check "--char-ngrams 512: every held-out text right (accuracy ${acc:-?}), the table [512, 32] in the checkpoint, predict reads it" \
+    $? "train exit $rc, eval exit $erc, predict exit $prc" "$(tail -5 "$work/g.out")" "$(head -c 600 "$work/g.head")"
 
 # 4-5. predict: a JSON line per text, in order, with its label and the
 # probabilities of every class
@@ -327,7 +344,8 @@ if [ -z "$mpirun" ] || ! "$tessera" --version | grep -qw mpi; then
 else
     gen 271 11 jsonl >"$work/train271.jsonl"
     dp=("$tessera" classify train "${small[@]}" --train "$work/train271.jsonl" --val "$work/test.jsonl" --batch 15 --epochs 2
-        --class-weights balanced --pool mean --attention bidirectional --token-dropout 0.2)
+        --class-weights balanced --pool mean --attention bidirectional --token-dropout 0.2 --tokenizer word:300
+        --char-ngrams 256)
     "${dp[@]}" --out "$work/one" >"$work/one.out" 2>&1
     orc=$?
     ASAN_OPTIONS=detect_leaks=0 timeout 300 "$mpirun" --allow-run-as-root --oversubscribe -np 2 "${dp[@]}" --out "$work/two" \
@@ -336,7 +354,7 @@ else
     d=$(maxrel "$work/two/log.jsonl" "$work/one/log.jsonl")
     steps=$(losses "$work/two/log.jsonl" | wc -l)
     [ $orc -eq 0 ] && [ $rc -eq 0 ] && [ "$steps" -eq 38 ] && within "$d" 1e-5
-    check "two processes under mpirun follow one process's losses over $steps steps (largest relative difference $d)" $? \
+    check "two processes under mpirun (word tokens, character n-grams) follow one process's losses over $steps steps (largest relative difference $d)" $? \
         "exit $orc, $rc" "$(tail -n 5 "$work/one.out" "$work/two.out")"
     vals() { sed -n 's/.*"val_accuracy": \([^,]*\), .*"val_loss": \([^}]*\)}.*/\1 \2/p' "$1"; }
     paste <(vals "$work/one/log.jsonl") <(vals "$work/two/log.jsonl") >"$work/vals"

@@ -239,6 +239,70 @@ TEST(word_tokenizer_keeps_each_repeated_run_whole_and_round_trips)
     ts_tokenizer_free(&a);
 }
 
+/* FNV-1a (32-bit) of a string, written out here apart from the library's. */
+static uint32_t fnv1a(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+/* Each token's unit is the word it spells, or the unknown run whose bytes it
+ * is, or a BPE chunk; a unit's n-grams are fastText's 2- to 5-grams of
+ * "<unit>", lowercased, position by position, hashed into the buckets. */
+TEST(tokens_know_their_units_and_units_their_character_ngrams)
+{
+    const char *text = "the cat, the cat zzq 42";
+    size_t n = strlen(text);
+    ts_tokenizer w, bpe, byte;
+    REQUIRE_OK(ts_tokenizer_train_words(&w, (const uint8_t *)text, n, 1000));
+    REQUIRE_OK(ts_tokenizer_train_bpe(&bpe, (const uint8_t *)text, n, 300));
+    REQUIRE_OK(ts_tokenizer_init_byte(&byte));
+    const ts_tokenizer *toks[3] = {&w, &bpe, &byte};
+    for (int k = 0; k < 3; k++) {
+        int32_t *ids;
+        size_t count;
+        REQUIRE_OK(ts_tokenizer_encode(toks[k], (const uint8_t *)text, n, &ids, &count));
+        uint32_t start[64], len[64];
+        REQUIRE(count <= 64);
+        REQUIRE_OK(ts_tokenizer_units(toks[k], (const uint8_t *)text, n, ids, count, start, len));
+        size_t at = 0;
+        for (size_t i = 0; i < count; i++) { /* a unit holds its token */
+            EXPECTF(start[i] <= at && at + (size_t)toks[k]->len[ids[i]] <= start[i] + len[i],
+                    "tokenizer %d, token %zu at %zu outside its unit [%u, +%u)", k, i, at, start[i], len[i]);
+            at += (size_t)toks[k]->len[ids[i]];
+        }
+        /* "zzq" (seen once) is three byte tokens of one unit under words and bytes */
+        const char *z = strstr(text, "zzq");
+        int inside = 0;
+        for (size_t i = 0; i < count; i++)
+            if (start[i] == (uint32_t)(z - text) && len[i] == 3) inside++;
+        if (k != 1) EXPECTF(inside == 3, "tokenizer %d: %d tokens in the unit zzq", k, inside);
+        else EXPECTF(inside == 0, "BPE: zzq's chunk is ' zzq', not 'zzq' (%d)", inside);
+        /* tokens that do not spell the text are an error */
+        EXPECT_STATUS(ts_tokenizer_units(toks[k], (const uint8_t *)text, n - 1, ids, count, start, len),
+                      TS_ERR_INVALID_ARG);
+        ids[0] = (ids[0] + 1) % 256;
+        EXPECT_STATUS(ts_tokenizer_units(toks[k], (const uint8_t *)text, n, ids, count, start, len),
+                      TS_ERR_INVALID_ARG);
+        free(ids);
+    }
+    int32_t g[64], want[6];
+    const char *grams[6] = {"<c", "<ca", "<ca>", "ca", "ca>", "a>"};
+    for (int i = 0; i < 6; i++) want[i] = (int32_t)(fnv1a(grams[i]) % 1000u);
+    EXPECT(ts_char_ngrams((const uint8_t *)" Ca", 3, 1000, g, 64) == 6);
+    for (int i = 0; i < 6; i++) EXPECTF(g[i] == want[i], "n-gram %d (%s): %d, want %d", i, grams[i], g[i], want[i]);
+    EXPECT(ts_char_ngrams((const uint8_t *)"ca", 2, 1000, g, 4) == 4 && g[3] == want[3]); /* the beginning kept */
+    EXPECT(ts_char_ngrams((const uint8_t *)" ", 1, 1000, g, 64) == 3 && g[1] == (int32_t)(fnv1a("< >") % 1000u));
+    /* a long word: 4 per position, all in range */
+    uint8_t longw[300];
+    memset(longw, 'x', sizeof longw);
+    int m = ts_char_ngrams(longw, sizeof longw, 7, g, 64);
+    EXPECT(m == 64);
+    for (int i = 0; i < m; i++) EXPECT(g[i] >= 0 && g[i] < 7);
+    ts_tokenizer_free(&w), ts_tokenizer_free(&bpe), ts_tokenizer_free(&byte);
+}
+
 TEST(tokenizer_specs_train_or_load_and_bad_sizes_are_errors)
 {
     const char *text = "one two two one three";
@@ -484,6 +548,7 @@ int main(int argc, char **argv)
     TH_ADD(bpe_round_trips_arbitrary_bytes);
     TH_ADD(tokenizer_files_round_trip_and_damage_is_rejected);
     TH_ADD(word_tokenizer_keeps_each_repeated_run_whole_and_round_trips);
+    TH_ADD(tokens_know_their_units_and_units_their_character_ngrams);
     TH_ADD(tokenizer_specs_train_or_load_and_bad_sizes_are_errors);
     TH_ADD(token_files_round_trip_and_damage_is_rejected);
     TH_ADD(batches_are_a_function_of_seed_and_sample_index);

@@ -618,12 +618,25 @@ typedef struct cls_case {
     ts_device *dev;
     ts_pool pool;
     int bidirectional;
+    int64_t ngrams;   /* buckets of character n-grams, 0 = none */
 } cls_case;
+
+/* n-grams for B*T positions: position p has p % 5 of them (so some none),
+ * repeats included, padding positions too (they must change nothing) */
+static void some_ngrams(int64_t N, int64_t G, int64_t *off, int32_t *ng)
+{
+    off[0] = 0;
+    for (int64_t p = 0; p < N; p++) {
+        off[p + 1] = off[p] + p % 5;
+        for (int64_t j = off[p]; j < off[p + 1]; j++) ng[j] = (int32_t)((p * 7 + j * 3) % G);
+    }
+}
 
 /* A classifier with random parameters (also in *host, malloc'ed). */
 static ts_status classifier_create_random(ts_classifier *c, const cls_case *k, uint64_t seed, float **hostp)
 {
-    ts_classifier_config cfg = {.gpt = tiny, .n_classes = 3, .pool = k->pool, .bidirectional = k->bidirectional};
+    ts_classifier_config cfg = {.gpt = tiny, .n_classes = 3, .pool = k->pool, .bidirectional = k->bidirectional,
+                                .char_ngrams = k->ngrams};
     ts_status st = ts_classifier_create(c, k->dev, &cfg);
     if (st) return st;
     float *host = *hostp = malloc((size_t)c->num_params * sizeof *host);
@@ -660,21 +673,25 @@ static void classifier_grads_match_finite_differences(void *arg)
     for (int i = 0; i < B * T; i++) tok[i] = (int32_t)(rng_next(&r) % (uint64_t)tiny.vocab_size);
     float logits[B * K], dlogits[B * K];
     double lsum;
-    REQUIRE_OK(ts_classifier_forward(&c, tok, len, B, T, logits));
+    int64_t ng_off[B * T + 1], *off = k->ngrams ? ng_off : NULL;
+    int32_t ng[B * T * 4];
+    some_ngrams(B * T, k->ngrams ? k->ngrams : 1, ng_off, ng);
+    REQUIRE_OK(ts_classifier_forward_ngrams(&c, tok, len, off, ng, B, T, logits));
     ts_classifier_cross_entropy(logits, B, K, labels, w, 1.0 / W, &lsum, dlogits, NULL);
     REQUIRE_OK(ts_classifier_backward(&c, dlogits));
     REQUIRE_OK(ts_tensor_read(&c.grads, hg, (size_t)n * sizeof *hg));
     double *dp = to_double(hp, n), *fd = malloc((size_t)n * sizeof *fd), ref_logits[B * K];
-    double loss = lsum / W, ref_loss = ref_classifier_loss(&c, dp, tok, len, labels, wd, B, T, ref_logits);
+    double loss = lsum / W,
+           ref_loss = ref_classifier_loss_ngrams(&c, dp, tok, len, off, ng, labels, wd, B, T, ref_logits);
     check_close("logits", logits, ref_logits, B * K, 1e-10);
     EXPECTF(fabs(loss - ref_loss) < 1e-5 * fabs(ref_loss), "loss %.9g vs double %.9g", loss, ref_loss);
     const double h = 1e-6;
     for (int64_t i = 0; i < n; i++) {
         double keep = dp[i];
         dp[i] = keep + h;
-        double lp = ref_classifier_loss(&c, dp, tok, len, labels, wd, B, T, NULL);
+        double lp = ref_classifier_loss_ngrams(&c, dp, tok, len, off, ng, labels, wd, B, T, NULL);
         dp[i] = keep - h;
-        double lm = ref_classifier_loss(&c, dp, tok, len, labels, wd, B, T, NULL);
+        double lm = ref_classifier_loss_ngrams(&c, dp, tok, len, off, ng, labels, wd, B, T, NULL);
         dp[i] = keep;
         fd[i] = (lp - lm) / (2 * h);
     }
@@ -687,6 +704,9 @@ static void classifier_grads_match_finite_differences(void *arg)
     check_close("gradient of score.weight", hg + c.head_offset, fd + c.head_offset, K * tiny.n_embd, 1e-10);
     check_close("gradient of score.bias", hg + c.head_offset + K * tiny.n_embd, fd + c.head_offset + K * tiny.n_embd,
                 K, 1e-10);
+    if (k->ngrams)
+        check_close("gradient of ngram.weight", hg + c.ngram_offset, fd + c.ngram_offset, k->ngrams * tiny.n_embd,
+                    1e-10);
     th_note("loss %.9g (double %.9g); gradient NMSE against finite differences %.2e over %lld parameters", loss,
             ref_loss, nmse(hg, fd, n), (long long)n);
     free(hp), free(hg), free(dp), free(fd);
@@ -707,16 +727,91 @@ static void classifier_padding_changes_nothing(void *arg)
     rng_seed(&r, 42);
     for (int i = 0; i < B * T; i++) tok[i] = (int32_t)(rng_next(&r) % (uint64_t)tiny.vocab_size);
     float batch[B * K], alone[B * K];
-    REQUIRE_OK(ts_classifier_forward(&c, tok, len, B, T, batch));
-    for (int b = 0; b < B; b++) REQUIRE_OK(ts_classifier_forward(&c, tok + b * T, &len[b], 1, len[b], alone + b * K));
+    int64_t ng_off[B * T + 1], *off = k->ngrams ? ng_off : NULL, one_off[T + 1];
+    int32_t ng[B * T * 4];
+    some_ngrams(B * T, k->ngrams ? k->ngrams : 1, ng_off, ng);
+    REQUIRE_OK(ts_classifier_forward_ngrams(&c, tok, len, off, ng, B, T, batch));
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t <= len[b]; t++) one_off[t] = ng_off[b * T + t]; /* the sequence's own positions */
+        REQUIRE_OK(ts_classifier_forward_ngrams(&c, tok + b * T, &len[b], off ? one_off : NULL, ng, 1, len[b],
+                                                alone + b * K));
+    }
     double *ref = to_double(alone, B * K);
     check_close("padded batch's logits against each sequence alone", batch, ref, B * K, 1e-12);
-    for (int i = 0; i < B * T; i++) /* other padding tokens */
-        if (i % T >= len[i / T]) tok[i] = (tok[i] + 5) % (int32_t)tiny.vocab_size;
-    REQUIRE_OK(ts_classifier_forward(&c, tok, len, B, T, alone));
+    for (int i = 0; i < B * T; i++) /* other padding tokens and n-grams */
+        if (i % T >= len[i / T]) {
+            tok[i] = (tok[i] + 5) % (int32_t)tiny.vocab_size;
+            for (int64_t j = ng_off[i]; j < ng_off[i + 1]; j++) ng[j] = (ng[j] + 1) % 11;
+        }
+    REQUIRE_OK(ts_classifier_forward_ngrams(&c, tok, len, off, ng, B, T, alone));
     check_close("logits with other padding tokens", alone, ref, B * K, 1e-12);
     free(ref), free(hp);
     ts_classifier_free(&c);
+}
+
+/* A classifier with an n-gram table saves it ("ngram.weight"), reads its
+ * size back from the file, and loads every weight; n-grams out of the
+ * table, too many at a position, or given to a classifier without a table
+ * are refused with the position named. */
+TEST(classifier_ngram_table_round_trips_and_bad_ngrams_are_refused)
+{
+    ts_device *cpu;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    cls_case k = {cpu, TS_POOL_MEAN, 0, 11};
+    ts_classifier a, b;
+    float *hp;
+    REQUIRE_OK(classifier_create_random(&a, &k, 51, &hp));
+    char path[] = "/tmp/tessera-classifier-XXXXXX";
+    int fd = mkstemp(path);
+    REQUIRE(fd >= 0);
+    close(fd);
+    REQUIRE_OK(ts_classifier_save(&a, path, NULL));
+    ts_classifier_config cfg;
+    REQUIRE_OK(ts_classifier_read_config(path, &cfg));
+    EXPECT(cfg.char_ngrams == 11);
+    ts_safetensors f;
+    REQUIRE_OK(ts_safetensors_open(path, &f));
+    const ts_st_entry *e = ts_safetensors_find(&f, "ngram.weight");
+    EXPECT(e && e->ndim == 2 && e->shape[0] == 11 && e->shape[1] == tiny.n_embd);
+    ts_safetensors_close(&f);
+    REQUIRE_OK(ts_classifier_create(&b, cpu, &cfg));
+    REQUIRE_OK(ts_classifier_load(&b, path));
+    float *y = malloc((size_t)b.num_params * sizeof *y);
+    REQUIRE_OK(ts_tensor_read(&b.params, y, (size_t)b.num_params * sizeof *y));
+    EXPECT(b.num_params == a.num_params && !memcmp(hp, y, (size_t)a.num_params * sizeof *y));
+    /* a classifier of another table size is not this file's */
+    ts_classifier c;
+    cfg.char_ngrams = 12;
+    REQUIRE_OK(ts_classifier_create(&c, cpu, &cfg));
+    EXPECT_STATUS(ts_classifier_load(&c, path), TS_ERR_SHAPE);
+    ts_classifier_free(&c);
+    unlink(path);
+
+    enum { B = 1, T = 3 };
+    int32_t tok[B * T] = {1, 2, 3}, len[B] = {3}, ng[80] = {0};
+    int64_t off[T + 1] = {0, 1, 2, 3};
+    float logits[3];
+    ng[1] = 11;
+    EXPECT_STATUS(ts_classifier_forward_ngrams(&a, tok, len, off, ng, B, T, logits), TS_ERR_INVALID_ARG);
+    EXPECT(strstr(ts_last_error(), "n-gram 11 at position 1"));
+    ng[1] = -1;
+    EXPECT_STATUS(ts_classifier_forward_ngrams(&a, tok, len, off, ng, B, T, logits), TS_ERR_INVALID_ARG);
+    ng[1] = 0;
+    off[2] = off[1] + TS_CLASSIFIER_MAX_NGRAMS + 1, off[3] = off[2] + 1;
+    EXPECT_STATUS(ts_classifier_forward_ngrams(&a, tok, len, off, ng, B, T, logits), TS_ERR_INVALID_ARG);
+    EXPECT(strstr(ts_last_error(), "position 1 has"));
+    off[2] = 1, off[3] = 0; /* a count below zero */
+    EXPECT_STATUS(ts_classifier_forward_ngrams(&a, tok, len, off, ng, B, T, logits), TS_ERR_INVALID_ARG);
+    off[2] = 2, off[3] = 3;
+    REQUIRE_OK(ts_classifier_forward_ngrams(&a, tok, len, off, ng, B, T, logits));
+    cls_case plain = {cpu, TS_POOL_MEAN, 0, 0};
+    ts_classifier d;
+    float *hd;
+    REQUIRE_OK(classifier_create_random(&d, &plain, 52, &hd));
+    EXPECT_STATUS(ts_classifier_forward_ngrams(&d, tok, len, off, ng, B, T, logits), TS_ERR_INVALID_ARG);
+    EXPECT(strstr(ts_last_error(), "without an n-gram table"));
+    free(hp), free(hd), free(y);
+    ts_classifier_free(&a), ts_classifier_free(&b), ts_classifier_free(&d);
 }
 
 int main(int argc, char **argv)
@@ -739,7 +834,7 @@ int main(int argc, char **argv)
         for (int v = 0; v < 6; v++) { /* last, mean, max; causal, bidirectional */
             cls_case *k = malloc(sizeof *k), *k2 = malloc(sizeof *k2);
             ts_pool pools[3] = {TS_POOL_LAST, TS_POOL_MEAN, TS_POOL_MAX};
-            *k = (cls_case){ts_device_at(d), pools[v % 3], v / 3};
+            *k = (cls_case){ts_device_at(d), pools[v % 3], v / 3, 0};
             *k2 = *k;
             const char *how = v / 3 ? "bidirectional" : "causal";
             snprintf(name, sizeof name, "classifier gradients (%s pooling, %s attention, padded batch, class weights) "
@@ -747,6 +842,17 @@ int main(int argc, char **argv)
             th_add_owned(name, classifier_grads_match_finite_differences, k);
             snprintf(name, sizeof name, "classifier logits (%s pooling, %s attention) ignore padding on %s",
                      ts_pool_name(k->pool), how, ts_device_get_info(ts_device_at(d))->id);
+            th_add_owned(name, classifier_padding_changes_nothing, k2);
+        }
+        for (int v = 0; v < 2; v++) { /* character n-grams: causal last, bidirectional mean */
+            cls_case *k = malloc(sizeof *k), *k2 = malloc(sizeof *k2);
+            *k = (cls_case){ts_device_at(d), v ? TS_POOL_MEAN : TS_POOL_LAST, v, 11};
+            *k2 = *k;
+            snprintf(name, sizeof name, "classifier gradients with character n-grams (the table's too; %s pooling) "
+                     "match finite differences on %s", ts_pool_name(k->pool), ts_device_get_info(ts_device_at(d))->id);
+            th_add_owned(name, classifier_grads_match_finite_differences, k);
+            snprintf(name, sizeof name, "classifier logits with character n-grams (%s pooling) ignore padding on %s",
+                     ts_pool_name(k->pool), ts_device_get_info(ts_device_at(d))->id);
             th_add_owned(name, classifier_padding_changes_nothing, k2);
         }
     }
@@ -758,6 +864,7 @@ int main(int argc, char **argv)
     TH_ADD(weights_round_trip_exactly_through_safetensors);
     TH_ADD(damaged_weight_files_are_rejected);
     TH_ADD(forward_rejects_bad_tokens_and_lengths);
+    TH_ADD(classifier_ngram_table_round_trips_and_bad_ngrams_are_refused);
     TH_ADD(activations_of_both_attention_routes_share_one_model);
     TH_ADD(weight_decay_applies_to_matrices_only);
     TH_ADD(learning_rate_warms_up_then_follows_a_cosine);

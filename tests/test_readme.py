@@ -149,7 +149,7 @@ def check_convert(body, work, ctx):
 
 def check_classify(body, work, ctx):
     body = shorten(body, [("--width 128", "--width 32"), ("--steps 800", "--steps 6"), ("--epochs 8", "--epochs 1"),
-                          ("--max-len 48", "--max-len 16"), ("--ensemble 10", "--ensemble 2")])
+                          ("--max-len 48", "--max-len 16"), ("--ensemble 5", "--ensemble 2"), ("--char-ngrams 32768", "--char-ngrams 1024")])
     out = sh(body, work)
     assert re.search(r"^accuracy\s+[0-9.]+\s+588", out, re.M), out
     assert re.search(r"^macro avg", out, re.M), out

@@ -53,13 +53,16 @@ def load_safetensors(path):
     return out, meta
 
 
-def trunk(p, cfg, tok, mask):
+def trunk(p, cfg, tok, mask, input_add=None):
     """The GPT of tessera/gpt.h up to the final layer norm: pre-norm blocks,
-    tanh GELU; mask [.., T, T] says which keys each query sees."""
+    tanh GELU; mask [.., T, T] says which keys each query sees; input_add
+    [B, T, C] (a classifier's n-grams) joins the embedding."""
     B, T = tok.shape
     C, NH, L = cfg["n_embd"], cfg["n_head"], cfg["n_layer"]
     hs = C // NH
     x = p["wte.weight"][tok] + p["wpe.weight"][:T]
+    if input_add is not None:
+        x = x + input_add
     for l in range(L):
         h = F.layer_norm(x, (C,), p[f"h.{l}.ln_1.weight"], p[f"h.{l}.ln_1.bias"], 1e-5)
         qkv = h @ p[f"h.{l}.attn.c_attn.weight"].T + p[f"h.{l}.attn.c_attn.bias"]

@@ -112,6 +112,9 @@ static int classify_train(int argc, char **argv)
          "max (each channel's max over the real tokens) | mixed (an ensemble's members alternate last and mean)", "last", 0, 0, 0},
         {"--attention", OPT_STRING, c.attention, sizeof c.attention, "causal | bidirectional (encoder style)",
          "causal", 0, 0, 0},
+        {"--char-ngrams", OPT_INT, &c.char_ngrams, 0, "buckets of a table of hashed character 2- to 5-grams "
+         "whose rows are added to each token's embedding (fastText's subwords of its word; 65536 is a fair size)",
+         "0 (none)", 0, 1 << 24, 0},
         {"--class-weights", OPT_STRING, c.class_weights, sizeof c.class_weights,
          "balanced | w1,w2,... in label order: weigh the loss for unbalanced classes", "none", 0, 0, 0},
         {"--epochs", OPT_INT, &c.epochs, 0, "passes over the training examples", "5", 0, 1e6, 0},

@@ -29,6 +29,9 @@ ts_status ts_classifier_config_check(const ts_classifier_config *cfg)
         return ts_error(TS_ERR_INVALID_ARG, "a classifier needs 2 to 65536 classes, not %lld", (long long)cfg->n_classes);
     if (cfg->pool != TS_POOL_LAST && cfg->pool != TS_POOL_MEAN && cfg->pool != TS_POOL_MAX)
         return ts_error(TS_ERR_INVALID_ARG, "unknown pooling %d", (int)cfg->pool);
+    if (cfg->char_ngrams < 0 || cfg->char_ngrams > (1 << 24))
+        return ts_error(TS_ERR_INVALID_ARG, "character n-grams need 0 (none) to 16777216 buckets, not %lld",
+                        (long long)cfg->char_ngrams);
     return TS_OK;
 }
 
@@ -50,6 +53,15 @@ static void free_shape(ts_classifier *c)
     free(c->host_targets);
     c->host_pool = NULL;
     c->host_targets = NULL;
+    ts_tensor_free(&c->ngram_ids);
+    ts_tensor_free(&c->ngram_weights);
+    ts_tensor_free(&c->ngram_rows);
+    ts_tensor_free(&c->ngram_sum);
+    free(c->host_ngram_ids);
+    free(c->host_ngram_weights);
+    c->host_ngram_ids = NULL;
+    c->host_ngram_weights = NULL;
+    c->ngram_k = c->ngram_cap = 0;
     c->lm_pending = 0;
     c->B = c->T = 0;
 }
@@ -76,7 +88,8 @@ ts_status ts_classifier_create(ts_classifier *c, ts_device *dev, const ts_classi
     TRY(ts_gpt_plan(&c->trunk, &cfg->gpt, &lay));
     int64_t C = cfg->gpt.n_embd, K = cfg->n_classes;
     c->head_offset = c->trunk.num_params;
-    c->num_params = c->head_offset + K * C + K;
+    c->ngram_offset = c->head_offset + K * C + K;
+    c->num_params = c->ngram_offset + cfg->char_ngrams * C;
     ts_status st = ts_tensor_alloc(&c->params, dev, TS_F32, TS_SHAPE(c->num_params));
     if (!st) st = ts_tensor_zeros(&c->grads, dev, TS_F32, TS_SHAPE(c->num_params));
     if (!st) st = ts_tensor_view(&c->trunk.params, &c->params, 0, TS_SHAPE(c->head_offset));
@@ -85,6 +98,8 @@ ts_status ts_classifier_create(ts_classifier *c, ts_device *dev, const ts_classi
     if (!st) st = ts_tensor_view(&c->head_b, &c->params, c->head_offset + K * C, TS_SHAPE(K));
     if (!st) st = ts_tensor_view(&c->head_dw, &c->grads, c->head_offset, TS_SHAPE(K, C));
     if (!st) st = ts_tensor_view(&c->head_db, &c->grads, c->head_offset + K * C, TS_SHAPE(K));
+    if (!st && cfg->char_ngrams) st = ts_tensor_view(&c->ngram_w, &c->params, c->ngram_offset, TS_SHAPE(cfg->char_ngrams, C));
+    if (!st && cfg->char_ngrams) st = ts_tensor_view(&c->ngram_dw, &c->grads, c->ngram_offset, TS_SHAPE(cfg->char_ngrams, C));
     c->trunk.device = dev;
     c->trunk.bidirectional = cfg->bidirectional;
     if (st) {
@@ -101,6 +116,16 @@ ts_status ts_classifier_init_weights(ts_classifier *c, uint64_t seed)
     TRY(ts_gpt_init_weights(&c->trunk, seed));
     TRY(ts_fill(&c->head_w, 0.0f));
     TRY(ts_fill(&c->head_b, 0.0f));
+    if (c->cfg.char_ngrams) {
+        /* small like the token embedding (std 0.02), its own stream */
+        int64_t n = c->cfg.char_ngrams * c->cfg.gpt.n_embd;
+        float *x = malloc((size_t)n * sizeof *x);
+        if (!x) return ts_error(TS_ERR_OOM, "no host memory to initialise the n-gram table");
+        ts_gpt_fill_normal(x, n, 0.02, seed * 1000003ull + 0x6e6772616d73ull);
+        ts_status st = ts_tensor_write(&c->ngram_w, x, (size_t)n * sizeof *x);
+        free(x);
+        TRY(st);
+    }
     return ts_classifier_zero_grad(c);
 }
 
@@ -110,6 +135,8 @@ int ts_classifier_decay_ranges(const ts_classifier *c, int64_t (*ranges)[2], int
     int64_t a = c->head_offset, b = a + c->cfg.n_classes * c->cfg.gpt.n_embd;
     if (n > 0 && ranges[n - 1][1] == a) ranges[n - 1][1] = b;
     else if (n < max) ranges[n][0] = a, ranges[n][1] = b, n++;
+    /* the n-gram table decays like the token embedding */
+    if (c->cfg.char_ngrams && n < max) ranges[n][0] = c->ngram_offset, ranges[n][1] = c->num_params, n++;
     return n;
 }
 
@@ -133,7 +160,7 @@ ts_status ts_classifier_optimizer_step(ts_classifier *c, ts_optimizer *o, float 
     if (o->n != c->num_params)
         return ts_error(TS_ERR_SHAPE, "an optimizer of %lld elements for a classifier of %lld parameters",
                         (long long)o->n, (long long)c->num_params);
-    int max = c->trunk.ntensors + 2;
+    int max = c->trunk.ntensors + 3;
     int64_t(*ranges)[2] = malloc((size_t)max * sizeof *ranges);
     if (!ranges) return ts_error(TS_ERR_OOM, "no memory");
     int n = ts_classifier_decay_ranges(c, ranges, max);
@@ -176,8 +203,96 @@ static ts_status ensure_shape(ts_classifier *c, int64_t B, int64_t T)
     return TS_OK;
 }
 
+/* Room for K n-grams per position of the current shape (N positions). */
+static ts_status ngram_buffers(ts_classifier *c, int64_t N, int64_t K)
+{
+    if (K <= c->ngram_cap) return TS_OK;
+    int64_t C = c->cfg.gpt.n_embd;
+    ts_tensor_free(&c->ngram_ids);
+    ts_tensor_free(&c->ngram_weights);
+    ts_tensor_free(&c->ngram_rows);
+    free(c->host_ngram_ids);
+    free(c->host_ngram_weights);
+    c->ngram_cap = 0;
+    c->host_ngram_ids = malloc((size_t)(N * K) * sizeof *c->host_ngram_ids);
+    c->host_ngram_weights = malloc((size_t)(N * K) * sizeof *c->host_ngram_weights);
+    ts_status st = c->host_ngram_ids && c->host_ngram_weights ? TS_OK : ts_error(TS_ERR_OOM, "no memory");
+    if (!st) st = ts_tensor_alloc(&c->ngram_ids, c->device, TS_I32, TS_SHAPE(N * K));
+    if (!st) st = ts_tensor_alloc(&c->ngram_weights, c->device, TS_F32, TS_SHAPE(N * K));
+    if (!st) st = ts_tensor_alloc(&c->ngram_rows, c->device, TS_F32, TS_SHAPE(N * K * C));
+    if (!st && !c->ngram_sum.block) st = ts_tensor_alloc(&c->ngram_sum, c->device, TS_F32, TS_SHAPE(N, C));
+    if (st) return ts_error_context(st, "n-gram buffers for %lld positions of %lld n-grams", (long long)N, (long long)K);
+    c->ngram_cap = K;
+    return TS_OK;
+}
+
+/* Each position's n-gram rows summed into ngram_sum, which the trunk adds
+ * to the embedding: sum[p] = sum_j w_p * table[ngrams[off[p] + j]] with
+ * w_p = 1/sqrt(count), as a gather of K rows per position (padding rows
+ * weigh 0) and a batched [1,K] x [K,C] product. */
+static ts_status ngram_forward(ts_classifier *c, const int64_t *off, const int32_t *ngrams, int64_t N)
+{
+    c->acts.input_add = NULL;
+    c->ngram_k = 0;
+    int64_t G = c->cfg.char_ngrams, C = c->cfg.gpt.n_embd, K = 0;
+    for (int64_t p = 0; off && p < N; p++) {
+        int64_t n = off[p + 1] - off[p];
+        if (n < 0 || n > TS_CLASSIFIER_MAX_NGRAMS)
+            return ts_error(TS_ERR_INVALID_ARG, "classifier: position %lld has %lld n-grams (0 to %d)", (long long)p,
+                            (long long)n, TS_CLASSIFIER_MAX_NGRAMS);
+        for (int64_t j = off[p]; j < off[p + 1]; j++)
+            if (ngrams[j] < 0 || ngrams[j] >= G)
+                return ts_error(TS_ERR_INVALID_ARG, "classifier: n-gram %d at position %lld is outside the table [0, %lld)",
+                                ngrams[j], (long long)p, (long long)G);
+        if (n > K) K = n;
+    }
+    if (K == 0) return TS_OK;
+    TRY(ngram_buffers(c, N, K));
+    for (int64_t p = 0; p < N; p++) {
+        int64_t n = off[p + 1] - off[p];
+        float w = n ? (float)(1.0 / sqrt((double)n)) : 0.0f;
+        for (int64_t j = 0; j < K; j++) {
+            c->host_ngram_ids[p * K + j] = j < n ? ngrams[off[p] + j] : 0;
+            c->host_ngram_weights[p * K + j] = j < n ? w : 0.0f;
+        }
+    }
+    ts_tensor ids, w, rows, sum;
+    TRY(ts_tensor_view(&ids, &c->ngram_ids, 0, TS_SHAPE(N, K)));
+    TRY(ts_tensor_view(&w, &c->ngram_weights, 0, TS_SHAPE(N, 1, K)));
+    TRY(ts_tensor_view(&rows, &c->ngram_rows, 0, TS_SHAPE(N, K, C)));
+    TRY(ts_tensor_reshape(&sum, &c->ngram_sum, TS_SHAPE(N, 1, C)));
+    TRY(ts_tensor_write(&ids, c->host_ngram_ids, (size_t)(N * K) * sizeof *c->host_ngram_ids));
+    TRY(ts_tensor_write(&w, c->host_ngram_weights, (size_t)(N * K) * sizeof *c->host_ngram_weights));
+    TRY(ts_embedding_forward(&rows, &ids, &c->ngram_w, NULL));
+    TRY(ts_matmul(&sum, &w, &rows, false, false, 1.0f, 0.0f));
+    c->ngram_k = K;
+    c->acts.input_add = &c->ngram_sum;
+    return TS_OK;
+}
+
+/* table gradient: drows[p, j] = w_p * dinput[p], scattered to their rows */
+static ts_status ngram_backward(ts_classifier *c)
+{
+    int64_t N = c->B * c->T, K = c->ngram_k, C = c->cfg.gpt.n_embd;
+    if (!K) return TS_OK;
+    ts_tensor ids, w, rows, din;
+    TRY(ts_tensor_view(&ids, &c->ngram_ids, 0, TS_SHAPE(N, K)));
+    TRY(ts_tensor_view(&w, &c->ngram_weights, 0, TS_SHAPE(N, 1, K)));
+    TRY(ts_tensor_view(&rows, &c->ngram_rows, 0, TS_SHAPE(N, K, C)));
+    TRY(ts_tensor_reshape(&din, &c->acts.dres, TS_SHAPE(N, 1, C)));
+    TRY(ts_matmul(&rows, &w, &din, true, false, 1.0f, 0.0f));
+    return ts_embedding_backward(&c->ngram_dw, NULL, &rows, &ids);
+}
+
 ts_status ts_classifier_forward(ts_classifier *c, const int32_t *tokens, const int32_t *lengths, int64_t B,
                                 int64_t T, float *logits)
+{
+    return ts_classifier_forward_ngrams(c, tokens, lengths, NULL, NULL, B, T, logits);
+}
+
+ts_status ts_classifier_forward_ngrams(ts_classifier *c, const int32_t *tokens, const int32_t *lengths,
+                                       const int64_t *ngram_off, const int32_t *ngrams, int64_t B, int64_t T,
+                                       float *logits)
 {
     if (B < 1 || T < 1 || T > c->cfg.gpt.max_seq_len)
         return ts_error(TS_ERR_SHAPE, "classifier: a batch of %lld x %lld tokens (T must be 1..%lld)", (long long)B,
@@ -189,6 +304,9 @@ ts_status ts_classifier_forward(ts_classifier *c, const int32_t *tokens, const i
     TRY(ensure_shape(c, B, T));
     int64_t C = c->cfg.gpt.n_embd;
     c->lm_pending = 0;
+    if (ngram_off && !c->cfg.char_ngrams && ngram_off[B * T] > ngram_off[0])
+        return ts_error(TS_ERR_INVALID_ARG, "classifier: n-grams given to a classifier without an n-gram table");
+    TRY(ngram_forward(c, ngram_off, ngrams, B * T));
     TRY(ts_gpt_features_forward(&c->trunk, &c->acts, tokens, lengths, c->cfg.bidirectional));
     ts_tensor feats, pooled3;
     TRY(ts_tensor_reshape(&feats, &c->acts.lnf, TS_SHAPE(B, T, C)));
@@ -300,7 +418,8 @@ ts_status ts_classifier_backward(ts_classifier *c, const float *dlogits)
     else TRY(ts_matmul(&dfeats, &c->pool, &dpooled3, true, false, 1.0f, 0.0f));
     if (c->lm_pending) TRY(ts_add(&c->dfeatures, &c->dfeatures, &c->dlm));
     c->lm_pending = 0;
-    return ts_gpt_features_backward(&c->trunk, &c->acts, &c->dfeatures);
+    TRY(ts_gpt_features_backward(&c->trunk, &c->acts, &c->dfeatures));
+    return ngram_backward(c);
 }
 
 void ts_classifier_cross_entropy(const float *logits, int64_t B, int64_t K, const int32_t *labels,
@@ -330,8 +449,9 @@ void ts_classifier_cross_entropy(const float *logits, int64_t B, int64_t K, cons
 
 static void classifier_meta_json(const ts_classifier_config *cfg, char *buf, size_t n)
 {
-    snprintf(buf, n, "{\"n_classes\": %lld, \"pool\": \"%s\", \"attention\": \"%s\"}", (long long)cfg->n_classes,
-             ts_pool_name(cfg->pool), cfg->bidirectional ? "bidirectional" : "causal");
+    snprintf(buf, n, "{\"n_classes\": %lld, \"pool\": \"%s\", \"attention\": \"%s\", \"char_ngrams\": %lld}",
+             (long long)cfg->n_classes, ts_pool_name(cfg->pool), cfg->bidirectional ? "bidirectional" : "causal",
+             (long long)cfg->char_ngrams);
 }
 
 ts_status ts_classifier_save_blobs(const ts_classifier *c, const ts_tensor *const *blobs,
@@ -342,7 +462,7 @@ ts_status ts_classifier_save_blobs(const ts_classifier *c, const ts_tensor *cons
         if (ts_tensor_numel(blobs[b]) != c->num_params)
             return ts_error(TS_ERR_SHAPE, "saving a blob of %lld elements for a classifier of %lld parameters",
                             (long long)ts_tensor_numel(blobs[b]), (long long)c->num_params);
-    int per = c->trunk.ntensors + 3; /* trunk view, its tensors, the head's two */
+    int per = c->trunk.ntensors + 4; /* trunk view, its tensors, the head's two, the n-gram table */
     ts_tensor *views = calloc((size_t)(per * (n > 0 ? n : 1)), sizeof *views);
     if (!views) return ts_error(TS_ERR_OOM, "no memory");
     ts_st_writer *w;
@@ -359,18 +479,21 @@ ts_status ts_classifier_save_blobs(const ts_classifier *c, const ts_tensor *cons
     if (!st) st = ts_st_writer_meta(w, "classifier", cls);
     if (!st) st = ts_st_writer_meta(w, "linear_layout", "out,in");
     for (int i = 0; !st && extra_meta && extra_meta[i]; i += 2) st = ts_st_writer_meta(w, extra_meta[i], extra_meta[i + 1]);
-    int64_t K = c->cfg.n_classes, C = c->cfg.gpt.n_embd;
+    int64_t K = c->cfg.n_classes, C = c->cfg.gpt.n_embd, G = c->cfg.char_ngrams;
     for (int b = 0; b < n && !st; b++) {
         ts_tensor *v = views + b * per;
-        char wname[64], bname[64];
+        char wname[64], bname[64], gname[64];
         snprintf(wname, sizeof wname, "%sscore.weight", prefixes[b]);
         snprintf(bname, sizeof bname, "%sscore.bias", prefixes[b]);
+        snprintf(gname, sizeof gname, "%sngram.weight", prefixes[b]);
         st = ts_tensor_view(&v[0], blobs[b], 0, TS_SHAPE(c->head_offset));
-        if (!st) st = ts_gpt_writer_add(&c->trunk, w, &v[0], prefixes[b], v + 3);
+        if (!st) st = ts_gpt_writer_add(&c->trunk, w, &v[0], prefixes[b], v + 4);
         if (!st) st = ts_tensor_view(&v[1], blobs[b], c->head_offset, TS_SHAPE(K * C));
         if (!st) st = ts_tensor_view(&v[2], blobs[b], c->head_offset + K * C, TS_SHAPE(K));
         if (!st) st = ts_st_writer_add(w, wname, &v[1], TS_SHAPE(K, C));
         if (!st) st = ts_st_writer_add(w, bname, &v[2], TS_SHAPE(K));
+        if (!st && G) st = ts_tensor_view(&v[3], blobs[b], c->ngram_offset, TS_SHAPE(G * C));
+        if (!st && G) st = ts_st_writer_add(w, gname, &v[3], TS_SHAPE(G, C));
     }
     if (!st) st = ts_st_writer_write(w, path);
     ts_st_writer_free(w);
@@ -401,6 +524,7 @@ ts_status ts_classifier_read_config(const char *path, ts_classifier_config *cfg)
         st = ts_error_context(TS_ERR_FORMAT, "%s: classifier metadata", path);
     if (!st) {
         cfg->n_classes = ts_json_get_int(j, "n_classes", -1);
+        cfg->char_ngrams = ts_json_get_int(j, "char_ngrams", 0); /* files from before n-grams have none */
         int pool = ts_pool_parse(ts_json_get_str(j, "pool", ""));
         const char *att = ts_json_get_str(j, "attention", "");
         cfg->pool = pool < 0 ? TS_POOL_LAST : (ts_pool)pool;
@@ -428,6 +552,14 @@ static ts_status load_head(const ts_classifier *c, ts_tensor *blob, const char *
     if (!st) st = ts_tensor_view(&b, blob, c->head_offset + K * C, TS_SHAPE(K));
     if (!st) st = ts_safetensors_load(&f, wname, &w, 1);
     if (!st) st = ts_safetensors_load(&f, bname, &b, 1);
+    int64_t G = c->cfg.char_ngrams;
+    if (G) {
+        char gname[64];
+        snprintf(gname, sizeof gname, "%sngram.weight", prefix);
+        ts_tensor g;
+        if (!st) st = ts_tensor_view(&g, blob, c->ngram_offset, TS_SHAPE(G, C));
+        if (!st) st = ts_safetensors_load(&f, gname, &g, 1);
+    }
     ts_safetensors_close(&f);
     return st;
 }
@@ -445,7 +577,7 @@ ts_status ts_classifier_load(ts_classifier *c, const char *path)
     ts_classifier_config cfg;
     TRY(ts_classifier_read_config(path, &cfg));
     if (memcmp(&cfg.gpt, &c->cfg.gpt, sizeof cfg.gpt) != 0 || cfg.n_classes != c->cfg.n_classes ||
-        cfg.pool != c->cfg.pool || cfg.bidirectional != c->cfg.bidirectional)
+        cfg.pool != c->cfg.pool || cfg.bidirectional != c->cfg.bidirectional || cfg.char_ngrams != c->cfg.char_ngrams)
         return ts_error(TS_ERR_SHAPE, "%s holds another classifier than this one (%lld classes, L=%lld C=%lld)", path,
                         (long long)cfg.n_classes, (long long)cfg.gpt.n_layer, (long long)cfg.gpt.n_embd);
     return ts_classifier_load_blob(c, &c->params, path, "");

@@ -384,7 +384,7 @@ static uint64_t splitmix(uint64_t *s)
     return z ^ (z >> 31);
 }
 
-static void fill_normal(float *x, int64_t n, double std, uint64_t seed)
+void ts_gpt_fill_normal(float *x, int64_t n, double std, uint64_t seed)
 {
     uint64_t s = seed;
     for (int64_t i = 0; i < n; i += 2) {
@@ -411,7 +411,7 @@ ts_status ts_gpt_init_weights(ts_gpt *m, uint64_t seed)
             /* the stream depends on (seed, kind, global layer) only */
             double std = (t->kind == TS_GPT_ATTPROJW || t->kind == TS_GPT_FCPROJW) ? resid_std : 0.02;
             uint64_t stream = seed * 1000003ull + (uint64_t)t->kind * 7919ull + (uint64_t)(t->layer + 1) * 104729ull;
-            fill_normal(global, gn, std, stream);
+            ts_gpt_fill_normal(global, gn, std, stream);
         } else {
             float v = (t->kind == TS_GPT_LN1W || t->kind == TS_GPT_LN2W || t->kind == TS_GPT_LNFW) ? 1.0f : 0.0f;
             for (int64_t k = 0; k < gn; k++) global[k] = v;
@@ -698,6 +698,7 @@ static ts_status forward_blocks(ts_gpt *m, ts_gpt_acts *a, const int32_t *tokens
         TRY(ts_embedding_forward_shard(&a->input, &a->tokens, &wte, m->lay.tp_rank == 0 ? &wpe : NULL,
                                        m->vocab_start));
         TRY(tp_allreduce(m, &a->input, "embedding"));
+        if (a->input_add) TRY(ts_add(&a->input, &a->input, a->input_add));
     }
     int64_t L = m->lay.layer_end - m->lay.layer_begin;
     int first_tp = m->lay.tp_rank == 0;

@@ -633,6 +633,7 @@ static const setting settings_table[] = {
     {"keep", 'n', CF(keep), 0, 1 << 30},
     {"log", 's', CF(log), 0, 0},
     {"eval_batch", 'i', CF(eval_batch), 1, 1 << 20},
+    {"char_ngrams", 'i', CF(char_ngrams), 0, 1 << 24},
 };
 enum { NSETTINGS = sizeof settings_table / sizeof *settings_table };
 static const char *const resumable[] = {"epochs", "out", "keep", "log", "eval_batch", NULL};
@@ -736,26 +737,65 @@ typedef struct exset {
     int32_t *len;
     int32_t *label;       /* class, or -1 (unseen or none) */
     int64_t *src;         /* index in its file */
+    int64_t *ng_off;      /* with character n-grams: token i's are ng[ng_off[i] .. ng_off[i+1]) */
+    int32_t *ng;
 } exset;
 
 static void exset_free(exset *e)
 {
-    free(e->tok), free(e->off), free(e->len), free(e->label), free(e->src);
+    free(e->tok), free(e->off), free(e->len), free(e->label), free(e->src), free(e->ng_off), free(e->ng);
     memset(e, 0, sizeof *e);
 }
 
-/* Tokenize examples which[0..n) of d, each cut to max_len tokens. */
+/* Token i's character n-grams (those of the unit of text it came from:
+ * every byte of a word spelled in bytes reads the whole word's) appended to
+ * e->ng; e->ng_off[i + 1] is set. */
+static ts_status add_ngrams(exset *e, size_t *cap, size_t i, const uint8_t *unit, size_t len, int64_t buckets)
+{
+    size_t at = (size_t)e->ng_off[i];
+    if (at + TS_CLASSIFIER_MAX_NGRAMS > *cap) {
+        size_t nc = 2 * (at + TS_CLASSIFIER_MAX_NGRAMS);
+        int32_t *g = realloc(e->ng, nc * sizeof *g);
+        if (!g) return ts_error(TS_ERR_OOM, "no memory for n-grams");
+        e->ng = g, *cap = nc;
+    }
+    e->ng_off[i + 1] = (int64_t)at + ts_char_ngrams(unit, len, buckets, e->ng + at, TS_CLASSIFIER_MAX_NGRAMS);
+    return TS_OK;
+}
+
+/* The n-grams of count tokens ids (the start of text, n bytes) from index used on. */
+static ts_status encode_ngrams(exset *e, size_t *cap, size_t *ocap, size_t used, const ts_tokenizer *tok,
+                               const uint8_t *text, size_t n, const int32_t *ids, size_t all, size_t count,
+                               int64_t buckets)
+{
+    if (used + count + 1 > *ocap) {
+        size_t nc = 2 * (used + count + 1);
+        int64_t *o = realloc(e->ng_off, nc * sizeof *o);
+        if (!o) return ts_error(TS_ERR_OOM, "no memory for n-grams");
+        e->ng_off = o, *ocap = nc;
+    }
+    uint32_t *start = malloc((all ? all : 1) * sizeof *start), *len = malloc((all ? all : 1) * sizeof *len);
+    ts_status st = start && len ? ts_tokenizer_units(tok, text, n, ids, all, start, len)
+                                : ts_error(TS_ERR_OOM, "no memory");
+    for (size_t k = 0; k < count && !st; k++) st = add_ngrams(e, cap, used + k, text + start[k], len[k], buckets);
+    free(start), free(len);
+    return st;
+}
+
+/* Tokenize examples which[0..n) of d, each cut to max_len tokens, with
+ * each token's character n-grams when buckets > 0. */
 static ts_status exset_encode(exset *e, const ts_labeled_data *d, const int64_t *which, int64_t n,
-                              const ts_tokenizer *tok, int64_t max_len, int64_t *cut)
+                              const ts_tokenizer *tok, int64_t max_len, int64_t buckets, int64_t *cut)
 {
     memset(e, 0, sizeof *e);
     e->off = malloc((size_t)(n + 1) * sizeof *e->off);
     e->len = malloc((size_t)(n + 1) * sizeof *e->len);
     e->label = malloc((size_t)(n + 1) * sizeof *e->label);
     e->src = malloc((size_t)(n + 1) * sizeof *e->src);
-    size_t cap = (size_t)(n + 1) * 16, used = 0;
+    size_t cap = (size_t)(n + 1) * 16, used = 0, ng_cap = 0, ng_ocap = 0;
     e->tok = malloc(cap * sizeof *e->tok);
-    if (!e->off || !e->len || !e->label || !e->src || !e->tok) {
+    if (buckets > 0 && (e->ng_off = malloc(sizeof *e->ng_off))) e->ng_off[0] = 0, ng_ocap = 1;
+    if (!e->off || !e->len || !e->label || !e->src || !e->tok || (buckets > 0 && !e->ng_off)) {
         exset_free(e);
         return ts_error(TS_ERR_OOM, "no memory for %lld examples", (long long)n);
     }
@@ -769,7 +809,17 @@ static ts_status exset_encode(exset *e, const ts_labeled_data *d, const int64_t 
             exset_free(e);
             return ts_error_context(st, "%s:%lld", d->path, (long long)d->lines[k]);
         }
+        size_t all = count;
         if ((int64_t)count > max_len) count = (size_t)max_len, (*cut)++;
+        if (buckets > 0) {
+            st = encode_ngrams(e, &ng_cap, &ng_ocap, used, tok, (const uint8_t *)d->texts[k], strlen(d->texts[k]), ids,
+                               all, count, buckets);
+            if (st) {
+                free(ids);
+                exset_free(e);
+                return ts_error_context(st, "%s:%lld", d->path, (long long)d->lines[k]);
+            }
+        }
         if (used + count > cap) {
             size_t nc = 2 * (used + count);
             int32_t *t = realloc(e->tok, nc * sizeof *t);
@@ -793,11 +843,15 @@ static ts_status exset_encode(exset *e, const ts_labeled_data *d, const int64_t 
 typedef struct batchbuf {
     int32_t *tokens, *lengths, *labels;
     float *weights, *logits, *grad, *probs;
+    int32_t *from;         /* [B, T]: the place in its text of each token (token dropout moves them) */
+    int64_t *ng_off;       /* [B*T + 1]: each position's n-grams (when the examples have them) */
+    int32_t *ng;           /* [B*T*TS_CLASSIFIER_MAX_NGRAMS] */
 } batchbuf;
 
 static void batchbuf_free(batchbuf *b)
 {
     free(b->tokens), free(b->lengths), free(b->labels), free(b->weights), free(b->logits), free(b->grad), free(b->probs);
+    free(b->from), free(b->ng_off), free(b->ng);
     memset(b, 0, sizeof *b);
 }
 
@@ -811,7 +865,11 @@ static ts_status batchbuf_alloc(batchbuf *b, int64_t B, int64_t T, int64_t K)
     b->logits = malloc((size_t)(B * K) * sizeof *b->logits);
     b->grad = malloc((size_t)(B * K) * sizeof *b->grad);
     b->probs = malloc((size_t)(B * K) * sizeof *b->probs);
-    if (!b->tokens || !b->lengths || !b->labels || !b->weights || !b->logits || !b->grad || !b->probs) {
+    b->from = malloc((size_t)(B * T) * sizeof *b->from);
+    b->ng_off = malloc((size_t)(B * T + 1) * sizeof *b->ng_off);
+    b->ng = malloc((size_t)(B * T) * TS_CLASSIFIER_MAX_NGRAMS * sizeof *b->ng);
+    if (!b->tokens || !b->lengths || !b->labels || !b->weights || !b->logits || !b->grad || !b->probs || !b->from ||
+        !b->ng_off || !b->ng) {
         batchbuf_free(b);
         return ts_error(TS_ERR_OOM, "no memory for batches");
     }
@@ -837,6 +895,7 @@ static void fill_batch(const exset *e, const int64_t *rows, int64_t n, int64_t T
         int32_t len = e->len[r];
         memcpy(b->tokens + i * T, e->tok + e->off[r], (size_t)len * sizeof *b->tokens);
         for (int64_t t = len; t < T; t++) b->tokens[i * T + t] = 0;
+        for (int64_t t = 0; t < T; t++) b->from[i * T + t] = (int32_t)t;
         b->lengths[i] = len;
         b->labels[i] = e->label[r];
     }
@@ -851,16 +910,35 @@ static void drop_tokens(batchbuf *b, int64_t n, int64_t T, double p, uint64_t se
     if (!(p > 0)) return;
     uint64_t cut = (uint64_t)(p * 18446744073709551615.0);
     for (int64_t i = 0; i < n; i++) {
-        int32_t *t = b->tokens + i * T, len = b->lengths[i], kept = 0;
+        int32_t *t = b->tokens + i * T, *from = b->from + i * T, len = b->lengths[i], kept = 0;
         for (int32_t k = 0; k < len; k++) {
             uint64_t h = seed * 0x9E3779B97F4A7C15ull ^ (uint64_t)step * 0xD1B54A32D192ED03ull ^
                          (uint64_t)(row0 + i) * 0x94D049BB133111EBull ^ (uint64_t)k * 0xBF58476D1CE4E5B9ull;
             h ^= h >> 31, h *= 0xBF58476D1CE4E5B9ull, h ^= h >> 29, h *= 0x94D049BB133111EBull, h ^= h >> 32;
-            if (h >= cut || (kept == 0 && k == len - 1)) t[kept++] = t[k];
+            if (h >= cut || (kept == 0 && k == len - 1)) from[kept] = from[k], t[kept++] = t[k];
         }
         for (int32_t k = kept; k < len; k++) t[k] = 0;
         b->lengths[i] = kept;
     }
+}
+
+/* Each position's n-grams for rows rows[0..n) of a batch (after any
+ * dropout): ng_off/ng as ts_classifier_forward_ngrams reads them, for
+ * positions b*T + t; padding has none. NULL when e has no n-grams. */
+static const int64_t *batch_ngrams(const exset *e, const int64_t *rows, int64_t n, int64_t T, batchbuf *b)
+{
+    if (!e->ng_off) return NULL;
+    int64_t k = 0;
+    b->ng_off[0] = 0;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t t = 0; t < T; t++) {
+            if (t < b->lengths[i]) {
+                int64_t tok = e->off[rows[i]] + b->from[i * T + t];
+                for (int64_t j = e->ng_off[tok]; j < e->ng_off[tok + 1]; j++) b->ng[k++] = e->ng[j];
+            }
+            b->ng_off[i * T + t + 1] = k;
+        }
+    return b->ng_off;
 }
 
 /* Indices 0..n-1 ordered by length (then index): batches of similar
@@ -903,7 +981,8 @@ static ts_status score_share(ts_classifier *m, const exset *e, int64_t max_len, 
         int64_t n = hi - first < batch ? hi - first : batch, *rows = order + first;
         int64_t T = batch_len(e, rows, n, max_len);
         fill_batch(e, rows, n, T, &b);
-        st = ts_classifier_forward(m, b.tokens, b.lengths, n, T, b.logits);
+        const int64_t *ng_off = batch_ngrams(e, rows, n, T, &b);
+        st = ts_classifier_forward_ngrams(m, b.tokens, b.lengths, ng_off, b.ng, n, T, b.logits);
         if (st) break;
         double lsum = 0;
         ts_classifier_cross_entropy(b.logits, n, K, b.labels, NULL, 0.0, &lsum, NULL, b.probs);
@@ -1272,9 +1351,9 @@ static ts_status open_data(crun *r, const char *init_ckpt)
             idx[i] = idx[j], idx[j] = t;
         }
         int64_t cut2 = 0;
-        st = exset_encode(&r->train, &r->file, idx, n - nval, &r->tok, c->max_len, &r->cut);
-        if (!st && nval) st = exset_encode(&r->val, &r->file, idx + n - nval, nval, &r->tok, c->max_len, &cut2);
-        if (!st && c->val[0]) st = exset_encode(&r->val, &r->vfile, NULL, r->vfile.n, &r->tok, c->max_len, &cut2);
+        st = exset_encode(&r->train, &r->file, idx, n - nval, &r->tok, c->max_len, c->char_ngrams, &r->cut);
+        if (!st && nval) st = exset_encode(&r->val, &r->file, idx + n - nval, nval, &r->tok, c->max_len, c->char_ngrams, &cut2);
+        if (!st && c->val[0]) st = exset_encode(&r->val, &r->vfile, NULL, r->vfile.n, &r->tok, c->max_len, c->char_ngrams, &cut2);
         r->cut += cut2;
     }
     free(idx);
@@ -1301,6 +1380,7 @@ static ts_status build_model(crun *r, const char *init_ckpt)
     mc.n_classes = r->labels.n;
     mc.pool = (ts_pool)ts_pool_parse(c->pool);
     mc.bidirectional = !strcmp(c->attention, "bidirectional");
+    mc.char_ngrams = c->char_ngrams;
     char f[4400];
     ts_status st = TS_OK;
     if (r->ckpt[0]) { /* resumed: the trunk's shape is the checkpoint's (a run from --init has the LM's) */
@@ -1434,10 +1514,13 @@ static void report_start(crun *r, const char *init_ckpt)
         fprintf(o, "%s)\n         %.1f tokens a text (the longest %lld; %lld cut at %lld)\n", r->labels.n > 8 ? ", ..." : "",
                 r->train.n ? (double)tokens / (double)r->train.n : 0.0, (long long)longest, (long long)r->cut,
                 (long long)c->max_len);
-        fprintf(o, "model    %s%s L=%lld H=%lld C=%lld, vocabulary %lld: %.2fM parameters; %s pooling, %s attention\n",
+        char ngrams[64] = "";
+        if (mc->char_ngrams) snprintf(ngrams, sizeof ngrams, "; character n-grams in %lld buckets", (long long)mc->char_ngrams);
+        fprintf(o, "model    %s%s L=%lld H=%lld C=%lld, vocabulary %lld: %.2fM parameters; %s pooling, %s attention%s\n",
                 init_ckpt ? "trunk of " : "new, ", init_ckpt ? init_ckpt : "", (long long)mc->gpt.n_layer,
                 (long long)mc->gpt.n_head, (long long)mc->gpt.n_embd, (long long)mc->gpt.vocab_size,
-                (double)r->m.num_params / 1e6, ts_pool_name(mc->pool), mc->bidirectional ? "bidirectional" : "causal");
+                (double)r->m.num_params / 1e6, ts_pool_name(mc->pool), mc->bidirectional ? "bidirectional" : "causal",
+                ngrams);
         char drop[96] = "";
         if (c->token_dropout > 0) snprintf(drop, sizeof drop, ", %.0f%% of tokens dropped", 100 * c->token_dropout);
         if (c->lm_weight > 0)
@@ -1493,13 +1576,16 @@ static ts_status train_step(crun *r, int64_t step, float lr, float *loss, double
      * mean over all its predicted tokens, so each needs their count */
     fill_batch(&r->train, rows, rows_n, T, &r->bb);
     drop_tokens(&r->bb, rows_n, T, c->token_dropout, c->seed, step, 0);
+    const int64_t *ng_off = batch_ngrams(&r->train, rows, rows_n, T, &r->bb);
     int64_t lm_n = 0, lm_mine = 0;
     for (int64_t i = 0; i < rows_n; i++) lm_n += r->bb.lengths[i] - 1;
     double lm_sum = 0;
     if (!st && hi > lo) {
         const int32_t *tok = r->bb.tokens + lo * T, *len = r->bb.lengths + lo, *lab = r->bb.labels + lo;
         for (int64_t i = 0; i < hi - lo; i++) r->bb.weights[i] = r->class_w[lab[i]];
-        st = ts_classifier_forward(&r->m, tok, len, hi - lo, T, r->bb.logits);
+        /* this process's rows: positions from lo*T on (ng_off holds absolute indices into ng) */
+        st = ts_classifier_forward_ngrams(&r->m, tok, len, ng_off ? ng_off + lo * T : NULL, r->bb.ng, hi - lo, T,
+                                          r->bb.logits);
         if (!st) ts_classifier_cross_entropy(r->bb.logits, hi - lo, K, lab, r->bb.weights, 1.0 / W, &lsum,
                                              r->bb.grad, NULL);
         if (!st && c->lm_weight > 0 && lm_n > 0)
@@ -2021,7 +2107,7 @@ static ts_status open_trained(trained *t, const ts_classify_use *u, int need_lab
     else
         for (int64_t i = 0; i < t->d.n; i++) t->d.ids[i] = t->d.labels[i] ? ts_label_set_find(&t->labels, t->d.labels[i]) : -1;
     int64_t cut;
-    return exset_encode(&t->e, &t->d, NULL, t->d.n, &t->tok, t->max_len, &cut);
+    return exset_encode(&t->e, &t->d, NULL, t->d.n, &t->tok, t->max_len, t->m.cfg.char_ngrams, &cut);
 }
 
 /* Text to a file atomically, or to standard output ("" or "-"). */

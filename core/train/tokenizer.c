@@ -215,18 +215,6 @@ typedef struct word {
     int64_t count;
 } word;
 
-/* Room for element n of the array at *pp (capacity *cap, doubled when
- * full, from 1024); -1 when out of memory (the array is kept). */
-static int grow(void *pp, size_t *cap, size_t n, size_t size)
-{
-    if (n < *cap) return 0;
-    size_t c = *cap ? *cap * 2 : 1024;
-    void *p = realloc(*(void **)pp, c * size);
-    if (!p) return -1;
-    *(void **)pp = p, *cap = c;
-    return 0;
-}
-
 static uint64_t hash_bytes(const uint8_t *p, size_t n)
 {
     uint64_t h = 14695981039346656037ull;
@@ -234,55 +222,97 @@ static uint64_t hash_bytes(const uint8_t *p, size_t n)
     return h;
 }
 
+/* Length of the word-tokenizer run starting at text[i]: letters, digits or
+ * other symbols, or one whitespace byte. */
+static size_t word_run_len(const uint8_t *s, size_t n, size_t i)
+{
+    if (n - i > MAX_TOKEN_BYTES) n = i + MAX_TOKEN_BYTES;
+    int c = cls(s[i]);
+    if (c == CLS_SPACE) return 1;
+    size_t j = i + 1;
+    while (j < n && cls(s[j]) == c) j++;
+    return j - i;
+}
+
+typedef struct run_count {
+    const uint8_t *at; /* the first occurrence in the text */
+    size_t len;
+    int64_t count;
+} run_count;
+
+/* Every distinct unit of text (unit_len cuts them) of at least min_len
+ * bytes, with how often it occurs, in order of first occurrence. */
+static ts_status count_runs(const uint8_t *text, size_t n, size_t (*unit_len)(const uint8_t *, size_t, size_t),
+                            size_t min_len, run_count **out, size_t *count)
+{
+    u64map index; /* hash of a run (+1 per collision) -> its index in runs + 1 */
+    run_count *runs = NULL;
+    size_t nruns = 0, cap = 0;
+    ts_status st = TS_OK;
+    if (map_init(&index, 1 << 12) != 0) return ts_error(TS_ERR_OOM, "no memory");
+    for (size_t i = 0; i < n && !st;) {
+        size_t len = unit_len(text, n, i);
+        if (len >= min_len) {
+            int64_t *slot = NULL;
+            for (uint64_t h = hash_bytes(text + i, len);; h++) {
+                slot = map_slot(&index, h, 1);
+                if (!slot || *slot == 0) break;
+                const run_count *r = &runs[*slot - 1];
+                if (r->len == len && !memcmp(r->at, text + i, len)) break;
+            }
+            if (!slot) {
+                st = ts_error(TS_ERR_OOM, "no memory");
+                break;
+            }
+            if (*slot == 0) {
+                if (nruns == cap) { /* doubled when full, from 1024 */
+                    size_t c = cap ? 2 * cap : 1024;
+                    run_count *r = realloc(runs, c * sizeof *r);
+                    if (!r) {
+                        st = ts_error(TS_ERR_OOM, "no memory");
+                        break;
+                    }
+                    runs = r, cap = c;
+                }
+                runs[nruns] = (run_count){.at = text + i, .len = len, .count = 0};
+                *slot = (int64_t)++nruns;
+            }
+            runs[*slot - 1].count++;
+        }
+        i += len;
+    }
+    map_free(&index);
+    if (st) {
+        free(runs);
+        return st;
+    }
+    *out = runs, *count = nruns;
+    return TS_OK;
+}
+
 ts_status ts_tokenizer_train_bpe(ts_tokenizer *t, const uint8_t *text, size_t n, int32_t vocab_size)
 {
     memset(t, 0, sizeof *t);
     if (vocab_size < 256 || vocab_size > (1 << 20))
         return ts_error(TS_ERR_INVALID_ARG, "BPE vocabulary size %d must be in [256, 2^20]", vocab_size);
-    /* unique chunks with counts (keyed by content hash; collisions are
-     * resolved by comparing bytes) */
-    u64map index;
-    word *words = NULL;
-    size_t nwords = 0, capwords = 0;
-    ts_status st = TS_OK;
-    if (map_init(&index, 1 << 12) != 0) return ts_error(TS_ERR_OOM, "no memory");
-    for (size_t i = 0; i < n && !st;) {
-        size_t len = chunk_len(text, n, i);
-        uint64_t h = hash_bytes(text + i, len);
-        int64_t *slot;
-        for (;; h++) { /* linear probing over hash values on collision */
-            slot = map_slot(&index, h, 1);
-            if (!slot) {
-                st = ts_error(TS_ERR_OOM, "no memory");
-                break;
-            }
-            if (*slot == 0) break;
-            word *w = &words[*slot - 1];
-            int same = (size_t)w->len == len;
-            for (size_t k = 0; same && k < len; k++) same = w->ids[k] == text[i + k];
-            if (same) break;
+    /* unique chunks with counts, each as its byte tokens */
+    run_count *runs = NULL;
+    size_t nwords = 0;
+    ts_status st = count_runs(text, n, chunk_len, 1, &runs, &nwords);
+    if (st) return st;
+    word *words = calloc(nwords ? nwords : 1, sizeof *words);
+    if (!words) st = ts_error(TS_ERR_OOM, "no memory");
+    for (size_t w = 0; w < nwords && !st; w++) {
+        words[w].ids = malloc(runs[w].len * sizeof *words[w].ids);
+        if (!words[w].ids) {
+            st = ts_error(TS_ERR_OOM, "no memory");
+            break;
         }
-        if (st) break;
-        if (*slot == 0) {
-            if (grow(&words, &capwords, nwords, sizeof *words) != 0) {
-                st = ts_error(TS_ERR_OOM, "no memory");
-                break;
-            }
-            word *w = &words[nwords];
-            w->ids = malloc(len * sizeof *w->ids);
-            if (!w->ids) {
-                st = ts_error(TS_ERR_OOM, "no memory");
-                break;
-            }
-            for (size_t k = 0; k < len; k++) w->ids[k] = text[i + k];
-            w->len = (int32_t)len;
-            w->count = 0;
-            *slot = (int64_t)++nwords;
-        }
-        words[*slot - 1].count++;
-        i += len;
+        for (size_t k = 0; k < runs[w].len; k++) words[w].ids[k] = runs[w].at[k];
+        words[w].len = (int32_t)runs[w].len;
+        words[w].count = runs[w].count;
     }
-    map_free(&index);
+    free(runs);
     int32_t want = vocab_size - 256;
     t->kind = TS_TOKENIZER_BPE;
     t->merges = calloc((size_t)(want ? want : 1), sizeof *t->merges);
@@ -327,30 +357,12 @@ ts_status ts_tokenizer_train_bpe(ts_tokenizer *t, const uint8_t *text, size_t n,
         }
     }
     map_free(&pairs);
-    for (size_t w = 0; w < nwords; w++) free(words[w].ids);
+    for (size_t w = 0; words && w < nwords; w++) free(words[w].ids);
     free(words);
     if (!st) st = finish(t, NULL, NULL);
     if (st) ts_tokenizer_free(t);
     return st;
 }
-
-/* Length of the word-tokenizer run starting at text[i]: letters, digits or
- * other symbols, or one whitespace byte. */
-static size_t word_run_len(const uint8_t *s, size_t n, size_t i)
-{
-    if (n - i > MAX_TOKEN_BYTES) n = i + MAX_TOKEN_BYTES;
-    int c = cls(s[i]);
-    if (c == CLS_SPACE) return 1;
-    size_t j = i + 1;
-    while (j < n && cls(s[j]) == c) j++;
-    return j - i;
-}
-
-typedef struct run_count {
-    const uint8_t *at; /* the first occurrence in the text */
-    size_t len;
-    int64_t count;
-} run_count;
 
 /* The most frequent first; ties in byte order (then the shorter first). */
 static int by_count(const void *pa, const void *pb)
@@ -368,38 +380,10 @@ ts_status ts_tokenizer_train_words(ts_tokenizer *t, const uint8_t *text, size_t 
     memset(t, 0, sizeof *t);
     if (vocab_size < 256 || vocab_size > (1 << 20))
         return ts_error(TS_ERR_INVALID_ARG, "word vocabulary size %d must be in [256, 2^20]", vocab_size);
-    u64map index; /* hash of a run (+1 per collision) -> its index in runs + 1 */
     run_count *runs = NULL;
-    size_t nruns = 0, cap = 0;
-    ts_status st = TS_OK;
-    if (map_init(&index, 1 << 12) != 0) return ts_error(TS_ERR_OOM, "no memory");
-    for (size_t i = 0; i < n && !st;) {
-        size_t len = word_run_len(text, n, i);
-        if (len >= 2) { /* single bytes are tokens already */
-            int64_t *slot = NULL;
-            for (uint64_t h = hash_bytes(text + i, len);; h++) {
-                slot = map_slot(&index, h, 1);
-                if (!slot || *slot == 0) break;
-                const run_count *r = &runs[*slot - 1];
-                if (r->len == len && !memcmp(r->at, text + i, len)) break;
-            }
-            if (!slot) {
-                st = ts_error(TS_ERR_OOM, "no memory");
-                break;
-            }
-            if (*slot == 0) {
-                if (grow(&runs, &cap, nruns, sizeof *runs) != 0) {
-                    st = ts_error(TS_ERR_OOM, "no memory");
-                    break;
-                }
-                runs[nruns] = (run_count){.at = text + i, .len = len, .count = 0};
-                *slot = (int64_t)++nruns;
-            }
-            runs[*slot - 1].count++;
-        }
-        i += len;
-    }
-    map_free(&index);
+    size_t nruns = 0;
+    ts_status st = count_runs(text, n, word_run_len, 2, &runs, &nruns); /* single bytes are tokens already */
+    if (st) return st;
     if (!st && nruns) qsort(runs, nruns, sizeof *runs, by_count);
     size_t want = 0;
     while (want < nruns && want < (size_t)(vocab_size - 256) && runs[want].count >= 2) want++;
@@ -712,6 +696,53 @@ ts_status ts_tokenizer_encode(const ts_tokenizer *t, const uint8_t *text, size_t
     *ids = out;
     *count = k;
     return TS_OK;
+}
+
+ts_status ts_tokenizer_units(const ts_tokenizer *t, const uint8_t *text, size_t n, const int32_t *ids,
+                             size_t count, uint32_t *start, uint32_t *len)
+{
+    if (n > UINT32_MAX) return ts_error(TS_ERR_INVALID_ARG, "units of a text of %zu bytes (at most 4 GiB)", n);
+    int chunks = t->kind == TS_TOKENIZER_BPE && t->n_merges > 0;
+    size_t at = 0, unit = 0, unit_end = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (ids[i] < 0 || ids[i] >= t->vocab_size)
+            return ts_error(TS_ERR_INVALID_ARG, "units: token %zu (%d) is outside the vocabulary", i, ids[i]);
+        size_t m = (size_t)t->len[ids[i]];
+        if (at == unit_end) { /* a token starts the next unit */
+            if (at >= n) break;
+            unit = at;
+            unit_end = at + (chunks ? chunk_len(text, n, at) : word_run_len(text, n, at));
+        }
+        if (at + m > unit_end || memcmp(t->bytes[ids[i]], text + at, m) != 0) break;
+        start[i] = (uint32_t)unit, len[i] = (uint32_t)(unit_end - unit);
+        at += m;
+        if (i + 1 == count && at == n) return TS_OK;
+    }
+    if (count == 0 && n == 0) return TS_OK;
+    return ts_error(TS_ERR_INVALID_ARG, "units: the %zu tokens do not spell the %zu bytes of text", count, n);
+}
+
+int ts_char_ngrams(const uint8_t *unit, size_t len, int64_t buckets, int32_t *out, int max)
+{
+    size_t a = 0, b = len;
+    while (a < b && cls(unit[a]) == CLS_SPACE) a++;
+    while (b > a && cls(unit[b - 1]) == CLS_SPACE) b--;
+    if (a == b) a = 0, b = len; /* all whitespace: the unit itself */
+    uint8_t w[MAX_TOKEN_BYTES + 2];
+    size_t m = 0;
+    w[m++] = '<';
+    for (size_t i = a; i < b && m < sizeof w - 1; i++)
+        w[m++] = unit[i] >= 'A' && unit[i] <= 'Z' ? (uint8_t)(unit[i] - 'A' + 'a') : unit[i];
+    w[m++] = '>';
+    int k = 0;
+    for (size_t i = 0; i + 2 <= m && k < max; i++) {
+        uint32_t h = 2166136261u;
+        for (size_t g = 0; g < 5 && i + g < m && k < max; g++) {
+            h = (h ^ w[i + g]) * 16777619u;
+            if (g >= 1) out[k++] = (int32_t)(h % (uint64_t)buckets);
+        }
+    }
+    return k;
 }
 
 ts_status ts_tokenizer_decode(const ts_tokenizer *t, const int32_t *ids, size_t count, char **text,

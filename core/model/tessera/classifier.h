@@ -38,7 +38,12 @@ typedef struct ts_classifier_config {
     int64_t n_classes;        /* K, 2 to 65536 */
     ts_pool pool;
     int bidirectional;        /* 0: causal attention */
+    int64_t char_ngrams;      /* buckets of hashed character n-grams added to each token's
+                               * embedding (fastText's subwords), 0 = none */
 } ts_classifier_config;
+
+/* Most n-grams one token reads (a long word keeps its beginning's). */
+#define TS_CLASSIFIER_MAX_NGRAMS 64
 
 typedef struct ts_classifier {
     ts_classifier_config cfg;
@@ -46,8 +51,10 @@ typedef struct ts_classifier {
     ts_gpt trunk;             /* its params and grads are views of the blobs below */
     int64_t num_params;       /* trunk and head */
     int64_t head_offset;      /* the head's weight [K, C] starts here, its bias [K] follows */
+    int64_t ngram_offset;     /* then the n-gram table [char_ngrams, C] (num_params when none) */
     ts_tensor params, grads;  /* flat blobs */
     ts_tensor head_w, head_b, head_dw, head_db;
+    ts_tensor ngram_w, ngram_dw;
     /* the last forward: its shape, activations and pooling */
     int64_t B, T;
     ts_gpt_acts acts;
@@ -65,6 +72,15 @@ typedef struct ts_classifier {
     ts_tensor dlm;            /* [B*T, C] its gradient of the features */
     int lm_pending;           /* dlm waits for the next backward */
     int32_t *host_targets;    /* [B * T] */
+    /* subwords of the last forward: each position's n-gram rows, K per
+     * position (padded with weight 0), summed with weights 1/sqrt(count) */
+    int64_t ngram_k, ngram_cap;
+    ts_tensor ngram_ids;      /* i32 [B*T*K] */
+    ts_tensor ngram_weights;  /* [B*T, 1, K] */
+    ts_tensor ngram_rows;     /* [B*T, K, C]: the rows; their gradient in backward */
+    ts_tensor ngram_sum;      /* [B*T, C] */
+    int32_t *host_ngram_ids;
+    float *host_ngram_weights;
 } ts_classifier;
 
 ts_status ts_classifier_config_check(const ts_classifier_config *cfg);
@@ -92,6 +108,14 @@ ts_status ts_classifier_optimizer_step(ts_classifier *c, ts_optimizer *o, float 
  * the class logits (host, [B, K]). Activations are kept for backward. */
 ts_status ts_classifier_forward(ts_classifier *c, const int32_t *tokens, const int32_t *lengths, int64_t B,
                                 int64_t T, float *logits);
+/* The same for a classifier with character n-grams: position p = b*T + t
+ * reads rows ngrams[ngram_off[p] .. ngram_off[p+1]) of the n-gram table
+ * (at most TS_CLASSIFIER_MAX_NGRAMS, each in [0, char_ngrams); a position
+ * may have none), summed with weights 1/sqrt(count) into its token's
+ * embedding. ts_classifier_forward is this with no n-grams anywhere. */
+ts_status ts_classifier_forward_ngrams(ts_classifier *c, const int32_t *tokens, const int32_t *lengths,
+                                       const int64_t *ngram_off, const int32_t *ngrams, int64_t B, int64_t T,
+                                       float *logits);
 /* The language-model loss of the last forward's sequences, as GPT-1 adds
  * it while fine-tuning: each real token but the last predicts the next
  * through the trunk's tied output head (logits = features @ wte^T). Sets

@@ -108,6 +108,8 @@ typedef struct ts_gpt_acts {
     ts_attention_ws *ws;              /* per local layer */
     ts_tensor tokens, targets;        /* i32 [B, T] */
     ts_tensor key_len;                /* i32 [B]: real tokens per sequence (features, bidirectional) */
+    const ts_tensor *input_add;       /* [B*T, C] added to the embedding when set (a classifier's
+                                       * subwords); its gradient is dres after backward */
     int64_t valid_targets;
     int dlogits_ready;
 } ts_gpt_acts;
@@ -177,6 +179,8 @@ ts_status ts_gpt_plan(ts_gpt *m, const ts_gpt_config *cfg, const ts_gpt_layout *
  * layout): N(0, 0.02) weights, residual output projections scaled by
  * 1/sqrt(2L), zero biases, unit layernorm gains. */
 ts_status ts_gpt_init_weights(ts_gpt *m, uint64_t seed);
+/* x[0..n) from N(0, std^2), a stream that depends on seed only (Box-Muller on splitmix64). */
+void ts_gpt_fill_normal(float *x, int64_t n, double std, uint64_t seed);
 ts_status ts_gpt_zero_grad(ts_gpt *m);
 
 /* The local tensor of (kind, global layer), or NULL if not held. */

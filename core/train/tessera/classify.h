@@ -131,6 +131,8 @@ typedef struct ts_classify_config {
     char pool[16];            /* last | mean | max | mixed (an ensemble's members alternate last, mean) */
     char attention[16];       /* causal | bidirectional */
     char class_weights[1024]; /* "" (none) | balanced | w1,w2,... in label order */
+    int64_t char_ngrams;      /* buckets of hashed character n-grams added to each token's embedding
+                               * (fastText's subwords of the word it belongs to), 0 = none */
     /* optimisation */
     int64_t epochs, batch, warmup;
     char optim[16];

@@ -65,6 +65,19 @@ void ts_tokenizer_free(ts_tokenizer *t);
 /* Encode n bytes; *ids is malloc'ed (caller frees). */
 ts_status ts_tokenizer_encode(const ts_tokenizer *t, const uint8_t *text, size_t n, int32_t **ids,
                               size_t *count);
+/* The unit of text each of the count tokens that ts_tokenizer_encode made
+ * of text came from: start[i] and len[i] in bytes. A unit is a word
+ * tokenizer's run (a word, an unknown run spelled in bytes, one space) or a
+ * BPE chunk (" data"); the byte tokenizer cuts runs as the word tokenizer
+ * does. An error if ids do not spell text. */
+ts_status ts_tokenizer_units(const ts_tokenizer *t, const uint8_t *text, size_t n, const int32_t *ids,
+                             size_t count, uint32_t *start, uint32_t *len);
+/* fastText's subwords of a unit: the character 2- to 5-grams of "<unit>"
+ * (ASCII lowercased, surrounding whitespace trimmed unless that is all there
+ * is), each hashed (32-bit FNV-1a) to one of `buckets`; position by position
+ * (the 2- to 5-grams starting at '<', then at the next byte, ...) so that
+ * at most max of a long unit keep its beginning. Returns how many it wrote. */
+int ts_char_ngrams(const uint8_t *unit, size_t len, int64_t buckets, int32_t *out, int max);
 /* Decode ids into a malloc'ed NUL-terminated buffer (*len bytes, which may
  * contain any bytes). Ids outside the vocabulary are an error. */
 ts_status ts_tokenizer_decode(const ts_tokenizer *t, const int32_t *ids, size_t count, char **text,
