@@ -406,6 +406,14 @@ TEST(training_agrees_between_cpu_and_opencl)
     free(ref), free(params[0]), free(params[1]);
 }
 
+/* An empty file at path, whose XXXXXX mkstemp fills in; false if none could be made. */
+static int make_temp_file(char *path)
+{
+    int fd = mkstemp(path);
+    if (fd >= 0) close(fd);
+    return fd >= 0;
+}
+
 TEST(weights_round_trip_exactly_through_safetensors)
 {
     ts_device *cpu;
@@ -414,9 +422,7 @@ TEST(weights_round_trip_exactly_through_safetensors)
     REQUIRE_OK(ts_gpt_create(&a, cpu, &tiny));
     REQUIRE_OK(ts_gpt_init_weights(&a, 5));
     char path[] = "/tmp/tessera-weights-XXXXXX";
-    int fd = mkstemp(path);
-    REQUIRE(fd >= 0);
-    close(fd);
+    REQUIRE(make_temp_file(path));
     REQUIRE_OK(ts_gpt_save(&a, path, NULL));
     ts_gpt_config c;
     REQUIRE_OK(ts_gpt_read_config(path, &c));
@@ -448,12 +454,7 @@ TEST(damaged_weight_files_are_rejected)
     REQUIRE_OK(ts_gpt_create(&a, cpu, &tiny));
     REQUIRE_OK(ts_gpt_init_weights(&a, 5));
     char good[] = "/tmp/tessera-good-XXXXXX", bad[] = "/tmp/tessera-bad-XXXXXX";
-    int fd = mkstemp(good);
-    REQUIRE(fd >= 0);
-    close(fd);
-    fd = mkstemp(bad);
-    REQUIRE(fd >= 0);
-    close(fd);
+    REQUIRE(make_temp_file(good) && make_temp_file(bad));
     REQUIRE_OK(ts_gpt_save(&a, good, NULL));
     FILE *f = fopen(good, "rb");
     REQUIRE(f);
@@ -762,9 +763,7 @@ TEST(classifier_ngram_table_round_trips_and_bad_ngrams_are_refused)
     float *hp;
     REQUIRE_OK(classifier_create_random(&a, &k, 51, &hp));
     char path[] = "/tmp/tessera-classifier-XXXXXX";
-    int fd = mkstemp(path);
-    REQUIRE(fd >= 0);
-    close(fd);
+    REQUIRE(make_temp_file(path));
     REQUIRE_OK(ts_classifier_save(&a, path, NULL));
     ts_classifier_config cfg;
     REQUIRE_OK(ts_classifier_read_config(path, &cfg));

@@ -750,7 +750,8 @@ static void exset_free(exset *e)
 /* Token i's character n-grams (those of the unit of text it came from:
  * every byte of a word spelled in bytes reads the whole word's) appended to
  * e->ng; e->ng_off[i + 1] is set. */
-static ts_status add_ngrams(exset *e, size_t *cap, size_t i, const uint8_t *unit, size_t len, int64_t buckets)
+static ts_status add_ngrams(exset *e, size_t *cap, size_t i, const uint8_t *unit, size_t len, int64_t buckets,
+                            int same_unit)
 {
     size_t at = (size_t)e->ng_off[i];
     if (at + TS_CLASSIFIER_MAX_NGRAMS > *cap) {
@@ -759,7 +760,12 @@ static ts_status add_ngrams(exset *e, size_t *cap, size_t i, const uint8_t *unit
         if (!g) return ts_error(TS_ERR_OOM, "no memory for n-grams");
         e->ng = g, *cap = nc;
     }
-    e->ng_off[i + 1] = (int64_t)at + ts_char_ngrams(unit, len, buckets, e->ng + at, TS_CLASSIFIER_MAX_NGRAMS);
+    if (same_unit) { /* a byte of the previous token's word: its n-grams again, not hashed again */
+        int64_t a = e->ng_off[i - 1], m = e->ng_off[i] - a;
+        memcpy(e->ng + at, e->ng + a, (size_t)m * sizeof *e->ng);
+        e->ng_off[i + 1] = (int64_t)at + m;
+    } else
+        e->ng_off[i + 1] = (int64_t)at + ts_char_ngrams(unit, len, buckets, e->ng + at, TS_CLASSIFIER_MAX_NGRAMS);
     return TS_OK;
 }
 
@@ -777,7 +783,8 @@ static ts_status encode_ngrams(exset *e, size_t *cap, size_t *ocap, size_t used,
     uint32_t *start = malloc((all ? all : 1) * sizeof *start), *len = malloc((all ? all : 1) * sizeof *len);
     ts_status st = start && len ? ts_tokenizer_units(tok, text, n, ids, all, start, len)
                                 : ts_error(TS_ERR_OOM, "no memory");
-    for (size_t k = 0; k < count && !st; k++) st = add_ngrams(e, cap, used + k, text + start[k], len[k], buckets);
+    for (size_t k = 0; k < count && !st; k++)
+        st = add_ngrams(e, cap, used + k, text + start[k], len[k], buckets, k > 0 && start[k] == start[k - 1]);
     free(start), free(len);
     return st;
 }
