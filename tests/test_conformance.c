@@ -812,6 +812,10 @@ static void conf_linear_bf16_acts(void *argp)
                         : guarded_alloc(&go, a->dev, TS_SHAPE(N, OC), NULL));
     REQUIRE_OK(guarded_alloc(&gdx, a->dev, TS_SHAPE(N, C), NULL));
     REQUIRE_OK(guarded_alloc(&gdw, a->dev, TS_SHAPE(OC, C), dw0));
+    /* OpenCL devices read and write bf16 activations in their products on
+     * every route (no fp32 copies of them): a GPU's too */
+    if (!strncmp(ts_device_get_info(a->dev)->id, "opencl", 6))
+        EXPECTF(ts_linear_takes_bf16(a->dev), "%s: a product's bf16 tensors go to fp32 copies", ts_device_get_info(a->dev)->id);
     ts_status st = ts_linear_forward(&go.t, &tx, &tw, &tb);
     if (!st) st = ts_linear_backward(&gdx.t, &gdw.t, dout_bf16 ? &gdb.t : NULL, &tdout, &tx, &tw);
     REQUIRE_OK(ts_device_set_matmul_dtype(a->dev, TS_F32));

@@ -8,10 +8,15 @@
  *     pre-allocated temporary buffer otherwise); tessera's kernels for
  *     tiny shapes (an item per element of C) and whenever CLBlast is
  *     missing or returns an error (tiled).
- *     bf16/fp16 products: the operands are rounded into 16-bit buffers and
- *     tessera's kernel reads them, summing in fp32. (CLBlast's HGEMM sums in
- *     half precision, which a bf16/fp16 product here must not, and CLBlast
- *     has no bf16.)
+ *     bf16/fp16 products: CLBlast's SGEMM multiplies the operands rounded
+ *     to 16 bits and widened back to fp32; tessera's kernel reads 16-bit
+ *     values, a bf16 tensor as it is and others rounded into 16-bit
+ *     buffers, summing in fp32. (CLBlast's HGEMM sums in half precision,
+ *     which a bf16/fp16 product here must not, and CLBlast has no bf16.)
+ *     bf16 activations (inputs and results) are read and written here, so
+ *     the core makes no fp32 copies of them: tessera's kernel reads and
+ *     writes bf16 itself; for CLBlast they are widened into fp32 working
+ *     copies, one kernel each way.
  * TESSERA_GEMM=blas|clblast|kernel overrides the choice (tests use it to
  * run every route on PoCL and oclgrind); a route chosen that way takes every
  * shape and reports its errors instead of falling back. */
@@ -72,11 +77,20 @@ static size_t extent(int64_t rows, int64_t cols, int64_t ld, int64_t batch, int6
 
 /* ---- tessera's kernel ---- */
 
-/* Operand i as gemm_tiled reads it: the op's tensor (store 0, fp32), or
- * its 16-bit copy in d->lowp[i] from offset 0 (gemm.cl's STORE_BF16/F16). */
-static void arg_operand(ts_cl_args *a, ts_cl_device *d, const ts_op *op, int i, cl_int store)
+/* Storage codes of gemm.cl (STORE_F32, STORE_BF16, STORE_F16). */
+static cl_int store_of(ts_dtype t) { return t == TS_BF16 ? 1 : t == TS_F16 ? 2 : 0; }
+
+/* What a product reads for A and B: operand i is the op's tensor, or where
+ * copied[i] its copy in d->lowp[i] from offset 0; store[i] says how the
+ * kernel reads it (gemm.cl's STORE_*). */
+typedef struct {
+    cl_int store[2];
+    int copied[2];
+} gemm_operands;
+
+static void arg_operand(ts_cl_args *a, ts_cl_device *d, const ts_op *op, int i, const gemm_operands *o)
 {
-    if (store) {
+    if (o->copied[i]) {
         ts_cl_arg_mem(a, d->lowp[i]);
         ts_cl_arg_long(a, 0);
     } else {
@@ -84,15 +98,17 @@ static void arg_operand(ts_cl_args *a, ts_cl_device *d, const ts_op *op, int i, 
     }
 }
 
-static ts_status gemm_kernel(ts_cl_device *d, const ts_op *op, float beta, const ts_tensor *bias, cl_int store)
+/* C (fp32 or bf16, as the op's result is) = alpha*A*B + beta*C + bias */
+static ts_status gemm_kernel(ts_cl_device *d, const ts_op *op, float beta, const ts_tensor *bias,
+                             const gemm_operands *o)
 {
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
     ts_cl_args a;
     memset(&a, 0, sizeof a);
-    arg_operand(&a, d, op, 0, store);
+    arg_operand(&a, d, op, 0, o);
     ts_cl_arg_long(&a, g->lda);
     ts_cl_arg_long(&a, g->stride_a);
-    arg_operand(&a, d, op, 1, store);
+    arg_operand(&a, d, op, 1, o);
     ts_cl_arg_long(&a, g->ldb);
     ts_cl_arg_long(&a, g->stride_b);
     ts_cl_arg_tensor(&a, op->out[0]);
@@ -101,14 +117,15 @@ static ts_status gemm_kernel(ts_cl_device *d, const ts_op *op, float beta, const
     ts_cl_arg_long(&a, g->M);
     ts_cl_arg_long(&a, g->N);
     ts_cl_arg_long(&a, g->K);
-    cl_int ta = g->trans_a, tb = g->trans_b, hb = bias != NULL;
-    a.size[a.n] = sizeof(cl_int), a.value[a.n++] = &ta;
-    a.size[a.n] = sizeof(cl_int), a.value[a.n++] = &tb;
+    ts_cl_arg_int(&a, g->trans_a);
+    ts_cl_arg_int(&a, g->trans_b);
     ts_cl_arg_float(&a, g->alpha);
     ts_cl_arg_float(&a, beta);
     ts_cl_arg_tensor(&a, bias);
-    a.size[a.n] = sizeof(cl_int), a.value[a.n++] = &hb;
-    a.size[a.n] = sizeof(cl_int), a.value[a.n++] = &store;
+    ts_cl_arg_int(&a, bias != NULL);
+    ts_cl_arg_int(&a, o->store[0]);
+    ts_cl_arg_int(&a, o->store[1]);
+    ts_cl_arg_int(&a, store_of(op->out[0]->dtype));
     size_t local[3] = {d->tile_wg, d->tile_wg, 1};
     if (g->M * g->N * g->K < 32 * 32 * 32) { /* an item per element of C */
         size_t global[3] = {(size_t)g->N, (size_t)g->M, (size_t)g->batch};
@@ -248,36 +265,43 @@ static ts_status gemm_host(ts_cl_device *d, const ts_op *op)
     return ts_cl_unmap_all(d, maps, 4, st);
 }
 
-/* ---- bf16/fp16 products in tessera's kernel ---- */
+/* ---- copies of operands: 16-bit ones for tessera's kernel, fp32 ones for CLBlast ---- */
 
-/* d->lowp[i] = the first n elements of t rounded to 16 bits, kept in 16
- * bits for tessera's kernel or widened back to fp32 (wide) for CLBlast. */
+/* d->lowp[i] holding at least `bytes` */
+static ts_status lowp_buffer(ts_cl_device *d, int i, size_t bytes)
+{
+    if (bytes <= d->lowp_size[i]) return TS_OK;
+    ts_cl_release_mem(d, d->lowp[i]);
+    d->lowp_size[i] = 0;
+    cl_int err;
+    d->lowp[i] = clCreateBuffer(d->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
+    if (err != CL_SUCCESS) {
+        d->lowp[i] = NULL;
+        return ts_cl_fail(err, "clCreateBuffer (copies of GEMM operands)", d);
+    }
+    d->lowp_size[i] = bytes;
+    return TS_OK;
+}
+
+/* d->lowp[i] = the first n elements of t (fp32 or bf16) rounded to `store`
+ * (wide: and widened back to fp32, for CLBlast; store 0 only widens). */
 static ts_status to_lowp(ts_cl_device *d, const ts_tensor *t, size_t n, int i, cl_int store, int wide)
 {
-    size_t bytes = (n ? n : 1) * (wide ? sizeof(cl_float) : sizeof(cl_ushort));
-    if (bytes > d->lowp_size[i]) {
-        ts_cl_release_mem(d, d->lowp[i]);
-        d->lowp_size[i] = 0;
-        cl_int err;
-        d->lowp[i] = clCreateBuffer(d->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
-        if (err != CL_SUCCESS) {
-            d->lowp[i] = NULL;
-            return ts_cl_fail(err, "clCreateBuffer (16-bit copies of GEMM operands)", d);
-        }
-        d->lowp_size[i] = bytes;
-    }
+    ts_status st = lowp_buffer(d, i, (n ? n : 1) * (wide ? sizeof(cl_float) : sizeof(cl_ushort)));
+    if (st) return st;
     ts_cl_args a;
     memset(&a, 0, sizeof a);
     ts_cl_arg_tensor(&a, t);
+    ts_cl_arg_int(&a, store_of(t->dtype));
     ts_cl_arg_long(&a, (int64_t)n);
     ts_cl_arg_mem(&a, d->lowp[i]);
-    a.size[a.n] = sizeof(cl_int), a.value[a.n++] = &store;
+    ts_cl_arg_int(&a, store);
     size_t local = d->elem_wg, global = n < ((size_t)1 << 20) ? n : (size_t)1 << 20;
     return ts_cl_launch(d, "gemm.cl", wide ? "to_lowp_f32" : "to_lowp", 1, &global, &local, &a);
 }
 
-/* Elements of A and B a product reads: the sizes of their rounded copies,
- * which keep the operands' layout (offsets from 0, the same strides). */
+/* Elements of A and B a product reads: the sizes of their copies, which
+ * keep the operands' layout (offsets from 0, the same strides). */
 static void lowp_extents(const ts_op *op, size_t *na, size_t *nb)
 {
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
@@ -285,17 +309,37 @@ static void lowp_extents(const ts_op *op, size_t *na, size_t *nb)
     *nb = extent(g->trans_b ? g->N : g->K, g->trans_b ? g->K : g->N, g->ldb, g->stride_b ? g->batch : 1, g->stride_b);
 }
 
-static cl_int lowp_store(const ts_op *op) { return op->p.gemm.dtype == TS_BF16 ? 1 : 2; }
-
-/* A bf16/fp16 product in tessera's kernel, which reads 16-bit copies. */
-static ts_status gemm_lowp_kernel(ts_cl_device *d, const ts_op *op, float beta, const ts_tensor *bias)
+static size_t c_extent(const ts_op *op)
 {
-    size_t na, nb;
-    lowp_extents(op, &na, &nb);
-    cl_int store = lowp_store(op);
-    ts_status st = to_lowp(d, op->in[0], na, 0, store, 0);
-    if (!st) st = to_lowp(d, op->in[1], nb, 1, store, 0);
-    return st ? st : gemm_kernel(d, op, beta, bias, store);
+    const __typeof__(op->p.gemm) *g = &op->p.gemm;
+    return extent(g->M, g->N, g->ldc, g->batch, g->stride_c);
+}
+
+/* Operands for tessera's kernel. A bf16/fp16 product reads 16-bit values:
+ * a tensor of the product's type as it is, any other rounded into
+ * d->lowp[i]. An fp32 product reads its tensors as stored (bf16 widens
+ * exactly). */
+static ts_status kernel_operands(ts_cl_device *d, const ts_op *op, gemm_operands *o)
+{
+    size_t n[2];
+    lowp_extents(op, &n[0], &n[1]);
+    for (int i = 0; i < 2; i++) {
+        ts_dtype have = op->in[i]->dtype, want = op->p.gemm.dtype;
+        o->copied[i] = want != TS_F32 && have != want;
+        o->store[i] = store_of(want != TS_F32 ? want : have);
+        ts_status st = o->copied[i] ? to_lowp(d, op->in[i], n[i], i, o->store[i], 0) : TS_OK;
+        if (st) return st;
+    }
+    return TS_OK;
+}
+
+/* A product in tessera's kernel, on any operands (fp32 or bf16 tensors,
+ * any product dtype). */
+static ts_status gemm_tessera(ts_cl_device *d, const ts_op *op, float beta, const ts_tensor *bias)
+{
+    gemm_operands o;
+    ts_status st = kernel_operands(d, op, &o);
+    return st ? st : gemm_kernel(d, op, beta, bias, &o);
 }
 
 const char *ts_cl_matmul_route(ts_cl_device *d, ts_dtype dtype)
@@ -305,22 +349,33 @@ const char *ts_cl_matmul_route(ts_cl_device *d, ts_dtype dtype)
     if (d->gemm_route == TS_GEMM_HOST_BLAS)
         snprintf(r, sizeof d->lowp_route[0], "host: %s, on mapped buffers", ts_cpu_lowp_route(dtype));
     else if (d->gemm_route == TS_GEMM_CLBLAST)
-        snprintf(r, sizeof d->lowp_route[0], "CLBlast SGEMM on operands rounded to %s (fp32 sums); tiny products "
-                 "in tessera's kernel", dtype == TS_F16 ? "fp16" : "bf16");
+        snprintf(r, sizeof d->lowp_route[0], "CLBlast SGEMM on operands rounded to %s (fp32 sums%s); tiny products "
+                 "in tessera's kernel", dtype == TS_F16 ? "fp16" : "bf16",
+                 dtype == TS_F16 ? "" : "; bf16 activations widened for it here, no copies by the core");
     else
-        snprintf(r, sizeof d->lowp_route[0], "tessera kernel (16-bit operands, fp32 sums)");
+        snprintf(r, sizeof d->lowp_route[0], "tessera kernel (16-bit operands%s, fp32 sums)",
+                 dtype == TS_F16 ? "" : ", bf16 activations read and written as they are");
     return r;
 }
 
 /* ---- CLBlast ---- */
 
 #ifdef TS_HAVE_CLBLAST
-static ts_status clblast_bias(ts_cl_device *d, const ts_op *op)
+/* Where CLBlast writes C: the op's fp32 result, or (work) the fp32 working
+ * copy of its bf16 result in d->lowp[2], from offset 0. */
+typedef struct {
+    cl_mem mem;
+    size_t offset; /* in floats */
+    int work;
+} clblast_c;
+
+static ts_status clblast_bias(ts_cl_device *d, const ts_op *op, const clblast_c *c)
 {
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
     ts_cl_args a;
     memset(&a, 0, sizeof a);
-    ts_cl_arg_tensor(&a, op->out[0]);
+    ts_cl_arg_mem(&a, c->mem);
+    ts_cl_arg_long(&a, (int64_t)c->offset);
     ts_cl_arg_long(&a, g->ldc);
     ts_cl_arg_long(&a, g->M);
     ts_cl_arg_long(&a, g->N);
@@ -338,16 +393,28 @@ static int clblast_reaches(const ts_tensor *t, int64_t rows, int64_t ld, int64_t
     return end <= INT32_MAX;
 }
 
-/* lowp: A and B are the rounded copies in d->lowp, from offset 0 */
-static int clblast_addressable(const ts_op *op, int lowp)
+/* What CLBlast reads: the op's fp32 tensors, and copies (from offset 0)
+ * of the others and of every operand of a bf16/fp16 product. */
+static void clblast_operands(const ts_op *op, gemm_operands *o)
+{
+    for (int i = 0; i < 2; i++) {
+        ts_dtype have = op->in[i]->dtype, want = op->p.gemm.dtype;
+        o->copied[i] = want != TS_F32 || have != TS_F32;
+        o->store[i] = have == want ? 0 : store_of(want); /* rounding on the way, or none */
+    }
+}
+
+static int clblast_addressable(const ts_op *op, const gemm_operands *o)
 {
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
-    size_t na, nb;
-    if (lowp) lowp_extents(op, &na, &nb);
-    return (lowp ? na <= INT32_MAX && nb <= INT32_MAX
-                 : clblast_reaches(op->in[0], g->trans_a ? g->K : g->M, g->lda, g->batch, g->stride_a) &&
-                       clblast_reaches(op->in[1], g->trans_b ? g->N : g->K, g->ldb, g->batch, g->stride_b)) &&
-           clblast_reaches(op->out[0], g->M, g->ldc, g->batch, g->stride_c);
+    size_t n[2];
+    lowp_extents(op, &n[0], &n[1]);
+    return (o->copied[0] ? n[0] <= INT32_MAX : clblast_reaches(op->in[0], g->trans_a ? g->K : g->M, g->lda,
+                                                                 g->batch, g->stride_a)) &&
+           (o->copied[1] ? n[1] <= INT32_MAX : clblast_reaches(op->in[1], g->trans_b ? g->N : g->K, g->ldb,
+                                                                 g->batch, g->stride_b)) &&
+           (op->out[0]->dtype != TS_F32 ? c_extent(op) <= INT32_MAX
+                                        : clblast_reaches(op->out[0], g->M, g->ldc, g->batch, g->stride_c));
 }
 
 static ts_status clblast_too_far(ts_cl_device *d, const ts_op *op)
@@ -359,17 +426,18 @@ static ts_status clblast_too_far(ts_cl_device *d, const ts_op *op)
                     (long long)g->M, (long long)g->N, (long long)g->K, (long long)g->batch, d->info_id);
 }
 
-/* CLBlast's SGEMM on the op's operands, or (lowp) on their rounded fp32
- * copies in d->lowp, which start at offset 0 with the same strides. */
-static CLBlastStatusCode clblast_run(ts_cl_device *d, const ts_op *op, float beta, int lowp)
+/* CLBlast's SGEMM on the op's operands or their fp32 copies in d->lowp
+ * (which start at offset 0 with the same strides), into c. */
+static CLBlastStatusCode clblast_run(ts_cl_device *d, const ts_op *op, float beta, const gemm_operands *o,
+                                     const clblast_c *c)
 {
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
     CLBlastTranspose ta = g->trans_a ? CLBlastTransposeYes : CLBlastTransposeNo;
     CLBlastTranspose tb = g->trans_b ? CLBlastTransposeYes : CLBlastTransposeNo;
-    size_t ao = lowp ? 0 : op->in[0]->offset / 4, bo = lowp ? 0 : op->in[1]->offset / 4;
-    size_t co = op->out[0]->offset / 4;
-    cl_mem A = lowp ? d->lowp[0] : ts_cl_mem(op->in[0]), B = lowp ? d->lowp[1] : ts_cl_mem(op->in[1]);
-    cl_mem C = ts_cl_mem(op->out[0]);
+    size_t ao = o->copied[0] ? 0 : op->in[0]->offset / 4, bo = o->copied[1] ? 0 : op->in[1]->offset / 4;
+    size_t co = c->offset;
+    cl_mem A = o->copied[0] ? d->lowp[0] : ts_cl_mem(op->in[0]), B = o->copied[1] ? d->lowp[1] : ts_cl_mem(op->in[1]);
+    cl_mem C = c->mem;
     if (g->batch > 1)
         return CLBlastSgemmStridedBatched(CLBlastLayoutRowMajor, ta, tb, (size_t)g->M,
                                           (size_t)g->N, (size_t)g->K, g->alpha, A, ao,
@@ -397,38 +465,57 @@ static CLBlastStatusCode clblast_run(ts_cl_device *d, const ts_op *op, float bet
                                       d->clblast_temp);
 }
 
-/* A product through CLBlast's SGEMM. A bf16/fp16 one (lowp) multiplies its
+/* The op's bf16 result from its fp32 working copy in d->lowp[2]. */
+static ts_status clblast_result(ts_cl_device *d, const ts_op *op)
+{
+    ts_cl_args a;
+    memset(&a, 0, sizeof a);
+    ts_cl_arg_mem(&a, d->lowp[2]);
+    size_t n = c_extent(op);
+    ts_cl_arg_long(&a, (int64_t)n);
+    ts_cl_arg_tensor(&a, op->out[0]);
+    ts_cl_arg_int(&a, store_of(op->out[0]->dtype));
+    size_t local = d->elem_wg, global = n < ((size_t)1 << 20) ? n : (size_t)1 << 20;
+    return ts_cl_launch(d, "gemm.cl", "from_f32", 1, &global, &local, &a);
+}
+
+/* A product through CLBlast's SGEMM. A bf16/fp16 one multiplies its
  * operands rounded to 16 bits and widened back to fp32: products of 16-bit
  * values are exact in fp32 and the sums are fp32, the op's contract, at
- * fp32 GEMM speed. Past CLBlast's 32-bit offsets, or when it fails, the
- * product goes to tessera's kernel (an error when CLBlast was asked for). */
+ * fp32 GEMM speed. bf16 tensors are widened into fp32 copies, a bf16 result
+ * computed in an fp32 working copy and rounded into it. Past CLBlast's 32-bit
+ * offsets, or when it fails, the product goes to tessera's kernel (an
+ * error when CLBlast was asked for). */
 static ts_status gemm_clblast(ts_cl_device *d, const ts_op *op)
 {
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
-    int lowp = g->dtype != TS_F32;
+    gemm_operands o;
+    clblast_operands(op, &o);
     float beta = g->beta;
     ts_status st;
-    if (!clblast_addressable(op, lowp)) {
+    if (!clblast_addressable(op, &o)) {
         if (d->gemm_forced) return clblast_too_far(d, op);
         ts_log(TS_LOG_DEBUG, "GEMM on %s: past CLBlast's 32-bit offsets; tessera's kernel", d->info_id);
-        return lowp ? gemm_lowp_kernel(d, op, g->beta, op->in[2]) : gemm_kernel(d, op, g->beta, op->in[2], 0);
+        return gemm_tessera(d, op, g->beta, op->in[2]);
     }
-    if (lowp) {
-        size_t na, nb;
-        lowp_extents(op, &na, &nb);
-        if ((st = to_lowp(d, op->in[0], na, 0, lowp_store(op), 1)) ||
-            (st = to_lowp(d, op->in[1], nb, 1, lowp_store(op), 1)))
-            return st;
+    size_t n[2];
+    lowp_extents(op, &n[0], &n[1]);
+    for (int i = 0; i < 2; i++)
+        if (o.copied[i] && (st = to_lowp(d, op->in[i], n[i], i, o.store[i], 1))) return st;
+    clblast_c c = {ts_cl_mem(op->out[0]), op->out[0]->offset / 4, 0};
+    if (op->out[0]->dtype != TS_F32) { /* written whole, never read (ts_cl_gemm_takes) */
+        if ((st = lowp_buffer(d, 2, (c_extent(op) ? c_extent(op) : 1) * sizeof(cl_float)))) return st;
+        c = (clblast_c){d->lowp[2], 0, 1};
     }
     if (op->in[2]) { /* CLBlast has no bias: c = beta*c + bias, then beta = 1 */
-        if ((st = clblast_bias(d, op))) return st;
+        if ((st = clblast_bias(d, op, &c))) return st;
         beta = 1.0f;
     }
-    CLBlastStatusCode s = clblast_run(d, op, beta, lowp);
+    CLBlastStatusCode s = clblast_run(d, op, beta, &o, &c);
     if (s == CLBlastSuccess) {
         ts_log(TS_LOG_DEBUG, "GEMM %lldx%lldx%lld (batch %lld) on %s via CLBlast", (long long)g->M,
                (long long)g->N, (long long)g->K, (long long)g->batch, d->info_id);
-        return TS_OK;
+        return c.work ? clblast_result(d, op) : TS_OK;
     }
     if (d->gemm_forced) /* asked for by name: an error, not a quiet fallback */
         return ts_error(TS_ERR_BACKEND, "CLBlast GEMM %lldx%lldx%lld (batch %lld) failed on %s: status %d",
@@ -439,17 +526,36 @@ static ts_status gemm_clblast(ts_cl_device *d, const ts_op *op)
                d->info_id, (int)s);
         d->clblast_warned = 1;
     }
-    /* with a bias, C holds beta*C + bias already (beta is 1 now): no bias again */
-    return lowp ? gemm_lowp_kernel(d, op, beta, NULL) : gemm_kernel(d, op, beta, NULL, 0);
+    /* with a bias, an fp32 C holds beta*C + bias already (beta is 1 now):
+     * no bias again; a bf16 C is untouched (the working copy took it) */
+    if (c.work) return gemm_tessera(d, op, g->beta, op->in[2]);
+    return gemm_tessera(d, op, beta, NULL);
 }
 #endif
+
+bool ts_cl_gemm_takes(const ts_cl_device *d, const ts_op *op)
+{
+    const __typeof__(op->p.gemm) *g = &op->p.gemm;
+    const ts_tensor *t[3] = {op->in[0], op->in[1], op->out[0]};
+    int bf16 = 0;
+    for (int i = 0; i < 3; i++) {
+        if (t[i]->dtype != TS_F32 && t[i]->dtype != TS_BF16) return false;
+        bf16 |= t[i]->dtype == TS_BF16;
+    }
+    if (!bf16) return true;
+    if (g->reference) return false; /* the reference library multiplies fp32 */
+    if (d->gemm_route == TS_GEMM_HOST_BLAS || t[2]->dtype == TS_F32) return true;
+    /* a bf16 result elsewhere: written whole, never read (CLBlast's goes
+     * through an fp32 working copy of C's extent), as a linear layer's is */
+    return g->beta == 0.0f && g->ldc == g->N && (g->batch == 1 || g->stride_c == g->M * g->N);
+}
 
 void ts_cl_gemm_release(ts_cl_device *d)
 {
     if (d->clblast_temp) clReleaseMemObject(d->clblast_temp);
     d->clblast_temp = NULL;
     d->clblast_temp_size = 0;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         if (d->lowp[i]) clReleaseMemObject(d->lowp[i]);
         d->lowp[i] = NULL;
         d->lowp_size[i] = 0;
@@ -461,8 +567,10 @@ ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op)
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
     if (g->reference) { /* the reference library, never a fallback that would flatter it */
 #ifdef TS_HAVE_CLBLAST
-        if (!clblast_addressable(op, 0)) return clblast_too_far(d, op);
-        CLBlastStatusCode s = clblast_run(d, op, g->beta, 0);
+        gemm_operands o = {{0, 0}, {0, 0}}; /* fp32 tensors only (ts_cl_supports_op) */
+        clblast_c c = {ts_cl_mem(op->out[0]), op->out[0]->offset / 4, 0};
+        if (!clblast_addressable(op, &o)) return clblast_too_far(d, op);
+        CLBlastStatusCode s = clblast_run(d, op, g->beta, &o, &c);
         if (s != CLBlastSuccess)
             return ts_error(TS_ERR_BACKEND, "CLBlast GEMM %lldx%lldx%lld (batch %lld) failed on %s: status %d",
                             (long long)g->M, (long long)g->N, (long long)g->K, (long long)g->batch,
@@ -482,6 +590,5 @@ ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op)
 #endif
     default: break;
     }
-    if (g->dtype != TS_F32) return gemm_lowp_kernel(d, op, g->beta, op->in[2]);
-    return gemm_kernel(d, op, g->beta, op->in[2], 0);
+    return gemm_tessera(d, op, g->beta, op->in[2]);
 }

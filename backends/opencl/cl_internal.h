@@ -82,8 +82,9 @@ typedef struct ts_cl_device {
      * the CPU backend's route keeps of it (cl_gemm.c) */
     struct ts_cl_host_base { cl_mem mem; char *base; size_t size; } *bases;
     int nbases, cap_bases, keep_lowp;
-    cl_mem lowp[2];          /* 16-bit copies of a bf16/fp16 product's A and B */
-    size_t lowp_size[2];
+    cl_mem lowp[3];          /* copies of a product's A and B (16-bit, or fp32 for
+                              * CLBlast), and an fp32 working copy of its bf16 C */
+    size_t lowp_size[3];
     char lowp_route[2][192]; /* ts_cl_matmul_route's answers: bf16, fp16 */
     ts_cl_build_stats stats;
 } ts_cl_device;
@@ -105,19 +106,23 @@ ts_status ts_cl_prepare(ts_device *dev);
 void ts_cl_get_build_stats(ts_device *dev, ts_build_stats *out);
 
 /* Kernel launches (cl_ops.c). */
+/* Each kind's array holds as many as a kernel may have arguments, so no
+ * mix of kinds overflows one (gemm_tiled has 17 integers). */
+#define TS_CL_MAX_ARGS 32
 typedef struct ts_cl_args {
     int n;
-    size_t size[32];
-    const void *value[32];
-    cl_mem mem[16];
-    cl_ulong off[16];
-    cl_long ints[16];
-    float floats[16];
+    size_t size[TS_CL_MAX_ARGS];
+    const void *value[TS_CL_MAX_ARGS];
+    cl_mem mem[TS_CL_MAX_ARGS];
+    cl_ulong off[TS_CL_MAX_ARGS];
+    cl_long ints[TS_CL_MAX_ARGS];
+    float floats[TS_CL_MAX_ARGS];
     int nm, ni, nf;
 } ts_cl_args;
 
 void ts_cl_arg_tensor(ts_cl_args *a, const ts_tensor *t); /* buffer + element offset */
 void ts_cl_arg_long(ts_cl_args *a, int64_t v);
+void ts_cl_arg_int(ts_cl_args *a, int v);
 void ts_cl_arg_float(ts_cl_args *a, float v);
 void ts_cl_arg_mem(ts_cl_args *a, cl_mem m);
 void ts_cl_arg_local(ts_cl_args *a, size_t bytes);
@@ -130,6 +135,8 @@ ts_status ts_cl_scratch(ts_cl_device *d, size_t bytes, cl_mem *out);
 
 /* GEMM (cl_gemm.c). */
 ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op);
+/* Whether ts_cl_gemm takes this product's tensors (bf16 ones included). */
+bool ts_cl_gemm_takes(const ts_cl_device *d, const ts_op *op);
 ts_gemm_route ts_cl_default_gemm_route(const ts_cl_device *d);
 const char *ts_cl_gemm_route_name(ts_gemm_route r);
 void ts_cl_gemm_release(ts_cl_device *d);

@@ -42,7 +42,7 @@ void ts_cl_arg_long(ts_cl_args *a, int64_t v)
 }
 
 /* OpenCL `int` arguments (flags). */
-static void arg_int(ts_cl_args *a, int v)
+void ts_cl_arg_int(ts_cl_args *a, int v)
 {
     int k = a->ni++;
     memcpy(&a->ints[k], &(cl_int){(cl_int)v}, sizeof(cl_int));
@@ -142,7 +142,7 @@ static ts_status finish_partials(ts_cl_device *d, ts_tensor *out, cl_mem partial
     ts_cl_arg_long(&a, base);
     ts_cl_arg_long(&a, R);
     ts_cl_arg_long(&a, C);
-    arg_int(&a, accumulate);
+    ts_cl_arg_int(&a, accumulate);
     return launch_1d(d, "reduce.cl", "partials_finish", C, &a);
 }
 
@@ -172,8 +172,8 @@ static ts_status op_elementwise(ts_cl_device *d, const ts_op *op)
     case TS_OP_GELU_FWD:
         ts_cl_arg_tensor(&a, op->in[0]);
         ts_cl_arg_long(&a, n);
-        arg_int(&a, op->out[0]->dtype == TS_BF16);
-        arg_int(&a, op->in[0]->dtype == TS_BF16);
+        ts_cl_arg_int(&a, op->out[0]->dtype == TS_BF16);
+        ts_cl_arg_int(&a, op->in[0]->dtype == TS_BF16);
         /* CPU devices: 8 elements an item (float8) */
         if (d->cpu_kernels) return launch_1d(d, "elementwise.cl", "gelu_forward8", (n + 7) / 8, &a);
         return launch_1d(d, "elementwise.cl", "gelu_forward", n, &a);
@@ -181,14 +181,14 @@ static ts_status op_elementwise(ts_cl_device *d, const ts_op *op)
         ts_cl_arg_tensor(&a, op->in[0]);
         ts_cl_arg_tensor(&a, op->in[1]);
         ts_cl_arg_long(&a, n);
-        arg_int(&a, op->in[0]->dtype == TS_BF16);
+        ts_cl_arg_int(&a, op->in[0]->dtype == TS_BF16);
         if (d->cpu_kernels) return launch_1d(d, "elementwise.cl", "gelu_backward8", (n + 7) / 8, &a);
         return launch_1d(d, "elementwise.cl", "gelu_backward", n, &a);
     case TS_OP_CAST:
         ts_cl_arg_tensor(&a, op->in[0]);
         ts_cl_arg_long(&a, n);
-        arg_int(&a, op->out[0]->dtype == TS_BF16 ? 1 : op->out[0]->dtype == TS_F16 ? 2 : 0);
-        arg_int(&a, op->in[0]->dtype == TS_BF16 ? 1 : op->in[0]->dtype == TS_F16 ? 2 : 0);
+        ts_cl_arg_int(&a, op->out[0]->dtype == TS_BF16 ? 1 : op->out[0]->dtype == TS_F16 ? 2 : 0);
+        ts_cl_arg_int(&a, op->in[0]->dtype == TS_BF16 ? 1 : op->in[0]->dtype == TS_F16 ? 2 : 0);
         return launch_1d(d, "elementwise.cl", "cast", n, &a);
     default:
         return ts_error(TS_ERR_UNSUPPORTED, "not an elementwise op");
@@ -204,7 +204,7 @@ static ts_status op_embedding_forward(ts_cl_device *d, const ts_op *op)
     ts_cl_arg_tensor(&a, op->in[0]);
     ts_cl_arg_tensor(&a, op->in[1]);
     ts_cl_arg_tensor(&a, op->in[2]);
-    arg_int(&a, op->in[2] != NULL);
+    ts_cl_arg_int(&a, op->in[2] != NULL);
     ts_cl_arg_long(&a, e->N);
     ts_cl_arg_long(&a, e->T);
     ts_cl_arg_long(&a, e->C);
@@ -264,14 +264,14 @@ static ts_status op_layernorm_forward(ts_cl_device *d, const ts_op *op)
     ts_cl_arg_tensor(&a, op->out[0]);
     ts_cl_arg_tensor(&a, op->out[1]);
     ts_cl_arg_tensor(&a, op->out[2]);
-    arg_int(&a, (op->out[1] ? 1 : 0) | (op->out[2] ? 2 : 0));
+    ts_cl_arg_int(&a, (op->out[1] ? 1 : 0) | (op->out[2] ? 2 : 0));
     ts_cl_arg_tensor(&a, op->in[0]);
     ts_cl_arg_tensor(&a, op->in[1]);
     ts_cl_arg_tensor(&a, op->in[2]);
     ts_cl_arg_long(&a, op->p.layernorm.N);
     ts_cl_arg_long(&a, op->p.layernorm.C);
     ts_cl_arg_float(&a, op->p.layernorm.eps);
-    arg_int(&a, op->out[0]->dtype == TS_BF16);
+    ts_cl_arg_int(&a, op->out[0]->dtype == TS_BF16);
     return launch_rows(d, "layernorm.cl", "layernorm_forward", op->p.layernorm.N, &a);
 }
 
@@ -338,7 +338,7 @@ static ts_status op_sum_rows(ts_cl_device *d, const ts_op *op)
     return finish_partials(d, op->out[0], partial, 0, R, C, op->p.sum_rows.accumulate);
 }
 
-static void arg_i32(ts_cl_args *a, int64_t v) { arg_int(a, (int)v); }
+static void arg_i32(ts_cl_args *a, int64_t v) { ts_cl_arg_int(a, (int)v); }
 
 static ts_status op_heads(ts_cl_device *d, const ts_op *op)
 {
@@ -356,7 +356,7 @@ static ts_status op_heads(ts_cl_device *d, const ts_op *op)
     arg_i32(&a, h->K);
     arg_i32(&a, h->NH);
     arg_i32(&a, h->HS);
-    arg_int(&a, op->kind == TS_OP_SPLIT_HEADS);
+    ts_cl_arg_int(&a, op->kind == TS_OP_SPLIT_HEADS);
     if (d->cpu_kernels) { /* an item per row, groups of row_wg rows */
         size_t g1[1] = {((size_t)rows + d->row_wg - 1) / d->row_wg * d->row_wg}, l1[1] = {d->row_wg};
         return ts_cl_launch(d, "attention.cl", "heads_permute_rows", 1, g1, l1, &a);
@@ -378,7 +378,7 @@ static ts_status softmax_row8(ts_cl_device *d, const ts_op *op, int fwd, const t
     ts_cl_arg_tensor(&a, op->in[0]);
     if (fwd) {
         ts_cl_arg_tensor(&a, lengths);
-        arg_int(&a, lengths != NULL);
+        ts_cl_arg_int(&a, lengths != NULL);
     } else {
         ts_cl_arg_tensor(&a, op->in[1]);
     }
@@ -386,7 +386,7 @@ static ts_status softmax_row8(ts_cl_device *d, const ts_op *op, int fwd, const t
     ts_cl_arg_long(&a, op->p.softmax.T);
     if (fwd) ts_cl_arg_long(&a, op->p.softmax.NH);
     ts_cl_arg_float(&a, op->p.softmax.scale);
-    arg_int(&a, causal);
+    ts_cl_arg_int(&a, causal);
     size_t g = ((size_t)rows + 7) / 8 * 8, l = 8;
     return ts_cl_launch(d, "attention.cl", fwd ? "softmax_forward_row8" : "softmax_backward_row8", 1, &g, &l, &a);
 }
@@ -427,7 +427,7 @@ static ts_status op_softmax_masked(ts_cl_device *d, const ts_op *op)
     }
     ts_cl_arg_long(&a, op->p.softmax.NH);
     ts_cl_arg_float(&a, op->p.softmax.scale);
-    arg_int(&a, op->p.softmax.causal);
+    ts_cl_arg_int(&a, op->p.softmax.causal);
     return launch_rows(d, "attention.cl", "softmax_masked_forward", rows, &a);
 }
 
@@ -455,15 +455,15 @@ static ts_status op_cross_entropy(ts_cl_device *d, const ts_op *op)
     ts_cl_arg_tensor(&a, op->out[0]);
     ts_cl_arg_tensor(&a, op->out[1]);
     ts_cl_arg_tensor(&a, op->out[2]);
-    arg_int(&a, (op->out[0] ? 1 : 0) | (op->out[1] ? 2 : 0) | (op->out[2] ? 4 : 0));
+    ts_cl_arg_int(&a, (op->out[0] ? 1 : 0) | (op->out[1] ? 2 : 0) | (op->out[2] ? 4 : 0));
     ts_cl_arg_tensor(&a, op->in[0]);
     ts_cl_arg_tensor(&a, op->in[1]);
-    arg_int(&a, op->in[1] != NULL);
+    ts_cl_arg_int(&a, op->in[1] != NULL);
     ts_cl_arg_long(&a, op->p.cross_entropy.N);
     ts_cl_arg_long(&a, op->p.cross_entropy.V);
     ts_cl_arg_float(&a, op->p.cross_entropy.scale);
-    arg_int(&a, op->in[0]->dtype == TS_BF16);
-    arg_int(&a, op->out[2] && op->out[2]->dtype == TS_BF16);
+    ts_cl_arg_int(&a, op->in[0]->dtype == TS_BF16);
+    ts_cl_arg_int(&a, op->out[2] && op->out[2]->dtype == TS_BF16);
     return launch_rows(d, "cross_entropy.cl", "cross_entropy", op->p.cross_entropy.N, &a);
 }
 
@@ -481,7 +481,7 @@ static ts_status op_ce_shard(ts_cl_device *d, const ts_op *op)
         ts_cl_arg_long(&a, c->N);
         ts_cl_arg_long(&a, c->V);
         ts_cl_arg_long(&a, c->vocab_start);
-        arg_int(&a, op->in[0]->dtype == TS_BF16);
+        ts_cl_arg_int(&a, op->in[0]->dtype == TS_BF16);
         return launch_rows(d, "cross_entropy.cl", "ce_shard_stats", c->N, &a);
     case 1:
         ts_cl_arg_tensor(&a, op->out[0]);
@@ -489,7 +489,7 @@ static ts_status op_ce_shard(ts_cl_device *d, const ts_op *op)
         ts_cl_arg_tensor(&a, op->in[1]);
         ts_cl_arg_long(&a, c->N);
         ts_cl_arg_long(&a, c->V);
-        arg_int(&a, op->in[0]->dtype == TS_BF16);
+        ts_cl_arg_int(&a, op->in[0]->dtype == TS_BF16);
         return launch_rows(d, "cross_entropy.cl", "ce_shard_sumexp", c->N, &a);
     case 2:
         ts_cl_arg_tensor(&a, op->out[0]);
@@ -511,7 +511,7 @@ static ts_status op_ce_shard(ts_cl_device *d, const ts_op *op)
         ts_cl_arg_long(&a, c->vocab_start);
         ts_cl_arg_long(&a, c->vocab_size);
         ts_cl_arg_float(&a, c->scale);
-        arg_int(&a, op->in[0]->dtype == TS_BF16);
+        ts_cl_arg_int(&a, op->in[0]->dtype == TS_BF16);
         return launch_rows(d, "cross_entropy.cl", "ce_shard_grad", c->N, &a);
     }
 }
@@ -532,7 +532,7 @@ static ts_status op_reduce(ts_cl_device *d, const ts_op *op)
     ts_cl_arg_tensor(&a, op->in[0]);
     ts_cl_arg_long(&a, n);
     ts_cl_arg_long(&a, chunk);
-    arg_int(&a, op->kind == TS_OP_SQNORM);
+    ts_cl_arg_int(&a, op->kind == TS_OP_SQNORM);
     if ((st = launch_rows(d, "reduce.cl", "reduce_partial", G, &a))) return st;
     args_init(&a);
     ts_cl_arg_tensor(&a, op->out[0]);
@@ -656,9 +656,7 @@ const char *ts_cl_attention_route_name(const ts_cl_device *d)
 
 bool ts_cl_supports_op(ts_device *dev, const ts_op *op)
 {
-    if (op->kind == TS_OP_GEMM) /* bf16 tensors in a product: on the host route, else the core's fp32 copies */
-        return (op->in[0]->dtype == TS_F32 && op->in[1]->dtype == TS_F32 && op->out[0]->dtype == TS_F32) ||
-               (((const ts_cl_device *)dev->context)->gemm_route == TS_GEMM_HOST_BLAS && !op->p.gemm.reference);
+    if (op->kind == TS_OP_GEMM) return ts_cl_gemm_takes(dev->context, op);
     if (op->kind != TS_OP_ATTENTION_FWD && op->kind != TS_OP_ATTENTION_BWD) return true;
     const ts_cl_device *d = dev->context;
     const __typeof__(op->p.attention) *a = &op->p.attention;
@@ -680,11 +678,11 @@ static void attention_args(ts_cl_args *a, const ts_op *op, const ts_tensor *key_
 {
     const __typeof__(op->p.attention) *p = &op->p.attention;
     ts_cl_arg_tensor(a, key_len);
-    arg_int(a, key_len != NULL);
+    ts_cl_arg_int(a, key_len != NULL);
     ts_cl_arg_long(a, p->T);
     ts_cl_arg_long(a, p->C);
     ts_cl_arg_long(a, p->NH);
-    arg_int(a, p->causal);
+    ts_cl_arg_int(a, p->causal);
     ts_cl_arg_float(a, 1.0f / sqrtf((float)(p->C / p->NH)));
 }
 
