@@ -450,6 +450,7 @@ static void register_device(cl_platform_id platform, const char *pname, const ch
     d->gemm_route = ts_cl_default_gemm_route(d);
     const char *forced = getenv("TESSERA_GEMM");
     d->gemm_forced = forced && *forced && strcmp(forced, "auto") != 0;
+    d->work_bytes = ts_cl_gemm_work_bytes();
     describe(d, &info, exts, dev);
     free(exts);
 

@@ -42,6 +42,21 @@ const char *ts_cl_gemm_route_name(ts_gemm_route r)
     }
 }
 
+/* The most a bf16 result's fp32 working copy for CLBlast holds: the head's
+ * logits (B*T rows of the vocabulary) are made in blocks of rows, not kept
+ * whole in fp32 beside their bf16 storage. */
+size_t ts_cl_gemm_work_bytes(void)
+{
+    const char *env = getenv("TESSERA_GEMM_WORK_BYTES");
+    char *end = NULL;
+    unsigned long long v = env && *env ? strtoull(env, &end, 10) : 0;
+    if (env && *env && (*end || v < sizeof(cl_float))) {
+        ts_log(TS_LOG_WARN, "TESSERA_GEMM_WORK_BYTES=%s is not a number of bytes (at least 4); 128 MiB", env);
+        v = 0;
+    }
+    return v ? (size_t)v : (size_t)128 << 20;
+}
+
 ts_gemm_route ts_cl_default_gemm_route(const ts_cl_device *d)
 {
     const char *env = getenv("TESSERA_GEMM");
@@ -362,12 +377,16 @@ const char *ts_cl_matmul_route(ts_cl_device *d, ts_dtype dtype)
 
 #ifdef TS_HAVE_CLBLAST
 /* Where CLBlast writes C: the op's fp32 result, or (work) the fp32 working
- * copy of its bf16 result in d->lowp[2], from offset 0. */
+ * copy of rows of its bf16 result in d->lowp[2], from offset 0; a_skip
+ * elements of A are passed over (the rows before the block's). */
 typedef struct {
     cl_mem mem;
     size_t offset; /* in floats */
     int work;
+    size_t a_skip;
 } clblast_c;
+
+
 
 static ts_status clblast_bias(ts_cl_device *d, const ts_op *op, const clblast_c *c)
 {
@@ -413,7 +432,7 @@ static int clblast_addressable(const ts_op *op, const gemm_operands *o)
                                                                  g->batch, g->stride_a)) &&
            (o->copied[1] ? n[1] <= INT32_MAX : clblast_reaches(op->in[1], g->trans_b ? g->N : g->K, g->ldb,
                                                                  g->batch, g->stride_b)) &&
-           (op->out[0]->dtype != TS_F32 ? c_extent(op) <= INT32_MAX
+           (op->out[0]->dtype != TS_F32 ? g->batch == 1 || c_extent(op) <= INT32_MAX /* blocks of rows */
                                         : clblast_reaches(op->out[0], g->M, g->ldc, g->batch, g->stride_c));
 }
 
@@ -434,7 +453,7 @@ static CLBlastStatusCode clblast_run(ts_cl_device *d, const ts_op *op, float bet
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
     CLBlastTranspose ta = g->trans_a ? CLBlastTransposeYes : CLBlastTransposeNo;
     CLBlastTranspose tb = g->trans_b ? CLBlastTransposeYes : CLBlastTransposeNo;
-    size_t ao = o->copied[0] ? 0 : op->in[0]->offset / 4, bo = o->copied[1] ? 0 : op->in[1]->offset / 4;
+    size_t ao = (o->copied[0] ? 0 : op->in[0]->offset / 4) + c->a_skip, bo = o->copied[1] ? 0 : op->in[1]->offset / 4;
     size_t co = c->offset;
     cl_mem A = o->copied[0] ? d->lowp[0] : ts_cl_mem(op->in[0]), B = o->copied[1] ? d->lowp[1] : ts_cl_mem(op->in[1]);
     cl_mem C = c->mem;
@@ -465,18 +484,51 @@ static CLBlastStatusCode clblast_run(ts_cl_device *d, const ts_op *op, float bet
                                       d->clblast_temp);
 }
 
-/* The op's bf16 result from its fp32 working copy in d->lowp[2]. */
-static ts_status clblast_result(ts_cl_device *d, const ts_op *op)
+/* n elements of the op's bf16 result from `first` on, from its fp32
+ * working copy in d->lowp[2]. */
+static ts_status clblast_result(ts_cl_device *d, const ts_op *op, size_t first, size_t n)
 {
+    ts_tensor at = *op->out[0];
+    at.offset += first * ts_dtype_size(at.dtype);
     ts_cl_args a;
     memset(&a, 0, sizeof a);
     ts_cl_arg_mem(&a, d->lowp[2]);
-    size_t n = c_extent(op);
     ts_cl_arg_long(&a, (int64_t)n);
-    ts_cl_arg_tensor(&a, op->out[0]);
-    ts_cl_arg_int(&a, store_of(op->out[0]->dtype));
+    ts_cl_arg_tensor(&a, &at);
+    ts_cl_arg_int(&a, store_of(at.dtype));
     size_t local = d->elem_wg, global = n < ((size_t)1 << 20) ? n : (size_t)1 << 20;
     return ts_cl_launch(d, "gemm.cl", "from_f32", 1, &global, &local, &a);
+}
+
+/* A bf16 result (beta 0, rows dense: ts_cl_gemm_takes) in blocks of rows,
+ * each made by CLBlast in the fp32 working copy, the bias added there, and
+ * rounded into C; a batched product in one block. */
+static CLBlastStatusCode clblast_bf16_result(ts_cl_device *d, const ts_op *op, const gemm_operands *o,
+                                             ts_status *st)
+{
+    const __typeof__(op->p.gemm) *g = &op->p.gemm;
+    int64_t rows = g->M;
+    if (g->batch == 1) {
+        int64_t fit = (int64_t)(d->work_bytes / sizeof(cl_float)) / g->N;
+        rows = fit < 1 ? 1 : fit < g->M ? fit : g->M;
+    }
+    if ((*st = lowp_buffer(d, 2, (g->batch == 1 ? (size_t)(rows * g->N) : c_extent(op)) * sizeof(cl_float))))
+        return CLBlastSuccess;
+    for (int64_t m0 = 0; m0 < g->M; m0 += rows) {
+        ts_op part = *op;
+        part.p.gemm.M = g->M - m0 < rows ? g->M - m0 : rows;
+        clblast_c c = {d->lowp[2], 0, 1, (size_t)(m0 * (g->trans_a ? 1 : g->lda))};
+        float beta = 0.0f;
+        if (op->in[2]) { /* c = bias, then beta = 1 */
+            if ((*st = clblast_bias(d, &part, &c))) return CLBlastSuccess;
+            beta = 1.0f;
+        }
+        CLBlastStatusCode s = clblast_run(d, &part, beta, o, &c);
+        if (s != CLBlastSuccess) return s;
+        size_t n = g->batch == 1 ? (size_t)(part.p.gemm.M * g->N) : c_extent(op);
+        if ((*st = clblast_result(d, op, (size_t)(m0 * g->ldc), n))) return CLBlastSuccess;
+    }
+    return CLBlastSuccess;
 }
 
 /* A product through CLBlast's SGEMM. A bf16/fp16 one multiplies its
@@ -502,20 +554,24 @@ static ts_status gemm_clblast(ts_cl_device *d, const ts_op *op)
     lowp_extents(op, &n[0], &n[1]);
     for (int i = 0; i < 2; i++)
         if (o.copied[i] && (st = to_lowp(d, op->in[i], n[i], i, o.store[i], 1))) return st;
-    clblast_c c = {ts_cl_mem(op->out[0]), op->out[0]->offset / 4, 0};
-    if (op->out[0]->dtype != TS_F32) { /* written whole, never read (ts_cl_gemm_takes) */
-        if ((st = lowp_buffer(d, 2, (c_extent(op) ? c_extent(op) : 1) * sizeof(cl_float)))) return st;
-        c = (clblast_c){d->lowp[2], 0, 1};
+    int work = op->out[0]->dtype != TS_F32;
+    CLBlastStatusCode s;
+    if (work) {
+        st = TS_OK;
+        s = clblast_bf16_result(d, op, &o, &st);
+        if (st) return st;
+    } else {
+        clblast_c c = {ts_cl_mem(op->out[0]), op->out[0]->offset / 4, 0, 0};
+        if (op->in[2]) { /* CLBlast has no bias: c = beta*c + bias, then beta = 1 */
+            if ((st = clblast_bias(d, op, &c))) return st;
+            beta = 1.0f;
+        }
+        s = clblast_run(d, op, beta, &o, &c);
     }
-    if (op->in[2]) { /* CLBlast has no bias: c = beta*c + bias, then beta = 1 */
-        if ((st = clblast_bias(d, op, &c))) return st;
-        beta = 1.0f;
-    }
-    CLBlastStatusCode s = clblast_run(d, op, beta, &o, &c);
     if (s == CLBlastSuccess) {
         ts_log(TS_LOG_DEBUG, "GEMM %lldx%lldx%lld (batch %lld) on %s via CLBlast", (long long)g->M,
                (long long)g->N, (long long)g->K, (long long)g->batch, d->info_id);
-        return c.work ? clblast_result(d, op) : TS_OK;
+        return TS_OK;
     }
     if (d->gemm_forced) /* asked for by name: an error, not a quiet fallback */
         return ts_error(TS_ERR_BACKEND, "CLBlast GEMM %lldx%lldx%lld (batch %lld) failed on %s: status %d",
@@ -527,8 +583,8 @@ static ts_status gemm_clblast(ts_cl_device *d, const ts_op *op)
         d->clblast_warned = 1;
     }
     /* with a bias, an fp32 C holds beta*C + bias already (beta is 1 now):
-     * no bias again; a bf16 C is untouched (the working copy took it) */
-    if (c.work) return gemm_tessera(d, op, g->beta, op->in[2]);
+     * no bias again; a bf16 C is made again whole (its beta is 0) */
+    if (work) return gemm_tessera(d, op, g->beta, op->in[2]);
     return gemm_tessera(d, op, beta, NULL);
 }
 #endif
@@ -538,6 +594,7 @@ bool ts_cl_gemm_takes(const ts_cl_device *d, const ts_op *op)
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
     const ts_tensor *t[3] = {op->in[0], op->in[1], op->out[0]};
     int bf16 = 0;
+    if (op->in[2] && g->batch > 1) return false; /* CLBlast's bias (bias_rows) is one matrix's */
     for (int i = 0; i < 3; i++) {
         if (t[i]->dtype != TS_F32 && t[i]->dtype != TS_BF16) return false;
         bf16 |= t[i]->dtype == TS_BF16;
@@ -568,7 +625,7 @@ ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op)
     if (g->reference) { /* the reference library, never a fallback that would flatter it */
 #ifdef TS_HAVE_CLBLAST
         gemm_operands o = {{0, 0}, {0, 0}}; /* fp32 tensors only (ts_cl_supports_op) */
-        clblast_c c = {ts_cl_mem(op->out[0]), op->out[0]->offset / 4, 0};
+        clblast_c c = {ts_cl_mem(op->out[0]), op->out[0]->offset / 4, 0, 0};
         if (!clblast_addressable(op, &o)) return clblast_too_far(d, op);
         CLBlastStatusCode s = clblast_run(d, op, g->beta, &o, &c);
         if (s != CLBlastSuccess)

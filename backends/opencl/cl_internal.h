@@ -85,6 +85,7 @@ typedef struct ts_cl_device {
     cl_mem lowp[3];          /* copies of a product's A and B (16-bit, or fp32 for
                               * CLBlast), and an fp32 working copy of its bf16 C */
     size_t lowp_size[3];
+    size_t work_bytes;       /* the most lowp[2] holds (ts_cl_gemm_work_bytes) */
     char lowp_route[2][192]; /* ts_cl_matmul_route's answers: bf16, fp16 */
     ts_cl_build_stats stats;
 } ts_cl_device;
@@ -135,6 +136,9 @@ ts_status ts_cl_scratch(ts_cl_device *d, size_t bytes, cl_mem *out);
 
 /* GEMM (cl_gemm.c). */
 ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op);
+/* The size of a bf16 result's fp32 working copy for CLBlast: 128 MiB, or
+ * TESSERA_GEMM_WORK_BYTES (tests make it small to reach many blocks). */
+size_t ts_cl_gemm_work_bytes(void);
 /* Whether ts_cl_gemm takes this product's tensors (bf16 ones included). */
 bool ts_cl_gemm_takes(const ts_cl_device *d, const ts_op *op);
 ts_gemm_route ts_cl_default_gemm_route(const ts_cl_device *d);
