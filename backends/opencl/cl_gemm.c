@@ -282,6 +282,14 @@ static ts_status gemm_host(ts_cl_device *d, const ts_op *op)
 
 /* ---- copies of operands: 16-bit ones for tessera's kernel, fp32 ones for CLBlast ---- */
 
+/* A copy kernel of gemm.cl over n elements: at most 2^20 items, each
+ * striding over the rest. */
+static ts_status launch_copy(ts_cl_device *d, const char *kernel, size_t n, const ts_cl_args *a)
+{
+    size_t local = d->elem_wg, global = n < ((size_t)1 << 20) ? n : (size_t)1 << 20;
+    return ts_cl_launch(d, "gemm.cl", kernel, 1, &global, &local, a);
+}
+
 /* d->lowp[i] holding at least `bytes` */
 static ts_status lowp_buffer(ts_cl_device *d, int i, size_t bytes)
 {
@@ -311,8 +319,7 @@ static ts_status to_lowp(ts_cl_device *d, const ts_tensor *t, size_t n, int i, c
     ts_cl_arg_long(&a, (int64_t)n);
     ts_cl_arg_mem(&a, d->lowp[i]);
     ts_cl_arg_int(&a, store);
-    size_t local = d->elem_wg, global = n < ((size_t)1 << 20) ? n : (size_t)1 << 20;
-    return ts_cl_launch(d, "gemm.cl", wide ? "to_lowp_f32" : "to_lowp", 1, &global, &local, &a);
+    return launch_copy(d, wide ? "to_lowp_f32" : "to_lowp", n, &a);
 }
 
 /* Elements of A and B a product reads: the sizes of their copies, which
@@ -376,13 +383,12 @@ const char *ts_cl_matmul_route(ts_cl_device *d, ts_dtype dtype)
 /* ---- CLBlast ---- */
 
 #ifdef TS_HAVE_CLBLAST
-/* Where CLBlast writes C: the op's fp32 result, or (work) the fp32 working
- * copy of rows of its bf16 result in d->lowp[2], from offset 0; a_skip
+/* Where CLBlast writes C: the op's fp32 result, or the fp32 working copy
+ * of rows of its bf16 result in d->lowp[2], from offset 0; a_skip
  * elements of A are passed over (the rows before the block's). */
 typedef struct {
     cl_mem mem;
     size_t offset; /* in floats */
-    int work;
     size_t a_skip;
 } clblast_c;
 
@@ -496,8 +502,7 @@ static ts_status clblast_result(ts_cl_device *d, const ts_op *op, size_t first, 
     ts_cl_arg_long(&a, (int64_t)n);
     ts_cl_arg_tensor(&a, &at);
     ts_cl_arg_int(&a, store_of(at.dtype));
-    size_t local = d->elem_wg, global = n < ((size_t)1 << 20) ? n : (size_t)1 << 20;
-    return ts_cl_launch(d, "gemm.cl", "from_f32", 1, &global, &local, &a);
+    return launch_copy(d, "from_f32", n, &a);
 }
 
 /* A bf16 result (beta 0, rows dense: ts_cl_gemm_takes) in blocks of rows,
@@ -517,7 +522,7 @@ static CLBlastStatusCode clblast_bf16_result(ts_cl_device *d, const ts_op *op, c
     for (int64_t m0 = 0; m0 < g->M; m0 += rows) {
         ts_op part = *op;
         part.p.gemm.M = g->M - m0 < rows ? g->M - m0 : rows;
-        clblast_c c = {d->lowp[2], 0, 1, (size_t)(m0 * (g->trans_a ? 1 : g->lda))};
+        clblast_c c = {d->lowp[2], 0, (size_t)(m0 * (g->trans_a ? 1 : g->lda))};
         float beta = 0.0f;
         if (op->in[2]) { /* c = bias, then beta = 1 */
             if ((*st = clblast_bias(d, &part, &c))) return CLBlastSuccess;
@@ -561,7 +566,7 @@ static ts_status gemm_clblast(ts_cl_device *d, const ts_op *op)
         s = clblast_bf16_result(d, op, &o, &st);
         if (st) return st;
     } else {
-        clblast_c c = {ts_cl_mem(op->out[0]), op->out[0]->offset / 4, 0, 0};
+        clblast_c c = {ts_cl_mem(op->out[0]), op->out[0]->offset / 4, 0};
         if (op->in[2]) { /* CLBlast has no bias: c = beta*c + bias, then beta = 1 */
             if ((st = clblast_bias(d, op, &c))) return st;
             beta = 1.0f;
@@ -625,7 +630,7 @@ ts_status ts_cl_gemm(ts_cl_device *d, const ts_op *op)
     if (g->reference) { /* the reference library, never a fallback that would flatter it */
 #ifdef TS_HAVE_CLBLAST
         gemm_operands o = {{0, 0}, {0, 0}}; /* fp32 tensors only (ts_cl_supports_op) */
-        clblast_c c = {ts_cl_mem(op->out[0]), op->out[0]->offset / 4, 0, 0};
+        clblast_c c = {ts_cl_mem(op->out[0]), op->out[0]->offset / 4, 0};
         if (!clblast_addressable(op, &o)) return clblast_too_far(d, op);
         CLBlastStatusCode s = clblast_run(d, op, g->beta, &o, &c);
         if (s != CLBlastSuccess)
