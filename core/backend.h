@@ -57,7 +57,9 @@ struct ts_block {
  *    (fused attention: scores, mask, softmax and the weighted sum without a
  *    [T,T] matrix in memory; lse is each row's log-sum-exp of the scaled
  *    scores, -inf for a row without keys; optional: where supports_op says
- *    no, the core composes GEMM and SOFTMAX ops instead)
+ *    no, the core composes GEMM and SOFTMAX ops instead; out, qkv and dout
+ *    may be bf16 or f16 where supports_op takes them, else the core gives
+ *    fp32 copies: ts_attention_op_16bit)
  *  CROSS_ENTROPY         losses|NULL   probs|NULL  dlogits|NULL logits[N,V] targets[N]|NULL
  *  CE_SHARD phase 0      rowmax[N]     tgt[N]                  logits[N,Vl] targets
  *  CE_SHARD phase 1      sumexp[N]                             logits    rowmax
@@ -224,6 +226,17 @@ ts_status ts_device_register(const ts_backend_iface *iface, void *context,
 
 /* Byte address helpers for backends. */
 static inline void *ts_block_handle(const ts_tensor *t) { return t->block->handle; }
+
+/* Whether a fused attention op's activations (forward: out, qkv; backward:
+ * dout, qkv, out) hold a 16-bit type; dqkv and lse are always fp32. */
+static inline bool ts_attention_op_16bit(const ts_op *op)
+{
+    int fwd = op->kind == TS_OP_ATTENTION_FWD;
+    const ts_tensor *t[4] = {fwd ? op->out[0] : NULL, op->in[0], fwd ? NULL : op->in[1], fwd ? NULL : op->in[2]};
+    for (int i = 0; i < 4; i++)
+        if (t[i] && t[i]->dtype != TS_F32) return true;
+    return false;
+}
 
 #ifdef __cplusplus
 }

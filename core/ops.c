@@ -81,8 +81,9 @@ static ts_status need_act(const char *op, const char *name, const ts_tensor *t)
 }
 
 /* An activation an op also takes in f16 (the model's under fp16
- * products): no backend reads f16 but ts_cast's, so those ops compute on
- * fp32 copies (f32_operand). */
+ * products): read and written as it is where the device takes it
+ * (device_takes: OpenCL's kernels), else through fp32 copies
+ * (f32_operand, f32_result). */
 static ts_status need_act16(const char *op, const char *name, const ts_tensor *t)
 {
     return t && t->dtype == TS_F16 ? need(op, name, t, TS_F16) : need_act(op, name, t);
@@ -116,6 +117,15 @@ static ts_status f32_result_done(ts_status st, ts_tensor *t, ts_tensor *tmp)
     if (!st && tmp->block) st = ts_cast(t, tmp);
     ts_tensor_free(tmp);
     return st;
+}
+
+/* Whether t's device runs op on its tensors as they are: an op's f16 (or a
+ * fused attention's bf16) tensors, which a backend must say it takes
+ * (supports_op); where it does not, the core makes fp32 copies. */
+static bool device_takes(const ts_op *op, const ts_tensor *t)
+{
+    ts_device *dev = t->device;
+    return dev->iface->supports_op && dev->iface->supports_op(dev, op);
 }
 
 /* An output computed in place of an input (the same bytes) keeps its type:
@@ -249,6 +259,12 @@ ts_status ts_gelu_forward(ts_tensor *out, const ts_tensor *inp)
     TRY(need_act16(name, "out", out));
     TRY(need_act16(name, "inp", inp));
     TRY(same_type_in_place(name, "out", out, "inp", inp));
+    TRY(need_numel(name, "inp", inp, ts_tensor_numel(out)));
+    if (ts_tensor_numel(out) == 0) return TS_OK;
+    ts_op op = op_new(TS_OP_GELU_FWD);
+    op.out[0] = out;
+    op.in[0] = inp;
+    if (device_takes(&op, out)) return dispatch(name, &op);
     ts_tensor x32 = {0}, y32 = {0}, *y;
     const ts_tensor *x;
     ts_status st = f32_operand(inp, &x32, &x);
@@ -269,15 +285,12 @@ ts_status ts_gelu_backward(ts_tensor *dinp, const ts_tensor *inp, const ts_tenso
     TRY(need_numel(name, "dout", dout, n));
     if (n == 0) return TS_OK;
     ts_tensor x32 = {0};
-    const ts_tensor *x = inp;
-    ts_status st = inp->dtype == TS_F16 ? f32_operand(inp, &x32, &x) : TS_OK;
-    if (!st) {
-        ts_op op = op_new(TS_OP_GELU_BWD);
-        op.out[0] = dinp;
-        op.in[0] = x;
-        op.in[1] = dout;
-        st = dispatch(name, &op);
-    }
+    ts_op op = op_new(TS_OP_GELU_BWD);
+    op.out[0] = dinp;
+    op.in[0] = inp;
+    op.in[1] = dout;
+    ts_status st = inp->dtype == TS_F16 && !device_takes(&op, dinp) ? f32_operand(inp, &x32, &op.in[0]) : TS_OK;
+    if (!st) st = dispatch(name, &op);
     ts_tensor_free(&x32);
     return st;
 }
@@ -420,21 +433,19 @@ ts_status ts_layernorm_forward(ts_tensor *out, ts_tensor *mean, ts_tensor *rstd,
     }
     if (!(eps > 0.0f)) return ts_error(TS_ERR_INVALID_ARG, "%s: eps must be > 0, got %g", name, eps);
     if (N == 0) return TS_OK;
-    ts_tensor y32 = {0}, *y = out;
-    ts_status st = out->dtype == TS_F16 ? f32_result(out, &y32, &y) : TS_OK;
-    if (!st) {
-        ts_op op = op_new(TS_OP_LAYERNORM_FWD);
-        op.out[0] = y;
-        op.out[1] = mean;
-        op.out[2] = rstd;
-        op.in[0] = inp;
-        op.in[1] = weight;
-        op.in[2] = bias;
-        op.p.layernorm.N = N;
-        op.p.layernorm.C = C;
-        op.p.layernorm.eps = eps;
-        st = dispatch(name, &op);
-    }
+    ts_tensor y32 = {0};
+    ts_op op = op_new(TS_OP_LAYERNORM_FWD);
+    op.out[0] = out;
+    op.out[1] = mean;
+    op.out[2] = rstd;
+    op.in[0] = inp;
+    op.in[1] = weight;
+    op.in[2] = bias;
+    op.p.layernorm.N = N;
+    op.p.layernorm.C = C;
+    op.p.layernorm.eps = eps;
+    ts_status st = out->dtype == TS_F16 && !device_takes(&op, out) ? f32_result(out, &y32, &op.out[0]) : TS_OK;
+    if (!st) st = dispatch(name, &op);
     return f32_result_done(st, out, &y32);
 }
 
@@ -515,15 +526,14 @@ static ts_status gemm_op(const char *name, ts_tensor *c, const ts_tensor *a, con
     return dispatch(name, &op);
 }
 
-/* Whether the device's backend takes this product's bf16 tensors itself
- * (a backend must say so: one without supports_op gets fp32 copies). */
-static bool takes_bf16(ts_tensor *c, const ts_tensor *a, const ts_tensor *b, const ts_tensor *bias, int64_t M,
-                       int64_t N, int64_t K, bool ta, bool tb, float beta)
+/* Whether the device's backend takes this product's bf16 or f16 tensors
+ * itself (a backend must say so: one without supports_op gets fp32
+ * copies). */
+static bool takes_16bit(ts_tensor *c, const ts_tensor *a, const ts_tensor *b, const ts_tensor *bias, int64_t M,
+                        int64_t N, int64_t K, bool ta, bool tb, float beta)
 {
-    ts_device *dev = c->device;
-    if (c->dtype == TS_F16 || a->dtype == TS_F16 || b->dtype == TS_F16) return false;
     ts_op op = gemm_desc(c, a, b, bias, 1, M, N, K, ta, tb, 1.0f, beta, 0, false);
-    return dev->iface->supports_op && dev->iface->supports_op(dev, &op);
+    return device_takes(&op, c);
 }
 
 static ts_status matmul(const char *name, ts_tensor *c, const ts_tensor *a, const ts_tensor *b,
@@ -571,8 +581,8 @@ ts_status ts_matmul_reference(ts_tensor *c, const ts_tensor *a, const ts_tensor 
     return matmul("ts_matmul_reference", c, a, b, trans_a, trans_b, alpha, beta, true);
 }
 
-/* A backend that does not take bf16 tensors in its products (supports_op)
- * gets fp32 copies (f32_operand, f32_result). */
+/* A backend that does not take 16-bit tensors in its products
+ * (supports_op) gets fp32 copies (f32_operand, f32_result). */
 bool ts_linear_takes_bf16(ts_device *dev)
 {
     /* a probe: a product whose operands and result are all bf16 */
@@ -580,7 +590,7 @@ bool ts_linear_takes_bf16(ts_device *dev)
     memset(&t, 0, sizeof t);
     t.device = dev;
     t.dtype = TS_BF16;
-    return takes_bf16(&t, &t, &t, NULL, 1, 1, 1, false, true, 0.0f);
+    return takes_16bit(&t, &t, &t, NULL, 1, 1, 1, false, true, 0.0f);
 }
 
 ts_status ts_linear_forward(ts_tensor *out, const ts_tensor *inp, const ts_tensor *w,
@@ -601,7 +611,7 @@ ts_status ts_linear_forward(ts_tensor *out, const ts_tensor *inp, const ts_tenso
         TRY(need(name, "bias", bias, TS_F32));
         TRY(need_numel(name, "bias", bias, OC));
     }
-    if ((inp->dtype != TS_F32 || out->dtype != TS_F32) && takes_bf16(out, inp, w, bias, N, OC, C, false, true, 0.0f))
+    if ((inp->dtype != TS_F32 || out->dtype != TS_F32) && takes_16bit(out, inp, w, bias, N, OC, C, false, true, 0.0f))
         return gemm_op(name, out, inp, w, bias, 1, N, OC, C, false, true, 1.0f, 0.0f, 0, false);
     ts_tensor in32 = {0}, out32 = {0}, *y = out;
     const ts_tensor *x;
@@ -641,11 +651,11 @@ ts_status ts_linear_backward(ts_tensor *dinp, ts_tensor *dw, ts_tensor *dbias,
     const ts_tensor *x = inp, *dy = dout;
     ts_status st = TS_OK;
     /* fp32 copies of bf16 operands for a backend that does not take them */
-    if (dinp && dout->dtype != TS_F32 && !takes_bf16(dinp, dout, w, NULL, N, C, OC, false, false, 0.0f))
+    if (dinp && dout->dtype != TS_F32 && !takes_16bit(dinp, dout, w, NULL, N, C, OC, false, false, 0.0f))
         st = f32_operand(dout, &dout32, &dy);
     if (!st && dinp) st = gemm_op(name, dinp, dy, w, NULL, 1, N, C, OC, false, false, 1.0f, 0.0f, 0, false);
     if (!st && dw && (inp->dtype != TS_F32 || dy->dtype != TS_F32) &&
-        !takes_bf16(dw, dy, inp, NULL, OC, C, N, true, false, 1.0f)) {
+        !takes_16bit(dw, dy, inp, NULL, OC, C, N, true, false, 1.0f)) {
         if (dy->dtype != TS_F32) st = f32_operand(dout, &dout32, &dy);
         if (!st && inp->dtype != TS_F32) st = f32_operand(inp, &in32, &x);
     }
@@ -687,8 +697,10 @@ ts_status ts_sum_rows(ts_tensor *out, const ts_tensor *x, bool accumulate)
 static ts_status heads_op(const char *name, ts_op_kind kind, ts_tensor *out, const ts_tensor *inp,
                           int64_t B, int64_t T, int64_t K, int64_t NH)
 {
-    TRY(need(name, "out", out, TS_F32));
-    TRY(need(name, "inp", inp, TS_F32));
+    int split = kind == TS_OP_SPLIT_HEADS;
+    /* the packed side may be 16-bit (the model's qkv, out, dout), the heads side is fp32 */
+    TRY(split ? need(name, "out", out, TS_F32) : need_act16(name, "out", out));
+    TRY(split ? need_act16(name, "inp", inp) : need(name, "inp", inp, TS_F32));
     if (B <= 0 || T <= 0 || K <= 0 || NH <= 0)
         return ts_error(TS_ERR_INVALID_ARG, "%s: B, T, K, NH must be positive", name);
     int64_t n = ts_tensor_numel(inp);
@@ -705,7 +717,13 @@ static ts_status heads_op(const char *name, ts_op_kind kind, ts_tensor *out, con
     op.p.heads.NH = NH;
     op.p.heads.HS = n / (B * T * K * NH);
     if (op.p.heads.HS == 0) return TS_OK;
-    return dispatch(name, &op);
+    ts_tensor tmp = {0}; /* an fp32 copy of a 16-bit packed side the device does not take */
+    ts_status st = TS_OK;
+    if (!device_takes(&op, out)) st = split ? f32_operand(inp, &tmp, &op.in[0]) : f32_result(out, &tmp, &op.out[0]);
+    if (!st) st = dispatch(name, &op);
+    if (!split) return f32_result_done(st, out, &tmp);
+    ts_tensor_free(&tmp);
+    return st;
 }
 
 ts_status ts_split_heads(ts_tensor *out, const ts_tensor *inp, int64_t B, int64_t T, int64_t K,
@@ -983,16 +1001,16 @@ static ts_op fused_op(ts_op_kind kind, const ts_attention_ws *ws)
     return op;
 }
 
-/* Attention on fp32 tensors (either route); ts_attention_forward gives it
- * fp32 copies of bf16 ones. */
-static ts_status attention_forward_f32(ts_tensor *out, const ts_tensor *qkv, ts_attention_ws *ws)
+/* Attention (either route) on tensors the route reads: fp32, or the
+ * 16-bit ones of a fused op the device takes (op: the fused op, its
+ * other operands set); ts_attention_forward gives it fp32 copies of the
+ * others. */
+static ts_status attention_forward_on(ts_tensor *out, const ts_tensor *qkv, ts_attention_ws *ws, ts_op *op)
 {
     int64_t B = ws->B, T = ws->T, NH = ws->NH, HS = ws->C / ws->NH;
     if (ws->fused) {
-        ts_op op = fused_op(TS_OP_ATTENTION_FWD, ws);
-        op.out[0] = out, op.out[1] = &ws->lse;
-        op.in[0] = qkv, op.in[1] = ws->key_len;
-        return dispatch("ts_attention_forward (fused)", &op);
+        op->out[0] = out, op->in[0] = qkv;
+        return dispatch("ts_attention_forward (fused)", op);
     }
     ts_tensor h[3];
     TRY(ts_split_heads(&ws->qkvh, qkv, B, T, 3, NH));
@@ -1007,10 +1025,12 @@ static ts_status attention_forward_f32(ts_tensor *out, const ts_tensor *qkv, ts_
     return ts_merge_heads(out, &ws->y, B, T, 1, NH);
 }
 
-/* Attention computes in fp32 on every device: a bf16 qkv and output (the
- * model's under bf16 products, as autocast leaves them) go through fp32
- * copies made one layer at a time, so what a step keeps is half the size.
- * The fused route's backward reads the output as kept, rounded. */
+/* Attention computes in fp32 on every device. A bf16 or f16 qkv and
+ * output (the model's under 16-bit products, as autocast leaves them) are
+ * read and written as they are where the device's fused op takes them (the
+ * OpenCL local-memory kernels, GPUs'), else through fp32 copies made one
+ * layer at a time; either way what a step keeps is half the size. The
+ * fused route's backward reads the output as kept, rounded. */
 ts_status ts_attention_forward(ts_tensor *out, const ts_tensor *qkv, ts_attention_ws *ws)
 {
     const char *name = ws->fused ? "ts_attention_forward (fused)" : "ts_attention_forward";
@@ -1022,11 +1042,17 @@ ts_status ts_attention_forward(ts_tensor *out, const ts_tensor *qkv, ts_attentio
             return ts_error(TS_ERR_INVALID_ARG, "%s: out shares memory with qkv or the workspace", name);
     }
     ts_tensor qkv32 = {0}, out32 = {0}, *y = out;
-    const ts_tensor *x;
-    ts_status st = f32_operand(qkv, &qkv32, &x);
-    if (!st && out->dtype != TS_F32 && !(st = ts_tensor_alloc(&out32, out->device, TS_F32, out->ndim, out->shape)))
-        y = &out32;
-    if (!st) st = attention_forward_f32(y, x, ws);
+    const ts_tensor *x = qkv;
+    ts_op op = fused_op(TS_OP_ATTENTION_FWD, ws);
+    op.out[0] = out, op.out[1] = &ws->lse;
+    op.in[0] = qkv, op.in[1] = ws->key_len;
+    ts_status st = TS_OK;
+    if (ws->fused && !device_takes(&op, out)) { /* (the composite route's permutes read and write them) */
+        st = f32_operand(qkv, &qkv32, &x);
+        if (!st && out->dtype != TS_F32 && !(st = ts_tensor_alloc(&out32, out->device, TS_F32, out->ndim, out->shape)))
+            y = &out32;
+    }
+    if (!st) st = attention_forward_on(y, x, ws, &op);
     ts_tensor_free(&qkv32);
     if (!st && y != out) st = ts_cast(out, y);
     ts_tensor_free(&out32);
@@ -1043,9 +1069,8 @@ ts_status ts_attention_backward(ts_tensor *dqkv, const ts_tensor *dout, ts_atten
     const char *name = ws->fused ? "ts_attention_backward (fused)" : "ts_attention_backward";
     TRY(need_act16(name, "dout", dout));
     TRY(need(name, "dqkv", dqkv, TS_F32));
-    ts_tensor dout32 = {0};
-    const ts_tensor *dy32;
     if (ws->fused) {
+        ts_tensor dout32 = {0};
         const ts_tensor *qkv = &ws->qkv_in;
         if (!qkv->block) return ts_error(TS_ERR_INVALID_ARG, "%s: no forward to go back through", name);
         TRY(fused_operands(name, ws, qkv, dout, "dout"));
@@ -1053,16 +1078,16 @@ ts_status ts_attention_backward(ts_tensor *dqkv, const ts_tensor *dout, ts_atten
         if (overlap(dqkv, qkv) || overlap(dqkv, dout) || overlap(dqkv, &ws->o) || overlap(dqkv, &ws->lse))
             return ts_error(TS_ERR_INVALID_ARG, "%s: dqkv shares memory with qkv, dout or the workspace", name);
         ts_tensor qkv32 = {0}, o32 = {0};
-        const ts_tensor *x, *o;
-        ts_status st = f32_operand(dout, &dout32, &dy32);
-        if (!st) st = f32_operand(qkv, &qkv32, &x);
-        if (!st) st = f32_operand(&ws->o, &o32, &o);
-        if (!st) {
-            ts_op op = fused_op(TS_OP_ATTENTION_BWD, ws);
-            op.out[0] = dqkv;
-            op.in[0] = dy32, op.in[1] = x, op.in[2] = o, op.in[3] = &ws->lse, op.in[4] = ws->key_len;
-            st = dispatch(name, &op);
+        ts_op op = fused_op(TS_OP_ATTENTION_BWD, ws);
+        op.out[0] = dqkv;
+        op.in[0] = dout, op.in[1] = qkv, op.in[2] = &ws->o, op.in[3] = &ws->lse, op.in[4] = ws->key_len;
+        ts_status st = TS_OK;
+        if (!device_takes(&op, dqkv)) { /* fp32 copies of its 16-bit activations */
+            st = f32_operand(dout, &dout32, &op.in[0]);
+            if (!st) st = f32_operand(qkv, &qkv32, &op.in[1]);
+            if (!st) st = f32_operand(&ws->o, &o32, &op.in[2]);
         }
+        if (!st) st = dispatch(name, &op);
         ts_tensor_free(&dout32), ts_tensor_free(&qkv32), ts_tensor_free(&o32);
         return st;
     }
@@ -1070,10 +1095,7 @@ ts_status ts_attention_backward(ts_tensor *dqkv, const ts_tensor *dout, ts_atten
     TRY(qkv_views(&ws->qkvh, ws, h));
     TRY(qkv_views(&ws->dqkvh, ws, dh));
     ts_tensor *dy = &ws->y; /* y is not needed after forward: reuse it */
-    ts_status st = f32_operand(dout, &dout32, &dy32);
-    if (!st) st = ts_split_heads(dy, dy32, B, T, 1, NH);
-    ts_tensor_free(&dout32);
-    TRY(st);
+    TRY(ts_split_heads(dy, dout, B, T, 1, NH));
     TRY(ts_matmul(&ws->scratch, dy, &h[2], false, true, 1.0f, 0.0f));    /* datt */
     TRY(ts_matmul(&dh[2], &ws->att, dy, true, false, 1.0f, 0.0f));       /* dv */
     if (ws->key_len) TRY(ts_softmax_masked_backward(&ws->scratch, &ws->att, &ws->scratch, 1.0f / sqrtf((float)HS)));

@@ -3,9 +3,11 @@
 
 /* packed [B,T,K,NH,HS] <-> heads [K,B,NH,T,HS]. Item (d, r) moves element d
  * of head-row r; groups span a row (contiguous on every device). Index
- * arithmetic is 32-bit, which the host guarantees fits. */
+ * arithmetic is 32-bit, which the host guarantees fits. The packed side is
+ * stored as ps says (load_act: fp32, bf16 or fp16: the model's qkv, out
+ * and dout), the heads side is fp32. */
 __kernel void heads_permute(__global float *out, ulong oo, __global const float *inp, ulong io,
-                            int B, int T, int K, int NH, int HS, int split)
+                            int B, int T, int K, int NH, int HS, int split, int ps)
 {
     int d = (int)get_global_id(0), r = (int)get_global_id(1);
     if (d < HS) {
@@ -15,9 +17,9 @@ __kernel void heads_permute(__global float *out, ulong oo, __global const float 
         int packed = (((b * T + t) * K + k) * NH + h) * HS + d;
         int heads = r * HS + d;
         if (split)
-            out[oo + heads] = inp[io + packed];
+            out[oo + heads] = load_act(inp, io + packed, ps);
         else
-            out[oo + packed] = inp[io + heads];
+            store_act(out, oo + packed, inp[io + heads], ps);
     }
 }
 
@@ -25,7 +27,7 @@ __kernel void heads_permute(__global float *out, ulong oo, __global const float 
  * its index arithmetic once per row (an item per element spent most of
  * its time in four integer divisions). */
 __kernel void heads_permute_rows(__global float *out, ulong oo, __global const float *inp, ulong io,
-                                 int B, int T, int K, int NH, int HS, int split)
+                                 int B, int T, int K, int NH, int HS, int split, int ps)
 {
     int r = (int)get_global_id(0);
     if (r >= K * B * NH * T) return;
@@ -34,9 +36,9 @@ __kernel void heads_permute_rows(__global float *out, ulong oo, __global const f
     int k = rh / B, b = rh - k * B;
     int packed = (((b * T + t) * K + k) * NH + h) * HS, heads = r * HS;
     if (split)
-        for (int d = 0; d < HS; d++) out[oo + heads + d] = inp[io + packed + d];
+        for (int d = 0; d < HS; d++) out[oo + heads + d] = load_act(inp, io + packed + d, ps);
     else
-        for (int d = 0; d < HS; d++) out[oo + packed + d] = inp[io + heads + d];
+        for (int d = 0; d < HS; d++) store_act(out, oo + packed + d, inp[io + heads + d], ps);
 }
 
 #if TS_CPU_DEVICE

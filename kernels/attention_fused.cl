@@ -18,10 +18,12 @@ inline long key_count(__global const int *key_len, ulong ko, int has_len, long b
     return len < 0 ? 0 : len > T ? T : len;
 }
 
-/* out row t of head (b, h) and its log-sum-exp. Local: q[HS], p[T]. */
+/* out row t of head (b, h) and its log-sum-exp. Local: q[HS], p[T].
+ * qkv and out are stored as sq and so say (load_act: fp32, bf16 or fp16;
+ * out rounded once from the fp32 sum). */
 __kernel void attention_fused_forward(__global float *out, ulong oo, __global float *lse, ulong lo,
                                       __global const float *qkv, ulong qo, __global const int *key_len, ulong ko,
-                                      int has_len, long T, long C, long NH, int causal, float scale,
+                                      int has_len, long T, long C, long NH, int causal, float scale, int sq, int so,
                                       __local float *q, __local float *p)
 {
     __local float scratch[ROW_WG];
@@ -30,16 +32,16 @@ __kernel void attention_fused_forward(__global float *out, ulong oo, __global fl
     long bh = row / T, t = row - bh * T, b = bh / NH, h = bh - b * NH, HS = C / NH;
     long len = key_count(key_len, ko, has_len, b, T);
     long n = causal && len > t + 1 ? t + 1 : len;
-    __global const float *qr = qkv + qo + (b * T + t) * 3 * C + h * HS;
-    __global const float *k = qkv + qo + b * T * 3 * C + C + h * HS, *v = k + C; /* row s at s * 3C */
-    __global float *o = out + oo + (b * T + t) * C + h * HS;
-    ROW_FOR(d, HS) q[d] = qr[d];
+    long qr = qo + (b * T + t) * 3 * C + h * HS;      /* element offsets: qkv may be 16-bit */
+    long k = qo + b * T * 3 * C + C + h * HS, v = k + C; /* row s at s * 3C */
+    long o = oo + (b * T + t) * C + h * HS;
+    ROW_FOR(d, HS) q[d] = load_act(qkv, qr + d, sq);
     barrier(CLK_LOCAL_MEM_FENCE);
     float m = -INFINITY;
     ROW_FOR(s, n) {
-        __global const float *ks = k + s * 3 * C;
+        long ks = k + s * 3 * C;
         float dot = 0.0f;
-        for (long d = 0; d < HS; d++) dot += q[d] * ks[d];
+        for (long d = 0; d < HS; d++) dot += q[d] * load_act(qkv, ks + d, sq);
         p[s] = scale * dot;
         m = fmax(m, scale * dot);
     }
@@ -54,20 +56,20 @@ __kernel void attention_fused_forward(__global float *out, ulong oo, __global fl
     float inv = n > 0 ? 1.0f / sum : 0.0f;
     ROW_FOR(d, HS) {
         float acc = 0.0f;
-        for (long s = 0; s < n; s++) acc += p[s] * v[s * 3 * C + d];
-        o[d] = acc * inv;
+        for (long s = 0; s < n; s++) acc += p[s] * load_act(qkv, v + s * 3 * C + d, sq);
+        store_act(out, o + d, acc * inv, so);
     }
     if (lid == 0) lse[lo + row] = n > 0 ? m + log(sum) : -INFINITY;
 }
 
 /* dq of query row t, and delta = dout_t . out_t for the key-row pass.
- * Local: q[HS], dy[HS], g[T]. */
+ * Local: q[HS], dy[HS], g[T]. dout, qkv and out stored as sd, sq, so say. */
 __kernel void attention_fused_backward_q(__global float *dqkv, ulong dqo, __global float *delta, ulong deo,
                                          __global const float *dout, ulong doo, __global const float *qkv, ulong qo,
                                          __global const float *out, ulong oo, __global const float *lse, ulong lo,
                                          __global const int *key_len, ulong ko, int has_len, long T, long C, long NH,
-                                         int causal, float scale, __local float *q, __local float *dy,
-                                         __local float *g)
+                                         int causal, float scale, int sd, int sq, int so, __local float *q,
+                                         __local float *dy, __local float *g)
 {
     __local float scratch[ROW_WG];
     long row = get_group_id(0);
@@ -76,19 +78,19 @@ __kernel void attention_fused_backward_q(__global float *dqkv, ulong dqo, __glob
     long len = key_count(key_len, ko, has_len, b, T);
     long n = causal && len > t + 1 ? t + 1 : len;
     long at = (b * T + t) * C + h * HS;
-    __global const float *k = qkv + qo + b * T * 3 * C + C + h * HS, *v = k + C;
+    long k = qo + b * T * 3 * C + C + h * HS, v = k + C; /* element offsets, row s at s * 3C */
     float D = 0.0f;
     ROW_FOR(d, HS) {
-        q[d] = qkv[qo + (b * T + t) * 3 * C + h * HS + d];
-        dy[d] = dout[doo + at + d];
-        D += dy[d] * out[oo + at + d];
+        q[d] = load_act(qkv, qo + (b * T + t) * 3 * C + h * HS + d, sq);
+        dy[d] = load_act(dout, doo + at + d, sd);
+        D += dy[d] * load_act(out, oo + at + d, so);
     }
     D = wg_sum(D, scratch); /* its barriers also publish q and dy */
     float L = lse[lo + row];
     ROW_FOR(s, n) {
-        __global const float *ks = k + s * 3 * C, *vs = v + s * 3 * C;
+        long ks = k + s * 3 * C, vs = v + s * 3 * C;
         float x = 0.0f, dp = 0.0f;
-        for (long d = 0; d < HS; d++) x += q[d] * ks[d], dp += dy[d] * vs[d];
+        for (long d = 0; d < HS; d++) x += q[d] * load_act(qkv, ks + d, sq), dp += dy[d] * load_act(qkv, vs + d, sq);
         float pr = exp(scale * x - L);
         g[s] = scale * pr * (dp - D);
     }
@@ -96,35 +98,37 @@ __kernel void attention_fused_backward_q(__global float *dqkv, ulong dqo, __glob
     __global float *dq = dqkv + dqo + (b * T + t) * 3 * C + h * HS;
     ROW_FOR(d, HS) {
         float acc = 0.0f;
-        for (long s = 0; s < n; s++) acc += g[s] * k[s * 3 * C + d];
+        for (long s = 0; s < n; s++) acc += g[s] * load_act(qkv, k + s * 3 * C + d, sq);
         dq[d] = acc;
     }
     if (lid == 0) delta[deo + row] = D;
 }
 
 /* dk and dv of key row s: sums over the queries that see it (t >= s when
- * causal; none when s is padding). Local: k[HS], v[HS], pt[T], gt[T]. */
+ * causal; none when s is padding). Local: k[HS], v[HS], pt[T], gt[T].
+ * dout and qkv stored as sd and sq say. */
 __kernel void attention_fused_backward_kv(__global float *dqkv, ulong dqo, __global const float *delta, ulong deo,
                                           __global const float *dout, ulong doo, __global const float *qkv, ulong qo,
                                           __global const float *lse, ulong lo, __global const int *key_len, ulong ko,
-                                          int has_len, long T, long C, long NH, int causal, float scale,
-                                          __local float *k, __local float *v, __local float *pt, __local float *gt)
+                                          int has_len, long T, long C, long NH, int causal, float scale, int sd,
+                                          int sq, __local float *k, __local float *v, __local float *pt,
+                                          __local float *gt)
 {
     long row = get_group_id(0);
     long bh = row / T, s = row - bh * T, b = bh / NH, h = bh - b * NH, HS = C / NH;
     long len = key_count(key_len, ko, has_len, b, T);
     long first = causal ? s : 0, m = s < len ? T - first : 0; /* queries first .. T-1 */
     ROW_FOR(d, HS) {
-        k[d] = qkv[qo + (b * T + s) * 3 * C + C + h * HS + d];
-        v[d] = qkv[qo + (b * T + s) * 3 * C + 2 * C + h * HS + d];
+        k[d] = load_act(qkv, qo + (b * T + s) * 3 * C + C + h * HS + d, sq);
+        v[d] = load_act(qkv, qo + (b * T + s) * 3 * C + 2 * C + h * HS + d, sq);
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    __global const float *q = qkv + qo + b * T * 3 * C + h * HS, *dy = dout + doo + b * T * C + h * HS;
+    long q = qo + b * T * 3 * C + h * HS, dy = doo + b * T * C + h * HS; /* element offsets */
     ROW_FOR(i, m) {
         long t = first + i;
-        __global const float *qt = q + t * 3 * C, *dyt = dy + t * C;
+        long qt = q + t * 3 * C, dyt = dy + t * C;
         float x = 0.0f, dp = 0.0f;
-        for (long d = 0; d < HS; d++) x += qt[d] * k[d], dp += dyt[d] * v[d];
+        for (long d = 0; d < HS; d++) x += load_act(qkv, qt + d, sq) * k[d], dp += load_act(dout, dyt + d, sd) * v[d];
         float L = lse[lo + bh * T + t];
         float pr = isinf(L) ? 0.0f : exp(scale * x - L);
         pt[i] = pr;
@@ -134,7 +138,9 @@ __kernel void attention_fused_backward_kv(__global float *dqkv, ulong dqo, __glo
     __global float *dk = dqkv + dqo + (b * T + s) * 3 * C + C + h * HS, *dv = dk + C;
     ROW_FOR(d, HS) {
         float ak = 0.0f, av = 0.0f;
-        for (long i = 0; i < m; i++) ak += gt[i] * q[(first + i) * 3 * C + d], av += pt[i] * dy[(first + i) * C + d];
+        for (long i = 0; i < m; i++)
+            ak += gt[i] * load_act(qkv, q + (first + i) * 3 * C + d, sq),
+                av += pt[i] * load_act(dout, dy + (first + i) * C + d, sd);
         dk[d] = ak;
         dv[d] = av;
     }

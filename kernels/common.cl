@@ -75,11 +75,11 @@ inline float wg_max(float v, __local float *scratch)
     return r;
 }
 
-/* Activations are fp32, or bf16 storage (the flag bf16 set): the upper
+/* Activations are fp32, or bf16 storage (the flag bf16 1): the upper
  * half of an fp32, read exactly and written rounded to nearest even (a NaN
- * stays NaN). Offsets and indices count elements of the tensor's own type.
- * The cast also takes f16 storage (flag 2: OpenCL's half loads and stores,
- * core functions without cl_khr_fp16). */
+ * stays NaN), or f16 storage (the flag 2: OpenCL's half loads and stores,
+ * core functions without cl_khr_fp16). Offsets and indices count elements
+ * of the tensor's own type. */
 inline float load_act(__global const float *p, size_t i, int bf16)
 {
     if (bf16 == 2) return vload_half(i, (__global const half *)p);
@@ -102,13 +102,22 @@ inline void store_act(__global float *p, size_t i, float v, int bf16)
 #if TS_CPU_DEVICE
 inline float8 load_act8(__global const float *p, size_t i, int bf16)
 {
+    if (bf16 == 2) { /* f16: half loads one by one (no half pointer arithmetic without cl_khr_fp16) */
+        float v[8];
+        for (int k = 0; k < 8; k++) v[k] = vload_half(i + (size_t)k, (__global const half *)p);
+        return vload8(0, v);
+    }
     if (bf16) return as_float8(convert_uint8(vload8(0, (__global const ushort *)p + i)) << 16);
     return vload8(0, p + i);
 }
 
 inline void store_act8(__global float *p, size_t i, float8 v, int bf16)
 {
-    if (bf16) {
+    if (bf16 == 2) {
+        float w[8];
+        vstore8(v, 0, w);
+        for (int k = 0; k < 8; k++) vstore_half_rte(w[k], i + (size_t)k, (__global half *)p);
+    } else if (bf16) {
         uint8 u = as_uint8(v);
         uint8 r = select((u + 0x7fffu + ((u >> 16) & 1u)) >> 16, (u >> 16) | 0x40u,
                          (u & 0x7fffffffu) > 0x7f800000u);

@@ -938,35 +938,6 @@ static void conf_sum_rows(void *argp)
     ts_tensor_free(&tx);
 }
 
-/* ---- heads: p = B, T, K, NH, HS, merge ---- */
-
-static void conf_heads(void *argp)
-{
-    conf_arg *a = argp;
-    int64_t B = a->p[0], T = a->p[1], K = a->p[2], NH = a->p[3], HS = a->p[4];
-    int merge = (int)a->p[5];
-    int64_t n = B * T * K * NH * HS;
-    rng_t r;
-    rng_seed(&r, a->seed);
-    float *x = rand_floats(&r, n, -1, 1);
-    ts_tensor tx;
-    guarded g;
-    REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(n), x));
-    REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(n), NULL));
-    double *dx = to_double(x, n), *ref = malloc((size_t)n * sizeof *ref);
-    if (merge) {
-        REQUIRE_OK(ts_merge_heads(&g.t, &tx, B, T, K, NH));
-        ref_merge_heads(ref, dx, B, T, K, NH, HS);
-    } else {
-        REQUIRE_OK(ts_split_heads(&g.t, &tx, B, T, K, NH));
-        ref_split_heads(ref, dx, B, T, K, NH, HS);
-    }
-    expect_output(merge ? "merge_heads" : "split_heads", &g, ref, TOL_EXACT);
-    free(x), free(dx), free(ref);
-    guarded_free(&g);
-    ts_tensor_free(&tx);
-}
-
 /* ---- causal softmax: p = BH, T, in_place, backward ---- */
 
 static void conf_softmax(void *argp)
@@ -1105,9 +1076,57 @@ static void conf_pool_max(void *argp)
     free(x), free(d), free(len), free(at), free(got), free(dx), free(dd), free(ref);
 }
 
+/* How many cast ops the profiler booked since its last reset (0 where
+ * the report has no row for them). */
+static unsigned long long profiled_casts(void)
+{
+    char *text = NULL, *row;
+    size_t n = 0;
+    unsigned long long calls = 0;
+    FILE *f = open_memstream(&text, &n);
+    if (!f) return ~0ull;
+    ts_profile_report(f);
+    fclose(f);
+    if ((row = strstr(text, "\ncast ")) && sscanf(row + 6, "%llu", &calls) != 1) calls = ~0ull;
+    free(text);
+    return calls;
+}
+
+/* Where a device reads and writes 16-bit tensors as they are, an op makes
+ * no fp32 copies of them (casts): counted from count_casts (on: the
+ * profiler on) to expect_casts. */
+static bool count_casts(bool on)
+{
+    if (on) ts_profile_reset(), ts_profile_enable(1);
+    return on;
+}
+
+static void expect_casts(bool on, unsigned long long want, const char *what)
+{
+    if (!on) return;
+    unsigned long long casts = profiled_casts();
+    ts_profile_enable(0);
+    EXPECTF(casts == want, "%llu casts, not %llu: %s went to fp32 copies", casts, want, what);
+}
+
+static bool is_opencl(ts_device *dev)
+{
+    return !strcmp(ts_device_get_info(dev)->backend, "opencl");
+}
+
+/* 16-bit attention activations as they are: on OpenCL the composite
+ * route's head permutes read and write them (no casts), and on a GPU the
+ * fused kernels do, the only cast the workspace's fp32 copy of the output
+ * it keeps for backward (fp32 here, the model keeps its own). */
+static bool count_attention_casts(ts_device *dev, bool lowp, bool fused)
+{
+    return count_casts(lowp && is_opencl(dev) && (!fused || ts_device_get_info(dev)->type == TS_DEVICE_GPU));
+}
+
 /* ---- f16 activations (the model's under fp16 products): stored in 16
- * bits; no backend reads them but the cast, so every other op computes on
- * fp32 copies the core makes ---- */
+ * bits; OpenCL's kernels read and write them (GELU, layernorm, the products
+ * off the host route, the fused attention's local-memory kernels), other
+ * routes compute on fp32 copies the core makes ---- */
 
 static void upload_f16(ts_tensor *t, ts_device *d, int ndim, const int64_t *shape, const float *x)
 {
@@ -1185,12 +1204,54 @@ static void conf_cast_f16(void *argp)
     ts_tensor_free(&tx);
 }
 
+/* ---- heads: p = B, T, K, NH, HS, merge[, dtype] ----
+ * dtype 1 bf16, 2 f16: the packed side 16-bit (the model's qkv, attention
+ * output and its gradient on the composite route). Split reads the 16-bit
+ * values exactly, merge rounds once: exact against the rounded reference
+ * either way; OpenCL's kernels make no fp32 copies of them. */
+static void conf_heads(void *argp)
+{
+    conf_arg *a = argp;
+    int64_t B = a->p[0], T = a->p[1], K = a->p[2], NH = a->p[3], HS = a->p[4];
+    int merge = (int)a->p[5];
+    ts_dtype dt = a->p[6] == 2 ? TS_F16 : a->p[6] == 1 ? TS_BF16 : TS_F32;
+    int64_t n = B * T * K * NH * HS;
+    rng_t r;
+    rng_seed(&r, a->seed);
+    float *x = rand_floats(&r, n, -1, 1);
+    ts_tensor tx;
+    guarded g;
+    if (merge || dt == TS_F32) REQUIRE_OK(upload(&tx, a->dev, TS_F32, TS_SHAPE(n), x));
+    else if (dt == TS_F16) host_f16(x, n), upload_f16(&tx, a->dev, TS_SHAPE(n), x);
+    else host_bf16(x, n), upload_act(&tx, a->dev, true, TS_SHAPE(n), x);
+    if (merge && dt == TS_F16) REQUIRE_OK(guarded_alloc_f16(&g, a->dev, TS_SHAPE(n), NULL));
+    else if (merge && dt == TS_BF16) REQUIRE_OK(guarded_alloc_bf16(&g, a->dev, TS_SHAPE(n), NULL));
+    else REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(n), NULL));
+    double *dx = to_double(x, n), *ref = malloc((size_t)n * sizeof *ref);
+    bool counted = count_casts(dt != TS_F32 && is_opencl(a->dev));
+    if (merge) {
+        REQUIRE_OK(ts_merge_heads(&g.t, &tx, B, T, K, NH));
+        ref_merge_heads(ref, dx, B, T, K, NH, HS);
+        if (dt != TS_F32)
+            for (int64_t i = 0; i < n; i++) ref[i] = round_to(ref[i], dt);
+    } else {
+        REQUIRE_OK(ts_split_heads(&g.t, &tx, B, T, K, NH));
+        ref_split_heads(ref, dx, B, T, K, NH, HS);
+    }
+    expect_casts(counted, 0, "the packed side's 16-bit values");
+    expect_output(merge ? "merge_heads" : "split_heads", &g, ref, TOL_EXACT);
+    free(x), free(dx), free(ref);
+    guarded_free(&g);
+    ts_tensor_free(&tx);
+}
+
 /* Ops on f16 activations against the double reference on the f16 values
  * they hold, f16 outputs rounded (NMSE TOL_BF16_OUT: an f16 step is 2^-11),
  * fp32 gradients at the fp32 bounds: p = op, then its shape.
  * op 0: GELU forward, f16 in and out (n); 1: GELU backward, f16 input (n);
  * 2: layernorm, f16 out (N, C); 3: linear forward, f16 in and out, and
- * backward from an f16 dout (N, C, OC); 4: attention forward and backward,
+ * backward from an f16 dout (N, C, OC, -, product: 0 fp32, 1 fp16 as the
+ * model's, its weight rounded); 4: attention forward and backward,
  * f16 qkv and out (B, T, C, NH, route: 1 composite, 2 fused). f16 outputs
  * also element by element within one f16 step. */
 static void conf_f16_ops(void *argp)
@@ -1208,9 +1269,11 @@ static void conf_f16_ops(void *argp)
         guarded g;
         upload_f16(&tx, a->dev, TS_SHAPE(n), x);
         REQUIRE_OK(upload(&ty, a->dev, TS_F32, TS_SHAPE(n), y));
+        bool counted = count_casts(is_opencl(a->dev)); /* OpenCL's kernels read and write f16 */
         if (op == 0) {
             REQUIRE_OK(guarded_alloc_f16(&g, a->dev, TS_SHAPE(n), NULL));
             REQUIRE_OK(ts_gelu_forward(&g.t, &tx));
+            expect_casts(counted, 0, "GELU's f16 input and output");
             ref_gelu_forward(ref, dx, n);
             for (int64_t i = 0; i < n; i++) ref[i] = round_to(ref[i], TS_F16);
             expect_output("gelu_forward, f16 storage", &g, ref, TOL_BF16_OUT);
@@ -1218,6 +1281,7 @@ static void conf_f16_ops(void *argp)
         } else {
             REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(n), NULL));
             REQUIRE_OK(ts_gelu_backward(&g.t, &tx, &ty));
+            expect_casts(counted, 0, "GELU backward's f16 input");
             ref_gelu_backward(ref, dx, dy, n);
             expect_output("gelu_backward, f16 input", &g, ref, TOL_ELEM);
         }
@@ -1233,7 +1297,9 @@ static void conf_f16_ops(void *argp)
         REQUIRE_OK(upload(&tw, a->dev, TS_F32, TS_SHAPE(C), w));
         REQUIRE_OK(upload(&tb, a->dev, TS_F32, TS_SHAPE(C), b));
         REQUIRE_OK(guarded_alloc_f16(&go, a->dev, TS_SHAPE(N, C), NULL));
+        bool counted = count_casts(is_opencl(a->dev));
         REQUIRE_OK(ts_layernorm_forward(&go.t, NULL, NULL, &tx, &tw, &tb, 1e-5f));
+        expect_casts(counted, 0, "layernorm's f16 output");
         double *dx = to_double(x, N * C), *dw = to_double(w, C), *db = to_double(b, C);
         double *ro = malloc((size_t)(N * C) * sizeof *ro), *rm = malloc((size_t)N * sizeof *rm),
                *rr = malloc((size_t)N * sizeof *rr);
@@ -1258,8 +1324,19 @@ static void conf_f16_ops(void *argp)
         REQUIRE_OK(guarded_alloc_f16(&go, a->dev, TS_SHAPE(N, OC), NULL));
         REQUIRE_OK(guarded_alloc(&gdx, a->dev, TS_SHAPE(N, C), NULL));
         REQUIRE_OK(guarded_alloc(&gdw, a->dev, TS_SHAPE(OC, C), dw0));
-        REQUIRE_OK(ts_linear_forward(&go.t, &tx, &tw, &tb));
-        REQUIRE_OK(ts_linear_backward(&gdx.t, &gdw.t, NULL, &tdout, &tx, &tw));
+        bool f16_product = a->p[5] == 1;
+        /* OpenCL's products off the host route read and write f16 tensors
+         * as they are: no casts (fp32 copies) */
+        const char *route = getenv("TESSERA_GEMM");
+        bool counted = count_casts(is_opencl(a->dev) && (ts_device_get_info(a->dev)->type == TS_DEVICE_GPU ||
+                                                         (route && (!strcmp(route, "kernel") || !strcmp(route, "clblast")))));
+        if (f16_product) REQUIRE_OK(ts_device_set_matmul_dtype(a->dev, TS_F16));
+        ts_status st = ts_linear_forward(&go.t, &tx, &tw, &tb);
+        if (!st) st = ts_linear_backward(&gdx.t, &gdw.t, NULL, &tdout, &tx, &tw);
+        REQUIRE_OK(ts_device_set_matmul_dtype(a->dev, TS_F32));
+        REQUIRE_OK(st);
+        expect_casts(counted, 0, "the product's f16 tensors");
+        if (f16_product) host_f16(w, OC * C);
         double *dx = to_double(x, N * C), *dw = to_double(w, OC * C), *db = to_double(bias, OC);
         double *dd = to_double(dout, N * OC), *rdw = to_double(dw0, OC * C);
         double *ro = malloc((size_t)(N * OC) * sizeof *ro), *rdx = malloc((size_t)(N * C) * sizeof *rdx);
@@ -1293,8 +1370,10 @@ static void conf_f16_ops(void *argp)
         REQUIRE_OK(ts_attention_ws_alloc_route(&ws, a->dev, B, T, C, NH, route));
         REQUIRE_OK(guarded_alloc_f16(&go, a->dev, TS_SHAPE(B, T, C), NULL));
         REQUIRE_OK(guarded_alloc(&gd, a->dev, TS_SHAPE(B, T, 3 * C), NULL));
+        bool counted = count_attention_casts(a->dev, true, ws.fused);
         REQUIRE_OK(ts_attention_forward(&go.t, &tq, &ws));
         REQUIRE_OK(ts_attention_backward(&gd.t, &tdout, &ws));
+        expect_casts(counted, ws.fused, "the attention's f16 activations");
         double *dq = to_double(qkv, B * T * 3 * C), *ddout = to_double(dout, B * T * C);
         double *ro = malloc((size_t)(B * T * C) * sizeof *ro), *rd = malloc((size_t)(B * T * 3 * C) * sizeof *rd);
         ref_attention_masked_forward(ro, dq, B, T, C, NH, NULL, true);
@@ -1356,6 +1435,7 @@ static void conf_attention(void *argp)
     ref_attention_masked_forward(ref_out, dq, B, T, C, NH, mask ? len : NULL, mask != 2);
     if (bf16)
         for (int64_t i = 0; i < B * T * C; i++) ref_out[i] = round_to(ref_out[i], TS_BF16);
+    bool counted = count_attention_casts(a->dev, bf16, ws.fused);
     if (!backward) {
         REQUIRE_OK(bf16 ? guarded_alloc_bf16(&g, a->dev, TS_SHAPE(B, T, C), NULL)
                         : guarded_alloc(&g, a->dev, TS_SHAPE(B, T, C), NULL));
@@ -1375,6 +1455,7 @@ static void conf_attention(void *argp)
         free(ref);
         ts_tensor_free(&tout);
     }
+    expect_casts(counted, ws.fused, "the attention's bf16 activations");
     free(qkv), free(dout), free(len), free(dq), free(ddout), free(ref_out);
     ts_attention_ws_free(&ws);
     guarded_free(&g);
@@ -1728,6 +1809,10 @@ static const case_def cases[] = {
      {{1, 1, 1, 1, 1, 0}, {2, 5, 3, 4, 7, 0}, {3, 9, 1, 2, 16, 0}}, 3},
     {"merge_heads", conf_heads, "B=%lld T=%lld K=%lld NH=%lld HS=%lld merge=%lld", 6,
      {{1, 1, 1, 1, 1, 1}, {2, 5, 3, 4, 7, 1}, {3, 9, 1, 2, 16, 1}}, 3},
+    {"heads 16-bit", conf_heads, "B=%lld T=%lld K=%lld NH=%lld HS=%lld merge=%lld dtype=%lld", 7,
+     {{1, 1, 1, 1, 1, 0, 1}, {2, 5, 3, 4, 7, 0, 1}, {3, 9, 1, 2, 16, 1, 1}, {2, 5, 3, 4, 7, 1, 2},
+      {3, 9, 1, 2, 16, 0, 2}, {2, 5, 3, 4, 7, 1, 1}},
+     6},
     {"softmax_causal_forward", conf_softmax, "BH=%lld T=%lld in_place=%lld backward=%lld", 4,
      {{1, 1, 0, 0}, {3, 17, 0, 0}, {8, 64, 1, 0}, {2, 130, 0, 0}, {1, 8, 0, 0}, {5, 24, 0, 0}}, 6},
     {"softmax_causal_backward", conf_softmax, "BH=%lld T=%lld in_place=%lld backward=%lld", 4,
@@ -1762,9 +1847,9 @@ static const case_def cases[] = {
     {"cast fp16", conf_cast_f16, "n=%lld direction=%lld", 2,
      {{1, 0}, {57, 0}, {10007, 0}, {65536, 1}, {333, 1}, {1001, 2}}, 6},
     {"fp16 activations", conf_f16_ops, "op=%lld shape=%lld,%lld,%lld,%lld route=%lld", 6,
-     {{0, 1}, {0, 10007}, {1, 4099}, {2, 5, 96}, {2, 64, 768}, {3, 7, 33, 65}, {3, 64, 96, 130}, {4, 2, 9, 12, 3, 1},
-      {4, 2, 9, 12, 3, 2}, {4, 2, 40, 32, 2, 2}},
-     10},
+     {{0, 1}, {0, 10007}, {1, 4099}, {2, 5, 96}, {2, 64, 768}, {3, 7, 33, 65}, {3, 64, 96, 130}, {3, 7, 33, 65, 0, 1},
+      {3, 64, 96, 130, 0, 1}, {4, 2, 9, 12, 3, 1}, {4, 2, 9, 12, 3, 2}, {4, 2, 40, 32, 2, 2}},
+     12},
     {"attention bf16 composite", conf_attention, ATTENTION_FMT " bf16=%lld", 8,
      {{2, 9, 12, 3, 0, 1, 0, 1}, {3, 9, 12, 3, 1, 1, 1, 1}, {2, 9, 12, 3, 2, 1, 1, 2}}, 3},
     {"attention bf16 fused", conf_attention, ATTENTION_FMT " bf16=%lld", 8,

@@ -288,8 +288,16 @@ static void cpu_release(ts_device *dev)
 static bool cpu_supports_op(ts_device *dev, const ts_op *op)
 {
     (void)dev;
-    if ((op->kind == TS_OP_ATTENTION_FWD || op->kind == TS_OP_ATTENTION_BWD) && op->p.attention.by_default)
-        return op->p.attention.causal || op->p.attention.T >= 128;
+    bool attention = op->kind == TS_OP_ATTENTION_FWD || op->kind == TS_OP_ATTENTION_BWD;
+    if (attention && ts_attention_op_16bit(op)) return false; /* its plan's products are fp32 BLAS calls */
+    if ((op->kind == TS_OP_SPLIT_HEADS || op->kind == TS_OP_MERGE_HEADS) &&
+        (op->in[0]->dtype != TS_F32 || op->out[0]->dtype != TS_F32))
+        return false; /* fp32 permutes */
+    if (attention && op->p.attention.by_default) return op->p.attention.causal || op->p.attention.T >= 128;
+    /* f16 storage only in casts: the other ops read and write fp32 and bf16 */
+    for (int i = 0; i < 5 && op->kind != TS_OP_CAST; i++)
+        if ((op->in[i] && op->in[i]->dtype == TS_F16) || (i < 3 && op->out[i] && op->out[i]->dtype == TS_F16))
+            return false;
     return op->kind >= 0 && op->kind < TS_OP_COUNT;
 }
 

@@ -93,7 +93,6 @@ static size_t extent(int64_t rows, int64_t cols, int64_t ld, int64_t batch, int6
 /* ---- tessera's kernel ---- */
 
 /* Storage codes of gemm.cl (STORE_F32, STORE_BF16, STORE_F16). */
-static cl_int store_of(ts_dtype t) { return t == TS_BF16 ? 1 : t == TS_F16 ? 2 : 0; }
 
 /* What a product reads for A and B: operand i is the op's tensor, or where
  * copied[i] its copy in d->lowp[i] from offset 0; store[i] says how the
@@ -140,7 +139,7 @@ static ts_status gemm_kernel(ts_cl_device *d, const ts_op *op, float beta, const
     ts_cl_arg_int(&a, bias != NULL);
     ts_cl_arg_int(&a, o->store[0]);
     ts_cl_arg_int(&a, o->store[1]);
-    ts_cl_arg_int(&a, store_of(op->out[0]->dtype));
+    ts_cl_arg_int(&a, ts_cl_store_of(op->out[0]->dtype));
     size_t local[3] = {d->tile_wg, d->tile_wg, 1};
     if (g->M * g->N * g->K < 32 * 32 * 32) { /* an item per element of C */
         size_t global[3] = {(size_t)g->N, (size_t)g->M, (size_t)g->batch};
@@ -315,7 +314,7 @@ static ts_status to_lowp(ts_cl_device *d, const ts_tensor *t, size_t n, int i, c
     ts_cl_args a;
     memset(&a, 0, sizeof a);
     ts_cl_arg_tensor(&a, t);
-    ts_cl_arg_int(&a, store_of(t->dtype));
+    ts_cl_arg_int(&a, ts_cl_store_of(t->dtype));
     ts_cl_arg_long(&a, (int64_t)n);
     ts_cl_arg_mem(&a, d->lowp[i]);
     ts_cl_arg_int(&a, store);
@@ -348,7 +347,7 @@ static ts_status kernel_operands(ts_cl_device *d, const ts_op *op, gemm_operands
     for (int i = 0; i < 2; i++) {
         ts_dtype have = op->in[i]->dtype, want = op->p.gemm.dtype;
         o->copied[i] = want != TS_F32 && have != want;
-        o->store[i] = store_of(want != TS_F32 ? want : have);
+        o->store[i] = ts_cl_store_of(want != TS_F32 ? want : have);
         ts_status st = o->copied[i] ? to_lowp(d, op->in[i], n[i], i, o->store[i], 0) : TS_OK;
         if (st) return st;
     }
@@ -371,12 +370,12 @@ const char *ts_cl_matmul_route(ts_cl_device *d, ts_dtype dtype)
     if (d->gemm_route == TS_GEMM_HOST_BLAS)
         snprintf(r, sizeof d->lowp_route[0], "host: %s, on mapped buffers", ts_cpu_lowp_route(dtype));
     else if (d->gemm_route == TS_GEMM_CLBLAST)
-        snprintf(r, sizeof d->lowp_route[0], "CLBlast SGEMM on operands rounded to %s (fp32 sums%s); tiny products "
-                 "in tessera's kernel", dtype == TS_F16 ? "fp16" : "bf16",
-                 dtype == TS_F16 ? "" : "; bf16 activations widened for it here, no copies by the core");
+        snprintf(r, sizeof d->lowp_route[0], "CLBlast SGEMM on operands rounded to %s (fp32 sums; %s activations "
+                 "widened for it here, no copies by the core); tiny products in tessera's kernel",
+                 dtype == TS_F16 ? "fp16" : "bf16", dtype == TS_F16 ? "fp16" : "bf16");
     else
-        snprintf(r, sizeof d->lowp_route[0], "tessera kernel (16-bit operands%s, fp32 sums)",
-                 dtype == TS_F16 ? "" : ", bf16 activations read and written as they are");
+        snprintf(r, sizeof d->lowp_route[0], "tessera kernel (16-bit operands, fp32 sums; %s activations read and "
+                 "written as they are)", dtype == TS_F16 ? "fp16" : "bf16");
     return r;
 }
 
@@ -425,7 +424,7 @@ static void clblast_operands(const ts_op *op, gemm_operands *o)
     for (int i = 0; i < 2; i++) {
         ts_dtype have = op->in[i]->dtype, want = op->p.gemm.dtype;
         o->copied[i] = want != TS_F32 || have != TS_F32;
-        o->store[i] = have == want ? 0 : store_of(want); /* rounding on the way, or none */
+        o->store[i] = have == want ? 0 : ts_cl_store_of(want); /* rounding on the way, or none */
     }
 }
 
@@ -501,7 +500,7 @@ static ts_status clblast_result(ts_cl_device *d, const ts_op *op, size_t first, 
     ts_cl_arg_mem(&a, d->lowp[2]);
     ts_cl_arg_long(&a, (int64_t)n);
     ts_cl_arg_tensor(&a, &at);
-    ts_cl_arg_int(&a, store_of(at.dtype));
+    ts_cl_arg_int(&a, ts_cl_store_of(at.dtype));
     return launch_copy(d, "from_f32", n, &a);
 }
 
@@ -598,16 +597,18 @@ bool ts_cl_gemm_takes(const ts_cl_device *d, const ts_op *op)
 {
     const __typeof__(op->p.gemm) *g = &op->p.gemm;
     const ts_tensor *t[3] = {op->in[0], op->in[1], op->out[0]};
-    int bf16 = 0;
+    int lowp = 0;
     if (op->in[2] && g->batch > 1) return false; /* CLBlast's bias (bias_rows) is one matrix's */
     for (int i = 0; i < 3; i++) {
-        if (t[i]->dtype != TS_F32 && t[i]->dtype != TS_BF16) return false;
-        bf16 |= t[i]->dtype == TS_BF16;
+        if (t[i]->dtype != TS_F32 && t[i]->dtype != TS_BF16 && t[i]->dtype != TS_F16) return false;
+        /* the host route's products (the CPU backend's) take bf16 tensors only */
+        if (t[i]->dtype == TS_F16 && d->gemm_route == TS_GEMM_HOST_BLAS) return false;
+        lowp |= t[i]->dtype != TS_F32;
     }
-    if (!bf16) return true;
+    if (!lowp) return true;
     if (g->reference) return false; /* the reference library multiplies fp32 */
     if (d->gemm_route == TS_GEMM_HOST_BLAS || t[2]->dtype == TS_F32) return true;
-    /* a bf16 result elsewhere: written whole, never read (CLBlast's goes
+    /* a 16-bit result elsewhere: written whole, never read (CLBlast's goes
      * through an fp32 working copy of C's extent), as a linear layer's is */
     return g->beta == 0.0f && g->ldc == g->N && (g->batch == 1 || g->stride_c == g->M * g->N);
 }

@@ -122,6 +122,9 @@ typedef struct ts_cl_args {
 } ts_cl_args;
 
 void ts_cl_arg_tensor(ts_cl_args *a, const ts_tensor *t); /* buffer + element offset */
+/* A kernel's storage flag for a tensor of this type (common.cl's load_act,
+ * gemm.cl's load_operand): 0 fp32, 1 bf16, 2 fp16. */
+int ts_cl_store_of(ts_dtype t);
 void ts_cl_arg_long(ts_cl_args *a, int64_t v);
 void ts_cl_arg_int(ts_cl_args *a, int v);
 void ts_cl_arg_float(ts_cl_args *a, float v);

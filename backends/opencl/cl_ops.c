@@ -34,6 +34,11 @@ void ts_cl_arg_tensor(ts_cl_args *a, const ts_tensor *t)
     push(a, sizeof(cl_ulong), &a->off[k]);
 }
 
+int ts_cl_store_of(ts_dtype t)
+{
+    return t == TS_BF16 ? 1 : t == TS_F16 ? 2 : 0;
+}
+
 void ts_cl_arg_long(ts_cl_args *a, int64_t v)
 {
     int k = a->ni++;
@@ -172,8 +177,8 @@ static ts_status op_elementwise(ts_cl_device *d, const ts_op *op)
     case TS_OP_GELU_FWD:
         ts_cl_arg_tensor(&a, op->in[0]);
         ts_cl_arg_long(&a, n);
-        ts_cl_arg_int(&a, op->out[0]->dtype == TS_BF16);
-        ts_cl_arg_int(&a, op->in[0]->dtype == TS_BF16);
+        ts_cl_arg_int(&a, ts_cl_store_of(op->out[0]->dtype));
+        ts_cl_arg_int(&a, ts_cl_store_of(op->in[0]->dtype));
         /* CPU devices: 8 elements an item (float8) */
         if (d->cpu_kernels) return launch_1d(d, "elementwise.cl", "gelu_forward8", (n + 7) / 8, &a);
         return launch_1d(d, "elementwise.cl", "gelu_forward", n, &a);
@@ -181,14 +186,14 @@ static ts_status op_elementwise(ts_cl_device *d, const ts_op *op)
         ts_cl_arg_tensor(&a, op->in[0]);
         ts_cl_arg_tensor(&a, op->in[1]);
         ts_cl_arg_long(&a, n);
-        ts_cl_arg_int(&a, op->in[0]->dtype == TS_BF16);
+        ts_cl_arg_int(&a, ts_cl_store_of(op->in[0]->dtype));
         if (d->cpu_kernels) return launch_1d(d, "elementwise.cl", "gelu_backward8", (n + 7) / 8, &a);
         return launch_1d(d, "elementwise.cl", "gelu_backward", n, &a);
     case TS_OP_CAST:
         ts_cl_arg_tensor(&a, op->in[0]);
         ts_cl_arg_long(&a, n);
-        ts_cl_arg_int(&a, op->out[0]->dtype == TS_BF16 ? 1 : op->out[0]->dtype == TS_F16 ? 2 : 0);
-        ts_cl_arg_int(&a, op->in[0]->dtype == TS_BF16 ? 1 : op->in[0]->dtype == TS_F16 ? 2 : 0);
+        ts_cl_arg_int(&a, ts_cl_store_of(op->out[0]->dtype));
+        ts_cl_arg_int(&a, ts_cl_store_of(op->in[0]->dtype));
         return launch_1d(d, "elementwise.cl", "cast", n, &a);
     default:
         return ts_error(TS_ERR_UNSUPPORTED, "not an elementwise op");
@@ -271,7 +276,7 @@ static ts_status op_layernorm_forward(ts_cl_device *d, const ts_op *op)
     ts_cl_arg_long(&a, op->p.layernorm.N);
     ts_cl_arg_long(&a, op->p.layernorm.C);
     ts_cl_arg_float(&a, op->p.layernorm.eps);
-    ts_cl_arg_int(&a, op->out[0]->dtype == TS_BF16);
+    ts_cl_arg_int(&a, ts_cl_store_of(op->out[0]->dtype));
     return launch_rows(d, "layernorm.cl", "layernorm_forward", op->p.layernorm.N, &a);
 }
 
@@ -357,6 +362,7 @@ static ts_status op_heads(ts_cl_device *d, const ts_op *op)
     arg_i32(&a, h->NH);
     arg_i32(&a, h->HS);
     ts_cl_arg_int(&a, op->kind == TS_OP_SPLIT_HEADS);
+    ts_cl_arg_int(&a, ts_cl_store_of((op->kind == TS_OP_SPLIT_HEADS ? op->in[0] : op->out[0])->dtype));
     if (d->cpu_kernels) { /* an item per row, groups of row_wg rows */
         size_t g1[1] = {((size_t)rows + d->row_wg - 1) / d->row_wg * d->row_wg}, l1[1] = {d->row_wg};
         return ts_cl_launch(d, "attention.cl", "heads_permute_rows", 1, g1, l1, &a);
@@ -661,7 +667,11 @@ bool ts_cl_supports_op(ts_device *dev, const ts_op *op)
     const ts_cl_device *d = dev->context;
     const __typeof__(op->p.attention) *a = &op->p.attention;
     if (a->NH < 1 || a->C % a->NH) return false;
-    if (attention_on_host(d)) return true;
+    /* 16-bit activations: only the local-memory kernels read them (the
+     * host plan's products are fp32 BLAS calls, the row kernels' loads
+     * fp32 vectors); elsewhere the core makes fp32 copies */
+    bool lowp = ts_attention_op_16bit(op);
+    if (attention_on_host(d)) return !lowp;
     int64_t HS = a->C / a->NH;
     /* by default also the row kernels of CPU-type devices whose products do
      * not run in host BLAS (TESSERA_GEMM=kernel or clblast): on PoCL with
@@ -669,7 +679,7 @@ bool ts_cl_supports_op(ts_device *dev, const ts_op *op)
      * 0.37 / 0.72 ms against 5.5 / 10.3 for the tiled GEMM + softmax, T=1024
      * 53 / 152 ms against 1.2 / 2.4 s; the local-memory kernels are not yet
      * faster than CLBlast + softmax on any GPU */
-    if (attention_rows8(d, a->T, HS)) return true;
+    if (attention_rows8(d, a->T, HS)) return !lowp;
     if (a->by_default) return false;
     return attention_local_bytes(d, a->T, HS) <= dev->info.local_mem_bytes;
 }
@@ -736,6 +746,8 @@ static ts_status op_attention(ts_cl_device *d, const ts_op *op)
         ts_cl_arg_tensor(&a, op->in[0]);
         attention_args(&a, op, op->in[1]);
         if (rows8) return ts_cl_launch(d, "attention_fused.cl", "attention_fused_forward8", 2, g8, l8, &a);
+        ts_cl_arg_int(&a, ts_cl_store_of(op->in[0]->dtype));
+        ts_cl_arg_int(&a, ts_cl_store_of(op->out[0]->dtype));
         ts_cl_arg_local(&a, row);
         ts_cl_arg_local(&a, keys);
         return launch_rows(d, "attention_fused.cl", "attention_fused_forward", rows, &a);
@@ -755,6 +767,9 @@ static ts_status op_attention(ts_cl_device *d, const ts_op *op)
     if (rows8) {
         st = ts_cl_launch(d, "attention_fused.cl", "attention_fused_backward_q8", 2, g8, l8, &a);
     } else {
+        ts_cl_arg_int(&a, ts_cl_store_of(op->in[0]->dtype));
+        ts_cl_arg_int(&a, ts_cl_store_of(op->in[1]->dtype));
+        ts_cl_arg_int(&a, ts_cl_store_of(op->in[2]->dtype));
         ts_cl_arg_local(&a, row);
         ts_cl_arg_local(&a, row);
         ts_cl_arg_local(&a, keys);
@@ -770,6 +785,8 @@ static ts_status op_attention(ts_cl_device *d, const ts_op *op)
     ts_cl_arg_tensor(&a, op->in[3]);
     attention_args(&a, op, op->in[4]);
     if (rows8) return ts_cl_launch(d, "attention_fused.cl", "attention_fused_backward_kv8", 2, g8, l8, &a);
+    ts_cl_arg_int(&a, ts_cl_store_of(op->in[0]->dtype));
+    ts_cl_arg_int(&a, ts_cl_store_of(op->in[1]->dtype));
     ts_cl_arg_local(&a, row);
     ts_cl_arg_local(&a, row);
     ts_cl_arg_local(&a, keys);

@@ -106,7 +106,10 @@ ts_status ts_pool_max_forward(ts_tensor *out, ts_tensor *argmax, const ts_tensor
 ts_status ts_pool_max_backward(ts_tensor *dx, const ts_tensor *dout, const ts_tensor *argmax);
 
 /* ---- attention ----
- * Heads: inp[B,T,K*NH*HS] <-> out[K,B,NH,T,HS] (K = 3 splits q,k,v). */
+ * Heads: inp[B,T,K*NH*HS] <-> out[K,B,NH,T,HS] (K = 3 splits q,k,v). The
+ * heads side is fp32; the packed side may be bf16 or f16 (read exactly,
+ * written rounded once; OpenCL's kernels read and write it, elsewhere
+ * through an fp32 copy). */
 ts_status ts_split_heads(ts_tensor *out, const ts_tensor *inp, int64_t B,
                          int64_t T, int64_t K, int64_t NH);
 ts_status ts_merge_heads(ts_tensor *out, const ts_tensor *inp, int64_t B,
@@ -184,8 +187,10 @@ ts_status ts_attention_ws_alloc_route(ts_attention_ws *ws, ts_device *dev, int64
                                       int64_t NH, ts_attention_route route);
 void ts_attention_ws_free(ts_attention_ws *ws);
 /* qkv, out and dout may be bf16 or f16 (the model's under 16-bit
- * products): computed in fp32 on copies, out rounded once; the fused
- * route's backward reads out as kept. */
+ * products): computed in fp32, out rounded once; read and written as they
+ * are where the device's fused op takes them (OpenCL's local-memory
+ * kernels), else through fp32 copies; the fused route's backward reads out
+ * as kept. */
 ts_status ts_attention_forward(ts_tensor *out, const ts_tensor *qkv, ts_attention_ws *ws);
 /* dqkv = (written) gradient of qkv; uses ws from the matching forward. */
 ts_status ts_attention_backward(ts_tensor *dqkv, const ts_tensor *dout, ts_attention_ws *ws);
