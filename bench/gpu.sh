@@ -153,7 +153,13 @@ done
 step "kernel benchmarks" 180 "$tessera" bench --device "$device" --min-time 0.2 --json "$out/kernels.json" \
     --csv "$out/kernels.csv" --markdown "$out/kernels.md" --report "$out/report"
 step "training step" 240 "$tessera" bench train --device "$device" --model d12 --vocab 50257 --batch 4 \
-    --seq-len 64 --steps 5 --warmup 2 --dtype fp32,bf16 --vs-pytorch --json "$out/train.json" --csv "$out/train.csv" ||
+    --seq-len 64 --steps 5 --warmup 2 --dtype fp32,bf16,fp16 --vs-pytorch --json "$out/train.json" --csv "$out/train.csv" ||
     step "training step (tessera only)" 180 "$tessera" bench train --device "$device" --model d12 \
-        --vocab 50257 --batch 4 --seq-len 64 --steps 5 --warmup 2 --dtype fp32,bf16 --json "$out/train.json"
+        --vocab 50257 --batch 4 --seq-len 64 --steps 5 --warmup 2 --dtype fp32,bf16,fp16 --json "$out/train.json"
+# 8. the 16-bit steps again with the fused attention's local-memory kernels
+# (GPUs take them only when asked): bf16 and fp16 with no fp32 copies of
+# any activation there, against the composite route's above
+TESSERA_ATTENTION=fused step "training step, fused attention" 120 "$tessera" bench train --device "$device" \
+    --model d12 --vocab 50257 --batch 4 --seq-len 64 --steps 5 --warmup 2 --dtype bf16,fp16 \
+    --json "$out/train-fused.json"
 say "done in $(( $(date +%s) - start )) s; results in $out"
