@@ -33,6 +33,13 @@ struct ts_block {
 
 /* Every op the core dispatches. Operands: out[] are written, in[] are read.
  * Unless noted, outputs are overwritten (=); "+=" marks accumulation.
+ * Tensors are fp32 (i32 where marked), except 16-bit activations. Every
+ * backend takes bf16 in GELU's inp and out, LAYERNORM_FWD's out and
+ * CROSS_ENTROPY's/CE_SHARD's logits and dlogits, and bf16 or f16 in CAST.
+ * Only where supports_op takes them with those types (else the core passes
+ * fp32 copies): f16 in GELU and LAYERNORM_FWD, bf16 or f16 in GEMM's a, b
+ * and c, the packed side of SPLIT/MERGE_HEADS and the fused attention's
+ * qkv, out and dout.
  *
  *  op                    out[0]        out[1]      out[2]      in[0]     in[1]    in[2]  in[3]  in[4]
  *  FILL                  t

@@ -973,7 +973,7 @@ static bool overlap(const ts_tensor *a, const ts_tensor *b)
 }
 
 /* Shapes the fused ops share: qkv [B,T,3C] and out-like [B,T,C] tensors
- * (fp32 or bf16). */
+ * (fp32, bf16 or f16). */
 static ts_status fused_operands(const char *name, ts_attention_ws *ws, const ts_tensor *qkv, const ts_tensor *o,
                                 const char *oname)
 {

@@ -41,31 +41,31 @@ __kernel void scale(__global float *out, ulong oo, __global const float *a, ulon
     (0.5f * (1.0f + (t)) + (x) * 0.5f * (1.0f - (t) * (t)) * GELU_SCALE * (1.0f + 3.0f * 0.044715f * (x) * (x)))
 
 __kernel void gelu_forward(__global float *out, ulong oo, __global const float *inp, ulong io,
-                           long n, int out_bf16, int inp_bf16)
+                           long n, int out_store, int inp_store)
 {
     size_t i = get_global_id(0);
     if (i < (size_t)n) {
-        float x = load_act(inp, io + i, inp_bf16);
-        store_act(out, oo + i, GELU_FWD(x, tanh_exp(GELU_U(x))), out_bf16);
+        float x = load_act(inp, io + i, inp_store);
+        store_act(out, oo + i, GELU_FWD(x, tanh_exp(GELU_U(x))), out_store);
     }
 }
 
 __kernel void gelu_backward(__global float *dinp, ulong dio, __global const float *inp, ulong io,
-                            __global const float *dout, ulong doo, long n, int inp_bf16)
+                            __global const float *dout, ulong doo, long n, int inp_store)
 {
     size_t i = get_global_id(0);
     if (i < (size_t)n) {
-        float x = load_act(inp, io + i, inp_bf16);
+        float x = load_act(inp, io + i, inp_store);
         dinp[dio + i] = GELU_GRAD(x, tanh_exp(GELU_U(x))) * dout[doo + i];
     }
 }
 
 /* out = in, between fp32 and bf16 or f16 storage (or a copy within one) */
-__kernel void cast(__global float *out, ulong oo, __global const float *in, ulong io, long n, int out_bf16,
-                   int in_bf16)
+__kernel void cast(__global float *out, ulong oo, __global const float *in, ulong io, long n, int out_store,
+                   int in_store)
 {
     size_t i = get_global_id(0);
-    if (i < (size_t)n) store_act(out, oo + i, load_act(in, io + i, in_bf16), out_bf16);
+    if (i < (size_t)n) store_act(out, oo + i, load_act(in, io + i, in_store), out_store);
 }
 
 #if TS_CPU_DEVICE
@@ -78,31 +78,31 @@ inline float8 tanh_exp8(float8 u)
 }
 
 __kernel void gelu_forward8(__global float *out, ulong oo, __global const float *inp, ulong io, long n,
-                            int out_bf16, int inp_bf16)
+                            int out_store, int inp_store)
 {
     size_t i = get_global_id(0) * 8;
     if (i + 8 <= (size_t)n) {
-        float8 x = load_act8(inp, io + i, inp_bf16);
-        store_act8(out, oo + i, GELU_FWD(x, tanh_exp8(GELU_U(x))), out_bf16);
+        float8 x = load_act8(inp, io + i, inp_store);
+        store_act8(out, oo + i, GELU_FWD(x, tanh_exp8(GELU_U(x))), out_store);
     } else
         for (int k = 0; k < 8; k++)
             if (i + k < (size_t)n) {
-                float x = load_act(inp, io + i + k, inp_bf16);
-                store_act(out, oo + i + k, GELU_FWD(x, tanh_exp(GELU_U(x))), out_bf16);
+                float x = load_act(inp, io + i + k, inp_store);
+                store_act(out, oo + i + k, GELU_FWD(x, tanh_exp(GELU_U(x))), out_store);
             }
 }
 
 __kernel void gelu_backward8(__global float *dinp, ulong dio, __global const float *inp, ulong io,
-                             __global const float *dout, ulong doo, long n, int inp_bf16)
+                             __global const float *dout, ulong doo, long n, int inp_store)
 {
     size_t i = get_global_id(0) * 8;
     if (i + 8 <= (size_t)n) {
-        float8 x = load_act8(inp, io + i, inp_bf16);
+        float8 x = load_act8(inp, io + i, inp_store);
         vstore8(GELU_GRAD(x, tanh_exp8(GELU_U(x))) * vload8(0, dout + doo + i), 0, dinp + dio + i);
     } else
         for (int k = 0; k < 8; k++)
             if (i + k < (size_t)n) {
-                float x = load_act(inp, io + i + k, inp_bf16);
+                float x = load_act(inp, io + i + k, inp_store);
                 dinp[dio + i + k] = GELU_GRAD(x, tanh_exp(GELU_U(x))) * dout[doo + i + k];
             }
 }

@@ -5,14 +5,14 @@ __kernel void layernorm_forward(__global float *out, ulong oo, __global float *m
                                 __global float *rstd, ulong ro, int has_stats,
                                 __global const float *inp, ulong io, __global const float *weight,
                                 ulong wo, __global const float *bias, ulong bo, long N, long C,
-                                float eps, int out_bf16)
+                                float eps, int out_store)
 {
     __local float scratch[ROW_WG];
     long n = get_group_id(0);
     int lid = (int)get_local_id(0);
     if (n >= N) return; /* whole groups only: every item of a group agrees */
     __global const float *x = inp + io + n * C;
-    ulong o = oo + (ulong)n * (ulong)C; /* out's elements, f32 or bf16 (store_act) */
+    ulong o = oo + (ulong)n * (ulong)C; /* out's elements, f32, bf16 or f16 (store_act) */
     float s = 0.0f, v = 0.0f;
 #if TS_CPU_DEVICE /* contiguous runs, 8 at a time (see RUN8_FOR) */
     float8 s8 = (float8)(0.0f), v8 = (float8)(0.0f);
@@ -35,10 +35,10 @@ __kernel void layernorm_forward(__global float *out, ulong oo, __global float *m
     RUN8_FOR(c, C) {
         if (c + 8 <= C)
             store_act8(out, o + c, (vload8(0, x + c) - m) * r * vload8(0, weight + wo + c) + vload8(0, bias + bo + c),
-                       out_bf16);
+                       out_store);
         else
             for (int t = 0; t < 8; t++)
-                if (c + t < C) store_act(out, o + c + t, (x[c + t] - m) * r * weight[wo + c + t] + bias[bo + c + t], out_bf16);
+                if (c + t < C) store_act(out, o + c + t, (x[c + t] - m) * r * weight[wo + c + t] + bias[bo + c + t], out_store);
     }
 #else
     ROW_FOR(c, C) s += x[c];
@@ -49,7 +49,7 @@ __kernel void layernorm_forward(__global float *out, ulong oo, __global float *m
     }
     float r = rsqrt(wg_sum(v, scratch) / (float)C + eps);
     ROW_FOR(c, C)
-        store_act(out, o + c, (x[c] - m) * r * weight[wo + c] + bias[bo + c], out_bf16);
+        store_act(out, o + c, (x[c] - m) * r * weight[wo + c] + bias[bo + c], out_store);
 #endif
     if (lid == 0 && (has_stats & 1)) mean[mo + n] = m;
     if (lid == 0 && (has_stats & 2)) rstd[ro + n] = r;

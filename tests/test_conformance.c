@@ -1094,10 +1094,12 @@ static unsigned long long profiled_casts(void)
 
 /* Where a device reads and writes 16-bit tensors as they are, an op makes
  * no fp32 copies of them (casts): counted from count_casts (on: the
- * profiler on) to expect_casts. */
+ * profiler on) to expect_casts, which leaves the profiler as it was. */
+static int g_profiling_before;
+
 static bool count_casts(bool on)
 {
-    if (on) ts_profile_reset(), ts_profile_enable(1);
+    if (on) g_profiling_before = ts_profile_enabled(), ts_profile_reset(), ts_profile_enable(1);
     return on;
 }
 
@@ -1105,7 +1107,7 @@ static void expect_casts(bool on, unsigned long long want, const char *what)
 {
     if (!on) return;
     unsigned long long casts = profiled_casts();
-    ts_profile_enable(0);
+    ts_profile_enable(g_profiling_before);
     EXPECTF(casts == want, "%llu casts, not %llu: %s went to fp32 copies", casts, want, what);
 }
 
@@ -1116,11 +1118,22 @@ static bool is_opencl(ts_device *dev)
 
 /* 16-bit attention activations as they are: on OpenCL the composite
  * route's head permutes read and write them (no casts), and on a GPU the
- * fused kernels do, the only cast the workspace's fp32 copy of the output
- * it keeps for backward (fp32 here, the model keeps its own). */
+ * fused local-memory kernels do (not the CPU-type row kernels, which
+ * TESSERA_OPENCL_CPU_KERNELS=1 selects there); where the workspace keeps
+ * the output for backward in fp32 (its own), that copy is one cast. */
 static bool count_attention_casts(ts_device *dev, bool lowp, bool fused)
 {
-    return count_casts(lowp && is_opencl(dev) && (!fused || ts_device_get_info(dev)->type == TS_DEVICE_GPU));
+    const char *cpu_kernels = getenv("TESSERA_OPENCL_CPU_KERNELS");
+    bool gpu_kernels = ts_device_get_info(dev)->type == TS_DEVICE_GPU && !(cpu_kernels && !strcmp(cpu_kernels, "1"));
+    return count_casts(lowp && is_opencl(dev) && (!fused || gpu_kernels));
+}
+
+/* The workspace keeps the forward's output as out itself (the model's
+ * way, ws->o a view of its activation): backward reads it as stored. */
+static void keep_output(ts_attention_ws *ws, const ts_tensor *out)
+{
+    ts_tensor_free(&ws->o);
+    REQUIRE_OK(ts_tensor_view(&ws->o, out, 0, out->ndim, out->shape));
 }
 
 /* ---- f16 activations (the model's under fp16 products): stored in 16
@@ -1370,10 +1383,11 @@ static void conf_f16_ops(void *argp)
         REQUIRE_OK(ts_attention_ws_alloc_route(&ws, a->dev, B, T, C, NH, route));
         REQUIRE_OK(guarded_alloc_f16(&go, a->dev, TS_SHAPE(B, T, C), NULL));
         REQUIRE_OK(guarded_alloc(&gd, a->dev, TS_SHAPE(B, T, 3 * C), NULL));
+        if (ws.fused) keep_output(&ws, &go.t); /* backward reads the f16 output */
         bool counted = count_attention_casts(a->dev, true, ws.fused);
         REQUIRE_OK(ts_attention_forward(&go.t, &tq, &ws));
         REQUIRE_OK(ts_attention_backward(&gd.t, &tdout, &ws));
-        expect_casts(counted, ws.fused, "the attention's f16 activations");
+        expect_casts(counted, 0, "the attention's f16 activations");
         double *dq = to_double(qkv, B * T * 3 * C), *ddout = to_double(dout, B * T * C);
         double *ro = malloc((size_t)(B * T * C) * sizeof *ro), *rd = malloc((size_t)(B * T * 3 * C) * sizeof *rd);
         ref_attention_masked_forward(ro, dq, B, T, C, NH, NULL, true);
@@ -1395,9 +1409,10 @@ static void conf_f16_ops(void *argp)
  * bidirectional over lengths 1..T (the first of 3 or more sequences has
  * none, the last of 2 or more one past T). route 1: composite (GEMM + softmax ops),
  * 2: fused (skipped where the device has no fused op). bf16 1: qkv and out
- * in bf16 (the model's under bf16 products), 2: dout too; the reference
- * takes the rounded values the op holds, and the fused backward's row sums
- * from the rounded output it keeps. */
+ * in bf16 (the model's under bf16 products), 2: dout too, 3: as 2 and the
+ * fused workspace keeps out itself for backward (the model's way; else its
+ * own fp32 copy); the reference takes the rounded values the op holds, and
+ * the fused backward's row sums from the rounded output it keeps. */
 
 static void conf_attention(void *argp)
 {
@@ -1405,7 +1420,7 @@ static void conf_attention(void *argp)
     int64_t B = a->p[0], T = a->p[1], C = a->p[2], NH = a->p[3], mask = a->p[4];
     ts_attention_route route = a->p[5] == 2 ? TS_ATTENTION_FUSED : TS_ATTENTION_COMPOSITE;
     int backward = (int)a->p[6];
-    bool bf16 = a->p[7] >= 1, dout_bf16 = a->p[7] == 2;
+    bool bf16 = a->p[7] >= 1, dout_bf16 = a->p[7] >= 2, keep = a->p[7] == 3;
     bool fused;
     if (ts_attention_route_fused(a->dev, TS_ATTENTION_FUSED, B, T, C, NH, &fused) != TS_OK) {
         ts_clear_error();
@@ -1445,6 +1460,7 @@ static void conf_attention(void *argp)
         if (bf16) expect_within_one_step("attention_forward, bf16 qkv and out", &g, ref_out, C);
     } else {
         REQUIRE_OK(ts_tensor_alloc(&tout, a->dev, bf16 ? TS_BF16 : TS_F32, TS_SHAPE(B, T, C)));
+        if (keep && ws.fused) keep_output(&ws, &tout);
         REQUIRE_OK(ts_attention_forward(&tout, &tq, &ws));
         REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(B, T, 3 * C), NULL));
         REQUIRE_OK(ts_attention_backward(&g.t, &tdout, &ws));
@@ -1455,7 +1471,7 @@ static void conf_attention(void *argp)
         free(ref);
         ts_tensor_free(&tout);
     }
-    expect_casts(counted, ws.fused, "the attention's bf16 activations");
+    expect_casts(counted, ws.fused && !(keep && backward), "the attention's bf16 activations");
     free(qkv), free(dout), free(len), free(dq), free(ddout), free(ref_out);
     ts_attention_ws_free(&ws);
     guarded_free(&g);
@@ -1854,8 +1870,8 @@ static const case_def cases[] = {
      {{2, 9, 12, 3, 0, 1, 0, 1}, {3, 9, 12, 3, 1, 1, 1, 1}, {2, 9, 12, 3, 2, 1, 1, 2}}, 3},
     {"attention bf16 fused", conf_attention, ATTENTION_FMT " bf16=%lld", 8,
      {{3, 9, 12, 3, 2, 2, 0, 1}, {3, 9, 12, 3, 2, 2, 1, 2}, {2, 72, 32, 2, 0, 2, 0, 1}, {3, 40, 32, 2, 1, 2, 1, 1},
-      {2, 72, 32, 2, 2, 2, 1, 2}, {2, 64, 128, 2, 0, 2, 1, 1}},
-     6},
+      {2, 72, 32, 2, 2, 2, 1, 2}, {2, 64, 128, 2, 0, 2, 1, 1}, {3, 9, 12, 3, 1, 2, 1, 3}, {2, 40, 32, 2, 0, 2, 1, 3}},
+     8},
     {"cross_entropy", conf_cross_entropy, "N=%lld V=%lld outputs=%lld in_place=%lld", 4,
      {{1, 1, 7, 0}, {5, 33, 7, 0}, {9, 1000, 5, 0}, {4, 50257, 5, 0}, {6, 301, 1, 0},
       {6, 301, 5, 1}, {3, 77, 3, 1}},

@@ -92,8 +92,6 @@ static size_t extent(int64_t rows, int64_t cols, int64_t ld, int64_t batch, int6
 
 /* ---- tessera's kernel ---- */
 
-/* Storage codes of gemm.cl (STORE_F32, STORE_BF16, STORE_F16). */
-
 /* What a product reads for A and B: operand i is the op's tensor, or where
  * copied[i] its copy in d->lowp[i] from offset 0; store[i] says how the
  * kernel reads it (gemm.cl's STORE_*). */
@@ -112,7 +110,7 @@ static void arg_operand(ts_cl_args *a, ts_cl_device *d, const ts_op *op, int i, 
     }
 }
 
-/* C (fp32 or bf16, as the op's result is) = alpha*A*B + beta*C + bias */
+/* C (fp32, bf16 or f16, as the op's result is) = alpha*A*B + beta*C + bias */
 static ts_status gemm_kernel(ts_cl_device *d, const ts_op *op, float beta, const ts_tensor *bias,
                              const gemm_operands *o)
 {
@@ -305,7 +303,7 @@ static ts_status lowp_buffer(ts_cl_device *d, int i, size_t bytes)
     return TS_OK;
 }
 
-/* d->lowp[i] = the first n elements of t (fp32 or bf16) rounded to `store`
+/* d->lowp[i] = the first n elements of t (fp32, bf16 or f16) rounded to `store`
  * (wide: and widened back to fp32, for CLBlast; store 0 only widens). */
 static ts_status to_lowp(ts_cl_device *d, const ts_tensor *t, size_t n, int i, cl_int store, int wide)
 {
@@ -354,7 +352,7 @@ static ts_status kernel_operands(ts_cl_device *d, const ts_op *op, gemm_operands
     return TS_OK;
 }
 
-/* A product in tessera's kernel, on any operands (fp32 or bf16 tensors,
+/* A product in tessera's kernel, on any operands (fp32, bf16 or f16 tensors,
  * any product dtype). */
 static ts_status gemm_tessera(ts_cl_device *d, const ts_op *op, float beta, const ts_tensor *bias)
 {
@@ -538,8 +536,8 @@ static CLBlastStatusCode clblast_bf16_result(ts_cl_device *d, const ts_op *op, c
 /* A product through CLBlast's SGEMM. A bf16/fp16 one multiplies its
  * operands rounded to 16 bits and widened back to fp32: products of 16-bit
  * values are exact in fp32 and the sums are fp32, the op's contract, at
- * fp32 GEMM speed. bf16 tensors are widened into fp32 copies, a bf16 result
- * computed in an fp32 working copy and rounded into it. Past CLBlast's 32-bit
+ * fp32 GEMM speed. 16-bit tensors are widened into fp32 copies, a 16-bit
+ * result computed in an fp32 working copy and rounded into it. Past CLBlast's 32-bit
  * offsets, or when it fails, the product goes to tessera's kernel (an
  * error when CLBlast was asked for). */
 static ts_status gemm_clblast(ts_cl_device *d, const ts_op *op)
@@ -601,7 +599,7 @@ bool ts_cl_gemm_takes(const ts_cl_device *d, const ts_op *op)
     if (op->in[2] && g->batch > 1) return false; /* CLBlast's bias (bias_rows) is one matrix's */
     for (int i = 0; i < 3; i++) {
         if (t[i]->dtype != TS_F32 && t[i]->dtype != TS_BF16 && t[i]->dtype != TS_F16) return false;
-        /* the host route's products (the CPU backend's) take bf16 tensors only */
+        /* the host route's products (the CPU backend's) take bf16 tensors, not f16 */
         if (t[i]->dtype == TS_F16 && d->gemm_route == TS_GEMM_HOST_BLAS) return false;
         lowp |= t[i]->dtype != TS_F32;
     }
