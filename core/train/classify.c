@@ -862,7 +862,8 @@ static void batchbuf_free(batchbuf *b)
     memset(b, 0, sizeof *b);
 }
 
-static ts_status batchbuf_alloc(batchbuf *b, int64_t B, int64_t T, int64_t K)
+/* ngrams: room for each position's character n-grams (only with them) */
+static ts_status batchbuf_alloc(batchbuf *b, int64_t B, int64_t T, int64_t K, bool ngrams)
 {
     memset(b, 0, sizeof *b);
     b->tokens = malloc((size_t)(B * T) * sizeof *b->tokens);
@@ -873,10 +874,12 @@ static ts_status batchbuf_alloc(batchbuf *b, int64_t B, int64_t T, int64_t K)
     b->grad = malloc((size_t)(B * K) * sizeof *b->grad);
     b->probs = malloc((size_t)(B * K) * sizeof *b->probs);
     b->from = malloc((size_t)(B * T) * sizeof *b->from);
-    b->ng_off = malloc((size_t)(B * T + 1) * sizeof *b->ng_off);
-    b->ng = malloc((size_t)(B * T) * TS_CLASSIFIER_MAX_NGRAMS * sizeof *b->ng);
+    if (ngrams) {
+        b->ng_off = malloc((size_t)(B * T + 1) * sizeof *b->ng_off);
+        b->ng = malloc((size_t)(B * T) * TS_CLASSIFIER_MAX_NGRAMS * sizeof *b->ng);
+    }
     if (!b->tokens || !b->lengths || !b->labels || !b->weights || !b->logits || !b->grad || !b->probs || !b->from ||
-        !b->ng_off || !b->ng) {
+        (ngrams && (!b->ng_off || !b->ng))) {
         batchbuf_free(b);
         return ts_error(TS_ERR_OOM, "no memory for batches");
     }
@@ -949,22 +952,32 @@ static const int64_t *batch_ngrams(const exset *e, const int64_t *rows, int64_t 
 }
 
 /* Indices 0..n-1 ordered by length (then index): batches of similar
- * lengths need little padding. */
-static const exset *g_sort_set;
+ * lengths need little padding. Sorted as (length, index) pairs, so that
+ * the comparison needs no state outside them. */
+typedef struct {
+    int32_t len;
+    int64_t i;
+} length_index;
+
 static int cmp_by_len(const void *a, const void *b)
 {
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    int32_t lx = g_sort_set->len[x], ly = g_sort_set->len[y];
-    return lx != ly ? (lx > ly) - (lx < ly) : (x > y) - (x < y);
+    const length_index *x = a, *y = b;
+    return x->len != y->len ? (x->len > y->len) - (x->len < y->len) : (x->i > y->i) - (x->i < y->i);
 }
 
 static int64_t *order_by_length(const exset *e)
 {
-    int64_t *o = malloc((size_t)(e->n ? e->n : 1) * sizeof *o);
-    if (!o) return NULL;
-    for (int64_t i = 0; i < e->n; i++) o[i] = i;
-    g_sort_set = e;
-    qsort(o, (size_t)e->n, sizeof *o, cmp_by_len);
+    size_t n = (size_t)(e->n ? e->n : 1);
+    int64_t *o = malloc(n * sizeof *o);
+    length_index *k = malloc(n * sizeof *k);
+    if (!o || !k) {
+        free(o), free(k);
+        return NULL;
+    }
+    for (int64_t i = 0; i < e->n; i++) k[i].len = e->len[i], k[i].i = i;
+    qsort(k, (size_t)e->n, sizeof *k, cmp_by_len);
+    for (int64_t i = 0; i < e->n; i++) o[i] = k[i].i;
+    free(k);
     return o;
 }
 
@@ -979,7 +992,7 @@ static ts_status score_share(ts_classifier *m, const exset *e, int64_t max_len, 
     int64_t K = m->cfg.n_classes, lo = e->n * rank / size, hi = e->n * (rank + 1) / size;
     int64_t *order = order_by_length(e);
     batchbuf b;
-    ts_status st = order ? batchbuf_alloc(&b, batch, max_len, K) : ts_error(TS_ERR_OOM, "no memory");
+    ts_status st = order ? batchbuf_alloc(&b, batch, max_len, K, e->ng_off != NULL) : ts_error(TS_ERR_OOM, "no memory");
     if (!order || st) {
         free(order);
         return st;
@@ -1433,7 +1446,7 @@ static ts_status build_model(crun *r, const char *init_ckpt)
         if (!st) st = load_optimizer(&r->m, &r->opt, f);
     } else if (!st && init_ckpt)
         st = ts_classifier_load_trunk(&r->m, f);
-    if (!st) st = batchbuf_alloc(&r->bb, c->batch, c->max_len, mc.n_classes);
+    if (!st) st = batchbuf_alloc(&r->bb, c->batch, c->max_len, mc.n_classes, c->char_ngrams > 0);
     r->res->num_params = r->m.num_params;
     return ts_comm_agree(r->g.world, st, "creating the classifier");
 }
