@@ -82,8 +82,7 @@ static ts_status need_act(const char *op, const char *name, const ts_tensor *t)
 
 /* An activation an op also takes in f16 (the model's under fp16
  * products): read and written as it is where the device takes it
- * (device_takes: OpenCL's kernels), else through fp32 copies
- * (f32_operand, f32_result). */
+ * (dispatch_16bit: OpenCL's kernels), else through fp32 copies. */
 static ts_status need_act16(const char *op, const char *name, const ts_tensor *t)
 {
     return t && t->dtype == TS_F16 ? need(op, name, t, TS_F16) : need_act(op, name, t);
@@ -186,6 +185,29 @@ static ts_status dispatch(const char *name, ts_op *op)
     return TS_OK;
 }
 
+static bool is_16bit(const ts_tensor *t)
+{
+    return t && (t->dtype == TS_BF16 || t->dtype == TS_F16);
+}
+
+/* dispatch, on fp32 copies of op's 16-bit tensors where its device does not
+ * take them as they are (device_takes): each 16-bit input widened, each
+ * 16-bit output computed in fp32 and rounded into it after. */
+static ts_status dispatch_16bit(const char *name, ts_op *op)
+{
+    if (device_takes(op, op->out[0])) return dispatch(name, op);
+    ts_tensor in32[5] = {{0}}, out32[3] = {{0}}, *out[3] = {op->out[0], op->out[1], op->out[2]};
+    ts_status st = TS_OK;
+    for (int i = 0; i < 5 && !st; i++)
+        if (is_16bit(op->in[i])) st = f32_operand(op->in[i], &in32[i], &op->in[i]);
+    for (int i = 0; i < 3 && !st; i++)
+        if (is_16bit(op->out[i])) st = f32_result(op->out[i], &out32[i], &op->out[i]);
+    if (!st) st = dispatch(name, op);
+    for (int i = 0; i < 3; i++) st = f32_result_done(st, out[i], &out32[i]);
+    for (int i = 0; i < 5; i++) ts_tensor_free(&in32[i]);
+    return st;
+}
+
 static ts_op op_new(ts_op_kind kind)
 {
     ts_op op;
@@ -238,24 +260,9 @@ ts_status ts_scale(ts_tensor *out, const ts_tensor *a, float alpha)
     return dispatch(name, &op);
 }
 
-/* out = f(inp) elementwise, each an activation (f32 or bf16) */
-static ts_status unary_act(const char *name, ts_op_kind kind, ts_tensor *out, const ts_tensor *inp)
-{
-    TRY(need_act(name, "out", out));
-    TRY(need_act(name, "inp", inp));
-    TRY(need_numel(name, "inp", inp, ts_tensor_numel(out)));
-    TRY(same_type_in_place(name, "out", out, "inp", inp));
-    if (ts_tensor_numel(out) == 0) return TS_OK;
-    ts_op op = op_new(kind);
-    op.out[0] = out;
-    op.in[0] = inp;
-    return dispatch(name, &op);
-}
-
 ts_status ts_gelu_forward(ts_tensor *out, const ts_tensor *inp)
 {
     const char *name = "ts_gelu_forward";
-    if (!out || !inp || (out->dtype != TS_F16 && inp->dtype != TS_F16)) return unary_act(name, TS_OP_GELU_FWD, out, inp);
     TRY(need_act16(name, "out", out));
     TRY(need_act16(name, "inp", inp));
     TRY(same_type_in_place(name, "out", out, "inp", inp));
@@ -264,14 +271,7 @@ ts_status ts_gelu_forward(ts_tensor *out, const ts_tensor *inp)
     ts_op op = op_new(TS_OP_GELU_FWD);
     op.out[0] = out;
     op.in[0] = inp;
-    if (device_takes(&op, out)) return dispatch(name, &op);
-    ts_tensor x32 = {0}, y32 = {0}, *y;
-    const ts_tensor *x;
-    ts_status st = f32_operand(inp, &x32, &x);
-    if (!st) st = f32_result(out, &y32, &y);
-    if (!st) st = unary_act(name, TS_OP_GELU_FWD, y, x);
-    ts_tensor_free(&x32);
-    return f32_result_done(st, out, &y32);
+    return dispatch_16bit(name, &op);
 }
 
 ts_status ts_gelu_backward(ts_tensor *dinp, const ts_tensor *inp, const ts_tensor *dout)
@@ -284,15 +284,11 @@ ts_status ts_gelu_backward(ts_tensor *dinp, const ts_tensor *inp, const ts_tenso
     TRY(need_numel(name, "inp", inp, n));
     TRY(need_numel(name, "dout", dout, n));
     if (n == 0) return TS_OK;
-    ts_tensor x32 = {0};
     ts_op op = op_new(TS_OP_GELU_BWD);
     op.out[0] = dinp;
     op.in[0] = inp;
     op.in[1] = dout;
-    ts_status st = inp->dtype == TS_F16 && !device_takes(&op, dinp) ? f32_operand(inp, &x32, &op.in[0]) : TS_OK;
-    if (!st) st = dispatch(name, &op);
-    ts_tensor_free(&x32);
-    return st;
+    return dispatch_16bit(name, &op);
 }
 
 ts_status ts_cast(ts_tensor *out, const ts_tensor *in)
@@ -433,7 +429,6 @@ ts_status ts_layernorm_forward(ts_tensor *out, ts_tensor *mean, ts_tensor *rstd,
     }
     if (!(eps > 0.0f)) return ts_error(TS_ERR_INVALID_ARG, "%s: eps must be > 0, got %g", name, eps);
     if (N == 0) return TS_OK;
-    ts_tensor y32 = {0};
     ts_op op = op_new(TS_OP_LAYERNORM_FWD);
     op.out[0] = out;
     op.out[1] = mean;
@@ -444,9 +439,7 @@ ts_status ts_layernorm_forward(ts_tensor *out, ts_tensor *mean, ts_tensor *rstd,
     op.p.layernorm.N = N;
     op.p.layernorm.C = C;
     op.p.layernorm.eps = eps;
-    ts_status st = out->dtype == TS_F16 && !device_takes(&op, out) ? f32_result(out, &y32, &op.out[0]) : TS_OK;
-    if (!st) st = dispatch(name, &op);
-    return f32_result_done(st, out, &y32);
+    return dispatch_16bit(name, &op);
 }
 
 ts_status ts_layernorm_backward(ts_tensor *dinp, ts_tensor *dweight, ts_tensor *dbias,
@@ -717,13 +710,7 @@ static ts_status heads_op(const char *name, ts_op_kind kind, ts_tensor *out, con
     op.p.heads.NH = NH;
     op.p.heads.HS = n / (B * T * K * NH);
     if (op.p.heads.HS == 0) return TS_OK;
-    ts_tensor tmp = {0}; /* an fp32 copy of a 16-bit packed side the device does not take */
-    ts_status st = TS_OK;
-    if (!device_takes(&op, out)) st = split ? f32_operand(inp, &tmp, &op.in[0]) : f32_result(out, &tmp, &op.out[0]);
-    if (!st) st = dispatch(name, &op);
-    if (!split) return f32_result_done(st, out, &tmp);
-    ts_tensor_free(&tmp);
-    return st;
+    return dispatch_16bit(name, &op);
 }
 
 ts_status ts_split_heads(ts_tensor *out, const ts_tensor *inp, int64_t B, int64_t T, int64_t K,
@@ -1001,17 +988,11 @@ static ts_op fused_op(ts_op_kind kind, const ts_attention_ws *ws)
     return op;
 }
 
-/* Attention (either route) on tensors the route reads: fp32, or the
- * 16-bit ones of a fused op the device takes (op: the fused op, its
- * other operands set); ts_attention_forward gives it fp32 copies of the
- * others. */
-static ts_status attention_forward_on(ts_tensor *out, const ts_tensor *qkv, ts_attention_ws *ws, ts_op *op)
+/* The composite route: head permutes (which read and write 16-bit qkv
+ * and out where the device takes them), batched GEMMs and a softmax. */
+static ts_status attention_forward_composite(ts_tensor *out, const ts_tensor *qkv, ts_attention_ws *ws)
 {
     int64_t B = ws->B, T = ws->T, NH = ws->NH, HS = ws->C / ws->NH;
-    if (ws->fused) {
-        op->out[0] = out, op->in[0] = qkv;
-        return dispatch("ts_attention_forward (fused)", op);
-    }
     ts_tensor h[3];
     TRY(ts_split_heads(&ws->qkvh, qkv, B, T, 3, NH));
     TRY(qkv_views(&ws->qkvh, ws, h));
@@ -1041,22 +1022,11 @@ ts_status ts_attention_forward(ts_tensor *out, const ts_tensor *qkv, ts_attentio
         if (overlap(out, qkv) || overlap(out, &ws->lse))
             return ts_error(TS_ERR_INVALID_ARG, "%s: out shares memory with qkv or the workspace", name);
     }
-    ts_tensor qkv32 = {0}, out32 = {0}, *y = out;
-    const ts_tensor *x = qkv;
+    if (!ws->fused) return attention_forward_composite(out, qkv, ws);
     ts_op op = fused_op(TS_OP_ATTENTION_FWD, ws);
     op.out[0] = out, op.out[1] = &ws->lse;
     op.in[0] = qkv, op.in[1] = ws->key_len;
-    ts_status st = TS_OK;
-    if (ws->fused && !device_takes(&op, out)) { /* (the composite route's permutes read and write them) */
-        st = f32_operand(qkv, &qkv32, &x);
-        if (!st && out->dtype != TS_F32 && !(st = ts_tensor_alloc(&out32, out->device, TS_F32, out->ndim, out->shape)))
-            y = &out32;
-    }
-    if (!st) st = attention_forward_on(y, x, ws, &op);
-    ts_tensor_free(&qkv32);
-    if (!st && y != out) st = ts_cast(out, y);
-    ts_tensor_free(&out32);
-    if (st || !ws->fused) return st;
+    TRY(dispatch_16bit(name, &op));
     ws->qkv_in = *qkv; /* a view: backward reads the scores' inputs again */
     ws->qkv_in.owner = 0;
     if (same_storage(out, &ws->o)) return TS_OK;
@@ -1070,26 +1040,16 @@ ts_status ts_attention_backward(ts_tensor *dqkv, const ts_tensor *dout, ts_atten
     TRY(need_act16(name, "dout", dout));
     TRY(need(name, "dqkv", dqkv, TS_F32));
     if (ws->fused) {
-        ts_tensor dout32 = {0};
         const ts_tensor *qkv = &ws->qkv_in;
         if (!qkv->block) return ts_error(TS_ERR_INVALID_ARG, "%s: no forward to go back through", name);
         TRY(fused_operands(name, ws, qkv, dout, "dout"));
         TRY(need_numel(name, "dqkv", dqkv, B * T * 3 * ws->C));
         if (overlap(dqkv, qkv) || overlap(dqkv, dout) || overlap(dqkv, &ws->o) || overlap(dqkv, &ws->lse))
             return ts_error(TS_ERR_INVALID_ARG, "%s: dqkv shares memory with qkv, dout or the workspace", name);
-        ts_tensor qkv32 = {0}, o32 = {0};
         ts_op op = fused_op(TS_OP_ATTENTION_BWD, ws);
         op.out[0] = dqkv;
         op.in[0] = dout, op.in[1] = qkv, op.in[2] = &ws->o, op.in[3] = &ws->lse, op.in[4] = ws->key_len;
-        ts_status st = TS_OK;
-        if (!device_takes(&op, dqkv)) { /* fp32 copies of its 16-bit activations */
-            st = f32_operand(dout, &dout32, &op.in[0]);
-            if (!st) st = f32_operand(qkv, &qkv32, &op.in[1]);
-            if (!st) st = f32_operand(&ws->o, &o32, &op.in[2]);
-        }
-        if (!st) st = dispatch(name, &op);
-        ts_tensor_free(&dout32), ts_tensor_free(&qkv32), ts_tensor_free(&o32);
-        return st;
+        return dispatch_16bit(name, &op);
     }
     ts_tensor h[3], dh[3];
     TRY(qkv_views(&ws->qkvh, ws, h));
