@@ -19,13 +19,25 @@ echo "1..17"
 # A small run of the built-in task (the default run is longer).
 small=(--layers 2 --heads 4 --width 64 --seq-len 64 --batch 16 --lr 0.003 --warmup 20)
 
-# 1. the built-in task visibly learns
-out=$("$tessera" train --device cpu --steps 1500 --out "$work/task" 2>&1); rc=$?
+# The sanitizer build (TESSERA_TEST_SANITIZE, meson's b_sanitize) checks
+# the host code, 3 to 5 times slower: there the long runs that show
+# learning (1 and the tinyshakespeare runs) are cut to what runs the same
+# code; the release build checks how far they learn.
+sanitized=0
+[ "${TESSERA_TEST_SANITIZE:-none}" != none ] && sanitized=1
+
+# 1. the built-in task visibly learns (under the sanitizers: trains and
+# decodes the problems; the loss falls, no accuracy is asked for)
+task_steps=1500 task_drop=5 task_acc=50
+[ $sanitized -eq 1 ] && task_steps=150 task_drop=2 task_acc=0
+out=$("$tessera" train --device cpu --steps $task_steps --out "$work/task" 2>&1); rc=$?
 first=$(losses "$work/task/log.jsonl" | head -1 | cut -d' ' -f2)
 last=$(losses "$work/task/log.jsonl" | tail -1 | cut -d' ' -f2)
 acc=$(echo "$out" | sed -n 's/accuracy on 200 unseen problems: \([0-9.]*\)%/\1/p')
-[ $rc -eq 0 ] && awk -v a="$first" -v b="$last" -v c="${acc:-0}" 'BEGIN { exit !(b < a / 5 && c >= 50) }'
-check "the built-in task learns: loss $first -> $last, ${acc:-?}% of unseen problems solved" $? "exit $rc" "$(echo "$out" | tail -15)"
+[ $rc -eq 0 ] && [ -n "$acc" ] &&
+    awk -v a="$first" -v b="$last" -v c="$acc" -v f=$task_drop -v m=$task_acc 'BEGIN { exit !(b < a / f && c >= m) }'
+check "the built-in task learns in $task_steps steps: loss $first -> $last (below 1/$task_drop), ${acc:-?}% of unseen problems solved (at least $task_acc%)" \
+    $? "exit $rc" "$(echo "$out" | tail -15)"
 
 # 2-4. killed between steps (SIGKILL from train_fault, a test program
 # that trains with run a's settings), resume: the same losses bit for bit
@@ -107,16 +119,20 @@ total = sum(counts)
 print(f"{-sum(math.log(counts[b] / total) for b in val) / len(val):.4f}")
 PY
 )
+    # (under the sanitizers 60 steps, where the three dtypes are as close
+    # and the loss is already 0.6 below the baseline)
+    shakes_steps=300
+    [ $sanitized -eq 1 ] && shakes_steps=60
     out=$("$tessera" train --device cpu --data "$shakes" --layers 2 --heads 4 --width 128 --seq-len 64 --batch 16 \
-        --steps 300 --lr 0.003 --warmup 30 --eval-batches 32 --out "$work/shakes" --sample-tokens 0 2>&1); rc=$?
+        --steps $shakes_steps --lr 0.003 --warmup 30 --eval-batches 32 --out "$work/shakes" --sample-tokens 0 2>&1); rc=$?
     vl=$(val_loss "$work/shakes/log.jsonl")
     [ $rc -eq 0 ] && awk -v v="${vl:-99}" -v b="$baseline" 'BEGIN { exit !(v < b - 0.5) }'
-    check "tinyshakespeare, 300 steps: validation loss ${vl:-?} vs unigram baseline $baseline (need 0.5 below)" $? "exit $rc" "$(echo "$out" | tail -5)"
+    check "tinyshakespeare, $shakes_steps steps: validation loss ${vl:-?} vs unigram baseline $baseline (need 0.5 below)" $? "exit $rc" "$(echo "$out" | tail -5)"
     # 11. the same run with bf16 and fp16 products ends within 2% of fp32
     bad="" vals=""
     for dt in bf16 fp16; do
         out=$("$tessera" train --device cpu --data "$shakes" --layers 2 --heads 4 --width 128 --seq-len 64 --batch 16 \
-            --steps 300 --lr 0.003 --warmup 30 --eval-batches 32 --out "$work/shakes-$dt" --sample-tokens 0 \
+            --steps $shakes_steps --lr 0.003 --warmup 30 --eval-batches 32 --out "$work/shakes-$dt" --sample-tokens 0 \
             --dtype $dt 2>&1); rc=$?
         v=$(val_loss "$work/shakes-$dt/log.jsonl")
         [ $rc -eq 0 ] && awk -v v="${v:-99}" -v f="${vl:-0}" 'BEGIN { d = (v - f) / f; exit !(d < 0.02 && d > -0.02) }' ||
@@ -124,7 +140,7 @@ PY
         vals="$vals $dt ${v:-?}"
     done
     [ -z "$bad" ]
-    check "tinyshakespeare with --dtype bf16 and fp16: validation loss within 2% of fp32's ${vl:-?} ($vals)" $? "$bad"
+    check "tinyshakespeare with --dtype bf16 and fp16, $shakes_steps steps: validation loss within 2% of fp32's ${vl:-?} ($vals)" $? "$bad"
 else
     skip "tinyshakespeare beats the unigram baseline" "$shakes is absent"
     skip "tinyshakespeare with --dtype bf16 and fp16 within 2% of fp32" "$shakes is absent"
