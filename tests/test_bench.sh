@@ -97,15 +97,23 @@ PY
 check "the CSV and markdown table carry the same results as the JSON" $([ "$res" = ok ]; echo $?) "$res"
 
 # ---- OpenCL: limits and kernel start-up ----
+# (the sanitizer build, TESSERA_TEST_SANITIZE, leaves the start-up suite
+# to the release build: its cold build is PoCL's compiler, which runs in
+# the process, under ASan a minute of this test's 80 s)
+suites=limits,gemm,startup startup="and a warm start faster than a cold build"
+if [ "${TESSERA_TEST_SANITIZE:-none}" != none ]; then
+    suites=limits,gemm startup="(start-up: in the release build)"
+fi
 if "$tessera" devices 2>/dev/null | grep -q '^opencl:0 '; then
-    out=$("$tessera" bench --quick --min-time 0.01 --min-reps 3 --device opencl:0 --suite limits,gemm,startup \
+    out=$("$tessera" bench --quick --min-time 0.01 --min-reps 3 --device opencl:0 --suite $suites \
           --warm-starts 2 --json "$tmp/ocl.json" 2>&1); rc=$?
-    res=$("$py" - "$tmp/ocl.json" <<'PY' 2>&1
+    res=$("$py" - "$tmp/ocl.json" "$suites" <<'PY' 2>&1
 import json, sys
 d = json.load(open(sys.argv[1]))
 r = {(x["suite"], x["name"], x["impl"]): x for x in d["results"]}
-cold, warm = r[("startup", "cold build", "tessera")], r[("startup", "warm start", "tessera")]
-assert warm["reps"] == 2 and 0 < warm["median_s"] < cold["median_s"], (cold, warm)
+if "startup" in sys.argv[2]:
+    cold, warm = r[("startup", "cold build", "tessera")], r[("startup", "warm start", "tessera")]
+    assert warm["reps"] == 2 and 0 < warm["median_s"] < cold["median_s"], (cold, warm)
 assert d["devices"][0]["peak_gflops"] > 0 and d["devices"][0]["triad_gbs"] > 0
 ref = d["devices"][0]["reference_blas"]
 if ref:
@@ -114,11 +122,9 @@ print("ok")
 PY
 )
     [ $rc -eq 0 ] && [ "$res" = ok ]
-    check "on OpenCL: measured limits, GEMMs beside the reference, and a warm start faster than a cold build" \
-        $? "exit $rc" "$out" "$res"
+    check "on OpenCL: measured limits, GEMMs beside the reference, $startup" $? "exit $rc" "$out" "$res"
 else
-    skip "on OpenCL: measured limits, GEMMs beside the reference, and a warm start faster than a cold build" \
-        "no OpenCL device"
+    skip "on OpenCL: measured limits, GEMMs beside the reference, $startup" "no OpenCL device"
 fi
 
 # ---- the report ----
