@@ -99,7 +99,9 @@ check "the CSV and markdown table carry the same results as the JSON" $([ "$res"
 # ---- OpenCL: limits and kernel start-up ----
 # (the sanitizer build, TESSERA_TEST_SANITIZE, leaves the start-up suite
 # to the release build: its cold build is PoCL's compiler, which runs in
-# the process, under ASan a minute of this test's 80 s)
+# the process, under ASan a minute of this test's 80 s. So the suite's own
+# host code, the child runs and their temporary caches, runs under the
+# sanitizers nowhere; the kernel cache's code does, in test_kernel_cache.)
 suites=limits,gemm,startup startup="and a warm start faster than a cold build"
 if [ "${TESSERA_TEST_SANITIZE:-none}" != none ]; then
     suites=limits,gemm startup="(start-up: in the release build)"

@@ -120,7 +120,7 @@ print(f"{-sum(math.log(counts[b] / total) for b in val) / len(val):.4f}")
 PY
 )
     # (under the sanitizers 60 steps, where the three dtypes are as close
-    # and the loss is already 0.6 below the baseline)
+    # and the loss is already 0.7 below the baseline)
     shakes_steps=300
     [ $sanitized -eq 1 ] && shakes_steps=60
     out=$("$tessera" train --device cpu --data "$shakes" --layers 2 --heads 4 --width 128 --seq-len 64 --batch 16 \
