@@ -20,5 +20,8 @@ maxrel() {
     awk 'NR == FNR {ref[$1] = $2; next} ($1 in ref) {d = ($2 - ref[$1]) / ref[$1]; if (d < 0) d = -d; if (d > m) m = d; k++}
          END {if (k == 0) print "none"; else printf "%.3g\n", m}' <(losses "$2") <(losses "$1")
 }
+# whether this is the sanitizer build (meson sets TESSERA_TEST_SANITIZE to
+# b_sanitize for every test): its host code runs 3 to 5 times slower
+sanitized() { [ "${TESSERA_TEST_SANITIZE:-none}" != none ]; }
 # within D TOL: D is a number no larger than TOL
 within() { [ "$1" != none ] && awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }

@@ -97,13 +97,13 @@ PY
 check "the CSV and markdown table carry the same results as the JSON" $([ "$res" = ok ]; echo $?) "$res"
 
 # ---- OpenCL: limits and kernel start-up ----
-# (the sanitizer build, TESSERA_TEST_SANITIZE, leaves the start-up suite
-# to the release build: its cold build is PoCL's compiler, which runs in
-# the process, under ASan a minute of this test's 80 s. So the suite's own
+# (the sanitizer build leaves the start-up suite to the release build:
+# its cold build is PoCL's compiler, which runs in the process, under
+# ASan a minute of this test's 80 s. So the suite's own
 # host code, the child runs and their temporary caches, runs under the
 # sanitizers nowhere; the kernel cache's code does, in test_kernel_cache.)
 suites=limits,gemm,startup startup="and a warm start faster than a cold build"
-if [ "${TESSERA_TEST_SANITIZE:-none}" != none ]; then
+if sanitized; then
     suites=limits,gemm startup="(start-up: in the release build)"
 fi
 if "$tessera" devices 2>/dev/null | grep -q '^opencl:0 '; then

@@ -19,17 +19,15 @@ echo "1..17"
 # A small run of the built-in task (the default run is longer).
 small=(--layers 2 --heads 4 --width 64 --seq-len 64 --batch 16 --lr 0.003 --warmup 20)
 
-# The sanitizer build (TESSERA_TEST_SANITIZE, meson's b_sanitize) checks
-# the host code, 3 to 5 times slower: there the long runs that show
-# learning (1 and the tinyshakespeare runs) are cut to what runs the same
-# code; the release build checks how far they learn.
-sanitized=0
-[ "${TESSERA_TEST_SANITIZE:-none}" != none ] && sanitized=1
+# The sanitizer build checks the host code, 3 to 5 times slower: there
+# the long runs that show learning (1 and the tinyshakespeare runs) are
+# cut to what runs the same code; the release build checks how far they
+# learn.
 
 # 1. the built-in task visibly learns (under the sanitizers: trains and
 # decodes the problems; the loss falls, no accuracy is asked for)
 task_steps=1500 task_drop=5 task_acc=50
-[ $sanitized -eq 1 ] && task_steps=150 task_drop=2 task_acc=0
+sanitized && task_steps=150 task_drop=2 task_acc=0
 out=$("$tessera" train --device cpu --steps $task_steps --out "$work/task" 2>&1); rc=$?
 first=$(losses "$work/task/log.jsonl" | head -1 | cut -d' ' -f2)
 last=$(losses "$work/task/log.jsonl" | tail -1 | cut -d' ' -f2)
@@ -122,7 +120,7 @@ PY
     # (under the sanitizers 60 steps, where the three dtypes are as close
     # and the loss is already 0.7 below the baseline)
     shakes_steps=300
-    [ $sanitized -eq 1 ] && shakes_steps=60
+    sanitized && shakes_steps=60
     out=$("$tessera" train --device cpu --data "$shakes" --layers 2 --heads 4 --width 128 --seq-len 64 --batch 16 \
         --steps $shakes_steps --lr 0.003 --warmup 30 --eval-batches 32 --out "$work/shakes" --sample-tokens 0 2>&1); rc=$?
     vl=$(val_loss "$work/shakes/log.jsonl")

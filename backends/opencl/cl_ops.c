@@ -669,7 +669,11 @@ bool ts_cl_supports_op(ts_device *dev, const ts_op *op)
     if (a->NH < 1 || a->C % a->NH) return false;
     /* 16-bit activations: only the local-memory kernels read them (the
      * host plan's products are fp32 BLAS calls, the row kernels' loads
-     * fp32 vectors); elsewhere the core makes fp32 copies */
+     * fp32 vectors); elsewhere the core makes fp32 copies. Those casts
+     * are 0.9% of a bf16 step (Xeon, PoCL, TESSERA_GEMM=kernel, d6 B=4
+     * T=64: 14 of 1524 ms; the CPU backend's d6 B=2 T=1024: 6.5 of 727
+     * ms), not worth 16-bit row kernels: a second specialization of the
+     * program PoCL is slowest to build (32 s cold) */
     bool lowp = ts_attention_op_16bit(op);
     if (attention_on_host(d)) return !lowp;
     int64_t HS = a->C / a->NH;
