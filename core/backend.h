@@ -49,6 +49,10 @@ struct ts_block {
  *  GELU_BWD              dinp                                  inp       dout
  *  EMBEDDING_FWD         out[N,C]                              tokens[N] wte[V,C] wpe|NULL
  *  EMBEDDING_BWD         dwte|NULL +=  dwpe|NULL +=            dout[N,C] tokens[N]
+ *  EMBEDDING_BAG_FWD     out[N,C]                              ids[N,K]  weights[N,K] table[G,C]
+ *  EMBEDDING_BAG_BWD     dtable[G,C] +=                        dout[N,C] ids[N,K] weights[N,K]
+ *    (out[n] = sum_j weights[n,j] * table[ids[n,j]]; an entry of weight 0
+ *    or an id outside [0,G) adds nothing)
  *  LAYERNORM_FWD         out[N,C]      mean|NULL   rstd|NULL   inp       weight   bias
  *  LAYERNORM_BWD         dinp +=       dweight +=  dbias +=    dout      inp      weight mean   rstd
  *  GEMM                  c                                     a         b        bias|NULL
@@ -113,6 +117,8 @@ typedef enum ts_op_kind {
     TS_OP_POOL_MAX_FWD,
     TS_OP_POOL_MAX_BWD,
     TS_OP_CAST,
+    TS_OP_EMBEDDING_BAG_FWD,
+    TS_OP_EMBEDDING_BAG_BWD,
     TS_OP_COUNT
 } ts_op_kind;
 
@@ -131,6 +137,7 @@ typedef struct ts_op {
             int64_t vocab_start;   /* wte holds rows [vocab_start, vocab_start+V) */
             int64_t V;
         } embedding;
+        struct { int64_t N, K, C, G; } bag; /* positions, entries each, channels, table rows */
         struct { int64_t N, C; float eps; } layernorm;
         struct {
             int64_t M, N, K;       /* c[M,N] = alpha*op(a)[M,K]*op(b)[K,N] + beta*c (+bias[N]) */

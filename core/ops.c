@@ -47,6 +47,8 @@ const char *ts_op_kind_name(ts_op_kind kind)
         [TS_OP_POOL_MAX_FWD] = "pool_max_forward",
         [TS_OP_POOL_MAX_BWD] = "pool_max_backward",
         [TS_OP_CAST] = "cast",
+        [TS_OP_EMBEDDING_BAG_FWD] = "embedding_bag_forward",
+        [TS_OP_EMBEDDING_BAG_BWD] = "embedding_bag_backward",
     };
     if ((int)kind < 0 || kind >= TS_OP_COUNT) return "?";
     return names[kind];
@@ -392,6 +394,61 @@ ts_status ts_embedding_backward(ts_tensor *dwte, ts_tensor *dwpe, const ts_tenso
                                 const ts_tensor *tokens)
 {
     return ts_embedding_backward_shard(dwte, dwpe, dout, tokens, 0);
+}
+
+/* ---- embedding bag ---- */
+
+/* ids i32 [N, K] and weights [N, K]; the table (or its gradient) [G, C] */
+static ts_status bag_common(const char *name, const ts_tensor *ids, const ts_tensor *weights, const ts_tensor *table,
+                            const char *table_name, ts_op *op)
+{
+    TRY(need(name, "ids", ids, TS_I32));
+    TRY(need(name, "weights", weights, TS_F32));
+    TRY(need(name, table_name, table, TS_F32));
+    if (ids->ndim != 2)
+        return ts_error(TS_ERR_SHAPE, "%s: ids must be [N, K], got %s", name, desc(0, ids));
+    if (weights->ndim != 2 || weights->shape[0] != ids->shape[0] || weights->shape[1] != ids->shape[1])
+        return ts_error(TS_ERR_SHAPE, "%s: weights %s must have the shape of ids %s", name, desc(0, weights),
+                        desc(1, ids));
+    if (table->ndim != 2)
+        return ts_error(TS_ERR_SHAPE, "%s: %s must be [G, C], got %s", name, table_name, desc(0, table));
+    op->p.bag.N = ids->shape[0];
+    op->p.bag.K = ids->shape[1];
+    op->p.bag.G = table->shape[0];
+    op->p.bag.C = table->shape[1];
+    return TS_OK;
+}
+
+ts_status ts_embedding_bag_forward(ts_tensor *out, const ts_tensor *ids, const ts_tensor *weights,
+                                   const ts_tensor *table)
+{
+    const char *name = "ts_embedding_bag_forward";
+    TRY(need(name, "out", out, TS_F32));
+    ts_op op = op_new(TS_OP_EMBEDDING_BAG_FWD);
+    TRY(bag_common(name, ids, weights, table, "table", &op));
+    TRY(need_numel(name, "out", out, op.p.bag.N * op.p.bag.C));
+    if (op.p.bag.N * op.p.bag.C == 0) return TS_OK;
+    op.out[0] = out;
+    op.in[0] = ids;
+    op.in[1] = weights;
+    op.in[2] = table;
+    return dispatch(name, &op);
+}
+
+ts_status ts_embedding_bag_backward(ts_tensor *dtable, const ts_tensor *dout, const ts_tensor *ids,
+                                    const ts_tensor *weights)
+{
+    const char *name = "ts_embedding_bag_backward";
+    TRY(need(name, "dout", dout, TS_F32));
+    ts_op op = op_new(TS_OP_EMBEDDING_BAG_BWD);
+    TRY(bag_common(name, ids, weights, dtable, "dtable", &op));
+    TRY(need_numel(name, "dout", dout, op.p.bag.N * op.p.bag.C));
+    if (op.p.bag.N * op.p.bag.K * op.p.bag.C == 0) return TS_OK;
+    op.out[0] = dtable;
+    op.in[0] = dout;
+    op.in[1] = ids;
+    op.in[2] = weights;
+    return dispatch(name, &op);
 }
 
 /* ---- layernorm ---- */

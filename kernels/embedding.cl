@@ -77,3 +77,47 @@ __kernel void embedding_backward_wpe(__global float *dwpe, ulong po, __global co
     UNIFORM_FOR(n, N, t, T) acc += dout[doo + n * C + c];
     dwpe[po + i] += acc;
 }
+
+/* Embedding bag (ts_embedding_bag_forward): ids and w [N,K], table [G,C].
+ * out[n,c] = sum_j w[n,j] * table[ids[n,j], c]; an entry of weight 0 or
+ * with an id outside [0,G) adds nothing. An item per output element. */
+__kernel void embedding_bag_forward(__global float *out, ulong oo, __global const int *ids, ulong io,
+                                    __global const float *w, ulong wo, __global const float *table, ulong to,
+                                    long N, long K, long C, long G)
+{
+    long i = get_global_id(0);
+    if (i >= N * C) return;
+    long n = i / C, c = i - n * C;
+    float acc = 0.0f;
+    for (long e = n * K; e < (n + 1) * K; e++) {
+        long id = (long)ids[io + e];
+        float we = w[wo + e];
+        if (we != 0.0f && id >= 0 && id < G) acc += we * table[to + id * C + c];
+    }
+    out[oo + i] = acc;
+}
+
+/* dtable[ids[n,j]] += w[n,j] * dout[n]: an item takes `per` contiguous
+ * channels (1 on GPUs, where neighbouring items take neighbouring
+ * channels; a run of them on CPU-type devices, as embedding_backward_wte_run)
+ * and walks every entry in order, so the sums are deterministic without
+ * atomics. dout [N,C]. */
+__kernel void embedding_bag_backward(__global float *restrict dtable, ulong to, __global const float *restrict dout,
+                                     ulong doo, __global const int *restrict ids, ulong io,
+                                     __global const float *restrict w, ulong wo, long N, long K, long C, long G,
+                                     long per)
+{
+    long c0 = (long)get_global_id(0) * per;
+    if (c0 >= C) return;
+    long width = C - c0 < per ? C - c0 : per;
+    for (long n = 0; n < N; n++) {
+        __global const float *src = dout + doo + n * C + c0;
+        for (long e = n * K; e < (n + 1) * K; e++) {
+            long id = (long)ids[io + e];
+            float we = w[wo + e];
+            if (we == 0.0f || id < 0 || id >= G) continue;
+            __global float *dst = dtable + to + id * C + c0;
+            for (long k = 0; k < width; k++) dst[k] += we * src[k];
+        }
+    }
+}

@@ -47,6 +47,27 @@ void ref_embedding_backward(double *dwte, double *dwpe, const double *dout, cons
     }
 }
 
+/* entries of weight 0 or with an id outside [0, G) add nothing */
+void ref_embedding_bag_forward(double *out, const int32_t *ids, const double *w, const double *table, int64_t N,
+                               int64_t K, int64_t C, int64_t G)
+{
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < C; c++) {
+            double v = 0.0;
+            for (int64_t e = n * K; e < (n + 1) * K; e++)
+                if (w[e] != 0.0 && ids[e] >= 0 && ids[e] < G) v += w[e] * table[(int64_t)ids[e] * C + c];
+            out[n * C + c] = v;
+        }
+}
+
+void ref_embedding_bag_backward(double *dtable, const double *dout, const int32_t *ids, const double *w, int64_t N,
+                                int64_t K, int64_t C, int64_t G)
+{
+    for (int64_t e = 0; e < N * K; e++)
+        if (w[e] != 0.0 && ids[e] >= 0 && ids[e] < G)
+            for (int64_t c = 0; c < C; c++) dtable[(int64_t)ids[e] * C + c] += w[e] * dout[(e / K) * C + c];
+}
+
 static void moments(const double *x, int64_t C, double eps, double *mean, double *rstd)
 {
     double m = 0.0, v = 0.0;

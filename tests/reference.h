@@ -17,6 +17,10 @@ void ref_embedding_forward(double *out, const int32_t *tok, const double *wte, c
 /* dwte += ..., dwpe += ... (either may be NULL) */
 void ref_embedding_backward(double *dwte, double *dwpe, const double *dout, const int32_t *tok,
                             int64_t N, int64_t T, int64_t C, int64_t V, int64_t vocab_start);
+void ref_embedding_bag_forward(double *out, const int32_t *ids, const double *w, const double *table, int64_t N,
+                               int64_t K, int64_t C, int64_t G);
+void ref_embedding_bag_backward(double *dtable, const double *dout, const int32_t *ids, const double *w, int64_t N,
+                                int64_t K, int64_t C, int64_t G);
 
 void ref_layernorm_forward(double *out, double *mean, double *rstd, const double *x,
                            const double *w, const double *b, int64_t N, int64_t C, double eps);

@@ -269,6 +269,54 @@ static void conf_embedding(void *argp, int backward)
 static void conf_embedding_fwd(void *a) { conf_embedding(a, 0); }
 static void conf_embedding_bwd(void *a) { conf_embedding(a, 1); }
 
+/* ---- embedding bag: p = N, K, C, G. Ids span [-2, G + 2) and every
+ * third weight is 0: both kinds of entry must add nothing ---- */
+
+static void conf_embedding_bag(void *argp, int backward)
+{
+    conf_arg *a = argp;
+    int64_t N = a->p[0], K = a->p[1], C = a->p[2], G = a->p[3];
+    rng_t r;
+    rng_seed(&r, a->seed);
+    int32_t *ids = rand_ints(&r, N * K, -2, (int32_t)G + 2);
+    float *w = rand_floats(&r, N * K, -1, 1), *table = rand_floats(&r, G * C, -1, 1);
+    float *dout = rand_floats(&r, N * C, -1, 1);
+    for (int64_t e = 0; e < N * K; e += 3) w[e] = 0.0f;
+    double *dw = to_double(w, N * K), *dt = to_double(table, G * C);
+    ts_tensor tids, tw, tt, tdout;
+    REQUIRE_OK(upload(&tids, a->dev, TS_I32, TS_SHAPE(N, K), ids));
+    REQUIRE_OK(upload(&tw, a->dev, TS_F32, TS_SHAPE(N, K), w));
+    if (!backward) {
+        REQUIRE_OK(upload(&tt, a->dev, TS_F32, TS_SHAPE(G, C), table));
+        guarded g;
+        REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(N, C), NULL));
+        REQUIRE_OK(ts_embedding_bag_forward(&g.t, &tids, &tw, &tt));
+        double *ref = malloc((size_t)(N * C) * sizeof *ref);
+        ref_embedding_bag_forward(ref, ids, dw, dt, N, K, C, G);
+        expect_output("embedding_bag_forward", &g, ref, TOL_REDUCE);
+        free(ref);
+        guarded_free(&g);
+        ts_tensor_free(&tt);
+    } else {
+        REQUIRE_OK(upload(&tdout, a->dev, TS_F32, TS_SHAPE(N, C), dout));
+        guarded g;
+        REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(G, C), table)); /* accumulates onto table */
+        REQUIRE_OK(ts_embedding_bag_backward(&g.t, &tdout, &tids, &tw));
+        double *dd = to_double(dout, N * C);
+        ref_embedding_bag_backward(dt, dd, ids, dw, N, K, C, G);
+        expect_output("embedding_bag_backward dtable", &g, dt, TOL_REDUCE);
+        free(dd);
+        guarded_free(&g);
+        ts_tensor_free(&tdout);
+    }
+    ts_tensor_free(&tids);
+    ts_tensor_free(&tw);
+    free(ids), free(w), free(table), free(dout), free(dw), free(dt);
+}
+
+static void conf_embedding_bag_fwd(void *a) { conf_embedding_bag(a, 0); }
+static void conf_embedding_bag_bwd(void *a) { conf_embedding_bag(a, 1); }
+
 /* ---- layernorm: p = N, C ---- */
 
 static double round_to(double x, ts_dtype dt);
@@ -1747,6 +1795,10 @@ static const case_def cases[] = {
     {"embedding_backward", conf_embedding_bwd, "B=%lld T=%lld C=%lld V=%lld start=%lld wpe=%lld", 6,
      {{1, 1, 1, 1, 0, 1}, {2, 7, 33, 50, 0, 1}, {4, 16, 64, 10, 0, 1}, {2, 5, 9, 20, 10, 0}, {3, 8, 200, 30, 5, 1},
       {2, 3, 0, 4, 0, 1}}, 6},
+    {"embedding_bag_forward", conf_embedding_bag_fwd, "N=%lld K=%lld C=%lld G=%lld", 4,
+     {{1, 1, 1, 1}, {7, 5, 33, 50}, {48, 16, 128, 3000}, {3, 64, 9, 20}, {5, 3, 200, 4}}, 5},
+    {"embedding_bag_backward", conf_embedding_bag_bwd, "N=%lld K=%lld C=%lld G=%lld", 4,
+     {{1, 1, 1, 1}, {7, 5, 33, 50}, {48, 16, 128, 3000}, {3, 64, 9, 20}, {5, 3, 200, 4}, {40, 8, 20, 3}}, 6},
     {"layernorm_forward", conf_layernorm_fwd, "N=%lld C=%lld out_bf16=%lld", 3,
      {{1, 1, 0}, {7, 33, 0}, {64, 768, 0}, {5, 1000, 0}, {1, 1, 1}, {7, 33, 1}, {64, 768, 1}, {5, 1000, 1}}, 8},
     {"layernorm_backward", conf_layernorm_bwd, "N=%lld C=%lld", 2,

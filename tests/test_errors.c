@@ -97,6 +97,29 @@ TEST(wrong_dtype_is_rejected)
     ts_tensor_free(&i), ts_tensor_free(&f), ts_tensor_free(&wte), ts_tensor_free(&out);
 }
 
+TEST(embedding_bag_checks_ids_weights_and_table)
+{
+    ts_device *cpu;
+    REQUIRE_OK(ts_device_open("cpu", &cpu));
+    ts_tensor ids, w, w3, table, out, small;
+    REQUIRE_OK(ts_tensor_alloc(&ids, cpu, TS_I32, TS_SHAPE(2, 4)));
+    REQUIRE_OK(ts_tensor_alloc(&w, cpu, TS_F32, TS_SHAPE(2, 4)));
+    REQUIRE_OK(ts_tensor_alloc(&w3, cpu, TS_F32, TS_SHAPE(2, 3)));
+    REQUIRE_OK(ts_tensor_alloc(&table, cpu, TS_F32, TS_SHAPE(10, 5)));
+    REQUIRE_OK(ts_tensor_alloc(&out, cpu, TS_F32, TS_SHAPE(2, 5)));
+    REQUIRE_OK(ts_tensor_alloc(&small, cpu, TS_F32, TS_SHAPE(2, 4)));
+    EXPECT_STATUS(ts_embedding_bag_forward(&out, &ids, &w3, &table), TS_ERR_SHAPE);
+    EXPECTF(contains(ts_last_error(), "ts_embedding_bag_forward") && contains(ts_last_error(), "[2, 3]") &&
+                contains(ts_last_error(), "[2, 4]"),
+            "%s", ts_last_error());
+    EXPECT_STATUS(ts_embedding_bag_forward(&out, &w, &w, &table), TS_ERR_SHAPE); /* f32 ids */
+    EXPECT_STATUS(ts_embedding_bag_forward(&small, &ids, &w, &table), TS_ERR_SHAPE); /* out of 8, not 10 */
+    EXPECT_STATUS(ts_embedding_bag_backward(&table, &small, &ids, &w), TS_ERR_SHAPE); /* dout of 8, not 10 */
+    EXPECTF(contains(ts_last_error(), "ts_embedding_bag_backward"), "%s", ts_last_error());
+    ts_tensor_free(&ids), ts_tensor_free(&w), ts_tensor_free(&w3), ts_tensor_free(&table), ts_tensor_free(&out);
+    ts_tensor_free(&small);
+}
+
 /* bf16 and f16 activations go where an op says so, and nowhere else */
 TEST(low_precision_only_where_an_op_takes_activations)
 {
@@ -305,6 +328,7 @@ int main(int argc, char **argv)
     TH_ADD(broken_kernel_source_reports_its_build_log);
     TH_ADD(shape_mismatch_names_op_and_shapes);
     TH_ADD(wrong_dtype_is_rejected);
+    TH_ADD(embedding_bag_checks_ids_weights_and_table);
     TH_ADD(low_precision_only_where_an_op_takes_activations);
     TH_ADD(attention_takes_16_bit_activations_but_no_16_bit_gradient);
     TH_ADD(operands_on_two_devices_are_rejected);

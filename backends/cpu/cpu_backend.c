@@ -156,6 +156,14 @@ static ts_status cpu_run_op(ts_device *dev, const ts_op *op)
                                op->p.embedding.T, op->p.embedding.C, op->p.embedding.V,
                                op->p.embedding.vocab_start);
         break;
+    case TS_OP_EMBEDDING_BAG_FWD:
+        cpu_embedding_bag_forward(F(o[0]), I(in[0]), F(in[1]), F(in[2]), op->p.bag.N, op->p.bag.K, op->p.bag.C,
+                                  op->p.bag.G);
+        break;
+    case TS_OP_EMBEDDING_BAG_BWD:
+        cpu_embedding_bag_backward(F(o[0]), F(in[0]), I(in[1]), F(in[2]), op->p.bag.N, op->p.bag.K, op->p.bag.C,
+                                   op->p.bag.G);
+        break;
     case TS_OP_LAYERNORM_FWD:
         cpu_layernorm_forward(F(o[0]), o[0]->dtype == TS_BF16, F(o[1]), F(o[2]), F(in[0]), F(in[1]), F(in[2]),
                               op->p.layernorm.N, op->p.layernorm.C, op->p.layernorm.eps);

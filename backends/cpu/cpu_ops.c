@@ -163,17 +163,21 @@ void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte, 
 
 /* Each task owns a block of channels and walks every position in order:
  * no atomics, and the same sums whatever the thread count. */
+/* Each thread one contiguous share of the C columns of a scatter (rows are
+ * summed in order, so the result does not depend on the split): long runs
+ * of every row, which the prefetchers follow, where 64-column blocks
+ * jumped C floats a row. Returns the share's width. */
+static int64_t scatter_share(int64_t C)
+{
+    int64_t threads = ts_cpu_threads > 0 ? ts_cpu_threads : 1;
+    int64_t width = ((C + threads - 1) / threads + 15) / 16 * 16;
+    return width < COL_BLOCK ? COL_BLOCK : width;
+}
+
 TS_CLONES void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
                                       int64_t N, int64_t T, int64_t C, int64_t V, int64_t vocab_start)
 {
-    /* each thread one contiguous share of the columns (rows are summed in
-     * order, so the result does not depend on the split): long runs of
-     * every row, which the prefetchers follow, where 64-column blocks
-     * jumped C floats a row */
-    int64_t threads = ts_cpu_threads > 0 ? ts_cpu_threads : 1;
-    int64_t width = ((C + threads - 1) / threads + 15) / 16 * 16;
-    width = width < COL_BLOCK ? COL_BLOCK : width;
-    int64_t nblocks = (C + width - 1) / width;
+    int64_t width = scatter_share(C), nblocks = (C + width - 1) / width;
     PFOR(N * C > SMALL)
     for (int64_t cb = 0; cb < nblocks; cb++) {
         int64_t c0 = cb * width, c1 = c0 + width < C ? c0 + width : C;
@@ -197,6 +201,55 @@ TS_CLONES void cpu_embedding_backward(float *dwte, float *dwpe, const float *dou
 #pragma omp simd
                 for (int64_t c = c0; c < c1; c++) p[c] += d[c];
             }
+        }
+    }
+}
+
+/* An entry (n, j) adds when its weight is not 0 and its id is in [0, G) */
+static inline const float *bag_row(const float *table, const int32_t *ids, const float *w, int64_t e, int64_t C,
+                                   int64_t G)
+{
+    return w[e] != 0.0f && ids[e] >= 0 && ids[e] < G ? table + (int64_t)ids[e] * C : NULL;
+}
+
+TS_CLONES void cpu_embedding_bag_forward(float *out, const int32_t *ids, const float *w, const float *table,
+                                         int64_t N, int64_t K, int64_t C, int64_t G)
+{
+    PFOR(N * K * C > SMALL)
+    for (int64_t n = 0; n < N; n++) {
+        float *o = out + n * C;
+        memset(o, 0, (size_t)C * sizeof *o);
+        for (int64_t e = n * K; e < (n + 1) * K; e++) {
+            const float *r = bag_row(table, ids, w, e, C, G);
+            if (!r) continue;
+            float we = w[e];
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) o[c] += we * r[c];
+        }
+    }
+}
+
+/* as cpu_embedding_backward: a share of the columns a thread, every entry
+ * in order */
+TS_CLONES void cpu_embedding_bag_backward(float *dtable, const float *dout, const int32_t *ids, const float *w,
+                                          int64_t N, int64_t K, int64_t C, int64_t G)
+{
+    int64_t width = scatter_share(C), nblocks = (C + width - 1) / width, E = N * K;
+    PFOR(E * C > SMALL)
+    for (int64_t cb = 0; cb < nblocks; cb++) {
+        int64_t c0 = cb * width, c1 = c0 + width < C ? c0 + width : C;
+        for (int64_t e = 0; e < E; e++) {
+            if (e + 8 < E) { /* the rows are random: fetch a later one's share ahead */
+                const float *ahead = bag_row(dtable, ids, w, e + 8, C, G);
+                if (ahead)
+                    for (int64_t c = c0; c < c1; c += 16) __builtin_prefetch(ahead + c, 1, 3);
+            }
+            float *r = (float *)bag_row(dtable, ids, w, e, C, G);
+            if (!r) continue;
+            const float *d = dout + (e / K) * C;
+            float we = w[e];
+#pragma omp simd
+            for (int64_t c = c0; c < c1; c++) r[c] += we * d[c];
         }
     }
 }

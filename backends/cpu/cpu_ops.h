@@ -28,6 +28,10 @@ void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte, 
                            int64_t N, int64_t T, int64_t C, int64_t V, int64_t vocab_start);
 void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
                             int64_t N, int64_t T, int64_t C, int64_t V, int64_t vocab_start);
+void cpu_embedding_bag_forward(float *out, const int32_t *ids, const float *w, const float *table, int64_t N,
+                               int64_t K, int64_t C, int64_t G);
+void cpu_embedding_bag_backward(float *dtable, const float *dout, const int32_t *ids, const float *w, int64_t N,
+                                int64_t K, int64_t C, int64_t G);
 
 /* out: fp32, or bf16 storage (out_bf16) */
 void cpu_layernorm_forward(void *out, bool out_bf16, float *mean, float *rstd, const float *inp,

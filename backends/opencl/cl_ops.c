@@ -218,6 +218,19 @@ static ts_status op_embedding_forward(ts_cl_device *d, const ts_op *op)
     return launch_1d(d, "embedding.cl", "embedding_forward", e->N * e->C, &a);
 }
 
+/* CPU-type devices' scatters into [rows, C] (embedding.cl's _run
+ * kernels): groups of one item, a run of channels each (a multiple of 8,
+ * the kernel's last argument), as many runs as compute units, so that each
+ * walks long rows */
+static ts_status launch_channel_runs(ts_cl_device *d, const char *kernel, int64_t C, ts_cl_args *a)
+{
+    int64_t per = (C + d->compute_units - 1) / d->compute_units;
+    per = (per + 7) / 8 * 8;
+    ts_cl_arg_long(a, per);
+    size_t g = (size_t)((C + per - 1) / per), l = 1;
+    return ts_cl_launch(d, "embedding.cl", kernel, 1, &g, &l, a);
+}
+
 static ts_status op_embedding_backward(ts_cl_device *d, const ts_op *op)
 {
     const __typeof__(op->p.embedding) *e = &op->p.embedding;
@@ -233,13 +246,7 @@ static ts_status op_embedding_backward(ts_cl_device *d, const ts_op *op)
         ts_cl_arg_long(&a, e->V);
         ts_cl_arg_long(&a, e->vocab_start);
         if (d->cpu_kernels && e->C > 0 && e->C % 8 == 0) {
-            /* groups of one item, a run of channels each (a multiple of 8):
-             * as many runs as compute units, so each walks long rows */
-            int64_t per = (e->C + d->compute_units - 1) / d->compute_units;
-            per = (per + 7) / 8 * 8;
-            ts_cl_arg_long(&a, per);
-            size_t g = (size_t)((e->C + per - 1) / per), l = 1;
-            st = ts_cl_launch(d, "embedding.cl", "embedding_backward_wte_run", 1, &g, &l, &a);
+            st = launch_channel_runs(d, "embedding_backward_wte_run", e->C, &a);
         } else {
             st = launch_1d(d, "embedding.cl", "embedding_backward_wte", e->C, &a);
         }
@@ -260,6 +267,26 @@ static ts_status op_embedding_backward(ts_cl_device *d, const ts_op *op)
         if (st) return st;
     }
     return TS_OK;
+}
+
+static ts_status op_embedding_bag(ts_cl_device *d, const ts_op *op)
+{
+    const __typeof__(op->p.bag) *e = &op->p.bag;
+    ts_cl_args a;
+    args_init(&a);
+    ts_cl_arg_tensor(&a, op->out[0]);
+    ts_cl_arg_tensor(&a, op->in[0]);
+    ts_cl_arg_tensor(&a, op->in[1]);
+    ts_cl_arg_tensor(&a, op->in[2]);
+    ts_cl_arg_long(&a, e->N);
+    ts_cl_arg_long(&a, e->K);
+    ts_cl_arg_long(&a, e->C);
+    ts_cl_arg_long(&a, e->G);
+    if (op->kind == TS_OP_EMBEDDING_BAG_FWD)
+        return launch_1d(d, "embedding.cl", "embedding_bag_forward", e->N * e->C, &a);
+    if (d->cpu_kernels) return launch_channel_runs(d, "embedding_bag_backward", e->C, &a);
+    ts_cl_arg_long(&a, 1); /* a channel an item */
+    return launch_1d(d, "embedding.cl", "embedding_bag_backward", e->C, &a);
 }
 
 static ts_status op_layernorm_forward(ts_cl_device *d, const ts_op *op)
@@ -816,6 +843,8 @@ ts_status ts_cl_run_op(ts_device *dev, const ts_op *op)
     case TS_OP_CAST: return op_elementwise(d, op);
     case TS_OP_EMBEDDING_FWD: return op_embedding_forward(d, op);
     case TS_OP_EMBEDDING_BWD: return op_embedding_backward(d, op);
+    case TS_OP_EMBEDDING_BAG_FWD:
+    case TS_OP_EMBEDDING_BAG_BWD: return op_embedding_bag(d, op);
     case TS_OP_LAYERNORM_FWD: return op_layernorm_forward(d, op);
     case TS_OP_LAYERNORM_BWD: return op_layernorm_backward(d, op);
     case TS_OP_GEMM: return ts_cl_gemm(d, op);

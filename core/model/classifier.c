@@ -55,7 +55,6 @@ static void free_shape(ts_classifier *c)
     c->host_targets = NULL;
     ts_tensor_free(&c->ngram_ids);
     ts_tensor_free(&c->ngram_weights);
-    ts_tensor_free(&c->ngram_rows);
     ts_tensor_free(&c->ngram_sum);
     free(c->host_ngram_ids);
     free(c->host_ngram_weights);
@@ -210,7 +209,6 @@ static ts_status ngram_buffers(ts_classifier *c, int64_t N, int64_t K)
     int64_t C = c->cfg.gpt.n_embd;
     ts_tensor_free(&c->ngram_ids);
     ts_tensor_free(&c->ngram_weights);
-    ts_tensor_free(&c->ngram_rows);
     free(c->host_ngram_ids);
     free(c->host_ngram_weights);
     c->ngram_cap = 0;
@@ -219,7 +217,6 @@ static ts_status ngram_buffers(ts_classifier *c, int64_t N, int64_t K)
     ts_status st = c->host_ngram_ids && c->host_ngram_weights ? TS_OK : ts_error(TS_ERR_OOM, "no memory");
     if (!st) st = ts_tensor_alloc(&c->ngram_ids, c->device, TS_I32, TS_SHAPE(N * K));
     if (!st) st = ts_tensor_alloc(&c->ngram_weights, c->device, TS_F32, TS_SHAPE(N * K));
-    if (!st) st = ts_tensor_alloc(&c->ngram_rows, c->device, TS_F32, TS_SHAPE(N * K * C));
     if (!st && !c->ngram_sum.block) st = ts_tensor_alloc(&c->ngram_sum, c->device, TS_F32, TS_SHAPE(N, C));
     if (st) return ts_error_context(st, "n-gram buffers for %lld positions of %lld n-grams", (long long)N, (long long)K);
     c->ngram_cap = K;
@@ -228,13 +225,13 @@ static ts_status ngram_buffers(ts_classifier *c, int64_t N, int64_t K)
 
 /* Each position's n-gram rows summed into ngram_sum, which the trunk adds
  * to the embedding: sum[p] = sum_j w_p * table[ngrams[off[p] + j]] with
- * w_p = 1/sqrt(count), as a gather of K rows per position (padding rows
- * weigh 0) and a batched [1,K] x [K,C] product. */
+ * w_p = 1/sqrt(count), as an embedding bag of K entries per position
+ * (padding entries weigh 0). */
 static ts_status ngram_forward(ts_classifier *c, const int64_t *off, const int32_t *ngrams, int64_t N)
 {
     c->acts.input_add = NULL;
     c->ngram_k = 0;
-    int64_t G = c->cfg.char_ngrams, C = c->cfg.gpt.n_embd, K = 0;
+    int64_t G = c->cfg.char_ngrams, K = 0;
     for (int64_t p = 0; off && p < N; p++) {
         int64_t n = off[p + 1] - off[p];
         if (n < 0 || n > TS_CLASSIFIER_MAX_NGRAMS)
@@ -256,32 +253,26 @@ static ts_status ngram_forward(ts_classifier *c, const int64_t *off, const int32
             c->host_ngram_weights[p * K + j] = j < n ? w : 0.0f;
         }
     }
-    ts_tensor ids, w, rows, sum;
+    ts_tensor ids, w;
     TRY(ts_tensor_view(&ids, &c->ngram_ids, 0, TS_SHAPE(N, K)));
-    TRY(ts_tensor_view(&w, &c->ngram_weights, 0, TS_SHAPE(N, 1, K)));
-    TRY(ts_tensor_view(&rows, &c->ngram_rows, 0, TS_SHAPE(N, K, C)));
-    TRY(ts_tensor_reshape(&sum, &c->ngram_sum, TS_SHAPE(N, 1, C)));
+    TRY(ts_tensor_view(&w, &c->ngram_weights, 0, TS_SHAPE(N, K)));
     TRY(ts_tensor_write(&ids, c->host_ngram_ids, (size_t)(N * K) * sizeof *c->host_ngram_ids));
     TRY(ts_tensor_write(&w, c->host_ngram_weights, (size_t)(N * K) * sizeof *c->host_ngram_weights));
-    TRY(ts_embedding_forward(&rows, &ids, &c->ngram_w, NULL));
-    TRY(ts_matmul(&sum, &w, &rows, false, false, 1.0f, 0.0f));
+    TRY(ts_embedding_bag_forward(&c->ngram_sum, &ids, &w, &c->ngram_w));
     c->ngram_k = K;
     c->acts.input_add = &c->ngram_sum;
     return TS_OK;
 }
 
-/* table gradient: drows[p, j] = w_p * dinput[p], scattered to their rows */
+/* table gradient: w_p * dinput[p] added to each of p's rows */
 static ts_status ngram_backward(ts_classifier *c)
 {
-    int64_t N = c->B * c->T, K = c->ngram_k, C = c->cfg.gpt.n_embd;
+    int64_t N = c->B * c->T, K = c->ngram_k;
     if (!K) return TS_OK;
-    ts_tensor ids, w, rows, din;
+    ts_tensor ids, w;
     TRY(ts_tensor_view(&ids, &c->ngram_ids, 0, TS_SHAPE(N, K)));
-    TRY(ts_tensor_view(&w, &c->ngram_weights, 0, TS_SHAPE(N, 1, K)));
-    TRY(ts_tensor_view(&rows, &c->ngram_rows, 0, TS_SHAPE(N, K, C)));
-    TRY(ts_tensor_reshape(&din, &c->acts.dres, TS_SHAPE(N, 1, C)));
-    TRY(ts_matmul(&rows, &w, &din, true, false, 1.0f, 0.0f));
-    return ts_embedding_backward(&c->ngram_dw, NULL, &rows, &ids);
+    TRY(ts_tensor_view(&w, &c->ngram_weights, 0, TS_SHAPE(N, K)));
+    return ts_embedding_bag_backward(&c->ngram_dw, &c->acts.dres, &ids, &w);
 }
 
 ts_status ts_classifier_forward(ts_classifier *c, const int32_t *tokens, const int32_t *lengths, int64_t B,

@@ -59,6 +59,18 @@ ts_status ts_embedding_backward_shard(ts_tensor *dwte, ts_tensor *dwpe,
                                       const ts_tensor *dout, const ts_tensor *tokens,
                                       int64_t vocab_start);
 
+/* ---- embedding bag: out[n] = sum_j weights[n,j] * table[ids[n,j]] ----
+ * (subword sums, as fastText's character n-grams.) ids is i32 [N,K],
+ * weights [N,K], table [G,C], out has N*C elements. An entry of weight 0
+ * or with an id outside [0,G) adds nothing: rows of fewer than K entries
+ * are padded that way. */
+ts_status ts_embedding_bag_forward(ts_tensor *out, const ts_tensor *ids,
+                                   const ts_tensor *weights, const ts_tensor *table);
+/* dtable[ids[n,j]] += weights[n,j] * dout[n], summed in the order of n and
+ * j whatever the device (no atomics). */
+ts_status ts_embedding_bag_backward(ts_tensor *dtable, const ts_tensor *dout,
+                                    const ts_tensor *ids, const ts_tensor *weights);
+
 /* ---- layernorm over the last dimension ----
  * out[N,C], mean[N], rstd[N] (mean, rstd may be NULL), weight[C], bias[C].
  * out may be bf16 or f16 (the input of a 16-bit product, which rounds it

@@ -76,8 +76,7 @@ typedef struct ts_classifier {
      * position (padded with weight 0), summed with weights 1/sqrt(count) */
     int64_t ngram_k, ngram_cap;
     ts_tensor ngram_ids;      /* i32 [B*T*K] */
-    ts_tensor ngram_weights;  /* [B*T, 1, K] */
-    ts_tensor ngram_rows;     /* [B*T, K, C]: the rows; their gradient in backward */
+    ts_tensor ngram_weights;  /* [B*T*K] */
     ts_tensor ngram_sum;      /* [B*T, C] */
     int32_t *host_ngram_ids;
     float *host_ngram_weights;
