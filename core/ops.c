@@ -396,6 +396,14 @@ ts_status ts_embedding_backward(ts_tensor *dwte, ts_tensor *dwpe, const ts_tenso
     return ts_embedding_backward_shard(dwte, dwpe, dout, tokens, 0);
 }
 
+/* whether two tensors' bytes meet */
+static bool overlap(const ts_tensor *a, const ts_tensor *b)
+{
+    size_t ea = a->offset + (size_t)ts_tensor_numel(a) * ts_dtype_size(a->dtype);
+    size_t eb = b->offset + (size_t)ts_tensor_numel(b) * ts_dtype_size(b->dtype);
+    return a->block == b->block && a->offset < eb && b->offset < ea;
+}
+
 /* ---- embedding bag ---- */
 
 /* ids i32 [N, K] and weights [N, K]; the table (or its gradient) [G, C] */
@@ -427,6 +435,8 @@ ts_status ts_embedding_bag_forward(ts_tensor *out, const ts_tensor *ids, const t
     ts_op op = op_new(TS_OP_EMBEDDING_BAG_FWD);
     TRY(bag_common(name, ids, weights, table, "table", &op));
     TRY(need_numel(name, "out", out, op.p.bag.N * op.p.bag.C));
+    if (overlap(out, table) || overlap(out, ids) || overlap(out, weights))
+        return ts_error(TS_ERR_INVALID_ARG, "%s: out shares memory with an input", name);
     if (op.p.bag.N * op.p.bag.C == 0) return TS_OK;
     op.out[0] = out;
     op.in[0] = ids;
@@ -443,6 +453,8 @@ ts_status ts_embedding_bag_backward(ts_tensor *dtable, const ts_tensor *dout, co
     ts_op op = op_new(TS_OP_EMBEDDING_BAG_BWD);
     TRY(bag_common(name, ids, weights, dtable, "dtable", &op));
     TRY(need_numel(name, "dout", dout, op.p.bag.N * op.p.bag.C));
+    if (overlap(dtable, dout) || overlap(dtable, ids) || overlap(dtable, weights))
+        return ts_error(TS_ERR_INVALID_ARG, "%s: dtable shares memory with an input", name);
     if (op.p.bag.N * op.p.bag.K * op.p.bag.C == 0) return TS_OK;
     op.out[0] = dtable;
     op.in[0] = dout;
@@ -1007,13 +1019,6 @@ static ts_status qkv_views(const ts_tensor *qkvh, ts_attention_ws *ws, ts_tensor
 static bool same_storage(const ts_tensor *a, const ts_tensor *b)
 {
     return a->block == b->block && a->offset == b->offset;
-}
-
-static bool overlap(const ts_tensor *a, const ts_tensor *b)
-{
-    size_t ea = a->offset + (size_t)ts_tensor_numel(a) * ts_dtype_size(a->dtype);
-    size_t eb = b->offset + (size_t)ts_tensor_numel(b) * ts_dtype_size(b->dtype);
-    return a->block == b->block && a->offset < eb && b->offset < ea;
 }
 
 /* Shapes the fused ops share: qkv [B,T,3C] and out-like [B,T,C] tensors

@@ -270,47 +270,60 @@ static void conf_embedding_fwd(void *a) { conf_embedding(a, 0); }
 static void conf_embedding_bwd(void *a) { conf_embedding(a, 1); }
 
 /* ---- embedding bag: p = N, K, C, G. Ids span [-2, G + 2) and every
- * third weight is 0: both kinds of entry must add nothing ---- */
+ * third weight is 0: neither kind of entry may add anything, which the
+ * forward checks by pointing the weight-0 entries at a row of NaN. Every
+ * operand sits at an offset in its buffer (guarded tensors; ids 5
+ * elements in), as the classifier's views do. ---- */
 
 static void conf_embedding_bag(void *argp, int backward)
 {
     conf_arg *a = argp;
-    int64_t N = a->p[0], K = a->p[1], C = a->p[2], G = a->p[3];
+    int64_t N = a->p[0], K = a->p[1], C = a->p[2], G = a->p[3], E = N * K;
     rng_t r;
     rng_seed(&r, a->seed);
-    int32_t *ids = rand_ints(&r, N * K, -2, (int32_t)G + 2);
-    float *w = rand_floats(&r, N * K, -1, 1), *table = rand_floats(&r, G * C, -1, 1);
+    int32_t *ids = rand_ints(&r, E, -2, (int32_t)G + 2);
+    float *w = rand_floats(&r, E, -1, 1), *table = rand_floats(&r, G * C, -1, 1);
     float *dout = rand_floats(&r, N * C, -1, 1);
-    for (int64_t e = 0; e < N * K; e += 3) w[e] = 0.0f;
-    double *dw = to_double(w, N * K), *dt = to_double(table, G * C);
-    ts_tensor tids, tw, tt, tdout;
-    REQUIRE_OK(upload(&tids, a->dev, TS_I32, TS_SHAPE(N, K), ids));
-    REQUIRE_OK(upload(&tw, a->dev, TS_F32, TS_SHAPE(N, K), w));
+    int32_t poisoned = (int32_t)(G / 2); /* forward: the row every weight-0 entry reads */
+    for (int64_t e = 0; e < E; e++) {
+        if (e % 3 == 2) w[e] = 0.0f;
+        if (!backward && e % 3 == 2) ids[e] = poisoned;
+        else if (!backward && ids[e] == poisoned) ids[e] = -1;
+    }
+    if (!backward)
+        for (int64_t c = 0; c < C; c++) table[poisoned * C + c] = NAN;
+    double *dw = to_double(w, E), *dt = to_double(table, G * C);
+    ts_tensor ids_buf, tids;
+    REQUIRE_OK(ts_tensor_alloc(&ids_buf, a->dev, TS_I32, TS_SHAPE(E + 5)));
+    REQUIRE_OK(ts_tensor_view(&tids, &ids_buf, 5, TS_SHAPE(N, K)));
+    REQUIRE_OK(ts_tensor_write(&tids, ids, (size_t)E * sizeof *ids));
+    guarded gw;
+    REQUIRE_OK(guarded_alloc(&gw, a->dev, TS_SHAPE(N, K), w));
     if (!backward) {
-        REQUIRE_OK(upload(&tt, a->dev, TS_F32, TS_SHAPE(G, C), table));
-        guarded g;
+        guarded gt, g;
+        REQUIRE_OK(guarded_alloc(&gt, a->dev, TS_SHAPE(G, C), table));
         REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(N, C), NULL));
-        REQUIRE_OK(ts_embedding_bag_forward(&g.t, &tids, &tw, &tt));
+        REQUIRE_OK(ts_embedding_bag_forward(&g.t, &tids, &gw.t, &gt.t));
         double *ref = malloc((size_t)(N * C) * sizeof *ref);
         ref_embedding_bag_forward(ref, ids, dw, dt, N, K, C, G);
         expect_output("embedding_bag_forward", &g, ref, TOL_REDUCE);
         free(ref);
         guarded_free(&g);
-        ts_tensor_free(&tt);
+        guarded_free(&gt);
     } else {
-        REQUIRE_OK(upload(&tdout, a->dev, TS_F32, TS_SHAPE(N, C), dout));
-        guarded g;
+        guarded gd, g;
+        REQUIRE_OK(guarded_alloc(&gd, a->dev, TS_SHAPE(N, C), dout));
         REQUIRE_OK(guarded_alloc(&g, a->dev, TS_SHAPE(G, C), table)); /* accumulates onto table */
-        REQUIRE_OK(ts_embedding_bag_backward(&g.t, &tdout, &tids, &tw));
+        REQUIRE_OK(ts_embedding_bag_backward(&g.t, &gd.t, &tids, &gw.t));
         double *dd = to_double(dout, N * C);
         ref_embedding_bag_backward(dt, dd, ids, dw, N, K, C, G);
         expect_output("embedding_bag_backward dtable", &g, dt, TOL_REDUCE);
         free(dd);
         guarded_free(&g);
-        ts_tensor_free(&tdout);
+        guarded_free(&gd);
     }
-    ts_tensor_free(&tids);
-    ts_tensor_free(&tw);
+    guarded_free(&gw);
+    ts_tensor_free(&ids_buf);
     free(ids), free(w), free(table), free(dout), free(dw), free(dt);
 }
 

@@ -97,7 +97,7 @@ TEST(wrong_dtype_is_rejected)
     ts_tensor_free(&i), ts_tensor_free(&f), ts_tensor_free(&wte), ts_tensor_free(&out);
 }
 
-TEST(embedding_bag_checks_ids_weights_and_table)
+TEST(embedding_bag_rejects_bad_shapes_and_shared_memory)
 {
     ts_device *cpu;
     REQUIRE_OK(ts_device_open("cpu", &cpu));
@@ -116,6 +116,23 @@ TEST(embedding_bag_checks_ids_weights_and_table)
     EXPECT_STATUS(ts_embedding_bag_forward(&small, &ids, &w, &table), TS_ERR_SHAPE); /* out of 8, not 10 */
     EXPECT_STATUS(ts_embedding_bag_backward(&table, &small, &ids, &w), TS_ERR_SHAPE); /* dout of 8, not 10 */
     EXPECTF(contains(ts_last_error(), "ts_embedding_bag_backward"), "%s", ts_last_error());
+    /* the output may not share memory with an input */
+    ts_tensor half;
+    REQUIRE_OK(ts_tensor_view(&half, &table, 0, TS_SHAPE(2, 5)));
+    EXPECT_STATUS(ts_embedding_bag_forward(&half, &ids, &w, &table), TS_ERR_INVALID_ARG);
+    EXPECTF(contains(ts_last_error(), "shares memory"), "%s", ts_last_error());
+    EXPECT_STATUS(ts_embedding_bag_backward(&table, &half, &ids, &w), TS_ERR_INVALID_ARG);
+    int32_t host_ids[8] = {0, 1, 2, 3, 9, 10, -1, 4};
+    float ones[50];
+    for (int k = 0; k < 50; k++) ones[k] = 1.0f;
+    REQUIRE_OK(ts_tensor_write(&ids, host_ids, sizeof host_ids));
+    REQUIRE_OK(ts_tensor_write(&w, ones, 8 * sizeof *ones));
+    REQUIRE_OK(ts_tensor_write(&table, ones, sizeof ones));
+    REQUIRE_OK(ts_embedding_bag_forward(&out, &ids, &w, &table)); /* the valid call still works */
+    float got[10];
+    REQUIRE_OK(ts_tensor_read(&out, got, sizeof got));
+    EXPECTF(got[0] == 4.0f && got[5] == 2.0f, "sums %g and %g, expected 4 and 2 (ids 10 and -1 add nothing)",
+            (double)got[0], (double)got[5]);
     ts_tensor_free(&ids), ts_tensor_free(&w), ts_tensor_free(&w3), ts_tensor_free(&table), ts_tensor_free(&out);
     ts_tensor_free(&small);
 }
@@ -328,7 +345,7 @@ int main(int argc, char **argv)
     TH_ADD(broken_kernel_source_reports_its_build_log);
     TH_ADD(shape_mismatch_names_op_and_shapes);
     TH_ADD(wrong_dtype_is_rejected);
-    TH_ADD(embedding_bag_checks_ids_weights_and_table);
+    TH_ADD(embedding_bag_rejects_bad_shapes_and_shared_memory);
     TH_ADD(low_precision_only_where_an_op_takes_activations);
     TH_ADD(attention_takes_16_bit_activations_but_no_16_bit_gradient);
     TH_ADD(operands_on_two_devices_are_rejected);

@@ -161,8 +161,6 @@ void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte, 
     }
 }
 
-/* Each task owns a block of channels and walks every position in order:
- * no atomics, and the same sums whatever the thread count. */
 /* Each thread one contiguous share of the C columns of a scatter (rows are
  * summed in order, so the result does not depend on the split): long runs
  * of every row, which the prefetchers follow, where 64-column blocks
@@ -174,6 +172,8 @@ static int64_t scatter_share(int64_t C)
     return width < COL_BLOCK ? COL_BLOCK : width;
 }
 
+/* Each task owns a share of the channels and walks every position in
+ * order: no atomics, and the same sums whatever the thread count. */
 TS_CLONES void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
                                       int64_t N, int64_t T, int64_t C, int64_t V, int64_t vocab_start)
 {

@@ -218,10 +218,10 @@ static ts_status op_embedding_forward(ts_cl_device *d, const ts_op *op)
     return launch_1d(d, "embedding.cl", "embedding_forward", e->N * e->C, &a);
 }
 
-/* CPU-type devices' scatters into [rows, C] (embedding.cl's _run
- * kernels): groups of one item, a run of channels each (a multiple of 8,
- * the kernel's last argument), as many runs as compute units, so that each
- * walks long rows */
+/* CPU-type devices' scatters into [rows, C] (embedding_backward_wte_run,
+ * embedding_bag_backward): groups of one item, a run of channels each (a
+ * multiple of 8, the kernel's last argument; the kernels shorten the last
+ * run), as many runs as compute units, so that each walks long rows */
 static ts_status launch_channel_runs(ts_cl_device *d, const char *kernel, int64_t C, ts_cl_args *a)
 {
     int64_t per = (C + d->compute_units - 1) / d->compute_units;
