@@ -15,17 +15,24 @@ __kernel void embedding_forward(__global float *out, ulong oo, __global const in
     out[oo + i] = v;
 }
 
-/* dwte: one work-item per channel walks every position in order, so the
- * sums are deterministic without atomics. */
+/* dwte: item (k, c) of chunks x C walks every position in order and
+ * takes the tokens whose row r has r % chunks == k. Each (row, channel) is
+ * summed by one item in position order, so the sums are deterministic
+ * without atomics (and the same as one item per channel); the chunks
+ * spread the read-modify-writes, which wait on each other within an item,
+ * over more items (H200, N=8192 C=768: an item per channel, 8192 in a
+ * chain, ran at 1% of the triad). Neighbouring items, neighbouring
+ * channels of one chunk. */
 __kernel void embedding_backward_wte(__global float *dwte, ulong wo, __global const float *dout,
                                      ulong doo, __global const int *tokens, ulong to, long N,
-                                     long C, long V, long vocab_start)
+                                     long C, long V, long vocab_start, long chunks)
 {
-    long c = get_global_id(0);
-    if (c >= C) return;
+    long i = get_global_id(0);
+    if (i >= chunks * C) return;
+    long k = i / C, c = i - k * C;
     for (long n = 0; n < N; n++) {
         long row = (long)tokens[to + n] - vocab_start;
-        if (row >= 0 && row < V) dwte[wo + row * C + c] += dout[doo + n * C + c];
+        if (row >= 0 && row < V && row % chunks == k) dwte[wo + row * C + c] += dout[doo + n * C + c];
     }
 }
 
@@ -98,24 +105,26 @@ __kernel void embedding_bag_forward(__global float *out, ulong oo, __global cons
 }
 
 /* dtable[ids[n,j]] += w[n,j] * dout[n]: an item takes `per` contiguous
- * channels (1 on GPUs, where neighbouring items take neighbouring
- * channels; a run of them on CPU-type devices, as embedding_backward_wte_run)
- * and walks every entry in order, so the sums are deterministic without
- * atomics. dout [N,C]. */
+ * channels of the rows r with r % chunks == k and walks every entry in
+ * order, so the sums are deterministic without atomics. GPUs: one channel
+ * and chunks x C items, as embedding_backward_wte; CPU-type devices: one
+ * chunk and a run of channels an item, as embedding_backward_wte_run.
+ * dout [N,C]. */
 __kernel void embedding_bag_backward(__global float *restrict dtable, ulong to, __global const float *restrict dout,
                                      ulong doo, __global const int *restrict ids, ulong io,
                                      __global const float *restrict w, ulong wo, long N, long K, long C, long G,
-                                     long per)
+                                     long chunks, long per)
 {
-    long c0 = (long)get_global_id(0) * per;
-    if (c0 >= C) return;
+    long runs = (C + per - 1) / per, i = get_global_id(0);
+    if (i >= chunks * runs) return;
+    long k = i / runs, c0 = (i - k * runs) * per;
     long width = C - c0 < per ? C - c0 : per;
     for (long n = 0; n < N; n++) {
         __global const float *src = dout + doo + n * C + c0;
         for (long e = n * K; e < (n + 1) * K; e++) {
             long id = (long)ids[io + e];
             float we = w[wo + e];
-            if (we == 0.0f || id < 0 || id >= G) continue;
+            if (we == 0.0f || id < 0 || id >= G || (chunks > 1 && id % chunks != k)) continue;
             __global float *dst = dtable + to + id * C + c0;
             for (long k = 0; k < width; k++) dst[k] += we * src[k];
         }

@@ -231,6 +231,16 @@ static ts_status launch_channel_runs(ts_cl_device *d, const char *kernel, int64_
     return ts_cl_launch(d, "embedding.cl", kernel, 1, &g, &l, a);
 }
 
+/* GPUs' scatters into [rows, C] (embedding_backward_wte,
+ * embedding_bag_backward): rows spread over this many items a channel, so
+ * that an item's chain of read-modify-writes is 1/64 of the entries, not
+ * all of them; CPU-type devices keep one (each item scans every entry). */
+static int64_t scatter_chunks(const ts_cl_device *d, int64_t rows)
+{
+    int64_t chunks = d->cpu_kernels ? 1 : 64;
+    return rows < chunks ? (rows > 0 ? rows : 1) : chunks;
+}
+
 static ts_status op_embedding_backward(ts_cl_device *d, const ts_op *op)
 {
     const __typeof__(op->p.embedding) *e = &op->p.embedding;
@@ -248,7 +258,9 @@ static ts_status op_embedding_backward(ts_cl_device *d, const ts_op *op)
         if (d->cpu_kernels && e->C > 0 && e->C % 8 == 0) {
             st = launch_channel_runs(d, "embedding_backward_wte_run", e->C, &a);
         } else {
-            st = launch_1d(d, "embedding.cl", "embedding_backward_wte", e->C, &a);
+            int64_t chunks = scatter_chunks(d, e->V);
+            ts_cl_arg_long(&a, chunks);
+            st = launch_1d(d, "embedding.cl", "embedding_backward_wte", chunks * e->C, &a);
         }
         if (st) return st;
     }
@@ -284,9 +296,11 @@ static ts_status op_embedding_bag(ts_cl_device *d, const ts_op *op)
     ts_cl_arg_long(&a, e->G);
     if (op->kind == TS_OP_EMBEDDING_BAG_FWD)
         return launch_1d(d, "embedding.cl", "embedding_bag_forward", e->N * e->C, &a);
+    int64_t chunks = scatter_chunks(d, e->G);
+    ts_cl_arg_long(&a, chunks);
     if (d->cpu_kernels) return launch_channel_runs(d, "embedding_bag_backward", e->C, &a);
     ts_cl_arg_long(&a, 1); /* a channel an item */
-    return launch_1d(d, "embedding.cl", "embedding_bag_backward", e->C, &a);
+    return launch_1d(d, "embedding.cl", "embedding_bag_backward", chunks * e->C, &a);
 }
 
 static ts_status op_layernorm_forward(ts_cl_device *d, const ts_op *op)
