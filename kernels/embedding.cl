@@ -15,8 +15,8 @@ __kernel void embedding_forward(__global float *out, ulong oo, __global const in
     out[oo + i] = v;
 }
 
-/* dwte: item (k, c) of chunks x C walks every position in order and
- * takes the tokens whose row r has r % chunks == k. Each (row, channel) is
+/* dwte: item (chunk, c) of chunks x C walks every position in order and
+ * takes the tokens whose row r has r % chunks == chunk. Each (row, channel) is
  * summed by one item in position order, so the sums are deterministic
  * without atomics (and the same as one item per channel); the chunks
  * spread the read-modify-writes, which wait on each other within an item,
@@ -29,10 +29,10 @@ __kernel void embedding_backward_wte(__global float *dwte, ulong wo, __global co
 {
     long i = get_global_id(0);
     if (i >= chunks * C) return;
-    long k = i / C, c = i - k * C;
+    long chunk = i / C, c = i - chunk * C;
     for (long n = 0; n < N; n++) {
         long row = (long)tokens[to + n] - vocab_start;
-        if (row >= 0 && row < V && row % chunks == k) dwte[wo + row * C + c] += dout[doo + n * C + c];
+        if (row >= 0 && row < V && row % chunks == chunk) dwte[wo + row * C + c] += dout[doo + n * C + c];
     }
 }
 
@@ -105,7 +105,7 @@ __kernel void embedding_bag_forward(__global float *out, ulong oo, __global cons
 }
 
 /* dtable[ids[n,j]] += w[n,j] * dout[n]: an item takes `per` contiguous
- * channels of the rows r with r % chunks == k and walks every entry in
+ * channels of the rows r with r % chunks == chunk and walks every entry in
  * order, so the sums are deterministic without atomics. GPUs: one channel
  * and chunks x C items, as embedding_backward_wte; CPU-type devices: one
  * chunk and a run of channels an item, as embedding_backward_wte_run.
@@ -117,14 +117,14 @@ __kernel void embedding_bag_backward(__global float *restrict dtable, ulong to, 
 {
     long runs = (C + per - 1) / per, i = get_global_id(0);
     if (i >= chunks * runs) return;
-    long k = i / runs, c0 = (i - k * runs) * per;
+    long chunk = i / runs, c0 = (i - chunk * runs) * per;
     long width = C - c0 < per ? C - c0 : per;
     for (long n = 0; n < N; n++) {
         __global const float *src = dout + doo + n * C + c0;
         for (long e = n * K; e < (n + 1) * K; e++) {
             long id = (long)ids[io + e];
             float we = w[wo + e];
-            if (we == 0.0f || id < 0 || id >= G || (chunks > 1 && id % chunks != k)) continue;
+            if (we == 0.0f || id < 0 || id >= G || (chunks > 1 && id % chunks != chunk)) continue;
             __global float *dst = dtable + to + id * C + c0;
             for (long k = 0; k < width; k++) dst[k] += we * src[k];
         }

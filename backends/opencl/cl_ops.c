@@ -233,8 +233,9 @@ static ts_status launch_channel_runs(ts_cl_device *d, const char *kernel, int64_
 
 /* GPUs' scatters into [rows, C] (embedding_backward_wte,
  * embedding_bag_backward): rows spread over this many items a channel, so
- * that an item's chain of read-modify-writes is 1/64 of the entries, not
- * all of them; CPU-type devices keep one (each item scans every entry). */
+ * that an item's chain of dependent read-modify-writes is about 1/64 of
+ * the entries, not all of them; CPU-type devices keep one (there every
+ * item scans every entry, and a run of channels is the parallelism). */
 static int64_t scatter_chunks(const ts_cl_device *d, int64_t rows)
 {
     int64_t chunks = d->cpu_kernels ? 1 : 64;
