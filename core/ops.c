@@ -406,10 +406,15 @@ static bool overlap(const ts_tensor *a, const ts_tensor *b)
 
 /* ---- embedding bag ---- */
 
-/* ids i32 [N, K] and weights [N, K]; the table (or its gradient) [G, C] */
-static ts_status bag_common(const char *name, const ts_tensor *ids, const ts_tensor *weights, const ts_tensor *table,
-                            const char *table_name, ts_op *op)
+/* ids i32 [N, K] and weights [N, K]; the table (or its gradient) [G, C];
+ * the rows (out or dout) N*C elements. The one written (the rows forward,
+ * the table backward) may share memory with no other operand: the
+ * kernels' pointers are restrict. */
+static ts_status bag_operands(const char *name, const ts_tensor *ids, const ts_tensor *weights,
+                              const ts_tensor *table, const char *table_name, const ts_tensor *rows,
+                              const char *rows_name, bool table_written, ts_op *op)
 {
+    TRY(need(name, rows_name, rows, TS_F32));
     TRY(need(name, "ids", ids, TS_I32));
     TRY(need(name, "weights", weights, TS_F32));
     TRY(need(name, table_name, table, TS_F32));
@@ -424,6 +429,11 @@ static ts_status bag_common(const char *name, const ts_tensor *ids, const ts_ten
     op->p.bag.K = ids->shape[1];
     op->p.bag.G = table->shape[0];
     op->p.bag.C = table->shape[1];
+    TRY(need_numel(name, rows_name, rows, op->p.bag.N * op->p.bag.C));
+    const ts_tensor *written = table_written ? table : rows, *other = table_written ? rows : table;
+    if (overlap(written, other) || overlap(written, ids) || overlap(written, weights))
+        return ts_error(TS_ERR_INVALID_ARG, "%s: %s shares memory with an input", name,
+                        table_written ? table_name : rows_name);
     return TS_OK;
 }
 
@@ -431,12 +441,8 @@ ts_status ts_embedding_bag_forward(ts_tensor *out, const ts_tensor *ids, const t
                                    const ts_tensor *table)
 {
     const char *name = "ts_embedding_bag_forward";
-    TRY(need(name, "out", out, TS_F32));
     ts_op op = op_new(TS_OP_EMBEDDING_BAG_FWD);
-    TRY(bag_common(name, ids, weights, table, "table", &op));
-    TRY(need_numel(name, "out", out, op.p.bag.N * op.p.bag.C));
-    if (overlap(out, table) || overlap(out, ids) || overlap(out, weights))
-        return ts_error(TS_ERR_INVALID_ARG, "%s: out shares memory with an input", name);
+    TRY(bag_operands(name, ids, weights, table, "table", out, "out", false, &op));
     if (op.p.bag.N * op.p.bag.C == 0) return TS_OK;
     op.out[0] = out;
     op.in[0] = ids;
@@ -449,12 +455,8 @@ ts_status ts_embedding_bag_backward(ts_tensor *dtable, const ts_tensor *dout, co
                                     const ts_tensor *weights)
 {
     const char *name = "ts_embedding_bag_backward";
-    TRY(need(name, "dout", dout, TS_F32));
     ts_op op = op_new(TS_OP_EMBEDDING_BAG_BWD);
-    TRY(bag_common(name, ids, weights, dtable, "dtable", &op));
-    TRY(need_numel(name, "dout", dout, op.p.bag.N * op.p.bag.C));
-    if (overlap(dtable, dout) || overlap(dtable, ids) || overlap(dtable, weights))
-        return ts_error(TS_ERR_INVALID_ARG, "%s: dtable shares memory with an input", name);
+    TRY(bag_operands(name, ids, weights, dtable, "dtable", dout, "dout", true, &op));
     if (op.p.bag.N * op.p.bag.K * op.p.bag.C == 0) return TS_OK;
     op.out[0] = dtable;
     op.in[0] = dout;
